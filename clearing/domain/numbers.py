@@ -1,0 +1,171 @@
+"""Exact decimals: parsing from the wire, the arithmetic context, and every rounding rule.
+
+This module owns rounding. Each rule says which way it rounds and why; nothing else in the
+ledger path calls ``quantize`` with a rounding mode of its own.
+
+Why a context of our own: Python's default context keeps 28 significant digits and would round a
+product such as quantity x price x funding rate silently. The ledger context keeps far more digits
+than any bounded wire value can produce in the products we form (see ``WIRE_INTEGER_DIGITS_MAX``
+and ``WIRE_FRACTION_DIGITS_MAX``), so additions and multiplications are exact; divisions are the
+only inexact operations and every one of them goes through a helper below that names its rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Clamped,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+WIRE_INTEGER_DIGITS_MAX = 20
+WIRE_FRACTION_DIGITS_MAX = 18
+WIRE_NUMBER_CHARS_MAX = WIRE_INTEGER_DIGITS_MAX + WIRE_FRACTION_DIGITS_MAX + 2
+
+# Products of three wire values (quantity x price x rate) need at most 3 x 38 digits.
+LEDGER_PRECISION_DIGITS = 160
+LEDGER_CONTEXT = Context(
+    prec=LEDGER_PRECISION_DIGITS,
+    rounding=ROUND_HALF_EVEN,
+    traps=[InvalidOperation, DivisionByZero, Overflow, Clamped],
+)
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+# Money (balances, requirements, fees, PnL adjustments) is kept to 1e-8 of a unit wherever a
+# division forces a rounding; exact products keep all their digits.
+MONEY_QUANTUM = Decimal("0.00000001")
+# Ratios and averaged prices shown to people: 1e-10 is far below any tick size we meet.
+RATIO_QUANTUM = Decimal("0.0000000001")
+PRICE_QUANTUM = Decimal("0.0000000001")
+
+_WIRE_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+class NumberError(ValueError):
+    """A value on the wire is not an exact decimal we accept; the message says why."""
+
+
+def parse_decimal(value: object, field: str) -> Decimal:
+    """Parse a wire number: a JSON string holding a plain decimal, or a JSON integer.
+
+    Floats, NaN, infinities, exponents, booleans and oversize values are refused with a sentence
+    that names the field, because a float has already lost the exact value the sender meant.
+    """
+    if isinstance(value, bool):
+        raise NumberError(f"{field} must be a decimal string such as \"12.5\", not a boolean")
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise NumberError(f"{field} must be a finite decimal, got {value}")
+        text = format(value, "f")
+    elif isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, float):
+        raise NumberError(
+            f"{field} must be a decimal string such as \"65000.5\", not the JSON number {value!r}: "
+            "binary floating point cannot carry exact amounts"
+        )
+    else:
+        raise NumberError(f"{field} must be a decimal string, got {type(value).__name__}")
+    if len(text) > WIRE_NUMBER_CHARS_MAX:
+        raise NumberError(f"{field} has {len(text)} characters; at most {WIRE_NUMBER_CHARS_MAX} are accepted")
+    if not _WIRE_DECIMAL.fullmatch(text):
+        raise NumberError(
+            f"{field} must be a plain decimal like \"-12.50\" (no exponent, NaN or infinity), got {text!r}"
+        )
+    integer, _, fraction = text.lstrip("-").partition(".")
+    if len(integer) > WIRE_INTEGER_DIGITS_MAX or len(fraction) > WIRE_FRACTION_DIGITS_MAX:
+        raise NumberError(
+            f"{field} has {len(integer)} integer and {len(fraction)} fraction digits; at most "
+            f"{WIRE_INTEGER_DIGITS_MAX} and {WIRE_FRACTION_DIGITS_MAX} are accepted"
+        )
+    return Decimal(text)
+
+
+def to_wire(value: Decimal) -> str:
+    """The canonical wire form of a decimal: plain notation, no exponent, no trailing zeros."""
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def round_requirement(value: Decimal) -> Decimal:
+    """Margin requirements and amounts owed round up (towards more margin): against the account,
+    so that rounding can never let an account look safer than it is."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_CEILING, context=LEDGER_CONTEXT)
+
+
+def round_credit(value: Decimal) -> Decimal:
+    """Amounts credited to an account round down (towards negative infinity): the ledger never
+    pays out a fraction it cannot back."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_FLOOR, context=LEDGER_CONTEXT)
+
+
+def round_debit(value: Decimal) -> Decimal:
+    """Amounts taken from an account round up in the value taken (towards positive infinity)."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_CEILING, context=LEDGER_CONTEXT)
+
+
+def round_ratio(value: Decimal) -> Decimal:
+    """Margin ratios round up: a ratio is compared against call thresholds, and rounding it down
+    could delay a call."""
+    return value.quantize(RATIO_QUANTUM, rounding=ROUND_CEILING, context=LEDGER_CONTEXT)
+
+
+def round_display_price(value: Decimal) -> Decimal:
+    """Averaged prices (entry price) are shown, never booked: half-even to 1e-10."""
+    return value.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_EVEN, context=LEDGER_CONTEXT)
+
+
+def round_bankruptcy_price(value: Decimal, *, long: bool) -> Decimal:
+    """Bankruptcy prices protect the insurance fund: a long's rounds up (its position is sold
+    no lower), a short's rounds down (it is bought back no higher)."""
+    rounding = ROUND_CEILING if long else ROUND_FLOOR
+    return value.quantize(PRICE_QUANTUM, rounding=rounding, context=LEDGER_CONTEXT)
+
+
+def round_liquidation_price(value: Decimal, *, long: bool) -> Decimal:
+    """Liquidation prices are warnings to the account holder: a long's rounds up and a short's
+    down, so the shown price is reached no later than the real one."""
+    return round_bankruptcy_price(value, long=long)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exact(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` under the ledger context, so its sums and products are exact."""
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with localcontext(LEDGER_CONTEXT):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """A division at full ledger precision; the caller rounds the result with a named rule."""
+    return LEDGER_CONTEXT.divide(numerator, denominator)
+
+
+def decimal_or_none(value: Any, field: str) -> Decimal | None:
+    return None if value is None else parse_decimal(value, field)
