@@ -200,7 +200,7 @@ def format_time(value: datetime) -> str:
 def _reject_float(text: str) -> Any:
     raise InputError(
         f"the JSON number {text} is not accepted: send amounts, prices and rates as decimal strings "
-        f"such as \"{text}\" so no precision is lost"
+        f'such as "{text}" so no precision is lost'
     )
 
 
@@ -223,7 +223,7 @@ def parse_json(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> dict[str, A
             f"the message is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
     if not isinstance(data, dict):
-        raise InputError(f"the message must be a JSON object with a \"type\", not a JSON {type(data).__name__}")
+        raise InputError(f'the message must be a JSON object with a "type", not a JSON {type(data).__name__}')
     return data
 
 
@@ -238,7 +238,7 @@ def decode(topic_kind: str, raw: bytes) -> InputMessage:
     model = kinds.get(message_type) if isinstance(message_type, str) else None
     if model is None:
         allowed = ", ".join(f'"{name}"' for name in kinds)
-        raise InputError(f"\"type\" is {message_type!r}; on the {topic_kind} topic it must be one of {allowed}")
+        raise InputError(f'"type" is {message_type!r}; on the {topic_kind} topic it must be one of {allowed}')
     try:
         message: InputMessage = model.model_validate(data)
     except ValidationError as error:

@@ -65,7 +65,7 @@ def parse_decimal(value: object, field: str) -> Decimal:
     that names the field, because a float has already lost the exact value the sender meant.
     """
     if isinstance(value, bool):
-        raise NumberError(f"{field} must be a decimal string such as \"12.5\", not a boolean")
+        raise NumberError(f'{field} must be a decimal string such as "12.5", not a boolean')
     if isinstance(value, int):
         text = str(value)
     elif isinstance(value, Decimal):
@@ -76,7 +76,7 @@ def parse_decimal(value: object, field: str) -> Decimal:
         text = value.strip()
     elif isinstance(value, float):
         raise NumberError(
-            f"{field} must be a decimal string such as \"65000.5\", not the JSON number {value!r}: "
+            f'{field} must be a decimal string such as "65000.5", not the JSON number {value!r}: '
             "binary floating point cannot carry exact amounts"
         )
     else:
@@ -84,9 +84,7 @@ def parse_decimal(value: object, field: str) -> Decimal:
     if len(text) > WIRE_NUMBER_CHARS_MAX:
         raise NumberError(f"{field} has {len(text)} characters; at most {WIRE_NUMBER_CHARS_MAX} are accepted")
     if not _WIRE_DECIMAL.fullmatch(text):
-        raise NumberError(
-            f"{field} must be a plain decimal like \"-12.50\" (no exponent, NaN or infinity), got {text!r}"
-        )
+        raise NumberError(f'{field} must be a plain decimal like "-12.50" (no exponent, NaN or infinity), got {text!r}')
     integer, _, fraction = text.lstrip("-").partition(".")
     if len(integer) > WIRE_INTEGER_DIGITS_MAX or len(fraction) > WIRE_FRACTION_DIGITS_MAX:
         raise NumberError(

@@ -123,6 +123,8 @@ class LedgerState:
     deposits: dict[str, Decimal] = field(default_factory=dict)
     withdrawals: dict[str, Decimal] = field(default_factory=dict)
     last_occurred_at: datetime | None = None
+    # Instrument -> accounts with an open position in it (funding, settlement, re-margin on marks).
+    holders: dict[str, set[str]] = field(default_factory=dict)
     # Accounts whose stored projections are out of date (the engine clears it after each batch).
     touched: set[str] = field(default_factory=set)
     marks_touched: set[str] = field(default_factory=set)
@@ -132,6 +134,9 @@ class LedgerState:
         if found is None:
             found = self.accounts[account_id] = Account(account_id)
         return found
+
+    def holders_all(self) -> set[str]:
+        return set().union(*self.holders.values()) if self.holders else set()
 
     def mark_price(self, symbol: str) -> Decimal | None:
         mark = self.marks.get(symbol)

@@ -1,0 +1,153 @@
+"""Events as the log holds them: input events (facts that arrived) and decision events (what the
+ledger decided because of them).
+
+An event is a type, a stream, a payload in wire form (decimals as strings, times as RFC 3339 in
+UTC), its event time, its idempotency key and, for decisions, the position of its cause. The log
+adds position, shard, stream version, ledger time and the hash chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from clearing.domain.messages import (
+    Deposit,
+    Fill,
+    Funding,
+    InputMessage,
+    IsolatedMarginTransfer,
+    LiquidationFill,
+    Mark,
+    Message,
+    RiskParametersMessage,
+    Settlement,
+    Withdrawal,
+    format_time,
+)
+
+SCHEMA_VERSION: Final = 1
+
+# Input message type -> (event type, message model).
+INPUT_EVENT_TYPES: Final[dict[str, tuple[str, type[Message]]]] = {
+    "fill": ("FillRecorded", Fill),
+    "deposit": ("CollateralDeposited", Deposit),
+    "withdrawal": ("WithdrawalRequested", Withdrawal),
+    "isolated_margin": ("IsolatedMarginTransferRequested", IsolatedMarginTransfer),
+    "mark": ("MarkRecorded", Mark),
+    "funding": ("FundingRateRecorded", Funding),
+    "settlement": ("SettlementPriceRecorded", Settlement),
+    "liquidation_fill": ("LiquidationFillRecorded", LiquidationFill),
+    "risk_parameters": ("RiskParametersChanged", RiskParametersMessage),
+}
+MODEL_BY_EVENT_TYPE: Final[dict[str, type[Message]]] = {
+    event_type: model for event_type, model in INPUT_EVENT_TYPES.values()
+}
+
+# Decision event types: the ledger's own decisions, each caused by the event at cause_position.
+WITHDRAWAL_APPROVED: Final = "WithdrawalApproved"
+WITHDRAWAL_REJECTED: Final = "WithdrawalRejected"
+ISOLATED_MARGIN_TRANSFERRED: Final = "IsolatedMarginTransferred"
+ISOLATED_MARGIN_TRANSFER_REJECTED: Final = "IsolatedMarginTransferRejected"
+MARGIN_CALL_ISSUED: Final = "MarginCallIssued"
+MARGIN_CALL_ESCALATED: Final = "MarginCallEscalated"
+MARGIN_CALL_RESOLVED: Final = "MarginCallResolved"
+LIQUIDATION_ORDER_ISSUED: Final = "LiquidationOrderIssued"
+INSURANCE_FUND_DRAWN: Final = "InsuranceFundDrawn"
+ACCOUNT_BANKRUPTED: Final = "AccountBankrupted"
+POSITION_AUTO_DELEVERAGED: Final = "PositionAutoDeleveraged"
+DECISION_TYPES: Final = frozenset(
+    {
+        WITHDRAWAL_APPROVED,
+        WITHDRAWAL_REJECTED,
+        ISOLATED_MARGIN_TRANSFERRED,
+        ISOLATED_MARGIN_TRANSFER_REJECTED,
+        MARGIN_CALL_ISSUED,
+        MARGIN_CALL_ESCALATED,
+        MARGIN_CALL_RESOLVED,
+        LIQUIDATION_ORDER_ISSUED,
+        INSURANCE_FUND_DRAWN,
+        ACCOUNT_BANKRUPTED,
+        POSITION_AUTO_DELEVERAGED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    stream: str
+    payload: dict[str, Any]
+    occurred_at: datetime
+    idempotency_key: str
+    cause_position: int | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def is_decision(self) -> bool:
+        return self.type in DECISION_TYPES
+
+
+def account_stream(account_id: str) -> str:
+    return f"account:{account_id}"
+
+
+def symbol_stream(symbol: str) -> str:
+    return f"symbol:{symbol}"
+
+
+SYSTEM_STREAM: Final = "system"
+
+
+def idempotency_key(message: InputMessage, shard: int) -> str:
+    """The key under which a message may enter a shard's log once (CONTRACT.md): fills by
+    fill_id, transfers by transfer_id, marks by (symbol, occurred_at, type), liquidation fills by
+    fill_id, parameter documents by version. Marks and parameters are copied into every shard's
+    log, so every key carries its shard."""
+    prefix = f"s{shard}/"
+    match message:
+        case Fill():
+            return f"{prefix}fill/{message.fill_id}"
+        case Deposit() | Withdrawal() | IsolatedMarginTransfer():
+            return f"{prefix}transfer/{message.transfer_id}"
+        case Mark() | Funding() | Settlement():
+            return f"{prefix}{message.type}/{message.symbol}/{format_time(message.occurred_at)}"
+        case LiquidationFill():
+            return f"{prefix}liquidation_fill/{message.fill_id}"
+        case RiskParametersMessage():
+            version = message.parameters.get("version")
+            return f"{prefix}risk_parameters/{version}"
+    raise AssertionError(f"no idempotency key for {type(message).__name__}")  # pragma: no cover
+
+
+def stream_of(message: InputMessage) -> str:
+    match message:
+        case Mark() | Funding() | Settlement():
+            return symbol_stream(message.symbol)
+        case RiskParametersMessage():
+            return SYSTEM_STREAM
+        case _:
+            return account_stream(message.account_id)
+
+
+def input_event(message: InputMessage, shard: int) -> Event:
+    event_type = INPUT_EVENT_TYPES[message.type][0]
+    return Event(
+        type=event_type,
+        stream=stream_of(message),
+        payload=message.wire(),
+        occurred_at=message.occurred_at,
+        idempotency_key=idempotency_key(message, shard),
+    )
+
+
+def message_of(event_type: str, payload: dict[str, Any]) -> InputMessage:
+    """The typed message behind a logged input event (upcast first when schema versions differ)."""
+    model = MODEL_BY_EVENT_TYPE[event_type]
+    message: InputMessage = model.model_validate(payload)  # type: ignore[assignment]
+    return message
+
+
+def decision_key(shard: int, cause_position: int, index: int) -> str:
+    return f"s{shard}/decision/{cause_position}/{index}"

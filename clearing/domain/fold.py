@@ -1,0 +1,393 @@
+"""The pure fold: ``admit`` checks an input against the state, ``apply`` folds an event into the
+state, ``decide`` says what the ledger decides because of it, ``step`` does all three.
+
+No I/O, no clock, no randomness: time is the event's ``occurred_at`` and decision ids derive from
+log positions, so replaying the log reproduces every decision exactly.
+
+Money moves only by the rules below, and every move has its opposite entry, so the conservation
+invariant holds at every position of the log (see ``conservation``):
+
+    sum(balances) + sum(isolated margin) + sum(unrealised PnL at any common mark)
+        == deposits - withdrawals        (per asset)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from clearing.domain import events as ev
+from clearing.domain.messages import (
+    Deposit,
+    Fill,
+    Funding,
+    InputError,
+    InputMessage,
+    IsolatedMarginTransfer,
+    LiquidationFill,
+    Mark,
+    RiskParametersMessage,
+    Settlement,
+    Withdrawal,
+)
+from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
+from clearing.domain.params import InstrumentSpec, load_parameters
+from clearing.domain.state import FEE_ACCOUNT, Account, LedgerState, MarkState, Position
+
+
+class UnknownSymbol(InputError):
+    pass
+
+
+class StaleMark(InputError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# admit: checks that need the state (the message itself was validated when decoded)
+
+
+@exact
+def admit(state: LedgerState, message: InputMessage) -> None:
+    """Raise ``InputError`` when the message cannot enter the log in this state."""
+    params = state.parameters
+    match message:
+        case Fill() | LiquidationFill():
+            spec = _instrument(state, message.instrument)
+            if isinstance(message, Fill) and message.fee_asset is not None:
+                _asset(state, message.fee_asset, "fee_asset")
+            if spec.kind not in ("perpetual", "future"):
+                raise InputError(
+                    f"{message.instrument} is a {spec.kind}; this ledger version books linear perpetuals "
+                    "and futures only"
+                )
+        case Deposit() | Withdrawal():
+            _asset(state, message.asset, "asset")
+        case IsolatedMarginTransfer():
+            _instrument(state, message.instrument)
+        case Mark():
+            if not params.knows_symbol(message.symbol):
+                raise UnknownSymbol(
+                    f"mark for unknown symbol {message.symbol!r}: the risk parameters in force "
+                    f"({params.version}) list no instrument or asset of that name"
+                )
+            last = state.marks.get(message.symbol)
+            if last is not None and message.occurred_at < last.occurred_at:
+                raise StaleMark(
+                    f"stale mark for {message.symbol}: occurred_at {message.occurred_at.isoformat()} is older "
+                    f"than the last applied mark at {last.occurred_at.isoformat()}; it was not applied"
+                )
+        case Funding():
+            spec = _instrument(state, message.symbol)
+            if spec.kind != "perpetual":
+                raise InputError(f"funding applies to perpetuals; {message.symbol} is a {spec.kind}")
+            if state.mark_price(message.symbol) is None:
+                raise InputError(
+                    f"funding for {message.symbol} arrived before any mark of it: publish a mark first, "
+                    "then replay this funding message"
+                )
+        case Settlement():
+            spec = _instrument(state, message.symbol)
+            if spec.kind != "future":
+                raise InputError(f"settlement applies to dated futures; {message.symbol} is a {spec.kind}")
+        case RiskParametersMessage():
+            try:
+                load_parameters(message.parameters)
+            except ValueError as error:
+                raise InputError(f"risk_parameters document rejected: {_first_line(error)}") from None
+
+
+def _instrument(state: LedgerState, symbol: str) -> InstrumentSpec:
+    spec = state.parameters.instrument(symbol)
+    if spec is None:
+        raise UnknownSymbol(
+            f"unknown instrument {symbol!r}: the risk parameters in force ({state.parameters.version}) "
+            "do not list it; apply parameters that list it before sending its messages"
+        )
+    return spec
+
+
+def _asset(state: LedgerState, asset: str, field: str) -> None:
+    if state.parameters.asset(asset) is None:
+        raise UnknownSymbol(
+            f"{field} {asset!r} is not a collateral asset in the risk parameters in force ({state.parameters.version})"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:500]
+
+
+# --------------------------------------------------------------------------------------------
+# apply: fold one event (input or decision) into the state
+
+
+@exact
+def apply(state: LedgerState, event_type: str, message: InputMessage | None, payload: dict[str, Any]) -> None:
+    """Fold one event. Input events come with their typed ``message``; decisions with ``None``
+    and act on their ``payload``."""
+    if message is not None:
+        _APPLY_INPUT[type(message)](state, message)
+    else:
+        handler = _APPLY_DECISION.get(event_type)
+        if handler is not None:
+            handler(state, payload)
+    if message is not None:
+        if state.last_occurred_at is None or message.occurred_at > state.last_occurred_at:
+            state.last_occurred_at = message.occurred_at
+
+
+def _apply_fill(state: LedgerState, fill: Fill) -> None:
+    spec = state.parameters.instruments_by_symbol[fill.instrument]
+    account = state.account(fill.account_id)
+    quantity = fill.quantity if fill.side == "buy" else -fill.quantity
+    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    if fill.fee != 0:
+        # The fee moves from the account to the fee account: a negative fee (maker rebate) moves
+        # the other way. Fees are charged to the wallet, never to isolated collateral.
+        asset = fill.fee_asset or spec.settlement_asset
+        account.credit(asset, -fill.fee)
+        state.account(FEE_ACCOUNT).credit(asset, fill.fee)
+        state.touched.add(FEE_ACCOUNT)
+
+
+def trade(
+    state: LedgerState, account: Account, position: Position, spec: InstrumentSpec, quantity: Decimal, price: Decimal
+) -> Decimal:
+    """Book a signed quantity at a price into a position; returns the realised PnL.
+
+    Closing part: the cost removed is the closed share of the open cost. When the whole position
+    closes it is exactly the cost; otherwise it is a division, rounded up, so the PnL credited
+    (proceeds - removed cost) rounds down: a credit never exceeds what the fills back. The
+    remaining cost keeps the rounding, so (balance + quantity x mark - cost) moves by exactly
+    quantity x (mark - price) and both sides of a trade stay in balance to the last digit.
+    """
+    size = spec.contract_size
+    realised = ZERO
+    held = position.quantity
+    if held == 0 or (held > 0) == (quantity > 0):
+        position.cost += quantity * price * size
+        position.quantity = held + quantity
+    else:
+        closing = min(abs(quantity), abs(held))
+        direction = Decimal(1) if held > 0 else Decimal(-1)
+        if closing == abs(held):
+            removed = position.cost
+        else:
+            removed = -round_credit(-divide(position.cost * closing, abs(held)))
+        realised = direction * closing * price * size - removed
+        position.cost -= removed
+        position.quantity = held - direction * closing
+        opening = abs(quantity) - closing
+        if opening > 0:
+            position.quantity = -direction * opening
+            position.cost = -direction * opening * price * size
+    position.realised_pnl += realised
+    if position.margin_mode == "isolated":
+        position.isolated_margin += realised
+        if position.quantity == 0 and position.isolated_margin != 0:
+            # A closed isolated position hands its collateral back to the wallet.
+            account.credit(spec.settlement_asset, position.isolated_margin)
+            position.isolated_margin = ZERO
+    else:
+        account.credit(spec.settlement_asset, realised)
+    _track_holder(state, account.account_id, position)
+    state.touched.add(account.account_id)
+    return realised
+
+
+def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
+    holders = state.holders.setdefault(position.instrument, set())
+    if position.quantity != 0:
+        holders.add(account_id)
+    elif not any(
+        p.quantity != 0 for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
+    ):
+        holders.discard(account_id)
+
+
+def _apply_deposit(state: LedgerState, deposit: Deposit) -> None:
+    state.account(deposit.account_id).credit(deposit.asset, deposit.amount)
+    state.deposits[deposit.asset] = state.deposits.get(deposit.asset, ZERO) + deposit.amount
+    state.touched.add(deposit.account_id)
+
+
+def _apply_mark(state: LedgerState, mark: Mark) -> None:
+    state.marks[mark.symbol] = MarkState(mark.price, mark.occurred_at, mark.iv)
+    state.marks_touched.add(mark.symbol)
+
+
+def _apply_funding(state: LedgerState, funding: Funding) -> None:
+    """Funding payment of a position = quantity x contract size x mark x rate, exact (no
+    rounding, so payments over all positions sum to zero): a positive rate takes from longs and
+    gives to shorts. Isolated positions pay from their collateral."""
+    spec = state.parameters.instruments_by_symbol[funding.symbol]
+    mark = state.mark_price(funding.symbol)
+    if mark is None or funding.rate == 0:
+        return
+    for account_id in sorted(state.holders.get(funding.symbol, ())):
+        account = state.accounts[account_id]
+        for position in account.positions.values():
+            if position.instrument != funding.symbol or position.quantity == 0:
+                continue
+            payment = position.quantity * spec.contract_size * mark * funding.rate
+            position.funding_paid += payment
+            if position.margin_mode == "isolated":
+                position.isolated_margin -= payment
+            else:
+                account.credit(spec.settlement_asset, -payment)
+        state.touched.add(account_id)
+
+
+def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
+    """A dated future settles: every open position closes at the settlement price."""
+    spec = state.parameters.instruments_by_symbol[settlement.symbol]
+    state.marks[settlement.symbol] = MarkState(settlement.price, settlement.occurred_at)
+    state.marks_touched.add(settlement.symbol)
+    for account_id in sorted(state.holders.get(settlement.symbol, ())):
+        account = state.accounts[account_id]
+        for position in list(account.positions.values()):
+            if position.instrument == settlement.symbol and position.quantity != 0:
+                trade(state, account, position, spec, -position.quantity, settlement.price)
+
+
+def _apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
+    from clearing.domain import lifecycle  # the lifecycle owns what a liquidation fill does
+
+    lifecycle.apply_liquidation_fill(state, fill)
+
+
+def _apply_withdrawal_request(state: LedgerState, withdrawal: Withdrawal) -> None:
+    # A request moves nothing: the decision (approved or rejected) does.
+    state.touched.add(withdrawal.account_id)
+
+
+def _apply_isolated_request(state: LedgerState, transfer: IsolatedMarginTransfer) -> None:
+    state.touched.add(transfer.account_id)
+
+
+def _apply_parameters(state: LedgerState, message: RiskParametersMessage) -> None:
+    state.parameters = load_parameters(message.parameters)
+    state.touched.update(state.holders_all())
+
+
+_APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
+    Fill: _apply_fill,
+    Deposit: _apply_deposit,
+    Withdrawal: _apply_withdrawal_request,
+    IsolatedMarginTransfer: _apply_isolated_request,
+    Mark: _apply_mark,
+    Funding: _apply_funding,
+    Settlement: _apply_settlement,
+    LiquidationFill: _apply_liquidation_fill,
+    RiskParametersMessage: _apply_parameters,
+}
+
+
+def _apply_withdrawal_approved(state: LedgerState, payload: dict[str, Any]) -> None:
+    asset = payload["asset"]
+    amount = parse_decimal(payload["amount"], "amount")
+    state.account(payload["account_id"]).credit(asset, -amount)
+    state.withdrawals[asset] = state.withdrawals.get(asset, ZERO) + amount
+    state.touched.add(payload["account_id"])
+
+
+def _apply_isolated_transferred(state: LedgerState, payload: dict[str, Any]) -> None:
+    spec = state.parameters.instruments_by_symbol[payload["instrument"]]
+    account = state.account(payload["account_id"])
+    amount = parse_decimal(payload["amount"], "amount")
+    position = account.position(payload["instrument"], "isolated")
+    position.isolated_margin += amount
+    account.credit(spec.settlement_asset, -amount)
+    state.touched.add(account.account_id)
+
+
+def _decision_appliers() -> dict[str, Callable[[LedgerState, dict[str, Any]], None]]:
+    from clearing.domain import lifecycle
+
+    return {
+        ev.WITHDRAWAL_APPROVED: _apply_withdrawal_approved,
+        ev.ISOLATED_MARGIN_TRANSFERRED: _apply_isolated_transferred,
+        **lifecycle.DECISION_APPLIERS,
+    }
+
+
+_APPLY_DECISION: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {}
+
+
+def _ensure_appliers() -> None:
+    if not _APPLY_DECISION:
+        _APPLY_DECISION.update(_decision_appliers())
+
+
+# --------------------------------------------------------------------------------------------
+# decide and step
+
+
+@exact
+def decide(state: LedgerState, message: InputMessage, position: int) -> list[ev.Event]:
+    """The decisions the input event at ``position`` causes, given the state after it."""
+    from clearing.domain import lifecycle
+
+    return lifecycle.decide(state, message, position)
+
+
+def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
+    """Apply an admitted input event at ``position``, decide, and apply the decisions. Returns
+    the decisions, in order, with their idempotency keys assigned from the cause position."""
+    _ensure_appliers()
+    event_type = ev.INPUT_EVENT_TYPES[message.type][0]
+    apply(state, event_type, message, {})
+    decisions = decide(state, message, position)
+    keyed = []
+    for index, decision in enumerate(decisions):
+        keyed_decision = ev.Event(
+            type=decision.type,
+            stream=decision.stream,
+            payload=decision.payload,
+            occurred_at=decision.occurred_at,
+            idempotency_key=ev.decision_key(shard, position, index),
+            cause_position=position,
+        )
+        apply(state, decision.type, None, decision.payload)
+        keyed.append(keyed_decision)
+    return keyed
+
+
+def replay_event(state: LedgerState, event_type: str, payload: dict[str, Any]) -> None:
+    """Fold a logged event (input or decision) without deciding: how state is rebuilt from the log."""
+    _ensure_appliers()
+    if event_type in ev.MODEL_BY_EVENT_TYPE:
+        apply(state, event_type, ev.message_of(event_type, payload), payload)
+    else:
+        apply(state, event_type, None, payload)
+
+
+# --------------------------------------------------------------------------------------------
+# invariants
+
+
+@exact
+def conservation(state: LedgerState) -> dict[str, Decimal]:
+    """Per asset: sum of balances + isolated margin + cost-basis PnL at a common price, minus
+    (deposits - withdrawals). Zero for every asset when the books balance.
+
+    Unrealised PnL sums to -sum(cost) at any common mark because quantities sum to zero over both
+    sides of every trade; so the check needs no marks: it adds -cost per position (and the
+    insurance fund and fee account are ordinary accounts in ``state.accounts``). Deficits of
+    bankrupt accounts are carried in their negative balances until the waterfall covers them.
+    """
+    totals: dict[str, Decimal] = {}
+    for account in state.accounts.values():
+        for asset, amount in account.balances.items():
+            totals[asset] = totals.get(asset, ZERO) + amount
+        for position in account.positions.values():
+            spec = state.parameters.instruments_by_symbol.get(position.instrument)
+            asset = spec.settlement_asset if spec is not None else "?"
+            totals[asset] = totals.get(asset, ZERO) + position.isolated_margin - position.cost
+    for asset, amount in state.deposits.items():
+        totals[asset] = totals.get(asset, ZERO) - amount
+    for asset, amount in state.withdrawals.items():
+        totals[asset] = totals.get(asset, ZERO) + amount
+    return {asset: amount for asset, amount in totals.items() if amount != 0}

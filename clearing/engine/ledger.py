@@ -1,0 +1,262 @@
+"""The ledger process's core: a batch of raw records in, one PostgreSQL transaction out.
+
+For each batch: decode every record (bad ones become dead letters), look up the idempotency keys
+already in the log, then under the log lock fold each new event into the in-memory state, decide,
+and write in one transaction the input and decision events (hash-chained), the dead letters, the
+outbox rows, the projection rows of every account the batch touched and the consumer offsets. A
+crash at any instant leaves either the whole batch or none of it, and the offsets stored with it
+say exactly where to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.domain import events as ev
+from clearing.domain.fold import admit, replay_event, step
+from clearing.domain.messages import InputError, InputMessage, decode
+from clearing.domain.state import LedgerState
+from clearing.engine import outputs
+from clearing.store import log as eventlog
+from clearing.store import projections
+from clearing.store.hashing import canonical_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka record as the consumer hands it over: the topic's kind (``fills``, ``marks``...)
+    says how to decode it."""
+
+    kind: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchResult:
+    records: int = 0
+    appended: int = 0
+    decisions: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    last_position: int = 0
+    seconds: float = 0.0
+    decision_types: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _DeadLetter:
+    record: RawRecord
+    error: str
+    idempotency_key: str | None = None
+    existing_payload: dict[str, Any] | None = None
+
+
+class LedgerBrokenError(RuntimeError):
+    """An invariant of the writer does not hold (e.g. a second writer on this shard): stop."""
+
+
+class Ledger:
+    """One shard's writer. Not thread-safe: one ledger process per shard."""
+
+    def __init__(self, engine: sa.Engine, *, shard: int = 0, topic_prefix: str = "clearing.") -> None:
+        self.engine = engine
+        self.shard = shard
+        self.topic_prefix = topic_prefix
+        self.state = LedgerState()
+        self.head = eventlog.ShardHead(shard=shard)
+        self.needs_reload = False
+
+    # ---------------------------------------------------------------------------------------
+    # start
+
+    def load(self, progress: Any = None) -> int:
+        """Fold this shard's log into a fresh state (from the latest snapshot when there is one).
+        Returns the number of events replayed."""
+        self.state = LedgerState()
+        with self.engine.connect() as conn:
+            self.head = eventlog.read_head(conn, self.shard)
+            count = 0
+            for event_type, payload in eventlog.iter_payloads(conn, self.shard):
+                replay_event(self.state, event_type, payload)
+                count += 1
+                if progress is not None and count % 10_000 == 0:
+                    progress(count)
+        self.state.touched.clear()
+        self.state.marks_touched.clear()
+        self.needs_reload = False
+        return count
+
+    def stored_offsets(self) -> dict[tuple[str, int], tuple[int, str | None]]:
+        with self.engine.connect() as conn:
+            return eventlog.read_offsets(conn, self.shard)
+
+    # ---------------------------------------------------------------------------------------
+    # one batch
+
+    def process(self, records: Sequence[RawRecord], *, broker_instance: str | None = None) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult(records=len(records))
+        decoded: list[tuple[RawRecord, InputMessage | None, str | None]] = []
+        dead: list[_DeadLetter] = []
+        for record in records:
+            try:
+                message = decode(record.kind, record.value)
+            except InputError as error:
+                decoded.append((record, None, None))
+                dead.append(_DeadLetter(record, str(error)))
+                continue
+            decoded.append((record, message, ev.idempotency_key(message, self.shard)))
+
+        keys = [key for _, _, key in decoded if key is not None]
+        recorded_at = datetime.now(UTC)
+        rows: list[eventlog.EventRow] = []
+        outbox: list[tuple[int | None, str, str | None, dict[str, Any]]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        state = self.state
+        if self.needs_reload:
+            raise LedgerBrokenError("the in-memory state is behind a failed batch: call load() first")
+
+        try:
+            position = self._write(decoded, dead, keys, recorded_at, rows, outbox, offsets, result, broker_instance)
+        except BaseException:
+            # The state may hold part of a batch that never committed: drop it, and have the
+            # process reload from the log before it goes on.
+            self.head.rollback()
+            self.needs_reload = True
+            raise
+        # Committed: only now does the in-memory head move on.
+        self.head.commit()
+        state.touched.clear()
+        state.marks_touched.clear()
+        result.dead_letters = len(dead)
+        result.last_position = position
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _write(
+        self,
+        decoded: list[tuple[RawRecord, InputMessage | None, str | None]],
+        dead: list[_DeadLetter],
+        keys: list[str],
+        recorded_at: datetime,
+        rows: list[eventlog.EventRow],
+        outbox: list[tuple[int | None, str, str | None, dict[str, Any]]],
+        offsets: dict[tuple[str, int], int],
+        result: BatchResult,
+        broker_instance: str | None,
+    ) -> int:
+        state = self.state
+        with self.engine.connect() as conn, conn.begin():
+            position = eventlog.lock_and_check_head(conn, self.head)
+            existing = eventlog.existing_payloads(conn, keys)
+            seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
+            dead_by_record = {id(d.record): d for d in dead}
+            for record, message, key in decoded:
+                offsets[(record.topic, record.partition)] = record.offset + 1
+                if message is None or key is None:
+                    continue
+                payload = message.wire()
+                payload_json = canonical_json(payload)
+                if key in seen:
+                    if seen[key] == payload_json:
+                        result.duplicates += 1
+                    else:
+                        letter = _DeadLetter(
+                            record,
+                            f"conflicting duplicate: idempotency key {key.split('/', 1)[1]} is already in the "
+                            "log with different content; the logged version stands, send a correction "
+                            "under a new id",
+                            key,
+                            existing.get(key) or _loads(seen[key]),
+                        )
+                        dead.append(letter)
+                        dead_by_record[id(record)] = letter
+                    continue
+                try:
+                    admit(state, message)
+                except InputError as error:
+                    letter = _DeadLetter(record, str(error), key)
+                    dead.append(letter)
+                    continue
+                position += 1
+                decisions = step(state, message, position, self.shard)
+                event = ev.input_event(message, self.shard)
+                rows.append(
+                    self.head.row(
+                        position, event, payload_json, recorded_at, (record.topic, record.partition, record.offset)
+                    )
+                )
+                seen[key] = payload_json
+                result.appended += 1
+                for decision in decisions:
+                    position += 1
+                    rows.append(self.head.row(position, decision, canonical_json(decision.payload), recorded_at))
+                    result.decisions += 1
+                    result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
+                    out = outputs.decision_message(decision, position)
+                    if out is not None:
+                        outbox.append((position, *out))
+
+            for letter in dead:
+                record = letter.record
+                outbox.append(
+                    (
+                        None,
+                        *outputs.dead_letter_message(
+                            record.topic, record.partition, record.offset, record.key, record.value, letter.error
+                        ),
+                    )
+                )
+            eventlog.append(conn, rows)
+            eventlog.insert_dead_letters(
+                conn,
+                self.shard,
+                [
+                    (
+                        d.record.topic,
+                        d.record.partition,
+                        d.record.offset,
+                        d.record.key,
+                        d.record.value,
+                        d.error,
+                        d.idempotency_key,
+                        d.existing_payload,
+                    )
+                    for d in dead
+                ],
+                recorded_at,
+            )
+            eventlog.insert_outbox(conn, self.topic_prefix, outbox, recorded_at)
+            eventlog.store_offsets(conn, self.shard, offsets, broker_instance, recorded_at)
+            projections.write(conn, state, state.touched, state.marks_touched, position)
+        return position
+
+
+def _loads(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def chunked(items: Iterable[RawRecord], size: int) -> Iterable[list[RawRecord]]:
+    batch: list[RawRecord] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

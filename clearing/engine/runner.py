@@ -1,0 +1,120 @@
+"""The ledger process loop (``clearing run``): poll a record source, process bounded batches,
+wake the outbox relay, stop cleanly on SIGTERM/SIGINT.
+
+The record source is an adapter (consumers/) handed in by the caller, so the engine does not
+depend on Kafka's consumer API.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from clearing.engine.ledger import BatchResult, Ledger, RawRecord
+from clearing.engine.outbox import OutboxRelay
+
+logger = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 100
+BATCH_RECORDS_MAX = 5_000
+FAILURE_BACKOFF_S = 1.0
+FAILURE_BACKOFF_MAX_S = 30.0
+
+
+class RecordSource(Protocol):
+    def assign(self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None) -> None: ...
+
+    def poll(self, timeout_ms: int, records_max: int) -> list[RawRecord]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    records: int = 0
+    appended: int = 0
+    decisions: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    last_position: int = 0
+    failures: int = 0
+    decision_types: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: BatchResult) -> None:
+        self.batches += 1
+        self.records += result.records
+        self.appended += result.appended
+        self.decisions += result.decisions
+        self.duplicates += result.duplicates
+        self.dead_letters += result.dead_letters
+        self.last_position = max(self.last_position, result.last_position)
+        for name, count in result.decision_types.items():
+            self.decision_types[name] = self.decision_types.get(name, 0) + count
+
+
+def run(
+    ledger: Ledger,
+    source: RecordSource,
+    relay: OutboxRelay | None,
+    *,
+    broker_instance: str | None = None,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[BatchResult, RunStats], None] | None = None,
+    install_signal_handlers: bool = True,
+    batch_records_max: int = BATCH_RECORDS_MAX,
+    poll_timeout_ms: int = POLL_TIMEOUT_MS,
+) -> RunStats:
+    """Run until ``stop`` is set (or a signal arrives). Returns what was done."""
+    stop = stop or threading.Event()
+    if install_signal_handlers and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    stats = RunStats()
+    source.assign(ledger.stored_offsets(), broker_instance)
+    if relay is not None:
+        relay.start()
+    backoff = FAILURE_BACKOFF_S
+    try:
+        while not stop.is_set():
+            records = source.poll(poll_timeout_ms, batch_records_max)
+            if not records:
+                continue
+            try:
+                result = ledger.process(records, broker_instance=broker_instance)
+            except Exception:
+                # A failed batch committed nothing. Reload the state from the log and re-read
+                # from the stored offsets, after a bounded back-off.
+                stats.failures += 1
+                logger.exception("batch failed; reloading from the log in %.1f s", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, FAILURE_BACKOFF_MAX_S)
+                ledger.load()
+                source.assign(ledger.stored_offsets(), broker_instance)
+                continue
+            backoff = FAILURE_BACKOFF_S
+            stats.add(result)
+            if relay is not None and result.records:
+                relay.wake()
+            if on_batch is not None:
+                on_batch(result, stats)
+    finally:
+        if relay is not None:
+            relay.stop()
+        source.close()
+    return stats
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; a bounded wait, not a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

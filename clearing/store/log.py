@@ -1,0 +1,309 @@
+"""The event log's reads and writes (no business rules): the writer's head and lock, COPY of
+event rows, dead letters, outbox rows and consumer offsets.
+
+Why one lock for the whole log: positions are global and gap-free, and a reader that tails the
+log by position must never see position n+1 committed before position n. The writer takes a
+transaction-level advisory lock before it reads the head and releases it at commit, so insert
+order equals commit order even with several shards writing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.domain import events as ev
+from clearing.store.hashing import GENESIS_HASH, chain, row_digest_input
+
+LOG_LOCK_KEY = 7_301_955_001  # pg_advisory_xact_lock key of the event log's single writer
+REPLAY_FETCH_ROWS = 5_000
+
+EVENT_COLUMNS = (
+    "position",
+    "shard",
+    "stream",
+    "stream_version",
+    "type",
+    "schema_version",
+    "payload",
+    "occurred_at",
+    "recorded_at",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "idempotency_key",
+    "cause_position",
+    "prev_hash",
+    "hash",
+)
+
+EventRow = tuple[Any, ...]
+
+
+class LogHeadMismatch(RuntimeError):
+    """The log's head is not where this writer left it: a second writer is active on the shard."""
+
+
+@dataclass
+class ShardHead:
+    """Where one shard's log ends: last global position written by anyone, this shard's last
+    hash and position, and the version of every stream. Rows staged for the open transaction
+    move it only on ``commit``."""
+
+    shard: int
+    position: int = 0
+    shard_position: int = 0
+    last_hash: bytes = GENESIS_HASH
+    stream_versions: dict[str, int] = field(default_factory=dict)
+    _pending_versions: dict[str, int] = field(default_factory=dict)
+    _pending_hash: bytes | None = None
+    _pending_position: int | None = None
+
+    def row(
+        self,
+        position: int,
+        event: ev.Event,
+        payload_json: str,
+        recorded_at: datetime,
+        source: tuple[str, int, int] | None = None,
+    ) -> EventRow:
+        version = self._pending_versions.get(event.stream) or self.stream_versions.get(event.stream, 0)
+        version += 1
+        self._pending_versions[event.stream] = version
+        topic, partition, offset = source if source is not None else (None, None, None)
+        previous = self._pending_hash if self._pending_hash is not None else self.last_hash
+        digest = chain(
+            previous,
+            row_digest_input(
+                position=position,
+                shard=self.shard,
+                stream=event.stream,
+                stream_version=version,
+                type=event.type,
+                schema_version=event.schema_version,
+                payload_json=payload_json,
+                occurred_at=event.occurred_at,
+                recorded_at=recorded_at,
+                source_topic=topic,
+                source_partition=partition,
+                source_offset=offset,
+                idempotency_key=event.idempotency_key,
+                cause_position=event.cause_position,
+            ),
+        )
+        self._pending_hash = digest
+        self._pending_position = position
+        return (
+            position,
+            self.shard,
+            event.stream,
+            version,
+            event.type,
+            event.schema_version,
+            payload_json,
+            event.occurred_at,
+            recorded_at,
+            topic,
+            partition,
+            offset,
+            event.idempotency_key,
+            event.cause_position,
+            previous,
+            digest,
+        )
+
+    def commit(self) -> None:
+        self.stream_versions.update(self._pending_versions)
+        if self._pending_hash is not None and self._pending_position is not None:
+            self.last_hash = self._pending_hash
+            self.shard_position = self._pending_position
+            self.position = max(self.position, self._pending_position)
+        self.rollback()
+
+    def rollback(self) -> None:
+        self._pending_versions = {}
+        self._pending_hash = None
+        self._pending_position = None
+
+
+def read_head(conn: sa.Connection, shard: int) -> ShardHead:
+    head = ShardHead(shard=shard)
+    last = conn.execute(
+        sa.text("SELECT position, hash FROM events WHERE shard = :shard ORDER BY position DESC LIMIT 1"),
+        {"shard": shard},
+    ).first()
+    if last is not None:
+        head.shard_position, head.last_hash = int(last[0]), bytes(last[1])
+    head.position = int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
+    for stream, version in conn.execute(
+        sa.text("SELECT stream, max(stream_version) FROM events WHERE shard = :shard GROUP BY stream"),
+        {"shard": shard},
+    ):
+        head.stream_versions[stream] = int(version)
+    return head
+
+
+def lock_and_check_head(conn: sa.Connection, head: ShardHead) -> int:
+    """Take the log lock for this transaction, check that the shard's log ends where this writer
+    left it, and return the last global position (the next event gets that + 1)."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
+    last = conn.execute(
+        sa.text("SELECT position, hash FROM events WHERE shard = :shard ORDER BY position DESC LIMIT 1"),
+        {"shard": head.shard},
+    ).first()
+    found = (int(last[0]), bytes(last[1])) if last is not None else (0, GENESIS_HASH)
+    if found != (head.shard_position, head.last_hash):
+        raise LogHeadMismatch(
+            f"shard {head.shard}: the log ends at position {found[0]}, this writer expected "
+            f"{head.shard_position}; another writer is appending to this shard"
+        )
+    return int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
+
+
+def existing_payloads(conn: sa.Connection, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    if not keys:
+        return {}
+    rows = conn.execute(
+        sa.text("SELECT idempotency_key, payload FROM events WHERE idempotency_key = ANY(:keys)"),
+        {"keys": list(keys)},
+    )
+    return {key: payload for key, payload in rows}
+
+
+def _driver(conn: sa.Connection) -> Any:
+    return conn.connection.driver_connection
+
+
+def append(conn: sa.Connection, rows: Sequence[EventRow]) -> None:
+    """COPY the batch's event rows: the fastest way PostgreSQL takes rows in."""
+    if not rows:
+        return
+    cursor = _driver(conn).cursor()
+    with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+        copy.set_types(
+            [
+                "int8",
+                "int2",
+                "text",
+                "int8",
+                "text",
+                "int2",
+                "jsonb",
+                "timestamptz",
+                "timestamptz",
+                "text",
+                "int4",
+                "int8",
+                "text",
+                "int8",
+                "bytea",
+                "bytea",
+            ]
+        )
+        for row in rows:
+            copy.write_row(row)
+
+
+def insert_dead_letters(
+    conn: sa.Connection,
+    shard: int,
+    letters: Sequence[tuple[str, int, int, bytes | None, bytes, str, str | None, dict[str, Any] | None]],
+    received_at: datetime,
+) -> None:
+    if not letters:
+        return
+    conn.execute(
+        sa.text(
+            'INSERT INTO dead_letters (shard, topic, partition, "offset", key, raw, error, idempotency_key, '
+            "existing_payload, received_at) VALUES (:shard, :topic, :partition, :offset, :key, :raw, :error, "
+            ":idempotency_key, CAST(:existing AS jsonb), :received_at)"
+        ),
+        [
+            {
+                "shard": shard,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key": key,
+                "raw": raw,
+                "error": error,
+                "idempotency_key": idempotency_key,
+                "existing": json.dumps(existing) if existing is not None else None,
+                "received_at": received_at,
+            }
+            for topic, partition, offset, key, raw, error, idempotency_key, existing in letters
+        ],
+    )
+
+
+def insert_outbox(
+    conn: sa.Connection,
+    topic_prefix: str,
+    messages: Sequence[tuple[int | None, str, str | None, dict[str, Any]]],
+    created_at: datetime,
+) -> None:
+    if not messages:
+        return
+    cursor = _driver(conn).cursor()
+    with cursor.copy("COPY outbox (position, topic, key, value, created_at) FROM STDIN") as copy:
+        copy.set_types(["int8", "text", "text", "jsonb", "timestamptz"])
+        for position, kind, key, value in messages:
+            copy.write_row((position, topic_prefix + kind, key, json.dumps(value), created_at))
+
+
+def store_offsets(
+    conn: sa.Connection,
+    shard: int,
+    offsets: dict[tuple[str, int], int],
+    broker_instance: str | None,
+    updated_at: datetime,
+) -> None:
+    if not offsets:
+        return
+    conn.execute(
+        sa.text(
+            "INSERT INTO consumer_offsets (shard, topic, partition, next_offset, broker_instance, updated_at) "
+            "VALUES (:shard, :topic, :partition, :next_offset, :broker_instance, :updated_at) "
+            "ON CONFLICT (shard, topic, partition) DO UPDATE SET next_offset = excluded.next_offset, "
+            "broker_instance = excluded.broker_instance, updated_at = excluded.updated_at"
+        ),
+        [
+            {
+                "shard": shard,
+                "topic": topic,
+                "partition": partition,
+                "next_offset": next_offset,
+                "broker_instance": broker_instance,
+                "updated_at": updated_at,
+            }
+            for (topic, partition), next_offset in sorted(offsets.items())
+        ],
+    )
+
+
+def read_offsets(conn: sa.Connection, shard: int) -> dict[tuple[str, int], tuple[int, str | None]]:
+    rows = conn.execute(
+        sa.text("SELECT topic, partition, next_offset, broker_instance FROM consumer_offsets WHERE shard = :shard"),
+        {"shard": shard},
+    )
+    return {(topic, int(partition)): (int(offset), instance) for topic, partition, offset, instance in rows}
+
+
+def iter_payloads(
+    conn: sa.Connection, shard: int, *, after: int = 0, upto: int | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, payload) of a shard's events in log order, streamed with a server-side cursor."""
+    query = "SELECT type, payload FROM events WHERE shard = :shard AND position > :after"
+    params: dict[str, Any] = {"shard": shard, "after": after}
+    if upto is not None:
+        query += " AND position <= :upto"
+        params["upto"] = upto
+    query += " ORDER BY position"
+    result = conn.execution_options(stream_results=True, yield_per=REPLAY_FETCH_ROWS).execute(sa.text(query), params)
+    for event_type, payload in result:
+        yield event_type, payload
