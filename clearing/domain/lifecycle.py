@@ -20,7 +20,7 @@ from clearing.domain.messages import (
     Withdrawal,
 )
 from clearing.domain.numbers import to_wire
-from clearing.domain.state import LedgerState
+from clearing.domain.state import Account, LedgerState
 
 
 def decide(state: LedgerState, message: InputMessage, position: int) -> list[ev.Event]:
@@ -48,7 +48,7 @@ def _decision(
 def decide_withdrawal(state: LedgerState, request: Withdrawal, position: int) -> ev.Event:
     """Approve when the account has the asset and its cross equity after the withdrawal stays at
     or above its initial margin; never while it is being liquidated."""
-    account = state.account(request.account_id)
+    account = state.accounts.get(request.account_id) or Account(request.account_id)
     held = account.balance(request.asset)
     base = {
         "transfer_id": request.transfer_id,
@@ -69,7 +69,7 @@ def decide_withdrawal(state: LedgerState, request: Withdrawal, position: int) ->
 
 def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer, position: int) -> ev.Event:
     spec = state.parameters.instruments_by_symbol[request.instrument]
-    account = state.account(request.account_id)
+    account = state.accounts.get(request.account_id) or Account(request.account_id)
     base = {
         "transfer_id": request.transfer_id,
         "instrument": request.instrument,

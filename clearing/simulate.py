@@ -1,0 +1,201 @@
+"""A deterministic synthetic market (``clearing simulate``): accounts, deposits, paired fills on
+both sides of each trade, marks as a random walk, funding, withdrawals and an optional crash.
+
+The same seed and options give the same messages byte for byte. The generator is not in the
+ledger path; it uses ``random.Random(seed)`` and builds every number as an exact decimal string.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from clearing.domain.messages import format_time
+
+START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+INSTRUMENTS = {
+    # symbol: (start price, price tick, quantity step, asset priced the same way)
+    "BTCUSDT": (Decimal("65000"), Decimal("0.1"), Decimal("0.001"), "BTC"),
+    "ETHUSDT": (Decimal("3200"), Decimal("0.01"), Decimal("0.01"), "ETH"),
+    "SOLUSDT": (Decimal("150"), Decimal("0.001"), Decimal("0.1"), "SOL"),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int = 7
+    accounts: int = 50
+    trades: int = 2_000
+    steps: int = 200
+    crash_at: float | None = None  # fraction of the steps after which the crash starts
+    crash_depth: Decimal = Decimal("0.25")  # fraction the price falls
+    crash_steps: int = 10
+    leverage_max: int = 20
+    withdrawals: bool = True
+    funding_every_steps: int = 50
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str  # input topic kind: fills, transfers, marks, liquidations, admin
+    key: str
+    value: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return json.dumps(self.value, separators=(",", ":")).encode("utf-8")
+
+
+def _q(value: Decimal, step: Decimal) -> Decimal:
+    return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+def generate(scenario: Scenario) -> Iterator[Message]:
+    """The scenario's messages in the order they should be published."""
+    rng = random.Random(scenario.seed)
+    accounts = [f"ACC-{i:05d}" for i in range(1, scenario.accounts + 1)]
+    clock = START
+    prices = {symbol: spec[0] for symbol, spec in INSTRUMENTS.items()}
+    equity = {}
+
+    def tick() -> str:
+        nonlocal clock
+        clock += timedelta(milliseconds=rng.randint(5, 500))
+        return format_time(clock)
+
+    def marks() -> Iterator[Message]:
+        at = tick()
+        for symbol, (_, price_tick, _, asset) in INSTRUMENTS.items():
+            price = _q(prices[symbol], price_tick)
+            yield Message("marks", symbol, {"type": "mark", "symbol": symbol, "price": str(price), "occurred_at": at})
+            yield Message("marks", asset, {"type": "mark", "symbol": asset, "price": str(price), "occurred_at": at})
+
+    yield from marks()
+    for account in accounts:
+        amount = Decimal(rng.randint(2_000, 100_000))
+        equity[account] = amount
+        yield Message(
+            "transfers",
+            account,
+            {
+                "type": "deposit",
+                "transfer_id": f"D-{account}",
+                "account_id": account,
+                "asset": "USDT",
+                "amount": str(amount),
+                "occurred_at": tick(),
+            },
+        )
+        if rng.random() < 0.2:
+            btc = Decimal(rng.randint(1, 300)) / 100
+            yield Message(
+                "transfers",
+                account,
+                {
+                    "type": "deposit",
+                    "transfer_id": f"DB-{account}",
+                    "account_id": account,
+                    "asset": "BTC",
+                    "amount": str(btc),
+                    "occurred_at": tick(),
+                },
+            )
+
+    trades_per_step = max(1, scenario.trades // max(1, scenario.steps))
+    crash_start = int(scenario.steps * scenario.crash_at) if scenario.crash_at is not None else None
+    trade_number = 0
+    for step in range(scenario.steps):
+        # Marks: a random walk of about 0.2% a step; during a crash, an even fall each step.
+        for symbol in prices:
+            if crash_start is not None and crash_start <= step < crash_start + scenario.crash_steps:
+                fall = scenario.crash_depth / scenario.crash_steps
+                prices[symbol] = prices[symbol] * (1 - fall)
+            else:
+                move = Decimal(rng.randint(-20, 20)) / 10_000
+                prices[symbol] = prices[symbol] * (1 + move)
+        yield from marks()
+        if scenario.funding_every_steps and step and step % scenario.funding_every_steps == 0:
+            at = tick()
+            for symbol in INSTRUMENTS:
+                rate = Decimal(rng.randint(-10, 30)) / 100_000
+                yield Message("marks", symbol, {"type": "funding", "symbol": symbol, "rate": str(rate), "occurred_at": at})
+        for _ in range(trades_per_step):
+            if trade_number >= scenario.trades:
+                break
+            trade_number += 1
+            buyer, seller = rng.sample(accounts, 2)
+            symbol = rng.choice(list(INSTRUMENTS))
+            _, price_tick, quantity_step, _ = INSTRUMENTS[symbol]
+            price = _q(prices[symbol] * (1 + Decimal(rng.randint(-5, 5)) / 10_000), price_tick)
+            budget = min(equity[buyer], equity[seller]) * rng.randint(1, scenario.leverage_max) / 10
+            quantity = _q(budget / price, quantity_step)
+            if quantity <= 0:
+                quantity = quantity_step
+            at = tick()
+            trade_id = f"T-{trade_number:07d}"
+            maker_buys = rng.random() < 0.5
+            for side, account in (("buy", buyer), ("sell", seller)):
+                maker = (side == "buy") == maker_buys
+                fee_rate = Decimal("0.0002") if maker else Decimal("0.0005")
+                fee = (quantity * price * fee_rate).quantize(Decimal("0.00000001"))
+                yield Message(
+                    "fills",
+                    account,
+                    {
+                        "type": "fill",
+                        "fill_id": f"F-{trade_number:07d}-{side[0]}",
+                        "trade_id": trade_id,
+                        "account_id": account,
+                        "instrument": symbol,
+                        "side": side,
+                        "quantity": str(quantity),
+                        "price": str(price),
+                        "fee": str(fee),
+                        "fee_asset": "USDT",
+                        "liquidity": "maker" if maker else "taker",
+                        "margin_mode": "cross",
+                        "occurred_at": at,
+                    },
+                )
+        if scenario.withdrawals and rng.random() < 0.1:
+            account = rng.choice(accounts)
+            amount = Decimal(rng.randint(100, 5_000))
+            yield Message(
+                "transfers",
+                account,
+                {
+                    "type": "withdrawal",
+                    "transfer_id": f"W-{step:05d}-{account}",
+                    "account_id": account,
+                    "asset": "USDT",
+                    "amount": str(amount),
+                    "occurred_at": tick(),
+                },
+            )
+
+
+def publish(bootstrap: str, prefix: str, messages: Iterator[Message], progress: Any = None) -> dict[tuple[str, int], int]:
+    """Publish to the input topics; returns the next offset per (topic, partition) written,
+    which is what a ledger must have stored to have consumed everything."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10, batch_size=256 * 1024)
+    futures = []
+    try:
+        for count, message in enumerate(messages, 1):
+            futures.append(producer.send(prefix + message.kind, key=message.key.encode(), value=message.encode()))
+            if progress is not None and count % 1_000 == 0:
+                progress(count)
+        producer.flush()
+    finally:
+        producer.close()
+    ends: dict[tuple[str, int], int] = {}
+    for future in futures:
+        metadata = future.get(timeout=30)
+        key = (metadata.topic, metadata.partition)
+        ends[key] = max(ends.get(key, 0), metadata.offset + 1)
+    return ends

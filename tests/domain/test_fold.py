@@ -1,0 +1,263 @@
+"""The fold: positions, PnL, fees and funding by worked example, and the invariants by property."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clearing.domain import events as ev
+from clearing.domain.fold import admit, conservation, replay_event, step
+from clearing.domain.messages import InputError, decode
+from clearing.domain.state import FEE_ACCOUNT, LedgerState
+
+T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+
+def message(kind: str, **fields: Any) -> Any:
+    import json
+
+    fields.setdefault("occurred_at", T0.isoformat())
+    return decode(kind, json.dumps(fields).encode())
+
+
+def fill(account: str, side: str, quantity: str, price: str, *, fid: str, fee: str = "0", mode: str = "cross",
+         instrument: str = "BTCUSDT") -> Any:
+    return message(
+        "fills", type="fill", fill_id=fid, trade_id="T" + fid, account_id=account, instrument=instrument,
+        side=side, quantity=quantity, price=price, fee=fee, fee_asset="USDT", margin_mode=mode,
+    )
+
+
+def deposit(account: str, amount: str, tid: str, asset: str = "USDT") -> Any:
+    return message("transfers", type="deposit", transfer_id=tid, account_id=account, asset=asset, amount=amount)
+
+
+def mark(symbol: str, price: str, at: datetime = T0) -> Any:
+    return message("marks", type="mark", symbol=symbol, price=price, occurred_at=at.isoformat())
+
+
+class Book:
+    """A state plus the log the live path wrote, for replay comparisons."""
+
+    def __init__(self) -> None:
+        self.state = LedgerState()
+        self.log: list[ev.Event] = []
+        self.decisions: list[ev.Event] = []
+
+    def feed(self, msg: Any) -> list[ev.Event]:
+        admit(self.state, msg)
+        position = len(self.log) + 1
+        decisions = step(self.state, msg, position)
+        self.log.append(ev.input_event(msg, 0))
+        self.log.extend(decisions)
+        self.decisions.extend(decisions)
+        return decisions
+
+
+def test_long_then_partial_close_realises_pnl_on_the_closed_share() -> None:
+    book = Book()
+    book.feed(deposit("A", "10000", "d1"))
+    book.feed(fill("A", "buy", "1", "100", fid="1"))
+    book.feed(fill("A", "buy", "2", "103", fid="2"))
+    # cost = 1 x 100 + 2 x 103 = 306; average entry 102
+    position = book.state.accounts["A"].positions[("BTCUSDT", "cross")]
+    assert (position.quantity, position.cost) == (D(3), D(306))
+    book.feed(fill("A", "sell", "1.5", "110", fid="3"))
+    # closes half the cost (153): realised = 1.5 x 110 - 153 = 12
+    assert position.quantity == D("1.5")
+    assert position.cost == D(153)
+    assert position.realised_pnl == D(12)
+    assert book.state.accounts["A"].balance("USDT") == D(10012)
+
+
+def test_flip_through_zero_closes_everything_then_opens_the_rest() -> None:
+    book = Book()
+    book.feed(fill("A", "buy", "2", "100", fid="1"))
+    book.feed(fill("A", "sell", "5", "90", fid="2"))
+    position = book.state.accounts["A"].positions[("BTCUSDT", "cross")]
+    # close 2: realised 2 x 90 - 200 = -20; open short 3 at 90: cost -270
+    assert position.realised_pnl == D(-20)
+    assert (position.quantity, position.cost) == (D(-3), D(-270))
+    assert position.entry_price(D(1)) == D(90)
+
+
+def test_inexact_partial_close_rounds_the_credit_down() -> None:
+    book = Book()
+    book.feed(fill("A", "buy", "3", "100", fid="1"))
+    book.feed(fill("A", "buy", "3", "100.01", fid="2"))  # cost 600.03 for 6
+    book.feed(fill("A", "sell", "1", "100", fid="3"))
+    position = book.state.accounts["A"].positions[("BTCUSDT", "cross")]
+    # removed cost = 600.03 / 6 = 100.005 exactly; realised = 100 - 100.005 = -0.005
+    assert position.realised_pnl == D("-0.005")
+    book.feed(fill("A", "sell", "2", "100", fid="4"))
+    # 500.025 x 2 / 5 = 200.01 exactly again; now 3 left with cost 300.015
+    book.feed(fill("A", "sell", "2", "100", fid="5"))
+    # 300.015 x 2 / 3 = 200.01 exactly; 1 left at cost 100.005
+    book.feed(fill("B", "buy", "7", "100.003", fid="6"))
+    book.feed(fill("B", "sell", "1", "100", fid="7"))
+    b = book.state.accounts["B"].positions[("BTCUSDT", "cross")]
+    # 700.021 / 7 = 100.003 exactly, fine; the cost left is always exact bookkeeping
+    assert b.cost == D("600.018")
+
+
+def test_fees_move_to_the_fee_account() -> None:
+    book = Book()
+    book.feed(fill("A", "buy", "1", "100", fid="1", fee="0.05"))
+    book.feed(fill("B", "sell", "1", "100", fid="2", fee="-0.01"))  # maker rebate
+    assert book.state.accounts["A"].balance("USDT") == D("-0.05")
+    assert book.state.accounts["B"].balance("USDT") == D("0.01")
+    assert book.state.accounts[FEE_ACCOUNT].balance("USDT") == D("0.04")
+
+
+def test_funding_positive_rate_takes_from_longs_and_gives_to_shorts() -> None:
+    book = Book()
+    book.feed(fill("L", "buy", "2", "100", fid="1"))
+    book.feed(fill("S", "sell", "2", "100", fid="2"))
+    book.feed(mark("BTCUSDT", "110"))
+    book.feed(message("marks", type="funding", symbol="BTCUSDT", rate="0.0001"))
+    # payment = 2 x 110 x 0.0001 = 0.022
+    assert book.state.accounts["L"].balance("USDT") == D("-0.022")
+    assert book.state.accounts["S"].balance("USDT") == D("0.022")
+    book.feed(message("marks", type="funding", symbol="BTCUSDT", rate="-0.0002",
+                      occurred_at=(T0 + timedelta(hours=8)).isoformat()))
+    assert book.state.accounts["L"].balance("USDT") == D("0.022")
+    assert conservation(book.state) == {}
+
+
+def test_isolated_position_returns_its_collateral_when_closed() -> None:
+    book = Book()
+    book.feed(deposit("A", "1000", "d1"))
+    book.feed(message("transfers", type="isolated_margin", transfer_id="m1", account_id="A",
+                      instrument="BTCUSDT", amount="200"))
+    assert book.state.accounts["A"].balance("USDT") == D(800)
+    book.feed(fill("A", "buy", "1", "100", fid="1", mode="isolated"))
+    book.feed(fill("A", "sell", "1", "95", fid="2", mode="isolated"))
+    position = book.state.accounts["A"].positions[("BTCUSDT", "isolated")]
+    assert position.isolated_margin == 0
+    assert book.state.accounts["A"].balance("USDT") == D(995)
+
+
+def test_unknown_instrument_and_stale_mark_are_not_admitted() -> None:
+    state = LedgerState()
+    with pytest.raises(InputError, match="unknown instrument 'DOGEUSDT'"):
+        admit(state, fill("A", "buy", "1", "1", fid="x", instrument="DOGEUSDT"))
+    book = Book()
+    book.feed(mark("BTCUSDT", "100", T0 + timedelta(seconds=5)))
+    with pytest.raises(InputError, match="stale mark"):
+        admit(book.state, mark("BTCUSDT", "99", T0))
+
+
+def test_withdrawal_beyond_balance_is_rejected_with_a_reason() -> None:
+    book = Book()
+    book.feed(deposit("A", "100", "d1"))
+    [decision] = book.feed(message("transfers", type="withdrawal", transfer_id="w1", account_id="A",
+                                   asset="USDT", amount="150"))
+    assert decision.type == ev.WITHDRAWAL_REJECTED
+    assert "insufficient USDT" in decision.payload["reason"]
+    [decision] = book.feed(message("transfers", type="withdrawal", transfer_id="w2", account_id="A",
+                                   asset="USDT", amount="40"))
+    assert decision.type == ev.WITHDRAWAL_APPROVED
+    assert book.state.accounts["A"].balance("USDT") == D(60)
+    assert conservation(book.state) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# properties
+
+ACCOUNTS = ["A", "B", "C", "D"]
+prices = st.integers(min_value=1, max_value=2_000_000).map(lambda cents: D(cents) / 100)
+quantities = st.integers(min_value=1, max_value=5_000).map(lambda milli: D(milli) / 1000)
+
+
+@st.composite
+def markets(draw: st.DrawFn) -> list[Any]:
+    msgs: list[Any] = []
+    at = T0
+    for index in range(draw(st.integers(min_value=1, max_value=40))):
+        at += timedelta(seconds=1)
+        kind = draw(st.sampled_from(["trade", "trade", "deposit", "mark", "funding", "withdrawal", "isolated"]))
+        instrument = draw(st.sampled_from(["BTCUSDT", "ETHUSDT"]))
+        if kind == "trade":
+            buyer, seller = draw(st.lists(st.sampled_from(ACCOUNTS), min_size=2, max_size=2, unique=True))
+            q, p = draw(quantities), draw(prices)
+            mode = draw(st.sampled_from(["cross", "cross", "isolated"]))
+            fee = str(draw(st.integers(min_value=-5, max_value=50)) / D(100))
+            for side, account in (("buy", buyer), ("sell", seller)):
+                msgs.append(message("fills", type="fill", fill_id=f"{index}{side}", trade_id=f"T{index}",
+                                    account_id=account, instrument=instrument, side=side, quantity=str(q),
+                                    price=str(p), fee=fee, margin_mode=mode, occurred_at=at.isoformat()))
+        elif kind == "deposit":
+            amount = draw(st.integers(min_value=1, max_value=10**6))
+            msgs.append(message("transfers", type="deposit", transfer_id=f"d{index}",
+                                account_id=draw(st.sampled_from(ACCOUNTS)), asset="USDT", amount=str(amount),
+                                occurred_at=at.isoformat()))
+        elif kind == "withdrawal":
+            amount = draw(st.integers(min_value=1, max_value=10**5))
+            msgs.append(message("transfers", type="withdrawal", transfer_id=f"w{index}",
+                                account_id=draw(st.sampled_from(ACCOUNTS)), asset="USDT", amount=str(amount),
+                                occurred_at=at.isoformat()))
+        elif kind == "isolated":
+            amount = draw(st.integers(min_value=-500, max_value=2000).filter(bool))
+            msgs.append(message("transfers", type="isolated_margin", transfer_id=f"m{index}",
+                                account_id=draw(st.sampled_from(ACCOUNTS)), instrument=instrument,
+                                amount=str(amount), occurred_at=at.isoformat()))
+        elif kind == "mark":
+            msgs.append(message("marks", type="mark", symbol=instrument, price=str(draw(prices)),
+                                occurred_at=at.isoformat()))
+        else:
+            rate = D(draw(st.integers(min_value=-100, max_value=100))) / 100_000
+            msgs.append(message("marks", type="funding", symbol=instrument, rate=str(rate),
+                                occurred_at=at.isoformat()))
+    return msgs
+
+
+def run_live(msgs: list[Any]) -> Book:
+    book = Book()
+    for msg in msgs:
+        try:
+            book.feed(msg)
+        except InputError:
+            continue
+    return book
+
+
+def snapshot(state: LedgerState) -> dict[str, Any]:
+    return {
+        account_id: (
+            dict(account.balances),
+            {key: (p.quantity, p.cost, p.realised_pnl, p.isolated_margin, p.funding_paid)
+             for key, p in account.positions.items()},
+        )
+        for account_id, account in state.accounts.items()
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets())
+def test_books_balance_after_any_sequence(msgs: list[Any]) -> None:
+    book = run_live(msgs)
+    assert conservation(book.state) == {}
+    for account in book.state.accounts.values():
+        for position in account.positions.values():
+            if position.quantity == 0:
+                assert position.cost == 0
+            assert position.isolated_margin >= 0 or position.quantity != 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets())
+def test_replaying_the_log_gives_the_live_state_and_the_same_decisions(msgs: list[Any]) -> None:
+    live = run_live(msgs)
+    replayed = LedgerState()
+    for event in live.log:
+        replay_event(replayed, event.type, event.payload)
+    assert snapshot(replayed) == snapshot(live.state)
+    again = run_live(msgs)
+    assert [(d.type, d.payload, d.idempotency_key) for d in again.decisions] == [
+        (d.type, d.payload, d.idempotency_key) for d in live.decisions
+    ]
