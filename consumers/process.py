@@ -1,0 +1,53 @@
+"""``clearing run``: wires the Kafka input adapter, the ledger engine and the outbox relay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from clearing.embedded import Services
+from clearing.engine.ledger import BatchResult, Ledger
+from clearing.engine.outbox import OutboxRelay
+from clearing.engine.runner import RunStats, run
+from clearing.settings import Settings
+from clearing.store.db import make_engine
+from consumers.kafka_input import InputConsumer, ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+def run_ledger(
+    settings: Settings,
+    services: Services,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[BatchResult, RunStats], None] | None = None,
+    on_loaded: Callable[[int], None] | None = None,
+    load_progress: Any = None,
+    install_signal_handlers: bool = True,
+) -> RunStats:
+    engine = make_engine(services.database_url, role=settings.database_role)
+    try:
+        ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
+        ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
+        replayed = ledger.load(progress=load_progress)
+        logger.info("shard %s: state loaded from %s events", shard, replayed)
+        if on_loaded is not None:
+            on_loaded(replayed)
+        source = InputConsumer(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
+        relay = OutboxRelay(engine, services.kafka_bootstrap)
+        return run(
+            ledger,
+            source,
+            relay,
+            broker_instance=services.broker_instance,
+            stop=stop,
+            on_batch=on_batch,
+            install_signal_handlers=install_signal_handlers,
+        )
+    finally:
+        engine.dispose()
