@@ -56,11 +56,11 @@ class OutboxRelay:
             for _, topic, key, value in rows:
                 self.producer.send(topic, key=key.encode("utf-8") if key is not None else None, value=_serialize(value))
             self.producer.flush()
-            with conn.begin():
-                conn.execute(
-                    sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
-                    {"ids": [row[0] for row in rows]},
-                )
+            conn.execute(
+                sa.text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
+                {"ids": [row[0] for row in rows]},
+            )
+            conn.commit()
         self.published += len(rows)
         return len(rows)
 

@@ -193,7 +193,7 @@ def append(conn: sa.Connection, rows: Sequence[EventRow]) -> None:
                 "int8",
                 "text",
                 "int2",
-                "jsonb",
+                "text",  # payload: canonical JSON text, which COPY's text format parses as jsonb
                 "timestamptz",
                 "timestamptz",
                 "text",
@@ -251,7 +251,7 @@ def insert_outbox(
         return
     cursor = _driver(conn).cursor()
     with cursor.copy("COPY outbox (position, topic, key, value, created_at) FROM STDIN") as copy:
-        copy.set_types(["int8", "text", "text", "jsonb", "timestamptz"])
+        copy.set_types(["int8", "text", "text", "text", "timestamptz"])  # value: JSON text, parsed as jsonb
         for position, kind, key, value in messages:
             copy.write_row((position, topic_prefix + kind, key, json.dumps(value), created_at))
 
