@@ -100,8 +100,129 @@ def add_db(subparsers: Subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# clearing run | simulate | demo | account show
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_services, add_db]
+
+def _run(args: argparse.Namespace) -> int:
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from clearing.store.db import upgrade
+    from consumers.process import run_ledger
+
+    settings = get_settings()
+    services = ensure_services(settings)
+    upgrade(services.database_url)
+    logging.getLogger("clearing").setLevel(logging.INFO)
+    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards)
+    out(
+        f"stopped: {stats.records} records, {stats.appended} events appended, {stats.decisions} decisions, "
+        f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters; log at position {stats.last_position}"
+    )
+    return 0
+
+
+def add_run(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("run", help="consume the input topics and run the ledger until stopped")
+    parser.add_argument("--shard", type=int, default=0, help="this process's shard (default 0)")
+    parser.add_argument("--shards", type=int, default=1, help="how many shards the accounts are split into")
+    parser.set_defaults(handler=_run)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from decimal import Decimal
+
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from clearing.simulate import Scenario, generate, publish
+    from consumers.kafka_input import ensure_topics
+
+    settings = get_settings()
+    services = ensure_services(settings)
+    ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
+    scenario = Scenario(
+        seed=args.seed,
+        accounts=args.accounts,
+        trades=args.trades,
+        steps=args.steps,
+        crash_at=args.crash_at,
+        crash_depth=Decimal(args.crash_depth),
+    )
+    messages = list(generate(scenario))
+    ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
+                   progress=lambda n: sys.stderr.write(f"\rpublished {n}/{len(messages)}") if n % 10_000 == 0 else None)
+    sys.stderr.write("\n")
+    _emit({"published": len(messages), "end_offsets": {f"{t}[{p}]": o for (t, p), o in sorted(ends.items())}},
+          args.json)
+    return 0
+
+
+def add_simulate(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("simulate", help="publish a deterministic synthetic market to the input topics")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--trades", type=int, default=2_000)
+    parser.add_argument("--steps", type=int, default=200, help="mark updates per instrument")
+    parser.add_argument("--crash-at", type=float, default=None, metavar="FRACTION",
+                        help="start a crash after this fraction of the steps (e.g. 0.7)")
+    parser.add_argument("--crash-depth", default="0.25", help="fraction the prices fall in the crash")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_simulate)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clearing.demo import run_demo
+    from clearing.settings import get_settings
+
+    return run_demo(get_settings(), accounts=args.accounts, trades=args.trades, seed=args.seed)
+
+
+def add_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="start everything, simulate a market, run the ledger, show the result")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--trades", type=int, default=5_000)
+    parser.set_defaults(handler=_demo)
+
+
+def _account_show(args: argparse.Namespace) -> int:
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from clearing.store import queries
+    from clearing.store.db import make_engine
+
+    services = ensure_services(get_settings(), need_broker=False)
+    engine = make_engine(services.database_url)
+    try:
+        if args.as_of is not None:
+            from clearing.audit.asof import account_as_of
+
+            view = account_as_of(engine, args.account_id, args.as_of)
+        else:
+            with engine.connect() as conn:
+                view = queries.account_view(conn, args.account_id)
+    finally:
+        engine.dispose()
+    if view is None:
+        sys.stderr.write(f"no account {args.account_id!r} in the ledger\n")
+        return 1
+    _emit(view, args.json)
+    return 0
+
+
+def add_account(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("account", help="look at one account")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="balances, positions, margin and the log position they are as of")
+    show.add_argument("account_id")
+    show.add_argument("--as-of", default=None, metavar="POSITION|TIMESTAMP",
+                      help="the account as it stood at a log position or an event time")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_account_show)
+
+
+# ------------------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[Subparsers], None]] = [add_services, add_db, add_run, add_simulate, add_demo, add_account]
 
 
 def out(text: str) -> None:
