@@ -156,3 +156,18 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         assert get_settings() is settings
     finally:
         get_settings.cache_clear()
+
+
+def test_the_session_broker_round_trips_messages(broker: str, topic_prefix: str) -> None:
+    received = _kafka_round_trip(broker, f"{topic_prefix}fills")
+    assert received == [(b"A1", json.dumps({"n": n}).encode()) for n in range(3)]
+
+
+def test_clearing_settings_point_at_the_test_services(
+    clearing_settings: Settings, database_url: str, broker: str, topic_prefix: str
+) -> None:
+    services = ensure_services(clearing_settings)
+    assert services.database_url == database_url
+    assert services.kafka_bootstrap == broker
+    assert not services.embedded_database and not services.embedded_broker
+    assert topic(clearing_settings, "marks") == f"{topic_prefix}marks"
