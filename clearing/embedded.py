@@ -424,7 +424,8 @@ def stop_broker(broker_dir: Path) -> bool:
 
 def ensure_services(settings: Settings | None = None, *, need_broker: bool = True) -> Services:
     """The database and broker to use: the configured ones, else embedded ones under
-    ``settings.home``, started if they are not running yet."""
+    ``settings.home``, started if they are not running yet. With ``need_broker=False`` and no
+    configured Kafka, no broker is started and ``kafka_bootstrap`` is ``""``."""
     settings = settings or get_settings()
     home = settings.home_path()
     configured_url = settings.database_url_value()
