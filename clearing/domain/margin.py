@@ -187,8 +187,10 @@ class AccountRisk:
 class TriggerPrices:
     """Marks of ``instrument`` at which ``scope`` crosses a threshold, every other mark fixed.
 
-    ``lower`` is the highest crossing below ``reference_price``, ``upper`` the lowest above it
-    (None: no crossing on that side). Re-margin the scope when a new mark is ``<= lower`` or
+    ``lower`` is the highest crossing at or below ``reference_price``, ``upper`` the lowest at or
+    above it (None: no crossing on that side). A crossing exactly at the reference (the scope sits
+    on a threshold) is both bounds: some move from there changes the status, and a spurious
+    re-margin costs less than a missed one. Re-margin the scope when a new mark is ``<= lower`` or
     ``>= upper``: lower rounds up and upper rounds down, so a crossing is seen no later than it
     happens (the rounding of ``round_liquidation_price``, for the same reason)."""
 
@@ -622,8 +624,8 @@ def trigger_prices(
     ):
         crossings.extend((root, name) for root in line.ratio_roots(threshold))
     reference = position.price_used
-    below = [c for c in crossings if c[0] < reference]
-    above = [c for c in crossings if c[0] > reference]
+    below = [c for c in crossings if c[0] <= reference]
+    above = [c for c in crossings if c[0] >= reference]
     lower = max(below, default=None, key=lambda c: c[0])
     upper = min(above, default=None, key=lambda c: c[0])
     return TriggerPrices(
