@@ -221,8 +221,29 @@ def add_account(subparsers: Subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# clearing risk evaluate FILE|- [--json]
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_services, add_db, add_run, add_simulate, add_demo, add_account]
+
+def _risk_evaluate(args: argparse.Namespace) -> int:
+    from clearing.risk import run_risk_evaluate
+
+    return run_risk_evaluate(args.file, args.json)
+
+
+def add_risk(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("risk", help="what-if margin evaluation")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    evaluate = actions.add_parser("evaluate", help="the risk calculator: parameters, marks, an account in; margin out")
+    evaluate.add_argument("file", metavar="FILE", help="calculator input JSON (CONTRACT.md); - reads standard input")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_risk_evaluate)
+
+
+# ------------------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk
+]
 
 
 def out(text: str) -> None:

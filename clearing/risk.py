@@ -52,6 +52,8 @@ class CalculatorInputError(ValueError):
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        raise CalculatorInputError(f"{where} is missing: it must be a JSON object")
     if not isinstance(value, dict):
         raise CalculatorInputError(f"{where} must be a JSON object, got {type(value).__name__}")
     return value

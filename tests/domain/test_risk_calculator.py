@@ -142,7 +142,7 @@ def test_contract_parameters_without_ethusdt_are_a_clear_error(monkeypatch: pyte
         (lambda d: d["account"]["positions"].append(d["account"]["positions"][0]), "repeats BTCUSDT cross"),
         (lambda d: d["account"]["balances"].update(XYZ="5"), "XYZ is not listed"),
         (lambda d: d["parameters"]["margin_call"].update(warning_ratio="0.5"), "parameters"),
-        (lambda d: d.pop("account"), "account must be a JSON object"),
+        (lambda d: d.pop("account"), "account is missing"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(
