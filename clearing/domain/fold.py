@@ -55,6 +55,10 @@ def admit(state: LedgerState, message: InputMessage) -> None:
     match message:
         case Fill() | LiquidationFill():
             spec = _instrument(state, message.instrument)
+            if isinstance(message, LiquidationFill):
+                from clearing.domain.lifecycle import check_liquidation_fill
+
+                check_liquidation_fill(state, message)
             if isinstance(message, Fill) and message.fee_asset is not None:
                 _asset(state, message.fee_asset, "fee_asset")
             if spec.kind not in ("perpetual", "future"):
@@ -186,8 +190,10 @@ def trade(
     position.realised_pnl += realised
     if position.margin_mode == "isolated":
         position.isolated_margin += realised
-        if position.quantity == 0 and position.isolated_margin != 0:
-            # A closed isolated position hands its collateral back to the wallet.
+        if position.quantity == 0 and position.isolated_margin > 0:
+            # A closed isolated position hands its collateral back to the wallet. A negative
+            # remainder stays on the position: its loss is capped at its collateral, and the
+            # default waterfall (insurance fund) covers it, never the wallet.
             account.credit(spec.settlement_asset, position.isolated_margin)
             position.isolated_margin = ZERO
     else:
@@ -326,32 +332,29 @@ def _ensure_appliers() -> None:
 
 
 @exact
-def decide(state: LedgerState, message: InputMessage, position: int) -> list[ev.Event]:
-    """The decisions the input event at ``position`` causes, given the state after it."""
+def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
+    """Apply an admitted input event at ``position``, decide, and apply each decision as it is
+    taken. Returns the decisions, in order, keyed and caused by ``position``."""
     from clearing.domain import lifecycle
 
-    return lifecycle.decide(state, message, position)
-
-
-def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
-    """Apply an admitted input event at ``position``, decide, and apply the decisions. Returns
-    the decisions, in order, with their idempotency keys assigned from the cause position."""
     _ensure_appliers()
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
     apply(state, event_type, message, {})
-    decisions = decide(state, message, position)
-    keyed = []
-    for index, decision in enumerate(decisions):
+    keyed: list[ev.Event] = []
+
+    def emit(decision: ev.Event) -> None:
         keyed_decision = ev.Event(
             type=decision.type,
             stream=decision.stream,
             payload=decision.payload,
             occurred_at=decision.occurred_at,
-            idempotency_key=ev.decision_key(shard, position, index),
+            idempotency_key=ev.decision_key(shard, position, len(keyed)),
             cause_position=position,
         )
         apply(state, decision.type, None, decision.payload)
         keyed.append(keyed_decision)
+
+    lifecycle.decide(state, message, position, emit)
     return keyed
 
 

@@ -1,35 +1,148 @@
-"""Decisions: withdrawals, isolated-margin transfers, and the margin-call lifecycle.
+"""Decisions: withdrawals, isolated-margin transfers, the margin-call lifecycle, liquidation
+orders and the default waterfall.
 
 Every decision is an event with the numbers it was computed from, the parameter version in force
-and the position of its cause. ``decide`` reads the state after the cause was applied; the
-decisions it returns are then applied in order by ``fold.step``.
+and the position of its cause. ``decide`` reads the state after the cause was applied and hands
+each decision to ``emit``, which applies it at once: a later decision of the same cause (an
+insurance-fund draw after a liquidation fill, say) sees the state the earlier ones left.
+
+The lifecycle of a margin scope (the cross account, or one isolated position), DESIGN.md:
+
+    healthy -> warning      ratio >= warning_ratio                           MarginCallIssued
+    * -> maintenance        ratio >= 1, deadline = occurred_at + grace       MarginCallIssued/Escalated
+    maintenance -> liquidation  deadline reached (at once when grace is 0)   MarginCallEscalated
+                                + orders that bring the ratio to target       LiquidationOrderIssued
+    liquidation -> liquidation  orders filled, ratio still >= resolve         LiquidationOrderIssued
+    liquidation -> bankrupt     no position left and equity < 0:              InsuranceFundDrawn,
+                                the fund covers what it can                   AccountBankrupted
+    * -> healthy            ratio < resolve_ratio (hysteresis: no flapping)  MarginCallResolved
+
+ratio = maintenance margin / equity; with positions open and equity <= 0 the ratio is infinite.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from clearing.domain import events as ev
+from clearing.domain import margin
 from clearing.domain.messages import (
+    Deposit,
+    Fill,
+    Funding,
+    InputError,
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
+    Mark,
+    RiskParametersMessage,
+    Settlement,
     Withdrawal,
+    format_time,
 )
-from clearing.domain.numbers import to_wire
-from clearing.domain.state import Account, LedgerState
+from clearing.domain.numbers import (
+    ZERO,
+    divide,
+    parse_decimal,
+    round_bankruptcy_price,
+    round_requirement,
+    to_wire,
+)
+from clearing.domain.state import (
+    INSURANCE_FUND_ACCOUNT,
+    Account,
+    LedgerState,
+    LiquidationOrder,
+    MarginStatus,
+)
+
+Emit = Callable[[ev.Event], None]
+
+HEALTHY = "healthy"
+WARNING = "warning"
+MAINTENANCE = "maintenance"
+LIQUIDATION = "liquidation"
+BANKRUPT = "bankrupt"
+_RANK = {HEALTHY: 0, WARNING: 1, MAINTENANCE: 2, LIQUIDATION: 3, BANKRUPT: 4}
+LIQUIDATION_SEARCH_STEPS_MAX = 200
 
 
-def decide(state: LedgerState, message: InputMessage, position: int) -> list[ev.Event]:
+def decide(state: LedgerState, message: InputMessage, position: int, emit: Emit) -> None:
     match message:
         case Withdrawal():
-            return [decide_withdrawal(state, message, position)]
+            emit(decide_withdrawal(state, message))
         case IsolatedMarginTransfer():
-            return [decide_isolated_transfer(state, message, position)]
-    return []
+            emit(decide_isolated_transfer(state, message))
+    ids = _Ids(position)
+    for account_id, scopes in _affected(state, message):
+        account = state.accounts.get(account_id)
+        if account is not None:
+            for scope in scopes:
+                _remargin(state, account, scope, message.occurred_at, ids, emit)
+
+
+class _Ids:
+    """Ids of the decisions of one cause: derived from its log position, so a replay gives the
+    same ids."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.count: dict[str, int] = {}
+
+    def next(self, prefix: str) -> str:
+        n = self.count.get(prefix, 0) + 1
+        self.count[prefix] = n
+        return f"{prefix}-{self.position}" if n == 1 else f"{prefix}-{self.position}-{n}"
+
+
+def _scopes(account: Account) -> list[str]:
+    scopes = [margin.CROSS]
+    for (instrument, mode), position in sorted(account.positions.items()):
+        if mode == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0):
+            scopes.append(margin.isolated_scope(instrument))
+    for scope in sorted(account.margin):
+        if scope not in scopes and account.margin[scope].status != HEALTHY:
+            scopes.append(scope)
+    return scopes
+
+
+def _affected(state: LedgerState, message: InputMessage) -> list[tuple[str, list[str]]]:
+    """The accounts (and their scopes) whose margin the event can change, in a fixed order."""
+    accounts: set[str] = set()
+    match message:
+        case Fill() | LiquidationFill() | Deposit() | Withdrawal() | IsolatedMarginTransfer():
+            accounts.add(message.account_id)
+        case Mark():
+            if message.symbol in state.parameters.instruments_by_symbol:
+                accounts.update(state.holders.get(message.symbol, ()))
+            else:
+                accounts.update(
+                    account_id
+                    for account_id, account in state.accounts.items()
+                    if account.balances.get(message.symbol, ZERO) != 0
+                )
+        case Funding() | Settlement():
+            accounts.update(state.holders.get(message.symbol, ()))
+        case RiskParametersMessage():
+            accounts.update(state.holders_all())
+    # Scopes with a running deadline are looked at on every event: time moves with event time.
+    for (account_id, _scope), deadline in state.deadlines.items():
+        if deadline <= message.occurred_at:
+            accounts.add(account_id)
+    for order in state.liquidations.values():
+        accounts.add(order.account_id)
+    return [
+        (account_id, _scopes(state.accounts[account_id]))
+        for account_id in sorted(accounts)
+        if account_id in state.accounts
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# requests
 
 
 def _decision(
@@ -45,21 +158,24 @@ def _decision(
     )
 
 
-def decide_withdrawal(state: LedgerState, request: Withdrawal, position: int) -> ev.Event:
-    """Approve when the account has the asset and its cross equity after the withdrawal stays at
-    or above its initial margin; never while it is being liquidated."""
+def _liquidating(account: Account) -> str | None:
+    for scope, status in sorted(account.margin.items()):
+        if status.status in (LIQUIDATION, BANKRUPT):
+            return f"the account is in {status.status} ({scope}) and cannot withdraw or add risk"
+    return None
+
+
+def decide_withdrawal(state: LedgerState, request: Withdrawal) -> ev.Event:
+    """Approve when the account has the asset, is not being liquidated, and its cross equity
+    after the withdrawal stays at or above its initial margin."""
     account = state.accounts.get(request.account_id) or Account(request.account_id)
     held = account.balance(request.asset)
-    base = {
-        "transfer_id": request.transfer_id,
-        "asset": request.asset,
-        "amount": to_wire(request.amount),
-    }
-    reason = None
-    if held < request.amount:
+    base = {"transfer_id": request.transfer_id, "asset": request.asset, "amount": to_wire(request.amount)}
+    reason = _liquidating(account)
+    if reason is None and held < request.amount:
         reason = f"insufficient {request.asset}: balance {to_wire(held)}, requested {to_wire(request.amount)}"
     if reason is None:
-        reason = _margin_reason_after(state, request.account_id, request.asset, -request.amount)
+        reason = _cross_reason_after(state, account, request.asset, -request.amount)
     if reason is not None:
         return _decision(
             state, ev.WITHDRAWAL_REJECTED, request.account_id, request.occurred_at, {**base, "reason": reason}
@@ -67,7 +183,9 @@ def decide_withdrawal(state: LedgerState, request: Withdrawal, position: int) ->
     return _decision(state, ev.WITHDRAWAL_APPROVED, request.account_id, request.occurred_at, base)
 
 
-def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer, position: int) -> ev.Event:
+def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer) -> ev.Event:
+    """Into an isolated position: the wallet must hold the amount and stay at or above its
+    initial margin. Out of it: the isolated position must stay at or above its own initial margin."""
     spec = state.parameters.instruments_by_symbol[request.instrument]
     account = state.accounts.get(request.account_id) or Account(request.account_id)
     base = {
@@ -76,22 +194,31 @@ def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer
         "asset": spec.settlement_asset,
         "amount": to_wire(request.amount),
     }
-    reason = None
-    if request.amount > 0:
+    reason = _liquidating(account)
+    if reason is None and request.amount > 0:
         held = account.balance(spec.settlement_asset)
         if held < request.amount:
             reason = (
                 f"insufficient {spec.settlement_asset}: balance {to_wire(held)}, requested {to_wire(request.amount)}"
             )
         else:
-            reason = _margin_reason_after(state, request.account_id, spec.settlement_asset, -request.amount)
-    else:
-        isolated = account.positions.get((request.instrument, "isolated"))
-        allocated = isolated.isolated_margin if isolated is not None else Decimal(0)
+            reason = _cross_reason_after(state, account, spec.settlement_asset, -request.amount)
+    elif reason is None:
+        isolated = account.positions.get((request.instrument, margin.ISOLATED))
+        allocated = isolated.isolated_margin if isolated is not None else ZERO
         if allocated < -request.amount:
             reason = f"the isolated {request.instrument} position holds {to_wire(allocated)}, less than {to_wire(-request.amount)}"
-        else:
-            reason = _isolated_reason_after(state, request.account_id, request.instrument, request.amount)
+        elif isolated is not None and isolated.quantity != 0:
+            isolated.isolated_margin += request.amount
+            try:
+                risk = margin.scope_risk(state, account, margin.isolated_scope(request.instrument))
+            finally:
+                isolated.isolated_margin -= request.amount
+            if risk.equity < risk.initial_margin:
+                reason = (
+                    f"the isolated {request.instrument} position would hold equity {to_wire(risk.equity)}, "
+                    f"below its initial margin {to_wire(risk.initial_margin)}"
+                )
     if reason is not None:
         return _decision(
             state,
@@ -103,25 +230,429 @@ def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer
     return _decision(state, ev.ISOLATED_MARGIN_TRANSFERRED, request.account_id, request.occurred_at, base)
 
 
-def _margin_reason_after(state: LedgerState, account_id: str, asset: str, change: Decimal) -> str | None:
-    """Why the cross account could not afford a balance change (None when it can)."""
+def _cross_reason_after(state: LedgerState, account: Account, asset: str, change: Decimal) -> str | None:
+    """Why the cross account could not afford a balance change (None when it can): equity after
+    the change must stay at or above the initial margin."""
+    before = account.balances.get(asset)
+    account.credit(asset, change)
+    try:
+        risk = margin.scope_risk(state, account, margin.CROSS)
+    finally:
+        if before is None:
+            del account.balances[asset]
+        else:
+            account.balances[asset] = before
+    if risk.equity < risk.initial_margin:
+        return (
+            f"equity after the transfer would be {to_wire(risk.equity)}, below the initial margin "
+            f"{to_wire(risk.initial_margin)}"
+        )
     return None
 
 
-def _isolated_reason_after(state: LedgerState, account_id: str, instrument: str, change: Decimal) -> str | None:
-    return None
+# ---------------------------------------------------------------------------------------------
+# the margin-call lifecycle
+
+
+def _level(risk: margin.ScopeRisk, state: LedgerState) -> tuple[str, Decimal | None]:
+    """The level the numbers call for, and the ratio (None = infinite or no requirement)."""
+    policy = state.parameters.margin_call
+    if risk.maintenance_margin <= 0:
+        return HEALTHY, None
+    if risk.equity <= 0:
+        return MAINTENANCE, None
+    ratio = risk.margin_ratio
+    assert_ratio = ratio if ratio is not None else ZERO
+    if assert_ratio >= 1:
+        return MAINTENANCE, ratio
+    if assert_ratio >= policy.warning_ratio:
+        return WARNING, ratio
+    return HEALTHY, ratio
+
+
+def _below_resolve(risk: margin.ScopeRisk, state: LedgerState) -> bool:
+    if risk.maintenance_margin <= 0:
+        return risk.equity >= 0
+    if risk.equity <= 0 or risk.margin_ratio is None:
+        return False
+    return risk.margin_ratio < state.parameters.margin_call.resolve_ratio
+
+
+def _call_payload(
+    state: LedgerState, scope: str, call_id: str, level: str, risk: margin.ScopeRisk, deadline: datetime | None
+) -> dict[str, Any]:
+    resolve = state.parameters.margin_call.resolve_ratio
+    # Shortfall: the collateral that would bring the ratio below resolve_ratio (0 when none is
+    # needed); an amount owed, so it rounds up.
+    shortfall = ZERO
+    if risk.maintenance_margin > 0:
+        shortfall = max(ZERO, round_requirement(divide(risk.maintenance_margin, resolve) - risk.equity))
+    return {
+        "margin_call_id": call_id,
+        "scope": scope,
+        "level": level,
+        "equity": to_wire(risk.equity),
+        "initial_margin": to_wire(risk.initial_margin),
+        "maintenance_margin": to_wire(risk.maintenance_margin),
+        "margin_ratio": to_wire(risk.margin_ratio) if risk.margin_ratio is not None else None,
+        "shortfall": to_wire(shortfall),
+        "deadline": format_time(deadline) if deadline is not None else None,
+        "marks": {p.instrument: to_wire(p.price_used) for p in risk.positions},
+    }
+
+
+def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit) -> None:
+    status = account.margin.get(scope) or MarginStatus()
+    risk = margin.scope_risk(state, account, scope)
+    level, _ratio = _level(risk, state)
+    current = status.status
+    grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
+
+    def call(event_type: str, call_id: str, new_level: str, deadline: datetime | None, **extra: Any) -> None:
+        payload = {**_call_payload(state, scope, call_id, new_level, risk, deadline), **extra}
+        emit(_decision(state, event_type, account.account_id, at, payload))
+
+    if current in (HEALTHY, WARNING, MAINTENANCE, BANKRUPT) and current != BANKRUPT and _below_resolve(risk, state):
+        if current != HEALTHY and status.margin_call_id is not None:
+            call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, current, None, resolution="ratio below resolve_ratio")
+        return
+    if current == BANKRUPT:
+        if risk.equity >= 0 and not risk.has_open_positions and account.deficit == 0:
+            call(
+                ev.MARGIN_CALL_RESOLVED,
+                status.margin_call_id or ids.next("MC"),
+                BANKRUPT,
+                None,
+                resolution="deficit covered",
+            )
+        return
+    if current == LIQUIDATION:
+        _continue_liquidation(state, account, scope, status, risk, at, ids, emit, call)
+        return
+    # healthy, warning or maintenance, and not below resolve
+    if _RANK[level] > _RANK[current] and level in (WARNING, MAINTENANCE):
+        deadline = at + grace if level == MAINTENANCE else None
+        if current == HEALTHY:
+            call_id = ids.next("MC")
+            call(ev.MARGIN_CALL_ISSUED, call_id, level, deadline)
+        else:
+            call_id = status.margin_call_id or ids.next("MC")
+            call(ev.MARGIN_CALL_ESCALATED, call_id, level, deadline)
+        status = account.margin[scope]
+        current = level
+    if current == MAINTENANCE and level == MAINTENANCE and status.deadline is not None and at >= status.deadline:
+        call_id = status.margin_call_id or ids.next("MC")
+        call(ev.MARGIN_CALL_ESCALATED, call_id, LIQUIDATION, status.deadline)
+        _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
+
+
+def _continue_liquidation(
+    state: LedgerState,
+    account: Account,
+    scope: str,
+    status: MarginStatus,
+    risk: margin.ScopeRisk,
+    at: datetime,
+    ids: _Ids,
+    emit: Emit,
+    call: Callable[..., None],
+) -> None:
+    call_id = status.margin_call_id or ids.next("MC")
+    if not risk.has_open_positions:
+        if risk.equity < 0:
+            _waterfall(state, account, scope, call_id, risk, at, emit)
+            return
+        call(ev.MARGIN_CALL_RESOLVED, call_id, LIQUIDATION, None, resolution="positions closed")
+        return
+    if _below_resolve(risk, state):
+        call(
+            ev.MARGIN_CALL_RESOLVED,
+            call_id,
+            LIQUIDATION,
+            None,
+            resolution="ratio below resolve_ratio",
+            cancelled_orders=sorted(status.pending_orders),
+        )
+        return
+    if not status.pending_orders:
+        _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
+
+
+def _waterfall(
+    state: LedgerState, account: Account, scope: str, call_id: str, risk: margin.ScopeRisk, at: datetime, emit: Emit
+) -> None:
+    """The loss beyond the scope's equity: the insurance fund covers what it can; what it cannot
+    stays recorded as the account's deficit (AccountBankrupted)."""
+    asset = state.parameters.valuation_asset
+    deficit = -risk.equity
+    fund = state.accounts.get(INSURANCE_FUND_ACCOUNT)
+    available = fund.balance(asset) if fund is not None else ZERO
+    drawn = min(deficit, max(available, ZERO))
+    if drawn > 0:
+        emit(
+            _decision(
+                state,
+                ev.INSURANCE_FUND_DRAWN,
+                account.account_id,
+                at,
+                {
+                    "margin_call_id": call_id,
+                    "scope": scope,
+                    "asset": asset,
+                    "amount": to_wire(drawn),
+                    "deficit": to_wire(deficit),
+                    "fund_before": to_wire(available),
+                },
+            )
+        )
+    remaining = deficit - drawn
+    if remaining > 0:
+        emit(
+            _decision(
+                state,
+                ev.ACCOUNT_BANKRUPTED,
+                account.account_id,
+                at,
+                {
+                    "margin_call_id": call_id,
+                    "scope": scope,
+                    "asset": asset,
+                    "deficit": to_wire(remaining),
+                    "equity": to_wire(risk.equity),
+                    "insurance_fund_drawn": to_wire(drawn),
+                },
+            )
+        )
+    else:
+        emit(
+            _decision(
+                state,
+                ev.MARGIN_CALL_RESOLVED,
+                account.account_id,
+                at,
+                {
+                    **_call_payload(state, scope, call_id, LIQUIDATION, risk, None),
+                    "resolution": "loss covered by the insurance fund",
+                },
+            )
+        )
+
+
+def _quantity_step(quantity: Decimal) -> Decimal:
+    exponent = quantity.as_tuple().exponent
+    return Decimal(1).scaleb(min(int(exponent), 0)) if isinstance(exponent, int) else Decimal(1)
+
+
+def _issue_orders(
+    state: LedgerState,
+    account: Account,
+    scope: str,
+    call_id: str,
+    risk: margin.ScopeRisk,
+    at: datetime,
+    ids: _Ids,
+    emit: Emit,
+) -> None:
+    """Orders that reduce the riskiest positions (largest maintenance requirement first) by the
+    least quantity that brings the scope's ratio to target_ratio, assuming execution at the mark
+    and the liquidation fee charged; a position is closed in full only when a part is not enough.
+    An equity at or below zero closes everything."""
+    policy = state.parameters.liquidation
+    equity = risk.equity
+    maintenance = risk.maintenance_margin
+    ordered = sorted(
+        (p for p in risk.positions if p.quantity != 0),
+        key=lambda p: (-p.maintenance_margin, p.instrument),
+    )
+    for position in ordered:
+        if equity > 0 and maintenance <= policy.target_ratio * equity:
+            break
+        spec = state.parameters.instruments_by_symbol[position.instrument]
+        held = abs(position.quantity)
+        step = _quantity_step(position.quantity)
+
+        def after(reduce: Decimal, p: margin.PositionRisk = position) -> tuple[Decimal, Decimal]:
+            left = abs(p.quantity) - reduce
+            notional = left * p.contract_size * p.price_used
+            tier = spec.tier_for(notional)
+            requirement = round_requirement(tier.maintenance(notional) * p.settlement_price) if left else ZERO
+            fee = round_requirement(reduce * p.contract_size * p.price_used * policy.fee_rate * p.settlement_price)
+            return equity - fee, maintenance - p.maintenance_margin + requirement
+
+        def enough(reduce: Decimal) -> bool:
+            new_equity, new_maintenance = after(reduce)
+            return new_equity > 0 and new_maintenance <= policy.target_ratio * new_equity
+
+        quantity = held
+        if equity > 0 and enough(held):
+            low, high = 0, int(divide(held, step).to_integral_value(rounding=ROUND_CEILING))
+            for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
+                if high - low <= 1:
+                    break
+                middle = (low + high) // 2
+                if enough(step * middle):
+                    high = middle
+                else:
+                    low = middle
+            quantity = min(held, step * high)
+        new_equity, new_maintenance = after(quantity)
+        long = position.quantity > 0
+        unit = quantity * position.contract_size * position.settlement_price
+        # Bankruptcy price: the price at which closing this quantity would use up the scope's
+        # whole equity; rounded towards the side that protects the insurance fund.
+        bankruptcy = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
+        bankruptcy = max(round_bankruptcy_price(bankruptcy, long=long), ZERO)
+        liquidation_id = ids.next("L")
+        emit(
+            _decision(
+                state,
+                ev.LIQUIDATION_ORDER_ISSUED,
+                account.account_id,
+                at,
+                {
+                    "liquidation_id": liquidation_id,
+                    "margin_call_id": call_id,
+                    "scope": scope,
+                    "instrument": position.instrument,
+                    "margin_mode": position.margin_mode,
+                    "side": "sell" if long else "buy",
+                    "quantity": to_wire(quantity),
+                    "position_quantity": to_wire(position.quantity),
+                    "bankruptcy_price": to_wire(bankruptcy),
+                    "mark": to_wire(position.price_used),
+                    "equity": to_wire(equity),
+                    "maintenance_margin": to_wire(maintenance),
+                    "target_ratio": to_wire(policy.target_ratio),
+                    "full": quantity == held,
+                },
+            )
+        )
+        equity, maintenance = new_equity, new_maintenance
+
+
+# ---------------------------------------------------------------------------------------------
+# applying decisions and liquidation fills
+
+
+def _status(state: LedgerState, payload: dict[str, Any]) -> tuple[Account, MarginStatus]:
+    account = state.account(payload["account_id"])
+    scope = payload["scope"]
+    found = account.margin.get(scope)
+    if found is None:
+        found = account.margin[scope] = MarginStatus()
+    state.touched.add(account.account_id)
+    return account, found
+
+
+def _apply_call(state: LedgerState, payload: dict[str, Any]) -> None:
+    account, status = _status(state, payload)
+    status.status = payload["level"]
+    status.margin_call_id = payload["margin_call_id"]
+    deadline = payload.get("deadline")
+    key = (account.account_id, payload["scope"])
+    if payload["level"] == MAINTENANCE and deadline is not None:
+        status.deadline = datetime.fromisoformat(deadline)
+        state.deadlines[key] = status.deadline
+    else:
+        state.deadlines.pop(key, None)
+
+
+def _apply_resolved(state: LedgerState, payload: dict[str, Any]) -> None:
+    account, status = _status(state, payload)
+    for liquidation_id in status.pending_orders:
+        state.liquidations.pop(liquidation_id, None)
+    del account.margin[payload["scope"]]
+    state.deadlines.pop((account.account_id, payload["scope"]), None)
+
+
+def _apply_order(state: LedgerState, payload: dict[str, Any]) -> None:
+    _account, status = _status(state, payload)
+    quantity = parse_decimal(payload["quantity"], "quantity")
+    order = LiquidationOrder(
+        payload["liquidation_id"],
+        payload["account_id"],
+        payload["scope"],
+        payload["instrument"],
+        payload["margin_mode"],
+        payload["side"],
+        quantity,
+        quantity,
+    )
+    state.liquidations[order.liquidation_id] = order
+    status.pending_orders.append(order.liquidation_id)
+    status.status = LIQUIDATION
+    state.deadlines.pop((payload["account_id"], payload["scope"]), None)
+
+
+def _apply_insurance_draw(state: LedgerState, payload: dict[str, Any]) -> None:
+    account = state.account(payload["account_id"])
+    amount = parse_decimal(payload["amount"], "amount")
+    asset = payload["asset"]
+    state.account(INSURANCE_FUND_ACCOUNT).credit(asset, -amount)
+    scope = payload["scope"]
+    if scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
+        account.position(scope[len(margin.ISOLATED_SCOPE_PREFIX) :], margin.ISOLATED).isolated_margin += amount
+    else:
+        account.credit(asset, amount)
+    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
+
+
+def _apply_bankrupt(state: LedgerState, payload: dict[str, Any]) -> None:
+    account, status = _status(state, payload)
+    status.status = BANKRUPT
+    account.deficit = parse_decimal(payload["deficit"], "deficit")
+
+
+def check_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
+    """A liquidation fill must execute an open order of the same account, instrument and side,
+    for no more than what is left of it."""
+    order = state.liquidations.get(fill.liquidation_id)
+    if order is None:
+        raise InputError(f"liquidation_fill for {fill.liquidation_id}: no open liquidation order has that id")
+    if (order.account_id, order.instrument, order.side) != (fill.account_id, fill.instrument, fill.side):
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id} does not match its order "
+            f"({order.account_id} {order.side} {order.instrument})"
+        )
+    if fill.quantity > order.remaining:
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id} fills {to_wire(fill.quantity)}, more than the "
+            f"{to_wire(order.remaining)} left of the order"
+        )
 
 
 def apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
+    """Book the execution on the order's position and charge the liquidation fee (fee_rate x
+    notional executed, an amount owed: rounded up) to the insurance fund: from the wallet for a
+    cross position, from the collateral of an isolated one."""
     from clearing.domain.fold import trade
 
+    order = state.liquidations[fill.liquidation_id]
     spec = state.parameters.instruments_by_symbol[fill.instrument]
     account = state.account(fill.account_id)
+    position = account.position(fill.instrument, order.margin_mode)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
-    mode = "cross"
-    if (fill.instrument, "isolated") in account.positions and account.positions[(fill.instrument, "isolated")].quantity:
-        mode = "isolated"
-    trade(state, account, account.position(fill.instrument, mode), spec, quantity, fill.price)
+    fee = round_requirement(fill.quantity * fill.price * spec.contract_size * state.parameters.liquidation.fee_rate)
+    if order.margin_mode == margin.ISOLATED:
+        position.isolated_margin -= fee
+    else:
+        account.credit(spec.settlement_asset, -fee)
+    state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
+    trade(state, account, position, spec, quantity, fill.price)
+    order.remaining -= fill.quantity
+    if order.remaining == 0:
+        del state.liquidations[order.liquidation_id]
+        status = account.margin.get(order.scope)
+        if status is not None and order.liquidation_id in status.pending_orders:
+            status.pending_orders.remove(order.liquidation_id)
+    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
 
 
-DECISION_APPLIERS: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {}
+DECISION_APPLIERS: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {
+    ev.MARGIN_CALL_ISSUED: _apply_call,
+    ev.MARGIN_CALL_ESCALATED: _apply_call,
+    ev.MARGIN_CALL_RESOLVED: _apply_resolved,
+    ev.LIQUIDATION_ORDER_ISSUED: _apply_order,
+    ev.INSURANCE_FUND_DRAWN: _apply_insurance_draw,
+    ev.ACCOUNT_BANKRUPTED: _apply_bankrupt,
+}

@@ -598,23 +598,53 @@ def account_risk(state: LedgerState, account: Account) -> AccountRisk:
 # Trigger prices
 
 
-@exact
-def trigger_prices(
-    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], scope: str, instrument: str
-) -> TriggerPrices:
-    """The nearest marks of ``instrument``, below and above the price in use, at which ``scope``
-    crosses one of: equity = 0 (bankrupt), ratio = resolve_ratio, ratio = warning_ratio, ratio = 1
-    (maintenance); every other mark fixed. Same solver as ``liquidation_price`` (the ratio
-    threshold t becomes the line t x equity - maintenance; t = 1 is the liquidation price).
+# A price that scales a scope's figures linearly (a collateral asset's) as a one-band "tier table"
+# with m(N) = N, so the same solver handles it: weight x m(N) is then just weight x price.
+_LINEAR_BAND = (CompiledTier(1, ZERO, None, ONE, ONE, ZERO, ZERO),)
 
-    The price in use is the mark, or the entry price when the instrument is unmarked (the price at
-    which an unmarked position is valued). A scope without an open position in ``instrument``
-    does not move with its mark: both bounds are None."""
-    risk = evaluate_scope(account, parameters, marks, scope)
-    position = risk.position(instrument)
-    if position is None or position.quantity == 0:
-        return TriggerPrices(scope, instrument, None, None, None, None, None)
-    line = _scope_line(parameters, risk, position)
+
+def _asset_scope_line(
+    account: Account, parameters: RiskParameters, risk: ScopeRisk, asset: str, price: Decimal | None
+) -> _ScopeLine:
+    """A scope as a function of the price p of a collateral asset, every other mark fixed.
+
+    The asset's balance (cross only: units after haircut, a debt in full) and every position
+    settled in it scale with p: equity(p) = equity_rest + p x units, with units = balance units +
+    the positions' PnL in the asset, and maintenance(p) = maintenance_rest + p x requirement, with
+    requirement = the positions' maintenance in the asset. ``_LINEAR_BAND`` makes this the solver's
+    line with size 1 and weight = requirement."""
+    units = moving_equity = moving_maintenance = requirement = ZERO
+    spec = parameters.asset(asset)
+    if risk.scope == CROSS and spec is not None:
+        amount = account.balance(asset)
+        held = amount - haircut_units(spec, amount)
+        units += held
+        moving_equity += ZERO if price is None else price * held
+    for position in risk.positions:
+        if position.settlement_asset != asset:
+            continue
+        if position.marked:
+            units += position.quantity * position.contract_size * position.price_used - position.cost
+        moving_equity += position.unrealised_pnl
+        moving_maintenance += position.maintenance_margin
+        requirement += (
+            _instrument(parameters, position.instrument).tier_for(position.notional).maintenance(position.notional)
+        )
+    return _ScopeLine(
+        equity_rest=risk.equity - moving_equity,
+        maintenance_rest=risk.maintenance_margin - moving_maintenance,
+        direction=units,
+        weight=requirement,
+        size=ONE,
+        tiers=_LINEAR_BAND,
+    )
+
+
+def _bounds(
+    parameters: RiskParameters, scope: str, symbol: str, line: _ScopeLine | None, reference: Decimal | None
+) -> TriggerPrices:
+    if line is None or reference is None:
+        return TriggerPrices(scope, symbol, reference, None, None, None, None)
     policy = parameters.margin_call
     crossings: list[tuple[Decimal, str]] = [(root, THRESHOLD_BANKRUPT) for root in line.equity_roots()]
     for name, threshold in (
@@ -623,19 +653,51 @@ def trigger_prices(
         (THRESHOLD_MAINTENANCE, ONE),
     ):
         crossings.extend((root, name) for root in line.ratio_roots(threshold))
-    reference = position.price_used
     below = [c for c in crossings if c[0] <= reference]
     above = [c for c in crossings if c[0] >= reference]
     lower = max(below, default=None, key=lambda c: c[0])
     upper = min(above, default=None, key=lambda c: c[0])
     return TriggerPrices(
         scope=scope,
-        instrument=instrument,
+        instrument=symbol,
         reference_price=reference,
         lower=None if lower is None else round_liquidation_price(lower[0], long=True),
         lower_threshold=None if lower is None else lower[1],
         upper=None if upper is None else round_liquidation_price(upper[0], long=False),
         upper_threshold=None if upper is None else upper[1],
+    )
+
+
+@exact
+def trigger_prices(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], scope: str, instrument: str
+) -> TriggerPrices:
+    """The nearest prices of ``instrument``, at or below and at or above the price in use, at which
+    ``scope`` crosses one of: equity = 0 (bankrupt), ratio = resolve_ratio, ratio = warning_ratio,
+    ratio = 1 (maintenance); every other mark fixed. Same solver as ``liquidation_price`` (the
+    ratio threshold t becomes the line t x equity - maintenance; t = 1 is the liquidation price).
+
+    ``instrument`` may also be a collateral asset: its price scales the asset's balance (after
+    haircut) and every position settled in it, a straight line in the price (see
+    ``_asset_scope_line``). The valuation asset never moves: no bounds.
+
+    The price in use is the mark, or the entry price when the instrument is unmarked (the price at
+    which an unmarked position is valued). A scope without an open position in ``instrument``
+    does not move with its mark, and an unpriced asset has no price to move from: both bounds are
+    None then (the engine re-margins on an asset's first price anyway)."""
+    risk = evaluate_scope(account, parameters, marks, scope)
+    if parameters.instrument(instrument) is not None:
+        position = risk.position(instrument)
+        if position is None or position.quantity == 0:
+            return _bounds(parameters, scope, instrument, None, None)
+        return _bounds(parameters, scope, instrument, _scope_line(parameters, risk, position), position.price_used)
+    if parameters.asset(instrument) is None:
+        raise MarginModelError(f"{instrument} is neither an instrument nor an asset of parameters {parameters.version}")
+    if instrument == parameters.valuation_asset:
+        return _bounds(parameters, scope, instrument, None, ONE)
+    price = marks.get(instrument)
+    return _bounds(
+        parameters, scope, instrument, _asset_scope_line(account, parameters, risk, instrument, price), price
     )
 
 

@@ -101,10 +101,34 @@ class MarginStatus:
     status: str = "healthy"  # healthy, warning, maintenance, liquidation, bankrupt
     margin_call_id: str | None = None
     deadline: datetime | None = None
-    liquidation_id: str | None = None
+    pending_orders: list[str] = field(default_factory=list)  # liquidation ids not yet fully filled
 
     def copy(self) -> MarginStatus:
-        return MarginStatus(self.status, self.margin_call_id, self.deadline, self.liquidation_id)
+        return MarginStatus(self.status, self.margin_call_id, self.deadline, list(self.pending_orders))
+
+
+@dataclass(slots=True)
+class LiquidationOrder:
+    liquidation_id: str
+    account_id: str
+    scope: str
+    instrument: str
+    margin_mode: str
+    side: str
+    quantity: Decimal
+    remaining: Decimal
+
+    def copy(self) -> LiquidationOrder:
+        return LiquidationOrder(
+            self.liquidation_id,
+            self.account_id,
+            self.scope,
+            self.instrument,
+            self.margin_mode,
+            self.side,
+            self.quantity,
+            self.remaining,
+        )
 
 
 @dataclass(slots=True)
@@ -125,6 +149,10 @@ class LedgerState:
     last_occurred_at: datetime | None = None
     # Instrument -> accounts with an open position in it (funding, settlement, re-margin on marks).
     holders: dict[str, set[str]] = field(default_factory=dict)
+    # Liquidation orders issued and not yet fully filled or cancelled, by liquidation id.
+    liquidations: dict[str, LiquidationOrder] = field(default_factory=dict)
+    # (account, scope) of margin calls at maintenance level with a deadline still to come.
+    deadlines: dict[tuple[str, str], datetime] = field(default_factory=dict)
     # Accounts whose stored projections are out of date (the engine clears it after each batch).
     touched: set[str] = field(default_factory=set)
     marks_touched: set[str] = field(default_factory=set)

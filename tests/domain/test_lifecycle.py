@@ -1,0 +1,193 @@
+"""The margin-call lifecycle, liquidation orders and the default waterfall by worked example."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from clearing.domain import events as ev
+from clearing.domain.fold import conservation, replay_event
+from clearing.domain.messages import InputError
+from clearing.domain.state import INSURANCE_FUND_ACCOUNT, LedgerState
+from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message, snapshot
+
+
+def types(decisions: list[ev.Event]) -> list[str]:
+    return [d.type for d in decisions]
+
+
+def at(seconds: int) -> Any:
+    return T0 + timedelta(seconds=seconds)
+
+
+def counterpart(order: ev.Event, price: str, quantity: str | None = None, fid: str = "LC-1", account: str = "C") -> Any:
+    """The market side that took a liquidation order: an ordinary fill of another account."""
+    p = order.payload
+    side = "buy" if p["side"] == "sell" else "sell"
+    return fill(account, side, quantity or p["quantity"], price, fid=fid, instrument=p["instrument"])
+
+
+def liquidation_fill(order: ev.Event, price: str, quantity: str | None = None, fid: str = "LF-1") -> Any:
+    p = order.payload
+    return message(
+        "liquidations", type="liquidation_fill", liquidation_id=p["liquidation_id"], fill_id=fid,
+        account_id=p["account_id"], instrument=p["instrument"], side=p["side"],
+        quantity=quantity or p["quantity"], price=price, occurred_at=at(100).isoformat(),
+    )
+
+
+@pytest.fixture
+def book() -> Book:
+    # A: 1,000 USDT, long 1 BTCUSDT at 10,000 (maintenance 0.4% in tier 1). B: the short side.
+    book = Book()
+    book.feed(deposit("A", "1000", "dA"))
+    book.feed(deposit("B", "100000", "dB"))
+    book.feed(fill("A", "buy", "1", "10000", fid="a1"))
+    book.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    return book
+
+
+def test_a_falling_mark_walks_the_account_from_warning_to_liquidation(book: Book) -> None:
+    # 9,050: equity 1,000 - 950 = 50; maintenance 9,050 x 0.004 = 36.2; ratio 0.724: between
+    # resolve (0.7) and warning (0.8): nothing.
+    assert book.feed(mark("BTCUSDT", "9050", at(1))) == []
+    # 9,045: equity 45, maintenance 36.18, ratio 0.804 >= 0.8: a warning.
+    [issued] = book.feed(mark("BTCUSDT", "9045", at(2)))
+    assert issued.type == ev.MARGIN_CALL_ISSUED
+    assert issued.payload["level"] == "warning"
+    assert issued.payload["margin_ratio"] == "0.804"
+    assert issued.payload["margin_call_id"] == f"MC-{issued.cause_position}"
+    # shortfall: deposit that brings the ratio below 0.7 = 36.18 / 0.7 - 45 = 6.68571429 (up)
+    assert issued.payload["shortfall"] == "6.68571429"
+    # 9,010: equity 10, maintenance 36.04, ratio 3.604 >= 1 with no grace: maintenance, then
+    # liquidation at once, with an order that closes the whole position (a part cannot reach 0.7).
+    decisions = book.feed(mark("BTCUSDT", "9010", at(3)))
+    assert types(decisions) == [ev.MARGIN_CALL_ESCALATED, ev.MARGIN_CALL_ESCALATED, ev.LIQUIDATION_ORDER_ISSUED]
+    assert [d.payload["level"] for d in decisions[:2]] == ["maintenance", "liquidation"]
+    assert {d.payload["margin_call_id"] for d in decisions[:2]} == {issued.payload["margin_call_id"]}
+    order = decisions[2].payload
+    assert (order["side"], order["quantity"], order["full"]) == ("sell", "1", True)
+    # bankruptcy price: 9,010 - equity 10 / 1 = 9,000
+    assert order["bankruptcy_price"] == "9000"
+    # A liquidating account cannot withdraw.
+    [rejected] = book.feed(message("transfers", type="withdrawal", transfer_id="w1", account_id="A", asset="USDT",
+                                   amount="1", occurred_at=at(4).isoformat()))
+    assert rejected.type == ev.WITHDRAWAL_REJECTED and "liquidation" in rejected.payload["reason"]
+
+
+def test_a_liquidation_fill_beyond_the_bankruptcy_price_draws_the_insurance_fund(book: Book) -> None:
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    # Executed at 9,005: realised 9,005 - 10,000 = -995; fee 9,005 x 0.005 = 45.025 to the fund.
+    # A is left at 1,000 - 995 - 45.025 = -40.025; the fund holds 45.025 and covers it.
+    decisions = book.feed(liquidation_fill(order, "9005"))
+    book.feed(counterpart(order, "9005"))
+    assert types(decisions) == [ev.INSURANCE_FUND_DRAWN, ev.MARGIN_CALL_RESOLVED]
+    assert decisions[0].payload["amount"] == "40.025"
+    assert book.state.accounts["A"].balance("USDT") == 0
+    assert book.state.accounts[INSURANCE_FUND_ACCOUNT].balance("USDT") == D("5")
+    assert book.state.accounts["A"].margin == {}
+    assert conservation(book.state) == {}
+
+
+def test_an_empty_insurance_fund_leaves_the_deficit_recorded(book: Book) -> None:
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    # Executed at 8,900: A loses 1,100 + fee 44.5 = -144.5; the fund (44.5) covers 44.5.
+    decisions = book.feed(liquidation_fill(order, "8900"))
+    book.feed(counterpart(order, "8900"))
+    assert types(decisions) == [ev.INSURANCE_FUND_DRAWN, ev.ACCOUNT_BANKRUPTED]
+    assert decisions[1].payload["deficit"] == "100"
+    assert book.state.accounts["A"].margin["cross"].status == "bankrupt"
+    assert conservation(book.state) == {}
+
+
+def test_partial_liquidation_reduces_only_what_restores_the_target_ratio() -> None:
+    book = Book()
+    book.feed(deposit("A", "20000", "dA"))
+    book.feed(deposit("B", "1000000", "dB"))
+    book.feed(fill("A", "buy", "40", "10000", fid="a1"))
+    book.feed(fill("B", "sell", "40", "10000", fid="b1"))
+    # Mark 9,560: notional 382,400 is in tier 3 (1%, amount 1,300): maintenance 3,824 - 1,300 =
+    # 2,524; equity 20,000 - 40 x 440 = 2,400; ratio 1.05: liquidation (no grace).
+    decisions = book.feed(mark("BTCUSDT", "9560", at(1)))
+    assert decisions[-1].type == ev.LIQUIDATION_ORDER_ISSUED
+    order = decisions[-1].payload
+    # Selling x at the mark costs the fee 9,560 x 0.005 = 47.8 a unit. x = 13 leaves 27 (258,120,
+    # tier 3): maintenance 1,281.2 > 0.7 x (2,400 - 621.4) = 1,245.02: not enough. x = 14 leaves 26
+    # (248,560, tier 2: 0.5%, amount 50): maintenance 1,192.8 <= 0.7 x 1,730.8 = 1,211.56: enough.
+    assert (order["quantity"], order["full"]) == ("14", False)
+    # Bankruptcy price: 9,560 - 2,400 / 14 = 9,388.571428571428..., a long's rounded up.
+    assert order["bankruptcy_price"] == "9388.5714285715"
+
+
+def test_resolution_needs_the_ratio_below_resolve_ratio(book: Book) -> None:
+    book.feed(mark("BTCUSDT", "9045", at(1)))  # warning at ratio 0.804
+    # 9,048: equity 48, maintenance 36.192, ratio 0.754: under warning but not under resolve: stays.
+    assert book.feed(mark("BTCUSDT", "9048", at(2))) == []
+    # A deposit of 10 makes equity 58 and the ratio 0.624 < 0.7: resolved.
+    [resolved] = book.feed(deposit("A", "10", "dA2"))
+    assert resolved.type == ev.MARGIN_CALL_RESOLVED
+    assert book.state.accounts["A"].margin == {}
+
+
+def test_an_unknown_or_overfilled_liquidation_is_not_admitted(book: Book) -> None:
+    from clearing.domain.fold import admit
+
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    with pytest.raises(InputError, match="no open liquidation order"):
+        admit(book.state, liquidation_fill(order, "9000").model_copy(update={"liquidation_id": "L-404"}))
+    with pytest.raises(InputError, match="more than"):
+        admit(book.state, liquidation_fill(order, "9000", quantity="2"))
+
+
+def test_grace_period_delays_liquidation_until_the_deadline() -> None:
+    import json
+
+    from clearing.domain.params import bundled_document
+
+    document = bundled_document()
+    document["version"] = "grace-60"
+    document["margin_call"]["grace_period_seconds"] = 60
+    book = Book()
+    book.feed(message("admin", type="risk_parameters", parameters=json.loads(json.dumps(document))))
+    book.feed(deposit("A", "1000", "dA"))
+    book.feed(deposit("B", "100000", "dB"))
+    book.feed(fill("A", "buy", "1", "10000", fid="a1"))
+    book.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    [issued] = book.feed(mark("BTCUSDT", "9010", at(10)))
+    assert issued.payload["level"] == "maintenance"
+    assert issued.payload["deadline"] == "2026-11-23T12:01:10.000000Z"
+    assert book.feed(mark("BTCUSDT", "9011", at(30))) == []  # still within the grace period
+    decisions = book.feed(mark("BTCUSDT", "9012", at(70)))  # deadline passed, still below maintenance
+    assert types(decisions) == [ev.MARGIN_CALL_ESCALATED, ev.LIQUIDATION_ORDER_ISSUED]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets())
+def test_liquidation_fills_fed_back_keep_the_books_balanced_and_replayable(msgs: list[Any]) -> None:
+    book = Book()
+    fills = 0
+    for msg in msgs:
+        try:
+            decisions = book.feed(msg)
+        except InputError:
+            continue
+        for decision in decisions:
+            if decision.type == ev.LIQUIDATION_ORDER_ISSUED and decision.payload["scope"] == "cross":
+                fills += 1
+                lf = liquidation_fill(decision, decision.payload["mark"], fid=f"LF-{fills}")
+                lf = lf.model_copy(update={"occurred_at": msg.occurred_at})
+                book.feed(lf)
+                other = "D" if decision.payload["account_id"] != "D" else "C"
+                book.feed(counterpart(decision, decision.payload["mark"], fid=f"LC-{fills}", account=other))
+    assert conservation(book.state) == {}
+    replayed = LedgerState()
+    for event in book.log:
+        replay_event(replayed, event.type, event.payload)
+    assert snapshot(replayed) == snapshot(book.state)
