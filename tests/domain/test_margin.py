@@ -376,6 +376,24 @@ def test_trigger_prices_of_a_short_and_of_an_isolated_scope() -> None:
         check_triggers(acct, isolated_scope("BTCUSDT"), "BTCUSDT", {"BTCUSDT": D(mark)}, D("0.001"))
 
 
+def test_trigger_prices_of_a_collateral_asset() -> None:
+    # 1 BTC of collateral (0.98 BTC after the 2% haircut) behind a short 1 BTCUSDT from 60 000
+    # marked 60 000 (PnL 0, maintenance 0.005 x 60 000 - 50 = 250). Equity = 0.98 p, so
+    # t x 0.98 p = 250: resolve p = 250 / 0.686 = 364.4314868804..., warning 250 / 0.784 =
+    # 318.8775510204..., maintenance 250 / 0.98 = 255.1020408163...; equity = 0 only at p = 0.
+    acct = account({"BTC": "1"}, btc("-1", "60000"))
+    marks = {"BTCUSDT": D("60000"), "BTC": D("64000")}
+    triggers = trigger_prices(acct, PARAMS, marks, "cross", "BTC")
+    assert (triggers.lower, triggers.lower_threshold, triggers.upper) == (D("364.4314868805"), "resolve", None)
+    for price in ("64000", "340", "300", "200"):
+        check_triggers(acct, "cross", "BTC", {**marks, "BTC": D(price)}, D("0.001"))
+    low = trigger_prices(acct, PARAMS, {**marks, "BTC": D("200")}, "cross", "BTC")
+    assert (low.lower, low.upper, low.upper_threshold) == (None, D("255.1020408163"), "maintenance")
+    # the valuation asset's price never moves
+    usdt = trigger_prices(acct, PARAMS, marks, "cross", "USDT")
+    assert (usdt.lower, usdt.upper) == (None, None)
+
+
 def test_a_scope_without_that_instrument_has_no_trigger() -> None:
     acct = account({"USDT": "10000"}, btc("1", "60000"))
     triggers = trigger_prices(acct, PARAMS, {"BTCUSDT": D("60000")}, "cross", "ETHUSDT")
@@ -445,10 +463,11 @@ def class_of(scope: ScopeRisk) -> tuple[str, bool]:
 def test_no_status_change_between_the_trigger_prices(case: tuple[Account, dict[str, D]], fractions: list[str]) -> None:
     acct, marks = case
     for risk in evaluate(acct, PARAMS, marks).scopes:
-        for position in risk.positions:
-            instrument = position.instrument
+        symbols = [(p.instrument, p.price_used) for p in risk.positions]
+        if risk.scope == "cross" and "BTC" in marks and acct.balance("BTC") != 0:
+            symbols.append(("BTC", marks["BTC"]))  # a collateral asset's price moves the scope too
+        for instrument, reference in symbols:
             triggers = trigger_prices(acct, PARAMS, marks, risk.scope, instrument)
-            reference = position.price_used
             low = triggers.lower if triggers.lower is not None else reference / 100
             high = triggers.upper if triggers.upper is not None else reference * 100
             here = class_of(risk)
