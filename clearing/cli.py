@@ -240,9 +240,47 @@ def add_risk(subparsers: Subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# clearing api [--host H] [--port P] [--dev]
+
+
+def _api(args: argparse.Namespace) -> int:
+    from clearing.api.app import create_app, make_reader_engine, serve
+    from clearing.api.auth import generate_dev_token
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+
+    settings = get_settings()
+    tokens = settings.api_token_list()
+    if not tokens:
+        if not args.dev:
+            sys.stderr.write("refusing to start: set CLEARING_API_TOKENS (comma-separated bearer tokens), "
+                             "or run with --dev for a one-off generated token\n")
+            return 2
+        tokens = [generate_dev_token()]
+        out(f"development token (valid until this process stops): {tokens[0]}")
+        sys.stdout.flush()
+    services = ensure_services(settings, need_broker=False)
+    engine = make_reader_engine(services.database_url)
+    try:
+        serve(create_app(engine, tokens), args.host, args.port)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def add_api(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("api", help="serve the read-only back-office HTTP API (OpenAPI at /openapi.json)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument("--dev", action="store_true",
+                        help="without CLEARING_API_TOKENS, generate a token and print it instead of refusing to start")
+    parser.set_defaults(handler=_api)
+
+
+# ------------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
-    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk
+    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api
 ]
 
 

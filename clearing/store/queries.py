@@ -120,3 +120,311 @@ def summary(conn: sa.Connection) -> dict[str, Any]:
             conn.execute(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one()
         ),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Back-office lists (the HTTP API and the HTML report). Every list is keyset-paginated on a unique,
+# stable order (the caller passes the last row's key as ``after``) and takes at most
+# ``LIST_ROWS_MAX`` rows per call, so no request can make the database read an unbounded result.
+
+# Event types that change an account's balances or positions (the account's own stream).
+BALANCE_EVENT_TYPES = (
+    "FillRecorded",
+    "CollateralDeposited",
+    "WithdrawalApproved",
+    "IsolatedMarginTransferred",
+    "LiquidationFillRecorded",
+    "InsuranceFundDrawn",
+    "PositionAutoDeleveraged",
+    "AccountBankrupted",
+)
+INSURANCE_FUND_ACCOUNT_ID = "system:insurance-fund"
+INSURANCE_FUND_EVENT_TYPES = ("InsuranceFundDrawn",)
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= LIST_ROWS_MAX:
+        raise ValueError(f"limit must be between 1 and {LIST_ROWS_MAX}, not {limit}")
+    return limit
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _event_row(row: Any) -> dict[str, Any]:
+    return {
+        "position": int(row.position),
+        "shard": int(row.shard),
+        "stream": row.stream,
+        "stream_version": int(row.stream_version),
+        "type": row.type,
+        "schema_version": int(row.schema_version),
+        "payload": row.payload,
+        "occurred_at": _time(row.occurred_at),
+        "recorded_at": _time(row.recorded_at),
+        "cause_position": None if row.cause_position is None else int(row.cause_position),
+        "hash": bytes(row.hash).hex(),
+    }
+
+
+_EVENT_COLUMNS = (
+    "position, shard, stream, stream_version, type, schema_version, payload, occurred_at, recorded_at, "
+    "cause_position, hash"
+)
+
+
+def list_accounts(conn: sa.Connection, *, after: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Accounts the projections know (by id), each with its cross margin state when it has one."""
+    rows = conn.execute(
+        sa.text(
+            "WITH ids AS (SELECT account_id FROM balances UNION SELECT account_id FROM margin_state "
+            "UNION SELECT account_id FROM positions) "
+            "SELECT ids.account_id, m.equity, m.initial_margin, m.maintenance_margin, m.margin_ratio, m.status, "
+            "m.as_of_position FROM ids LEFT JOIN margin_state m ON m.account_id = ids.account_id AND m.scope = 'cross' "
+            "WHERE (CAST(:after AS text) IS NULL OR ids.account_id > :after) ORDER BY ids.account_id LIMIT :limit"
+        ),
+        {"after": after, "limit": _limit(limit)},
+    ).all()
+    return [
+        {
+            "account_id": row.account_id,
+            "equity": _wire(row.equity),
+            "initial_margin": _wire(row.initial_margin),
+            "maintenance_margin": _wire(row.maintenance_margin),
+            "margin_ratio": _wire(row.margin_ratio),
+            "status": row.status,
+            "as_of_position": row.as_of_position,
+        }
+        for row in rows
+    ]
+
+
+def stream_events(
+    conn: sa.Connection,
+    stream: str,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    types: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:
+    """One stream's events in log order after position ``after`` (optionally only ``types``)."""
+    query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream = :stream AND position > :after"
+    params: dict[str, Any] = {"stream": stream, "after": after, "limit": _limit(limit)}
+    if types is not None:
+        query += " AND type = ANY(:types)"
+        params["types"] = list(types)
+    rows = conn.execute(sa.text(query + " ORDER BY position LIMIT :limit"), params).all()
+    return [_event_row(row) for row in rows]
+
+
+def insurance_fund_movements(conn: sa.Connection, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    """Events that move the insurance fund: its own stream and every ``InsuranceFundDrawn``."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > :after AND "
+            "(stream = :stream OR type = ANY(:types)) ORDER BY position LIMIT :limit"
+        ),
+        {
+            "after": after,
+            "stream": f"account:{INSURANCE_FUND_ACCOUNT_ID}",
+            "types": list(INSURANCE_FUND_EVENT_TYPES),
+            "limit": _limit(limit),
+        },
+    ).all()
+    return [_event_row(row) for row in rows]
+
+
+def account_balances(conn: sa.Connection, account_id: str) -> dict[str, Any]:
+    rows = conn.execute(
+        sa.text("SELECT asset, amount, as_of_position FROM balances WHERE account_id = :a ORDER BY asset"),
+        {"a": account_id},
+    ).all()
+    return {
+        "balances": {row.asset: _wire(row.amount) for row in rows},
+        "as_of_position": max((int(row.as_of_position) for row in rows), default=None),
+    }
+
+
+def list_margin_calls(
+    conn: sa.Connection,
+    *,
+    status: str | None = None,
+    level: str | None = None,
+    account_id: str | None = None,
+    issued_from: Any = None,
+    issued_to: Any = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Margin calls by ``issued_position`` (the position of the decision that issued them:
+    unique), filtered by status, level, account and issue time (``issued_to`` exclusive)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT margin_call_id, account_id, scope, level, status, issued_position, issued_at, deadline, "
+            "last_position, payload, as_of_position FROM margin_calls WHERE issued_position > :after "
+            "AND (CAST(:status AS text) IS NULL OR status = :status) "
+            "AND (CAST(:level AS text) IS NULL OR level = :level) "
+            "AND (CAST(:account AS text) IS NULL OR account_id = :account) "
+            "AND (CAST(:t0 AS timestamptz) IS NULL OR issued_at >= :t0) "
+            "AND (CAST(:t1 AS timestamptz) IS NULL OR issued_at < :t1) "
+            "ORDER BY issued_position LIMIT :limit"
+        ),
+        {
+            "after": after,
+            "status": status,
+            "level": level,
+            "account": account_id,
+            "t0": issued_from,
+            "t1": issued_to,
+            "limit": _limit(limit),
+        },
+    ).all()
+    return [
+        {
+            "margin_call_id": row.margin_call_id,
+            "account_id": row.account_id,
+            "scope": row.scope,
+            "level": row.level,
+            "status": row.status,
+            "issued_position": int(row.issued_position),
+            "issued_at": _time(row.issued_at),
+            "deadline": _time(row.deadline),
+            "last_position": int(row.last_position),
+            "payload": row.payload,
+            "as_of_position": int(row.as_of_position),
+        }
+        for row in rows
+    ]
+
+
+def list_liquidations(
+    conn: sa.Connection,
+    *,
+    account_id: str | None = None,
+    status: str | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Liquidation orders by ``issued_position`` (the position of the order's decision: unique)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT liquidation_id, account_id, scope, instrument, side, quantity, filled_quantity, "
+            "bankruptcy_price, status, issued_position, as_of_position FROM liquidations "
+            "WHERE issued_position > :after AND (CAST(:account AS text) IS NULL OR account_id = :account) "
+            "AND (CAST(:status AS text) IS NULL OR status = :status) ORDER BY issued_position LIMIT :limit"
+        ),
+        {"after": after, "account": account_id, "status": status, "limit": _limit(limit)},
+    ).all()
+    return [
+        {
+            "liquidation_id": row.liquidation_id,
+            "account_id": row.account_id,
+            "scope": row.scope,
+            "instrument": row.instrument,
+            "side": row.side,
+            "quantity": _wire(row.quantity),
+            "filled_quantity": _wire(row.filled_quantity),
+            "bankruptcy_price": _wire(row.bankruptcy_price),
+            "status": row.status,
+            "issued_position": int(row.issued_position),
+            "as_of_position": int(row.as_of_position),
+        }
+        for row in rows
+    ]
+
+
+def list_dead_letters(conn: sa.Connection, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    """Dead letters by id; ``key`` and ``raw`` are the original bytes (the caller encodes them)."""
+    rows = conn.execute(
+        sa.text(
+            'SELECT id, shard, topic, "partition", "offset", key, raw, error, idempotency_key, existing_payload, '
+            "received_at FROM dead_letters WHERE id > :after ORDER BY id LIMIT :limit"
+        ),
+        {"after": after, "limit": _limit(limit)},
+    ).all()
+    return [
+        {
+            "id": int(row.id),
+            "shard": int(row.shard),
+            "topic": row.topic,
+            "partition": int(row.partition),
+            "offset": int(row.offset),
+            "key": None if row.key is None else bytes(row.key),
+            "raw": bytes(row.raw),
+            "error": row.error,
+            "idempotency_key": row.idempotency_key,
+            "existing_payload": row.existing_payload,
+            "received_at": _time(row.received_at),
+        }
+        for row in rows
+    ]
+
+
+def log_status(conn: sa.Connection) -> dict[str, Any]:
+    """Head of the log overall and per shard, event and dead-letter counts, outbox backlog and the
+    ledger time of the last batch."""
+    shards = conn.execute(
+        sa.text("SELECT shard, max(position) AS head, count(*) AS n FROM events GROUP BY shard ORDER BY shard")
+    ).all()
+    last = conn.execute(sa.text("SELECT max(recorded_at) FROM events")).scalar_one()
+    return {
+        "log_position": log_head(conn),
+        "events_total": sum(int(row.n) for row in shards),
+        "shards": {str(row.shard): {"head_position": int(row.head), "events": int(row.n)} for row in shards},
+        "dead_letters_total": int(conn.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar_one()),
+        "outbox_unpublished": int(
+            conn.execute(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one()
+        ),
+        "last_recorded_at": _time(last),
+    }
+
+
+def metrics_snapshot(conn: sa.Connection) -> dict[str, Any]:
+    """What the Prometheus collector exports, read in one go at scrape time."""
+    status = log_status(conn)
+    by_type = conn.execute(sa.text("SELECT type, count(*) FROM events GROUP BY type ORDER BY type")).all()
+    offsets = conn.execute(
+        sa.text(
+            'SELECT shard, topic, "partition", next_offset FROM consumer_offsets '
+            'ORDER BY shard, topic, "partition"'
+        )
+    ).all()
+    last = conn.execute(sa.text("SELECT max(recorded_at) FROM events")).scalar_one()
+    return {
+        **status,
+        "events_by_type": {row[0]: int(row[1]) for row in by_type},
+        "consumer_offsets": [
+            {"shard": int(row.shard), "topic": row.topic, "partition": int(row.partition),
+             "next_offset": int(row.next_offset)}
+            for row in offsets
+        ],
+        "last_recorded_timestamp": None if last is None else last.timestamp(),
+    }
+
+
+def account_shard(conn: sa.Connection, account_id: str) -> int | None:
+    """The shard whose log holds the account's stream, None when it has no events."""
+    shard = conn.execute(
+        sa.text("SELECT shard FROM events WHERE stream = :s ORDER BY position LIMIT 1"),
+        {"s": f"account:{account_id}"},
+    ).scalar_one_or_none()
+    return None if shard is None else int(shard)
+
+
+REPLAY_FETCH_ROWS = 2_000
+
+
+def iter_shard_events(conn: sa.Connection, shard: int, *, upto: int | None = None) -> Any:
+    """(position, stream, type, occurred_at, payload) of a shard's events in log order, streamed
+    with a server-side cursor (for replays that need to know where each event sits)."""
+    query = "SELECT position, stream, type, occurred_at, payload FROM events WHERE shard = :shard"
+    params: dict[str, Any] = {"shard": shard}
+    if upto is not None:
+        query += " AND position <= :upto"
+        params["upto"] = upto
+    result = conn.execution_options(stream_results=True, yield_per=REPLAY_FETCH_ROWS).execute(
+        sa.text(query + " ORDER BY position"), params
+    )
+    for row in result:
+        yield int(row.position), row.stream, row.type, row.occurred_at, row.payload
