@@ -31,6 +31,8 @@ from clearing.store.hashing import canonical_json
 
 logger = logging.getLogger(__name__)
 
+MARGIN_REFRESH_ACCOUNTS_MAX = 2_000  # holders whose margin row a mark batch refreshes (rotating)
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
@@ -79,6 +81,7 @@ class Ledger:
         self.state = LedgerState()
         self.head = eventlog.ShardHead(shard=shard)
         self.needs_reload = False
+        self._refresh_cursor = 0
 
     # ---------------------------------------------------------------------------------------
     # start
@@ -99,6 +102,22 @@ class Ledger:
         self.state.marks_touched.clear()
         self.needs_reload = False
         return count
+
+    def _refresh_rotation(self) -> list[str]:
+        """Accounts whose margin state is refreshed in this batch although no event of theirs
+        changed their status: marks move every holder's equity, and writing all of them on every
+        batch would cost more than the ingest. A rotating window of at most
+        ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch bounds how stale a row can get (a status
+        change is always written at once: it is a decision, and decisions touch their account)."""
+        holders = sorted(self.state.holders_all())
+        if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+            return holders
+        start = self._refresh_cursor % len(holders)
+        window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
+        if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
+            window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
+        self._refresh_cursor = start + MARGIN_REFRESH_ACCOUNTS_MAX
+        return window
 
     def stored_offsets(self) -> dict[tuple[str, int], tuple[int, str | None]]:
         with self.engine.connect() as conn:
@@ -160,6 +179,7 @@ class Ledger:
         broker_instance: str | None,
     ) -> int:
         state = self.state
+        decided: list[tuple[int, str, dict[str, Any], datetime]] = []
         with self.engine.connect() as conn, conn.begin():
             position = eventlog.lock_and_check_head(conn, self.head)
             existing = eventlog.existing_payloads(conn, keys)
@@ -202,8 +222,11 @@ class Ledger:
                 )
                 seen[key] = payload_json
                 result.appended += 1
+                if event.type == "LiquidationFillRecorded":
+                    decided.append((position, event.type, payload, event.occurred_at))
                 for decision in decisions:
                     position += 1
+                    decided.append((position, decision.type, decision.payload, decision.occurred_at))
                     rows.append(self.head.row(position, decision, canonical_json(decision.payload), recorded_at))
                     result.decisions += 1
                     result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
@@ -242,7 +265,10 @@ class Ledger:
             )
             eventlog.insert_outbox(conn, self.topic_prefix, outbox, recorded_at)
             eventlog.store_offsets(conn, self.shard, offsets, broker_instance, recorded_at)
-            projections.write(conn, state, state.touched, state.marks_touched, position)
+            accounts = set(state.touched)
+            if state.marks_touched:
+                accounts.update(self._refresh_rotation())
+            projections.write(conn, state, accounts, state.marks_touched, position, decisions=decided)
         return position
 
 

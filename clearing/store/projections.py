@@ -76,11 +76,14 @@ def write(
     symbols: Iterable[str],
     as_of: int,
     *,
+    decisions: Iterable[tuple[int, str, dict[str, Any], Any]] = (),
     suffix: str = "",
 ) -> None:
-    """Upsert the rows of the given accounts and marks into the projection tables (``suffix``
-    names the shadow tables of a rebuild)."""
+    """Upsert the rows of the given accounts and marks into the projection tables, and record the
+    batch's margin calls and liquidations (``suffix`` names the shadow tables of a rebuild)."""
     accounts = list(accounts)
+    write_margin(conn, state, accounts, as_of, suffix=suffix)
+    write_decisions(conn, decisions, suffix=suffix)
     balances = balance_rows(state, accounts, as_of)
     if balances:
         conn.execute(sa.text(_UPSERT_BALANCE.text.format(table="balances" + suffix)), balances)
@@ -109,3 +112,143 @@ def write(
             ),
             marks,
         )
+
+
+# -----------------------------------------------------------------------------------------------
+# margin state, margin calls and liquidations
+
+
+def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list[dict[str, Any]]:
+    """One row per margin scope of each account: the cross account and every isolated position,
+    with the lifecycle status (which may be ahead of the instantaneous classification: an account
+    stays in ``liquidation`` until its call is resolved)."""
+    from clearing.domain import margin
+
+    rows = []
+    for account_id in sorted(accounts):
+        account = state.accounts.get(account_id)
+        if account is None or account_id.startswith("system:"):
+            continue
+        risk = margin.account_risk(state, account)
+        for scope in risk.scopes:
+            lifecycle = account.margin.get(scope.scope)
+            rows.append(
+                {
+                    "account_id": account_id,
+                    "scope": scope.scope,
+                    "equity": scope.equity,
+                    "initial_margin": scope.initial_margin,
+                    "maintenance_margin": scope.maintenance_margin,
+                    "margin_ratio": scope.margin_ratio,
+                    "status": lifecycle.status if lifecycle is not None else scope.status,
+                    "as_of": as_of,
+                }
+            )
+    return rows
+
+
+def write_margin(
+    conn: sa.Connection, state: LedgerState, accounts: Iterable[str], as_of: int, *, suffix: str = ""
+) -> None:
+    rows = margin_rows(state, accounts, as_of)
+    if rows:
+        conn.execute(
+            sa.text(
+                f"INSERT INTO margin_state{suffix} (account_id, scope, equity, initial_margin, maintenance_margin, "
+                "margin_ratio, status, as_of_position) VALUES (:account_id, :scope, :equity, :initial_margin, "
+                ":maintenance_margin, :margin_ratio, :status, :as_of) ON CONFLICT (account_id, scope) DO UPDATE SET "
+                "equity = excluded.equity, initial_margin = excluded.initial_margin, "
+                "maintenance_margin = excluded.maintenance_margin, margin_ratio = excluded.margin_ratio, "
+                "status = excluded.status, as_of_position = excluded.as_of_position"
+            ),
+            rows,
+        )
+
+
+def write_decisions(
+    conn: sa.Connection, decisions: Iterable[tuple[int, str, dict[str, Any], Any]], *, suffix: str = ""
+) -> None:
+    """Margin calls and liquidations from the batch's decision events and liquidation fills,
+    given as (position, event type, payload, occurred_at), in log order."""
+    import json
+
+    from clearing.domain import events as ev
+
+    for position, event_type, payload, occurred_at in decisions:
+        params: dict[str, Any] = {"position": position, **{k: payload.get(k) for k in ("account_id", "scope")}}
+        if event_type == ev.MARGIN_CALL_ISSUED:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO margin_calls{suffix} (margin_call_id, account_id, scope, level, status, "
+                    "issued_position, issued_at, deadline, last_position, payload, as_of_position) VALUES (:id, "
+                    ":account_id, :scope, :level, 'open', :position, :at, :deadline, :position, CAST(:payload AS jsonb), "
+                    ":position)"
+                ),
+                {
+                    **params,
+                    "id": payload["margin_call_id"],
+                    "level": payload["level"],
+                    "at": occurred_at,
+                    "deadline": payload.get("deadline"),
+                    "payload": json.dumps(payload),
+                },
+            )
+        elif event_type in (ev.MARGIN_CALL_ESCALATED, ev.MARGIN_CALL_RESOLVED, ev.ACCOUNT_BANKRUPTED):
+            status = {
+                ev.MARGIN_CALL_ESCALATED: "open",
+                ev.MARGIN_CALL_RESOLVED: "resolved",
+                ev.ACCOUNT_BANKRUPTED: "bankrupt",
+            }[event_type]
+            level = payload.get("level")
+            conn.execute(
+                sa.text(
+                    f"UPDATE margin_calls{suffix} SET status = :status, level = coalesce(:level, level), "
+                    "deadline = CASE WHEN :escalated THEN CAST(:deadline AS timestamptz) ELSE deadline END, "
+                    "last_position = :position, payload = CAST(:payload AS jsonb), as_of_position = :position "
+                    "WHERE margin_call_id = :id"
+                ),
+                {
+                    **params,
+                    "id": payload["margin_call_id"],
+                    "status": status,
+                    "level": level,
+                    "escalated": event_type == ev.MARGIN_CALL_ESCALATED,
+                    "deadline": payload.get("deadline"),
+                    "payload": json.dumps(payload),
+                },
+            )
+            cancelled = payload.get("cancelled_orders") or []
+            if cancelled:
+                conn.execute(
+                    sa.text(
+                        f"UPDATE liquidations{suffix} SET status = 'cancelled', as_of_position = :position "
+                        "WHERE liquidation_id = ANY(:ids) AND status = 'open'"
+                    ),
+                    {"position": position, "ids": list(cancelled)},
+                )
+        elif event_type == ev.LIQUIDATION_ORDER_ISSUED:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO liquidations{suffix} (liquidation_id, account_id, scope, instrument, side, quantity, "
+                    "filled_quantity, bankruptcy_price, status, issued_position, as_of_position) VALUES (:id, "
+                    ":account_id, :scope, :instrument, :side, :quantity, 0, :bankruptcy_price, 'open', :position, "
+                    ":position)"
+                ),
+                {
+                    **params,
+                    "id": payload["liquidation_id"],
+                    "instrument": payload["instrument"],
+                    "side": payload["side"],
+                    "quantity": payload["quantity"],
+                    "bankruptcy_price": payload["bankruptcy_price"],
+                },
+            )
+        elif event_type == "LiquidationFillRecorded":
+            conn.execute(
+                sa.text(
+                    f"UPDATE liquidations{suffix} SET filled_quantity = filled_quantity + CAST(:quantity AS numeric), "
+                    "status = CASE WHEN filled_quantity + CAST(:quantity AS numeric) >= quantity THEN 'filled' "
+                    "ELSE status END, as_of_position = :position WHERE liquidation_id = :id"
+                ),
+                {"id": payload["liquidation_id"], "quantity": payload["quantity"], "position": position},
+            )
