@@ -122,7 +122,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             at = tick()
             for symbol in INSTRUMENTS:
                 rate = Decimal(rng.randint(-10, 30)) / 100_000
-                yield Message("marks", symbol, {"type": "funding", "symbol": symbol, "rate": str(rate), "occurred_at": at})
+                yield Message(
+                    "marks", symbol, {"type": "funding", "symbol": symbol, "rate": str(rate), "occurred_at": at}
+                )
         for _ in range(trades_per_step):
             if trade_number >= scenario.trades:
                 break
@@ -178,7 +180,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             )
 
 
-def publish(bootstrap: str, prefix: str, messages: Iterator[Message], progress: Any = None) -> dict[tuple[str, int], int]:
+def publish(
+    bootstrap: str, prefix: str, messages: Iterator[Message], progress: Any = None
+) -> dict[tuple[str, int], int]:
     """Publish to the input topics; returns the next offset per (topic, partition) written,
     which is what a ledger must have stored to have consumed everything."""
     from kafka import KafkaProducer

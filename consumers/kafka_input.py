@@ -8,6 +8,7 @@ events they produced, so the consumer is assigned its partitions explicitly and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,10 +61,8 @@ def ensure_topics(bootstrap: str, prefix: str) -> None:
                 partitions = OUTPUT_TOPIC_PARTITIONS
             wanted.append(NewTopic(name, partitions, 1))
         for topic in wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 

@@ -137,9 +137,8 @@ def apply(state: LedgerState, event_type: str, message: InputMessage | None, pay
         handler = _APPLY_DECISION.get(event_type)
         if handler is not None:
             handler(state, payload)
-    if message is not None:
-        if state.last_occurred_at is None or message.occurred_at > state.last_occurred_at:
-            state.last_occurred_at = message.occurred_at
+    if message is not None and (state.last_occurred_at is None or message.occurred_at > state.last_occurred_at):
+        state.last_occurred_at = message.occurred_at
 
 
 def _apply_fill(state: LedgerState, fill: Fill) -> None:
@@ -176,10 +175,7 @@ def trade(
     else:
         closing = min(abs(quantity), abs(held))
         direction = Decimal(1) if held > 0 else Decimal(-1)
-        if closing == abs(held):
-            removed = position.cost
-        else:
-            removed = -round_credit(-divide(position.cost * closing, abs(held)))
+        removed = position.cost if closing == abs(held) else -round_credit(-divide(position.cost * closing, abs(held)))
         realised = direction * closing * price * size - removed
         position.cost -= removed
         position.quantity = held - direction * closing

@@ -51,6 +51,7 @@ from clearing.domain.numbers import (
     round_requirement,
     to_wire,
 )
+from clearing.domain.params import InstrumentSpec
 from clearing.domain.state import (
     INSURANCE_FUND_ACCOUNT,
     Account,
@@ -207,7 +208,10 @@ def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer
         isolated = account.positions.get((request.instrument, margin.ISOLATED))
         allocated = isolated.isolated_margin if isolated is not None else ZERO
         if allocated < -request.amount:
-            reason = f"the isolated {request.instrument} position holds {to_wire(allocated)}, less than {to_wire(-request.amount)}"
+            reason = (
+                f"the isolated {request.instrument} position holds {to_wire(allocated)}, "
+                f"less than {to_wire(-request.amount)}"
+            )
         elif isolated is not None and isolated.quantity != 0:
             isolated.isolated_margin += request.amount
             try:
@@ -471,7 +475,13 @@ def _issue_orders(
         held = abs(position.quantity)
         step = _quantity_step(position.quantity)
 
-        def after(reduce: Decimal, p: margin.PositionRisk = position) -> tuple[Decimal, Decimal]:
+        def after(
+            reduce: Decimal,
+            p: margin.PositionRisk = position,
+            spec: InstrumentSpec = spec,
+            equity: Decimal = equity,
+            maintenance: Decimal = maintenance,
+        ) -> tuple[Decimal, Decimal]:
             left = abs(p.quantity) - reduce
             notional = left * p.contract_size * p.price_used
             tier = spec.tier_for(notional)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -240,9 +240,9 @@ def decode(topic_kind: str, raw: bytes) -> InputMessage:
         allowed = ", ".join(f'"{name}"' for name in kinds)
         raise InputError(f'"type" is {message_type!r}; on the {topic_kind} topic it must be one of {allowed}')
     try:
-        message: InputMessage = model.model_validate(data)
+        message = cast(InputMessage, model.model_validate(data))
     except ValidationError as error:
-        raise InputError(_describe(message_type, error)) from None
+        raise InputError(_describe(str(message_type), error)) from None
     return message
 
 

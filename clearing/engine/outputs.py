@@ -47,13 +47,14 @@ def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[
 def dead_letter_message(
     topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, error: str
 ) -> tuple[str, str | None, dict[str, Any]]:
+    text_key = key.decode("utf-8", "replace") if key is not None else None
     value = {
         "type": "rejected",
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "key": text_key,
         "error": error,
         "raw": base64.b64encode(raw).decode("ascii"),
     }
-    return DLQ, value["key"], value
+    return DLQ, text_key, value

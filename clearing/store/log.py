@@ -305,5 +305,4 @@ def iter_payloads(
         params["upto"] = upto
     query += " ORDER BY position"
     result = conn.execution_options(stream_results=True, yield_per=REPLAY_FETCH_ROWS).execute(sa.text(query), params)
-    for event_type, payload in result:
-        yield event_type, payload
+    yield from result

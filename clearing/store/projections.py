@@ -181,8 +181,8 @@ def write_decisions(
                 sa.text(
                     f"INSERT INTO margin_calls{suffix} (margin_call_id, account_id, scope, level, status, "
                     "issued_position, issued_at, deadline, last_position, payload, as_of_position) VALUES (:id, "
-                    ":account_id, :scope, :level, 'open', :position, :at, :deadline, :position, CAST(:payload AS jsonb), "
-                    ":position)"
+                    ":account_id, :scope, :level, 'open', :position, :at, :deadline, :position, "
+                    "CAST(:payload AS jsonb), :position)"
                 ),
                 {
                     **params,
