@@ -33,14 +33,48 @@ CATCH_UP_TIMEOUT_S = 600.0
 
 # Messages a careless producer might send: each must land in the dead letters with a reason.
 BAD_MESSAGES = [
-    Message("fills", "ACC-00001", {"type": "fill", "fill_id": "BAD-1", "trade_id": "BAD-T1",
-                                   "account_id": "ACC-00001", "instrument": "BTCUSDT", "side": "buy",
-                                   "quantity": 0.5, "price": "65000", "occurred_at": "2026-11-23T00:00:01Z"}),
-    Message("fills", "ACC-00002", {"type": "fill", "fill_id": "BAD-2", "trade_id": "BAD-T2",
-                                   "account_id": "ACC-00002", "instrument": "DOGEUSDT", "side": "buy",
-                                   "quantity": "10", "price": "0.1", "occurred_at": "2026-11-23T00:00:01Z"}),
-    Message("transfers", "ACC-00003", {"type": "deposit", "transfer_id": "BAD-3", "account_id": "ACC-00003",
-                                       "asset": "USDT", "amount": "-100", "occurred_at": "2026-11-23T00:00:01Z"}),
+    Message(
+        "fills",
+        "ACC-00001",
+        {
+            "type": "fill",
+            "fill_id": "BAD-1",
+            "trade_id": "BAD-T1",
+            "account_id": "ACC-00001",
+            "instrument": "BTCUSDT",
+            "side": "buy",
+            "quantity": 0.5,
+            "price": "65000",
+            "occurred_at": "2026-11-23T00:00:01Z",
+        },
+    ),
+    Message(
+        "fills",
+        "ACC-00002",
+        {
+            "type": "fill",
+            "fill_id": "BAD-2",
+            "trade_id": "BAD-T2",
+            "account_id": "ACC-00002",
+            "instrument": "DOGEUSDT",
+            "side": "buy",
+            "quantity": "10",
+            "price": "0.1",
+            "occurred_at": "2026-11-23T00:00:01Z",
+        },
+    ),
+    Message(
+        "transfers",
+        "ACC-00003",
+        {
+            "type": "deposit",
+            "transfer_id": "BAD-3",
+            "account_id": "ACC-00003",
+            "asset": "USDT",
+            "amount": "-100",
+            "occurred_at": "2026-11-23T00:00:01Z",
+        },
+    ),
 ]
 
 
@@ -48,22 +82,27 @@ def _counts_of(offsets: dict[tuple[str, int], int]) -> int:
     return sum(offsets.values())
 
 
-def run_demo(settings: Settings, console: Console | None = None, *, accounts: int = 200, trades: int = 5_000,
-             seed: int = 7) -> int:
+def run_demo(
+    settings: Settings, console: Console | None = None, *, accounts: int = 200, trades: int = 5_000, seed: int = 7
+) -> int:
     console = console or Console()
-    console.print(Panel.fit(
-        "[bold]clearing[/bold]: an event-sourced clearinghouse ledger.\n"
-        "Fills, deposits, withdrawals and price marks go in through Kafka; every one of them, and every\n"
-        "decision the ledger takes because of them, is appended to an immutable, hash-chained log in\n"
-        "PostgreSQL, from which balances, positions and margin are folded.",
-        title="demo",
-    ))
+    console.print(
+        Panel(
+            "[bold]clearing[/bold]: an event-sourced clearinghouse ledger. Fills, deposits, withdrawals and "
+            "price marks go in through Kafka; every one of them, and every decision the ledger takes because "
+            "of them (margin calls, liquidation orders, withdrawal approvals), is appended to an immutable, "
+            "hash-chained log in PostgreSQL, from which balances, positions and margin are folded.",
+            title="demo",
+        )
+    )
     with console.status("Starting the embedded PostgreSQL and Kafka-compatible broker..."):
         services = ensure_services(settings)
         upgrade(services.database_url)
-    console.print(f"[green]✓[/green] PostgreSQL at {services.database_url.split('?')[0]} "
-                  f"({'embedded' if services.embedded_database else 'configured'}), "
-                  f"broker at {services.kafka_bootstrap} ({'embedded' if services.embedded_broker else 'configured'})")
+    console.print(
+        f"[green]✓[/green] PostgreSQL at {services.database_url.split('?')[0]} "
+        f"({'embedded' if services.embedded_database else 'configured'}), "
+        f"broker at {services.kafka_bootstrap} ({'embedded' if services.embedded_broker else 'configured'})"
+    )
 
     from consumers.kafka_input import ensure_topics
     from consumers.process import run_ledger
@@ -71,15 +110,24 @@ def run_demo(settings: Settings, console: Console | None = None, *, accounts: in
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
     scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75)
     messages = list(generate(scenario)) + BAD_MESSAGES
-    console.print(f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
-                  f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages.")
+    console.print(
+        f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
+        f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages."
+    )
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
-    with progress:
+    def bar() -> Progress:
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+
+    with bar() as progress:
         task = progress.add_task("publishing to Kafka", total=len(messages))
-        ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
-                       progress=lambda n: progress.update(task, completed=n))
+        ends = publish(
+            services.kafka_bootstrap,
+            settings.topic_prefix,
+            iter(messages),
+            progress=lambda n: progress.update(task, completed=n),
+        )
         progress.update(task, completed=len(messages))
 
     engine = make_engine(services.database_url)
@@ -100,7 +148,7 @@ def run_demo(settings: Settings, console: Console | None = None, *, accounts: in
     started = time.monotonic()
     before = consumed()
     thread.start()
-    with progress:
+    with bar() as progress:
         task = progress.add_task("ledger consuming", total=target)
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         done = before
@@ -134,8 +182,10 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
     ledger.load()
     imbalance = conservation(ledger.state)
 
-    console.print(f"\n[bold]The log[/bold]: {summary['log_position']} events; this run consumed {consumed} messages "
-                  f"in {elapsed:.1f} s.")
+    console.print(
+        f"\n[bold]The log[/bold]: {summary['log_position']} events; this run consumed {consumed} messages "
+        f"in {elapsed:.1f} s."
+    )
     table = Table("event type", "count", "what it is", title="Events in the log")
     for name, count in summary["events_by_type"].items():
         table.add_row(name, str(count), _EXPLAIN.get(name, ""))
@@ -154,25 +204,43 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         + ("" if chain.ok else f"; first bad position {chain.first_bad_position}: {chain.problem}")
     )
     console.print(
-        ("[green]✓[/green] books balance: balances + isolated margin + unrealised PnL = deposits - withdrawals, "
-         "to the last digit") if not imbalance else f"[red]✗[/red] books do not balance: {imbalance}"
+        (
+            "[green]✓[/green] books balance: balances + isolated margin + unrealised PnL = deposits - withdrawals, "
+            "to the last digit"
+        )
+        if not imbalance
+        else f"[red]✗[/red] books do not balance: {imbalance}"
     )
 
 
 def _accounts_table(console: Console, engine: sa.Engine) -> None:
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT b.account_id, b.amount AS usdt, coalesce(m.equity, b.amount) AS equity, m.margin_ratio, "
-            "coalesce(m.status, '-') AS status, (SELECT count(*) FROM positions p WHERE p.account_id = b.account_id "
-            "AND p.quantity <> 0) AS open_positions FROM balances b LEFT JOIN margin_state m ON m.account_id = "
-            "b.account_id AND m.scope = 'cross' WHERE b.asset = 'USDT' ORDER BY b.account_id LIMIT 8"
-        )).all()
-    table = Table("account", "USDT balance", "equity", "margin ratio", "status", "open positions",
-                  title="A few accounts (clearing account show ID for all of one)")
+        rows = conn.execute(
+            sa.text(
+                "SELECT b.account_id, b.amount AS usdt, coalesce(m.equity, b.amount) AS equity, m.margin_ratio, "
+                "coalesce(m.status, '-') AS status, (SELECT count(*) FROM positions p WHERE p.account_id = b.account_id "
+                "AND p.quantity <> 0) AS open_positions FROM balances b LEFT JOIN margin_state m ON m.account_id = "
+                "b.account_id AND m.scope = 'cross' WHERE b.asset = 'USDT' ORDER BY b.account_id LIMIT 8"
+            )
+        ).all()
+    table = Table(
+        "account",
+        "USDT balance",
+        "equity",
+        "margin ratio",
+        "status",
+        "open positions",
+        title="A few accounts (clearing account show ID for all of one)",
+    )
     for row in rows:
-        table.add_row(row.account_id, _money(row.usdt), _money(row.equity),
-                      "-" if row.margin_ratio is None else f"{Decimal(row.margin_ratio):.4f}", row.status,
-                      str(row.open_positions))
+        table.add_row(
+            row.account_id,
+            _money(row.usdt),
+            _money(row.equity),
+            "-" if row.margin_ratio is None else f"{Decimal(row.margin_ratio):.4f}",
+            row.status,
+            str(row.open_positions),
+        )
     console.print(table)
 
 
