@@ -218,9 +218,10 @@ def _accounts_table(console: Console, engine: sa.Engine) -> None:
         rows = conn.execute(
             sa.text(
                 "SELECT b.account_id, b.amount AS usdt, coalesce(m.equity, b.amount) AS equity, m.margin_ratio, "
-                "coalesce(m.status, '-') AS status, (SELECT count(*) FROM positions p WHERE p.account_id = b.account_id "
-                "AND p.quantity <> 0) AS open_positions FROM balances b LEFT JOIN margin_state m ON m.account_id = "
-                "b.account_id AND m.scope = 'cross' WHERE b.asset = 'USDT' ORDER BY b.account_id LIMIT 8"
+                "coalesce(m.status, '-') AS status, (SELECT count(*) FROM positions p "
+                "WHERE p.account_id = b.account_id AND p.quantity <> 0) AS open_positions "
+                "FROM balances b LEFT JOIN margin_state m ON m.account_id = b.account_id AND m.scope = 'cross' "
+                "WHERE b.asset = 'USDT' ORDER BY (coalesce(m.status, '-') IN ('healthy', '-')), b.account_id LIMIT 10"
             )
         ).all()
     table = Table(
@@ -230,7 +231,7 @@ def _accounts_table(console: Console, engine: sa.Engine) -> None:
         "margin ratio",
         "status",
         "open positions",
-        title="A few accounts (clearing account show ID for all of one)",
+        title="Accounts under margin calls first, then healthy ones (clearing account show ID for one)",
     )
     for row in rows:
         table.add_row(
