@@ -278,9 +278,73 @@ def add_api(subparsers: Subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# clearing audit report ACCOUNT [--from T] [--to T] [--output FILE]
+
+
+def _audit_actions(subparsers: Subparsers) -> Any:
+    """The ``clearing audit ACTION`` subparsers, shared by every ``add_audit_*``: the ``audit``
+    parser is created by whichever runs first and found by the others (argparse refuses a second
+    parser of the same name)."""
+    parser = subparsers.choices.get("audit")
+    if parser is None:
+        parser = subparsers.add_parser("audit", help="verify, explain and report on the log")
+        return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in parser._actions:  # argparse keeps its subparsers action only there
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    from clearing.audit.report import ReportError, parse_time, write_report
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from clearing.store.db import make_engine
+
+    try:
+        start = parse_time(args.start) if args.start else None
+        end = parse_time(args.end) if args.end else None
+    except ReportError as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
+    settings = get_settings()
+    if args.output:
+        output = Path(args.output)
+    else:
+        output = settings.home_path() / "reports" / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.account_id) + ".html")
+    services = ensure_services(settings, need_broker=False)
+    engine = make_engine(services.database_url, role="clearing_reader")
+    try:
+        timeline = write_report(engine, args.account_id, output, start=start, end=end)
+    except ReportError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    finally:
+        engine.dispose()
+    out(f"wrote {output}: {timeline.events_total} events of {args.account_id}, {len(timeline.risk)} margin points, "
+        f"{len(timeline.markers)} margin-call and liquidation events")
+    return 0
+
+
+def add_audit_report(subparsers: Subparsers) -> None:
+    report = _audit_actions(subparsers).add_parser(
+        "report", help="a self-contained HTML report of one account: margin and marks over time, calls, events"
+    )
+    report.add_argument("account_id", metavar="ACCOUNT")
+    report.add_argument("--from", dest="start", default=None, metavar="T", help="start of the period (RFC 3339)")
+    report.add_argument("--to", dest="end", default=None, metavar="T", help="end of the period (RFC 3339, exclusive)")
+    report.add_argument("--output", default=None, metavar="FILE",
+                        help="where to write the HTML (default: CLEARING_HOME/reports/ACCOUNT.html)")
+    report.set_defaults(handler=_audit_report)
+
+
+# ------------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
-    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api
+    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report
 ]
 
 

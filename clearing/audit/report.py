@@ -1,0 +1,494 @@
+"""An account's HTML report (``clearing audit report ACCOUNT``): one self-contained file, readable
+offline, with inline SVG charts drawn here (no scripts, no CDN).
+
+The time series come from replaying the account's shard of the log with the domain fold: after
+every event that can move the account's margin (its own events, marks of instruments it traded
+or collateral it holds, parameter changes) the cross scope is evaluated with
+``clearing.domain.margin.scope_risk``: the same code the ledger decides with, so the report cannot
+disagree with the ledger. Margin calls and liquidations are the decision events in the account's
+stream. Numbers in tables are the exact decimal strings; only the SVG coordinates are floats.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.domain.fold import replay_event
+from clearing.domain.margin import scope_risk
+from clearing.domain.numbers import to_wire
+from clearing.domain.state import LedgerState
+from clearing.store import queries
+
+POINTS_MAX = 2_000  # per drawn series; more points than pixels only slow the browser down
+EVENT_ROWS_MAX = 5_000  # rows in the events table; the report says how many were left out
+PAYLOAD_CHARS_MAX = 400  # of one event's payload in the table
+
+MARK_EVENT_TYPES = frozenset({"MarkRecorded", "FundingRateRecorded", "SettlementPriceRecorded"})
+TRADE_EVENT_TYPES = frozenset({"FillRecorded", "LiquidationFillRecorded"})
+CALL_EVENT_TYPES = frozenset({"MarginCallIssued", "MarginCallEscalated", "MarginCallResolved"})
+LIQUIDATION_EVENT_TYPES = frozenset(
+    {"LiquidationOrderIssued", "LiquidationFillRecorded", "AccountBankrupted", "PositionAutoDeleveraged"}
+)
+MARKER_COLOURS = {
+    "MarginCallIssued": "#e69f00",
+    "MarginCallEscalated": "#d55e00",
+    "MarginCallResolved": "#009e73",
+    "LiquidationOrderIssued": "#cc0000",
+    "LiquidationFillRecorded": "#8b0000",
+    "AccountBankrupted": "#000000",
+    "PositionAutoDeleveraged": "#6a3d9a",
+}
+SERIES_COLOURS = ("#0072b2", "#e69f00", "#cc0000", "#009e73", "#6a3d9a", "#56b4e9")
+
+
+class ReportError(ValueError):
+    """The report cannot be made as asked (unknown account, bad period)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RiskPoint:
+    position: int
+    occurred_at: datetime
+    equity: Decimal
+    initial_margin: Decimal
+    maintenance_margin: Decimal
+    margin_ratio: Decimal | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPoint:
+    position: int
+    occurred_at: datetime
+    price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    position: int
+    occurred_at: datetime
+    type: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AccountTimeline:
+    account_id: str
+    shard: int
+    start: datetime | None
+    end: datetime | None
+    risk: list[RiskPoint] = field(default_factory=list)
+    marks: dict[str, list[MarkPoint]] = field(default_factory=dict)
+    markers: list[LoggedEvent] = field(default_factory=list)
+    events: list[LoggedEvent] = field(default_factory=list)
+    events_total: int = 0
+    replayed: int = 0
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with a zone (``2026-11-23T12:00:00Z``); ReportError otherwise."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ReportError(f"{text!r} is not an RFC 3339 time such as 2026-11-23T12:00:00Z") from None
+    if value.tzinfo is None:
+        raise ReportError(f"{text!r} has no zone: add Z or an offset such as +00:00")
+    return value
+
+
+def build_timeline(
+    engine: sa.Engine, account_id: str, *, start: datetime | None = None, end: datetime | None = None
+) -> AccountTimeline:
+    """Replay the account's shard and collect the series between ``start`` (inclusive) and
+    ``end`` (exclusive). Events before ``start`` are folded too: the state needs them."""
+    if start is not None and end is not None and end <= start:
+        raise ReportError("the end of the period must be after its start")
+    stream = f"account:{account_id}"
+    with engine.connect() as conn:
+        shard = queries.account_shard(conn, account_id)
+        if shard is None:
+            raise ReportError(f"no account {account_id!r} in the ledger")
+        timeline = AccountTimeline(account_id, shard, start, end)
+        state = LedgerState()
+        traded: set[str] = set()
+        for position, event_stream, event_type, occurred_at, payload in queries.iter_shard_events(conn, shard):
+            replay_event(state, event_type, payload)
+            timeline.replayed += 1
+            in_window = (start is None or occurred_at >= start) and (end is None or occurred_at < end)
+            if event_stream == stream:
+                relevant = True
+                if event_type in TRADE_EVENT_TYPES:
+                    traded.add(str(payload.get("instrument")))
+                if in_window:
+                    logged = LoggedEvent(position, occurred_at, event_type, payload)
+                    timeline.events_total += 1
+                    if len(timeline.events) < EVENT_ROWS_MAX:
+                        timeline.events.append(logged)
+                    if event_type in CALL_EVENT_TYPES or event_type in LIQUIDATION_EVENT_TYPES:
+                        timeline.markers.append(logged)
+            elif event_type in MARK_EVENT_TYPES:
+                symbol = str(payload.get("symbol"))
+                account = state.accounts.get(account_id)
+                relevant = symbol in traded or (account is not None and account.balance(symbol) != 0)
+                mark = state.marks.get(symbol)
+                if symbol in traded and in_window and event_type == "MarkRecorded" and mark is not None:
+                    series = timeline.marks.setdefault(symbol, [])
+                    # A stale mark is logged but not applied: draw what the ledger applied.
+                    if not series or series[-1].price != mark.price:
+                        series.append(MarkPoint(position, occurred_at, mark.price))
+            else:
+                relevant = event_type == "RiskParametersChanged"
+            account = state.accounts.get(account_id)
+            if relevant and in_window and account is not None:
+                risk = scope_risk(state, account, "cross")
+                timeline.risk.append(
+                    RiskPoint(position, occurred_at, risk.equity, risk.initial_margin, risk.maintenance_margin,
+                              risk.margin_ratio, risk.status)
+                )
+    return timeline
+
+
+# ------------------------------------------------------------------------------------------------
+# downsampling
+
+
+def downsample_indices(values: Sequence[float], points_max: int, keep: Sequence[int] = ()) -> list[int]:
+    """Indices of at most about ``points_max`` points that keep the shape of the series: the first
+    and last, the lowest and highest of each bucket (so spikes survive) and the ``keep`` indices
+    (e.g. where the status changed)."""
+    count = len(values)
+    if count <= points_max:
+        return list(range(count))
+    buckets = max(1, (points_max - 2 - len(keep)) // 2)
+    chosen = {0, count - 1, *(i for i in keep if 0 <= i < count)}
+    size = count / buckets
+    for bucket in range(buckets):
+        low, high = int(bucket * size), min(count, int((bucket + 1) * size))
+        if low >= high:
+            continue
+        window = range(low, high)
+        chosen.add(min(window, key=values.__getitem__))
+        chosen.add(max(window, key=values.__getitem__))
+    return sorted(chosen)
+
+
+# ------------------------------------------------------------------------------------------------
+# SVG
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    label: str
+    colour: str
+    points: list[tuple[float, float]]  # (epoch seconds, value)
+    dashed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerticalMarker:
+    at: float  # epoch seconds
+    colour: str
+    title: str
+
+
+CHART_WIDTH = 1100
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 90, 20, 28, 34
+Y_TICKS = 5
+X_TICKS = 6
+LEGEND_ITEM_WIDTH = 150
+
+
+def _axis_number(value: float) -> str:
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if magnitude >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    return f"{value:.4g}"
+
+
+def _nice_ticks(low: float, high: float, count: int) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) inside [low, high]."""
+    span = high - low
+    raw = span / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-9:
+        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
+        value += step
+    return ticks
+
+
+def _axis_time(seconds: float, span: float) -> str:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%H:%M:%S" if span < 86_400 else "%m-%d %H:%M")
+
+
+def svg_chart(
+    title: str,
+    series: Sequence[Series],
+    markers: Sequence[VerticalMarker] = (),
+    *,
+    height: int = 320,
+    x_range: tuple[float, float] | None = None,
+) -> str:
+    """A line chart as an inline ``<svg>``: time on x (``x_range`` so that stacked charts line
+    up), one polyline per series."""
+    everything = [point for line in series for point in line.points]
+    if not everything:
+        return f'<p class="empty">{html.escape(title)}: no data in this period.</p>'
+    xs = [x for x, _ in everything] + [marker.at for marker in markers]
+    ys = [y for _, y in everything]
+    x0, x1 = x_range if x_range is not None else (min(xs), max(xs))
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.05 or abs(y1) * 0.05 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+    plot_w = CHART_WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+    plot_h = height - MARGIN_TOP - MARGIN_BOTTOM
+
+    def px(x: float) -> float:
+        return MARGIN_LEFT + (x - x0) / (x1 - x0) * plot_w
+
+    def py(y: float) -> float:
+        return MARGIN_TOP + (y1 - y) / (y1 - y0) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {CHART_WIDTH} {height}" '
+        f'width="{CHART_WIDTH}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{MARGIN_LEFT}" y="18" class="title">{html.escape(title)}</text>',
+        f'<rect x="{MARGIN_LEFT}" y="{MARGIN_TOP}" width="{plot_w}" height="{plot_h}" class="plot"/>',
+    ]
+    for value in _nice_ticks(y0, y1, Y_TICKS):
+        y = py(value)
+        grid = "zero" if value == 0 else "grid"
+        parts.append(f'<line x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="{grid}"/>')
+        parts.append(f'<text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" class="ylabel">{_axis_number(value)}</text>')
+    for tick in range(X_TICKS + 1):
+        value = x0 + (x1 - x0) * tick / X_TICKS
+        x = px(value)
+        anchor = "start" if tick == 0 else "end" if tick == X_TICKS else "middle"
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MARGIN_TOP}" y2="{MARGIN_TOP + plot_h}" class="grid"/>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - 12}" class="xlabel" text-anchor="{anchor}">'
+            f"{_axis_time(value, x1 - x0)}</text>"
+        )
+    for marker in markers:
+        x = px(marker.at)
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{MARGIN_TOP}" y2="{MARGIN_TOP + plot_h}" stroke="{marker.colour}" '
+            f'class="marker"><title>{html.escape(marker.title)}</title></line>'
+        )
+    for line in series:
+        if not line.points:
+            continue
+        coordinates = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line.points)
+        dash = ' stroke-dasharray="6 4"' if line.dashed else ""
+        parts.append(
+            f'<polyline fill="none" stroke="{line.colour}" stroke-width="1.8"{dash} points="{coordinates}">'
+            f"<title>{html.escape(line.label)}</title></polyline>"
+        )
+    # The legend sits on the title line, right-aligned, so it never covers a line.
+    legend_x = CHART_WIDTH - MARGIN_RIGHT - LEGEND_ITEM_WIDTH * len(series)
+    for index, line in enumerate(series):
+        x = legend_x + LEGEND_ITEM_WIDTH * index
+        parts.append(f'<rect x="{x}" y="11" width="14" height="4" fill="{line.colour}"/>')
+        parts.append(f'<text x="{x + 20}" y="18" class="legend">{html.escape(line.label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _seconds(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _risk_series(points: list[RiskPoint]) -> list[Series]:
+    equity = [float(point.equity) for point in points]
+    changes = [i for i in range(1, len(points)) if points[i].status != points[i - 1].status]
+    chosen = [points[i] for i in downsample_indices(equity, POINTS_MAX, changes)]
+    at = [_seconds(point.occurred_at) for point in chosen]
+    return [
+        Series("equity", SERIES_COLOURS[0], [(x, float(p.equity)) for x, p in zip(at, chosen, strict=True)]),
+        Series("initial margin", SERIES_COLOURS[1],
+               [(x, float(p.initial_margin)) for x, p in zip(at, chosen, strict=True)], dashed=True),
+        Series("maintenance margin", SERIES_COLOURS[2],
+               [(x, float(p.maintenance_margin)) for x, p in zip(at, chosen, strict=True)], dashed=True),
+    ]
+
+
+def _mark_series(symbol: str, points: list[MarkPoint], colour: str) -> Series:
+    prices = [float(point.price) for point in points]
+    chosen = [points[i] for i in downsample_indices(prices, POINTS_MAX)]
+    return Series(f"{symbol} mark", colour, [(_seconds(p.occurred_at), float(p.price)) for p in chosen])
+
+
+def _markers(events: list[LoggedEvent]) -> list[VerticalMarker]:
+    return [
+        VerticalMarker(
+            _seconds(event.occurred_at),
+            MARKER_COLOURS.get(event.type, "#444444"),
+            f"{event.type} at position {event.position}, {event.occurred_at.isoformat()}",
+        )
+        for event in events
+    ]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '<td class="none">-</td>'
+    if isinstance(value, Decimal):
+        value = to_wire(value)
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _payload_text(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(", ", ": "))
+    return text if len(text) <= PAYLOAD_CHARS_MAX else text[: PAYLOAD_CHARS_MAX - 1] + "…"
+
+
+STYLE = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px; color: #1a1a1a; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
+.meta { color: #555; margin-bottom: 16px; }
+table { border-collapse: collapse; font-size: 12px; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td.num, .summary td { font-variant-numeric: tabular-nums; }
+td.none { color: #999; }
+tr.call td { background: #fff4df; } tr.liquidation td { background: #fde4e4; }
+.chart { display: block; margin: 8px 0 16px; max-width: 100%; height: auto; }
+.chart .title { font-weight: 600; font-size: 14px; fill: #1a1a1a; }
+.chart .plot { fill: #fcfcfc; stroke: #bbb; }
+.chart .grid { stroke: #e6e6e6; stroke-width: 1; }
+.chart .ylabel { font-size: 11px; text-anchor: end; fill: #555; }
+.chart .xlabel { font-size: 11px; fill: #555; }
+.chart .zero { stroke: #888; stroke-width: 1; }
+.chart .legend { font-size: 12px; fill: #1a1a1a; }
+.chart .marker { stroke-width: 1.5; stroke-dasharray: 2 3; }
+.key span { display: inline-block; margin-right: 14px; }
+.key i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: middle; }
+code { font-size: 11px; word-break: break-all; }
+p.empty { color: #777; font-style: italic; }
+"""
+
+
+def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = None) -> str:
+    """The report as one HTML document (inline CSS and SVG; nothing loaded from anywhere)."""
+    account = html.escape(timeline.account_id)
+    period = (
+        f"{timeline.start.isoformat() if timeline.start else 'the start of the log'} to "
+        f"{timeline.end.isoformat() if timeline.end else 'the head of the log'}"
+    )
+    last = timeline.risk[-1] if timeline.risk else None
+    summary_rows = [
+        ("account", timeline.account_id),
+        ("shard", timeline.shard),
+        ("period", period),
+        ("events of the account in the period", timeline.events_total),
+        ("events replayed", timeline.replayed),
+        ("margin calls / liquidation events", f"{sum(e.type in CALL_EVENT_TYPES for e in timeline.markers)} / "
+                                              f"{sum(e.type in LIQUIDATION_EVENT_TYPES for e in timeline.markers)}"),
+    ]
+    if last is not None:
+        summary_rows += [
+            ("equity at the end", last.equity),
+            ("initial margin at the end", last.initial_margin),
+            ("maintenance margin at the end", last.maintenance_margin),
+            ("margin ratio at the end", last.margin_ratio),
+            ("status at the end", last.status),
+            ("as of log position", last.position),
+        ]
+    markers = _markers(timeline.markers)
+    times = [_seconds(p.occurred_at) for p in timeline.risk] + [m.at for m in markers] + [
+        _seconds(p.occurred_at) for points in timeline.marks.values() for p in points
+    ]
+    x_range = (min(times), max(times)) if times else None
+    charts = [svg_chart("Cross equity vs initial and maintenance margin",
+                        _risk_series(timeline.risk), markers, height=360, x_range=x_range)]
+    for index, (symbol, points) in enumerate(sorted(timeline.marks.items())):
+        colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
+        charts.append(svg_chart(f"{symbol} mark price", [_mark_series(symbol, points, colour)], markers,
+                                height=220, x_range=x_range))
+    key = "".join(
+        f'<span><i style="background:{colour}"></i>{html.escape(name)}</span>'
+        for name, colour in MARKER_COLOURS.items()
+    )
+    decision_rows = "\n".join(
+        f'<tr class="{"call" if e.type in CALL_EVENT_TYPES else "liquidation"}">{_cell(e.position)}'
+        f"{_cell(e.occurred_at.isoformat())}{_cell(e.type)}{_cell(e.payload.get('level'))}"
+        f"{_cell(e.payload.get('margin_ratio'))}{_cell(e.payload.get('equity'))}"
+        f"{_cell(e.payload.get('instrument'))}{_cell(e.payload.get('quantity'))}</tr>"
+        for e in timeline.markers
+    )
+    event_rows = "\n".join(
+        f'<tr class="{_row_class(e.type)}">{_cell(e.position)}{_cell(e.occurred_at.isoformat())}{_cell(e.type)}'
+        f"<td><code>{html.escape(_payload_text(e.payload))}</code></td></tr>"
+        for e in timeline.events
+    )
+    left_out = timeline.events_total - len(timeline.events)
+    generated = (generated_at or datetime.now(UTC)).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Account report {account}</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>Account {account}</h1>
+<div class="meta">Replayed from the event log of shard {timeline.shard}; generated {generated}.
+Figures in tables are exact; charts are drawn from them.</div>
+<table class="summary">{"".join(f"<tr><th>{html.escape(name)}</th>{_cell(value)}</tr>" for name, value in summary_rows)}
+</table>
+<h2>Margin over time</h2>
+<div class="key">{key}</div>
+{"".join(charts)}
+<h2>Margin calls and liquidations ({len(timeline.markers)})</h2>
+{"<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th><th>margin ratio</th><th>equity</th>"
+ "<th>instrument</th><th>quantity</th></tr>" + decision_rows + "</table>" if timeline.markers
+ else '<p class="empty">None in this period.</p>'}
+<h2>Events of the account ({timeline.events_total})</h2>
+{f'<p class="empty">The first {len(timeline.events)} are listed; {left_out} more are in the log.</p>'
+ if left_out else ""}
+<table><tr><th>position</th><th>occurred at</th><th>type</th><th>payload</th></tr>
+{event_rows}
+</table>
+</body></html>
+"""
+
+
+def _row_class(event_type: str) -> str:
+    if event_type in CALL_EVENT_TYPES:
+        return "call"
+    if event_type in LIQUIDATION_EVENT_TYPES:
+        return "liquidation"
+    return ""
+
+
+def write_report(
+    engine: sa.Engine, account_id: str, output: Any, *, start: datetime | None = None, end: datetime | None = None
+) -> AccountTimeline:
+    """Build the account's timeline and write the HTML report to ``output`` (a path)."""
+    from pathlib import Path
+
+    timeline = build_timeline(engine, account_id, start=start, end=end)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(timeline), encoding="utf-8")
+    return timeline
