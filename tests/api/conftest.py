@@ -1,4 +1,4 @@
-"""A database with a small simulated market (built once per module: the API tests only read it)
+"""A database with a small simulated market that crashes (built once per module: the API tests only read it)
 and the API served by a real uvicorn on a loopback socket."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ SERVER_START_TIMEOUT_S = 20.0
 SERVER_POLL_INTERVAL_S = 0.02
 MARGIN_CALLS_SEEDED = 23
 BAD_RECORDS = 7
+SEEDED_POSITION_FIRST = 1_000_000  # above any position the small market reaches
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def _load_market(url: str) -> None:
     from clearing.simulate import Scenario, generate
     from clearing.store.db import make_engine
 
-    records = records_of(generate(Scenario(accounts=12, trades=150, steps=20, withdrawals=True)))
+    records = records_of(generate(Scenario(accounts=12, trades=200, steps=30, crash_at=0.6)))
     for index in range(BAD_RECORDS):
         records.append(RawRecord("fills", "clearing.fills", 1, index, b"ACC-X", b'{"type": "fill", "price": 1.5}'))
     engine = make_engine(url, role="clearing_app")
@@ -57,7 +58,7 @@ def _load_market(url: str) -> None:
     # The margin-call lifecycle may not have issued calls for so calm a market: seed the
     # projection directly (as the schema owner) so that filters and paging have rows to walk.
     owner = make_engine(url)
-    start = datetime(2026, 11, 23, tzinfo=UTC)
+    start = datetime(2030, 1, 1, tzinfo=UTC)  # after anything the simulator makes
     try:
         with owner.begin() as conn:
             for index in range(MARGIN_CALLS_SEEDED):
@@ -68,11 +69,11 @@ def _load_market(url: str) -> None:
                         "'cross', :level, :status, :pos, :at, NULL, :pos, CAST(:payload AS jsonb), :pos)"
                     ),
                     {
-                        "id": f"MC-{index}",
+                        "id": f"SEED-MC-{index}",
                         "account": f"ACC-{index % 3 + 1:05d}",
                         "level": ("warning", "maintenance", "liquidation")[index % 3],
                         "status": "open" if index % 2 else "resolved",
-                        "pos": 1_000_000 + index,
+                        "pos": SEEDED_POSITION_FIRST + index,
                         "at": start + timedelta(minutes=index),
                         "payload": json.dumps({"equity": "100.5", "margin_ratio": "0.85"}),
                     },

@@ -111,7 +111,10 @@ def test_paginated_walks_return_every_row_once(api: RunningApi) -> None:
         assert positions == [row["position"] for row in everything]
 
         calls = walk(client, "/margin-calls", 4)
-        assert [row["margin_call_id"] for row in calls] == [f"MC-{i}" for i in range(MARGIN_CALLS_SEEDED)]
+        call_ids = [row["margin_call_id"] for row in calls]
+        assert len(call_ids) == len(set(call_ids))
+        assert [row["issued_position"] for row in calls] == sorted(row["issued_position"] for row in calls)
+        assert [i for i in call_ids if i.startswith("SEED-")] == [f"SEED-MC-{i}" for i in range(MARGIN_CALLS_SEEDED)]
 
         dead = walk(client, "/dead-letters", 2)
         assert len(dead) == BAD_RECORDS == len({row["id"] for row in dead})
@@ -126,9 +129,20 @@ def test_margin_call_filters(api: RunningApi) -> None:
         )
         window = client.get(
             "/margin-calls",
-            params={"from": "2026-11-23T00:05:00Z", "to": "2026-11-23T00:10:00+00:00", "account": "ACC-00001"},
+            params={"from": "2030-01-01T00:05:00Z", "to": "2030-01-01T01:10:00+01:00", "account": "ACC-00001"},
         ).json()["items"]
-        assert [row["margin_call_id"] for row in window] == ["MC-6", "MC-9"]
+        assert [row["margin_call_id"] for row in window] == ["SEED-MC-6", "SEED-MC-9"]
+
+
+def test_liquidations_and_calls_from_the_crash_are_listed(api: RunningApi) -> None:
+    with api.client() as client:
+        liquidations = walk(client, "/liquidations", 1)
+        calls = [row for row in walk(client, "/margin-calls", 1000) if not row["margin_call_id"].startswith("SEED-")]
+        everything = client.get("/liquidations", params={"limit": 1000}).json()["items"]
+    assert liquidations, "the crash should liquidate someone"
+    assert calls, "the crash should call someone"
+    assert liquidations == everything
+    assert all(isinstance(row["quantity"], str) and isinstance(row["bankruptcy_price"], str) for row in liquidations)
 
 
 def test_history_lists_only_balance_affecting_events(api: RunningApi) -> None:
