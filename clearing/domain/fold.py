@@ -33,7 +33,7 @@ from clearing.domain.messages import (
 )
 from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
 from clearing.domain.params import InstrumentSpec, load_parameters
-from clearing.domain.state import FEE_ACCOUNT, Account, LedgerState, MarkState, Position
+from clearing.domain.state import FEE_ACCOUNT, FUNDING_POOL_ACCOUNT, Account, LedgerState, MarkState, Position
 
 
 class UnknownSymbol(InputError):
@@ -223,11 +223,14 @@ def _apply_mark(state: LedgerState, mark: Mark) -> None:
 def _apply_funding(state: LedgerState, funding: Funding) -> None:
     """Funding payment of a position = quantity x contract size x mark x rate, exact (no
     rounding, so payments over all positions sum to zero): a positive rate takes from longs and
-    gives to shorts. Isolated positions pay from their collateral."""
+    gives to shorts, through the funding pool account. Isolated positions pay from their
+    collateral."""
     spec = state.parameters.instruments_by_symbol[funding.symbol]
     mark = state.mark_price(funding.symbol)
     if mark is None or funding.rate == 0:
         return
+    pool = state.account(FUNDING_POOL_ACCOUNT)
+    state.touched.add(FUNDING_POOL_ACCOUNT)
     for account_id in sorted(state.holders.get(funding.symbol, ())):
         account = state.accounts[account_id]
         for position in account.positions.values():
@@ -235,6 +238,7 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
                 continue
             payment = position.quantity * spec.contract_size * mark * funding.rate
             position.funding_paid += payment
+            pool.credit(spec.settlement_asset, payment)
             if position.margin_mode == "isolated":
                 position.isolated_margin -= payment
             else:

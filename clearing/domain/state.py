@@ -20,7 +20,12 @@ from clearing.domain.params import RiskParameters, bundled_parameters
 
 FEE_ACCOUNT = "system:fees"
 INSURANCE_FUND_ACCOUNT = "system:insurance-fund"
-SYSTEM_ACCOUNTS = (FEE_ACCOUNT, INSURANCE_FUND_ACCOUNT)
+# Funding passes through a pool: longs pay into it and shorts are paid from it (or the other way).
+# Over complete books the pool nets to zero; fills of one trade arrive on different partitions, so
+# a funding event can fall between the two fills of a trade, and the pool then holds the
+# difference in plain sight instead of the books going out of balance.
+FUNDING_POOL_ACCOUNT = "system:funding-pool"
+SYSTEM_ACCOUNTS = (FEE_ACCOUNT, INSURANCE_FUND_ACCOUNT, FUNDING_POOL_ACCOUNT)
 
 
 @dataclass(slots=True)

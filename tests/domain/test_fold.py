@@ -261,3 +261,18 @@ def test_replaying_the_log_gives_the_live_state_and_the_same_decisions(msgs: lis
     assert [(d.type, d.payload, d.idempotency_key) for d in again.decisions] == [
         (d.type, d.payload, d.idempotency_key) for d in live.decisions
     ]
+
+
+def test_funding_between_the_two_fills_of_a_trade_stays_in_the_pool_and_the_books_balance() -> None:
+    # The fills of one trade come from different partitions: funding may land between them.
+    from clearing.domain.state import FUNDING_POOL_ACCOUNT
+
+    book = Book()
+    book.feed(mark("BTCUSDT", "100"))
+    book.feed(fill("L", "buy", "2", "100", fid="1"))
+    book.feed(message("marks", type="funding", symbol="BTCUSDT", rate="0.001"))
+    book.feed(fill("S", "sell", "2", "100", fid="2"))
+    # Only the long paid: 2 x 100 x 0.001 = 0.2, held by the pool, not lost.
+    assert book.state.accounts["L"].balance("USDT") == D("-0.2")
+    assert book.state.accounts[FUNDING_POOL_ACCOUNT].balance("USDT") == D("0.2")
+    assert conservation(book.state) == {}
