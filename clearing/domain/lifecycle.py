@@ -316,19 +316,18 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
         payload = {**_call_payload(state, scope, call_id, new_level, risk, deadline), **extra}
         emit(_decision(state, event_type, account.account_id, at, payload))
 
-    if current in (HEALTHY, WARNING, MAINTENANCE, BANKRUPT) and current != BANKRUPT and _below_resolve(risk, state):
+    if not risk.has_open_positions and risk.equity < 0 and current not in (LIQUIDATION, BANKRUPT):
+        # A loss beyond the collateral with nothing left to liquidate (closed by ordinary fills,
+        # or funding): straight to the waterfall.
+        _waterfall(state, account, scope, status.margin_call_id, risk, at, emit)
+        return
+    if current in (HEALTHY, WARNING, MAINTENANCE) and _below_resolve(risk, state):
         if current != HEALTHY and status.margin_call_id is not None:
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, current, None, resolution="ratio below resolve_ratio")
         return
     if current == BANKRUPT:
-        if risk.equity >= 0 and not risk.has_open_positions and account.deficit == 0:
-            call(
-                ev.MARGIN_CALL_RESOLVED,
-                status.margin_call_id or ids.next("MC"),
-                BANKRUPT,
-                None,
-                resolution="deficit covered",
-            )
+        if risk.equity >= 0 and status.margin_call_id is not None:
+            call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, BANKRUPT, None, resolution="deficit covered")
         return
     if current == LIQUIDATION:
         _continue_liquidation(state, account, scope, status, risk, at, ids, emit, call)
@@ -383,63 +382,57 @@ def _continue_liquidation(
 
 
 def _waterfall(
-    state: LedgerState, account: Account, scope: str, call_id: str, risk: margin.ScopeRisk, at: datetime, emit: Emit
+    state: LedgerState,
+    account: Account,
+    scope: str,
+    call_id: str | None,
+    risk: margin.ScopeRisk,
+    at: datetime,
+    emit: Emit,
 ) -> None:
-    """The loss beyond the scope's equity: the insurance fund covers what it can; what it cannot
-    stays recorded as the account's deficit (AccountBankrupted)."""
+    """The loss beyond the scope's equity, once nothing is left to liquidate.
+
+    Cross: the insurance fund covers what it holds; what it cannot stays recorded as the account's
+    deficit (AccountBankrupted: the account owes it). Isolated: the loss is capped at the
+    position's collateral, so the fund takes the whole deficit, even beyond what it holds (it then
+    shows a negative balance, a loss of the clearing house to recapitalise, named in
+    ``beyond_fund``), and isolated collateral never stays negative.
+
+    ``call_id`` is None when no margin call was open (a loss realised by ordinary fills)."""
     asset = state.parameters.valuation_asset
     deficit = -risk.equity
     fund = state.accounts.get(INSURANCE_FUND_ACCOUNT)
     available = fund.balance(asset) if fund is not None else ZERO
-    drawn = min(deficit, max(available, ZERO))
+    isolated = scope.startswith(margin.ISOLATED_SCOPE_PREFIX)
+    drawn = deficit if isolated else min(deficit, max(available, ZERO))
     if drawn > 0:
-        emit(
-            _decision(
-                state,
-                ev.INSURANCE_FUND_DRAWN,
-                account.account_id,
-                at,
-                {
-                    "margin_call_id": call_id,
-                    "scope": scope,
-                    "asset": asset,
-                    "amount": to_wire(drawn),
-                    "deficit": to_wire(deficit),
-                    "fund_before": to_wire(available),
-                },
-            )
-        )
+        payload = {
+            "margin_call_id": call_id,
+            "scope": scope,
+            "asset": asset,
+            "amount": to_wire(drawn),
+            "deficit": to_wire(deficit),
+            "fund_before": to_wire(available),
+            "beyond_fund": to_wire(max(ZERO, drawn - max(available, ZERO))),
+        }
+        emit(_decision(state, ev.INSURANCE_FUND_DRAWN, account.account_id, at, payload))
     remaining = deficit - drawn
     if remaining > 0:
-        emit(
-            _decision(
-                state,
-                ev.ACCOUNT_BANKRUPTED,
-                account.account_id,
-                at,
-                {
-                    "margin_call_id": call_id,
-                    "scope": scope,
-                    "asset": asset,
-                    "deficit": to_wire(remaining),
-                    "equity": to_wire(risk.equity),
-                    "insurance_fund_drawn": to_wire(drawn),
-                },
-            )
-        )
-    else:
-        emit(
-            _decision(
-                state,
-                ev.MARGIN_CALL_RESOLVED,
-                account.account_id,
-                at,
-                {
-                    **_call_payload(state, scope, call_id, LIQUIDATION, risk, None),
-                    "resolution": "loss covered by the insurance fund",
-                },
-            )
-        )
+        payload = {
+            "margin_call_id": call_id,
+            "scope": scope,
+            "asset": asset,
+            "deficit": to_wire(remaining),
+            "equity": to_wire(risk.equity),
+            "insurance_fund_drawn": to_wire(drawn),
+        }
+        emit(_decision(state, ev.ACCOUNT_BANKRUPTED, account.account_id, at, payload))
+    elif call_id is not None:
+        payload = {
+            **_call_payload(state, scope, call_id, LIQUIDATION, risk, None),
+            "resolution": "loss covered by the insurance fund",
+        }
+        emit(_decision(state, ev.MARGIN_CALL_RESOLVED, account.account_id, at, payload))
 
 
 def _quantity_step(quantity: Decimal) -> Decimal:
@@ -569,6 +562,8 @@ def _apply_call(state: LedgerState, payload: dict[str, Any]) -> None:
 
 def _apply_resolved(state: LedgerState, payload: dict[str, Any]) -> None:
     account, status = _status(state, payload)
+    if status.status == BANKRUPT:
+        account.deficit = ZERO
     for liquidation_id in status.pending_orders:
         state.liquidations.pop(liquidation_id, None)
     del account.margin[payload["scope"]]
