@@ -178,11 +178,6 @@ def _record(kind: str, partition: int, offset: int, value: dict[str, str]) -> Ra
     return RawRecord(kind, "x." + kind, partition, offset, None, json.dumps(value).encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: funding folded between the two fills of a trade (different partitions) is paid by one "
-    "side with no counterpart, so conservation breaks",
-)
 def test_funding_between_the_fills_of_a_trade_keeps_the_books_balanced(database_url: str) -> None:
     """The interleaving the crash test avoids, pinned down: A1's buy is in the log, A2's sell (on
     another partition) is not yet, and a funding message arrives in between."""
