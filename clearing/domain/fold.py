@@ -335,11 +335,23 @@ def _ensure_appliers() -> None:
 def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
     """Apply an admitted input event at ``position``, decide, and apply each decision as it is
     taken. Returns the decisions, in order, keyed and caused by ``position``."""
-    from clearing.domain import lifecycle
-
     _ensure_appliers()
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
-    apply(state, event_type, message, {})
+    # The accounts this step touches are gathered apart (and added to ``state.touched`` at the
+    # end): the lifecycle re-margins every account the input changed and re-indexes them.
+    outer = state.touched
+    state.touched = set()
+    try:
+        apply(state, event_type, message, {})
+        return _decide(state, message, position, shard, set(state.touched))
+    finally:
+        outer |= state.touched
+        state.touched = outer
+
+
+def _decide(state: LedgerState, message: InputMessage, position: int, shard: int, changed: set[str]) -> list[ev.Event]:
+    from clearing.domain import lifecycle
+
     keyed: list[ev.Event] = []
 
     def emit(decision: ev.Event) -> None:
@@ -354,13 +366,14 @@ def step(state: LedgerState, message: InputMessage, position: int, shard: int = 
         apply(state, decision.type, None, decision.payload)
         keyed.append(keyed_decision)
 
-    lifecycle.decide(state, message, position, emit)
+    lifecycle.decide(state, message, position, emit, changed)
     return keyed
 
 
 def replay_event(state: LedgerState, event_type: str, payload: dict[str, Any]) -> None:
     """Fold a logged event (input or decision) without deciding: how state is rebuilt from the log."""
     _ensure_appliers()
+    state.triggers.stale = True  # derived state: the next step rebuilds it (triggers.py)
     if event_type in ev.MODEL_BY_EVENT_TYPE:
         apply(state, event_type, ev.message_of(event_type, payload), payload)
     else:

@@ -28,7 +28,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from clearing.domain import events as ev
-from clearing.domain import margin
+from clearing.domain import margin, triggers
 from clearing.domain.messages import (
     Deposit,
     Fill,
@@ -71,18 +71,90 @@ _RANK = {HEALTHY: 0, WARNING: 1, MAINTENANCE: 2, LIQUIDATION: 3, BANKRUPT: 4}
 LIQUIDATION_SEARCH_STEPS_MAX = 200
 
 
-def decide(state: LedgerState, message: InputMessage, position: int, emit: Emit) -> None:
+def decide(
+    state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str] | None = None
+) -> None:
+    """Decide on the input ``message`` just applied. ``changed``: the accounts its application
+    touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches);
+    each is re-margined in full. On a mark, the trigger index (triggers.py) names the scopes to
+    look at, or every dependent of the symbol when ``state.triggers.brute_force`` is set."""
     match message:
         case Withdrawal():
             emit(decide_withdrawal(state, message))
         case IsolatedMarginTransfer():
             emit(decide_isolated_transfer(state, message))
+    index = state.triggers
+    indexed = not index.brute_force and not index.stale
     ids = _Ids(position)
-    for account_id, scopes in _affected(state, message):
-        account = state.accounts.get(account_id)
-        if account is not None:
-            for scope in scopes:
-                _remargin(state, account, scope, message.occurred_at, ids, emit)
+    full: set[str] = set(changed) if changed is not None else _changed_by(message)
+    hits: set[tuple[str, str]] = set()
+    match message:
+        case Mark():
+            if indexed:
+                hits, always = triggers.crossed(state, message.symbol, message.price)
+                full |= always
+            else:
+                full |= triggers.dependents(state, message.symbol)
+        case Funding() | Settlement():
+            full.update(state.holders.get(message.symbol, ()))
+        case RiskParametersMessage():
+            full.update(state.holders_all())
+            full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+    # Scopes with a running deadline are looked at on every event: time moves with event time.
+    for (account_id, _scope), deadline in state.deadlines.items():
+        if deadline <= message.occurred_at:
+            full.add(account_id)
+    for order in state.liquidations.values():
+        full.add(order.account_id)
+
+    # Accounts that a decision about another account changes (the insurance fund on a draw):
+    # re-margined after the others, so that every account ends the step at a fixpoint.
+    others: set[str] = set()
+    current = ""
+
+    def emit_tracked(decision: ev.Event) -> None:
+        before = state.touched
+        state.touched = set()
+        try:
+            emit(decision)
+        finally:
+            others.update(a for a in state.touched if a != current)
+            before |= state.touched
+            state.touched = before
+
+    remargined: set[str] = set()
+    selected = full | {account_id for account_id, _scope in hits}
+    for _round in range(8):
+        for account_id in sorted(selected):
+            account = state.accounts.get(account_id)
+            if account is None:
+                continue
+            current = account_id
+            names = triggers.scopes(account)
+            if account_id not in full:
+                names = [scope for scope in names if (account_id, scope) in hits]
+            for scope in names:
+                _remargin(state, account, scope, message.occurred_at, ids, emit_tracked)
+            remargined.add(account_id)
+        selected = full = set(others)
+        others.clear()
+        if not selected:
+            break
+
+    if index.brute_force:
+        index.stale = True
+    elif not indexed or isinstance(message, RiskParametersMessage):
+        triggers.rebuild(state)
+    else:
+        for account_id in sorted(remargined | state.touched):
+            triggers.refresh(state, account_id)
+
+
+def _changed_by(message: InputMessage) -> set[str]:
+    match message:
+        case Fill() | LiquidationFill() | Deposit() | Withdrawal() | IsolatedMarginTransfer():
+            return {message.account_id}
+    return set()
 
 
 class _Ids:
@@ -97,49 +169,6 @@ class _Ids:
         n = self.count.get(prefix, 0) + 1
         self.count[prefix] = n
         return f"{prefix}-{self.position}" if n == 1 else f"{prefix}-{self.position}-{n}"
-
-
-def _scopes(account: Account) -> list[str]:
-    scopes = [margin.CROSS]
-    for (instrument, mode), position in sorted(account.positions.items()):
-        if mode == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0):
-            scopes.append(margin.isolated_scope(instrument))
-    for scope in sorted(account.margin):
-        if scope not in scopes and account.margin[scope].status != HEALTHY:
-            scopes.append(scope)
-    return scopes
-
-
-def _affected(state: LedgerState, message: InputMessage) -> list[tuple[str, list[str]]]:
-    """The accounts (and their scopes) whose margin the event can change, in a fixed order."""
-    accounts: set[str] = set()
-    match message:
-        case Fill() | LiquidationFill() | Deposit() | Withdrawal() | IsolatedMarginTransfer():
-            accounts.add(message.account_id)
-        case Mark():
-            if message.symbol in state.parameters.instruments_by_symbol:
-                accounts.update(state.holders.get(message.symbol, ()))
-            else:
-                accounts.update(
-                    account_id
-                    for account_id, account in state.accounts.items()
-                    if account.balances.get(message.symbol, ZERO) != 0
-                )
-        case Funding() | Settlement():
-            accounts.update(state.holders.get(message.symbol, ()))
-        case RiskParametersMessage():
-            accounts.update(state.holders_all())
-    # Scopes with a running deadline are looked at on every event: time moves with event time.
-    for (account_id, _scope), deadline in state.deadlines.items():
-        if deadline <= message.occurred_at:
-            accounts.add(account_id)
-    for order in state.liquidations.values():
-        accounts.add(order.account_id)
-    return [
-        (account_id, _scopes(state.accounts[account_id]))
-        for account_id in sorted(accounts)
-        if account_id in state.accounts
-    ]
 
 
 # ---------------------------------------------------------------------------------------------

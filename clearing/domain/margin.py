@@ -685,7 +685,15 @@ def trigger_prices(
     which an unmarked position is valued). A scope without an open position in ``instrument``
     does not move with its mark, and an unpriced asset has no price to move from: both bounds are
     None then (the engine re-margins on an asset's first price anyway)."""
-    risk = evaluate_scope(account, parameters, marks, scope)
+    return trigger_prices_of(account, parameters, marks, evaluate_scope(account, parameters, marks, scope), instrument)
+
+
+@exact
+def trigger_prices_of(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], risk: ScopeRisk, instrument: str
+) -> TriggerPrices:
+    """``trigger_prices`` of a scope already evaluated (``risk``, at ``marks``)."""
+    scope = risk.scope
     if parameters.instrument(instrument) is not None:
         position = risk.position(instrument)
         if position is None or position.quantity == 0:

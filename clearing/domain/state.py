@@ -144,6 +144,28 @@ class MarkState:
 
 
 @dataclass(slots=True)
+class TriggerIndex:
+    """Derived state (clearing/domain/triggers.py): per symbol, the marks at which a margin scope
+    must be looked at again. Rebuilt from the rest of the state whenever ``stale``.
+
+    ``lowers[symbol]`` is a max-heap of (-lower, account, scope, version), ``uppers[symbol]`` a
+    min-heap of (upper, account, scope, version); an entry whose version is not the account's
+    current one is dead (lazy deletion). ``always[symbol]``: accounts re-margined in full on
+    every mark of the symbol (scopes that depend on several prices, or that are liquidating)."""
+
+    brute_force: bool = False  # re-margin every dependent of a marked symbol (the reference mode)
+    stale: bool = True
+    lowers: dict[str, list[tuple[Decimal, str, str, int]]] = field(default_factory=dict)
+    uppers: dict[str, list[tuple[Decimal, str, str, int]]] = field(default_factory=dict)
+    version: dict[str, int] = field(default_factory=dict)
+    heap_symbols: dict[str, tuple[str, ...]] = field(default_factory=dict)  # account -> symbols with entries
+    live: dict[str, int] = field(default_factory=dict)  # symbol -> live heap entries
+    always: dict[str, set[str]] = field(default_factory=dict)
+    always_symbols: dict[str, tuple[str, ...]] = field(default_factory=dict)  # account -> symbols
+    seen: set[str] = field(default_factory=set)  # symbols marked while the index was kept
+
+
+@dataclass(slots=True)
 class LedgerState:
     parameters: RiskParameters = field(default_factory=bundled_parameters)
     accounts: dict[str, Account] = field(default_factory=dict)
@@ -161,6 +183,8 @@ class LedgerState:
     # Accounts whose stored projections are out of date (the engine clears it after each batch).
     touched: set[str] = field(default_factory=set)
     marks_touched: set[str] = field(default_factory=set)
+    # Trigger prices for re-margin on marks (derived; see clearing/domain/triggers.py).
+    triggers: TriggerIndex = field(default_factory=TriggerIndex)
 
     def account(self, account_id: str) -> Account:
         found = self.accounts.get(account_id)

@@ -1,0 +1,269 @@
+"""Re-margin on marks by trigger prices: a mark looks again only at the scopes it can change.
+
+Brute force re-evaluates every dependent of a marked symbol (every holder of an instrument): exact,
+but O(holders) evaluations per mark. The index (``LedgerState.triggers``, a ``TriggerIndex``)
+keeps, per symbol, each scope's nearest trigger prices below and above the price it was last
+evaluated at (``margin.trigger_prices``: the marks at which equity = 0 or the ratio crosses
+resolve, warning or 1). A mark of X pops the entries it crossed (lower >= price or upper <= price)
+from two heaps and re-margins exactly those scopes, plus the accounts in ``always[X]`` and, as
+before, the scopes with a deadline due and the accounts with pending liquidation orders.
+
+Why this gives exactly the decisions of brute force (the property test in
+tests/domain/test_triggers.py checks it on random markets):
+
+1. Fixpoint. After every step each scope is at a fixpoint: re-margining it again with the same
+   state and time would emit nothing. Every account an input event changes is re-margined in full
+   in that step (``fold.step`` hands ``decide`` the accounts the input touched: fills, transfers,
+   funding, settlement, parameters), and an account that a decision of another account changes
+   (the insurance fund on a draw) is re-margined after the others. A re-margin leaves its scope
+   at a fixpoint: every transition moves the status to the level the numbers call for (or further,
+   to liquidation with orders pending), and a decision changes only its own scope's numbers.
+2. So between two changes of an account, only the prices of the symbols its scopes depend on and
+   time can make a re-margin emit. Time: scopes with a deadline due and accounts with pending
+   liquidation orders are re-margined on every event, in both modes.
+3. A scope that depends on one price X only (the cross account with one position and collateral
+   in the valuation asset, an isolated position settled in the valuation asset, a cross account
+   holding one non-valuation asset and no position) is a function of X alone. Its status
+   (level, below resolve) is the sign pattern of equity and of t x equity - maintenance for
+   t in (resolve, warning, 1): continuous piecewise-linear functions of X whose zeros are the
+   roots ``trigger_prices`` solves for. Between the nearest root below and the nearest above, the
+   pattern is constant, so a re-margin there would emit nothing (fixpoint, 1). The ledger's
+   roundings (requirements up to 1e-8, ratios up to 1e-10, trigger prices to 1e-10) can move a
+   crossing by (1e-8 + 1e-10 x |equity|) / |slope| in price, where the slope of
+   t x equity - maintenance is s x |q| x cs x |t x sign(q) - rate| for a tier rate; each trigger is
+   pulled towards the reference price by four times that plus 1e-9 relative (``_slack``): a
+   spurious re-margin costs one evaluation, a missed one a wrong ledger. A slope that can vanish
+   (a tier rate equal to a threshold) makes the scope ``always``.
+4. A scope that depends on several prices (positions in two instruments, or collateral in a
+   non-valuation asset beside a position) is not indexed: one-dimensional triggers are slices
+   through the point they were computed at, and two symbols each moving within their own
+   bounds can still cross a threshold (cross equity E0 + a dX + b dY reaches 0 at dX = -E0/a
+   with dY = 0, but at half of each). Such accounts, and accounts with a scope in liquidation or
+   bankrupt (whose lifecycle steps on numbers the triggers do not watch: target ratio, positions
+   closed), are in ``always[symbol]`` of every symbol they depend on: brute force for them.
+5. The first mark of a symbol since the index was built re-margins every dependent (an unpriced
+   asset has no trigger; an unmarked instrument was valued at its entry price).
+6. Order: accounts are re-margined in sorted order and scopes in ``scopes`` order, in both modes;
+   the extra scopes brute force looks at emit nothing (1-5), so the decisions, their ids and keys
+   are the same.
+
+The index is derived state: ``fold.replay_event`` marks it stale, and the next step re-margins a
+marked symbol's dependents by brute force and then rebuilds it from the state (at a fixpoint by 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+from decimal import Decimal
+
+from clearing.domain import margin
+from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, exact
+from clearing.domain.state import Account, LedgerState, TriggerIndex
+
+LIQUIDATING = ("liquidation", "bankrupt")
+RELATIVE_SLACK = Decimal("1e-9")
+COMPACT_SLACK = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
+
+
+def scopes(account: Account) -> list[str]:
+    """The account's margin scopes in a fixed order: cross, isolated positions, then any other
+    scope with a margin call running."""
+    found = [margin.CROSS]
+    for (instrument, mode), position in sorted(account.positions.items()):
+        if mode == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0):
+            found.append(margin.isolated_scope(instrument))
+    for scope in sorted(account.margin):
+        if scope not in found and account.margin[scope].status != "healthy":
+            found.append(scope)
+    return found
+
+
+def scope_dependencies(state: LedgerState, account: Account, scope: str) -> tuple[str, ...]:
+    """The symbols whose price moves the scope's figures, sorted."""
+    parameters = state.parameters
+    valuation = parameters.valuation_asset
+    found: set[str] = set()
+
+    def settled_in(instrument: str) -> None:
+        spec = parameters.instruments_by_symbol.get(instrument)
+        if spec is not None and spec.settlement_asset != valuation:
+            found.add(spec.settlement_asset)
+
+    if scope == margin.CROSS:
+        for (instrument, mode), position in account.positions.items():
+            if mode == margin.CROSS and position.quantity != 0:
+                found.add(instrument)
+                settled_in(instrument)
+        for asset, amount in account.balances.items():
+            if amount != 0 and asset != valuation and parameters.asset(asset) is not None:
+                found.add(asset)
+    elif scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
+        instrument = scope[len(margin.ISOLATED_SCOPE_PREFIX) :]
+        isolated = account.positions.get((instrument, margin.ISOLATED))
+        if isolated is not None and (isolated.quantity != 0 or isolated.isolated_margin != 0):
+            if isolated.quantity != 0:
+                found.add(instrument)
+            settled_in(instrument)
+    return tuple(sorted(found))
+
+
+def dependents(state: LedgerState, symbol: str) -> set[str]:
+    """Accounts with a scope whose figures move with ``symbol``'s price (brute force's set)."""
+    if symbol in state.parameters.instruments_by_symbol:
+        return set(state.holders.get(symbol, ()))
+    return {
+        account_id
+        for account_id, account in state.accounts.items()
+        if any(symbol in scope_dependencies(state, account, scope) for scope in scopes(account))
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# keeping the index
+
+
+def rebuild(state: LedgerState) -> None:
+    """Index every account from the state as it is (which must be at a fixpoint, see above)."""
+    index = state.triggers = TriggerIndex(brute_force=state.triggers.brute_force)
+    for account_id in sorted(state.accounts):
+        refresh(state, account_id)
+    index.seen = set(state.marks)
+    index.stale = False
+
+
+def refresh(state: LedgerState, account_id: str) -> None:
+    """Replace the account's entries by ones computed from its current figures."""
+    index = state.triggers
+    version = index.version.get(account_id, 0) + 1
+    index.version[account_id] = version
+    for symbol in index.heap_symbols.pop(account_id, ()):
+        index.live[symbol] -= 1
+    for symbol in index.always_symbols.pop(account_id, ()):
+        index.always[symbol].discard(account_id)
+    account = state.accounts.get(account_id)
+    if account is None:
+        return
+    always: set[str] = set()
+    pushed: list[str] = []
+    for scope in scopes(account):
+        symbols = scope_dependencies(state, account, scope)
+        if not symbols:
+            continue
+        status = account.margin.get(scope)
+        if len(symbols) > 1 or (status is not None and status.status in LIQUIDATING):
+            always.update(symbols)
+            continue
+        symbol = symbols[0]
+        try:
+            bounds = _bounds(state, account, scope, symbol)
+        except margin.MarginModelError:
+            bounds = None
+        if bounds is None:
+            always.add(symbol)
+            continue
+        lower, upper = bounds
+        if lower is not None:
+            _push(index, index.lowers.setdefault(symbol, []), (-lower, account_id, scope, version), symbol)
+            pushed.append(symbol)
+        if upper is not None:
+            _push(index, index.uppers.setdefault(symbol, []), (upper, account_id, scope, version), symbol)
+            pushed.append(symbol)
+    if pushed:
+        index.heap_symbols[account_id] = tuple(pushed)
+    if always:
+        index.always_symbols[account_id] = tuple(sorted(always))
+        for symbol in always:
+            index.always.setdefault(symbol, set()).add(account_id)
+
+
+def _push(
+    index: TriggerIndex, heap: list[tuple[Decimal, str, str, int]], entry: tuple[Decimal, str, str, int], symbol: str
+) -> None:
+    live = index.live[symbol] = index.live.get(symbol, 0) + 1
+    if len(heap) > 2 * live + COMPACT_SLACK:
+        for name in ("lowers", "uppers"):
+            other = getattr(index, name).get(symbol)
+            if other is not None:
+                other[:] = [e for e in other if index.version.get(e[1]) == e[3]]
+                heapq.heapify(other)
+    heapq.heappush(heap, entry)
+
+
+@exact
+def _bounds(
+    state: LedgerState, account: Account, scope: str, symbol: str
+) -> tuple[Decimal | None, Decimal | None] | None:
+    """(lower, upper) re-margin triggers of a scope that depends on ``symbol`` alone, pulled
+    towards the reference by the rounding slack; None when the scope cannot be indexed."""
+    parameters = state.parameters
+    marks = margin.StateMarks(state.marks)
+    risk = margin.evaluate_scope(account, parameters, marks, scope)
+    prices = margin.trigger_prices_of(account, parameters, marks, risk, symbol)
+    reference = prices.reference_price
+    if reference is None:
+        return (None, None)  # unpriced: the first mark of the symbol re-margins its dependents
+    spec = parameters.instruments_by_symbol.get(symbol)
+    if spec is not None:
+        position = risk.position(symbol)
+        if position is None or position.quantity == 0:
+            return None
+        slope = position.settlement_price * abs(position.quantity) * position.contract_size
+        direction = ONE if position.quantity > 0 else -ONE
+        policy = parameters.margin_call
+        gamma = min(
+            [ONE]
+            + [
+                abs(threshold * direction - tier.maintenance_rate)
+                for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
+                for tier in spec.tier_table
+            ]
+        )
+    else:
+        asset = parameters.asset(symbol)
+        if asset is None:
+            return None
+        amount = account.balance(symbol)
+        slope = abs(amount - margin.haircut_units(asset, amount))
+        gamma = ONE
+    if slope == 0 or gamma == 0:
+        return None
+    equity = abs(risk.equity)
+
+    def slack(root: Decimal) -> Decimal:
+        moved = equity + slope * abs(root - reference)
+        return (
+            root * RELATIVE_SLACK
+            + divide(4 * (MONEY_QUANTUM + RATIO_QUANTUM * moved), slope * gamma)
+            + 2 * PRICE_QUANTUM
+        )
+
+    lower = None if prices.lower is None else prices.lower + slack(prices.lower)
+    upper = None if prices.upper is None else max(ZERO, prices.upper - slack(prices.upper))
+    return (lower, upper)
+
+
+# ---------------------------------------------------------------------------------------------
+# on a mark
+
+
+def crossed(state: LedgerState, symbol: str, price: Decimal) -> tuple[set[tuple[str, str]], set[str]]:
+    """Scopes whose trigger the new ``price`` of ``symbol`` crossed (their entries are popped),
+    and accounts to re-margin in full (``always``, or every dependent on a first mark)."""
+    index = state.triggers
+    full = set(index.always.get(symbol, ()))
+    if symbol not in index.seen:
+        full |= dependents(state, symbol)
+        index.seen.add(symbol)
+    hits: set[tuple[str, str]] = set()
+    version = index.version
+    lowers = index.lowers.get(symbol)
+    while lowers and -lowers[0][0] >= price:
+        _, account_id, scope, entry_version = heapq.heappop(lowers)
+        if version.get(account_id) == entry_version:
+            hits.add((account_id, scope))
+    uppers = index.uppers.get(symbol)
+    while uppers and uppers[0][0] <= price:
+        _, account_id, scope, entry_version = heapq.heappop(uppers)
+        if version.get(account_id) == entry_version:
+            hits.add((account_id, scope))
+    return hits, full
