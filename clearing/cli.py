@@ -196,7 +196,11 @@ def _account_show(args: argparse.Namespace) -> int:
         if args.as_of is not None:
             from clearing.audit.asof import account_as_of
 
-            view = account_as_of(engine, args.account_id, args.as_of)
+            try:
+                view = account_as_of(engine, args.account_id, args.as_of)
+            except ValueError as error:
+                sys.stderr.write(f"{error}\n")
+                return 2
         else:
             with engine.connect() as conn:
                 view = queries.account_view(conn, args.account_id)
@@ -342,9 +346,87 @@ def add_audit_report(subparsers: Subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# clearing audit verify [--json] | audit explain ID [--json] | projections rebuild [--check-only] [--json]
+
+
+def _owner_engine() -> Any:
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from clearing.store.db import make_engine
+
+    return make_engine(ensure_services(get_settings(), need_broker=False).database_url)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from clearing.audit.verify import run_verify
+
+    engine = _owner_engine()
+    try:
+        return run_verify(engine, args.json)
+    finally:
+        engine.dispose()
+
+
+def _audit_explain(args: argparse.Namespace) -> int:
+    from clearing.audit.explain import run_explain
+
+    engine = _owner_engine()
+    try:
+        return run_explain(engine, args.decision_id, args.json)
+    finally:
+        engine.dispose()
+
+
+def add_audit(subparsers: Subparsers) -> None:
+    actions = _audit_actions(subparsers)
+    verify = actions.add_parser(
+        "verify", help="hash chain, replay determinism, projections = fresh replay, conservation, counterparts"
+    )
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=_audit_verify)
+    explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
+    explain.add_argument("decision_id", metavar="ID", help="a margin call id (MC-...) or a liquidation id (L-...)")
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(handler=_audit_explain)
+
+
+def _projections_rebuild(args: argparse.Namespace) -> int:
+    from clearing.audit.rebuild import rebuild
+
+    engine = _owner_engine()  # the tables' owner: the ledger's role may not CREATE
+    try:
+        report = rebuild(engine, swap=not args.check_only)
+    finally:
+        engine.dispose()
+    data = report.as_dict()
+    if args.json:
+        _emit(data, True)
+    else:
+        out(f"replayed {report.events} events to position {report.head} in {report.seconds_replay:.1f} s; "
+            + ("swapped in" if report.swapped else "not swapped (--check-only)")
+            + f" in {report.seconds_swap:.2f} s; rows {data['rows_written']}")
+        for table in report.tables:
+            state = "identical" if table.ok and not table.notes else ("differs" if not table.ok else "notes")
+            out(f"  {table.table}: {state} (previous {table.rows_live} rows, rebuilt {table.rows_expected})")
+            for line in table.problems + table.notes:
+                out(f"    {line}")
+    return 0
+
+
+def add_projections(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("projections", help="projection tables")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = actions.add_parser("rebuild", help="replay the log into shadow tables, compare, swap them in")
+    rebuild.add_argument("--check-only", action="store_true", help="build and compare, keep the live tables")
+    rebuild.add_argument("--json", action="store_true")
+    rebuild.set_defaults(handler=_projections_rebuild)
+
+
+# ------------------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
-    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report
+    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report,
+    add_audit, add_projections,
 ]
 
 

@@ -24,7 +24,7 @@ from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.messages import InputError, InputMessage, decode
 from clearing.domain.state import LedgerState
-from clearing.engine import outputs
+from clearing.engine import outputs, snapshots
 from clearing.store import log as eventlog
 from clearing.store import projections
 from clearing.store.hashing import canonical_json
@@ -82,6 +82,9 @@ class Ledger:
         self.head = eventlog.ShardHead(shard=shard)
         self.needs_reload = False
         self._refresh_cursor = 0
+        # Every SNAPSHOT_EVERY_EVENTS events of this shard, the state is saved after a batch
+        # commits (clearing/engine/snapshots.py); load() and the as-of queries start from it.
+        self.snapshots = snapshots.SnapshotPolicy()
 
     # ---------------------------------------------------------------------------------------
     # start
@@ -92,8 +95,14 @@ class Ledger:
         self.state = LedgerState()
         with self.engine.connect() as conn:
             self.head = eventlog.read_head(conn, self.shard)
+            # Start from the latest snapshot (the state after every event up to its position)
+            # and fold only the tail; a snapshot past the head belongs to another log: ignore it.
+            after = 0
+            latest = snapshots.latest_snapshot(conn, self.shard, at_or_before=self.head.shard_position)
+            if latest is not None:
+                self.state, after = latest.state, latest.position
             count = 0
-            for event_type, payload in eventlog.iter_payloads(conn, self.shard):
+            for event_type, payload in eventlog.iter_payloads(conn, self.shard, after=after):
                 replay_event(self.state, event_type, payload)
                 count += 1
                 if progress is not None and count % 10_000 == 0:
@@ -101,6 +110,7 @@ class Ledger:
         self.state.touched.clear()
         self.state.marks_touched.clear()
         self.needs_reload = False
+        self.snapshots.since_last = count  # events of the shard since its latest snapshot
         return count
 
     def _refresh_rotation(self) -> list[str]:
@@ -161,6 +171,10 @@ class Ledger:
         self.head.commit()
         state.touched.clear()
         state.marks_touched.clear()
+        # After the commit, in a transaction of its own (a failure is logged, never raised).
+        self.snapshots.after_batch(
+            self.engine, self.shard, self.head.shard_position, state, result.appended + result.decisions
+        )
         result.dead_letters = len(dead)
         result.last_position = position
         result.seconds = time.perf_counter() - started

@@ -1,0 +1,388 @@
+"""``clearing audit explain ID``: the inputs and the arithmetic behind one margin call (``MC-...``)
+or one liquidation order (``L-...``), in words and numbers a person can redo with a calculator.
+
+How: find the decision in the log (its shard and the position of its cause), fold the shard's log
+up to and including the cause (the nearest snapshot, then the tail), apply the decisions of the
+same cause that the log holds before this one (the engine applied them before it decided this
+one), and evaluate the scope with the margin model the engine uses. Every figure printed comes
+from that state; the explanation ends by comparing the recomputed figures with the decision's
+payload.
+
+Rounding rules (``clearing/domain/numbers.py``): requirements and amounts owed round up to 1e-8;
+ratios round up to 1e-10; a bankruptcy price rounds up for a long and down for a short, to 1e-10.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.audit.asof import state_at
+from clearing.domain import events as ev
+from clearing.domain import fold, margin
+from clearing.domain.numbers import (
+    LEDGER_CONTEXT,
+    ZERO,
+    divide,
+    round_bankruptcy_price,
+    round_requirement,
+    to_wire,
+)
+from clearing.domain.state import LedgerState
+
+CALL_TYPES = (ev.MARGIN_CALL_ISSUED, ev.MARGIN_CALL_ESCALATED, ev.MARGIN_CALL_RESOLVED, ev.ACCOUNT_BANKRUPTED,
+              ev.INSURANCE_FUND_DRAWN)
+
+
+class ExplainError(LookupError):
+    pass
+
+
+def w(value: Decimal | None) -> str | None:
+    return None if value is None else to_wire(value)
+
+
+def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
+    """The decision to explain and the later events of the same call or order."""
+    types: tuple[str, ...]
+    if decision_id.startswith("L-"):
+        types, field = (ev.LIQUIDATION_ORDER_ISSUED,), "liquidation_id"
+    else:
+        types, field = CALL_TYPES, "margin_call_id"
+    rows = conn.execute(
+        sa.text(
+            "SELECT position, shard, type, payload, occurred_at, cause_position FROM events "
+            "WHERE type = ANY(:types) AND payload ->> :field = :id ORDER BY position"
+        ),
+        {"types": list(types), "field": field, "id": decision_id},
+    ).all()
+    if not rows:
+        raise ExplainError(f"no margin call or liquidation order {decision_id!r} in the log")
+    return rows[0], list(rows[1:])
+
+
+def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
+    state = state_at(conn, int(decision.shard), int(decision.cause_position))
+    fold._ensure_appliers()
+    for row in conn.execute(
+        sa.text(
+            "SELECT type, payload FROM events WHERE shard = :s AND position > :c AND position < :p ORDER BY position"
+        ),
+        {"s": decision.shard, "c": decision.cause_position, "p": decision.position},
+    ):
+        fold.apply(state, row.type, None, row.payload)
+    return state
+
+
+def _position_figures(p: margin.PositionRisk, state: LedgerState) -> dict[str, Any]:
+    spec = state.parameters.instruments_by_symbol[p.instrument]
+    tier = spec.tier_table[p.tier - 1]
+    entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
+    return {
+        "instrument": p.instrument,
+        "margin_mode": p.margin_mode,
+        "quantity": w(p.quantity),
+        "contract_size": w(p.contract_size),
+        "cost": w(p.cost),
+        "entry_price": w(entry),
+        "mark": w(p.mark),
+        "price_used": w(p.price_used),
+        "settlement_asset": p.settlement_asset,
+        "settlement_price": w(p.settlement_price),
+        "notional": w(p.notional),
+        "tier": p.tier,
+        "tier_notional_floor": w(tier.notional_floor),
+        "tier_notional_cap": w(tier.notional_cap),
+        "initial_rate": w(p.initial_rate),
+        "initial_amount": w(tier.initial_amount),
+        "maintenance_rate": w(p.maintenance_rate),
+        "maintenance_amount": w(tier.maintenance_amount),
+        "unrealised_pnl": w(p.unrealised_pnl),
+        "initial_margin": w(p.initial_margin),
+        "maintenance_margin": w(p.maintenance_margin),
+    }
+
+
+def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[margin.ScopeRisk, dict[str, Any]]:
+    account = state.accounts[account_id]
+    scope = margin.scope_risk(state, account, scope_name)
+    collateral: list[dict[str, Any]] = []
+    if scope_name == margin.CROSS:
+        for asset, amount in sorted(account.balances.items()):
+            if amount == 0:
+                continue
+            price = state.asset_price(asset)
+            value = margin.collateral_value(state.parameters, asset, amount, price)
+            spec = state.parameters.asset(asset)
+            collateral.append({
+                "asset": asset,
+                "amount": w(amount),
+                "price": w(price),
+                "haircut_bands": [
+                    {"from": w(lo), "to": w(hi), "haircut": w(cut)} for lo, hi, cut in spec.haircut_bands()
+                ] if spec is not None else [],
+                "haircut_units": w(value.haircut_units),
+                "value": w(value.value),
+            })
+    else:
+        instrument = scope_name[len(margin.ISOLATED_SCOPE_PREFIX):]
+        position = account.positions.get((instrument, margin.ISOLATED))
+        collateral.append({"isolated_margin": w(position.isolated_margin if position else ZERO),
+                           "value": w(scope.collateral)})
+    policy = state.parameters.margin_call
+    figures = {
+        "account_id": account_id,
+        "scope": scope_name,
+        "parameters_version": state.parameters.version,
+        "valuation_asset": state.parameters.valuation_asset,
+        "collateral": collateral,
+        "collateral_value": w(scope.collateral),
+        "positions": [_position_figures(p, state) for p in scope.positions],
+        "unrealised_pnl": w(scope.unrealised_pnl),
+        "equity": w(scope.equity),
+        "initial_margin": w(scope.initial_margin),
+        "maintenance_margin": w(scope.maintenance_margin),
+        "margin_ratio": w(scope.margin_ratio),
+        "thresholds": {"warning_ratio": w(policy.warning_ratio), "maintenance_ratio": "1",
+                       "resolve_ratio": w(policy.resolve_ratio),
+                       "grace_period_seconds": policy.grace_period_seconds},
+    }
+    return scope, figures
+
+
+def _shortfall(scope: margin.ScopeRisk, state: LedgerState) -> Decimal:
+    resolve = state.parameters.margin_call.resolve_ratio
+    if scope.maintenance_margin <= 0:
+        return ZERO
+    return max(ZERO, round_requirement(divide(scope.maintenance_margin, resolve) - scope.equity))
+
+
+def _liquidation_steps(
+    state: LedgerState, scope: margin.ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
+) -> dict[str, Any]:
+    """The quantity search of one order: the requirement and fee after reducing by q, at the
+    chosen quantity and one step less."""
+    policy = state.parameters.liquidation
+    p = next(x for x in scope.positions if x.instrument == order["instrument"])
+    spec = state.parameters.instruments_by_symbol[p.instrument]
+    held = abs(p.quantity)
+    exponent = p.quantity.as_tuple().exponent
+    step = Decimal(1).scaleb(min(int(exponent), 0)) if isinstance(exponent, int) else Decimal(1)
+
+    def after(reduce: Decimal) -> dict[str, Any]:
+        left = held - reduce
+        notional = left * p.contract_size * p.price_used
+        tier = spec.tier_for(notional)
+        requirement = round_requirement(tier.maintenance(notional) * p.settlement_price) if left else ZERO
+        fee = round_requirement(reduce * p.contract_size * p.price_used * policy.fee_rate * p.settlement_price)
+        new_equity = equity - fee
+        new_maintenance = maintenance - p.maintenance_margin + requirement
+        return {
+            "reduce_by": w(reduce), "left": w(left), "notional_left": w(notional), "tier_left": tier.index,
+            "maintenance_left": w(requirement), "fee": w(fee), "equity_after": w(new_equity),
+            "maintenance_after": w(new_maintenance), "target_x_equity_after": w(policy.target_ratio * new_equity),
+            "meets_target": bool(new_equity > 0 and new_maintenance <= policy.target_ratio * new_equity),
+        }
+
+    quantity = Decimal(order["quantity"])
+    long = p.quantity > 0
+    unit = quantity * p.contract_size * p.settlement_price
+    raw = p.price_used - divide(equity, unit) if long else p.price_used + divide(equity, unit)
+    bankruptcy = max(round_bankruptcy_price(raw, long=long), ZERO)
+    checks = [after(quantity)]
+    if quantity - step > 0 and quantity < held:
+        checks.append(after(quantity - step))
+    return {
+        "position": _position_figures(p, state),
+        "equity_before": w(equity),
+        "maintenance_before": w(maintenance),
+        "target_ratio": w(policy.target_ratio),
+        "fee_rate": w(policy.fee_rate),
+        "quantity_step": w(step),
+        "quantity": w(quantity),
+        "full": quantity == held,
+        "at_quantity_and_one_step_less": checks,
+        "bankruptcy_price_unrounded": w(raw),
+        "bankruptcy_price": w(bankruptcy),
+        "bankruptcy_rounding": "up (long: sold no lower)" if long else "down (short: bought back no higher)",
+    }
+
+
+def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        decision, later = _find(conn, decision_id)
+        cause = conn.execute(
+            sa.text("SELECT position, type, payload, occurred_at FROM events WHERE position = :p"),
+            {"p": decision.cause_position},
+        ).one()
+        state = _state_before(conn, decision)
+        earlier: list[Any] = []
+        if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
+            earlier = list(conn.execute(
+                sa.text(
+                    "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
+                    "AND type = :t ORDER BY position"
+                ),
+                {"s": decision.shard, "c": decision.cause_position, "p": decision.position,
+                 "t": ev.LIQUIDATION_ORDER_ISSUED},
+            ))
+    payload = decision.payload
+    account_id = payload["account_id"]
+    with _ledger_context():
+        scope, figures = _scope_figures(state, account_id, payload["scope"])
+        result: dict[str, Any] = {
+            "id": decision_id,
+            "decision": {"position": decision.position, "type": decision.type, "payload": payload,
+                         "occurred_at": decision.occurred_at.isoformat()},
+            "cause": {"position": cause.position, "type": cause.type, "payload": cause.payload},
+            "later_events": [{"position": r.position, "type": r.type, "payload": r.payload} for r in later],
+            "scope": figures,
+        }
+        recomputed: dict[str, Any]
+        if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
+            # Orders of one call are chosen one after another: each starts from the equity and
+            # maintenance the previous orders of the same cause would leave.
+            equity, maintenance = scope.equity, scope.maintenance_margin
+            for row in earlier:
+                if row.payload.get("margin_call_id") != payload.get("margin_call_id"):
+                    continue
+                step = _liquidation_steps(state, scope, row.payload, equity, maintenance)
+                equity = Decimal(step["at_quantity_and_one_step_less"][0]["equity_after"])
+                maintenance = Decimal(step["at_quantity_and_one_step_less"][0]["maintenance_after"])
+            search = _liquidation_steps(state, scope, payload, equity, maintenance)
+            result["liquidation"] = search
+            recomputed = {"equity": search["equity_before"], "maintenance_margin": search["maintenance_before"],
+                          "bankruptcy_price": search["bankruptcy_price"], "mark": search["position"]["price_used"]}
+        else:
+            deadline = None
+            if payload.get("level") == "maintenance" and payload.get("deadline") is not None:
+                grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
+                deadline = (decision.occurred_at + grace).isoformat()
+            recomputed = {
+                "equity": w(scope.equity),
+                "initial_margin": w(scope.initial_margin),
+                "maintenance_margin": w(scope.maintenance_margin),
+                "margin_ratio": w(scope.margin_ratio),
+                "shortfall": w(_shortfall(scope, state)),
+            }
+            result["deadline_recomputed"] = deadline
+        result["recomputed"] = recomputed
+        result["matches_decision"] = all(
+            payload.get(name) is None or Decimal(str(payload[name])) == Decimal(value)
+            for name, value in recomputed.items()
+            if value is not None and name in payload
+        )
+    return result
+
+
+def _ledger_context() -> Any:
+    from decimal import localcontext
+
+    return localcontext(LEDGER_CONTEXT)
+
+
+# ---------------------------------------------------------------------------------------------
+# words
+
+
+def render(result: dict[str, Any]) -> str:
+    d, c, s = result["decision"], result["cause"], result["scope"]
+    p = d["payload"]
+    va = s["valuation_asset"]
+    out = [
+        f"{result['id']}: {d['type']} at log position {d['position']} ({d['occurred_at']}), account "
+        f"{s['account_id']}, scope {s['scope']}, risk parameters {s['parameters_version']}.",
+        f"Cause: {c['type']} at position {c['position']}: {json.dumps(c['payload'], sort_keys=True)}",
+        "The state is the shard's log folded up to and including the cause.",
+        "",
+        "Collateral:",
+    ]
+    for item in s["collateral"]:
+        if "asset" in item:
+            bands = "; ".join(f"{b['haircut']} on {b['from']}..{b['to'] or 'above'}" for b in item["haircut_bands"])
+            out.append(
+                f"  {item['asset']}: amount {item['amount']} x price {item['price']}; "
+                f"haircut units {item['haircut_units']}"
+                f" (bands: {bands or 'none'}); value = {item['price']} x ({item['amount']} - {item['haircut_units']}) "
+                f"= {item['value']} {va}"
+            )
+        else:
+            out.append(f"  isolated margin {item['isolated_margin']} (value {item['value']} {va})")
+    out.append(f"  collateral value = {s['collateral_value']} {va}")
+    out.append("Positions:")
+    for q in s["positions"]:
+        out += [
+            f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
+            f"cost {q['cost']}, entry price {q['entry_price']}, mark used {q['price_used']}",
+            f"    notional = |{q['quantity']}| x {q['contract_size']} x {q['price_used']} = {q['notional']} "
+            f"{q['settlement_asset']} -> tier {q['tier']} "
+            f"({q['tier_notional_floor']} to {q['tier_notional_cap'] or 'no cap'})",
+            f"    unrealised PnL = {q['settlement_price']} x ({q['quantity']} x {q['contract_size']} x "
+            f"{q['price_used']} - {q['cost']}) = {q['unrealised_pnl']}",
+            f"    maintenance = {q['settlement_price']} x ({q['notional']} x {q['maintenance_rate']} - "
+            f"{q['maintenance_amount']}) rounded up = {q['maintenance_margin']}",
+            f"    initial = {q['settlement_price']} x ({q['notional']} x {q['initial_rate']} - {q['initial_amount']}) "
+            f"rounded up = {q['initial_margin']}",
+        ]
+    t = s["thresholds"]
+    out += [
+        f"Equity = collateral {s['collateral_value']} + PnL {s['unrealised_pnl']} = {s['equity']} {va}",
+        f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}",
+        f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
+        f"{s['margin_ratio']} (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "
+        f"resolved below {t['resolve_ratio']}; grace {t['grace_period_seconds']} s)",
+    ]
+    if "liquidation" in result:
+        liq = result["liquidation"]
+        out += [
+            "",
+            f"Liquidation order: {p['side']} {p['quantity']} {p['instrument']} (position {p['position_quantity']}).",
+            f"  Orders start from equity {liq['equity_before']} and maintenance {liq['maintenance_before']}; the "
+            f"target is maintenance <= {liq['target_ratio']} x equity after the order, with the liquidation fee "
+            f"({liq['fee_rate']} x notional executed, rounded up) taken from equity. Quantities move in steps of "
+            f"{liq['quantity_step']}; the least quantity that meets the target is chosen"
+            + (" (none does: the whole position)." if liq["full"] else "."),
+        ]
+        for step in liq["at_quantity_and_one_step_less"]:
+            out.append(
+                f"  reduce by {step['reduce_by']}: left {step['left']} (notional {step['notional_left']}, tier "
+                f"{step['tier_left']}, maintenance {step['maintenance_left']}), fee {step['fee']}; equity "
+                f"{step['equity_after']}, maintenance {step['maintenance_after']} vs {liq['target_ratio']} x equity = "
+                f"{step['target_x_equity_after']}: {'meets' if step['meets_target'] else 'misses'} the target"
+            )
+        sign = "-" if p["side"] == "sell" else "+"
+        out.append(
+            f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
+            f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
+            f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
+        )
+    else:
+        out.append(f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
+                   f"{result['recomputed'].get('shortfall')}; deadline {p.get('deadline')}")
+    out.append("")
+    out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items()))
+    out.append("Decision payload: " + json.dumps(p, sort_keys=True))
+    out.append("The recomputation matches the decision." if result["matches_decision"]
+               else "THE RECOMPUTATION DOES NOT MATCH THE DECISION.")
+    for later in result["later_events"]:
+        out.append(f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
+                   f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}")
+    return "\n".join(out)
+
+
+def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
+    try:
+        result = explain(engine, decision_id)
+    except ExplainError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write(render(result) + "\n")
+    return 0 if result["matches_decision"] else 1

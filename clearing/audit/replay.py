@@ -1,0 +1,398 @@
+"""One fold of the whole log from genesis, shared by ``audit verify`` and ``projections rebuild``.
+
+``LogReplay`` reads every event in position order (all shards; one ``LedgerState`` per shard) and
+either re-runs the engine (``decide=True``: ``fold.step`` on each logged input at its logged
+position, its decisions compared with the logged decision events byte for byte) or folds the
+logged events as they are (``decide=False``: what ``Ledger.load`` does). Beside the state it keeps
+what the projection tables should hold:
+
+* batches: the writer stamps every row of one transaction with the same ``recorded_at``, and a
+  transaction's positions are contiguous (the log lock), so a run of rows with the same
+  (shard, recorded_at) is one batch and its last position is the ``as_of_position`` of the
+  projection rows the batch wrote;
+* per account and mark, the position of the last event that changed it, and the batch end of
+  the last batch that wrote it (the accounts the batch touched, plus the margin refresh after
+  marks, re-enacted with ``MARGIN_REFRESH_ACCOUNTS_MAX``);
+* margin calls and liquidations: the decisions and liquidation fills, for ``write_decisions``;
+* fills by trade id, for the counterpart check; conservation at sampled balanced points.
+
+Fast path. Logged input payloads were validated by ``messages.decode`` on their way in and are
+stored in wire form, and the hash chain (checked by ``audit verify``) says they were not changed
+since. So the replay builds messages with ``model_construct`` (no validation) from those trusted
+payloads: ``Decimal(text)`` for decimal fields, ``datetime.fromisoformat`` for times. A unit test
+checks that this gives the same message as ``model_validate`` for every input type.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.domain import events as ev
+from clearing.domain import fold
+from clearing.domain.fold import conservation
+from clearing.domain.messages import (
+    Deposit,
+    Fill,
+    Funding,
+    InputMessage,
+    IsolatedMarginTransfer,
+    LiquidationFill,
+    Mark,
+    Message,
+    RiskParametersMessage,
+    Settlement,
+    Withdrawal,
+    format_time,
+)
+from clearing.domain.state import LedgerState
+from clearing.engine.ledger import MARGIN_REFRESH_ACCOUNTS_MAX
+from clearing.store.hashing import canonical_json
+
+REPLAY_FETCH_ROWS = 10_000
+CONSERVATION_EVERY_EVENTS = 10_000
+
+_DECIMAL_FIELDS: dict[type[Message], tuple[str, ...]] = {
+    Fill: ("quantity", "price", "fee"),
+    Deposit: ("amount",),
+    Withdrawal: ("amount",),
+    IsolatedMarginTransfer: ("amount",),
+    Mark: ("price", "iv"),
+    Funding: ("rate",),
+    Settlement: ("price",),
+    LiquidationFill: ("quantity", "price"),
+    RiskParametersMessage: (),
+}
+_MODELS = {event_type: (model, _DECIMAL_FIELDS[model]) for event_type, model in ev.MODEL_BY_EVENT_TYPE.items()}
+MARGIN_DECISIONS = frozenset(
+    {
+        ev.MARGIN_CALL_ISSUED,
+        ev.MARGIN_CALL_ESCALATED,
+        ev.MARGIN_CALL_RESOLVED,
+        ev.ACCOUNT_BANKRUPTED,
+        ev.LIQUIDATION_ORDER_ISSUED,
+        "LiquidationFillRecorded",
+    }
+)
+
+LOG_COLUMNS = "position, shard, type, payload, occurred_at, recorded_at, idempotency_key, cause_position, stream"
+
+
+def fast_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
+    """The typed message of a logged input event, built without validation (see the module)."""
+    model, decimals = _MODELS[event_type]
+    values = dict(payload)
+    for name in decimals:
+        value = values.get(name)
+        if value is not None:
+            values[name] = Decimal(value)
+    values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
+    message: InputMessage = model.model_construct(**values)  # type: ignore[assignment]
+    return message
+
+
+def iter_log(
+    conn: sa.Connection, *, shard: int | None = None, after: int = 0, upto: int | None = None
+) -> Iterator[Any]:
+    """Rows of the log in position order, streamed with a server-side cursor."""
+    query = f"SELECT {LOG_COLUMNS} FROM events WHERE position > :after"
+    params: dict[str, Any] = {"after": after}
+    if shard is not None:
+        query += " AND shard = :shard"
+        params["shard"] = shard
+    if upto is not None:
+        query += " AND position <= :upto"
+        params["upto"] = upto
+    result = conn.execute(
+        sa.text(query + " ORDER BY position"),
+        params,
+        execution_options={"stream_results": True, "yield_per": REPLAY_FETCH_ROWS},
+    )
+    yield from result
+
+
+def decision_bytes(
+    position: int, event_type: str, stream: str, payload: dict[str, Any], occurred_at: datetime,
+    idempotency_key: str, cause_position: int | None,
+) -> str:
+    """What replay determinism compares: canonical JSON of a decision and its position."""
+    return canonical_json(
+        [position, event_type, stream, format_time(occurred_at), idempotency_key, cause_position, payload]
+    )
+
+
+@dataclass
+class Finding:
+    position: int | None
+    problem: str
+
+
+@dataclass
+class ShardTrack:
+    """What the projections of one shard should hold (see the module docstring)."""
+
+    state: LedgerState = field(default_factory=LedgerState)
+    last_change: dict[str, int] = field(default_factory=dict)  # account -> last event that touched it
+    written_at: dict[str, int] = field(default_factory=dict)  # account -> end of the last batch writing it
+    mark_change: dict[str, int] = field(default_factory=dict)  # symbol -> last event that moved its mark
+    mark_written: dict[str, int] = field(default_factory=dict)  # symbol -> end of the last batch writing it
+    head: int = 0  # last position of the shard
+    refresh_cursor: int = 0
+    pending: deque[tuple[int, str]] = field(default_factory=deque)  # decisions the re-run expects next
+    batch_accounts: set[str] = field(default_factory=set)
+    batch_marks: set[str] = field(default_factory=set)
+
+
+class LogReplay:
+    def __init__(
+        self,
+        *,
+        decide: bool,
+        track: bool = True,
+        conservation_every: int = CONSERVATION_EVERY_EVENTS,
+        check_fills: bool = True,
+        snapshot_check: Callable[[int, int, LedgerState], None] | None = None,
+        snapshot_positions: set[tuple[int, int]] | None = None,
+    ) -> None:
+        fold._ensure_appliers()
+        self.decide = decide
+        self.track = track
+        self.shards: dict[int, ShardTrack] = {}
+        self.events = 0
+        self.head = 0
+        self.determinism: list[Finding] = []
+        self.determinism_mismatches = 0
+        self.decisions_compared = 0
+        self.conservation_every = conservation_every
+        self.conservation_due = conservation_every
+        self.conservation_checks: list[int] = []
+        self.conservation_bad: list[Finding] = []
+        self.check_fills = check_fills
+        self.fills: dict[str, list[tuple[int, str, str, str, str, str]]] = {}
+        self.open_trades: set[str] = set()
+        self.liquidation_fills: list[tuple[int, str, str, str, str, str]] = []
+        self.margin_events: list[tuple[int, str, dict[str, Any], datetime]] = []
+        self._batch: tuple[int, datetime] | None = None
+        self._batch_end = 0
+        self._snapshot_check = snapshot_check
+        self._snapshot_positions = snapshot_positions or set()
+
+    # ---------------------------------------------------------------------------------------
+
+    def shard(self, shard: int) -> ShardTrack:
+        found = self.shards.get(shard)
+        if found is None:
+            found = self.shards[shard] = ShardTrack()
+        return found
+
+    def feed(self, row: Any) -> None:
+        position, shard_id, event_type, payload = row[0], row[1], row[2], row[3]
+        track = self.shard(shard_id)
+        if self.track:
+            key = (shard_id, row[5])
+            if key != self._batch:
+                self.flush_batch()
+                self._batch = key
+            self._batch_end = position
+        self.events += 1
+        self.head = position
+        track.head = position
+        state = track.state
+        model = _MODELS.get(event_type)
+        if model is not None:
+            message = fast_message(event_type, payload)
+            if self.decide:
+                if track.pending:
+                    self._missing(track)
+                decisions = fold.step(state, message, position, shard_id)
+                last = position + len(decisions)
+                for index, decision in enumerate(decisions, 1):
+                    track.pending.append(
+                        (
+                            position + index,
+                            decision_bytes(
+                                position + index, decision.type, decision.stream, decision.payload,
+                                decision.occurred_at, decision.idempotency_key, decision.cause_position,
+                            ),
+                        )
+                    )
+                    if decision.type in MARGIN_DECISIONS:
+                        self.margin_events.append((position + index, decision.type, decision.payload,
+                                                   decision.occurred_at))
+            else:
+                state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
+                fold.apply(state, event_type, message, payload)
+                last = position
+            if event_type == "LiquidationFillRecorded":
+                self.margin_events.append((position, event_type, payload, row[4]))
+            if self.check_fills:
+                self._fill(position, message)
+            if isinstance(message, Mark | Settlement) and self.track:
+                track.mark_change[message.symbol] = position
+        else:
+            last = position
+            if self.decide:
+                self._compare(track, row)
+            else:
+                fold.apply(state, event_type, None, payload)
+                if event_type in MARGIN_DECISIONS:
+                    self.margin_events.append((position, event_type, payload, row[4]))
+        if self.track:
+            if state.touched:
+                for account_id in state.touched:
+                    track.last_change[account_id] = last
+                track.batch_accounts |= state.touched
+                state.touched.clear()
+            if state.marks_touched:
+                track.batch_marks |= state.marks_touched
+                state.marks_touched.clear()
+        else:
+            state.touched.clear()
+            state.marks_touched.clear()
+        if (
+            self.events >= self.conservation_due
+            and len(self.open_trades) == len(self.liquidation_fills)
+            and not track.pending
+        ):
+            self._conservation(position)
+            self.conservation_due = self.events + self.conservation_every
+        if self._snapshot_positions and (shard_id, position) in self._snapshot_positions and not track.pending:
+            assert self._snapshot_check is not None
+            self._snapshot_check(shard_id, position, state)
+
+    def finish(self) -> None:
+        self.flush_batch()
+        for track in self.shards.values():
+            if track.pending:
+                self._missing(track)
+        if self.events and (not self.conservation_checks or self.conservation_checks[-1] != self.head):
+            self._conservation(self.head)
+
+    # ---------------------------------------------------------------------------------------
+
+    def flush_batch(self) -> None:
+        if self._batch is None:
+            return
+        track = self.shards[self._batch[0]]
+        end = self._batch_end
+        accounts = track.batch_accounts
+        if track.batch_marks:
+            accounts = accounts | set(self._refresh_rotation(track))
+            for symbol in track.batch_marks:
+                track.mark_written[symbol] = end
+        for account_id in accounts:
+            if account_id in track.state.accounts:
+                track.written_at[account_id] = end
+        track.batch_accounts = set()
+        track.batch_marks = set()
+        self._batch = None
+
+    @staticmethod
+    def _refresh_rotation(track: ShardTrack) -> list[str]:
+        # The ledger's rotating margin refresh (Ledger._refresh_rotation), re-enacted with a
+        # cursor from 0: exact while the ledger process ran without a restart, or while the
+        # shard had at most MARGIN_REFRESH_ACCOUNTS_MAX holders.
+        holders = sorted(track.state.holders_all())
+        if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+            return holders
+        start = track.refresh_cursor % len(holders)
+        window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
+        if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
+            window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
+        track.refresh_cursor = start + MARGIN_REFRESH_ACCOUNTS_MAX
+        return window
+
+    def _compare(self, track: ShardTrack, row: Any) -> None:
+        position = row[0]
+        if not track.pending:
+            self._bad(position, f"decision {row[2]} is in the log, but the engine re-run decides nothing here")
+            return
+        expected_position, expected = track.pending.popleft()
+        self.decisions_compared += 1
+        found = decision_bytes(position, row[2], row[8], row[3], row[4], row[6], row[7])
+        if found != expected or expected_position != position:
+            self._bad(position, f"logged decision differs from the re-run: logged {found} / re-run {expected}")
+
+    def _missing(self, track: ShardTrack) -> None:
+        while track.pending:
+            position, expected = track.pending.popleft()
+            self._bad(position, f"the re-run decides {expected}, which is not in the log")
+
+    def _bad(self, position: int, problem: str) -> None:
+        self.determinism_mismatches += 1
+        if len(self.determinism) < 10:
+            self.determinism.append(Finding(position, problem[:2_000]))
+
+    def _fill(self, position: int, message: InputMessage) -> None:
+        if isinstance(message, Fill):
+            entry = (position, message.account_id, message.instrument, message.side,
+                     str(message.quantity), str(message.price))
+            fills = self.fills.setdefault(message.trade_id, [])
+            fills.append(entry)
+            if len(fills) % 2:
+                self.open_trades.add(message.trade_id)
+            else:
+                self.open_trades.discard(message.trade_id)
+        elif isinstance(message, LiquidationFill):
+            self.liquidation_fills.append(
+                (position, message.account_id, message.instrument, message.side,
+                 str(message.quantity), str(message.price))
+            )
+            # Its market side arrives as an ordinary fill whose trade has one fill only: the books
+            # balance when every such one-fill trade is paired with one liquidation fill.
+
+    def _conservation(self, position: int) -> None:
+        totals: dict[str, Decimal] = {}
+        for track in self.shards.values():
+            for asset, amount in conservation(track.state).items():
+                totals[asset] = totals.get(asset, Decimal(0)) + amount
+        imbalance = {asset: amount for asset, amount in totals.items() if amount != 0}
+        self.conservation_checks.append(position)
+        if imbalance and len(self.conservation_bad) < 10:
+            text = ", ".join(f"{asset} {amount}" for asset, amount in sorted(imbalance.items()))
+            self.conservation_bad.append(Finding(position, f"the books do not balance after position {position}: "
+                                                            f"{text}"))
+
+    def counterpart_findings(self) -> list[Finding]:
+        """Every trade: exactly two fills, opposite sides, same instrument, equal quantity and
+        price. A trade with one fill is accepted when a liquidation fill of the same instrument,
+        the opposite side, equal quantity and price is its other side (the market took a
+        liquidation order: the liquidation fill carries the order id, not the trade id)."""
+        findings: list[Finding] = []
+        spare: dict[tuple[str, str, str, str], list[int]] = {}
+        for position, _account, instrument, side, quantity, price in self.liquidation_fills:
+            spare.setdefault((instrument, side, str(Decimal(quantity)), str(Decimal(price))), []).append(position)
+        opposite = {"buy": "sell", "sell": "buy"}
+        for trade_id, fills in self.fills.items():
+            first = fills[0][0]
+            if len(fills) == 2:
+                a, b = fills
+                if a[2] != b[2] or a[3] != opposite[b[3]] or Decimal(a[4]) != Decimal(b[4]) or Decimal(a[5]) != \
+                        Decimal(b[5]):
+                    findings.append(Finding(b[0], f"trade {trade_id}: fills at {a[0]} and {b[0]} are not counterparts "
+                                                  f"({a[1]} {a[3]} {a[4]} {a[2]} @ {a[5]} / {b[1]} {b[3]} {b[4]} "
+                                                  f"{b[2]} @ {b[5]})"))
+            elif len(fills) == 1:
+                _, account, instrument, side, quantity, price = fills[0]
+                key = (instrument, opposite[side], str(Decimal(quantity)), str(Decimal(price)))
+                if spare.get(key):
+                    spare[key].pop(0)
+                    continue
+                findings.append(Finding(first, f"trade {trade_id}: the fill at {first} ({account} {side} {quantity} "
+                                               f"{instrument} @ {price}) has no counterpart fill"))
+            else:
+                where = ", ".join(str(f[0]) for f in fills)
+                findings.append(Finding(first, f"trade {trade_id} has {len(fills)} fills (at {where}); a trade has "
+                                               "exactly two"))
+        for (instrument, side, quantity, price), positions in spare.items():
+            for position in positions:
+                findings.append(Finding(position, f"the liquidation fill at {position} ({side} {quantity} "
+                                                  f"{instrument} @ {price}) has no market-side fill"))
+        findings.sort(key=lambda f: f.position or 0)
+        return findings

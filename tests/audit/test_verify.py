@@ -1,0 +1,131 @@
+"""``clearing audit verify``: every check holds on an honest log, and each kind of damage is named
+with its first bad position: a payload edited or a row deleted by the database owner (triggers
+disabled), the last row deleted, an engine that decides differently, a fill without counterpart."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from clearing.audit.verify import verify
+from clearing.domain import lifecycle
+from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.integration]
+
+
+def checks(engine: sa.Engine) -> dict[str, Any]:
+    return {check.name: check for check in verify(engine).checks}
+
+
+def tamper(engine: sa.Engine, *statements: str) -> None:
+    """As the owner: switch the append-only triggers off, change the log, switch them on."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE events DISABLE TRIGGER ALL"))
+        for statement in statements:
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text("ALTER TABLE events ENABLE TRIGGER ALL"))
+
+
+def position_of(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar_one())
+
+
+def test_an_honest_log_verifies(owner: sa.Engine) -> None:  # noqa: F811
+    report = verify(owner)
+    assert report.ok, json.dumps(report.as_dict(), default=str, indent=1)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["replay_determinism"].details["decisions_compared"] > 10
+    assert by_name["counterparts"].details["trades"] > 100
+    assert by_name["projections"].details["liquidations"]["rows_live"] > 0
+
+
+def test_an_edited_payload_is_named_by_position(owner: sa.Engine) -> None:  # noqa: F811
+    target = position_of(owner, "SELECT min(position) FROM events WHERE type = 'FillRecorded' AND position > 200")
+    tamper(owner, f"UPDATE events SET payload = jsonb_set(payload, '{{price}}', '\"1\"') WHERE position = {target}")
+    found = checks(owner)
+    assert not found["hash_chain"].ok
+    assert found["hash_chain"].first_bad_position == target
+    assert "content" in (found["hash_chain"].problem or "")
+
+
+def test_a_deleted_row_is_named_by_position(owner: sa.Engine) -> None:  # noqa: F811
+    tamper(owner, "DELETE FROM events WHERE position = 300")
+    found = checks(owner)
+    assert not found["hash_chain"].ok
+    assert found["hash_chain"].first_bad_position == 300
+    assert "missing" in (found["hash_chain"].problem or "")
+
+
+def test_a_deleted_last_row_is_found_by_the_tables_written_with_it(owner: sa.Engine) -> None:  # noqa: F811
+    head = position_of(owner, "SELECT max(position) FROM events")
+    tamper(owner, f"DELETE FROM events WHERE position = {head}")
+    found = checks(owner)
+    assert found["hash_chain"].ok  # the chain alone cannot tell
+    assert not found["log_tail"].ok
+    assert found["log_tail"].first_bad_position == head
+    assert f"ends at position {head - 1}" in (found["log_tail"].problem or "")
+
+
+def test_a_changed_engine_is_caught_by_replay_determinism(
+    owner: sa.Engine, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    original = lifecycle._call_payload
+
+    def drifting(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        payload = original(*args, **kwargs)
+        payload["shortfall"] = "0.00000001"  # a "harmless" change of one figure
+        return payload
+
+    monkeypatch.setattr(lifecycle, "_call_payload", drifting)
+    first_call = position_of(owner, "SELECT min(position) FROM events WHERE type = 'MarginCallIssued'")
+    found = checks(owner)
+    assert found["hash_chain"].ok
+    assert not found["replay_determinism"].ok
+    assert found["replay_determinism"].first_bad_position == first_call
+    assert "differs" in (found["replay_determinism"].problem or "")
+
+
+def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
+    # One side of a trade arrives and its other side never does.
+    from clearing.engine.ledger import Ledger, RawRecord
+    from clearing.store.db import make_engine
+
+    fill = {"type": "fill", "fill_id": "F-LONELY", "trade_id": "T-LONELY", "account_id": "ACC-00001",
+            "instrument": "BTCUSDT", "side": "buy", "quantity": "0.001", "price": "50000", "fee": "0",
+            "occurred_at": "2026-11-24T00:00:00Z"}
+    engine = make_engine(market_url, role="clearing_app")
+    try:
+        ledger = Ledger(engine)
+        ledger.load()
+        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_000, b"ACC-00001", json.dumps(fill).encode())])
+    finally:
+        engine.dispose()
+    position = position_of(owner, "SELECT position FROM events WHERE idempotency_key = 's0/fill/F-LONELY'")
+    found = checks(owner)
+    assert found["hash_chain"].ok and found["replay_determinism"].ok and found["projections"].ok
+    assert not found["counterparts"].ok
+    assert found["counterparts"].first_bad_position == position
+    assert "trade T-LONELY" in (found["counterparts"].problem or "")
+    assert "no counterpart" in (found["counterparts"].problem or "")
+    assert not found["conservation"].ok  # half a trade: the books cannot balance
+
+
+def test_cli_exit_status_and_json(market_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:  # noqa: F811
+    from clearing.cli import main
+
+    monkeypatch.setenv("CLEARING_DATABASE_URL", market_url)
+    monkeypatch.setenv("CLEARING_HOME", "/tmp/clearing-verify-test-home")
+    from clearing.settings import get_settings
+
+    if hasattr(get_settings, "cache_clear"):
+        get_settings.cache_clear()
+    assert main(["audit", "verify", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert {c["name"] for c in data["checks"]} >= {"hash_chain", "replay_determinism", "projections", "conservation",
+                                                   "counterparts"}
