@@ -135,5 +135,15 @@ class InputConsumer:
             for message in batch[tp]:
                 yield RawRecord(kind, tp.topic, tp.partition, message.offset, message.key, message.value or b"")
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind the high watermark per assigned partition, as far as the last fetch
+        told the client (partitions it has no watermark for yet are left out)."""
+        lags = {}
+        for tp in self.assigned:
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                lags[(tp.topic, tp.partition)] = max(0, highwater - self.consumer.position(tp))
+        return lags
+
     def close(self) -> None:
         self.consumer.close()

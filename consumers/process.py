@@ -9,6 +9,7 @@ from typing import Any
 
 from clearing.embedded import Services
 from clearing.engine.ledger import BatchResult, Ledger
+from clearing.engine.metrics import LedgerMetrics
 from clearing.engine.outbox import OutboxRelay
 from clearing.engine.runner import RunStats, run
 from clearing.settings import Settings
@@ -16,6 +17,8 @@ from clearing.store.db import make_engine
 from consumers.kafka_input import InputConsumer, ensure_topics
 
 logger = logging.getLogger(__name__)
+
+LAG_EVERY_BATCHES = 20  # consumer lag is read from the client's last fetch every this many batches
 
 
 def run_ledger(
@@ -29,6 +32,7 @@ def run_ledger(
     on_loaded: Callable[[int], None] | None = None,
     load_progress: Any = None,
     install_signal_handlers: bool = True,
+    metrics_port: int | None = None,
 ) -> RunStats:
     engine = make_engine(services.database_url, role=settings.database_role)
     try:
@@ -40,13 +44,24 @@ def run_ledger(
             on_loaded(replayed)
         source = InputConsumer(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
         relay = OutboxRelay(engine, services.kafka_bootstrap)
+        metrics = LedgerMetrics(shard)
+        if metrics_port is not None:
+            metrics.serve(metrics_port)
+
+        def observed(result: BatchResult, stats: RunStats) -> None:
+            metrics.observe(result)
+            if stats.batches % LAG_EVERY_BATCHES == 1:
+                metrics.set_lag(source.lag())
+            if on_batch is not None:
+                on_batch(result, stats)
+
         return run(
             ledger,
             source,
             relay,
             broker_instance=services.broker_instance,
             stop=stop,
-            on_batch=on_batch,
+            on_batch=observed,
             install_signal_handlers=install_signal_handlers,
         )
     finally:
