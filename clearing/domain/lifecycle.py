@@ -48,6 +48,7 @@ from clearing.domain.numbers import (
     divide,
     parse_decimal,
     round_bankruptcy_price,
+    round_display_price,
     round_requirement,
     to_wire,
 )
@@ -111,6 +112,9 @@ def decide(
     # re-margined after the others, so that every account ends the step at a fixpoint.
     others: set[str] = set()
     current = ""
+    # The figures each re-margin was taken on, for the index to reuse: valid while no decision
+    # moves money (only a draw does; status changes leave the figures as they were).
+    figures: dict[tuple[str, str], margin.ScopeRisk] = {}
 
     def emit_tracked(decision: ev.Event) -> None:
         before = state.touched
@@ -119,8 +123,14 @@ def decide(
             emit(decision)
         finally:
             others.update(a for a in state.touched if a != current)
+            if decision.type not in _STATUS_ONLY:
+                for key in [key for key in figures if key[0] in state.touched]:
+                    del figures[key]
+                invalid.update(state.touched)
             before |= state.touched
             state.touched = before
+
+    invalid: set[str] = set()
 
     remargined: set[str] = set()
     selected = full | {account_id for account_id, _scope in hits}
@@ -134,7 +144,9 @@ def decide(
             if account_id not in full:
                 names = [scope for scope in names if (account_id, scope) in hits]
             for scope in names:
-                _remargin(state, account, scope, message.occurred_at, ids, emit_tracked)
+                risk = _remargin(state, account, scope, message.occurred_at, ids, emit_tracked)
+                if account_id not in invalid:
+                    figures[(account_id, scope)] = risk
             remargined.add(account_id)
         selected = full = set(others)
         others.clear()
@@ -147,7 +159,18 @@ def decide(
         triggers.rebuild(state)
     else:
         for account_id in sorted(remargined | state.touched):
-            triggers.refresh(state, account_id)
+            triggers.refresh(state, account_id, figures)
+
+
+_STATUS_ONLY = frozenset(
+    (
+        ev.MARGIN_CALL_ISSUED,
+        ev.MARGIN_CALL_ESCALATED,
+        ev.MARGIN_CALL_RESOLVED,
+        ev.LIQUIDATION_ORDER_ISSUED,
+        ev.ACCOUNT_BANKRUPTED,
+    )
+)
 
 
 def _changed_by(message: InputMessage) -> set[str]:
@@ -330,13 +353,16 @@ def _call_payload(
         "margin_ratio": to_wire(risk.margin_ratio) if risk.margin_ratio is not None else None,
         "shortfall": to_wire(shortfall),
         "deadline": format_time(deadline) if deadline is not None else None,
-        "marks": {p.instrument: to_wire(p.price_used) for p in risk.positions},
+        "marks": {p.instrument: to_wire(_shown_price(p)) for p in risk.positions},
     }
 
 
-def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit) -> None:
+def _remargin(
+    state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit
+) -> margin.ScopeRisk:
+    """Take the scope's lifecycle step; returns the figures it was taken on."""
     status = account.margin.get(scope) or MarginStatus()
-    risk = margin.scope_risk(state, account, scope)
+    risk = margin.scope_risk(state, account, scope, liquidation_prices=False)
     level, _ratio = _level(risk, state)
     current = status.status
     grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
@@ -349,18 +375,18 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
         # A loss beyond the collateral with nothing left to liquidate (closed by ordinary fills,
         # or funding): straight to the waterfall.
         _waterfall(state, account, scope, status.margin_call_id, risk, at, emit)
-        return
+        return risk
     if current in (HEALTHY, WARNING, MAINTENANCE) and _below_resolve(risk, state):
         if current != HEALTHY and status.margin_call_id is not None:
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, current, None, resolution="ratio below resolve_ratio")
-        return
+        return risk
     if current == BANKRUPT:
         if risk.equity >= 0 and status.margin_call_id is not None:
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, BANKRUPT, None, resolution="deficit covered")
-        return
+        return risk
     if current == LIQUIDATION:
         _continue_liquidation(state, account, scope, status, risk, at, ids, emit, call)
-        return
+        return risk
     # healthy, warning or maintenance, and not below resolve
     if _RANK[level] > _RANK[current] and level in (WARNING, MAINTENANCE):
         deadline = at + grace if level == MAINTENANCE else None
@@ -376,6 +402,7 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
         call_id = status.margin_call_id or ids.next("MC")
         call(ev.MARGIN_CALL_ESCALATED, call_id, LIQUIDATION, status.deadline)
         _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
+    return risk
 
 
 def _continue_liquidation(
@@ -462,6 +489,12 @@ def _waterfall(
             "resolution": "loss covered by the insurance fund",
         }
         emit(_decision(state, ev.MARGIN_CALL_RESOLVED, account.account_id, at, payload))
+
+
+def _shown_price(position: margin.PositionRisk) -> Decimal:
+    """The price a decision shows: the mark, or for an unmarked instrument the entry price it is
+    valued at (cost / quantity, which may not terminate: rounded like every displayed price)."""
+    return position.price_used if position.marked else round_display_price(position.price_used)
 
 
 def _quantity_step(quantity: Decimal) -> Decimal:
@@ -551,7 +584,7 @@ def _issue_orders(
                     "quantity": to_wire(quantity),
                     "position_quantity": to_wire(position.quantity),
                     "bankruptcy_price": to_wire(bankruptcy),
-                    "mark": to_wire(position.price_used),
+                    "mark": to_wire(_shown_price(position)),
                     "equity": to_wire(equity),
                     "maintenance_margin": to_wire(maintenance),
                     "target_ratio": to_wire(policy.target_ratio),

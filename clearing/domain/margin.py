@@ -463,6 +463,7 @@ def _scope_from(
     collateral: Decimal,
     positions: list[PositionRisk],
     unpriced: set[str],
+    liquidation_prices: bool = True,
 ) -> ScopeRisk:
     pnl = sum((p.unrealised_pnl for p in positions), ZERO)
     equity = collateral + pnl
@@ -482,6 +483,8 @@ def _scope_from(
         positions=tuple(positions),
         unpriced_assets=tuple(sorted(unpriced)),
     )
+    if not liquidation_prices:
+        return draft
     priced = tuple(replace(p, liquidation_price=liquidation_price(parameters, draft, p)) for p in positions)
     return replace(draft, positions=priced)
 
@@ -503,6 +506,7 @@ def _cross_scope(
     marks: Mapping[str, Decimal],
     collateral: tuple[CollateralValue, ...],
     collateral_unpriced: set[str],
+    liquidation_prices: bool = True,
 ) -> ScopeRisk:
     unpriced = set(collateral_unpriced)
     positions: list[PositionRisk] = []
@@ -515,10 +519,12 @@ def _cross_scope(
         if missing is not None:
             unpriced.add(missing)
     value = sum((c.value for c in collateral), ZERO)
-    return _scope_from(parameters, CROSS, value, positions, unpriced)
+    return _scope_from(parameters, CROSS, value, positions, unpriced, liquidation_prices)
 
 
-def _isolated_scope(parameters: RiskParameters, marks: Mapping[str, Decimal], position: Position) -> ScopeRisk:
+def _isolated_scope(
+    parameters: RiskParameters, marks: Mapping[str, Decimal], position: Position, liquidation_prices: bool = True
+) -> ScopeRisk:
     scope = isolated_scope(position.instrument)
     spec = _instrument(parameters, position.instrument)
     s = _settlement_price(parameters, marks, spec.settlement_asset)
@@ -528,7 +534,7 @@ def _isolated_scope(parameters: RiskParameters, marks: Mapping[str, Decimal], po
         figures, _ = _position_risk(parameters, marks, position, scope)
         positions.append(figures)
     collateral = (s if s is not None else ONE) * position.isolated_margin
-    return _scope_from(parameters, scope, collateral, positions, unpriced)
+    return _scope_from(parameters, scope, collateral, positions, unpriced, liquidation_prices)
 
 
 def _isolated_positions(account: Account) -> list[Position]:
@@ -553,16 +559,25 @@ def evaluate(account: Account, parameters: RiskParameters, marks: Mapping[str, D
 
 
 @exact
-def evaluate_scope(account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], scope: str) -> ScopeRisk:
+def evaluate_scope(
+    account: Account,
+    parameters: RiskParameters,
+    marks: Mapping[str, Decimal],
+    scope: str,
+    *,
+    liquidation_prices: bool = True,
+) -> ScopeRisk:
     """One scope only: ``"cross"`` or ``"isolated:<instrument>"`` (cheaper than ``evaluate`` when
-    a mark moved one instrument). An isolated scope without a position reads as empty."""
+    a mark moved one instrument). An isolated scope without a position reads as empty.
+    ``liquidation_prices=False`` leaves the positions' liquidation prices None (the lifecycle
+    and the trigger index do not need them; they cost a solve per position)."""
     if scope == CROSS:
         collateral, unpriced = _collateral(account, parameters, marks)
-        return _cross_scope(account, parameters, marks, collateral, unpriced)
+        return _cross_scope(account, parameters, marks, collateral, unpriced, liquidation_prices)
     if scope.startswith(ISOLATED_SCOPE_PREFIX):
         instrument = scope[len(ISOLATED_SCOPE_PREFIX) :]
         position = account.positions.get((instrument, ISOLATED)) or Position(instrument, ISOLATED)
-        return _isolated_scope(parameters, marks, position)
+        return _isolated_scope(parameters, marks, position, liquidation_prices)
     raise MarginModelError(f"a margin scope is 'cross' or 'isolated:<instrument>', not {scope!r}")
 
 
@@ -584,9 +599,11 @@ class StateMarks(Mapping[str, Decimal]):
         return len(self._marks)
 
 
-def scope_risk(state: LedgerState, account: Account, scope: str) -> ScopeRisk:
+def scope_risk(state: LedgerState, account: Account, scope: str, *, liquidation_prices: bool = True) -> ScopeRisk:
     """``evaluate_scope`` with the parameters in force and the last marks of ``state``."""
-    return evaluate_scope(account, state.parameters, StateMarks(state.marks), scope)
+    return evaluate_scope(
+        account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=liquidation_prices
+    )
 
 
 def account_risk(state: LedgerState, account: Account) -> AccountRisk:

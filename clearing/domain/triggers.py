@@ -54,6 +54,7 @@ marked symbol's dependents by brute force and then rebuilds it from the state (a
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from decimal import Decimal
 
 from clearing.domain import margin
@@ -131,8 +132,11 @@ def rebuild(state: LedgerState) -> None:
     index.stale = False
 
 
-def refresh(state: LedgerState, account_id: str) -> None:
-    """Replace the account's entries by ones computed from its current figures."""
+def refresh(
+    state: LedgerState, account_id: str, figures: Mapping[tuple[str, str], margin.ScopeRisk] | None = None
+) -> None:
+    """Replace the account's entries by ones computed from its current figures (``figures``:
+    scopes already evaluated on the current state, by (account, scope))."""
     index = state.triggers
     version = index.version.get(account_id, 0) + 1
     index.version[account_id] = version
@@ -155,7 +159,8 @@ def refresh(state: LedgerState, account_id: str) -> None:
             continue
         symbol = symbols[0]
         try:
-            bounds = _bounds(state, account, scope, symbol)
+            known = None if figures is None else figures.get((account_id, scope))
+            bounds = _bounds(state, account, scope, symbol, known)
         except margin.MarginModelError:
             bounds = None
         if bounds is None:
@@ -191,13 +196,14 @@ def _push(
 
 @exact
 def _bounds(
-    state: LedgerState, account: Account, scope: str, symbol: str
+    state: LedgerState, account: Account, scope: str, symbol: str, risk: margin.ScopeRisk | None = None
 ) -> tuple[Decimal | None, Decimal | None] | None:
     """(lower, upper) re-margin triggers of a scope that depends on ``symbol`` alone, pulled
     towards the reference by the rounding slack; None when the scope cannot be indexed."""
     parameters = state.parameters
     marks = margin.StateMarks(state.marks)
-    risk = margin.evaluate_scope(account, parameters, marks, scope)
+    if risk is None:
+        risk = margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=False)
     prices = margin.trigger_prices_of(account, parameters, marks, risk, symbol)
     reference = prices.reference_price
     if reference is None:
