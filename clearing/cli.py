@@ -424,9 +424,38 @@ def add_projections(subparsers: Subparsers) -> None:
 
 # ------------------------------------------------------------------------------------------------
 
+# ------------------------------------------------------------------------------------------------
+# clearing liquidator
+
+
+def _liquidator(args: argparse.Namespace) -> int:
+    from clearing.embedded import ensure_services
+    from clearing.liquidator import run_liquidator
+    from clearing.settings import get_settings
+    from consumers.kafka_input import ensure_topics
+
+    settings = get_settings()
+    services = ensure_services(settings)
+    ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
+    offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in args.offset)}
+    logging.getLogger("clearing").setLevel(logging.INFO)
+    stats = run_liquidator(services.kafka_bootstrap, settings.topic_prefix, offsets=offsets)
+    out(f"stopped: {stats.orders} orders, {stats.filled} filled, {stats.busted} busted, {stats.skipped} skipped")
+    return 0
+
+
+def add_liquidator(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "liquidator", help="simulated exchange: fill the ledger's liquidation orders at their mark against MM-LIQUIDITY"
+    )
+    parser.add_argument("--offset", action="append", default=[], metavar="PARTITION:OFFSET",
+                        help="start this partition of liquidation-orders at OFFSET (default: the beginning)")
+    parser.set_defaults(handler=_liquidator)
+
+
 COMMANDS: list[Callable[[Subparsers], None]] = [
     add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report,
-    add_audit, add_projections,
+    add_audit, add_projections, add_liquidator,
 ]
 
 
