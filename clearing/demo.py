@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clearing import liquidator
 from clearing.audit.chain import verify_chain
 from clearing.domain.fold import conservation
 from clearing.embedded import ensure_services
@@ -109,10 +110,14 @@ def run_demo(
 
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
     scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75)
-    messages = list(generate(scenario)) + BAD_MESSAGES
+    # The liquidator's market maker deposits first: it takes the other side of every liquidation.
+    kind, key, value = liquidator.deposit_message()
+    messages = [Message(kind, key, value), *generate(scenario), *BAD_MESSAGES]
     console.print(
         f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
-        f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages."
+        f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages. "
+        f"A liquidator (a simulated exchange) fills the ledger's liquidation orders at their mark against "
+        f"{liquidator.MARKET_MAKER}."
     )
 
     def bar() -> Progress:
@@ -144,10 +149,13 @@ def run_demo(
     def ledger_thread() -> None:
         stats_box["stats"] = run_ledger(settings, services, stop=stop, install_signal_handlers=False)
 
+    executor = liquidator.Liquidator(services.kafka_bootstrap, settings.topic_prefix)
+    executor_thread = threading.Thread(target=executor.run, args=(stop,), name="liquidator", daemon=True)
     thread = threading.Thread(target=ledger_thread, name="ledger", daemon=True)
     started = time.monotonic()
     before = consumed()
     thread.start()
+    executor_thread.start()
     with bar() as progress:
         task = progress.add_task("ledger consuming", total=target)
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
@@ -157,8 +165,23 @@ def run_demo(
             progress.update(task, completed=done)
             stop.wait(0.2)
         progress.update(task, completed=done)
+    # Then until the liquidator's fills are in: the ledger has consumed all it produced, and no
+    # liquidation order is left open (or the bound passes).
+    with console.status("Liquidator filling orders..."):
+        while time.monotonic() < deadline and thread.is_alive():
+            produced = dict(executor.produced)
+            if _liquidations_settled(engine, produced):
+                break
+            stop.wait(0.2)
     stop.set()
     thread.join(timeout=60)
+    executor_thread.join(timeout=60)
+    executor.close()
+    console.print(
+        f"Liquidator: {executor.stats.orders} liquidation orders read, {executor.stats.filled} filled at their mark, "
+        f"{executor.stats.busted} of those arrived after the ledger had cancelled the order (the market maker's "
+        "side was reversed)."
+    )
     elapsed = time.monotonic() - started
     if done < target:
         console.print(f"[red]The ledger consumed {done} of {target} messages before giving up.[/red]")
@@ -172,6 +195,35 @@ def run_demo(
         "and stop with [bold]clearing services stop[/bold]."
     )
     return 0
+
+
+def _liquidations_settled(engine: sa.Engine, produced: dict[tuple[str, int], int]) -> bool:
+    """The ledger stored offsets at or past what the liquidator produced, and holds no order open
+    (every issued order has its execution or was cancelled by a resolution)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT topic, partition, next_offset FROM consumer_offsets WHERE shard = 0"))
+        stored = {(topic, int(partition)): int(offset) for topic, partition, offset in rows}
+        if any(stored.get(key, 0) < end for key, end in produced.items()):
+            return False
+        issued = set(
+            conn.execute(
+                sa.text("SELECT payload->>'liquidation_id' FROM events WHERE type = 'LiquidationOrderIssued'")
+            ).scalars()
+        )
+        filled = set(
+            conn.execute(
+                sa.text("SELECT payload->>'liquidation_id' FROM events WHERE type = 'LiquidationFillRecorded'")
+            ).scalars()
+        )
+        cancelled = set(
+            conn.execute(
+                sa.text(
+                    "SELECT jsonb_array_elements_text(payload->'cancelled_orders') FROM events "
+                    "WHERE type = 'MarginCallResolved' AND payload ? 'cancelled_orders'"
+                )
+            ).scalars()
+        )
+    return issued <= filled | cancelled
 
 
 def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) -> None:
@@ -191,9 +243,11 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         table.add_row(name, str(count), _EXPLAIN.get(name, ""))
     console.print(table)
 
+    _outcomes(console, engine)
+
     if summary["dead_letters"]:
         dead = Table("count", "why it was rejected", title=f"Dead letters ({summary['dead_letters_total']})")
-        for error, count in summary["dead_letters"].items():
+        for error, count in _dead_letter_reasons(engine):
             dead.add_row(str(count), error)
         console.print(dead)
 
@@ -211,6 +265,38 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         if not imbalance
         else f"[red]✗[/red] books do not balance: {imbalance}"
     )
+
+
+def _dead_letter_reasons(engine: sa.Engine) -> list[tuple[str, int]]:
+    """Dead letters by reason, the liquidator's late fills (orders the ledger had cancelled)
+    counted as one reason rather than one row per liquidation id."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT regexp_replace(error, '^liquidation_fill for \\S+: no open liquidation order has that id$', "
+                "'liquidation_fill of an order the ledger had already cancelled (the liquidator busts its "
+                "counterpart)') AS reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
+            )
+        ).all()
+    return [(str(reason), int(count)) for reason, count in rows]
+
+
+def _outcomes(console: Console, engine: sa.Engine) -> None:
+    """How the margin calls ended: resolved (and why), bankrupt, or still open."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT CASE type WHEN 'AccountBankrupted' THEN 'bankrupt: deficit recorded' "
+                "ELSE 'resolved: ' || (payload->>'resolution') END AS outcome, count(*) FROM events "
+                "WHERE type IN ('MarginCallResolved', 'AccountBankrupted') GROUP BY 1 ORDER BY 2 DESC"
+            )
+        ).all()
+    if not rows:
+        return
+    table = Table("count", "how the margin call ended", title="Margin calls")
+    for outcome, count in rows:
+        table.add_row(str(count), outcome)
+    console.print(table)
 
 
 def _accounts_table(console: Console, engine: sa.Engine) -> None:
@@ -261,6 +347,9 @@ _EXPLAIN = {
     "MarginCallEscalated": "decision: its margin got worse",
     "MarginCallResolved": "decision: it recovered",
     "LiquidationOrderIssued": "decision: reduce a position",
+    "LiquidationFillRecorded": "the liquidator's execution of a liquidation order",
+    "InsuranceFundDrawn": "decision: the insurance fund covered a loss beyond equity",
+    "AccountBankrupted": "decision: a loss the insurance fund could not cover, recorded as a deficit",
 }
 
 ProgressCallback = Callable[[int], None]
