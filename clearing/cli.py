@@ -440,7 +440,7 @@ def _liquidator(args: argparse.Namespace) -> int:
     offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in args.offset)}
     logging.getLogger("clearing").setLevel(logging.INFO)
     stats = run_liquidator(services.kafka_bootstrap, settings.topic_prefix, offsets=offsets)
-    out(f"stopped: {stats.orders} orders, {stats.filled} filled, {stats.busted} busted, {stats.skipped} skipped")
+    out(f"stopped: {stats.orders} orders, {stats.filled} filled, {stats.skipped} skipped")
     return 0
 
 

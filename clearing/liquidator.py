@@ -12,12 +12,9 @@ so every execution has its counterpart and the books stay double-entry. Ids deri
 liquidation id and times from the order, so a re-run publishes byte-identical messages, which the
 ledger takes as redeliveries (no-ops).
 
-An order can be cancelled by the ledger (a margin call resolved while it was pending) before its
-fill arrives: the ledger then dead-letters the liquidation fill, and the market maker's
-counterpart would stand alone. The liquidator therefore also reads ``<prefix>dlq``: for each of its
-own liquidation fills rejected there, it busts the counterpart with the reverse fill of the market
-maker at the same price (``fill_id = LB-<liquidation_id>``, same trade id), which leaves the
-market maker's books as they were.
+An order the ledger cancels (its margin call resolved while the order was pending) may still be
+executed here, as on a real exchange that has not heard of the cancellation: the ledger books such
+an execution like any other (it is a fact, and its counterpart fill is booked too).
 
 The market maker gets one large deposit (``transfer_id = MM-LIQUIDITY-DEPOSIT``) when the
 liquidator starts; it never places orders of its own and is never the account being liquidated.
@@ -25,7 +22,6 @@ liquidator starts; it never places orders of its own and is never the account be
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import threading
@@ -47,10 +43,8 @@ POLL_MS = 200
 class LiquidatorStats:
     orders: int = 0
     filled: int = 0
-    busted: int = 0
     skipped: int = 0
     filled_ids: set[str] = field(default_factory=set)
-    busted_ids: set[str] = field(default_factory=set)
 
 
 def liquidation_messages(
@@ -75,16 +69,6 @@ def liquidation_messages(
         ("liquidations", order["account_id"], execution),
         ("fills", MARKET_MAKER, _market_maker_fill(order, price, f"LC-{liquidation_id}", opposite=True)),
     ]
-
-
-def bust_message(execution: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """The market maker's reverse fill for a rejected execution (see the module docstring)."""
-    order = {**execution}
-    return (
-        "fills",
-        MARKET_MAKER,
-        _market_maker_fill(order, execution["price"], f"LB-{execution['liquidation_id']}", opposite=False),
-    )
 
 
 def _market_maker_fill(order: dict[str, Any], price: str, fill_id: str, *, opposite: bool) -> dict[str, Any]:
@@ -124,7 +108,7 @@ def deposit_message(market_maker: str = MARKET_MAKER) -> tuple[str, str, dict[st
 
 
 class Liquidator:
-    """Reads orders (and dead letters), publishes executions. ``run(stop)`` loops until ``stop``
+    """Reads orders, publishes executions. ``run(stop)`` loops until ``stop``
     is set; ``poll_once()`` does one round and returns how many messages it published."""
 
     def __init__(
@@ -141,11 +125,9 @@ class Liquidator:
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self.orders_topic = prefix + "liquidation-orders"
-        self.dlq_topic = prefix + "dlq"
         partitions = [
-            TopicPartition(topic, p)
-            for topic in (self.orders_topic, self.dlq_topic)
-            for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+            TopicPartition(self.orders_topic, p)
+            for p in sorted(self.consumer.partitions_for_topic(self.orders_topic) or ())
         ]
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
@@ -181,11 +163,7 @@ class Liquidator:
         out: list[tuple[str, str, dict[str, Any]]] = []
         for tp, records in sorted(self.consumer.poll(timeout_ms=timeout_ms).items()):
             for record in records:
-                value = json.loads(record.value)
-                if tp.topic == self.orders_topic:
-                    out.extend(self._order(value))
-                else:
-                    out.extend(self._dead_letter(value))
+                out.extend(self._order(json.loads(record.value)))
         if out:
             self._send(out)
         return len(out)
@@ -201,24 +179,6 @@ class Liquidator:
         self.stats.filled += 1
         self.stats.filled_ids.add(order["liquidation_id"])
         return liquidation_messages(order)
-
-    def _dead_letter(self, letter: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        if letter.get("type") != "rejected" or letter.get("topic") != self.prefix + "liquidations":
-            return []
-        try:
-            execution = json.loads(base64.b64decode(letter["raw"]))
-        except ValueError:
-            return []
-        if not str(execution.get("fill_id", "")).startswith("LF-"):
-            return []
-        self.stats.busted += 1
-        self.stats.busted_ids.add(execution["liquidation_id"])
-        logger.info(
-            "liquidation fill %s rejected (%s): busting the market maker's side",
-            execution["fill_id"],
-            letter.get("error"),
-        )
-        return [bust_message(execution)]
 
     def run(self, stop: threading.Event) -> LiquidatorStats:
         """Poll and publish until ``stop`` is set (or Ctrl-C)."""

@@ -106,7 +106,8 @@ def decide(
         if deadline <= message.occurred_at:
             full.add(account_id)
     for order in state.liquidations.values():
-        full.add(order.account_id)
+        if not order.cancelled:
+            full.add(order.account_id)
 
     # Accounts that a decision about another account changes (the insurance fund on a draw):
     # re-margined after the others, so that every account ends the step at a fixpoint.
@@ -627,7 +628,9 @@ def _apply_resolved(state: LedgerState, payload: dict[str, Any]) -> None:
     if status.status == BANKRUPT:
         account.deficit = ZERO
     for liquidation_id in status.pending_orders:
-        state.liquidations.pop(liquidation_id, None)
+        order = state.liquidations.get(liquidation_id)
+        if order is not None:
+            order.cancelled = True
     del account.margin[payload["scope"]]
     state.deadlines.pop((account.account_id, payload["scope"]), None)
 
@@ -671,11 +674,15 @@ def _apply_bankrupt(state: LedgerState, payload: dict[str, Any]) -> None:
 
 
 def check_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
-    """A liquidation fill must execute an open order of the same account, instrument and side,
-    for no more than what is left of it."""
+    """A liquidation fill must execute an order the ledger issued (open, or cancelled since: the
+    exchange may execute it before it learns the call resolved, and an execution is a fact whose
+    counterpart fill is booked too), of the same account, instrument and side, for no more than
+    what is left of it."""
     order = state.liquidations.get(fill.liquidation_id)
     if order is None:
-        raise InputError(f"liquidation_fill for {fill.liquidation_id}: no open liquidation order has that id")
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id}: no liquidation order with quantity left has that id"
+        )
     if (order.account_id, order.instrument, order.side) != (fill.account_id, fill.instrument, fill.side):
         raise InputError(
             f"liquidation_fill for {fill.liquidation_id} does not match its order "

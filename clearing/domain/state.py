@@ -122,6 +122,9 @@ class LiquidationOrder:
     side: str
     quantity: Decimal
     remaining: Decimal
+    # Cancelled when its margin call resolved. The contract has no cancel message, so the exchange
+    # may still execute it: such executions are facts and are booked like any other.
+    cancelled: bool = False
 
     def copy(self) -> LiquidationOrder:
         return LiquidationOrder(
@@ -133,6 +136,7 @@ class LiquidationOrder:
             self.side,
             self.quantity,
             self.remaining,
+            self.cancelled,
         )
 
 

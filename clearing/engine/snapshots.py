@@ -85,7 +85,16 @@ def encode_state(state: LedgerState) -> dict[str, Any]:
         "last_occurred_at": _t(state.last_occurred_at),
         "holders": {symbol: sorted(ids) for symbol, ids in state.holders.items()},
         "liquidations": {
-            lid: [o.account_id, o.scope, o.instrument, o.margin_mode, o.side, _d(o.quantity), _d(o.remaining)]
+            lid: [
+                o.account_id,
+                o.scope,
+                o.instrument,
+                o.margin_mode,
+                o.side,
+                _d(o.quantity),
+                _d(o.remaining),
+                o.cancelled,
+            ]
             for lid, o in state.liquidations.items()
         },
         "deadlines": [[account_id, scope, _t(at)] for (account_id, scope), at in state.deadlines.items()],
@@ -106,7 +115,12 @@ def decode_state(data: dict[str, Any]) -> LedgerState:
         account.balances = {asset: Decimal(v) for asset, v in a["balances"].items()}
         for instrument, mode, quantity, cost, realised, isolated, funding in a["positions"]:
             account.positions[(instrument, mode)] = Position(
-                instrument, mode, Decimal(quantity), Decimal(cost), Decimal(realised), Decimal(isolated),
+                instrument,
+                mode,
+                Decimal(quantity),
+                Decimal(cost),
+                Decimal(realised),
+                Decimal(isolated),
                 Decimal(funding),
             )
         for scope, (status, call_id, deadline, pending) in a["margin"].items():
@@ -121,8 +135,8 @@ def decode_state(data: dict[str, Any]) -> LedgerState:
     state.last_occurred_at = _dt(data["last_occurred_at"])
     state.holders = {symbol: set(ids) for symbol, ids in data["holders"].items()}
     state.liquidations = {
-        lid: LiquidationOrder(lid, acc, scope, instrument, mode, side, Decimal(q), Decimal(r))
-        for lid, (acc, scope, instrument, mode, side, q, r) in data["liquidations"].items()
+        lid: LiquidationOrder(lid, acc, scope, instrument, mode, side, Decimal(q), Decimal(r), cancelled)
+        for lid, (acc, scope, instrument, mode, side, q, r, cancelled) in data["liquidations"].items()
     }
     state.deadlines = {(acc, scope): _dt(at) or datetime.min for acc, scope, at in data["deadlines"]}
     return state

@@ -140,7 +140,7 @@ def test_an_unknown_or_overfilled_liquidation_is_not_admitted(book: Book) -> Non
 
     book.feed(mark("BTCUSDT", "9010", at(3)))
     order = book.decisions[-1]
-    with pytest.raises(InputError, match="no open liquidation order"):
+    with pytest.raises(InputError, match="no liquidation order with quantity left"):
         admit(book.state, liquidation_fill(order, "9000").model_copy(update={"liquidation_id": "L-404"}))
     with pytest.raises(InputError, match="more than"):
         admit(book.state, liquidation_fill(order, "9000", quantity="2"))
@@ -191,3 +191,18 @@ def test_liquidation_fills_fed_back_keep_the_books_balanced_and_replayable(msgs:
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(book.state)
+
+
+def test_an_execution_of_a_cancelled_order_is_still_booked(book: Book) -> None:
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    # The price recovers before the exchange executes: the call resolves and the order is
+    # cancelled. The exchange had already executed it; the fill is a fact and is booked.
+    [resolved] = book.feed(mark("BTCUSDT", "9990", at(4)))
+    assert resolved.type == ev.MARGIN_CALL_RESOLVED
+    assert resolved.payload["cancelled_orders"] == [order.payload["liquidation_id"]]
+    book.feed(liquidation_fill(order, "9990"))
+    book.feed(counterpart(order, "9990"))
+    assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].quantity == 0
+    assert order.payload["liquidation_id"] not in book.state.liquidations
+    assert conservation(book.state) == {}
