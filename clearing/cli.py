@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
@@ -113,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     services = ensure_services(settings)
     upgrade(services.database_url)
     logging.getLogger("clearing").setLevel(logging.INFO)
-    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards)
+    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port)
     out(
         f"stopped: {stats.records} records, {stats.appended} events appended, {stats.decisions} decisions, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters; log at position {stats.last_position}"
@@ -125,6 +126,8 @@ def add_run(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("run", help="consume the input topics and run the ledger until stopped")
     parser.add_argument("--shard", type=int, default=0, help="this process's shard (default 0)")
     parser.add_argument("--shards", type=int, default=1, help="how many shards the accounts are split into")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics of this process on 127.0.0.1:PORT")
     parser.set_defaults(handler=_run)
 
 
@@ -453,9 +456,48 @@ def add_liquidator(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_liquidator)
 
 
+# ------------------------------------------------------------------------------------------------
+# clearing params apply FILE
+
+
+def _params_apply(args: argparse.Namespace) -> int:
+    from clearing.embedded import ensure_services
+    from clearing.settings import get_settings
+    from consumers.admin import ParametersRejected, publish_parameters, validated
+    from consumers.kafka_input import ensure_topics
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        document = json.loads(text)
+        parameters = validated(document)
+    except (OSError, ValueError, ParametersRejected) as error:
+        sys.stderr.write(f"clearing params apply: {error}\n")
+        return 2
+    if args.check:
+        out(f"valid: risk parameters {parameters.version}, {len(parameters.instruments)} instruments, "
+            f"{len(parameters.assets)} assets")
+        return 0
+    settings = get_settings()
+    services = ensure_services(settings)
+    ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
+    topic, partition, offset = publish_parameters(services.kafka_bootstrap, settings.topic_prefix, document)
+    out(f"published risk parameters {parameters.version} to {topic}[{partition}] at offset {offset}; "
+        "they take effect at their place in the log once the ledger (clearing run) consumes them")
+    return 0
+
+
+def add_params(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("params", help="risk parameters")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apply = actions.add_parser("apply", help="validate a risk parameter document and publish it on the admin topic")
+    apply.add_argument("file", help="JSON document (CONTRACT.md), or - for standard input")
+    apply.add_argument("--check", action="store_true", help="only validate; publish nothing")
+    apply.set_defaults(handler=_params_apply)
+
+
 COMMANDS: list[Callable[[Subparsers], None]] = [
     add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report,
-    add_audit, add_projections, add_liquidator,
+    add_audit, add_projections, add_liquidator, add_params,
 ]
 
 
