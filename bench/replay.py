@@ -1,0 +1,181 @@
+"""Replay benchmark: how fast ``audit verify`` and ``projections rebuild`` fold the log, next to a
+raw sequential read of the same rows in the same run. Prints figures; it is not a test.
+
+    .venv/bin/python bench/replay.py                  # 1,000,000 events
+    .venv/bin/python bench/replay.py --events 100000  # a quick run
+    .venv/bin/python bench/replay.py --profile        # and where the verify replay spends its time
+
+Builds the log with the deterministic simulator appended through ``Ledger.process`` in big batches
+(no Kafka), into a fresh database: ``CLEARING_DATABASE_URL``'s server when set, else an embedded
+PostgreSQL in a temporary folder. Measures:
+
+(a) raw read: ``SELECT type, payload FROM events ORDER BY position``, streamed, rows counted;
+(b) the verify replay: ``LogReplay(decide=True)`` over the log (the engine re-run and the
+    determinism comparison, conservation samples, fill pairing, projection tracking);
+(c) the rebuild replay: ``LogReplay(decide=False)`` (the fold of the logged events), and the whole
+    rebuild (replay + shadow tables + comparison + swap);
+(d) the whole ``audit verify`` (adds the hash chain, the tail and the projection comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clearing.audit.rebuild import rebuild
+from clearing.audit.replay import LogReplay, iter_log
+from clearing.audit.verify import verify
+from clearing.engine.ledger import Ledger, RawRecord
+from clearing.simulate import Scenario, generate
+from clearing.store.db import make_engine, upgrade
+
+BATCH_RECORDS = 5_000
+EVENTS_PER_TRADE_STEP = 2.15  # fills per trade plus marks, roughly: sizes the scenario
+
+
+def build_log(url: str, events: int, crash: bool) -> int:
+    accounts = max(50, min(5_000, events // 200))
+    trades = int(events / EVENTS_PER_TRADE_STEP)
+    steps = max(10, events // 500)
+    # No crash by default: the simulator sends no liquidation fills, so after a crash the orders
+    # stay pending for ever and every later event re-margins those accounts (the engine's rule for
+    # liquidating accounts), which measures the engine's decide, not the replay (--crash shows it).
+    scenario = Scenario(seed=3, accounts=accounts, trades=trades, steps=steps,
+                        crash_at=0.8 if crash else None, crash_depth=Decimal("0.2"), funding_every_steps=50)
+    engine = make_engine(url, role="clearing_app")
+    ledger = Ledger(engine)
+    ledger.load()
+    batch: list[RawRecord] = []
+    offsets: dict[str, int] = {}
+    started = time.perf_counter()
+    written = 0
+    for message in generate(scenario):
+        offset = offsets.get(message.kind, 0)
+        offsets[message.kind] = offset + 1
+        batch.append(RawRecord(message.kind, "clearing." + message.kind, 0, offset, message.key.encode(),
+                               message.encode()))
+        if len(batch) >= BATCH_RECORDS:
+            result = ledger.process(batch)
+            written = result.last_position
+            batch = []
+            if written >= events:
+                break
+            print(f"\r  appended {written} events ({written / (time.perf_counter() - started):,.0f}/s)",
+                  end="", file=sys.stderr)
+    if batch and written < events:
+        written = ledger.process(batch).last_position
+    print(file=sys.stderr)
+    engine.dispose()
+    return written
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n:>9,} events in {seconds:7.2f} s = {n / seconds:>9,.0f} events/s"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--crash", action="store_true", help="a crash at 80%% of the steps (calls, liquidations)")
+    parser.add_argument("--profile", action="store_true", help="profile the verify replay (cProfile, top 25)")
+    args = parser.parse_args()
+
+    import os
+
+    server = None
+    parent = None
+    configured = os.environ.get("CLEARING_DATABASE_URL")
+    if configured:
+        admin = sa.engine.make_url(configured)
+    else:
+        from clearing.embedded import server_socket_dir, socket_url, start_postgres_server
+
+        parent = Path(tempfile.mkdtemp(prefix="clearing-bench-"))
+        server = start_postgres_server(parent / "data", cleanup_mode="delete")
+        admin = sa.engine.make_url(socket_url(server_socket_dir(server), "postgres"))
+    name = f"clearing_bench_{uuid.uuid4().hex[:8]}"
+    import psycopg
+
+    libpq = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        print(f"building a log of {args.events:,} events ...", file=sys.stderr)
+        started = time.perf_counter()
+        head = build_log(url, args.events, args.crash)
+        print(f"log: {head:,} events, built in {time.perf_counter() - started:.1f} s")
+        owner = make_engine(url)
+        with owner.connect() as conn:
+            by_type = conn.execute(sa.text("SELECT type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC")).all()
+        print("  " + ", ".join(f"{t} {n:,}" for t, n in by_type))
+
+        # (a) raw read
+        started = time.perf_counter()
+        n = 0
+        with owner.connect() as conn:
+            result = conn.execute(sa.text("SELECT type, payload FROM events ORDER BY position"),
+                                  execution_options={"stream_results": True, "yield_per": 10_000})
+            for _row in result:
+                n += 1
+        raw_s = time.perf_counter() - started
+        print(f"raw read (type, payload)    {rate(n, raw_s)}")
+
+        def replay(decide: bool) -> float:
+            started = time.perf_counter()
+            with owner.connect() as conn:
+                replay = LogReplay(decide=decide, check_fills=decide)
+                for row in iter_log(conn):
+                    replay.feed(row)
+                replay.finish()
+            assert not replay.determinism_mismatches
+            return time.perf_counter() - started
+
+        verify_s = replay(True)
+        print(f"verify replay (re-run)      {rate(n, verify_s)}  ({raw_s / verify_s:.0%} of raw read)")
+        rebuild_replay_s = replay(False)
+        print(f"rebuild replay (fold)       {rate(n, rebuild_replay_s)}  ({raw_s / rebuild_replay_s:.0%} of raw read)")
+        started = time.perf_counter()
+        report = rebuild(owner)
+        total_s = time.perf_counter() - started
+        print(f"projections rebuild (all)   {rate(n, total_s)}; swap transaction {report.seconds_swap:.2f} s "
+              f"(the writer waits that long); rows {report.rows_written}; identical {report.identical}")
+        started = time.perf_counter()
+        result_v = verify(owner)
+        total_v = time.perf_counter() - started
+        print(f"audit verify (all checks)   {rate(n, total_v)}; ok {result_v.ok}")
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            replay(True)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            print(out.getvalue())
+        owner.dispose()
+    finally:
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if server is not None:
+            server.cleanup()
+        if parent is not None:
+            shutil.rmtree(parent, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
