@@ -69,6 +69,10 @@ _DECIMAL_FIELDS: dict[type[Message], tuple[str, ...]] = {
     LiquidationFill: ("quantity", "price"),
     RiskParametersMessage: (),
 }
+_DEFAULTS: dict[type[Message], tuple[tuple[str, Any], ...]] = {
+    model: tuple((name, info.default) for name, info in model.model_fields.items() if not info.is_required())
+    for model in _DECIMAL_FIELDS
+}
 _MODELS = {event_type: (model, _DECIMAL_FIELDS[model]) for event_type, model in ev.MODEL_BY_EVENT_TYPE.items()}
 MARGIN_DECISIONS = frozenset(
     {
@@ -93,7 +97,17 @@ def fast_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
         if value is not None:
             values[name] = Decimal(value)
     values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
-    message: InputMessage = model.model_construct(**values)  # type: ignore[assignment]
+    # What ``model_construct`` does for a model without validators, aliases or private
+    # attributes, minus its per-call introspection (a third of the fold's time when profiled).
+    message: InputMessage = model.__new__(model)  # type: ignore[assignment]
+    fields_set = set(values)
+    for name, default in _DEFAULTS[model]:
+        if name not in values:
+            values[name] = default
+    object.__setattr__(message, "__dict__", values)
+    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(message, "__pydantic_extra__", None)
+    object.__setattr__(message, "__pydantic_private__", None)
     return message
 
 
