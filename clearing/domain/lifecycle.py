@@ -105,9 +105,8 @@ def decide(
     for (account_id, _scope), deadline in state.deadlines.items():
         if deadline <= message.occurred_at:
             full.add(account_id)
-    for order in state.liquidations.values():
-        if not order.cancelled:
-            full.add(order.account_id)
+    # Scopes in liquidation need no such sweep: only their own events and the prices they depend
+    # on move them, and they are in ``triggers.always`` for those prices.
 
     # Accounts that a decision about another account changes (the insurance fund on a draw):
     # re-margined after the others, so that every account ends the step at a fixpoint.

@@ -154,8 +154,22 @@ def refresh(
         if not symbols:
             continue
         status = account.margin.get(scope)
-        if len(symbols) > 1 or (status is not None and status.status in LIQUIDATING):
+        if status is not None and status.status in LIQUIDATING:
             always.update(symbols)
+            continue
+        if len(symbols) > 1:
+            known = None if figures is None else figures.get((account_id, scope))
+            try:
+                bands = _budget_bounds(state, account, scope, symbols, known)
+            except margin.MarginModelError:
+                bands = None
+            if bands is None:
+                always.update(symbols)
+                continue
+            for symbol, (band_low, band_high) in bands.items():
+                _push(index, index.lowers.setdefault(symbol, []), (-band_low, account_id, scope, version), symbol)
+                _push(index, index.uppers.setdefault(symbol, []), (band_high, account_id, scope, version), symbol)
+                pushed.extend((symbol, symbol))
             continue
         symbol = symbols[0]
         try:
@@ -246,6 +260,66 @@ def _bounds(
     lower = None if prices.lower is None else prices.lower + slack(prices.lower)
     upper = None if prices.upper is None else max(ZERO, prices.upper - slack(prices.upper))
     return (lower, upper)
+
+
+@exact
+def _budget_bounds(
+    state: LedgerState, account: Account, scope: str, symbols: tuple[str, ...], risk: margin.ScopeRisk | None
+) -> dict[str, tuple[Decimal, Decimal]] | None:
+    """Bands around the current prices of a scope that depends on several prices, inside which no
+    combination of moves can change its status; None when the scope cannot be indexed.
+
+    The status is the sign pattern of g_0 = equity and g_t = t x equity - maintenance for t in
+    (resolve, warning, 1). Each g moves with the price of a symbol X by at most k_X per unit:
+    k_X = |q| x cs x (1 + largest maintenance rate) for an instrument (equity moves by q x cs,
+    maintenance by |q| x cs x the tier's rate), |amount - haircut units| for a collateral asset.
+    With S the smallest |g| less the ledger's rounding, moves with sum of k_X x |dX| < S flip no
+    sign; giving each of the n symbols the band S / (n x k_X) keeps any combination of in-band
+    moves below S (the shared budget that one-dimensional triggers lack). Settlement assets other
+    than the valuation asset are not budgeted (the scope is then re-margined on every mark)."""
+    parameters = state.parameters
+    marks = margin.StateMarks(state.marks)
+    if risk is None:
+        risk = margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=False)
+    if risk.unpriced_assets:
+        return None
+    sensitivity: dict[str, Decimal] = {}
+    for symbol in symbols:
+        spec = parameters.instruments_by_symbol.get(symbol)
+        if spec is not None:
+            position = risk.position(symbol)
+            if position is None or position.quantity == 0 or position.mark is None:
+                return None
+            if position.settlement_asset != parameters.valuation_asset:
+                return None
+            rate_max = max(tier.maintenance_rate for tier in spec.tier_table)
+            sensitivity[symbol] = abs(position.quantity) * position.contract_size * (ONE + rate_max)
+        else:
+            asset = parameters.asset(symbol)
+            if asset is None or state.mark_price(symbol) is None:
+                return None
+            amount = account.balance(symbol)
+            sensitivity[symbol] = abs(amount - margin.haircut_units(asset, amount)) if amount > 0 else abs(amount)
+    policy = parameters.margin_call
+    equity, maintenance = risk.equity, risk.maintenance_margin
+    gaps = [abs(equity)] + [abs(t * equity - maintenance) for t in (policy.resolve_ratio, policy.warning_ratio, ONE)]
+    smallest = min(gaps)
+    positions = len(risk.positions) + 1
+    rounding = 4 * (MONEY_QUANTUM * positions + RATIO_QUANTUM * (abs(equity) + smallest))
+    budget = smallest - rounding
+    if budget <= 0:
+        return None
+    bands: dict[str, tuple[Decimal, Decimal]] = {}
+    share = len(symbols)
+    for symbol, k in sensitivity.items():
+        price = state.mark_price(symbol)
+        if price is None:
+            return None
+        if k == 0:
+            continue  # the scope does not move with this price at all
+        band = divide(budget, share * k)
+        bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
+    return bands
 
 
 # ---------------------------------------------------------------------------------------------
