@@ -19,8 +19,8 @@ tests/domain/test_triggers.py checks it on random markets):
    at a fixpoint: every transition moves the status to the level the numbers call for (or further,
    to liquidation with orders pending), and a decision changes only its own scope's numbers.
 2. So between two changes of an account, only the prices of the symbols its scopes depend on and
-   time can make a re-margin emit. Time: scopes with a deadline due and accounts with pending
-   liquidation orders are re-margined on every event, in both modes.
+   time can make a re-margin emit. Time: scopes with a deadline due are re-margined on every
+   event, in both modes (a scope in liquidation moves only with its own events and its prices).
 3. A scope that depends on one price X only (the cross account with one position and collateral
    in the valuation asset, an isolated position settled in the valuation asset, a cross account
    holding one non-valuation asset and no position) is a function of X alone. Its status
@@ -35,12 +35,14 @@ tests/domain/test_triggers.py checks it on random markets):
    spurious re-margin costs one evaluation, a missed one a wrong ledger. A slope that can vanish
    (a tier rate equal to a threshold) makes the scope ``always``.
 4. A scope that depends on several prices (positions in two instruments, or collateral in a
-   non-valuation asset beside a position) is not indexed: one-dimensional triggers are slices
+   non-valuation asset beside a position) cannot use one-dimensional triggers: they are slices
    through the point they were computed at, and two symbols each moving within their own
    bounds can still cross a threshold (cross equity E0 + a dX + b dY reaches 0 at dX = -E0/a
-   with dY = 0, but at half of each). Such accounts, and accounts with a scope in liquidation or
-   bankrupt (whose lifecycle steps on numbers the triggers do not watch: target ratio, positions
-   closed), are in ``always[symbol]`` of every symbol they depend on: brute force for them.
+   with dY = 0, but at half of each). Such a scope gets bands from a budget shared by its
+   symbols (``_budget_bounds``): conservative, so it is re-margined more often than needed, never
+   less. Accounts with a scope in liquidation or bankrupt (whose lifecycle steps on numbers the
+   triggers do not watch: target ratio, positions closed), and scopes the budget cannot bound,
+   are in ``always[symbol]`` of every symbol they depend on: brute force for them.
 5. The first mark of a symbol since the index was built re-margins every dependent (an unpriced
    asset has no trigger; an unmarked instrument was valued at its entry price).
 6. Order: accounts are re-margined in sorted order and scopes in ``scopes`` order, in both modes;
