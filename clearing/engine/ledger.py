@@ -10,6 +10,7 @@ say exactly where to resume.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -149,6 +150,7 @@ class Ledger:
                 dead.append(_DeadLetter(record, str(error)))
                 continue
             decoded.append((record, message, ev.idempotency_key(message, self.shard)))
+        decoded = in_event_time_order(decoded)
 
         keys = [key for _, _, key in decoded if key is not None]
         recorded_at = datetime.now(UTC)
@@ -284,6 +286,38 @@ class Ledger:
                 accounts.update(self._refresh_rotation())
             projections.write(conn, state, accounts, state.marks_touched, position, decisions=decided)
         return position
+
+
+# At equal event times: parameters, then collateral, then prices, then trades.
+_KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
+
+
+def in_event_time_order(
+    decoded: list[tuple[RawRecord, InputMessage | None, str | None]],
+) -> list[tuple[RawRecord, InputMessage | None, str | None]]:
+    """The batch merged across partitions by event time, each partition kept in offset order.
+
+    A poll returns records grouped by partition; folded in that order, a catch-up batch would
+    book every fill of the fills topic before the deposits that fund them (and margin-call
+    accounts that are not short of anything). A k-way merge on occurred_at restores the order
+    the exchange produced them in, while never reordering a partition: Kafka's order within a
+    partition is the one order the producer guarantees. A record that could not be decoded keeps
+    its place behind its partition's previous record."""
+    by_partition: dict[tuple[str, int], list[tuple[tuple[Any, ...], tuple[RawRecord, InputMessage | None, str | None]]]]
+    by_partition = {}
+    floor = datetime.min.replace(tzinfo=UTC)
+    last: dict[tuple[str, int], datetime] = {}
+    for item in decoded:
+        record, message = item[0], item[1]
+        where = (record.topic, record.partition)
+        at = message.occurred_at if message is not None else last.get(where, floor)
+        last[where] = at
+        key = (at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
+        by_partition.setdefault(where, []).append((key, item))
+    if len(by_partition) <= 1:
+        return decoded
+    merged = heapq.merge(*by_partition.values(), key=lambda keyed: keyed[0])
+    return [item for _, item in merged]
 
 
 def _loads(text: str) -> dict[str, Any]:
