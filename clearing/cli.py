@@ -480,7 +480,21 @@ def _params_apply(args: argparse.Namespace) -> int:
     settings = get_settings()
     services = ensure_services(settings)
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-    topic, partition, offset = publish_parameters(services.kafka_bootstrap, settings.topic_prefix, document)
+    effective = None
+    if args.effective_at is not None:
+        from datetime import datetime
+
+        try:
+            effective = datetime.fromisoformat(args.effective_at.replace("Z", "+00:00"))
+        except ValueError:
+            sys.stderr.write(f"clearing params apply: --effective-at {args.effective_at!r} is not RFC 3339\n")
+            return 2
+        if effective.tzinfo is None:
+            sys.stderr.write("clearing params apply: --effective-at needs a zone (e.g. Z)\n")
+            return 2
+    topic, partition, offset = publish_parameters(
+        services.kafka_bootstrap, settings.topic_prefix, document, effective_at=effective
+    )
     out(f"published risk parameters {parameters.version} to {topic}[{partition}] at offset {offset}; "
         "they take effect at their place in the log once the ledger (clearing run) consumes them")
     return 0
@@ -492,6 +506,8 @@ def add_params(subparsers: Subparsers) -> None:
     apply = actions.add_parser("apply", help="validate a risk parameter document and publish it on the admin topic")
     apply.add_argument("file", help="JSON document (CONTRACT.md), or - for standard input")
     apply.add_argument("--check", action="store_true", help="only validate; publish nothing")
+    apply.add_argument("--effective-at", default=None, metavar="TIMESTAMP",
+                       help="event time from which the document is in force (RFC 3339; default now)")
     apply.set_defaults(handler=_params_apply)
 
 

@@ -161,7 +161,7 @@ class Liquidator:
 
     def poll_once(self, timeout_ms: int = POLL_MS) -> int:
         out: list[tuple[str, str, dict[str, Any]]] = []
-        for tp, records in sorted(self.consumer.poll(timeout_ms=timeout_ms).items()):
+        for _tp, records in sorted(self.consumer.poll(timeout_ms=timeout_ms).items()):
             for record in records:
                 out.extend(self._order(json.loads(record.value)))
         if out:

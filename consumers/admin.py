@@ -27,13 +27,16 @@ def validated(document: dict[str, Any]) -> RiskParameters:
         raise ParametersRejected(" ".join(str(error).split())) from None
 
 
-def publish_parameters(bootstrap: str, prefix: str, document: dict[str, Any]) -> tuple[str, int, int]:
-    """Publish the document; returns (topic, partition, offset) of the message."""
+def publish_parameters(
+    bootstrap: str, prefix: str, document: dict[str, Any], effective_at: datetime | None = None
+) -> tuple[str, int, int]:
+    """Publish the document, in force from ``effective_at`` (event time; now when None); returns
+    (topic, partition, offset) of the message."""
     parameters = validated(document)
     message = {
         "type": "risk_parameters",
         "parameters": parameters.document(),
-        "occurred_at": format_time(datetime.now(UTC)),
+        "occurred_at": format_time(effective_at or datetime.now(UTC)),
     }
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:

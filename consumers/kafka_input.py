@@ -17,7 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from clearing.domain.messages import ADMIN_MESSAGE_BYTES_MAX, INPUT_TOPICS
+from clearing.domain.messages import INPUT_TOPICS
 from clearing.engine.ledger import RawRecord
 from clearing.engine.outputs import OUTPUT_TOPICS
 
@@ -31,6 +31,12 @@ BROADCAST_TOPIC_PARTITIONS = 1
 OUTPUT_TOPIC_PARTITIONS = 4
 POLL_RECORDS_MAX = 5_000
 FETCH_BYTES_MAX = 32 * 1024 * 1024
+# Small per-partition fetches make every poll a mix of all partitions, so the engine's merge by
+# event time sees the deposits and the fills of the same minutes together (a large fetch fills a
+# batch from one partition). A message larger than this still comes through: a fetch returns the
+# first record batch of a partition whatever its size (KIP-74), so admin documents up to
+# ADMIN_MESSAGE_BYTES_MAX are not cut off.
+PARTITION_FETCH_BYTES_MAX = 128 * 1024
 METADATA_WAIT_MS = 10_000
 
 
@@ -81,7 +87,7 @@ class InputConsumer:
             client_id=f"clearing-ledger-{shard}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(ADMIN_MESSAGE_BYTES_MAX * 2, 4 * 1024 * 1024),
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_bytes=FETCH_BYTES_MAX,
             max_poll_records=POLL_RECORDS_MAX,
         )

@@ -4,6 +4,7 @@ in the log; a bad document is refused before anything is published."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def _with_doge() -> dict[str, Any]:
     return document
 
 
-def _fill(fill_id: str) -> tuple[str, str, dict[str, Any]]:
+def _fill(fill_id: str, at: str = T) -> tuple[str, str, dict[str, Any]]:
     return (
         "fills",
         "A",
@@ -56,9 +57,11 @@ def test_applied_parameters_take_effect_at_their_place_in_the_log(
 ) -> None:
     before = produce(broker, topic_prefix, [_fill("F-before")])
     in_process_ledger.run_until(before.ends)
-    topic, partition, offset = publish_parameters(broker, topic_prefix, _with_doge())
-    after = produce(broker, topic_prefix, [_fill("F-after")])
-    in_process_ledger.run_until({**after.ends, (topic, partition): offset + 1})
+    effective = datetime(2026, 11, 23, 12, 0, 1, tzinfo=UTC)
+    topic, partition, offset = publish_parameters(broker, topic_prefix, _with_doge(), effective_at=effective)
+    in_process_ledger.run_until({(topic, partition): offset + 1})
+    after = produce(broker, topic_prefix, [_fill("F-after", "2026-11-23T12:00:02Z")])
+    in_process_ledger.run_until(after.ends)
 
     with owner_engine.connect() as conn:
         events = conn.execute(sa.text("SELECT type, payload FROM events ORDER BY position")).all()
@@ -86,3 +89,18 @@ def test_a_bad_document_is_refused_before_publishing(tmp_path: Any, capsys: pyte
     good.write_text(json.dumps(_with_doge()))
     assert main(["params", "apply", "--check", str(good)]) == 0
     assert "2026-11-23.doge" in capsys.readouterr().out
+
+
+def test_a_parameter_document_near_the_size_limit_is_consumed(
+    in_process_ledger: InProcessLedger, broker: str, topic_prefix: str, owner_engine: sa.Engine
+) -> None:
+    # Larger than the consumer's per-partition fetch size: a fetch still returns it whole.
+    document = _with_doge()
+    document["notes"] = "x" * 900_000  # later contract versions add fields; they are kept
+    produced = produce(
+        broker, topic_prefix, [("admin", "p", {"type": "risk_parameters", "parameters": document, "occurred_at": T})]
+    )
+    in_process_ledger.run_until(produced.ends)
+    with owner_engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT length(payload->'parameters'->>'notes') FROM events")).scalar_one()
+    assert stored == 900_000
