@@ -131,14 +131,18 @@ def stream_of(message: InputMessage) -> str:
             return account_stream(message.account_id)
 
 
-def input_event(message: InputMessage, shard: int) -> Event:
+def input_event(
+    message: InputMessage, shard: int, *, payload: dict[str, Any] | None = None, key: str | None = None
+) -> Event:
+    """The log event of an input message (``payload`` and ``key``: when the caller has already
+    computed ``message.wire()`` and the idempotency key)."""
     event_type = INPUT_EVENT_TYPES[message.type][0]
     return Event(
         type=event_type,
         stream=stream_of(message),
-        payload=message.wire(),
+        payload=message.wire() if payload is None else payload,
         occurred_at=message.occurred_at,
-        idempotency_key=idempotency_key(message, shard),
+        idempotency_key=idempotency_key(message, shard) if key is None else key,
     )
 
 

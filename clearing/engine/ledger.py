@@ -230,7 +230,7 @@ class Ledger:
                     continue
                 position += 1
                 decisions = step(state, message, position, self.shard)
-                event = ev.input_event(message, self.shard)
+                event = ev.input_event(message, self.shard, payload=payload, key=key)
                 rows.append(
                     self.head.row(
                         position, event, payload_json, recorded_at, (record.topic, record.partition, record.offset)
