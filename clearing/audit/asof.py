@@ -17,9 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from clearing.audit.replay import fast_message, iter_log
+from clearing.audit.replay import iter_log
 from clearing.domain import events as ev
 from clearing.domain import fold
+from clearing.domain.events import trusted_message
 from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import latest_snapshot
@@ -65,7 +66,7 @@ def state_at(conn: sa.Connection, shard: int, position: int, *, use_snapshots: b
             state, after = snapshot.state, snapshot.position
     for row in iter_log(conn, shard=shard, after=after, upto=position):
         event_type, payload = row[2], row[3]
-        message = fast_message(event_type, payload) if event_type in ev.MODEL_BY_EVENT_TYPE else None
+        message = trusted_message(event_type, payload) if event_type in ev.MODEL_BY_EVENT_TYPE else None
         fold.apply(state, event_type, message, payload)
     state.touched.clear()
     state.marks_touched.clear()
@@ -91,8 +92,16 @@ def account_view_of(state: LedgerState, account_id: str, position: int) -> dict[
         "positions": [
             {
                 name: _wire(row[name])
-                for name in ("instrument", "margin_mode", "quantity", "entry_price", "cost", "realised_pnl",
-                             "isolated_margin", "funding_paid")
+                for name in (
+                    "instrument",
+                    "margin_mode",
+                    "quantity",
+                    "entry_price",
+                    "cost",
+                    "realised_pnl",
+                    "isolated_margin",
+                    "funding_paid",
+                )
             }
             for row in positions
         ],

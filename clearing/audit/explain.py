@@ -35,8 +35,13 @@ from clearing.domain.numbers import (
 )
 from clearing.domain.state import LedgerState
 
-CALL_TYPES = (ev.MARGIN_CALL_ISSUED, ev.MARGIN_CALL_ESCALATED, ev.MARGIN_CALL_RESOLVED, ev.ACCOUNT_BANKRUPTED,
-              ev.INSURANCE_FUND_DRAWN)
+CALL_TYPES = (
+    ev.MARGIN_CALL_ISSUED,
+    ev.MARGIN_CALL_ESCALATED,
+    ev.MARGIN_CALL_RESOLVED,
+    ev.ACCOUNT_BANKRUPTED,
+    ev.INSURANCE_FUND_DRAWN,
+)
 
 
 class ExplainError(LookupError):
@@ -119,21 +124,26 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
             price = state.asset_price(asset)
             value = margin.collateral_value(state.parameters, asset, amount, price)
             spec = state.parameters.asset(asset)
-            collateral.append({
-                "asset": asset,
-                "amount": w(amount),
-                "price": w(price),
-                "haircut_bands": [
-                    {"from": w(lo), "to": w(hi), "haircut": w(cut)} for lo, hi, cut in spec.haircut_bands()
-                ] if spec is not None else [],
-                "haircut_units": w(value.haircut_units),
-                "value": w(value.value),
-            })
+            collateral.append(
+                {
+                    "asset": asset,
+                    "amount": w(amount),
+                    "price": w(price),
+                    "haircut_bands": [
+                        {"from": w(lo), "to": w(hi), "haircut": w(cut)} for lo, hi, cut in spec.haircut_bands()
+                    ]
+                    if spec is not None
+                    else [],
+                    "haircut_units": w(value.haircut_units),
+                    "value": w(value.value),
+                }
+            )
     else:
-        instrument = scope_name[len(margin.ISOLATED_SCOPE_PREFIX):]
+        instrument = scope_name[len(margin.ISOLATED_SCOPE_PREFIX) :]
         position = account.positions.get((instrument, margin.ISOLATED))
-        collateral.append({"isolated_margin": w(position.isolated_margin if position else ZERO),
-                           "value": w(scope.collateral)})
+        collateral.append(
+            {"isolated_margin": w(position.isolated_margin if position else ZERO), "value": w(scope.collateral)}
+        )
     policy = state.parameters.margin_call
     figures = {
         "account_id": account_id,
@@ -148,9 +158,12 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
         "initial_margin": w(scope.initial_margin),
         "maintenance_margin": w(scope.maintenance_margin),
         "margin_ratio": w(scope.margin_ratio),
-        "thresholds": {"warning_ratio": w(policy.warning_ratio), "maintenance_ratio": "1",
-                       "resolve_ratio": w(policy.resolve_ratio),
-                       "grace_period_seconds": policy.grace_period_seconds},
+        "thresholds": {
+            "warning_ratio": w(policy.warning_ratio),
+            "maintenance_ratio": "1",
+            "resolve_ratio": w(policy.resolve_ratio),
+            "grace_period_seconds": policy.grace_period_seconds,
+        },
     }
     return scope, figures
 
@@ -183,9 +196,15 @@ def _liquidation_steps(
         new_equity = equity - fee
         new_maintenance = maintenance - p.maintenance_margin + requirement
         return {
-            "reduce_by": w(reduce), "left": w(left), "notional_left": w(notional), "tier_left": tier.index,
-            "maintenance_left": w(requirement), "fee": w(fee), "equity_after": w(new_equity),
-            "maintenance_after": w(new_maintenance), "target_x_equity_after": w(policy.target_ratio * new_equity),
+            "reduce_by": w(reduce),
+            "left": w(left),
+            "notional_left": w(notional),
+            "tier_left": tier.index,
+            "maintenance_left": w(requirement),
+            "fee": w(fee),
+            "equity_after": w(new_equity),
+            "maintenance_after": w(new_maintenance),
+            "target_x_equity_after": w(policy.target_ratio * new_equity),
             "meets_target": bool(new_equity > 0 and new_maintenance <= policy.target_ratio * new_equity),
         }
 
@@ -223,22 +242,32 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
         state = _state_before(conn, decision)
         earlier: list[Any] = []
         if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
-            earlier = list(conn.execute(
-                sa.text(
-                    "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
-                    "AND type = :t ORDER BY position"
-                ),
-                {"s": decision.shard, "c": decision.cause_position, "p": decision.position,
-                 "t": ev.LIQUIDATION_ORDER_ISSUED},
-            ))
+            earlier = list(
+                conn.execute(
+                    sa.text(
+                        "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
+                        "AND type = :t ORDER BY position"
+                    ),
+                    {
+                        "s": decision.shard,
+                        "c": decision.cause_position,
+                        "p": decision.position,
+                        "t": ev.LIQUIDATION_ORDER_ISSUED,
+                    },
+                )
+            )
     payload = decision.payload
     account_id = payload["account_id"]
     with _ledger_context():
         scope, figures = _scope_figures(state, account_id, payload["scope"])
         result: dict[str, Any] = {
             "id": decision_id,
-            "decision": {"position": decision.position, "type": decision.type, "payload": payload,
-                         "occurred_at": decision.occurred_at.isoformat()},
+            "decision": {
+                "position": decision.position,
+                "type": decision.type,
+                "payload": payload,
+                "occurred_at": decision.occurred_at.isoformat(),
+            },
             "cause": {"position": cause.position, "type": cause.type, "payload": cause.payload},
             "later_events": [{"position": r.position, "type": r.type, "payload": r.payload} for r in later],
             "scope": figures,
@@ -256,8 +285,12 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
                 maintenance = Decimal(step["at_quantity_and_one_step_less"][0]["maintenance_after"])
             search = _liquidation_steps(state, scope, payload, equity, maintenance)
             result["liquidation"] = search
-            recomputed = {"equity": search["equity_before"], "maintenance_margin": search["maintenance_before"],
-                          "bankruptcy_price": search["bankruptcy_price"], "mark": search["position"]["price_used"]}
+            recomputed = {
+                "equity": search["equity_before"],
+                "maintenance_margin": search["maintenance_before"],
+                "bankruptcy_price": search["bankruptcy_price"],
+                "mark": search["position"]["price_used"],
+            }
         else:
             deadline = None
             if payload.get("level") == "maintenance" and payload.get("deadline") is not None:
@@ -362,16 +395,23 @@ def render(result: dict[str, Any]) -> str:
             f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
         )
     else:
-        out.append(f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
-                   f"{result['recomputed'].get('shortfall')}; deadline {p.get('deadline')}")
+        out.append(
+            f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
+            f"{result['recomputed'].get('shortfall')}; deadline {p.get('deadline')}"
+        )
     out.append("")
     out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items()))
     out.append("Decision payload: " + json.dumps(p, sort_keys=True))
-    out.append("The recomputation matches the decision." if result["matches_decision"]
-               else "THE RECOMPUTATION DOES NOT MATCH THE DECISION.")
+    out.append(
+        "The recomputation matches the decision."
+        if result["matches_decision"]
+        else "THE RECOMPUTATION DOES NOT MATCH THE DECISION."
+    )
     for later in result["later_events"]:
-        out.append(f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
-                   f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}")
+        out.append(
+            f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
+            f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}"
+        )
     return "\n".join(out)
 
 

@@ -38,42 +38,20 @@ from clearing.domain import events as ev
 from clearing.domain import fold
 from clearing.domain.fold import conservation
 from clearing.domain.messages import (
-    Deposit,
     Fill,
-    Funding,
     InputMessage,
-    IsolatedMarginTransfer,
     LiquidationFill,
     Mark,
-    Message,
-    RiskParametersMessage,
     Settlement,
-    Withdrawal,
     format_time,
 )
 from clearing.domain.state import LedgerState
-from clearing.engine.ledger import MARGIN_REFRESH_ACCOUNTS_MAX
+from clearing.engine.ledger import refresh_window
 from clearing.store.hashing import canonical_json
 
 REPLAY_FETCH_ROWS = 10_000
 CONSERVATION_EVERY_EVENTS = 10_000
 
-_DECIMAL_FIELDS: dict[type[Message], tuple[str, ...]] = {
-    Fill: ("quantity", "price", "fee"),
-    Deposit: ("amount",),
-    Withdrawal: ("amount",),
-    IsolatedMarginTransfer: ("amount",),
-    Mark: ("price", "iv"),
-    Funding: ("rate",),
-    Settlement: ("price",),
-    LiquidationFill: ("quantity", "price"),
-    RiskParametersMessage: (),
-}
-_DEFAULTS: dict[type[Message], tuple[tuple[str, Any], ...]] = {
-    model: tuple((name, info.default) for name, info in model.model_fields.items() if not info.is_required())
-    for model in _DECIMAL_FIELDS
-}
-_MODELS = {event_type: (model, _DECIMAL_FIELDS[model]) for event_type, model in ev.MODEL_BY_EVENT_TYPE.items()}
 MARGIN_DECISIONS = frozenset(
     {
         ev.MARGIN_CALL_ISSUED,
@@ -86,29 +64,6 @@ MARGIN_DECISIONS = frozenset(
 )
 
 LOG_COLUMNS = "position, shard, type, payload, occurred_at, recorded_at, idempotency_key, cause_position, stream"
-
-
-def fast_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
-    """The typed message of a logged input event, built without validation (see the module)."""
-    model, decimals = _MODELS[event_type]
-    values = dict(payload)
-    for name in decimals:
-        value = values.get(name)
-        if value is not None:
-            values[name] = Decimal(value)
-    values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
-    # What ``model_construct`` does for a model without validators, aliases or private
-    # attributes, minus its per-call introspection (a third of the fold's time when profiled).
-    message: InputMessage = model.__new__(model)  # type: ignore[assignment]
-    fields_set = set(values)
-    for name, default in _DEFAULTS[model]:
-        if name not in values:
-            values[name] = default
-    object.__setattr__(message, "__dict__", values)
-    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(message, "__pydantic_extra__", None)
-    object.__setattr__(message, "__pydantic_private__", None)
-    return message
 
 
 def iter_log(
@@ -132,8 +87,13 @@ def iter_log(
 
 
 def decision_bytes(
-    position: int, event_type: str, stream: str, payload: dict[str, Any], occurred_at: datetime,
-    idempotency_key: str, cause_position: int | None,
+    position: int,
+    event_type: str,
+    stream: str,
+    payload: dict[str, Any],
+    occurred_at: datetime,
+    idempotency_key: str,
+    cause_position: int | None,
 ) -> str:
     """What replay determinism compares: canonical JSON of a decision and its position."""
     return canonical_json(
@@ -218,9 +178,8 @@ class LogReplay:
         self.head = position
         track.head = position
         state = track.state
-        model = _MODELS.get(event_type)
-        if model is not None:
-            message = fast_message(event_type, payload)
+        if event_type in ev.MODEL_BY_EVENT_TYPE:
+            message = ev.trusted_message(event_type, payload)
             if self.decide:
                 if track.pending:
                     self._missing(track)
@@ -231,14 +190,20 @@ class LogReplay:
                         (
                             position + index,
                             decision_bytes(
-                                position + index, decision.type, decision.stream, decision.payload,
-                                decision.occurred_at, decision.idempotency_key, decision.cause_position,
+                                position + index,
+                                decision.type,
+                                decision.stream,
+                                decision.payload,
+                                decision.occurred_at,
+                                decision.idempotency_key,
+                                decision.cause_position,
                             ),
                         )
                     )
                     if decision.type in MARGIN_DECISIONS:
-                        self.margin_events.append((position + index, decision.type, decision.payload,
-                                                   decision.occurred_at))
+                        self.margin_events.append(
+                            (position + index, decision.type, decision.payload, decision.occurred_at)
+                        )
             else:
                 state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
                 fold.apply(state, event_type, message, payload)
@@ -309,17 +274,10 @@ class LogReplay:
 
     @staticmethod
     def _refresh_rotation(track: ShardTrack) -> list[str]:
-        # The ledger's rotating margin refresh (Ledger._refresh_rotation), re-enacted with a
-        # cursor from 0: exact while the ledger process ran without a restart, or while the
-        # shard had at most MARGIN_REFRESH_ACCOUNTS_MAX holders.
-        holders = sorted(track.state.holders_all())
-        if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
-            return holders
-        start = track.refresh_cursor % len(holders)
-        window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
-        if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
-            window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
-        track.refresh_cursor = start + MARGIN_REFRESH_ACCOUNTS_MAX
+        # The ledger's rotating margin refresh, re-enacted with a cursor from 0: exact while the
+        # ledger process ran without a restart, or while the shard had at most
+        # MARGIN_REFRESH_ACCOUNTS_MAX holders.
+        window, track.refresh_cursor = refresh_window(sorted(track.state.holders_all()), track.refresh_cursor)
         return window
 
     def _compare(self, track: ShardTrack, row: Any) -> None:
@@ -345,8 +303,14 @@ class LogReplay:
 
     def _fill(self, position: int, message: InputMessage) -> None:
         if isinstance(message, Fill):
-            entry = (position, message.account_id, message.instrument, message.side,
-                     str(message.quantity), str(message.price))
+            entry = (
+                position,
+                message.account_id,
+                message.instrument,
+                message.side,
+                str(message.quantity),
+                str(message.price),
+            )
             fills = self.fills.setdefault(message.trade_id, [])
             fills.append(entry)
             if len(fills) % 2:
@@ -355,8 +319,14 @@ class LogReplay:
                 self.open_trades.discard(message.trade_id)
         elif isinstance(message, LiquidationFill):
             self.liquidation_fills.append(
-                (position, message.account_id, message.instrument, message.side,
-                 str(message.quantity), str(message.price))
+                (
+                    position,
+                    message.account_id,
+                    message.instrument,
+                    message.side,
+                    str(message.quantity),
+                    str(message.price),
+                )
             )
             # Its market side arrives as an ordinary fill whose trade has one fill only: the books
             # balance when every such one-fill trade is paired with one liquidation fill.
@@ -370,8 +340,9 @@ class LogReplay:
         self.conservation_checks.append(position)
         if imbalance and len(self.conservation_bad) < 10:
             text = ", ".join(f"{asset} {amount}" for asset, amount in sorted(imbalance.items()))
-            self.conservation_bad.append(Finding(position, f"the books do not balance after position {position}: "
-                                                            f"{text}"))
+            self.conservation_bad.append(
+                Finding(position, f"the books do not balance after position {position}: {text}")
+            )
 
     def counterpart_findings(self) -> list[Finding]:
         """Every trade: exactly two fills, opposite sides, same instrument, equal quantity and
@@ -387,26 +358,46 @@ class LogReplay:
             first = fills[0][0]
             if len(fills) == 2:
                 a, b = fills
-                if a[2] != b[2] or a[3] != opposite[b[3]] or Decimal(a[4]) != Decimal(b[4]) or Decimal(a[5]) != \
-                        Decimal(b[5]):
-                    findings.append(Finding(b[0], f"trade {trade_id}: fills at {a[0]} and {b[0]} are not counterparts "
-                                                  f"({a[1]} {a[3]} {a[4]} {a[2]} @ {a[5]} / {b[1]} {b[3]} {b[4]} "
-                                                  f"{b[2]} @ {b[5]})"))
+                if (
+                    a[2] != b[2]
+                    or a[3] != opposite[b[3]]
+                    or Decimal(a[4]) != Decimal(b[4])
+                    or Decimal(a[5]) != Decimal(b[5])
+                ):
+                    findings.append(
+                        Finding(
+                            b[0],
+                            f"trade {trade_id}: fills at {a[0]} and {b[0]} are not counterparts "
+                            f"({a[1]} {a[3]} {a[4]} {a[2]} @ {a[5]} / {b[1]} {b[3]} {b[4]} "
+                            f"{b[2]} @ {b[5]})",
+                        )
+                    )
             elif len(fills) == 1:
                 _, account, instrument, side, quantity, price = fills[0]
                 key = (instrument, opposite[side], str(Decimal(quantity)), str(Decimal(price)))
                 if spare.get(key):
                     spare[key].pop(0)
                     continue
-                findings.append(Finding(first, f"trade {trade_id}: the fill at {first} ({account} {side} {quantity} "
-                                               f"{instrument} @ {price}) has no counterpart fill"))
+                findings.append(
+                    Finding(
+                        first,
+                        f"trade {trade_id}: the fill at {first} ({account} {side} {quantity} "
+                        f"{instrument} @ {price}) has no counterpart fill",
+                    )
+                )
             else:
                 where = ", ".join(str(f[0]) for f in fills)
-                findings.append(Finding(first, f"trade {trade_id} has {len(fills)} fills (at {where}); a trade has "
-                                               "exactly two"))
+                findings.append(
+                    Finding(first, f"trade {trade_id} has {len(fills)} fills (at {where}); a trade has exactly two")
+                )
         for (instrument, side, quantity, price), positions in spare.items():
             for position in positions:
-                findings.append(Finding(position, f"the liquidation fill at {position} ({side} {quantity} "
-                                                  f"{instrument} @ {price}) has no market-side fill"))
+                findings.append(
+                    Finding(
+                        position,
+                        f"the liquidation fill at {position} ({side} {quantity} "
+                        f"{instrument} @ {price}) has no market-side fill",
+                    )
+                )
         findings.sort(key=lambda f: f.position or 0)
         return findings

@@ -151,8 +151,15 @@ def build_timeline(
             if relevant and in_window and account is not None:
                 risk = scope_risk(state, account, "cross")
                 timeline.risk.append(
-                    RiskPoint(position, occurred_at, risk.equity, risk.initial_margin, risk.maintenance_margin,
-                              risk.margin_ratio, risk.status)
+                    RiskPoint(
+                        position,
+                        occurred_at,
+                        risk.equity,
+                        risk.initial_margin,
+                        risk.maintenance_margin,
+                        risk.margin_ratio,
+                        risk.status,
+                    )
                 )
     return timeline
 
@@ -328,10 +335,18 @@ def _risk_series(points: list[RiskPoint]) -> list[Series]:
     at = [_seconds(point.occurred_at) for point in chosen]
     return [
         Series("equity", SERIES_COLOURS[0], [(x, float(p.equity)) for x, p in zip(at, chosen, strict=True)]),
-        Series("initial margin", SERIES_COLOURS[1],
-               [(x, float(p.initial_margin)) for x, p in zip(at, chosen, strict=True)], dashed=True),
-        Series("maintenance margin", SERIES_COLOURS[2],
-               [(x, float(p.maintenance_margin)) for x, p in zip(at, chosen, strict=True)], dashed=True),
+        Series(
+            "initial margin",
+            SERIES_COLOURS[1],
+            [(x, float(p.initial_margin)) for x, p in zip(at, chosen, strict=True)],
+            dashed=True,
+        ),
+        Series(
+            "maintenance margin",
+            SERIES_COLOURS[2],
+            [(x, float(p.maintenance_margin)) for x, p in zip(at, chosen, strict=True)],
+            dashed=True,
+        ),
     ]
 
 
@@ -405,8 +420,11 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
         ("period", period),
         ("events of the account in the period", timeline.events_total),
         ("events replayed", timeline.replayed),
-        ("margin calls / liquidation events", f"{sum(e.type in CALL_EVENT_TYPES for e in timeline.markers)} / "
-                                              f"{sum(e.type in LIQUIDATION_EVENT_TYPES for e in timeline.markers)}"),
+        (
+            "margin calls / liquidation events",
+            f"{sum(e.type in CALL_EVENT_TYPES for e in timeline.markers)} / "
+            f"{sum(e.type in LIQUIDATION_EVENT_TYPES for e in timeline.markers)}",
+        ),
     ]
     if last is not None:
         summary_rows += [
@@ -418,16 +436,28 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             ("as of log position", last.position),
         ]
     markers = _markers(timeline.markers)
-    times = [_seconds(p.occurred_at) for p in timeline.risk] + [m.at for m in markers] + [
-        _seconds(p.occurred_at) for points in timeline.marks.values() for p in points
-    ]
+    times = (
+        [_seconds(p.occurred_at) for p in timeline.risk]
+        + [m.at for m in markers]
+        + [_seconds(p.occurred_at) for points in timeline.marks.values() for p in points]
+    )
     x_range = (min(times), max(times)) if times else None
-    charts = [svg_chart("Cross equity vs initial and maintenance margin",
-                        _risk_series(timeline.risk), markers, height=360, x_range=x_range)]
+    charts = [
+        svg_chart(
+            "Cross equity vs initial and maintenance margin",
+            _risk_series(timeline.risk),
+            markers,
+            height=360,
+            x_range=x_range,
+        )
+    ]
     for index, (symbol, points) in enumerate(sorted(timeline.marks.items())):
         colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
-        charts.append(svg_chart(f"{symbol} mark price", [_mark_series(symbol, points, colour)], markers,
-                                height=220, x_range=x_range))
+        charts.append(
+            svg_chart(
+                f"{symbol} mark price", [_mark_series(symbol, points, colour)], markers, height=220, x_range=x_range
+            )
+        )
     key = "".join(
         f'<span><i style="background:{colour}"></i>{html.escape(name)}</span>'
         for name, colour in MARKER_COLOURS.items()
@@ -460,12 +490,18 @@ Figures in tables are exact; charts are drawn from them.</div>
 <div class="key">{key}</div>
 {"".join(charts)}
 <h2>Margin calls and liquidations ({len(timeline.markers)})</h2>
-{"<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th><th>margin ratio</th><th>equity</th>"
- "<th>instrument</th><th>quantity</th></tr>" + decision_rows + "</table>" if timeline.markers
- else '<p class="empty">None in this period.</p>'}
+{
+        "<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th><th>margin ratio</th><th>equity</th>"
+        "<th>instrument</th><th>quantity</th></tr>" + decision_rows + "</table>"
+        if timeline.markers
+        else '<p class="empty">None in this period.</p>'
+    }
 <h2>Events of the account ({timeline.events_total})</h2>
-{f'<p class="empty">The first {len(timeline.events)} are listed; {left_out} more are in the log.</p>'
- if left_out else ""}
+{
+        f'<p class="empty">The first {len(timeline.events)} are listed; {left_out} more are in the log.</p>'
+        if left_out
+        else ""
+    }
 <table><tr><th>position</th><th>occurred at</th><th>type</th><th>payload</th></tr>
 {event_rows}
 </table>

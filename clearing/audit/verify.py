@@ -138,7 +138,9 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
     if beyond:
         text = ", ".join(f"{name} = {value}" for name, value in sorted(beyond.items()))
         return Check(
-            "log_tail", False, head + 1,
+            "log_tail",
+            False,
+            head + 1,
             f"the log ends at position {head} but other tables written in the same transactions record later "
             f"positions ({text}): events after {head} were removed",
             details,
@@ -146,8 +148,9 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
     return Check("log_tail", True, details=details)
 
 
-def verify(engine: sa.Engine, progress: Progress | None = None, *,
-           conservation_every: int = CONSERVATION_EVERY_EVENTS) -> VerifyReport:
+def verify(
+    engine: sa.Engine, progress: Progress | None = None, *, conservation_every: int = CONSERVATION_EVERY_EVENTS
+) -> VerifyReport:
     started = time.perf_counter()
     checks: list[Check] = []
 
@@ -157,8 +160,7 @@ def verify(engine: sa.Engine, progress: Progress | None = None, *,
     with engine.connect() as conn:
         head = int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
         chain = verify_chain(conn, report("hash chain"))
-        checks.append(Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem,
-                            {"events": chain.events}))
+        checks.append(Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem, {"events": chain.events}))
         checks.append(_tail_check(conn, head))
 
         stored = {
@@ -171,11 +173,19 @@ def verify(engine: sa.Engine, progress: Progress | None = None, *,
         def check_snapshot(shard: int, position: int, state: LedgerState) -> None:
             snapshot_seen.add((shard, position))
             if state_bytes(state) != stored[(shard, position)]:
-                snapshot_bad.append((position, f"the snapshot of shard {shard} at {position} differs from the "
-                                               "state the re-run folded there"))
+                snapshot_bad.append(
+                    (
+                        position,
+                        f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there",
+                    )
+                )
 
-        replay = LogReplay(decide=True, conservation_every=conservation_every, snapshot_check=check_snapshot,
-                           snapshot_positions=set(stored))
+        replay = LogReplay(
+            decide=True,
+            conservation_every=conservation_every,
+            snapshot_check=check_snapshot,
+            snapshot_positions=set(stored),
+        )
         tick = report("replay")
         for row in iter_log(conn):
             replay.feed(row)
@@ -186,12 +196,19 @@ def verify(engine: sa.Engine, progress: Progress | None = None, *,
             tick(replay.events)
 
         first = replay.determinism[0] if replay.determinism else None
-        checks.append(Check(
-            "replay_determinism", not replay.determinism_mismatches,
-            first.position if first else None, first.problem if first else None,
-            {"decisions_compared": replay.decisions_compared, "mismatches": replay.determinism_mismatches,
-             "samples": [f.__dict__ for f in replay.determinism[1:5]]},
-        ))
+        checks.append(
+            Check(
+                "replay_determinism",
+                not replay.determinism_mismatches,
+                first.position if first else None,
+                first.problem if first else None,
+                {
+                    "decisions_compared": replay.decisions_compared,
+                    "mismatches": replay.determinism_mismatches,
+                    "samples": [f.__dict__ for f in replay.determinism[1:5]],
+                },
+            )
+        )
 
         expected = expected_state_rows(replay)
         with engine.connect() as scratch:
@@ -202,37 +219,64 @@ def verify(engine: sa.Engine, progress: Progress | None = None, *,
             tables.append(compare_table(table, live, expected.rows[table], expected.last_change.get(table), head))
         bad_tables = [t for t in tables if not t.ok]
         first_table = min(bad_tables, key=lambda t: t.first_bad_position or 0) if bad_tables else None
-        checks.append(Check(
-            "projections", not bad_tables,
-            first_table.first_bad_position if first_table else None,
-            first_table.problems[0] if first_table and first_table.problems else None,
-            {t.table: t.as_dict() for t in tables},
-        ))
+        checks.append(
+            Check(
+                "projections",
+                not bad_tables,
+                first_table.first_bad_position if first_table else None,
+                first_table.problems[0] if first_table and first_table.problems else None,
+                {t.table: t.as_dict() for t in tables},
+            )
+        )
 
         for key in stored:
             if key not in snapshot_seen:
-                snapshot_bad.append((key[1], f"the snapshot of shard {key[0]} at {key[1]} is not at the end of a "
-                                             "fold step of that shard's log"))
+                snapshot_bad.append(
+                    (
+                        key[1],
+                        f"the snapshot of shard {key[0]} at {key[1]} is not at the end of a "
+                        "fold step of that shard's log",
+                    )
+                )
         snapshot_bad.sort()
-        checks.append(Check(
-            "snapshots", not snapshot_bad,
-            snapshot_bad[0][0] if snapshot_bad else None, snapshot_bad[0][1] if snapshot_bad else None,
-            {"snapshots": len(stored), "compared": len(snapshot_seen)},
-        ))
+        checks.append(
+            Check(
+                "snapshots",
+                not snapshot_bad,
+                snapshot_bad[0][0] if snapshot_bad else None,
+                snapshot_bad[0][1] if snapshot_bad else None,
+                {"snapshots": len(stored), "compared": len(snapshot_seen)},
+            )
+        )
 
     bad = replay.conservation_bad
-    checks.append(Check(
-        "conservation", not bad, bad[0].position if bad else None, bad[0].problem if bad else None,
-        {"checked_at": len(replay.conservation_checks),
-         "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:]},
-    ))
+    checks.append(
+        Check(
+            "conservation",
+            not bad,
+            bad[0].position if bad else None,
+            bad[0].problem if bad else None,
+            {
+                "checked_at": len(replay.conservation_checks),
+                "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:],
+            },
+        )
+    )
     findings = replay.counterpart_findings()
-    checks.append(Check(
-        "counterparts", not findings, findings[0].position if findings else None,
-        findings[0].problem if findings else None,
-        {"trades": len(replay.fills), "liquidation_fills": len(replay.liquidation_fills), "problems": len(findings),
-         "samples": [f.problem for f in findings[1:5]]},
-    ))
+    checks.append(
+        Check(
+            "counterparts",
+            not findings,
+            findings[0].position if findings else None,
+            findings[0].problem if findings else None,
+            {
+                "trades": len(replay.fills),
+                "liquidation_fills": len(replay.liquidation_fills),
+                "problems": len(findings),
+                "samples": [f.problem for f in findings[1:5]],
+            },
+        )
+    )
     return VerifyReport(head, replay.events, checks, time.perf_counter() - started)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final
 
 from clearing.domain.messages import (
@@ -144,6 +145,51 @@ def input_event(
         occurred_at=message.occurred_at,
         idempotency_key=idempotency_key(message, shard) if key is None else key,
     )
+
+
+_DECIMAL_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
+    Fill: ("quantity", "price", "fee"),
+    Deposit: ("amount",),
+    Withdrawal: ("amount",),
+    IsolatedMarginTransfer: ("amount",),
+    Mark: ("price", "iv"),
+    Funding: ("rate",),
+    Settlement: ("price",),
+    LiquidationFill: ("quantity", "price"),
+    RiskParametersMessage: (),
+}
+_DEFAULTS: Final[dict[type[Message], tuple[tuple[str, Any], ...]]] = {
+    model: tuple((name, info.default) for name, info in model.model_fields.items() if not info.is_required())
+    for model in _DECIMAL_FIELDS
+}
+
+
+def trusted_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
+    """The typed message of a logged input event, built without validation: how replays read the
+    log. Logged payloads were validated by ``messages.decode`` on their way in and are stored in
+    wire form (decimals as strings, times in RFC 3339), and the hash chain says they have not
+    changed since, so validating them again would only cost time (a third of a replay's, when
+    profiled). ``message_of`` validates, for payloads from anywhere else. A test checks that both
+    give equal messages for every input type."""
+    model = MODEL_BY_EVENT_TYPE[event_type]
+    values = dict(payload)
+    for name in _DECIMAL_FIELDS[model]:
+        value = values.get(name)
+        if value is not None:
+            values[name] = Decimal(value)
+    values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
+    # What ``model_construct`` does for a model without validators, aliases or private
+    # attributes, minus its per-call introspection.
+    message = model.__new__(model)
+    fields_set = set(values)
+    for name, default in _DEFAULTS[model]:
+        if name not in values:
+            values[name] = default
+    object.__setattr__(message, "__dict__", values)
+    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(message, "__pydantic_extra__", None)
+    object.__setattr__(message, "__pydantic_private__", None)
+    return message  # type: ignore[return-value]
 
 
 def message_of(event_type: str, payload: dict[str, Any]) -> InputMessage:

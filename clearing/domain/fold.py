@@ -375,7 +375,7 @@ def replay_event(state: LedgerState, event_type: str, payload: dict[str, Any]) -
     _ensure_appliers()
     state.triggers.stale = True  # derived state: the next step rebuilds it (triggers.py)
     if event_type in ev.MODEL_BY_EVENT_TYPE:
-        apply(state, event_type, ev.message_of(event_type, payload), payload)
+        apply(state, event_type, ev.trusted_message(event_type, payload), payload)
     else:
         apply(state, event_type, None, payload)
 

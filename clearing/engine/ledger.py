@@ -120,14 +120,7 @@ class Ledger:
         batch would cost more than the ingest. A rotating window of at most
         ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch bounds how stale a row can get (a status
         change is always written at once: it is a decision, and decisions touch their account)."""
-        holders = sorted(self.state.holders_all())
-        if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
-            return holders
-        start = self._refresh_cursor % len(holders)
-        window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
-        if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
-            window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
-        self._refresh_cursor = start + MARGIN_REFRESH_ACCOUNTS_MAX
+        window, self._refresh_cursor = refresh_window(sorted(self.state.holders_all()), self._refresh_cursor)
         return window
 
     def stored_offsets(self) -> dict[tuple[str, int], tuple[int, str | None]]:
@@ -286,6 +279,18 @@ class Ledger:
                 accounts.update(self._refresh_rotation())
             projections.write(conn, state, accounts, state.marks_touched, position, decisions=decided)
         return position
+
+
+def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
+    """The next window of at most ``MARGIN_REFRESH_ACCOUNTS_MAX`` sorted holders from ``cursor``
+    (wrapping around), and the cursor after it; every holder when there are no more than that."""
+    if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+        return holders, cursor
+    start = cursor % len(holders)
+    window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
+    if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
+        window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
+    return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
 # At equal event times: parameters, then collateral, then prices, then trades.

@@ -16,8 +16,9 @@ from clearing.store.db import make_engine
 from tests.api.ledger_data import records_of
 
 APP_ROLE = "clearing_app"
-CRASH = Scenario(seed=5, accounts=30, trades=400, steps=60, crash_at=0.6, crash_depth=Decimal("0.3"),
-                 funding_every_steps=20)
+CRASH = Scenario(
+    seed=5, accounts=30, trades=400, steps=60, crash_at=0.6, crash_depth=Decimal("0.3"), funding_every_steps=20
+)
 
 
 def load_market(url: str, scenario: Scenario = CRASH, batch: int = 50, snapshot_every: int | None = None) -> Ledger:

@@ -26,9 +26,7 @@ def indexes(engine: sa.Engine) -> set[tuple[str, str]]:
     with engine.connect() as conn:
         return {
             (t, i)
-            for t, i in conn.execute(
-                sa.text("SELECT tablename, indexname FROM pg_indexes WHERE schemaname = 'public'")
-            )
+            for t, i in conn.execute(sa.text("SELECT tablename, indexname FROM pg_indexes WHERE schemaname = 'public'"))
         }
 
 
@@ -78,8 +76,9 @@ def test_check_only_keeps_the_live_tables(owner: sa.Engine) -> None:  # noqa: F8
 def test_readers_see_the_before_or_the_after_never_a_half_built_table(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
     # Make the rebuild change the table (so before and after differ): damage one balance.
     with owner.begin() as conn:
-        conn.execute(sa.text("UPDATE balances SET amount = amount + 1000 WHERE account_id = 'ACC-00005' "
-                             "AND asset = 'USDT'"))
+        conn.execute(
+            sa.text("UPDATE balances SET amount = amount + 1000 WHERE account_id = 'ACC-00005' AND asset = 'USDT'")
+        )
         before = tuple(conn.execute(READ).one())
     reader = make_engine(market_url, role="clearing_reader")  # READ COMMITTED, like the API
     seen: list[tuple[int, Decimal]] = []

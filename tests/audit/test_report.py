@@ -157,12 +157,23 @@ def test_report_screenshot_in_headless_chromium_is_not_blank(crash_engine: sa.En
     screenshot = tmp_path / "report.png"
     subprocess.run(
         [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--screenshot={screenshot}",
-            f"--window-size={WINDOW[0]},{WINDOW[1]}", output.as_uri(),
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            f"--screenshot={screenshot}",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            output.as_uri(),
         ],
-        check=True, capture_output=True, timeout=CHROMIUM_TIMEOUT_S,
+        check=True,
+        capture_output=True,
+        timeout=CHROMIUM_TIMEOUT_S,
     )
     width, height, bpp, pixels = decode_png(screenshot.read_bytes())
     assert (width, height) == WINDOW
@@ -212,7 +223,10 @@ def test_downsampling_keeps_extremes_and_kept_points() -> None:
 
 
 def test_cli_writes_the_report(
-    crash_url: str, crash_engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    crash_url: str,
+    crash_engine: sa.Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from clearing.cli import main

@@ -72,7 +72,8 @@ def test_a_deleted_last_row_is_found_by_the_tables_written_with_it(owner: sa.Eng
 
 
 def test_a_changed_engine_is_caught_by_replay_determinism(
-    owner: sa.Engine, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    owner: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
     original = lifecycle._call_payload
 
@@ -95,9 +96,18 @@ def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engin
     from clearing.engine.ledger import Ledger, RawRecord
     from clearing.store.db import make_engine
 
-    fill = {"type": "fill", "fill_id": "F-LONELY", "trade_id": "T-LONELY", "account_id": "ACC-00001",
-            "instrument": "BTCUSDT", "side": "buy", "quantity": "0.001", "price": "50000", "fee": "0",
-            "occurred_at": "2026-11-24T00:00:00Z"}
+    fill = {
+        "type": "fill",
+        "fill_id": "F-LONELY",
+        "trade_id": "T-LONELY",
+        "account_id": "ACC-00001",
+        "instrument": "BTCUSDT",
+        "side": "buy",
+        "quantity": "0.001",
+        "price": "50000",
+        "fee": "0",
+        "occurred_at": "2026-11-24T00:00:00Z",
+    }
     engine = make_engine(market_url, role="clearing_app")
     try:
         ledger = Ledger(engine)
@@ -127,5 +137,10 @@ def test_cli_exit_status_and_json(market_url: str, monkeypatch: pytest.MonkeyPat
     assert main(["audit", "verify", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True
-    assert {c["name"] for c in data["checks"]} >= {"hash_chain", "replay_determinism", "projections", "conservation",
-                                                   "counterparts"}
+    assert {c["name"] for c in data["checks"]} >= {
+        "hash_chain",
+        "replay_determinism",
+        "projections",
+        "conservation",
+        "counterparts",
+    }
