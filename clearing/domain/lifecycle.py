@@ -317,11 +317,10 @@ def _level(risk: margin.ScopeRisk, state: LedgerState) -> tuple[str, Decimal | N
         return HEALTHY, None
     if risk.equity <= 0:
         return MAINTENANCE, None
-    ratio = risk.margin_ratio
-    assert_ratio = ratio if ratio is not None else ZERO
-    if assert_ratio >= 1:
+    ratio = risk.margin_ratio  # None only when equity or maintenance is not positive: handled above
+    if ratio is not None and ratio >= 1:
         return MAINTENANCE, ratio
-    if assert_ratio >= policy.warning_ratio:
+    if ratio is not None and ratio >= policy.warning_ratio:
         return WARNING, ratio
     return HEALTHY, ratio
 

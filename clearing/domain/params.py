@@ -78,11 +78,10 @@ class InstrumentSpec(_Document):
         initial_amount = maintenance_amount = ZERO
         previous: Tier | None = None
         for index, tier in enumerate(self.tiers):
-            if previous is not None:
+            if previous is not None and previous.notional_cap is not None:  # only the last cap is null
                 cap = previous.notional_cap
-                assert_cap = cap if cap is not None else ZERO
-                initial_amount += assert_cap * (tier.initial_rate - previous.initial_rate)
-                maintenance_amount += assert_cap * (tier.maintenance_rate - previous.maintenance_rate)
+                initial_amount += cap * (tier.initial_rate - previous.initial_rate)
+                maintenance_amount += cap * (tier.maintenance_rate - previous.maintenance_rate)
             compiled.append(
                 CompiledTier(
                     index=index + 1,
