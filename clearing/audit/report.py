@@ -491,8 +491,8 @@ Figures in tables are exact; charts are drawn from them.</div>
 {"".join(charts)}
 <h2>Margin calls and liquidations ({len(timeline.markers)})</h2>
 {
-        "<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th><th>margin ratio</th><th>equity</th>"
-        "<th>instrument</th><th>quantity</th></tr>" + decision_rows + "</table>"
+        "<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th>"
+        "<th>margin ratio</th><th>equity</th><th>instrument</th><th>quantity</th></tr>" + decision_rows + "</table>"
         if timeline.markers
         else '<p class="empty">None in this period.</p>'
     }
