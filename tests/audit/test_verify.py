@@ -72,8 +72,8 @@ def test_a_deleted_last_row_is_found_by_the_tables_written_with_it(owner: sa.Eng
 
 
 def test_a_changed_engine_is_caught_by_replay_determinism(
-    owner: sa.Engine,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    owner: sa.Engine,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     original = lifecycle._call_payload
 
