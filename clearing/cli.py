@@ -530,16 +530,32 @@ def _emit(data: Any, as_json: bool) -> None:
 
 
 def _print_tree(data: Any, indent: int) -> None:
+    """Nested dicts and lists as indented ``key: value`` lines; a list of records as one
+    ``- key: value, key: value`` line per record."""
     pad = "  " * indent
     if isinstance(data, dict):
         for key, value in data.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict | list) and value:
                 out(f"{pad}{key}:")
                 _print_tree(value, indent + 1)
             else:
-                out(f"{pad}{key}: {value}")
+                out(f"{pad}{key}: {_scalar(value)}")
+    elif isinstance(data, list):
+        for item in data:
+            if isinstance(item, dict):
+                out(f"{pad}- " + ", ".join(f"{key}: {_scalar(value)}" for key, value in item.items()))
+            else:
+                out(f"{pad}- {_scalar(item)}")
     else:
-        out(f"{pad}{data}")
+        out(f"{pad}{_scalar(data)}")
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str) if value else "none"
+    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,13 @@ events they produced, so the consumer is assigned its partitions explicitly and 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
-from collections.abc import Iterable
+import re
+import time
+from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -30,6 +34,9 @@ BROADCAST_TOPICS = ("marks", "admin")
 BROADCAST_TOPIC_PARTITIONS = 1
 OUTPUT_TOPIC_PARTITIONS = 4
 POLL_RECORDS_MAX = 5_000
+FETCH_RECORDS_MAX = 20_000  # records taken from the client per poll into the event-time merge
+BUFFER_RECORDS_MAX = 20_000  # records buffered per partition before its fetching pauses
+MERGE_HOLD_S_MAX = 0.5  # longest the merge waits for a silent partition before it releases anyway
 FETCH_BYTES_MAX = 32 * 1024 * 1024
 # Small per-partition fetches make every poll a mix of all partitions, so the engine's merge by
 # event time sees the deposits and the fills of the same minutes together (a large fetch fills a
@@ -38,6 +45,87 @@ FETCH_BYTES_MAX = 32 * 1024 * 1024
 # ADMIN_MESSAGE_BYTES_MAX are not cut off.
 PARTITION_FETCH_BYTES_MAX = 128 * 1024
 METADATA_WAIT_MS = 10_000
+
+
+_EVENT_TIME = re.compile(rb'"occurred_at"\s*:\s*"([^"]{1,64})"')
+_KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def event_time(raw: bytes) -> datetime | None:
+    """The ``occurred_at`` of a raw message, read without decoding it (None when there is none
+    that parses: the engine will dead-letter the message, in its place)."""
+    found = _EVENT_TIME.search(raw)
+    if found is None:
+        return None
+    try:
+        at = datetime.fromisoformat(found.group(1).decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return at if at.tzinfo is not None else None
+
+
+class EventTimeMerge:
+    """Releases buffered records in event-time order across partitions.
+
+    Each partition is in event-time order as its producer wrote it, but a poll hands over whole
+    runs of one partition: a consumer catching up would read every fill of the last hour before
+    the deposits that funded them, and the ledger would margin-call solvent accounts. So records
+    wait here until no partition that may still deliver an earlier one is behind: a partition
+    not yet at its high watermark holds the release at the time of the last record it gave (its
+    next one is no earlier). Each partition keeps its offset order.
+    Holding is bounded by ``MERGE_HOLD_S_MAX``: a partition that stays silent longer (a stalled
+    broker, a watermark that lags) does not stop the ledger.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, int], deque[tuple[datetime, RawRecord]]] = {}
+        self.last_time: dict[tuple[str, int], datetime] = {}
+        self.held_since: float | None = None
+
+    def add(self, partition: tuple[str, int], records: list[RawRecord]) -> None:
+        buffer = self.buffers.setdefault(partition, deque())
+        last = self.last_time.get(partition, _EARLIEST)
+        for record in records:
+            at = event_time(record.value)
+            last = at if at is not None and at > last else last
+            buffer.append((last, record))
+        self.last_time[partition] = last
+
+    def release(self, behind: set[tuple[str, int]], records_max: int, now: float) -> list[RawRecord]:
+        # A partition that is behind may next deliver a record as early as the last one it gave.
+        watermark = min((self.last_time.get(p, _EARLIEST) for p in behind), default=None)
+        if watermark is not None and self.held_since is not None and now - self.held_since > MERGE_HOLD_S_MAX:
+            watermark = None  # held long enough: release what is here
+        heads = []
+        for partition, buffer in self.buffers.items():
+            if buffer:
+                at, record = buffer[0]
+                heads.append((at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition))
+        heapq.heapify(heads)
+        out: list[RawRecord] = []
+        while heads and len(out) < records_max:
+            at, _, _, _, partition = heads[0]
+            if watermark is not None and at > watermark:
+                break
+            buffer = self.buffers[partition]
+            out.append(buffer.popleft()[1])
+            if buffer:
+                next_at, record = buffer[0]
+                heapq.heapreplace(
+                    heads, (next_at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition)
+                )
+            else:
+                heapq.heappop(heads)
+        pending = any(self.buffers.values())
+        if out or not pending:
+            self.held_since = None
+        elif self.held_since is None:
+            self.held_since = now
+        return out
+
+    def buffered(self) -> int:
+        return sum(len(buffer) for buffer in self.buffers.values())
 
 
 @dataclass(frozen=True)
@@ -92,6 +180,7 @@ class InputConsumer:
             max_poll_records=POLL_RECORDS_MAX,
         )
         self.assigned: list[TopicPartition] = []
+        self.merge = EventTimeMerge()
 
     def partitions(self) -> list[TopicPartition]:
         """This shard's partitions: every partition of marks and admin, and of the account-keyed
@@ -119,6 +208,7 @@ class InputConsumer:
         beginning, and the idempotency keys make anything read twice a no-op."""
         self.assigned = self.partitions()
         self.consumer.assign(self.assigned)
+        self.merge = EventTimeMerge()
         for tp in self.assigned:
             offset, instance = stored.get((tp.topic, tp.partition), (0, None))
             if broker_instance is not None and instance is not None and instance != broker_instance:
@@ -132,14 +222,32 @@ class InputConsumer:
             self.consumer.seek(tp, offset)
 
     def poll(self, timeout_ms: int, records_max: int = POLL_RECORDS_MAX) -> list[RawRecord]:
-        batch = self.consumer.poll(timeout_ms=timeout_ms, max_records=records_max)
-        return list(self._records(batch))
-
-    def _records(self, batch: dict[TopicPartition, list]) -> Iterable[RawRecord]:  # type: ignore[type-arg]
-        for tp in sorted(batch, key=lambda tp: (tp.topic, tp.partition)):
+        """The next records in event-time order across this shard's partitions (see
+        ``EventTimeMerge``), at most ``records_max``."""
+        # Back-pressure: a partition with a full buffer fetches nothing until the merge drains it.
+        full = [
+            tp
+            for tp in self.assigned
+            if len(self.merge.buffers.get((tp.topic, tp.partition), ())) >= BUFFER_RECORDS_MAX
+        ]
+        if full:
+            self.consumer.pause(*full)
+        if self.consumer.paused():
+            self.consumer.resume(*[tp for tp in self.consumer.paused() if tp not in full])
+        fetched = self.consumer.poll(timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX)
+        for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):
             kind = self.topics.kind(tp.topic)
-            for message in batch[tp]:
-                yield RawRecord(kind, tp.topic, tp.partition, message.offset, message.key, message.value or b"")
+            self.merge.add(
+                (tp.topic, tp.partition),
+                [RawRecord(kind, tp.topic, tp.partition, m.offset, m.key, m.value or b"") for m in fetched[tp]],
+            )
+        behind = set()
+        for tp in self.assigned:
+            highwater = self.consumer.highwater(tp)
+            # Unknown until the first fetch answers for the partition: then it may hold anything.
+            if highwater is None or self.consumer.position(tp) < highwater:
+                behind.add((tp.topic, tp.partition))
+        return self.merge.release(behind, records_max, time.monotonic())
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the high watermark per assigned partition, as far as the last fetch
