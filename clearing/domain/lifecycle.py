@@ -55,6 +55,7 @@ from clearing.domain.numbers import (
 from clearing.domain.params import InstrumentSpec
 from clearing.domain.state import (
     INSURANCE_FUND_ACCOUNT,
+    SYSTEM_ACCOUNTS,
     Account,
     LedgerState,
     LiquidationOrder,
@@ -62,6 +63,7 @@ from clearing.domain.state import (
 )
 
 Emit = Callable[[ev.Event], None]
+SYSTEM_ACCOUNTS_SET = frozenset(SYSTEM_ACCOUNTS)
 
 HEALTHY = "healthy"
 WARNING = "warning"
@@ -88,6 +90,9 @@ def decide(
     indexed = not index.brute_force and not index.stale
     ids = _Ids(position)
     full: set[str] = set(changed) if changed is not None else _changed_by(message)
+    # The fee account, the insurance fund and the funding pool are the clearing house's own
+    # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
+    full -= SYSTEM_ACCOUNTS_SET
     hits: set[tuple[str, str]] = set()
     match message:
         case Mark():
@@ -148,7 +153,7 @@ def decide(
                 if account_id not in invalid:
                     figures[(account_id, scope)] = risk
             remargined.add(account_id)
-        selected = full = set(others)
+        selected = full = set(others) - SYSTEM_ACCOUNTS_SET
         others.clear()
         if not selected:
             break

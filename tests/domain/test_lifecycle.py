@@ -206,3 +206,24 @@ def test_an_execution_of_a_cancelled_order_is_still_booked(book: Book) -> None:
     assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].quantity == 0
     assert order.payload["liquidation_id"] not in book.state.liquidations
     assert conservation(book.state) == {}
+
+
+def test_an_isolated_loss_beyond_an_empty_fund_is_taken_by_the_fund_alone() -> None:
+    book = Book()
+    book.feed(deposit("A", "1000", "dA"))
+    book.feed(deposit("B", "100000", "dB"))
+    book.feed(message("transfers", type="isolated_margin", transfer_id="m1", account_id="A",
+                      instrument="BTCUSDT", amount="200"))
+    book.feed(fill("A", "buy", "1", "10000", fid="a1", mode="isolated"))
+    book.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    # A closes at 9,700 by an ordinary trade: a 300 loss against 200 of collateral.
+    decisions = book.feed(fill("A", "sell", "1", "9700", fid="a2", mode="isolated"))
+    book.feed(fill("B", "buy", "1", "9700", fid="b2"))
+    assert types(decisions) == [ev.INSURANCE_FUND_DRAWN]
+    assert decisions[0].payload["amount"] == "100"
+    assert decisions[0].payload["beyond_fund"] == "100"
+    # The loss stops at the collateral: A's wallet keeps its 800; the fund shows the 100 it is short.
+    assert book.state.accounts["A"].balance("USDT") == D(800)
+    assert book.state.accounts[INSURANCE_FUND_ACCOUNT].balance("USDT") == D(-100)
+    assert all(d.payload["account_id"] != INSURANCE_FUND_ACCOUNT for d in book.decisions)
+    assert conservation(book.state) == {}
