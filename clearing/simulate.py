@@ -35,7 +35,7 @@ class Scenario:
     crash_at: float | None = None  # fraction of the steps after which the crash starts
     crash_depth: Decimal = Decimal("0.25")  # fraction the price falls
     crash_steps: int = 10
-    leverage_max: int = 20
+    leverage_max: int = 20  # the most leveraged habit a simulated trader has
     withdrawals: bool = True
     funding_every_steps: int = 50
 
@@ -61,6 +61,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
     clock = START
     prices = {symbol: spec[0] for symbol, spec in INSTRUMENTS.items()}
     equity = {}
+    habits = [lev for lev in (2, 3, 3, 5, 5, 5, 8, 10, 10, 15, 20, 25) if lev <= scenario.leverage_max] or [1]
+    leverage = {account: Decimal(rng.choice(habits)) for account in accounts}
+    held: dict[str, dict[str, Decimal]] = {account: {} for account in accounts}
 
     def tick() -> str:
         nonlocal clock
@@ -133,10 +136,22 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             symbol = rng.choice(list(INSTRUMENTS))
             _, price_tick, quantity_step, _ = INSTRUMENTS[symbol]
             price = _q(prices[symbol] * (1 + Decimal(rng.randint(-5, 5)) / 10_000), price_tick)
-            budget = min(equity[buyer], equity[seller]) * rng.randint(1, scenario.leverage_max) / 10
+            # A trade of up to the smaller equity, kept within both accounts' leverage (gross
+            # notional at current prices over the deposit): traders with a leverage habit, not
+            # gamblers that a random walk wipes out.
+            budget = min(equity[buyer], equity[seller]) * rng.randint(1, 10) / 10
+            for account, sign in ((buyer, 1), (seller, -1)):
+                room = equity[account] * leverage[account] - sum(
+                    abs(held[account].get(s, Decimal(0)) + (sign * budget / price if s == symbol else 0)) * prices[s]
+                    for s in INSTRUMENTS
+                )
+                if room < 0:
+                    budget = max(Decimal(0), budget + room)
             quantity = _q(budget / price, quantity_step)
             if quantity <= 0:
                 quantity = quantity_step
+            held[buyer][symbol] = held[buyer].get(symbol, Decimal(0)) + quantity
+            held[seller][symbol] = held[seller].get(symbol, Decimal(0)) - quantity
             at = tick()
             trade_id = f"T-{trade_number:07d}"
             maker_buys = rng.random() < 0.5

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -47,7 +48,9 @@ def _load_market(url: str) -> None:
     from clearing.simulate import Scenario, generate
     from clearing.store.db import make_engine
 
-    records = records_of(generate(Scenario(accounts=12, trades=200, steps=30, crash_at=0.6)))
+    records = records_of(
+        generate(Scenario(seed=7, accounts=12, trades=400, steps=30, crash_at=0.6, crash_depth=Decimal("0.45")))
+    )
     for index in range(BAD_RECORDS):
         records.append(RawRecord("fills", "clearing.fills", 1, index, b"ACC-X", b'{"type": "fill", "price": 1.5}'))
     engine = make_engine(url, role="clearing_app")

@@ -17,7 +17,7 @@ from tests.api.ledger_data import records_of
 
 APP_ROLE = "clearing_app"
 CRASH = Scenario(
-    seed=5, accounts=30, trades=400, steps=60, crash_at=0.6, crash_depth=Decimal("0.3"), funding_every_steps=20
+    seed=5, accounts=30, trades=400, steps=60, crash_at=0.6, crash_depth=Decimal("0.45"), funding_every_steps=20
 )
 
 

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import zlib
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,12 @@ def crash_url(pg_server) -> Iterator[str]:  # type: ignore[no-untyped-def]
         upgrade(url)
         writer = make_engine(url, role="clearing_app")
         try:
-            feed(writer, records_of(generate(Scenario(accounts=20, trades=600, steps=60, crash_at=0.6))))
+            feed(
+                writer,
+                records_of(
+                    generate(Scenario(accounts=20, trades=600, steps=60, crash_at=0.6, crash_depth=Decimal("0.45")))
+                ),
+            )
         finally:
             writer.dispose()
         yield url

@@ -9,6 +9,7 @@ the liquidator (``poll_once``): nothing sleeps to synchronise, every wait polls 
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from tests.integration.conftest import InProcessLedger, consume_topic, merge_end
 
 pytestmark = [pytest.mark.integration]
 
-SCENARIO = Scenario(seed=5, accounts=40, trades=1_500, steps=100, crash_at=0.6)
+SCENARIO = Scenario(seed=5, accounts=40, trades=1_500, steps=100, crash_at=0.6, crash_depth=Decimal("0.45"))
 SETTLE_S = 120.0
 
 CALL_FIELDS = {
