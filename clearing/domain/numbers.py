@@ -13,6 +13,7 @@ only inexact operations and every one of them goes through a helper below that n
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from decimal import (
     ROUND_CEILING,
@@ -24,7 +25,8 @@ from decimal import (
     DivisionByZero,
     InvalidOperation,
     Overflow,
-    localcontext,
+    getcontext,
+    setcontext,
 )
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -149,13 +151,34 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_THREAD = threading.local()
+
+
+def _ledger_context() -> Context:
+    """This thread's copy of the ledger context (a context's flags are written by every
+    operation, so threads do not share one)."""
+    context: Context | None = getattr(_THREAD, "context", None)
+    if context is None:
+        context = _THREAD.context = LEDGER_CONTEXT.copy()
+    return context
+
+
 def exact(function: Callable[P, R]) -> Callable[P, R]:
-    """Run ``function`` under the ledger context, so its sums and products are exact."""
+    """Run ``function`` under the ledger context, so its sums and products are exact. Nested
+    calls (the fold calls the margin model, which calls the solver) find the context already in
+    place and switch nothing."""
 
     @wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with localcontext(LEDGER_CONTEXT):
+        current = getcontext()
+        ledger = _ledger_context()
+        if current is ledger:
             return function(*args, **kwargs)
+        setcontext(ledger)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            setcontext(current)
 
     return wrapper
 
