@@ -23,6 +23,7 @@ import hashlib
 import io
 import itertools
 import os
+import shutil
 import pstats
 import statistics
 import sys
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if temp_home is not None:
             stop_services(Settings(home=Path(temp_home)))
+            shutil.rmtree(temp_home, ignore_errors=True)
 
     a, b, c = n / consume_s, n / copy_s, n / ledger_s
     print()
