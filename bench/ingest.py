@@ -23,8 +23,8 @@ import hashlib
 import io
 import itertools
 import os
-import shutil
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
