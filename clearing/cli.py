@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     services = ensure_services(settings)
     upgrade(services.database_url)
     logging.getLogger("clearing").setLevel(logging.INFO)
-    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port)
+    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
+                       metrics_host=args.metrics_host)
     out(
         f"stopped: {stats.records} records, {stats.appended} events appended, {stats.decisions} decisions, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters; log at position {stats.last_position}"
@@ -127,7 +128,9 @@ def add_run(subparsers: Subparsers) -> None:
     parser.add_argument("--shard", type=int, default=0, help="this process's shard (default 0)")
     parser.add_argument("--shards", type=int, default=1, help="how many shards the accounts are split into")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics of this process on 127.0.0.1:PORT")
+                        help="serve Prometheus metrics of this process on PORT")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics server listens on (default 127.0.0.1)")
     parser.set_defaults(handler=_run)
 
 

@@ -33,6 +33,7 @@ def run_ledger(
     load_progress: Any = None,
     install_signal_handlers: bool = True,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> RunStats:
     engine = make_engine(services.database_url, role=settings.database_role)
     try:
@@ -46,7 +47,7 @@ def run_ledger(
         relay = OutboxRelay(engine, services.kafka_bootstrap)
         metrics = LedgerMetrics(shard)
         if metrics_port is not None:
-            metrics.serve(metrics_port)
+            metrics.serve(metrics_port, metrics_host)
 
         def observed(result: BatchResult, stats: RunStats) -> None:
             metrics.observe(result)
