@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from clearing.domain.numbers import (
     ONE,
@@ -222,14 +223,20 @@ def haircut_units(spec: AssetSpec, amount: Decimal) -> Decimal:
     return lost
 
 
-@exact
-def collateral_value(parameters: RiskParameters, asset: str, amount: Decimal, price: Decimal | None) -> CollateralValue:
-    """Value of ``amount`` of ``asset`` in the valuation asset (see the module docstring)."""
-    spec = parameters.asset(asset)
+def _collateral_value(
+    parameters: RiskParameters, asset: str, amount: Decimal, price: Decimal | None
+) -> CollateralValue:
+    spec = parameters.assets_by_name.get(asset)
     if price is None or spec is None:
         return CollateralValue(asset, amount, None, ZERO, ZERO)
     lost = haircut_units(spec, amount)
     return CollateralValue(asset, amount, price, lost, price * (amount - lost))
+
+
+@exact
+def collateral_value(parameters: RiskParameters, asset: str, amount: Decimal, price: Decimal | None) -> CollateralValue:
+    """Value of ``amount`` of ``asset`` in the valuation asset (see the module docstring)."""
+    return _collateral_value(parameters, asset, amount, price)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +275,7 @@ def classify(
 
 
 def _instrument(parameters: RiskParameters, symbol: str) -> InstrumentSpec:
-    spec = parameters.instrument(symbol)
+    spec = parameters.instruments_by_symbol.get(symbol)
     if spec is None:
         raise MarginModelError(f"instrument {symbol} is not listed in risk parameters {parameters.version}")
     if spec.kind not in LINEAR_KINDS:
@@ -289,41 +296,45 @@ def _position_risk(
 ) -> tuple[PositionRisk, str | None]:
     """Figures of one position without its liquidation price (that needs the scope's totals);
     the second value names an unpriced settlement asset, if any."""
-    spec = _instrument(parameters, position.instrument)
+    instrument = position.instrument
+    spec = _instrument(parameters, instrument)
     size = spec.contract_size
-    mark = marks.get(position.instrument)
-    settlement_price = _settlement_price(parameters, marks, spec.settlement_asset)
-    unpriced = None if settlement_price is not None else spec.settlement_asset
+    quantity = position.quantity
+    cost = position.cost
+    mark = marks.get(instrument)
+    settlement_asset = spec.settlement_asset
+    settlement_price = ONE if settlement_asset == parameters.valuation_asset else marks.get(settlement_asset)
+    unpriced = None if settlement_price is not None else settlement_asset
     s = settlement_price if settlement_price is not None else ONE
     if mark is not None:
         price_used = mark
-        notional = abs(position.quantity) * size * mark
-        pnl_settlement = position.quantity * size * mark - position.cost
+        notional = abs(quantity) * size * mark
+        pnl_settlement = quantity * size * mark - cost
     else:
         # Valued at the entry price: |q| x cs x (cost / (q x cs)) = |cost|, and PnL exactly 0.
-        price_used = divide(position.cost, position.quantity * size) if position.quantity != 0 else ZERO
-        notional = abs(position.cost)
+        price_used = divide(cost, quantity * size) if quantity != 0 else ZERO
+        notional = abs(cost)
         pnl_settlement = ZERO
     tier = spec.tier_for(notional)
     figures = PositionRisk(
-        instrument=position.instrument,
-        margin_mode=position.margin_mode,
-        scope=scope,
-        quantity=position.quantity,
-        contract_size=size,
-        cost=position.cost,
-        mark=mark,
-        price_used=price_used,
-        settlement_asset=spec.settlement_asset,
-        settlement_price=s,
-        notional=notional,
-        tier=tier.index,
-        initial_rate=tier.initial_rate,
-        maintenance_rate=tier.maintenance_rate,
-        unrealised_pnl=s * pnl_settlement,
-        initial_margin=round_requirement(s * tier.initial(notional)),
-        maintenance_margin=round_requirement(s * tier.maintenance(notional)),
-        liquidation_price=None,
+        instrument,
+        position.margin_mode,
+        scope,
+        quantity,
+        size,
+        cost,
+        mark,
+        price_used,
+        settlement_asset,
+        s,
+        notional,
+        tier.index,
+        tier.initial_rate,
+        tier.maintenance_rate,
+        s * pnl_settlement,
+        round_requirement(s * (notional * tier.initial_rate - tier.initial_amount)),  # tier.initial(notional)
+        round_requirement(s * (notional * tier.maintenance_rate - tier.maintenance_amount)),  # tier.maintenance
+        None,
     )
     return figures, unpriced
 
@@ -465,23 +476,28 @@ def _scope_from(
     unpriced: set[str],
     liquidation_prices: bool = True,
 ) -> ScopeRisk:
-    pnl = sum((p.unrealised_pnl for p in positions), ZERO)
+    # The sums add in the order of ``positions``, from ZERO, as ``sum(..., ZERO)`` would.
+    pnl = initial = maintenance = ZERO
+    open_positions = False
+    for p in positions:
+        pnl += p.unrealised_pnl
+        initial += p.initial_margin
+        maintenance += p.maintenance_margin
+        if p.quantity != 0:
+            open_positions = True
     equity = collateral + pnl
-    initial = sum((p.initial_margin for p in positions), ZERO)
-    maintenance = sum((p.maintenance_margin for p in positions), ZERO)
-    open_positions = any(p.quantity != 0 for p in positions)
     ratio, status = classify(equity, maintenance, open_positions, parameters.margin_call)
     draft = ScopeRisk(
-        scope=scope,
-        collateral=collateral,
-        unrealised_pnl=pnl,
-        equity=equity,
-        initial_margin=initial,
-        maintenance_margin=maintenance,
-        margin_ratio=ratio,
-        status=status,
-        positions=tuple(positions),
-        unpriced_assets=tuple(sorted(unpriced)),
+        scope,
+        collateral,
+        pnl,
+        equity,
+        initial,
+        maintenance,
+        ratio,
+        status,
+        tuple(positions),
+        tuple(sorted(unpriced)) if unpriced else (),
     )
     if not liquidation_prices:
         return draft
@@ -492,12 +508,16 @@ def _scope_from(
 def _collateral(
     account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]
 ) -> tuple[tuple[CollateralValue, ...], set[str]]:
-    values = tuple(
-        collateral_value(parameters, asset, amount, _settlement_price(parameters, marks, asset))
-        for asset, amount in sorted(account.balances.items())
-        if amount != 0
-    )
-    return values, {value.asset for value in values if not value.priced}
+    valuation = parameters.valuation_asset
+    values: list[CollateralValue] = []
+    unpriced: set[str] = set()
+    for asset, amount in sorted(account.balances.items()):
+        if amount != 0:
+            value = _collateral_value(parameters, asset, amount, ONE if asset == valuation else marks.get(asset))
+            values.append(value)
+            if value.price is None:
+                unpriced.add(asset)
+    return tuple(values), unpriced
 
 
 def _cross_scope(
@@ -518,7 +538,9 @@ def _cross_scope(
         positions.append(figures)
         if missing is not None:
             unpriced.add(missing)
-    value = sum((c.value for c in collateral), ZERO)
+    value = ZERO
+    for c in collateral:
+        value += c.value
     return _scope_from(parameters, CROSS, value, positions, unpriced, liquidation_prices)
 
 
@@ -591,6 +613,11 @@ class StateMarks(Mapping[str, Decimal]):
 
     def __getitem__(self, symbol: str) -> Decimal:
         return self._marks[symbol].price
+
+    def get(self, symbol: str, default: Any = None) -> Any:
+        # Mapping.get would go through __getitem__ and a KeyError for every unmarked symbol.
+        mark = self._marks.get(symbol)
+        return default if mark is None else mark.price
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._marks)
@@ -710,6 +737,13 @@ def trigger_prices_of(
     account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], risk: ScopeRisk, instrument: str
 ) -> TriggerPrices:
     """``trigger_prices`` of a scope already evaluated (``risk``, at ``marks``)."""
+    return _trigger_prices_of(account, parameters, marks, risk, instrument)
+
+
+def _trigger_prices_of(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], risk: ScopeRisk, instrument: str
+) -> TriggerPrices:
+    """``trigger_prices_of`` for callers already under the ledger context (``numbers.exact``)."""
     scope = risk.scope
     if parameters.instrument(instrument) is not None:
         position = risk.position(instrument)

@@ -61,6 +61,7 @@ from decimal import Decimal
 
 from clearing.domain import margin
 from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, exact
+from clearing.domain.params import InstrumentSpec, RiskParameters
 from clearing.domain.state import Account, LedgerState, TriggerIndex
 
 LIQUIDATING = ("liquidation", "bankrupt")
@@ -134,6 +135,7 @@ def rebuild(state: LedgerState) -> None:
     index.stale = False
 
 
+@exact
 def refresh(
     state: LedgerState, account_id: str, figures: Mapping[tuple[str, str], margin.ScopeRisk] | None = None
 ) -> None:
@@ -142,15 +144,22 @@ def refresh(
     index = state.triggers
     version = index.version.get(account_id, 0) + 1
     index.version[account_id] = version
-    for symbol in index.heap_symbols.pop(account_id, ()):
-        index.live[symbol] -= 1
-    for symbol in index.always_symbols.pop(account_id, ()):
-        index.always[symbol].discard(account_id)
+    old_heap = index.heap_symbols.pop(account_id, None)
+    if old_heap:
+        live = index.live
+        for symbol in old_heap:
+            live[symbol] -= 1
+    old_always = index.always_symbols.pop(account_id, None)
+    if old_always:
+        for symbol in old_always:
+            index.always[symbol].discard(account_id)
     account = state.accounts.get(account_id)
     if account is None:
         return
     always: set[str] = set()
     pushed: list[str] = []
+    lowers = index.lowers
+    uppers = index.uppers
     for scope in scopes(account):
         symbols = scope_dependencies(state, account, scope)
         if not symbols:
@@ -159,8 +168,8 @@ def refresh(
         if status is not None and status.status in LIQUIDATING:
             always.update(symbols)
             continue
+        known = None if figures is None else figures.get((account_id, scope))
         if len(symbols) > 1:
-            known = None if figures is None else figures.get((account_id, scope))
             try:
                 bands = _budget_bounds(state, account, scope, symbols, known)
             except margin.MarginModelError:
@@ -169,13 +178,13 @@ def refresh(
                 always.update(symbols)
                 continue
             for symbol, (band_low, band_high) in bands.items():
-                _push(index, index.lowers.setdefault(symbol, []), (-band_low, account_id, scope, version), symbol)
-                _push(index, index.uppers.setdefault(symbol, []), (band_high, account_id, scope, version), symbol)
-                pushed.extend((symbol, symbol))
+                _push(index, lowers.setdefault(symbol, []), (-band_low, account_id, scope, version), symbol)
+                _push(index, uppers.setdefault(symbol, []), (band_high, account_id, scope, version), symbol)
+                pushed.append(symbol)
+                pushed.append(symbol)
             continue
         symbol = symbols[0]
         try:
-            known = None if figures is None else figures.get((account_id, scope))
             bounds = _bounds(state, account, scope, symbol, known)
         except margin.MarginModelError:
             bounds = None
@@ -184,10 +193,10 @@ def refresh(
             continue
         lower, upper = bounds
         if lower is not None:
-            _push(index, index.lowers.setdefault(symbol, []), (-lower, account_id, scope, version), symbol)
+            _push(index, lowers.setdefault(symbol, []), (-lower, account_id, scope, version), symbol)
             pushed.append(symbol)
         if upper is not None:
-            _push(index, index.uppers.setdefault(symbol, []), (upper, account_id, scope, version), symbol)
+            _push(index, uppers.setdefault(symbol, []), (upper, account_id, scope, version), symbol)
             pushed.append(symbol)
     if pushed:
         index.heap_symbols[account_id] = tuple(pushed)
@@ -202,25 +211,67 @@ def _push(
 ) -> None:
     live = index.live[symbol] = index.live.get(symbol, 0) + 1
     if len(heap) > 2 * live + COMPACT_SLACK:
-        for name in ("lowers", "uppers"):
-            other = getattr(index, name).get(symbol)
+        for heaps in (index.lowers, index.uppers):
+            other = heaps.get(symbol)
             if other is not None:
                 other[:] = [e for e in other if index.version.get(e[1]) == e[3]]
                 heapq.heapify(other)
     heapq.heappush(heap, entry)
 
 
-@exact
+# Per-parameters constants of the bounds below, computed once per parameters document (which is
+# immutable): keyed by the document's identity, so the cache follows ``state.parameters``.
+_CONSTANTS: tuple[RiskParameters | None, dict[tuple[str, int], Decimal]] = (None, {})
+
+
+def _constants(parameters: RiskParameters) -> dict[tuple[str, int], Decimal]:
+    global _CONSTANTS
+    cached = _CONSTANTS
+    if cached[0] is not parameters:
+        cached = _CONSTANTS = (parameters, {})
+    return cached[1]
+
+
+def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal) -> Decimal:
+    """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (and 1): how
+    flat ``t x equity - maintenance`` can get in the mark (see ``_bounds``)."""
+    constants = _constants(parameters)
+    key = (spec.symbol, 1 if direction > 0 else -1)
+    gamma = constants.get(key)
+    if gamma is None:
+        policy = parameters.margin_call
+        gamma = constants[key] = min(
+            [ONE]
+            + [
+                abs(threshold * direction - tier.maintenance_rate)
+                for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
+                for tier in spec.tier_table
+            ]
+        )
+    return gamma
+
+
+def _widest(parameters: RiskParameters, spec: InstrumentSpec) -> Decimal:
+    """1 + the largest maintenance rate of the instrument's tiers (see ``_budget_bounds``)."""
+    constants = _constants(parameters)
+    key = (spec.symbol, 0)
+    widest = constants.get(key)
+    if widest is None:
+        widest = constants[key] = ONE + max(tier.maintenance_rate for tier in spec.tier_table)
+    return widest
+
+
 def _bounds(
     state: LedgerState, account: Account, scope: str, symbol: str, risk: margin.ScopeRisk | None = None
 ) -> tuple[Decimal | None, Decimal | None] | None:
     """(lower, upper) re-margin triggers of a scope that depends on ``symbol`` alone, pulled
-    towards the reference by the rounding slack; None when the scope cannot be indexed."""
+    towards the reference by the rounding slack; None when the scope cannot be indexed. Runs
+    under the ledger context (``refresh``)."""
     parameters = state.parameters
     marks = margin.StateMarks(state.marks)
     if risk is None:
         risk = margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=False)
-    prices = margin.trigger_prices_of(account, parameters, marks, risk, symbol)
+    prices = margin._trigger_prices_of(account, parameters, marks, risk, symbol)
     reference = prices.reference_price
     if reference is None:
         return (None, None)  # unpriced: the first mark of the symbol re-margins its dependents
@@ -231,15 +282,7 @@ def _bounds(
             return None
         slope = position.settlement_price * abs(position.quantity) * position.contract_size
         direction = ONE if position.quantity > 0 else -ONE
-        policy = parameters.margin_call
-        gamma = min(
-            [ONE]
-            + [
-                abs(threshold * direction - tier.maintenance_rate)
-                for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
-                for tier in spec.tier_table
-            ]
-        )
+        gamma = _gamma(parameters, spec, direction)
     else:
         asset = parameters.asset(symbol)
         if asset is None:
@@ -264,12 +307,12 @@ def _bounds(
     return (lower, upper)
 
 
-@exact
 def _budget_bounds(
     state: LedgerState, account: Account, scope: str, symbols: tuple[str, ...], risk: margin.ScopeRisk | None
 ) -> dict[str, tuple[Decimal, Decimal]] | None:
     """Bands around the current prices of a scope that depends on several prices, inside which no
-    combination of moves can change its status; None when the scope cannot be indexed.
+    combination of moves can change its status; None when the scope cannot be indexed. Runs
+    under the ledger context (``refresh``).
 
     The status is the sign pattern of g_0 = equity and g_t = t x equity - maintenance for t in
     (resolve, warning, 1). Each g moves with the price of a symbol X by at most k_X per unit:
@@ -280,25 +323,27 @@ def _budget_bounds(
     moves below S (the shared budget that one-dimensional triggers lack). Settlement assets other
     than the valuation asset are not budgeted (the scope is then re-margined on every mark)."""
     parameters = state.parameters
-    marks = margin.StateMarks(state.marks)
     if risk is None:
-        risk = margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=False)
+        marks_seen = margin.StateMarks(state.marks)
+        risk = margin.evaluate_scope(account, parameters, marks_seen, scope, liquidation_prices=False)
     if risk.unpriced_assets:
         return None
+    instruments = parameters.instruments_by_symbol
+    valuation = parameters.valuation_asset
+    marks = state.marks
     sensitivity: dict[str, Decimal] = {}
     for symbol in symbols:
-        spec = parameters.instruments_by_symbol.get(symbol)
+        spec = instruments.get(symbol)
         if spec is not None:
             position = risk.position(symbol)
             if position is None or position.quantity == 0 or position.mark is None:
                 return None
-            if position.settlement_asset != parameters.valuation_asset:
+            if position.settlement_asset != valuation:
                 return None
-            rate_max = max(tier.maintenance_rate for tier in spec.tier_table)
-            sensitivity[symbol] = abs(position.quantity) * position.contract_size * (ONE + rate_max)
+            sensitivity[symbol] = abs(position.quantity) * position.contract_size * _widest(parameters, spec)
         else:
             asset = parameters.asset(symbol)
-            if asset is None or state.mark_price(symbol) is None:
+            if asset is None or symbol not in marks:
                 return None
             amount = account.balance(symbol)
             sensitivity[symbol] = abs(amount - margin.haircut_units(asset, amount)) if amount > 0 else abs(amount)
@@ -314,11 +359,12 @@ def _budget_bounds(
     bands: dict[str, tuple[Decimal, Decimal]] = {}
     share = len(symbols)
     for symbol, k in sensitivity.items():
-        price = state.mark_price(symbol)
-        if price is None:
+        mark = marks.get(symbol)
+        if mark is None:
             return None
         if k == 0:
             continue  # the scope does not move with this price at all
+        price = mark.price
         band = divide(budget, share * k)
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
     return bands

@@ -139,3 +139,28 @@ def test_a_mark_inside_the_triggers_looks_at_no_one_and_a_crossing_at_exactly_th
     assert (hits, always) == (set(), set())
     hits, always = triggers.crossed(state, "BTCUSDT", D("9045"))
     assert hits == {("A", "cross")} and always == set()
+
+
+def test_per_parameters_constants_follow_the_parameters_in_force() -> None:
+    """The bounds' per-parameters constants (largest maintenance rate, flattest slope) are cached
+    by the parameters document: a new document with other rates must not read the old figures."""
+    from clearing.domain.numbers import ONE
+    from clearing.domain.params import bundled_document, load_parameters
+
+    first = load_parameters(bundled_document())
+    document = bundled_document()
+    for spec in document["instruments"]:
+        if spec["symbol"] == "BTCUSDT":
+            spec["tiers"] = [{"notional_cap": None, "initial_rate": "0.5", "maintenance_rate": "0.25"}]
+    document["margin_call"]["resolve_ratio"] = "0.3"
+    second = load_parameters(document)
+    for parameters in (first, second, first, second):
+        spec = parameters.instruments_by_symbol["BTCUSDT"]
+        policy = parameters.margin_call
+        rates = [tier.maintenance_rate for tier in spec.tier_table]
+        assert triggers._widest(parameters, spec) == ONE + max(rates)
+        for direction in (ONE, -ONE):
+            thresholds = (policy.resolve_ratio, policy.warning_ratio, ONE)
+            expected = min([ONE] + [abs(t * direction - rate) for t in thresholds for rate in rates])
+            assert triggers._gamma(parameters, spec, direction) == expected
+    assert triggers._widest(second, second.instruments_by_symbol["BTCUSDT"]) == D("1.25")
