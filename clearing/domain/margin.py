@@ -366,21 +366,25 @@ def _roots(
         rate = slope - weight * tier.maintenance_rate
         floor = tier.notional_floor
         at_floor = base + rate * floor
-        if tier.notional_cap is not None:
-            cap = tier.notional_cap
+        cap = tier.notional_cap
+        # Signs as -1, 0, 1 (``not x`` is ``x == 0``; ``is_signed`` is ``x < 0`` for x != 0).
+        if cap is not None:
             at_cap = base + rate * cap
-            cap_sign = (at_cap > 0) - (at_cap < 0)
+            cap_sign = 0 if not at_cap else (-1 if at_cap.is_signed() else 1)
+        elif rate:
+            cap_sign = -1 if rate.is_signed() else 1
         else:
-            cap = None
-            at_cap = None
-            cap_sign = (rate > 0) - (rate < 0) if rate != 0 else (base > 0) - (base < 0)
-        floor_sign = (at_floor > 0) - (at_floor < 0)
-        if floor_sign == 0 and floor > 0:
+            cap_sign = 0 if not base else (-1 if base.is_signed() else 1)
+        floor_sign = 0 if not at_floor else (-1 if at_floor.is_signed() else 1)
+        if floor_sign == 0 and floor > ZERO:
             found[floor] = divide(floor, size)
         if cap is not None and cap_sign == 0:
             found[cap] = divide(cap, size)
         if floor_sign * cap_sign < 0:
             interior.append(divide(-base, rate * size))
+    if not found:
+        interior.sort()
+        return interior
     return sorted([*found.values(), *interior])
 
 
@@ -690,17 +694,21 @@ def _bounds(
     if line is None or reference is None:
         return TriggerPrices(scope, symbol, reference, None, None, None, None)
     policy = parameters.margin_call
-    crossings: list[tuple[Decimal, str]] = [(root, THRESHOLD_BANKRUPT) for root in line.equity_roots()]
-    for name, threshold in (
-        (THRESHOLD_RESOLVE, policy.resolve_ratio),
-        (THRESHOLD_WARNING, policy.warning_ratio),
-        (THRESHOLD_MAINTENANCE, ONE),
+    # The nearest crossing at or below and at or above the reference; on a tie the first found
+    # (in the order bankrupt, resolve, warning, maintenance) wins.
+    lower: tuple[Decimal, str] | None = None
+    upper: tuple[Decimal, str] | None = None
+    for name, roots in (
+        (THRESHOLD_BANKRUPT, line.equity_roots()),
+        (THRESHOLD_RESOLVE, line.ratio_roots(policy.resolve_ratio)),
+        (THRESHOLD_WARNING, line.ratio_roots(policy.warning_ratio)),
+        (THRESHOLD_MAINTENANCE, line.ratio_roots(ONE)),
     ):
-        crossings.extend((root, name) for root in line.ratio_roots(threshold))
-    below = [c for c in crossings if c[0] <= reference]
-    above = [c for c in crossings if c[0] >= reference]
-    lower = max(below, default=None, key=lambda c: c[0])
-    upper = min(above, default=None, key=lambda c: c[0])
+        for root in roots:
+            if root <= reference and (lower is None or root > lower[0]):
+                lower = (root, name)
+            if root >= reference and (upper is None or root < upper[0]):
+                upper = (root, name)
     return TriggerPrices(
         scope=scope,
         instrument=symbol,
