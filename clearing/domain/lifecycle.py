@@ -361,15 +361,19 @@ def _call_payload(
     }
 
 
+# The status of a scope without a margin call: read, never written (a call's decision creates the
+# scope's own status when it is applied).
+_NO_CALL = MarginStatus()
+
+
 def _remargin(
     state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit
 ) -> margin.ScopeRisk:
     """Take the scope's lifecycle step; returns the figures it was taken on."""
-    status = account.margin.get(scope) or MarginStatus()
+    status = account.margin.get(scope) or _NO_CALL
     risk = margin.scope_risk(state, account, scope, liquidation_prices=False)
     level, _ratio = _level(risk, state)
     current = status.status
-    grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
 
     def call(event_type: str, call_id: str, new_level: str, deadline: datetime | None, **extra: Any) -> None:
         payload = {**_call_payload(state, scope, call_id, new_level, risk, deadline), **extra}
@@ -393,6 +397,7 @@ def _remargin(
         return risk
     # healthy, warning or maintenance, and not below resolve
     if _RANK[level] > _RANK[current] and level in (WARNING, MAINTENANCE):
+        grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
         deadline = at + grace if level == MAINTENANCE else None
         if current == HEALTHY:
             call_id = ids.next("MC")

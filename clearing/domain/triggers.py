@@ -73,12 +73,18 @@ def scopes(account: Account) -> list[str]:
     """The account's margin scopes in a fixed order: cross, isolated positions, then any other
     scope with a margin call running."""
     found = [margin.CROSS]
-    for (instrument, mode), position in sorted(account.positions.items()):
-        if mode == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0):
-            found.append(margin.isolated_scope(instrument))
-    for scope in sorted(account.margin):
-        if scope not in found and account.margin[scope].status != "healthy":
-            found.append(scope)
+    isolated = [
+        key
+        for key, position in account.positions.items()
+        if key[1] == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0)
+    ]
+    if isolated:
+        isolated.sort()
+        found.extend(margin.isolated_scope(instrument) for instrument, _mode in isolated)
+    if account.margin:
+        for scope in sorted(account.margin):
+            if scope not in found and account.margin[scope].status != "healthy":
+                found.append(scope)
     return found
 
 
