@@ -93,9 +93,9 @@ def walk(bench: Bench, price: Decimal, marks: int, rng: random.Random, step_bp: 
     counted = [0]
     original = lifecycle._remargin
 
-    def counting(*args: Any, **kwargs: Any) -> None:
+    def counting(*args: Any, **kwargs: Any) -> Any:
         counted[0] += 1
-        original(*args, **kwargs)
+        return original(*args, **kwargs)
 
     lifecycle._remargin = counting  # type: ignore[assignment]
     try:
