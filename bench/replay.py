@@ -153,7 +153,8 @@ def main() -> int:
         report = rebuild(owner)
         total_s = time.perf_counter() - started
         print(f"projections rebuild (all)   {rate(n, total_s)}; swap transaction {report.seconds_swap:.2f} s "
-              f"(the writer waits that long); rows {report.rows_written}; identical {report.identical}")
+              f"(the writer waits that long); rows {report.rows_written}; identical {report.identical}, "
+              f"consistent {report.consistent}")
         started = time.perf_counter()
         result_v = verify(owner)
         total_v = time.perf_counter() - started

@@ -572,15 +572,17 @@ def _isolated_positions(account: Account) -> list[Position]:
 
 
 @exact
-def evaluate(account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> AccountRisk:
+def evaluate(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool = True
+) -> AccountRisk:
     """Every scope of ``account``: the cross account and each isolated position (one with open
     quantity or allocated margin). ``marks`` maps instrument symbols to mark prices and collateral
     assets to prices in the valuation asset (the valuation asset itself is 1 whatever it says).
     Raises ``MarginModelError`` for a position in an instrument the parameters do not list or do
     not price linearly."""
     collateral, unpriced = _collateral(account, parameters, marks)
-    cross = _cross_scope(account, parameters, marks, collateral, unpriced)
-    isolated = tuple(_isolated_scope(parameters, marks, p) for p in _isolated_positions(account))
+    cross = _cross_scope(account, parameters, marks, collateral, unpriced, liquidation_prices)
+    isolated = tuple(_isolated_scope(parameters, marks, p, liquidation_prices) for p in _isolated_positions(account))
     return AccountRisk(account.account_id, parameters.version, collateral, cross, isolated)
 
 
@@ -637,9 +639,9 @@ def scope_risk(state: LedgerState, account: Account, scope: str, *, liquidation_
     )
 
 
-def account_risk(state: LedgerState, account: Account) -> AccountRisk:
+def account_risk(state: LedgerState, account: Account, *, liquidation_prices: bool = True) -> AccountRisk:
     """``evaluate`` with the parameters in force and the last marks of ``state``."""
-    return evaluate(account, state.parameters, StateMarks(state.marks))
+    return evaluate(account, state.parameters, StateMarks(state.marks), liquidation_prices=liquidation_prices)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
         account = state.accounts.get(account_id)
         if account is None or account_id.startswith("system:"):
             continue
-        risk = margin.account_risk(state, account)
+        risk = margin.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
         for scope in risk.scopes:
             lifecycle = account.margin.get(scope.scope)
             rows.append(
