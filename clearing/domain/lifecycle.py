@@ -163,7 +163,7 @@ def decide(
     elif not indexed or isinstance(message, RiskParametersMessage):
         triggers.rebuild(state)
     else:
-        for account_id in sorted(remargined | state.touched):
+        for account_id in sorted((remargined | state.touched) - SYSTEM_ACCOUNTS_SET):
             triggers.refresh(state, account_id, figures)
 
 
