@@ -16,6 +16,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from clearing.domain.messages import format_time
+from clearing.domain.numbers import to_wire
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 INSTRUMENTS = {
@@ -74,8 +75,8 @@ def generate(scenario: Scenario) -> Iterator[Message]:
         at = tick()
         for symbol, (_, price_tick, _, asset) in INSTRUMENTS.items():
             price = _q(prices[symbol], price_tick)
-            yield Message("marks", symbol, {"type": "mark", "symbol": symbol, "price": str(price), "occurred_at": at})
-            yield Message("marks", asset, {"type": "mark", "symbol": asset, "price": str(price), "occurred_at": at})
+            yield Message("marks", symbol, {"type": "mark", "symbol": symbol, "price": to_wire(price), "occurred_at": at})
+            yield Message("marks", asset, {"type": "mark", "symbol": asset, "price": to_wire(price), "occurred_at": at})
 
     yield from marks()
     for account in accounts:
@@ -89,7 +90,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 "transfer_id": f"D-{account}",
                 "account_id": account,
                 "asset": "USDT",
-                "amount": str(amount),
+                "amount": to_wire(amount),
                 "occurred_at": tick(),
             },
         )
@@ -103,7 +104,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                     "transfer_id": f"DB-{account}",
                     "account_id": account,
                     "asset": "BTC",
-                    "amount": str(btc),
+                    "amount": to_wire(btc),
                     "occurred_at": tick(),
                 },
             )
@@ -126,7 +127,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             for symbol in INSTRUMENTS:
                 rate = Decimal(rng.randint(-10, 30)) / 100_000
                 yield Message(
-                    "marks", symbol, {"type": "funding", "symbol": symbol, "rate": str(rate), "occurred_at": at}
+                    "marks", symbol, {"type": "funding", "symbol": symbol, "rate": to_wire(rate), "occurred_at": at}
                 )
         for _ in range(trades_per_step):
             if trade_number >= scenario.trades:
@@ -169,9 +170,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                         "account_id": account,
                         "instrument": symbol,
                         "side": side,
-                        "quantity": str(quantity),
-                        "price": str(price),
-                        "fee": str(fee),
+                        "quantity": to_wire(quantity),
+                        "price": to_wire(price),
+                        "fee": to_wire(fee),
                         "fee_asset": "USDT",
                         "liquidity": "maker" if maker else "taker",
                         "margin_mode": "cross",
@@ -189,7 +190,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                     "transfer_id": f"W-{step:05d}-{account}",
                     "account_id": account,
                     "asset": "USDT",
-                    "amount": str(amount),
+                    "amount": to_wire(amount),
                     "occurred_at": tick(),
                 },
             )

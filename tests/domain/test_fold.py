@@ -344,3 +344,15 @@ def test_funding_between_the_two_fills_of_a_trade_stays_in_the_pool_and_the_book
     assert book.state.accounts["L"].balance("USDT") == D("-0.2")
     assert book.state.accounts[FUNDING_POOL_ACCOUNT].balance("USDT") == D("0.2")
     assert conservation(book.state) == {}
+
+
+def test_every_simulated_message_decodes() -> None:
+    # Decimal's str() can give "2E+2"; the wire form must always be plain.
+    from decimal import Decimal
+
+    from clearing.simulate import Scenario, generate
+
+    for scenario in (Scenario(seed=7, accounts=200, trades=5_000, steps=120, crash_at=0.75),
+                     Scenario(seed=3, accounts=50, trades=2_000, steps=60, crash_at=0.6, crash_depth=Decimal("0.45"))):
+        for simulated in generate(scenario):
+            decode(simulated.kind, simulated.encode())
