@@ -75,7 +75,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
         at = tick()
         for symbol, (_, price_tick, _, asset) in INSTRUMENTS.items():
             price = _q(prices[symbol], price_tick)
-            yield Message("marks", symbol, {"type": "mark", "symbol": symbol, "price": to_wire(price), "occurred_at": at})
+            yield Message(
+                "marks", symbol, {"type": "mark", "symbol": symbol, "price": to_wire(price), "occurred_at": at}
+            )
             yield Message("marks", asset, {"type": "mark", "symbol": asset, "price": to_wire(price), "occurred_at": at})
 
     yield from marks()

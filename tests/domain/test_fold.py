@@ -352,7 +352,9 @@ def test_every_simulated_message_decodes() -> None:
 
     from clearing.simulate import Scenario, generate
 
-    for scenario in (Scenario(seed=7, accounts=200, trades=5_000, steps=120, crash_at=0.75),
-                     Scenario(seed=3, accounts=50, trades=2_000, steps=60, crash_at=0.6, crash_depth=Decimal("0.45"))):
+    for scenario in (
+        Scenario(seed=7, accounts=200, trades=5_000, steps=120, crash_at=0.75),
+        Scenario(seed=3, accounts=50, trades=2_000, steps=60, crash_at=0.6, crash_depth=Decimal("0.45")),
+    ):
         for simulated in generate(scenario):
             decode(simulated.kind, simulated.encode())
