@@ -193,7 +193,6 @@ class Ledger:
             position = eventlog.lock_and_check_head(conn, self.head)
             existing = eventlog.existing_payloads(conn, keys)
             seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
-            dead_by_record = {id(d.record): d for d in dead}
             for record, message, key in decoded:
                 offsets[(record.topic, record.partition)] = record.offset + 1
                 if message is None or key is None:
@@ -213,7 +212,6 @@ class Ledger:
                             existing.get(key) or _loads(seen[key]),
                         )
                         dead.append(letter)
-                        dead_by_record[id(record)] = letter
                     continue
                 try:
                     admit(state, message)
