@@ -150,6 +150,9 @@ def build_timeline(
             account = state.accounts.get(account_id)
             if relevant and in_window and account is not None:
                 risk = scope_risk(state, account, "cross")
+                # The lifecycle's status (a call stays open until resolved; a bankrupt account
+                # with nothing left to margin is still bankrupt), not the instantaneous class.
+                lifecycle = account.margin.get("cross")
                 timeline.risk.append(
                     RiskPoint(
                         position,
@@ -158,7 +161,7 @@ def build_timeline(
                         risk.initial_margin,
                         risk.maintenance_margin,
                         risk.margin_ratio,
-                        risk.status,
+                        lifecycle.status if lifecycle is not None else risk.status,
                     )
                 )
     return timeline

@@ -391,6 +391,10 @@ def _remargin(
     if current == BANKRUPT:
         if risk.equity >= 0 and status.margin_call_id is not None:
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, BANKRUPT, None, resolution="deficit covered")
+        elif risk.has_open_positions and not status.pending_orders:
+            # A bankrupt account should not trade, but fills are facts: whatever it holds again
+            # is liquidated at once (its equity is below zero, so every position closes).
+            _issue_orders(state, account, scope, status.margin_call_id or ids.next("MC"), risk, at, ids, emit)
         return risk
     if current == LIQUIDATION:
         _continue_liquidation(state, account, scope, status, risk, at, ids, emit, call)

@@ -227,3 +227,17 @@ def test_an_isolated_loss_beyond_an_empty_fund_is_taken_by_the_fund_alone() -> N
     assert book.state.accounts[INSURANCE_FUND_ACCOUNT].balance("USDT") == D(-100)
     assert all(d.payload["account_id"] != INSURANCE_FUND_ACCOUNT for d in book.decisions)
     assert conservation(book.state) == {}
+
+
+def test_a_bankrupt_account_that_trades_again_is_liquidated_at_once(book: Book) -> None:
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    book.feed(liquidation_fill(order, "8900"))
+    book.feed(counterpart(order, "8900"))
+    assert book.state.accounts["A"].margin["cross"].status == "bankrupt"
+    # The exchange should have stopped it, but a fill is a fact: A buys 0.5 more.
+    decisions = book.feed(fill("A", "buy", "0.5", "8900", fid="a9"))
+    book.feed(fill("C", "sell", "0.5", "8900", fid="c9"))
+    assert types(decisions) == [ev.LIQUIDATION_ORDER_ISSUED]
+    assert (decisions[0].payload["side"], decisions[0].payload["quantity"]) == ("sell", "0.5")
+    assert conservation(book.state) == {}
