@@ -14,10 +14,42 @@ import sqlalchemy as sa
 
 from clearing.domain.state import LedgerState
 
-_UPSERT_BALANCE = sa.text(
-    "INSERT INTO {table} (account_id, asset, amount, as_of_position) VALUES (:account_id, :asset, :amount, :as_of) "
-    "ON CONFLICT (account_id, asset) DO UPDATE SET amount = excluded.amount, as_of_position = excluded.as_of_position"
-)
+BALANCE_KEY = ("account_id", "asset")
+BALANCE_COLUMNS = ("amount",)
+POSITION_KEY = ("account_id", "instrument", "margin_mode")
+POSITION_COLUMNS = ("quantity", "cost", "entry_price", "realised_pnl", "isolated_margin", "funding_paid")
+MARGIN_KEY = ("account_id", "scope")
+MARGIN_COLUMNS = ("equity", "initial_margin", "maintenance_margin", "margin_ratio", "status")
+
+
+def upsert(
+    conn: sa.Connection, table: str, key: tuple[str, ...], columns: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
+    """Insert or update ``rows`` (dicts with the key, the columns and ``as_of``) in ``table``.
+
+    Why COPY into a staging table and one INSERT ... SELECT ... ON CONFLICT, rather than an
+    upsert statement per row: a batch rewrites the rows of every account it touched, thousands of
+    them, and this is several times faster. The staging table is temporary, per connection, and
+    emptied at every commit. Table and column names are this module's constants, never input."""
+    if not rows:
+        return
+    staging = f"staging_{table}"
+    names = (*key, *columns, "as_of_position")
+    listed = ", ".join(names)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in (*columns, "as_of_position"))
+    driver: Any = conn.connection.driver_connection
+    cursor = driver.cursor()
+    cursor.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with cursor.copy(f"COPY {staging} ({listed}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([*(row[name] for name in (*key, *columns)), row["as_of"]])
+    cursor.execute(
+        f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {staging} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+    cursor.execute(f"DELETE FROM {staging}")
 
 
 def balance_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list[dict[str, Any]]:
@@ -84,23 +116,8 @@ def write(
     accounts = list(accounts)
     write_margin(conn, state, accounts, as_of, suffix=suffix)
     write_decisions(conn, decisions, suffix=suffix)
-    balances = balance_rows(state, accounts, as_of)
-    if balances:
-        conn.execute(sa.text(_UPSERT_BALANCE.text.format(table="balances" + suffix)), balances)
-    positions = position_rows(state, accounts, as_of)
-    if positions:
-        conn.execute(
-            sa.text(
-                f"INSERT INTO positions{suffix} (account_id, instrument, margin_mode, quantity, cost, entry_price, "
-                "realised_pnl, isolated_margin, funding_paid, as_of_position) VALUES (:account_id, :instrument, "
-                ":margin_mode, :quantity, :cost, :entry_price, :realised_pnl, :isolated_margin, :funding_paid, :as_of) "
-                "ON CONFLICT (account_id, instrument, margin_mode) DO UPDATE SET quantity = excluded.quantity, "
-                "cost = excluded.cost, entry_price = excluded.entry_price, realised_pnl = excluded.realised_pnl, "
-                "isolated_margin = excluded.isolated_margin, funding_paid = excluded.funding_paid, "
-                "as_of_position = excluded.as_of_position"
-            ),
-            positions,
-        )
+    upsert(conn, "balances" + suffix, BALANCE_KEY, BALANCE_COLUMNS, balance_rows(state, accounts, as_of))
+    upsert(conn, "positions" + suffix, POSITION_KEY, POSITION_COLUMNS, position_rows(state, accounts, as_of))
     marks = mark_rows(state, symbols, as_of)
     if marks:
         conn.execute(
@@ -150,19 +167,7 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
 def write_margin(
     conn: sa.Connection, state: LedgerState, accounts: Iterable[str], as_of: int, *, suffix: str = ""
 ) -> None:
-    rows = margin_rows(state, accounts, as_of)
-    if rows:
-        conn.execute(
-            sa.text(
-                f"INSERT INTO margin_state{suffix} (account_id, scope, equity, initial_margin, maintenance_margin, "
-                "margin_ratio, status, as_of_position) VALUES (:account_id, :scope, :equity, :initial_margin, "
-                ":maintenance_margin, :margin_ratio, :status, :as_of) ON CONFLICT (account_id, scope) DO UPDATE SET "
-                "equity = excluded.equity, initial_margin = excluded.initial_margin, "
-                "maintenance_margin = excluded.maintenance_margin, margin_ratio = excluded.margin_ratio, "
-                "status = excluded.status, as_of_position = excluded.as_of_position"
-            ),
-            rows,
-        )
+    upsert(conn, "margin_state" + suffix, MARGIN_KEY, MARGIN_COLUMNS, margin_rows(state, accounts, as_of))
 
 
 def write_decisions(
