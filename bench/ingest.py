@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,10 +43,10 @@ from clearing.embedded import Services, ensure_services, stop_services
 from clearing.engine.ledger import BatchResult
 from clearing.engine.runner import BATCH_RECORDS_MAX, RunStats
 from clearing.settings import Settings
-from clearing.simulate import Scenario, generate
+from clearing.simulate import Scenario, generate, publish
 from clearing.store.db import make_engine, upgrade
 from clearing.store.log import EVENT_COLUMNS
-from consumers.kafka_input import FETCH_BYTES_MAX, POLL_RECORDS_MAX, ensure_topics
+from consumers.kafka_input import FETCH_BYTES_MAX, PARTITION_FETCH_BYTES_MAX, POLL_RECORDS_MAX, ensure_topics
 from consumers.process import run_ledger
 
 TIMEOUT_S = 1_800.0
@@ -62,18 +62,9 @@ def scenario_for(events: int) -> Scenario:
 
 def produce(bootstrap: str, prefix: str, events: int) -> tuple[list[bytes], dict[tuple[str, int], int], float]:
     messages = list(itertools.islice(generate(scenario_for(events)), events))
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
     started = time.perf_counter()
-    futures = [producer.send(prefix + m.kind, key=m.key.encode(), value=m.encode()) for m in messages]
-    producer.flush()
-    seconds = time.perf_counter() - started
-    producer.close()
-    ends: dict[tuple[str, int], int] = {}
-    for future in futures:
-        metadata = future.get(timeout=60)
-        key = (metadata.topic, metadata.partition)
-        ends[key] = max(ends.get(key, 0), metadata.offset + 1)
-    return [m.encode() for m in messages], ends, seconds
+    ends = publish(bootstrap, prefix, iter(messages))
+    return [m.encode() for m in messages], ends, time.perf_counter() - started
 
 
 def raw_consume(bootstrap: str, ends: dict[tuple[str, int], int]) -> float:
@@ -81,7 +72,7 @@ def raw_consume(bootstrap: str, ends: dict[tuple[str, int], int]) -> float:
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
         fetch_max_bytes=FETCH_BYTES_MAX,
         max_poll_records=POLL_RECORDS_MAX,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -345,4 +344,3 @@ _EXPLAIN = {
     "AccountBankrupted": "decision: a loss the insurance fund could not cover, recorded as a deficit",
 }
 
-ProgressCallback = Callable[[int], None]

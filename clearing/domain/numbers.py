@@ -29,7 +29,7 @@ from decimal import (
     setcontext,
 )
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 WIRE_INTEGER_DIGITS_MAX = 20
 WIRE_FRACTION_DIGITS_MAX = 18
@@ -118,11 +118,6 @@ def round_credit(value: Decimal) -> Decimal:
     return value.quantize(MONEY_QUANTUM, rounding=ROUND_FLOOR, context=LEDGER_CONTEXT)
 
 
-def round_debit(value: Decimal) -> Decimal:
-    """Amounts taken from an account round up in the value taken (towards positive infinity)."""
-    return value.quantize(MONEY_QUANTUM, rounding=ROUND_CEILING, context=LEDGER_CONTEXT)
-
-
 def round_ratio(value: Decimal) -> Decimal:
     """Margin ratios round up: a ratio is compared against call thresholds, and rounding it down
     could delay a call."""
@@ -186,7 +181,3 @@ def exact(function: Callable[P, R]) -> Callable[P, R]:
 def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
     """A division at full ledger precision; the caller rounds the result with a named rule."""
     return LEDGER_CONTEXT.divide(numerator, denominator)
-
-
-def decimal_or_none(value: Any, field: str) -> Decimal | None:
-    return None if value is None else parse_decimal(value, field)

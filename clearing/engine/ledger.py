@@ -14,7 +14,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -326,14 +326,3 @@ def in_event_time_order(
 def _loads(text: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(text)
     return data
-
-
-def chunked(items: Iterable[RawRecord], size: int) -> Iterable[list[RawRecord]]:
-    batch: list[RawRecord] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -107,21 +107,20 @@ def test_flip_through_zero_closes_everything_then_opens_the_rest() -> None:
 
 def test_inexact_partial_close_rounds_the_credit_down() -> None:
     book = Book()
-    book.feed(fill("A", "buy", "3", "100", fid="1"))
-    book.feed(fill("A", "buy", "3", "100.01", fid="2"))  # cost 600.03 for 6
-    book.feed(fill("A", "sell", "1", "100", fid="3"))
+    book.feed(fill("A", "buy", "1", "100", fid="1"))
+    book.feed(fill("B", "sell", "1", "100", fid="2"))
+    book.feed(fill("A", "buy", "2", "100.005", fid="3"))  # cost 300.01 for 3
+    book.feed(fill("B", "sell", "2", "100.005", fid="4"))
+    book.feed(fill("A", "sell", "1", "100", fid="5"))
+    book.feed(fill("B", "buy", "1", "100", fid="6"))
     position = book.state.accounts["A"].positions[("BTCUSDT", "cross")]
-    # removed cost = 600.03 / 6 = 100.005 exactly; realised = 100 - 100.005 = -0.005
-    assert position.realised_pnl == D("-0.005")
-    book.feed(fill("A", "sell", "2", "100", fid="4"))
-    # 500.025 x 2 / 5 = 200.01 exactly again; now 3 left with cost 300.015
-    book.feed(fill("A", "sell", "2", "100", fid="5"))
-    # 300.015 x 2 / 3 = 200.01 exactly; 1 left at cost 100.005
-    book.feed(fill("B", "buy", "7", "100.003", fid="6"))
-    book.feed(fill("B", "sell", "1", "100", fid="7"))
-    b = book.state.accounts["B"].positions[("BTCUSDT", "cross")]
-    # 700.021 / 7 = 100.003 exactly, fine; the cost left is always exact bookkeeping
-    assert b.cost == D("600.018")
+    # The closed third of the cost is 100.0033333...: the cost removed rounds up to 100.00333334
+    # (half-even would give ...33), so the PnL credited, 100 - 100.00333334 = -0.00333334, is
+    # rounded down, never above the exact figure.
+    assert position.realised_pnl == D("-0.00333334")
+    # The rounding stays in the remaining cost, so both sides still balance to the last digit.
+    assert position.cost == D("200.00666666")
+    assert conservation(book.state) == {}
 
 
 def test_fees_move_to_the_fee_account() -> None:
