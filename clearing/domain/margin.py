@@ -43,9 +43,9 @@ Choices a reader should know about:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from clearing.domain.numbers import (
     ONE,
@@ -85,8 +85,7 @@ def isolated_scope(instrument: str) -> str:
     return ISOLATED_SCOPE_PREFIX + instrument
 
 
-@dataclass(frozen=True, slots=True)
-class CollateralValue:
+class CollateralValue(NamedTuple):
     """One balance valued in the valuation asset: ``value = price x (amount - haircut_units)``;
     ``haircut_units`` is 0 for a negative amount and ``value`` is 0 when ``price`` is None."""
 
@@ -101,8 +100,7 @@ class CollateralValue:
         return self.price is not None
 
 
-@dataclass(frozen=True, slots=True)
-class PositionRisk:
+class PositionRisk(NamedTuple):
     """Figures of one open linear position; the inputs used are kept beside the results."""
 
     instrument: str
@@ -133,8 +131,7 @@ class PositionRisk:
         return self.quantity > 0
 
 
-@dataclass(frozen=True, slots=True)
-class ScopeRisk:
+class ScopeRisk(NamedTuple):
     """One margin scope: the cross account (``"cross"``) or one isolated position
     (``"isolated:<instrument>"``). ``collateral`` is the collateral value (cross) or the isolated
     margin in the valuation asset (isolated); ``equity = collateral + unrealised_pnl``."""
@@ -215,7 +212,7 @@ def haircut_units(spec: AssetSpec, amount: Decimal) -> Decimal:
     if amount <= 0:
         return ZERO
     lost = ZERO
-    for floor, cap, haircut in spec.haircut_bands():
+    for floor, cap, haircut in spec.haircut_band_table:
         if amount <= floor:
             break
         inside = (amount if cap is None else min(amount, cap)) - floor
@@ -505,8 +502,8 @@ def _scope_from(
     )
     if not liquidation_prices:
         return draft
-    priced = tuple(replace(p, liquidation_price=liquidation_price(parameters, draft, p)) for p in positions)
-    return replace(draft, positions=priced)
+    priced = tuple(p._replace(liquidation_price=liquidation_price(parameters, draft, p)) for p in positions)
+    return draft._replace(positions=priced)
 
 
 def _collateral(

@@ -181,3 +181,17 @@ def exact(function: Callable[P, R]) -> Callable[P, R]:
 def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
     """A division at full ledger precision; the caller rounds the result with a named rule."""
     return LEDGER_CONTEXT.divide(numerator, denominator)
+
+
+# Index bands (triggers.py) only need to be no wider than the exact quotient: a short quotient
+# rounded down keeps every later comparison and heap operation on short numbers.
+BAND_PRECISION_DIGITS = 34
+_BAND_CONTEXT = Context(
+    prec=BAND_PRECISION_DIGITS, rounding=ROUND_FLOOR, traps=[InvalidOperation, DivisionByZero, Overflow]
+)
+
+
+def divide_down(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """A quotient rounded towards negative infinity to 34 significant digits: never above the
+    exact one. For bounds that may err narrow, never wide (the trigger index's bands)."""
+    return _BAND_CONTEXT.divide(numerator, denominator)

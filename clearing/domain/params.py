@@ -150,6 +150,12 @@ class AssetSpec(_Document):
     def haircut_bands(self) -> tuple[tuple[Decimal, Decimal | None, Decimal], ...]:
         """(amount_floor, amount_cap, haircut) bands; a flat haircut is one unbounded band.
         Tiered haircuts apply marginally: each band's haircut to the amount inside the band."""
+        return self.haircut_band_table
+
+    @cached_property
+    def haircut_band_table(self) -> tuple[tuple[Decimal, Decimal | None, Decimal], ...]:
+        """``haircut_bands``, computed once (the document is immutable; the margin model reads
+        the bands for every balance it values)."""
         if self.haircut_tiers is None:
             return ((ZERO, None, self.haircut if self.haircut is not None else ZERO),)
         bands: list[tuple[Decimal, Decimal | None, Decimal]] = []

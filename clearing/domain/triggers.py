@@ -60,7 +60,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from clearing.domain import margin
-from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, exact
+from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, divide_down, exact
 from clearing.domain.params import InstrumentSpec, RiskParameters
 from clearing.domain.state import Account, LedgerState, TriggerIndex
 
@@ -150,9 +150,9 @@ def refresh(
     index = state.triggers
     version = index.version.get(account_id, 0) + 1
     index.version[account_id] = version
+    live = index.live
     old_heap = index.heap_symbols.pop(account_id, None)
     if old_heap:
-        live = index.live
         for symbol in old_heap:
             live[symbol] -= 1
     old_always = index.always_symbols.pop(account_id, None)
@@ -163,9 +163,8 @@ def refresh(
     if account is None:
         return
     always: set[str] = set()
-    pushed: list[str] = []
-    lowers = index.lowers
-    uppers = index.uppers
+    # (symbol, lower, upper, scope) of every band or pair of bounds, pushed together below.
+    entries: list[tuple[str, Decimal | None, Decimal | None, str]] = []
     for scope in scopes(account):
         symbols = scope_dependencies(state, account, scope)
         if not symbols:
@@ -183,11 +182,7 @@ def refresh(
             if bands is None:
                 always.update(symbols)
                 continue
-            for symbol, (band_low, band_high) in bands.items():
-                _push(index, lowers.setdefault(symbol, []), (-band_low, account_id, scope, version), symbol)
-                _push(index, uppers.setdefault(symbol, []), (band_high, account_id, scope, version), symbol)
-                pushed.append(symbol)
-                pushed.append(symbol)
+            entries.extend((symbol, low, high, scope) for symbol, (low, high) in bands.items())
             continue
         symbol = symbols[0]
         try:
@@ -197,32 +192,57 @@ def refresh(
         if bounds is None:
             always.add(symbol)
             continue
-        lower, upper = bounds
-        if lower is not None:
-            _push(index, lowers.setdefault(symbol, []), (-lower, account_id, scope, version), symbol)
-            pushed.append(symbol)
-        if upper is not None:
-            _push(index, uppers.setdefault(symbol, []), (upper, account_id, scope, version), symbol)
-            pushed.append(symbol)
-    if pushed:
-        index.heap_symbols[account_id] = tuple(pushed)
+        if bounds[0] is not None or bounds[1] is not None:
+            entries.append((symbol, bounds[0], bounds[1], scope))
+    if entries:
+        _push_entries(index, account_id, version, entries)
     if always:
         index.always_symbols[account_id] = tuple(sorted(always))
         for symbol in always:
             index.always.setdefault(symbol, set()).add(account_id)
 
 
-def _push(
-    index: TriggerIndex, heap: list[tuple[Decimal, str, str, int]], entry: tuple[Decimal, str, str, int], symbol: str
+def _push_entries(
+    index: TriggerIndex,
+    account_id: str,
+    version: int,
+    entries: list[tuple[str, Decimal | None, Decimal | None, str]],
 ) -> None:
-    live = index.live[symbol] = index.live.get(symbol, 0) + 1
-    if len(heap) > 2 * live + COMPACT_SLACK:
-        for heaps in (index.lowers, index.uppers):
-            other = heaps.get(symbol)
-            if other is not None:
-                other[:] = [e for e in other if index.version.get(e[1]) == e[3]]
-                heapq.heapify(other)
-    heapq.heappush(heap, entry)
+    """Push the account's new entries (lower bounds negated into the max-heaps), count them live
+    and compact a symbol's heaps when dead entries outnumber the live ones."""
+    lowers = index.lowers
+    uppers = index.uppers
+    live = index.live
+    pushed: list[str] = []
+    for symbol, lower, upper, scope in entries:
+        if lower is not None:
+            heap = lowers.get(symbol)
+            if heap is None:
+                heap = lowers[symbol] = []
+            heapq.heappush(heap, (-lower, account_id, scope, version))
+            pushed.append(symbol)
+        if upper is not None:
+            heap = uppers.get(symbol)
+            if heap is None:
+                heap = uppers[symbol] = []
+            heapq.heappush(heap, (upper, account_id, scope, version))
+            pushed.append(symbol)
+    for symbol in pushed:
+        live[symbol] = live.get(symbol, 0) + 1
+    index.heap_symbols[account_id] = tuple(pushed)
+    for symbol in set(pushed):
+        budget = 2 * live[symbol] + COMPACT_SLACK
+        if len(lowers.get(symbol, ())) > budget or len(uppers.get(symbol, ())) > budget:
+            _compact(index, symbol)
+
+
+def _compact(index: TriggerIndex, symbol: str) -> None:
+    version = index.version
+    for heaps in (index.lowers, index.uppers):
+        heap = heaps.get(symbol)
+        if heap is not None:
+            heap[:] = [entry for entry in heap if version.get(entry[1]) == entry[3]]
+            heapq.heapify(heap)
 
 
 # Per-parameters constants of the bounds below, computed once per parameters document (which is
@@ -337,41 +357,47 @@ def _budget_bounds(
     instruments = parameters.instruments_by_symbol
     valuation = parameters.valuation_asset
     marks = state.marks
-    sensitivity: dict[str, Decimal] = {}
+    positions = {p.instrument: p for p in risk.positions}
+    sensitivity: list[tuple[str, Decimal]] = []
     for symbol in symbols:
         spec = instruments.get(symbol)
         if spec is not None:
-            position = risk.position(symbol)
+            position = positions.get(symbol)
             if position is None or position.quantity == 0 or position.mark is None:
                 return None
             if position.settlement_asset != valuation:
                 return None
-            sensitivity[symbol] = abs(position.quantity) * position.contract_size * _widest(parameters, spec)
+            sensitivity.append((symbol, abs(position.quantity) * position.contract_size * _widest(parameters, spec)))
         else:
             asset = parameters.asset(symbol)
             if asset is None or symbol not in marks:
                 return None
             amount = account.balance(symbol)
-            sensitivity[symbol] = abs(amount - margin.haircut_units(asset, amount)) if amount > 0 else abs(amount)
+            k = abs(amount - margin.haircut_units(asset, amount)) if amount > 0 else abs(amount)
+            sensitivity.append((symbol, k))
     policy = parameters.margin_call
     equity, maintenance = risk.equity, risk.maintenance_margin
-    gaps = [abs(equity)] + [abs(t * equity - maintenance) for t in (policy.resolve_ratio, policy.warning_ratio, ONE)]
-    smallest = min(gaps)
-    positions = len(risk.positions) + 1
-    rounding = 4 * (MONEY_QUANTUM * positions + RATIO_QUANTUM * (abs(equity) + smallest))
+    smallest = min(
+        abs(equity),
+        abs(policy.resolve_ratio * equity - maintenance),
+        abs(policy.warning_ratio * equity - maintenance),
+        abs(equity - maintenance),
+    )
+    rounding = 4 * (MONEY_QUANTUM * (len(risk.positions) + 1) + RATIO_QUANTUM * (abs(equity) + smallest))
     budget = smallest - rounding
     if budget <= 0:
         return None
     bands: dict[str, tuple[Decimal, Decimal]] = {}
     share = len(symbols)
-    for symbol, k in sensitivity.items():
+    for symbol, k in sensitivity:
         mark = marks.get(symbol)
         if mark is None:
             return None
         if k == 0:
             continue  # the scope does not move with this price at all
         price = mark.price
-        band = divide(budget, share * k)
+        # Rounded down: a band narrower than budget / (n x k) only re-margins sooner.
+        band = divide_down(budget, share * k)
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
     return bands
 
