@@ -46,7 +46,7 @@ from clearing.domain.messages import (
     format_time,
 )
 from clearing.domain.state import LedgerState
-from clearing.engine.ledger import refresh_window
+from clearing.engine.ledger import MARGIN_REFRESH_ACCOUNTS_MAX, refresh_window
 from clearing.store.hashing import canonical_json
 
 REPLAY_FETCH_ROWS = 10_000
@@ -117,10 +117,19 @@ class ShardTrack:
     mark_change: dict[str, int] = field(default_factory=dict)  # symbol -> last event that moved its mark
     mark_written: dict[str, int] = field(default_factory=dict)  # symbol -> end of the last batch writing it
     head: int = 0  # last position of the shard
-    refresh_cursor: int = 0
+    # The rotating refresh's cursor; None while unknown (a segment replayed from a snapshot, see
+    # clearing/audit/parallel.py): windows that depend on it are then kept in ``refresh_deferred``
+    # as (batch end, sorted holders) and resolved once the cursor at the segment's start is known.
+    refresh_cursor: int | None = 0
+    refresh_deferred: list[tuple[int, list[str]]] = field(default_factory=list)
     pending: deque[tuple[int, str]] = field(default_factory=deque)  # decisions the re-run expects next
     batch_accounts: set[str] = field(default_factory=set)
     batch_marks: set[str] = field(default_factory=set)
+
+
+def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:
+    text = ", ".join(f"{asset} {amount}" for asset, amount in sorted(imbalance.items()))
+    return Finding(position, f"the books do not balance after position {position}: {text}")
 
 
 class LogReplay:
@@ -156,6 +165,9 @@ class LogReplay:
         self._batch_end = 0
         self._snapshot_check = snapshot_check
         self._snapshot_positions = snapshot_positions or set()
+        # When a list: every conservation sample is also recorded here as (position, imbalance,
+        # trades half booked, liquidation fills so far), for a parallel segment's parent to judge.
+        self.sample_log: list[tuple[int, dict[str, Decimal], tuple[str, ...], int]] | None = None
 
     # ---------------------------------------------------------------------------------------
 
@@ -262,7 +274,7 @@ class LogReplay:
         end = self._batch_end
         accounts = track.batch_accounts
         if track.batch_marks:
-            accounts = accounts | set(self._refresh_rotation(track))
+            accounts = accounts | set(self._refresh_rotation(track, end))
             for symbol in track.batch_marks:
                 track.mark_written[symbol] = end
         for account_id in accounts:
@@ -273,11 +285,20 @@ class LogReplay:
         self._batch = None
 
     @staticmethod
-    def _refresh_rotation(track: ShardTrack) -> list[str]:
+    def _refresh_rotation(track: ShardTrack, end: int) -> list[str]:
         # The ledger's rotating margin refresh, re-enacted with a cursor from 0: exact while the
         # ledger process ran without a restart, or while the shard had at most
         # MARGIN_REFRESH_ACCOUNTS_MAX holders.
-        window, track.refresh_cursor = refresh_window(sorted(track.state.holders_all()), track.refresh_cursor)
+        holders = sorted(track.state.holders_all())
+        if track.refresh_cursor is None:
+            if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+                return holders  # every holder, whatever the cursor (which does not move)
+            deferred = track.refresh_deferred
+            if deferred and deferred[-1][1] == holders:
+                holders = deferred[-1][1]  # share the list: holders change far less often than marks
+            deferred.append((end, holders))
+            return []
+        window, track.refresh_cursor = refresh_window(holders, track.refresh_cursor)
         return window
 
     def _compare(self, track: ShardTrack, row: Any) -> None:
@@ -338,11 +359,10 @@ class LogReplay:
                 totals[asset] = totals.get(asset, Decimal(0)) + amount
         imbalance = {asset: amount for asset, amount in totals.items() if amount != 0}
         self.conservation_checks.append(position)
+        if self.sample_log is not None:
+            self.sample_log.append((position, imbalance, tuple(self.open_trades), len(self.liquidation_fills)))
         if imbalance and len(self.conservation_bad) < 10:
-            text = ", ".join(f"{asset} {amount}" for asset, amount in sorted(imbalance.items()))
-            self.conservation_bad.append(
-                Finding(position, f"the books do not balance after position {position}: {text}")
-            )
+            self.conservation_bad.append(imbalance_finding(position, imbalance))
 
     def counterpart_findings(self) -> list[Finding]:
         """Every trade: exactly two fills, opposite sides, same instrument, equal quantity and

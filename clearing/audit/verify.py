@@ -43,6 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.chain import verify_chain
+from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.rebuild import (
     TABLES,
     compare_table,
@@ -81,6 +82,7 @@ class VerifyReport:
     events: int
     checks: list[Check]
     seconds: float
+    replay: dict[str, Any] = field(default_factory=dict)  # how the replay ran (mode, jobs, segments)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +95,7 @@ class VerifyReport:
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "checks": [check.as_dict() for check in self.checks],
+            "replay": self.replay,
         }
 
 
@@ -148,9 +151,21 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
     return Check("log_tail", True, details=details)
 
 
+def snapshot_differs(shard: int, position: int) -> str:
+    return f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there"
+
+
 def verify(
-    engine: sa.Engine, progress: Progress | None = None, *, conservation_every: int = CONSERVATION_EVERY_EVENTS
+    engine: sa.Engine,
+    progress: Progress | None = None,
+    *,
+    conservation_every: int = CONSERVATION_EVERY_EVENTS,
+    jobs: int = 1,
 ) -> VerifyReport:
+    """Every check of the module docstring. ``jobs`` > 1: the replay runs in segments between
+    stored snapshots in that many processes (clearing/audit/parallel.py), when the log has at least
+    ``PARALLEL_BOUNDARIES_MIN`` usable snapshots; its findings are those of the sequential replay
+    (if a snapshot it starts from is not the re-run state, it replays sequentially instead)."""
     started = time.perf_counter()
     checks: list[Check] = []
 
@@ -173,25 +188,39 @@ def verify(
         def check_snapshot(shard: int, position: int, state: LedgerState) -> None:
             snapshot_seen.add((shard, position))
             if state_bytes(state) != stored[(shard, position)]:
-                snapshot_bad.append(
-                    (
-                        position,
-                        f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there",
-                    )
-                )
+                snapshot_bad.append((position, snapshot_differs(shard, position)))
 
-        replay = LogReplay(
-            decide=True,
-            conservation_every=conservation_every,
-            snapshot_check=check_snapshot,
-            snapshot_positions=set(stored),
-        )
         tick = report("replay")
-        for row in iter_log(conn):
-            replay.feed(row)
-            if tick is not None and replay.events % 10_000 == 0:
-                tick(replay.events)
-        replay.finish()
+        replay_info: dict[str, Any] = {"mode": "sequential", "jobs": 1, "segments": 1}
+        replay: LogReplay | None = None
+        if jobs > 1:
+            segments = plan_segments(conn, stored, head)
+            if len(segments) - len(shards_of(conn)) >= PARALLEL_BOUNDARIES_MIN:
+                outcome = replay_parallel(
+                    engine, segments, decide=True, jobs=jobs, conservation_every=conservation_every, progress=tick
+                )
+                replay_info = outcome.as_dict()
+                if outcome.replay is not None:
+                    replay = outcome.replay
+                    replay.finish()
+                    for shard, position, equal in outcome.snapshots:
+                        snapshot_seen.add((shard, position))
+                        if not equal:
+                            snapshot_bad.append((position, snapshot_differs(shard, position)))
+                else:
+                    replay_info["mode"] = "sequential"
+        if replay is None:
+            replay = LogReplay(
+                decide=True,
+                conservation_every=conservation_every,
+                snapshot_check=check_snapshot,
+                snapshot_positions=set(stored),
+            )
+            for row in iter_log(conn):
+                replay.feed(row)
+                if tick is not None and replay.events % 10_000 == 0:
+                    tick(replay.events)
+            replay.finish()
         if tick is not None:
             tick(replay.events)
 
@@ -250,16 +279,19 @@ def verify(
         )
 
     bad = replay.conservation_bad
+    conservation_details: dict[str, Any] = {
+        "checked_at": len(replay.conservation_checks),
+        "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:],
+    }
+    if "conservation" in replay_info:
+        conservation_details["scope"] = replay_info["conservation"]
     checks.append(
         Check(
             "conservation",
             not bad,
             bad[0].position if bad else None,
             bad[0].problem if bad else None,
-            {
-                "checked_at": len(replay.conservation_checks),
-                "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:],
-            },
+            conservation_details,
         )
     )
     findings = replay.counterpart_findings()
@@ -277,7 +309,7 @@ def verify(
             },
         )
     )
-    return VerifyReport(head, replay.events, checks, time.perf_counter() - started)
+    return VerifyReport(head, replay.events, checks, time.perf_counter() - started, replay_info)
 
 
 # ---------------------------------------------------------------------------------------------

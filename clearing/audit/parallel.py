@@ -1,0 +1,445 @@
+"""The replay of ``audit verify`` and ``projections rebuild`` in segments, folded by worker processes
+in parallel, each segment starting from a stored snapshot.
+
+Segments. A shard's log is cut at the positions of its stored snapshots: segment k replays the
+shard's positions (s_k, s_{k+1}], from genesis for k = 0 and from the decoded snapshot at s_k
+otherwise. Only a snapshot at the end of a batch is a cut (``plan_segments``): the next event of
+the shard was recorded by another transaction (another ``recorded_at``: the replay's batch
+tracking must not be split) and is not a decision caused at or before the cut. Shards are
+independent (one state per shard), so every shard's segments are cut the same way and all of
+them go to one pool of ``jobs`` processes (``spawn``: SQLAlchemy engines and psycopg connections
+must not cross a fork; every worker makes its own engine from the URL and streams its own rows).
+
+Soundness. Every worker re-runs its segment exactly as ``LogReplay`` does sequentially and, at its
+last position s_{k+1}, compares its state with the stored snapshot there (``state_bytes`` equal,
+with no decision of the re-run still expected: the same condition under which the sequential
+verify compares a snapshot). Segment 0 starts from genesis; if the end state of segment k equals
+the snapshot at s_{k+1}, segment k+1 started from the state the sequential replay has there. By
+induction every segment is the sequential replay of its positions, so its findings are the
+sequential findings. If one end state does not match (or a worker fails), the parallel result is
+thrown away and the caller replays the whole log sequentially, which reports the snapshot and
+everything else as it always did (``ParallelOutcome.replay`` is None, with the reason).
+
+The trigger index is derived state: a decoded snapshot has a stale index, rebuilt on the next
+step, and the decisions do not depend on it (a property of the domain, which the tests check by
+comparing the parallel findings with the sequential ones on a log with calls and liquidations).
+
+Merging (``merge``), field by field of ``LogReplay`` and ``ShardTrack``:
+
+* events, decisions compared, determinism mismatches: sums; determinism findings: in log order,
+  the first ten;
+* per shard: the final state, pending decisions and head of the last segment; ``last_change``,
+  ``written_at``, ``mark_change``, ``mark_written``: the later segment wins (positions grow);
+* the rotating margin refresh: its cursor is history the snapshot does not hold, so a segment
+  from a snapshot keeps the windows that depend on it (more than ``MARGIN_REFRESH_ACCOUNTS_MAX``
+  holders) as (batch end, holders) and the parent re-enacts them with the cursor the previous
+  segment ended with: ``written_at`` is then what the sequential replay computes;
+* fills by trade id (a trade's two fills may lie in two segments): concatenated in log order and
+  paired by ``counterpart_findings`` in the parent; liquidation fills concatenated;
+* margin events (for ``write_decisions``): in the order the sequential replay appends them;
+* conservation: a worker samples every ``conservation_every`` events of its segment where no
+  trade is half booked *as far as the segment knows*; the parent knows which trades were half
+  booked at the segment's start (chained from the previous segments) and keeps a sample only when
+  the whole log's condition (``LogReplay.feed``) holds there; the check at the head is the
+  parent's, over the final states. With several shards the books balance only summed over the
+  shards at one position, which no worker sees, so the samples are taken at the head only (the
+  report says so). The sample positions differ from the sequential ones (a worker's schedule
+  starts at its segment); every sample is a point where the sequential replay could have sampled.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import multiprocessing
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from clearing.audit.replay import Finding, LogReplay, ShardTrack, imbalance_finding, iter_log
+from clearing.domain.state import LedgerState
+from clearing.engine.ledger import refresh_window
+from clearing.engine.snapshots import decode_state, state_bytes
+from clearing.store.db import make_engine
+
+PROGRESS_EVERY_EVENTS = 10_000  # a worker reports its count every this many events
+PROGRESS_POLL_S = 0.5  # the parent's wait for a progress report, at most
+PARALLEL_BOUNDARIES_MIN = 2  # fewer usable snapshots than this: the sequential replay
+FINDINGS_MAX = 10  # as LogReplay keeps
+NO_SAMPLES = 1 << 62
+
+Progress = Callable[[int], None]
+FillEntry = tuple[int, str, str, str, str, str]
+Sample = tuple[int, dict[str, Decimal], tuple[str, ...], int]
+MarginEvent = tuple[int, str, dict[str, Any], datetime]
+
+
+@dataclass(frozen=True)
+class Segment:
+    shard: int
+    index: int  # order within the shard
+    after: int  # 0: genesis; else the position of the snapshot the segment starts from
+    upto: int  # last position replayed
+    ends_at_snapshot: bool  # upto is a cut: the end state must equal the snapshot there
+
+
+def shards_of(conn: sa.Connection) -> list[int]:
+    return [int(s) for (s,) in conn.execute(sa.text("SELECT DISTINCT shard FROM events ORDER BY 1"))]
+
+
+def is_boundary(conn: sa.Connection, shard: int, position: int) -> bool:
+    """A snapshot at ``position`` can start a segment: it is an event of the shard, the shard's
+    next event belongs to another transaction and is not a decision caused at or before it."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT position, recorded_at, cause_position FROM events WHERE shard = :shard AND position >= :p "
+            "ORDER BY position LIMIT 2"
+        ),
+        {"shard": shard, "p": position},
+    ).all()
+    if len(rows) < 2 or int(rows[0][0]) != position:
+        return False  # not an event of the shard, or nothing after it to replay
+    nxt = rows[1]
+    return bool(nxt[1] != rows[0][1] and (nxt[2] is None or int(nxt[2]) > position))
+
+
+def plan_segments(conn: sa.Connection, snapshot_keys: Iterable[tuple[int, int]], head: int) -> list[Segment]:
+    """The segments of every shard up to ``head``, cut at the usable snapshots."""
+    by_shard: dict[int, list[int]] = {}
+    for shard, position in snapshot_keys:
+        if position < head:
+            by_shard.setdefault(shard, []).append(position)
+    segments: list[Segment] = []
+    for shard in shards_of(conn):
+        cuts = [p for p in sorted(by_shard.get(shard, [])) if is_boundary(conn, shard, p)]
+        starts = [0, *cuts]
+        for index, after in enumerate(starts):
+            last = index == len(starts) - 1
+            segments.append(Segment(shard, index, after, head if last else cuts[index], not last))
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    url: str
+    segment: Segment
+    decide: bool
+    check_fills: bool
+    conservation_every: int
+    all_snapshots: bool  # compare every stored snapshot inside the segment (verify), else the end one
+
+
+@dataclass
+class SegmentResult:
+    segment: Segment
+    events: int = 0
+    first: tuple[int, datetime] | None = None  # position and recorded_at of the first row
+    last: tuple[int, datetime] | None = None
+    determinism: list[Finding] = field(default_factory=list)
+    determinism_mismatches: int = 0
+    decisions_compared: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    fills: dict[str, list[FillEntry]] = field(default_factory=dict)
+    open_trades: list[str] = field(default_factory=list)  # odd number of fills within the segment
+    liquidation_fills: list[FillEntry] = field(default_factory=list)
+    margin_events: list[MarginEvent] = field(default_factory=list)
+    margin_fed: list[int] = field(default_factory=list)  # position of the row that appended each
+    last_change: dict[str, int] = field(default_factory=dict)
+    written_at: dict[str, int] = field(default_factory=dict)
+    mark_change: dict[str, int] = field(default_factory=dict)
+    mark_written: dict[str, int] = field(default_factory=dict)
+    refresh_cursor: int | None = 0
+    refresh_deferred: list[tuple[int, list[str]]] = field(default_factory=list)
+    pending: list[tuple[int, str]] = field(default_factory=list)
+    state: LedgerState | None = None  # the last segment of a shard only
+    snapshots: list[tuple[int, bool]] = field(default_factory=list)  # (position, equal) compared
+    end_ok: bool = True
+    seconds: float = 0.0
+
+
+_progress_queue: Any = None
+_engines: dict[str, sa.Engine] = {}
+
+
+def _init_worker(progress_queue: Any) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _engine(url: str) -> sa.Engine:
+    # One engine per worker process and database, made on first use (never at import).
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def _report(count: int) -> None:
+    if _progress_queue is not None and count:
+        _progress_queue.put(count)
+
+
+def run_segment(task: SegmentTask) -> SegmentResult:
+    """Replay one segment (in a worker process) and return what the parent merges."""
+    started = time.perf_counter()
+    seg = task.segment
+    result = SegmentResult(seg)
+    compared = result.snapshots
+    with _engine(task.url).connect() as conn:
+        query = "SELECT position, state FROM snapshots WHERE shard = :shard AND position > :after AND position <= :upto"
+        if not task.all_snapshots:
+            query += " AND position = :upto"
+        stored = {
+            int(p): bytes(b)
+            for p, b in conn.execute(sa.text(query), {"shard": seg.shard, "after": seg.after, "upto": seg.upto})
+        }
+
+        def check(_shard: int, position: int, state: LedgerState) -> None:
+            compared.append((position, state_bytes(state) == stored[position]))
+
+        replay = LogReplay(
+            decide=task.decide,
+            conservation_every=task.conservation_every,
+            check_fills=task.check_fills,
+            snapshot_check=check,
+            snapshot_positions={(seg.shard, p) for p in stored},
+        )
+        replay.sample_log = result.samples
+        if seg.after:
+            raw = conn.execute(
+                sa.text("SELECT state FROM snapshots WHERE shard = :shard AND position = :p"),
+                {"shard": seg.shard, "p": seg.after},
+            ).scalar_one()
+            # The cursor of the rotating refresh is history, not state: unknown here (see merge).
+            replay.shards[seg.shard] = ShardTrack(state=decode_state(json.loads(bytes(raw))), refresh_cursor=None)
+        margin = replay.margin_events
+        fed = result.margin_fed
+        count = 0
+        row: Any = None
+        for row in iter_log(conn, shard=seg.shard, after=seg.after, upto=seg.upto):
+            if result.first is None:
+                result.first = (row[0], row[5])
+            before = len(margin)
+            replay.feed(row)
+            if len(margin) != before:
+                fed.extend([row[0]] * (len(margin) - before))
+            count += 1
+            if count % PROGRESS_EVERY_EVENTS == 0:
+                _report(PROGRESS_EVERY_EVENTS)
+        _report(count % PROGRESS_EVERY_EVENTS)
+        if row is not None:
+            result.last = (row[0], row[5])
+    replay.flush_batch()
+    track = replay.shard(seg.shard)
+    result.events = replay.events
+    result.determinism = replay.determinism
+    result.determinism_mismatches = replay.determinism_mismatches
+    result.decisions_compared = replay.decisions_compared
+    result.fills = replay.fills
+    result.open_trades = sorted(replay.open_trades)
+    result.liquidation_fills = replay.liquidation_fills
+    result.margin_events = margin
+    result.last_change = track.last_change
+    result.written_at = track.written_at
+    result.mark_change = track.mark_change
+    result.mark_written = track.mark_written
+    result.refresh_cursor = track.refresh_cursor
+    result.refresh_deferred = track.refresh_deferred
+    result.pending = list(track.pending)
+    if not seg.ends_at_snapshot:
+        result.state = track.state
+    else:
+        # The snapshot is compared only where no decision of the re-run is still expected.
+        result.end_ok = (seg.upto, True) in compared and result.last is not None and result.last[0] == seg.upto
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent
+
+
+@dataclass
+class ParallelOutcome:
+    replay: LogReplay | None  # None: the parallel result cannot be trusted (``reason``)
+    jobs: int
+    segments: int
+    reason: str | None = None
+    snapshots: list[tuple[int, int, bool]] = field(default_factory=list)  # (shard, position, equal)
+    conservation_at_head_only: bool = False
+    worker_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": "parallel", "jobs": self.jobs, "segments": self.segments}
+        if self.reason is not None:
+            out["fallback"] = self.reason
+        if self.conservation_at_head_only:
+            out["conservation"] = "sampled at the head only (several shards replayed in parallel)"
+        out["worker_seconds"] = round(self.worker_seconds, 3)
+        return out
+
+
+def replay_parallel(
+    engine: sa.Engine,
+    segments: list[Segment],
+    *,
+    decide: bool,
+    jobs: int,
+    check_fills: bool = True,
+    conservation_every: int = NO_SAMPLES,
+    progress: Progress | None = None,
+) -> ParallelOutcome:
+    """Replay ``segments`` in ``jobs`` spawned processes and merge them (see the module docstring)."""
+    url = engine.url.render_as_string(hide_password=False)
+    several_shards = len({s.shard for s in segments}) > 1
+    every = NO_SAMPLES if several_shards else conservation_every
+    tasks = [SegmentTask(url, seg, decide, check_fills, every, decide) for seg in segments]
+    workers = max(1, min(jobs, len(tasks)))
+    outcome = ParallelOutcome(None, workers, len(segments), conservation_at_head_only=several_shards)
+    context = multiprocessing.get_context("spawn")
+    reports = context.Queue()
+    done = 0
+    try:
+        with context.Pool(workers, initializer=_init_worker, initargs=(reports,)) as pool:
+            pending = pool.map_async(run_segment, tasks, chunksize=1)
+            while not pending.ready():
+                try:
+                    done += reports.get(timeout=PROGRESS_POLL_S)
+                except queue.Empty:
+                    continue
+                if progress is not None:
+                    progress(done)
+            results = pending.get()
+    except Exception as error:  # a worker failed: the sequential replay will say what is wrong
+        outcome.reason = f"a worker failed: {type(error).__name__}: {error}"[:500]
+        return outcome
+    finally:
+        reports.close()
+        reports.join_thread()
+    outcome.worker_seconds = sum(r.seconds for r in results)
+    outcome.snapshots = [(r.segment.shard, p, ok) for r in results for p, ok in r.snapshots]
+    replay, reason = merge(results, decide=decide, check_fills=check_fills, conservation_every=conservation_every)
+    if progress is not None and replay is not None:
+        progress(replay.events)
+    outcome.replay, outcome.reason = replay, reason
+    return outcome
+
+
+def _untrusted(results: list[SegmentResult]) -> str | None:
+    for before, after in itertools.pairwise(results):
+        seg = before.segment
+        if not before.end_ok:
+            return (
+                f"shard {seg.shard}: the state re-run to {seg.upto} is not the snapshot there (or decisions "
+                f"of the re-run are still expected after it): segment {after.segment.index} cannot start from it"
+            )
+        if after.first is None or before.last is None or after.first[1] == before.last[1]:
+            return f"shard {seg.shard}: the cut at {seg.upto} is not between two batches"
+    return None
+
+
+def merge(
+    results: list[SegmentResult], *, decide: bool, check_fills: bool, conservation_every: int
+) -> tuple[LogReplay | None, str | None]:
+    """One ``LogReplay`` equal to the sequential one, or None and why it cannot be trusted."""
+    by_shard: dict[int, list[SegmentResult]] = {}
+    for result in results:
+        by_shard.setdefault(result.segment.shard, []).append(result)
+    for shard_results in by_shard.values():
+        shard_results.sort(key=lambda r: r.segment.index)
+        reason = _untrusted(shard_results)
+        if reason is not None:
+            return None, reason
+
+    # Shards in the order the sequential replay first meets them.
+    def first_position(shard: int) -> int:
+        first = by_shard[shard][0].first
+        return first[0] if first is not None else NO_SAMPLES
+
+    order = sorted(by_shard, key=first_position)
+    merged = LogReplay(decide=decide, conservation_every=conservation_every, check_fills=check_fills)
+    determinism: list[list[Finding]] = []
+    margin: list[list[tuple[int, int, MarginEvent]]] = []
+    samples_ok: list[int] = []
+    for shard in order:
+        shard_results = by_shard[shard]
+        last = shard_results[-1]
+        if last.state is None:
+            return None, f"shard {shard}: the last segment returned no state"
+        track = merged.shards[shard] = ShardTrack(state=last.state)
+        cursor = 0
+        open_in: set[str] = set()
+        liquidations_in = 0
+        findings: list[Finding] = []
+        events: list[tuple[int, int, MarginEvent]] = []
+        for result in shard_results:
+            written = result.written_at
+            if result.refresh_cursor is None:
+                for end, holders in result.refresh_deferred:
+                    window, cursor = refresh_window(holders, cursor)
+                    for account_id in window:
+                        if written.get(account_id, 0) < end:
+                            written[account_id] = end
+            else:
+                cursor = result.refresh_cursor
+            track.written_at.update(written)
+            track.last_change.update(result.last_change)
+            track.mark_change.update(result.mark_change)
+            track.mark_written.update(result.mark_written)
+            merged.events += result.events
+            merged.decisions_compared += result.decisions_compared
+            merged.determinism_mismatches += result.determinism_mismatches
+            findings.extend(result.determinism)
+            for position, imbalance, open_local, liquidations_local in result.samples:
+                # The whole log's condition: as many half-booked trades as liquidation fills.
+                if len(open_in.symmetric_difference(open_local)) == liquidations_in + liquidations_local:
+                    samples_ok.append(position)
+                    if imbalance and len(merged.conservation_bad) < FINDINGS_MAX:
+                        merged.conservation_bad.append(imbalance_finding(position, imbalance))
+            open_in.symmetric_difference_update(result.open_trades)
+            liquidations_in += len(result.liquidation_fills)
+            for trade_id, entries in result.fills.items():
+                merged.fills.setdefault(trade_id, []).extend(entries)
+            merged.liquidation_fills.extend(result.liquidation_fills)
+            events.extend(
+                zip(
+                    result.margin_fed,
+                    range(len(events), len(events) + len(result.margin_fed)),
+                    result.margin_events,
+                    strict=True,
+                )
+            )
+        track.head = last.last[0] if last.last else 0
+        track.refresh_cursor = cursor
+        track.pending = deque(last.pending)
+        merged.head = max(merged.head, track.head)
+        determinism.append(findings)
+        margin.append(events)
+    if len(order) > 1:
+        # Several shards: one log order, by position (fills by their first one, as the sequential
+        # replay inserts them).
+        merged.fills = dict(
+            sorted(
+                ((trade_id, sorted(entries)) for trade_id, entries in merged.fills.items()),
+                key=lambda item: item[1][0][0],
+            )
+        )
+        merged.liquidation_fills.sort()
+    merged.determinism = list(heapq.merge(*determinism, key=lambda f: f.position or 0))[:FINDINGS_MAX]
+    merged.margin_events = [event for _fed, _seq, event in heapq.merge(*margin, key=lambda e: (e[0], e[1]))]
+    merged.open_trades = {trade_id for trade_id, entries in merged.fills.items() if len(entries) % 2}
+    merged.conservation_checks = sorted(samples_ok)
+    merged.conservation_due = merged.events + conservation_every
+    return merged, None
