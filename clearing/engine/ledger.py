@@ -224,7 +224,12 @@ class Ledger:
                 event = ev.input_event(message, self.shard, payload=payload, key=key)
                 rows.append(
                     self.head.row(
-                        position, event, payload_json, recorded_at, (record.topic, record.partition, record.offset)
+                        position,
+                        event,
+                        payload_json,
+                        recorded_at,
+                        (record.topic, record.partition, record.offset),
+                        payload["occurred_at"],  # format_time(message.occurred_at), in the payload already
                     )
                 )
                 seen[key] = payload_json

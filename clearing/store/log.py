@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.domain import events as ev
-from clearing.store.hashing import GENESIS_HASH, chain, row_digest_input
+from clearing.domain.messages import format_time
+from clearing.store.hashing import GENESIS_HASH, chain, digest_input
 
 LOG_LOCK_KEY = 7_301_955_001  # pg_advisory_xact_lock key of the event log's single writer
 REPLAY_FETCH_ROWS = 5_000
@@ -63,6 +64,7 @@ class ShardHead:
     _pending_versions: dict[str, int] = field(default_factory=dict)
     _pending_hash: bytes | None = None
     _pending_position: int | None = None
+    _recorded: tuple[datetime, str] | None = None  # the last ledger time and its spelling
 
     def row(
         self,
@@ -71,29 +73,36 @@ class ShardHead:
         payload_json: str,
         recorded_at: datetime,
         source: tuple[str, int, int] | None = None,
+        occurred_at_text: str | None = None,
     ) -> EventRow:
-        version = self._pending_versions.get(event.stream) or self.stream_versions.get(event.stream, 0)
+        """The row of ``event`` at ``position``, chained to the row before it.
+        ``occurred_at_text``: ``format_time(event.occurred_at)`` when the caller has it."""
+        stream = event.stream
+        version = self._pending_versions.get(stream) or self.stream_versions.get(stream, 0)
         version += 1
-        self._pending_versions[event.stream] = version
+        self._pending_versions[stream] = version
         topic, partition, offset = source if source is not None else (None, None, None)
         previous = self._pending_hash if self._pending_hash is not None else self.last_hash
+        # A batch's rows share one ledger time: spell it once.
+        if self._recorded is None or self._recorded[0] is not recorded_at:
+            self._recorded = (recorded_at, format_time(recorded_at))
         digest = chain(
             previous,
-            row_digest_input(
-                position=position,
-                shard=self.shard,
-                stream=event.stream,
-                stream_version=version,
-                type=event.type,
-                schema_version=event.schema_version,
-                payload_json=payload_json,
-                occurred_at=event.occurred_at,
-                recorded_at=recorded_at,
-                source_topic=topic,
-                source_partition=partition,
-                source_offset=offset,
-                idempotency_key=event.idempotency_key,
-                cause_position=event.cause_position,
+            digest_input(
+                position,
+                self.shard,
+                stream,
+                version,
+                event.type,
+                event.schema_version,
+                payload_json,
+                format_time(event.occurred_at) if occurred_at_text is None else occurred_at_text,
+                self._recorded[1],
+                topic,
+                partition,
+                offset,
+                event.idempotency_key,
+                event.cause_position,
             ),
         )
         self._pending_hash = digest
@@ -101,7 +110,7 @@ class ShardHead:
         return (
             position,
             self.shard,
-            event.stream,
+            stream,
             version,
             event.type,
             event.schema_version,
