@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -368,7 +369,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
     engine = _owner_engine()
     try:
-        return run_verify(engine, args.json)
+        return run_verify(engine, args.json, jobs=args.jobs)
     finally:
         engine.dispose()
 
@@ -383,12 +384,23 @@ def _audit_explain(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="replay segments between snapshots in N processes (default: the CPU count; 1: one sequential fold)",
+    )
+
+
 def add_audit(subparsers: Subparsers) -> None:
     actions = _audit_actions(subparsers)
     verify = actions.add_parser(
         "verify", help="hash chain, replay determinism, projections = fresh replay, conservation, counterparts"
     )
     verify.add_argument("--json", action="store_true")
+    _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
     explain.add_argument("decision_id", metavar="ID", help="a margin call id (MC-...) or a liquidation id (L-...)")
@@ -398,10 +410,12 @@ def add_audit(subparsers: Subparsers) -> None:
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
     from clearing.audit.rebuild import rebuild
+    from clearing.audit.verify import PlainProgress
 
     engine = _owner_engine()  # the tables' owner: the ledger's role may not CREATE
     try:
-        report = rebuild(engine, swap=not args.check_only)
+        progress = PlainProgress(None)
+        report = rebuild(engine, swap=not args.check_only, jobs=args.jobs, progress=lambda n: progress("replay", n))
     finally:
         engine.dispose()
     data = report.as_dict()
@@ -425,6 +439,7 @@ def add_projections(subparsers: Subparsers) -> None:
     rebuild = actions.add_parser("rebuild", help="replay the log into shadow tables, compare, swap them in")
     rebuild.add_argument("--check-only", action="store_true", help="build and compare, keep the live tables")
     rebuild.add_argument("--json", action="store_true")
+    _add_jobs(rebuild)
     rebuild.set_defaults(handler=_projections_rebuild)
 
 

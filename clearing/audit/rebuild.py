@@ -44,6 +44,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.parallel import NO_SAMPLES as NO_CONSERVATION_SAMPLES
+from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.replay import LogReplay, ShardTrack, iter_log
 from clearing.store import projections
 from clearing.store.log import LOG_LOCK_KEY
@@ -299,6 +301,7 @@ class RebuildReport:
     swapped: bool
     tables: list[TableReport]
     rows_written: dict[str, int]
+    replay: dict[str, Any] = field(default_factory=dict)  # how the replay ran (mode, jobs, segments)
 
     @property
     def identical(self) -> bool:
@@ -322,6 +325,7 @@ class RebuildReport:
             "consistent_with_previous": self.consistent,
             "rows_written": self.rows_written,
             "differences": [t.as_dict() for t in self.tables],
+            "replay": self.replay,
         }
 
 
@@ -362,7 +366,7 @@ def _grants(conn: sa.Connection, table: str) -> list[tuple[str, str]]:
 
 
 def replay_log(conn: sa.Connection, progress: Callable[[int], None] | None = None) -> LogReplay:
-    replay = LogReplay(decide=False, check_fills=False, conservation_every=1 << 62)
+    replay = LogReplay(decide=False, check_fills=False, conservation_every=NO_CONSERVATION_SAMPLES)
     for row in iter_log(conn):
         replay.feed(row)
         if progress is not None and replay.events % 50_000 == 0:
@@ -370,12 +374,41 @@ def replay_log(conn: sa.Connection, progress: Callable[[int], None] | None = Non
     return replay
 
 
-def rebuild(engine: sa.Engine, *, swap: bool = True, progress: Callable[[int], None] | None = None) -> RebuildReport:
-    """Replay the log into ``x_rebuild`` shadow tables, compare them with the live tables, and
-    (``swap``) put them in place in one transaction. See the module docstring."""
-    started = time.perf_counter()
+def replay_log_parallel(
+    engine: sa.Engine, jobs: int, progress: Callable[[int], None] | None = None
+) -> tuple[LogReplay | None, dict[str, Any]]:
+    """The replay in segments between stored snapshots (clearing/audit/parallel.py), each segment's
+    end state checked against the next snapshot; None when there are too few usable snapshots or
+    a check failed (the info says which), and the caller replays sequentially."""
     with engine.connect() as conn:
-        replay = replay_log(conn, progress)
+        head = int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
+        keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
+        segments = plan_segments(conn, keys, head)
+        shards = len(shards_of(conn))
+    if len(segments) - shards < PARALLEL_BOUNDARIES_MIN:
+        return None, {"mode": "sequential", "jobs": 1, "segments": 1, "note": "too few usable snapshots"}
+    outcome = replay_parallel(engine, segments, decide=False, jobs=jobs, check_fills=False, progress=progress)
+    info = outcome.as_dict()
+    info.pop("conservation", None)  # rebuild samples no conservation
+    if outcome.replay is None:
+        info["mode"] = "sequential"
+    return outcome.replay, info
+
+
+def rebuild(
+    engine: sa.Engine, *, swap: bool = True, progress: Callable[[int], None] | None = None, jobs: int = 1
+) -> RebuildReport:
+    """Replay the log into ``x_rebuild`` shadow tables, compare them with the live tables, and
+    (``swap``) put them in place in one transaction. See the module docstring. ``jobs`` > 1: the
+    replay up to the head runs in that many processes (``replay_log_parallel``)."""
+    started = time.perf_counter()
+    replay: LogReplay | None = None
+    info: dict[str, Any] = {"mode": "sequential", "jobs": 1, "segments": 1}
+    if jobs > 1:
+        replay, info = replay_log_parallel(engine, jobs, progress)
+    if replay is None:
+        with engine.connect() as conn:
+            replay = replay_log(conn, progress)
     replayed = time.perf_counter()
     reports: list[TableReport] = []
     written: dict[str, int] = {}
@@ -426,4 +459,5 @@ def rebuild(engine: sa.Engine, *, swap: bool = True, progress: Callable[[int], N
         swapped=swap,
         tables=reports,
         rows_written=written,
+        replay=info,
     )

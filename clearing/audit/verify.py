@@ -317,22 +317,35 @@ def verify(
 
 
 class PlainProgress:
-    """Progress lines on stderr, at most one every ``every_s`` seconds per phase (no TTY)."""
+    """Progress lines on stderr, at most one every ``every_s`` seconds per phase (no TTY), with the
+    rate since the phase began (the previous report of any phase, or the start)."""
 
-    def __init__(self, total: int, every_s: float = 5.0) -> None:
+    def __init__(self, total: int | None, every_s: float = 5.0) -> None:
         self.total = total
         self.every_s = every_s
         self.last: dict[str, float] = {}
+        self.began: dict[str, float] = {}
+        self.finished: set[str] = set()
+        self.latest = time.monotonic()
 
     def __call__(self, phase: str, count: int) -> None:
         now = time.monotonic()
-        if now - self.last.get(phase, 0.0) >= self.every_s or count >= self.total:
+        began = self.began.setdefault(phase, self.latest)
+        self.latest = now
+        if phase in self.finished:
+            return
+        done = self.total is not None and count >= self.total
+        if now - self.last.get(phase, 0.0) >= self.every_s or done:
             self.last[phase] = now
-            sys.stderr.write(f"{phase}: {count}/{self.total} events\n")
+            if done:
+                self.finished.add(phase)
+            of = "" if self.total is None else f"/{self.total}"
+            rate = f", {count / (now - began):,.0f} events/s" if now > began else ""
+            sys.stderr.write(f"{phase}: {count}{of} events{rate}\n")
             sys.stderr.flush()
 
 
-def run_verify(engine: sa.Engine, as_json: bool) -> int:
+def run_verify(engine: sa.Engine, as_json: bool, *, jobs: int = 1) -> int:
     with engine.connect() as conn:
         total = int(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
     if sys.stderr.isatty():
@@ -346,13 +359,19 @@ def run_verify(engine: sa.Engine, as_json: bool) -> int:
                     tasks[phase] = bar.add_task(phase, total=total)
                 bar.update(tasks[phase], completed=count)
 
-            result = verify(engine, rich_progress)
+            result = verify(engine, rich_progress, jobs=jobs)
     else:
-        result = verify(engine, PlainProgress(total))
+        result = verify(engine, PlainProgress(total), jobs=jobs)
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=2, sort_keys=True, default=str) + "\n")
     else:
         lines = [f"log: {result.events} events, head {result.head}; {result.seconds:.1f} s"]
+        how = result.replay
+        if how.get("mode") == "parallel" or "fallback" in how:
+            lines.append(
+                f"replay: {how.get('mode')} in {how.get('segments')} segments, {how.get('jobs')} processes"
+                + (f" (fell back: {how['fallback']})" if "fallback" in how else "")
+            )
         for check in result.checks:
             mark = "ok  " if check.ok else "FAIL"
             line = f"{mark} {check.name}"
