@@ -1,0 +1,238 @@
+"""The replay in segments between snapshots (clearing/audit/parallel.py) gives what the sequential
+replay gives: the same findings on an honest log with margin calls and liquidations, a planted
+determinism mismatch in a later segment named at its position, a snapshot that is not the re-run
+state reported as before (and the replay redone sequentially), the same rebuilt projections.
+
+The first test runs the segments in this process (``run_segment`` is a plain function) so that it
+can shrink the rotating margin refresh and sample conservation often; the others go through the
+spawned worker processes as ``--jobs 2`` does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from clearing.audit import parallel
+from clearing.audit import replay as replay_module
+from clearing.audit.parallel import SegmentTask, is_boundary, merge, plan_segments, run_segment
+from clearing.audit.rebuild import expected_state_rows, rebuild
+from clearing.audit.replay import LogReplay, imbalance_finding, iter_log
+from clearing.audit.verify import verify
+from clearing.domain.fold import conservation
+from clearing.engine import ledger as ledger_module
+from clearing.engine.snapshots import state_bytes
+from clearing.store.db import make_engine
+from tests.audit.audit_data import load_market
+
+pytestmark = [pytest.mark.integration]
+
+SNAPSHOT_EVERY = 150  # the CRASH market (~1,150 events) gets about seven snapshots
+
+
+@pytest.fixture
+def snapshotted(pg_server) -> Iterator[sa.Engine]:  # type: ignore[no-untyped-def]
+    """The CRASH market written with a snapshot every ``SNAPSHOT_EVERY`` events."""
+    from clearing.store.db import upgrade
+
+    name = f"clearing_test_parallel_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(name)
+    try:
+        url = pg_server.url(name)
+        upgrade(url)
+        load_market(url, snapshot_every=SNAPSHOT_EVERY).engine.dispose()
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+    finally:
+        for cached in parallel._engines.values():  # run_segment's engines, when it ran in-process
+            cached.dispose()
+        parallel._engines.clear()
+        pg_server.drop_database(name)
+
+
+def cuts(engine: sa.Engine) -> list[int]:
+    with engine.connect() as conn:
+        head = int(conn.execute(sa.text("SELECT max(position) FROM events")).scalar_one())
+        keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
+        return [s.after for s in plan_segments(conn, keys, head) if s.after]
+
+
+def tamper(engine: sa.Engine, *statements: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE events DISABLE TRIGGER ALL"))
+        for statement in statements:
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text("ALTER TABLE events ENABLE TRIGGER ALL"))
+
+
+def checks_of(report: Any) -> dict[str, Any]:
+    return {check["name"]: check for check in report.as_dict()["checks"]}
+
+
+def test_segments_merged_equal_the_sequential_replay_field_by_field(
+    snapshotted: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 30 accounts: with a window of 7 the refresh rotates, and its cursor (history, not in the
+    # snapshots) must be carried from segment to segment by the merge.
+    monkeypatch.setattr(ledger_module, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)
+    monkeypatch.setattr(replay_module, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)
+    every = 40
+    for decide in (True, False):
+        with snapshotted.connect() as conn:
+            head = int(conn.execute(sa.text("SELECT max(position) FROM events")).scalar_one())
+            keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
+            segments = plan_segments(conn, keys, head)
+        assert len(segments) >= 5
+        url = snapshotted.url.render_as_string(hide_password=False)
+        results = [run_segment(SegmentTask(url, seg, decide, decide, every, decide)) for seg in segments]
+        assert all(r.end_ok for r in results)
+        assert any(r.refresh_deferred for r in results[1:]), "no segment exercised the deferred refresh"
+        merged, reason = merge(results, decide=decide, check_fills=decide, conservation_every=every)
+        assert merged is not None, reason
+        merged.finish()
+        samples = set(merged.conservation_checks)
+        found = {f.position: f.problem for f in merged.conservation_bad}
+
+        sequential = LogReplay(decide=decide, conservation_every=every, check_fills=decide)
+        balanced: set[int] = set()
+        recomputed: dict[int, str] = {}
+        with snapshotted.connect() as conn:
+            for row in iter_log(conn):
+                sequential.feed(row)
+                if row[0] in samples:
+                    imbalance = conservation(sequential.shard(row[1]).state)
+                    if imbalance:
+                        recomputed[row[0]] = imbalance_finding(row[0], imbalance).problem
+                if (
+                    len(sequential.open_trades) == len(sequential.liquidation_fills)
+                    and not sequential.shard(row[1]).pending
+                ):
+                    balanced.add(row[0])
+        sequential.finish()
+
+        assert (merged.events, merged.head) == (sequential.events, sequential.head)
+        assert merged.decisions_compared == sequential.decisions_compared
+        if decide:
+            assert merged.decisions_compared > 10
+        assert merged.determinism_mismatches == sequential.determinism_mismatches == 0
+        assert merged.fills == sequential.fills and list(merged.fills) == list(sequential.fills)
+        assert merged.open_trades == sequential.open_trades
+        assert merged.liquidation_fills == sequential.liquidation_fills
+        assert merged.margin_events == sequential.margin_events
+        assert any(e[1] == "LiquidationOrderIssued" for e in merged.margin_events)
+        assert merged.counterpart_findings() == sequential.counterpart_findings()
+        for shard, track in sequential.shards.items():
+            got = merged.shards[shard]
+            assert state_bytes(got.state) == state_bytes(track.state)
+            assert got.last_change == track.last_change
+            assert got.written_at == track.written_at
+            assert got.mark_change == track.mark_change
+            assert got.mark_written == track.mark_written
+            assert (got.head, got.refresh_cursor, list(got.pending)) == (
+                track.head,
+                track.refresh_cursor,
+                list(track.pending),
+            )
+        assert expected_state_rows(merged).rows == expected_state_rows(sequential).rows
+        # Conservation: the samples lie elsewhere than the sequential ones (each worker's schedule
+        # starts at its segment), but every sample the merge kept is a point where the sequential
+        # replay could have sampled, there are about as many, and each says what the sequential
+        # state at that position says.
+        assert merged.conservation_checks[-1] == head
+        assert samples <= balanced | {head}
+        assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
+        if decide:
+            assert found == recomputed
+
+
+def test_parallel_verify_of_a_market_with_liquidations_equals_the_sequential_one(snapshotted: sa.Engine) -> None:
+    sequential = verify(snapshotted)
+    parallel_report = verify(snapshotted, jobs=2)
+    assert sequential.ok and parallel_report.ok
+    assert parallel_report.replay["mode"] == "parallel" and parallel_report.replay["segments"] >= 5
+    assert sequential.replay["mode"] == "sequential"
+    assert checks_of(parallel_report) == checks_of(sequential)
+    assert parallel_report.events == sequential.events
+    found = checks_of(parallel_report)
+    assert found["projections"]["details"]["liquidations"]["rows_live"] > 0
+    assert found["snapshots"]["details"]["compared"] == found["snapshots"]["details"]["snapshots"] >= 5
+
+
+def test_a_determinism_mismatch_in_a_later_segment_is_found_at_its_position(snapshotted: sa.Engine) -> None:
+    later = cuts(snapshotted)[2]
+    with snapshotted.connect() as conn:
+        target = int(
+            conn.execute(
+                sa.text(
+                    "SELECT min(position) FROM events WHERE position > :p "
+                    "AND type IN ('MarginCallIssued', 'LiquidationOrderIssued')"
+                ),
+                {"p": later},
+            ).scalar_one()
+        )
+    tamper(snapshotted, f'UPDATE events SET payload = payload || \'{{"planted": "1"}}\' WHERE position = {target}')
+    sequential = verify(snapshotted)
+    parallel_report = verify(snapshotted, jobs=2)
+    assert parallel_report.replay["mode"] == "parallel"  # the states are right: no fallback
+    found = checks_of(parallel_report)
+    assert not found["replay_determinism"]["ok"]
+    assert found["replay_determinism"]["first_bad_position"] == target
+    assert found["replay_determinism"]["details"]["mismatches"] == 1
+    assert found == checks_of(sequential)
+
+
+def test_a_snapshot_unlike_the_re_run_state_is_reported_and_the_replay_runs_sequentially(
+    snapshotted: sa.Engine,
+) -> None:
+    bad, other = cuts(snapshotted)[1], cuts(snapshotted)[3]
+    with snapshotted.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE snapshots SET state = (SELECT state FROM snapshots WHERE position = :o) WHERE position = :p"
+            ),
+            {"o": other, "p": bad},
+        )
+    sequential = verify(snapshotted)
+    parallel_report = verify(snapshotted, jobs=2)
+    assert "fallback" in parallel_report.replay and parallel_report.replay["mode"] == "sequential"
+    assert str(bad) in parallel_report.replay["fallback"]
+    found = checks_of(parallel_report)
+    assert not found["snapshots"]["ok"]
+    assert found["snapshots"]["first_bad_position"] == bad
+    assert found["replay_determinism"]["ok"] and found["projections"]["ok"]
+    assert found == checks_of(sequential)
+
+
+def test_a_snapshot_inside_a_batch_is_not_a_cut(snapshotted: sa.Engine) -> None:
+    with snapshotted.connect() as conn:
+        inside = int(
+            conn.execute(
+                sa.text(
+                    "SELECT min(a.position) FROM events a JOIN events b ON b.position = a.position + 1 "
+                    "WHERE a.recorded_at = b.recorded_at AND a.shard = b.shard"
+                )
+            ).scalar_one()
+        )
+        assert not is_boundary(conn, 0, inside)
+        assert all(is_boundary(conn, 0, p) for p in cuts(snapshotted))
+        head = int(conn.execute(sa.text("SELECT max(position) FROM events")).scalar_one())
+        assert not is_boundary(conn, 0, head)  # nothing after it to replay
+        segments = plan_segments(conn, [(0, inside)], head)
+    assert [(s.after, s.upto) for s in segments] == [(0, head)]
+
+
+def test_parallel_rebuild_equals_the_sequential_one(snapshotted: sa.Engine) -> None:
+    with snapshotted.begin() as conn:  # some damage for both to repair and report alike
+        conn.execute(sa.text("UPDATE balances SET amount = amount + 1 WHERE account_id = 'ACC-00003'"))
+    sequential = rebuild(snapshotted, swap=False).as_dict()
+    parallel_report = rebuild(snapshotted, swap=False, jobs=2).as_dict()
+    assert parallel_report["replay"]["mode"] == "parallel" and parallel_report["replay"]["segments"] >= 5
+    assert not parallel_report["consistent_with_previous"]
+    for key in ("seconds_replay", "seconds_swap", "replay"):
+        sequential.pop(key)
+        parallel_report.pop(key)
+    assert parallel_report == sequential
