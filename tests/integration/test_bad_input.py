@@ -108,6 +108,13 @@ CASES = {
     "oversize_message": Case(
         ("transfers", "A1", _deposit("D-x", "A1", account_note="n" * 70_000)), ("bytes", "at most 65536")
     ),
+    # Both once raised out of the decoder (RecursionError, OverflowError) and failed the batch on
+    # every retry, instead of becoming dead letters.
+    "deeply_nested": Case(("transfers", "A1", b"[" * 30_000 + b"]" * 30_000), ("nests", "too deeply")),
+    "event_time_beyond_the_calendar_in_utc": Case(
+        ("transfers", "A1", _deposit("D-x", "A1", occurred_at="0001-01-01T00:00:00+01:00")),
+        ("occurred_at", "outside the years 1 to 9999"),
+    ),
     "stale_mark": Case(("marks", "BTCUSDT", _mark("64000", 5)), ("stale mark", "BTCUSDT", "older")),
     "conflicting_duplicate": Case(
         ("fills", "A1", _fill("F-1", "A1", "buy", price="65000.5")),
