@@ -15,6 +15,10 @@ PostgreSQL in a temporary folder. Measures:
 (c) the rebuild replay: ``LogReplay(decide=False)`` (the fold of the logged events), and the whole
     rebuild (replay + shadow tables + comparison + swap);
 (d) the whole ``audit verify`` (adds the hash chain, the tail and the projection comparison).
+
+(b), (c) and (d) run twice: ``--jobs 1`` (one sequential fold) and with the parallel replay in
+segments between the snapshots the ledger wrote while building the log (``--jobs``, default the CPU
+count; clearing/audit/parallel.py), each with its ratio to the raw read.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clearing.audit.parallel import plan_segments, replay_parallel
 from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import LogReplay, iter_log
 from clearing.audit.verify import verify
 from clearing.engine.ledger import Ledger, RawRecord
+from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS
 from clearing.simulate import Scenario, generate
 from clearing.store.db import make_engine, upgrade
 
@@ -91,9 +97,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--crash", action="store_true", help="a crash at 80%% of the steps (calls, liquidations)")
     parser.add_argument("--profile", action="store_true", help="profile the verify replay (cProfile, top 25)")
+    parser.add_argument("--jobs", type=int, default=None, help="processes of the parallel replay (default: CPUs)")
     args = parser.parse_args()
 
     import os
+
+    jobs = args.jobs or os.cpu_count() or 1
 
     server = None
     parent = None
@@ -135,34 +144,49 @@ def main() -> int:
         raw_s = time.perf_counter() - started
         print(f"raw read (type, payload)    {rate(n, raw_s)}")
 
-        def replay(decide: bool) -> float:
+        with owner.connect() as conn:
+            keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
+            segments = plan_segments(conn, keys, head)
+        print(f"snapshots: {len(keys)} (the ledger's SnapshotPolicy, every {SNAPSHOT_EVERY_EVENTS:,} events); "
+              f"{len(segments)} segments; parallel jobs = {jobs} (os.cpu_count() {os.cpu_count()})")
+
+        def replay(decide: bool, workers: int) -> float:
             started = time.perf_counter()
-            with owner.connect() as conn:
-                replay = LogReplay(decide=decide, check_fills=decide)
-                for row in iter_log(conn):
-                    replay.feed(row)
+            if workers > 1:
+                outcome = replay_parallel(owner, segments, decide=decide, jobs=workers, check_fills=decide)
+                replay = outcome.replay
+                assert replay is not None, outcome.reason
                 replay.finish()
+            else:
+                with owner.connect() as conn:
+                    replay = LogReplay(decide=decide, check_fills=decide)
+                    for row in iter_log(conn):
+                        replay.feed(row)
+                    replay.finish()
             assert not replay.determinism_mismatches
             return time.perf_counter() - started
 
-        verify_s = replay(True)
-        print(f"verify replay (re-run)      {rate(n, verify_s)}  ({raw_s / verify_s:.0%} of raw read)")
-        rebuild_replay_s = replay(False)
-        print(f"rebuild replay (fold)       {rate(n, rebuild_replay_s)}  ({raw_s / rebuild_replay_s:.0%} of raw read)")
-        started = time.perf_counter()
-        report = rebuild(owner)
-        total_s = time.perf_counter() - started
-        print(f"projections rebuild (all)   {rate(n, total_s)}; swap transaction {report.seconds_swap:.2f} s "
-              f"(the writer waits that long); rows {report.rows_written}; identical {report.identical}, "
-              f"consistent {report.consistent}")
-        started = time.perf_counter()
-        result_v = verify(owner)
-        total_v = time.perf_counter() - started
-        print(f"audit verify (all checks)   {rate(n, total_v)}; ok {result_v.ok}")
+        for label, decide in (("verify replay (re-run)", True), ("rebuild replay (fold)", False)):
+            for workers in (1, jobs):
+                seconds = replay(decide, workers)
+                print(f"{label + f' --jobs {workers}':<36}{rate(n, seconds)}  ({raw_s / seconds:.0%} of raw read)")
+        for workers in (1, jobs):
+            started = time.perf_counter()
+            report = rebuild(owner, jobs=workers)
+            total_s = time.perf_counter() - started
+            print(f"{f'projections rebuild --jobs {workers}':<36}{rate(n, total_s)}; swap transaction "
+                  f"{report.seconds_swap:.2f} s (the writer waits that long); rows {report.rows_written}; "
+                  f"identical {report.identical}, consistent {report.consistent}; replay {report.replay}")
+        for workers in (1, jobs):
+            started = time.perf_counter()
+            result_v = verify(owner, jobs=workers)
+            total_v = time.perf_counter() - started
+            print(f"{f'audit verify --jobs {workers}':<36}{rate(n, total_v)}; ok {result_v.ok}; "
+                  f"replay {result_v.replay}")
         if args.profile:
             profiler = cProfile.Profile()
             profiler.enable()
-            replay(True)
+            replay(True, 1)
             profiler.disable()
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
