@@ -43,6 +43,7 @@ EVENT_COLUMNS = (
     "hash",
 )
 
+# A row of EVENT_COLUMNS; its two times are datetimes, or text already spelled in ISO 8601 (``ShardHead.row``).
 EventRow = tuple[Any, ...]
 
 
@@ -86,6 +87,9 @@ class ShardHead:
         # A batch's rows share one ledger time: spell it once.
         if self._recorded is None or self._recorded[0] is not recorded_at:
             self._recorded = (recorded_at, format_time(recorded_at))
+        occurred_at = event.occurred_at
+        if occurred_at_text is None:
+            occurred_at_text = format_time(occurred_at)
         digest = chain(
             previous,
             digest_input(
@@ -96,7 +100,7 @@ class ShardHead:
                 event.type,
                 event.schema_version,
                 payload_json,
-                format_time(event.occurred_at) if occurred_at_text is None else occurred_at_text,
+                occurred_at_text,
                 self._recorded[1],
                 topic,
                 partition,
@@ -115,8 +119,11 @@ class ShardHead:
             event.type,
             event.schema_version,
             payload_json,
-            event.occurred_at,
-            recorded_at,
+            # The times as COPY sends them: the log's spelling (ISO 8601 in UTC, which PostgreSQL
+            # reads as the same instant), before year 1000 the datetime (strftime drops the
+            # year's leading zeros there).
+            occurred_at_text if occurred_at.year >= 1000 else occurred_at,
+            self._recorded[1] if recorded_at.year >= 1000 else recorded_at,
             topic,
             partition,
             offset,
@@ -189,33 +196,48 @@ def _driver(conn: sa.Connection) -> Any:
 
 
 def append(conn: sa.Connection, rows: Sequence[EventRow]) -> None:
-    """COPY the batch's event rows: the fastest way PostgreSQL takes rows in."""
+    """COPY the batch's event rows: the fastest way PostgreSQL takes rows in.
+
+    The rows are spelled in COPY's text format here, in one string, rather than by psycopg's
+    per-value dumpers (6 us a row, against 1): integers in decimal, text with COPY's escapes,
+    times in ISO 8601 (with a Z or an offset), bytea in hex, NULL as \\N. PostgreSQL parses them into
+    the values the dumpers would have sent (a test reads rows back and compares)."""
     if not rows:
         return
     cursor = _driver(conn).cursor()
     with cursor.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-        copy.set_types(
-            [
-                "int8",
-                "int2",
-                "text",
-                "int8",
-                "text",
-                "int2",
-                "text",  # payload: canonical JSON text, which COPY's text format parses as jsonb
-                "timestamptz",
-                "timestamptz",
-                "text",
-                "int4",
-                "int8",
-                "text",
-                "int8",
-                "bytea",
-                "bytea",
-            ]
-        )
-        for row in rows:
-            copy.write_row(row)
+        copy.write("".join(map(_copy_line, rows)))
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _copy_text(value: str) -> str:
+    """A text value in COPY's text format (a backslash and the row and column separators escaped)."""
+    if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+_NULL = "\\N"
+
+
+def _copy_time(value: str | datetime) -> str:
+    """A time as COPY text: as given when spelled already, else in ISO 8601 with its offset."""
+    return value if value.__class__ is str else value.isoformat()  # type: ignore[union-attr]
+
+
+def _copy_line(row: EventRow) -> str:
+    """One event row (``EVENT_COLUMNS``) as a line of COPY's text format."""
+    position, shard, stream, version, type_, schema_version, payload_json, occurred_at, recorded_at = row[:9]
+    topic, partition, offset, key, cause, previous, digest = row[9:]
+    return (
+        f"{position}\t{shard}\t{_copy_text(stream)}\t{version}\t{_copy_text(type_)}\t{schema_version}\t"
+        f"{_copy_text(payload_json)}\t{_copy_time(occurred_at)}\t{_copy_time(recorded_at)}\t"
+        f"{_NULL if topic is None else _copy_text(topic)}\t{_NULL if partition is None else partition}\t"
+        f"{_NULL if offset is None else offset}\t{_copy_text(key)}\t{_NULL if cause is None else cause}\t"
+        f"\\\\x{previous.hex()}\t\\\\x{digest.hex()}\n"
+    )
 
 
 def insert_dead_letters(
