@@ -94,6 +94,12 @@ def decide(
     # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
     full -= SYSTEM_ACCOUNTS_SET
     hits: set[tuple[str, str]] = set()
+    # An ordinary fill the index can prove changes nothing it watches (triggers.absorbs_fill)
+    # needs neither a re-margin nor a refresh of its account.
+    absorbed = None
+    if indexed and type(message) is Fill and triggers.absorbs_fill(state, message):
+        absorbed = message.account_id
+        full.discard(absorbed)
     match message:
         case Mark():
             if indexed:
@@ -122,6 +128,7 @@ def decide(
     figures: dict[tuple[str, str], margin.ScopeRisk] = {}
 
     def emit_tracked(decision: ev.Event) -> None:
+        ids.take(decision.payload)
         before = state.touched
         state.touched = set()
         try:
@@ -164,7 +171,8 @@ def decide(
         triggers.rebuild(state)
     else:
         for account_id in sorted((remargined | state.touched) - SYSTEM_ACCOUNTS_SET):
-            triggers.refresh(state, account_id, figures)
+            if account_id != absorbed or account_id in remargined:
+                triggers.refresh(state, account_id, figures)
 
 
 _STATUS_ONLY = frozenset(
@@ -187,7 +195,13 @@ def _changed_by(message: InputMessage) -> set[str]:
 
 class _Ids:
     """Ids of the decisions of one cause: derived from its log position, so a replay gives the
-    same ids."""
+    same ids. ``next`` offers the next id of a kind; it is taken only when a decision carrying it
+    is emitted (``take``). A re-margin that offers an id and then emits nothing leaves the
+    numbering as it was, so the ids do not depend on how many scopes a step looked at (brute
+    force looks at more than the trigger index, and a restarted ledger at more than a running
+    one)."""
+
+    _KEYS = (("margin_call_id", "MC"), ("liquidation_id", "L"))
 
     def __init__(self, position: int) -> None:
         self.position = position
@@ -195,8 +209,13 @@ class _Ids:
 
     def next(self, prefix: str) -> str:
         n = self.count.get(prefix, 0) + 1
-        self.count[prefix] = n
         return f"{prefix}-{self.position}" if n == 1 else f"{prefix}-{self.position}-{n}"
+
+    def take(self, payload: dict[str, Any]) -> None:
+        for key, prefix in self._KEYS:
+            value = payload.get(key)
+            if value is not None and value == self.next(prefix):
+                self.count[prefix] = self.count.get(prefix, 0) + 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -241,3 +241,18 @@ def test_a_bankrupt_account_that_trades_again_is_liquidated_at_once(book: Book) 
     assert types(decisions) == [ev.LIQUIDATION_ORDER_ISSUED]
     assert (decisions[0].payload["side"], decisions[0].payload["quantity"]) == ("sell", "0.5")
     assert conservation(book.state) == {}
+
+
+def test_an_offered_decision_id_that_no_decision_carries_is_offered_again() -> None:
+    """Ids are taken by the decisions that carry them, not by the re-margins that offer them:
+    brute force (which looks at more scopes than the index) once numbered a call MC-214-2 where
+    the index said MC-214, because a liquidating scope it looked at offered an id and emitted
+    nothing (found by the index-versus-brute-force property test)."""
+    from clearing.domain.lifecycle import _Ids
+
+    ids = _Ids(214)
+    assert ids.next("MC") == ids.next("MC") == "MC-214"
+    ids.take({"margin_call_id": "MC-214"})
+    assert ids.next("MC") == "MC-214-2"
+    ids.take({"margin_call_id": "MC-214", "liquidation_id": "L-214"})  # a later decision of that call
+    assert (ids.next("MC"), ids.next("L")) == ("MC-214-2", "L-214-2")
