@@ -167,6 +167,37 @@ class TriggerIndex:
     always: dict[str, set[str]] = field(default_factory=dict)
     always_symbols: dict[str, tuple[str, ...]] = field(default_factory=dict)  # account -> symbols
     seen: set[str] = field(default_factory=set)  # symbols marked while the index was kept
+    # Accounts whose ordinary fills the index can absorb without a re-margin (triggers.py,
+    # ``absorbs_fill``), and how many fills it absorbed (a figure for benchmarks and tests).
+    budgets: dict[str, FillBudget] = field(default_factory=dict)
+    absorbed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetedPosition:
+    """A position of a budgeted account as it was when its bands were computed."""
+
+    instrument: str
+    price: Decimal  # the mark at the reference
+    band: Decimal  # half-width of its band around ``price``
+    contract_size: Decimal
+    widest: Decimal  # 1 + the instrument's largest maintenance rate
+    rate: Decimal  # the instrument's largest maintenance rate
+    quantity: Decimal
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class FillBudget:
+    """What ``triggers.absorbs_fill`` needs of a cross account indexed by a budget: the budget,
+    the valuation-asset balance and the positions at the reference, and the part of the budget
+    the collateral assets' bands hold (their balances move only with a re-margin)."""
+
+    budget: Decimal
+    balance: Decimal
+    haircut: Decimal  # the valuation asset's largest haircut rate
+    positions: tuple[BudgetedPosition, ...]
+    fixed: Decimal
 
 
 @dataclass(slots=True)

@@ -60,13 +60,16 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from clearing.domain import margin
+from clearing.domain.messages import Fill
 from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, divide_down, exact
 from clearing.domain.params import InstrumentSpec, RiskParameters
-from clearing.domain.state import Account, LedgerState, TriggerIndex
+from clearing.domain.state import Account, BudgetedPosition, FillBudget, LedgerState, TriggerIndex
 
 LIQUIDATING = ("liquidation", "bankrupt")
 RELATIVE_SLACK = Decimal("1e-9")
 COMPACT_SLACK = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
+# The share of a budgeted scope's budget its price bands spend; the rest absorbs its own fills.
+BAND_SHARE = Decimal("0.5")
 
 
 def scopes(account: Account) -> list[str]:
@@ -150,6 +153,7 @@ def refresh(
     index = state.triggers
     version = index.version.get(account_id, 0) + 1
     index.version[account_id] = version
+    index.budgets.pop(account_id, None)
     live = index.live
     old_heap = index.heap_symbols.pop(account_id, None)
     if old_heap:
@@ -165,7 +169,8 @@ def refresh(
     always: set[str] = set()
     # (symbol, lower, upper, scope) of every band or pair of bounds, pushed together below.
     entries: list[tuple[str, Decimal | None, Decimal | None, str]] = []
-    for scope in scopes(account):
+    names = scopes(account)
+    for scope in names:
         symbols = scope_dependencies(state, account, scope)
         if not symbols:
             continue
@@ -176,13 +181,16 @@ def refresh(
         known = None if figures is None else figures.get((account_id, scope))
         if len(symbols) > 1:
             try:
-                bands = _budget_bounds(state, account, scope, symbols, known)
+                budgeted = _budget_bounds(state, account, scope, symbols, known)
             except margin.MarginModelError:
-                bands = None
-            if bands is None:
+                budgeted = None
+            if budgeted is None:
                 always.update(symbols)
                 continue
+            bands, record = budgeted
             entries.extend((symbol, low, high, scope) for symbol, (low, high) in bands.items())
+            if record is not None and len(names) == 1 and (status is None or status.status == "healthy"):
+                index.budgets[account_id] = record
             continue
         symbol = symbols[0]
         try:
@@ -335,10 +343,11 @@ def _bounds(
 
 def _budget_bounds(
     state: LedgerState, account: Account, scope: str, symbols: tuple[str, ...], risk: margin.ScopeRisk | None
-) -> dict[str, tuple[Decimal, Decimal]] | None:
+) -> tuple[dict[str, tuple[Decimal, Decimal]], FillBudget | None] | None:
     """Bands around the current prices of a scope that depends on several prices, inside which no
-    combination of moves can change its status; None when the scope cannot be indexed. Runs
-    under the ledger context (``refresh``).
+    combination of moves can change its status, and the record ``absorbs_fill`` reads (None when
+    some part of the scope is not one it can follow); None when the scope cannot be indexed.
+    Runs under the ledger context (``refresh``).
 
     The status is the sign pattern of g_0 = equity and g_t = t x equity - maintenance for t in
     (resolve, warning, 1). Each g moves with the price of a symbol X by at most k_X per unit:
@@ -346,8 +355,10 @@ def _budget_bounds(
     maintenance by |q| x cs x the tier's rate), |amount - haircut units| for a collateral asset.
     With S the smallest |g| less the ledger's rounding, moves with sum of k_X x |dX| < S flip no
     sign; giving each of the n symbols the band S / (n x k_X) keeps any combination of in-band
-    moves below S (the shared budget that one-dimensional triggers lack). Settlement assets other
-    than the valuation asset are not budgeted (the scope is then re-margined on every mark)."""
+    moves below S (the shared budget that one-dimensional triggers lack). The bands spend only
+    ``BAND_SHARE`` of S: the rest is left for the account's own fills (``absorbs_fill``).
+    Settlement assets other than the valuation asset are not budgeted (the scope is then
+    re-margined on every mark)."""
     parameters = state.parameters
     if risk is None:
         marks_seen = margin.StateMarks(state.marks)
@@ -388,6 +399,8 @@ def _budget_bounds(
     if budget <= 0:
         return None
     bands: dict[str, tuple[Decimal, Decimal]] = {}
+    budgeted: list[BudgetedPosition] = []
+    fixed = ZERO
     share = len(symbols)
     for symbol, k in sensitivity:
         mark = marks.get(symbol)
@@ -396,10 +409,82 @@ def _budget_bounds(
         if k == 0:
             continue  # the scope does not move with this price at all
         price = mark.price
-        # Rounded down: a band narrower than budget / (n x k) only re-margins sooner.
-        band = divide_down(budget, share * k)
+        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
+        band = divide_down(budget * BAND_SHARE, share * k)
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
-    return bands
+        spec = instruments.get(symbol)
+        if spec is None:
+            fixed += k * band
+            continue
+        held = account.positions[(symbol, margin.CROSS)]
+        budgeted.append(
+            BudgetedPosition(symbol, price, band, spec.contract_size, _widest(parameters, spec),
+                             _widest(parameters, spec) - ONE, held.quantity, held.cost)
+        )
+    record = None
+    if scope == margin.CROSS:
+        record = FillBudget(
+            budget, account.balance(valuation), _largest_haircut(parameters), tuple(budgeted), fixed
+        )
+    return bands, record
+
+
+def _largest_haircut(parameters: RiskParameters) -> Decimal:
+    spec = parameters.asset(parameters.valuation_asset)
+    return max((band[2] for band in spec.haircut_band_table), default=ZERO) if spec is not None else ZERO
+
+
+def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
+    """Whether an ordinary cross fill, already applied, provably changes neither the account's
+    status nor what its index entries promise, so that neither a re-margin nor a refresh is due.
+
+    It holds for an account indexed by a budget (``FillBudget``, kept by ``refresh``: a healthy
+    cross account, its only scope, every price it depends on banded) when the fill keeps its set
+    of open positions and their sides, settles and charges its fee in the valuation asset, and
+    all the fills absorbed since the reference leave the budget unspent:
+
+        |d equity| + haircut x |d balance| + sum |d maintenance| + rounding
+            + sum over positions of k_X(now) x band_X + the collateral bands' share  <  S
+
+    The first terms bound how far the fills moved each g at the reference prices (equity moves
+    by d balance + sum (d q x cs x P_ref - d cost); haircut units by at most the haircut rate per
+    unit of balance; a maintenance requirement by at most its largest rate per unit of notional,
+    plus a rounding step each); the rest bounds what in-band price moves can add from there, with
+    the positions' sizes as they are now. Anything else that changes the account (a deposit,
+    funding, a transfer, a decision) re-margins and refreshes it, which replaces the record, so
+    between two refreshes only absorbed fills move it."""
+    record = state.triggers.budgets.get(fill.account_id)
+    if record is None or fill.margin_mode != margin.CROSS:
+        return False
+    parameters = state.parameters
+    valuation = parameters.valuation_asset
+    if fill.fee != 0 and fill.fee_asset is not None and fill.fee_asset != valuation:
+        return False
+    account = state.accounts[fill.account_id]
+    held = account.positions
+    moved = account.balance(valuation) - record.balance
+    equity = moved
+    maintenance = ZERO
+    spent = record.fixed
+    found = False
+    for budgeted in record.positions:
+        position = held[(budgeted.instrument, margin.CROSS)]
+        quantity = position.quantity
+        if quantity == 0 or (quantity > 0) != (budgeted.quantity > 0):
+            return False
+        if budgeted.instrument == fill.instrument:
+            found = True
+        size = budgeted.contract_size
+        equity += (quantity - budgeted.quantity) * size * budgeted.price - (position.cost - budgeted.cost)
+        maintenance += abs(abs(quantity) - abs(budgeted.quantity)) * size * budgeted.price * budgeted.rate
+        spent += abs(quantity) * size * budgeted.widest * budgeted.band
+    if not found:
+        return False
+    rounding = 2 * MONEY_QUANTUM * (len(record.positions) + 1)
+    if abs(equity) + record.haircut * abs(moved) + maintenance + rounding + spent < record.budget:
+        state.triggers.absorbed += 1
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,3 +164,123 @@ def test_per_parameters_constants_follow_the_parameters_in_force() -> None:
             expected = min([ONE] + [abs(t * direction - rate) for t in thresholds for rate in rates])
             assert triggers._gamma(parameters, spec, direction) == expected
     assert triggers._widest(second, second.instruments_by_symbol["BTCUSDT"]) == D("1.25")
+
+
+# ---------------------------------------------------------------------------------------------
+# fills the index absorbs (triggers.absorbs_fill)
+
+INSTRUMENTS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+
+
+@st.composite
+def busy_books(draw: st.DrawFn) -> list[Any]:
+    """Cross accounts in two or three instruments (some with BTC collateral), then many fills
+    between marks: small adds and reduces, closes, flips, a first fill in a new instrument,
+    fees in USDT or BTC, and now and then a fill big enough to cross a threshold."""
+    msgs: list[Any] = []
+    at = T0
+    marks = {"BTCUSDT": D(draw(st.integers(min_value=20_000, max_value=60_000))),
+             "ETHUSDT": D(draw(st.integers(min_value=1_000, max_value=4_000))),
+             "SOLUSDT": D(draw(st.integers(min_value=50, max_value=300)))}
+    for symbol, price in marks.items():
+        msgs.append(mark(symbol, str(price), at))
+    msgs.append(mark("BTC", str(marks["BTCUSDT"]), at))
+    msgs.append(deposit("MM", "1000000000", "dMM"))
+    msgs.append(deposit("MM", "1000", "dMMb", asset="BTC"))
+    accounts = draw(st.lists(st.sampled_from(ACCOUNTS), min_size=1, max_size=4, unique=True))
+    for account in accounts:
+        collateral = D(draw(st.integers(min_value=1_000, max_value=200_000)))
+        msgs.append(deposit(account, str(collateral), f"d{account}"))
+        if draw(st.booleans()):
+            msgs.append(deposit(account, str(draw(st.integers(min_value=1, max_value=3))), f"b{account}", asset="BTC"))
+        for leg, instrument in enumerate(INSTRUMENTS[: draw(st.integers(min_value=2, max_value=3))]):
+            leverage = D(draw(st.integers(min_value=2, max_value=120))) / 10
+            q = (collateral * leverage / 3 / marks[instrument]).quantize(D("0.001"))
+            if q > 0:
+                side = draw(st.sampled_from(["buy", "sell"]))
+                msgs.extend(_trade(account, side, q, marks[instrument], f"o{account}{leg}", instrument, "0"))
+    for index in range(draw(st.integers(min_value=10, max_value=80))):
+        at += timedelta(seconds=draw(st.integers(min_value=0, max_value=3)))
+        kind = draw(st.sampled_from(["fill"] * 6 + ["big", "mark", "mark", "deposit"]))
+        instrument = draw(st.sampled_from(INSTRUMENTS))
+        account = draw(st.sampled_from(accounts))
+        if kind in ("fill", "big"):
+            scale = D(draw(st.integers(min_value=1, max_value=2_000 if kind == "fill" else 60_000))) / 1000
+            q = (scale * 1000 / marks[instrument]).quantize(D("0.001"))
+            if q <= 0:
+                continue
+            price = (marks[instrument] * (1 + D(draw(st.integers(min_value=-50, max_value=50))) / 10_000)).quantize(
+                D("0.01"))
+            fee = str(D(draw(st.integers(min_value=-2, max_value=20))) / 100)
+            fee_asset = draw(st.sampled_from(["USDT", "USDT", "USDT", "BTC"]))
+            side = draw(st.sampled_from(["buy", "sell"]))
+            msgs.extend(_trade(account, side, q, price, f"f{index}", instrument, fee, fee_asset, at))
+        elif kind == "mark":
+            marks[instrument] = max(D(1), (marks[instrument] * (
+                1 + D(draw(st.integers(min_value=-300, max_value=300))) / 10_000)).quantize(D("0.01")))
+            msgs.append(mark(instrument, str(marks[instrument]), at))
+        else:
+            msgs.append(deposit(account, str(draw(st.integers(min_value=1, max_value=5_000))), f"t{index}"))
+    return msgs
+
+
+def _trade(account: str, side: str, q: D, price: D, fid: str, instrument: str, fee: str, fee_asset: str = "USDT",
+           at: Any = T0) -> list[Any]:
+    other = "sell" if side == "buy" else "buy"
+    legs = []
+    for who, leg_side, leg_fee, leg_id in ((account, side, fee, fid), ("MM", other, "0", fid + "m")):
+        legs.append(message("fills", type="fill", fill_id=leg_id, trade_id="T" + fid, account_id=who,
+                            instrument=instrument, side=leg_side, quantity=str(q), price=str(price), fee=leg_fee,
+                            fee_asset=fee_asset, margin_mode="cross", occurred_at=at.isoformat()))
+    return legs
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(busy_books())
+def test_absorbed_fills_leave_the_decisions_of_brute_force(msgs: list[Any]) -> None:
+    indexed = run(msgs, brute_force=False)
+    assert decisions(indexed) == decisions(run(msgs, brute_force=True))
+    assert conservation(indexed.state) == {}
+
+
+def test_small_fills_are_absorbed_and_the_fill_that_crosses_a_threshold_is_not() -> None:
+    """An account at under 1x in two instruments takes small fills without a re-margin; the fill
+    that takes it to about 100x is re-margined and warns (ratio 0.885), as brute force does."""
+    msgs: list[Any] = [mark("BTCUSDT", "50000"), mark("ETHUSDT", "2500"), deposit("MM", "1000000000", "dMM"),
+                       deposit("A", "10000", "dA")]
+    msgs += _trade("A", "buy", D("0.1"), D("50000"), "a1", "BTCUSDT", "1")
+    msgs += _trade("A", "sell", D("2"), D("2500"), "a2", "ETHUSDT", "1")
+    for n in range(10):
+        msgs += _trade("A", "buy", D("0.001"), D("50010"), f"s{n}", "BTCUSDT", "0.05")
+    small = len(msgs)
+    msgs += _trade("A", "buy", D("20"), D("50000"), "big", "BTCUSDT", "1")
+    indexed = run(msgs[:small], brute_force=False)
+    # the first fills re-margin (new positions); the 10 small ones (and MM's legs) are absorbed
+    assert indexed.state.triggers.absorbed >= 10
+    assert indexed.decisions == []
+    indexed = run(msgs, brute_force=False)
+    assert [(d.type, d.payload["level"]) for d in indexed.decisions] == [(ev.MARGIN_CALL_ISSUED, "warning")]
+    assert decisions(indexed) == decisions(run(msgs, brute_force=True))
+
+
+def test_a_fill_is_not_absorbed_when_it_opens_closes_or_pays_its_fee_in_another_asset() -> None:
+    book = Book()
+    for msg in [mark("BTCUSDT", "50000"), mark("ETHUSDT", "2500"), mark("SOLUSDT", "100"), mark("BTC", "50000"),
+                deposit("MM", "1000000000", "dMM"), deposit("A", "100000", "dA"), deposit("A", "1", "dAb", "BTC")]:
+        book.feed(msg)
+    for msg in _trade("A", "buy", D("0.1"), D("50000"), "a1", "BTCUSDT", "1") + _trade(
+            "A", "sell", D("2"), D("2500"), "a2", "ETHUSDT", "1"):
+        book.feed(msg)
+    index = book.state.triggers
+    assert "A" in index.budgets
+    cases = [
+        (_trade("A", "buy", D("1"), D("100"), "sol", "SOLUSDT", "0")[0], False),  # a new instrument
+        (_trade("A", "buy", D("0.01"), D("50000"), "fee", "BTCUSDT", "0.0001", "BTC")[0], False),  # fee in BTC
+        (_trade("A", "buy", D("2"), D("2500"), "close", "ETHUSDT", "0")[0], False),  # closes ETH
+        (_trade("A", "sell", D("0.01"), D("50000"), "ok", "BTCUSDT", "0")[0], True),
+    ]
+    for msg, expected in cases:
+        before = index.absorbed
+        book.feed(msg)
+        assert (index.absorbed > before) is expected, msg
+        assert "A" in index.budgets  # re-margined and refreshed, or absorbed: a record either way
