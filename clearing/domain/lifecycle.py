@@ -88,18 +88,21 @@ def decide(
             emit(decide_isolated_transfer(state, message))
     index = state.triggers
     indexed = not index.brute_force and not index.stale
-    ids = _Ids(position)
     full: set[str] = set(changed) if changed is not None else _changed_by(message)
     # The fee account, the insurance fund and the funding pool are the clearing house's own
     # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
     full -= SYSTEM_ACCOUNTS_SET
-    hits: set[tuple[str, str]] = set()
     # An ordinary fill the index can prove changes nothing it watches (triggers.absorbs_fill)
-    # needs neither a re-margin nor a refresh of its account.
+    # needs neither a re-margin nor a refresh of its account: with no deadline due, the step
+    # has nothing else to look at.
     absorbed = None
-    if indexed and type(message) is Fill and triggers.absorbs_fill(state, message):
+    if indexed and type(message) is Fill and full == {message.account_id} and triggers.absorbs_fill(state, message):
         absorbed = message.account_id
+        if not _deadline_due(state, message.occurred_at):
+            return
         full.discard(absorbed)
+    ids = _Ids(position)
+    hits: set[tuple[str, str]] = set()
     match message:
         case Mark():
             if indexed:
@@ -184,6 +187,10 @@ _STATUS_ONLY = frozenset(
         ev.ACCOUNT_BANKRUPTED,
     )
 )
+
+
+def _deadline_due(state: LedgerState, at: datetime) -> bool:
+    return any(deadline <= at for deadline in state.deadlines.values())
 
 
 def _changed_by(message: InputMessage) -> set[str]:

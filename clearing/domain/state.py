@@ -178,13 +178,12 @@ class BudgetedPosition:
     """A position of a budgeted account as it was when its bands were computed."""
 
     instrument: str
-    price: Decimal  # the mark at the reference
-    band: Decimal  # half-width of its band around ``price``
-    contract_size: Decimal
-    widest: Decimal  # 1 + the instrument's largest maintenance rate
-    rate: Decimal  # the instrument's largest maintenance rate
     quantity: Decimal
     cost: Decimal
+    unit: Decimal  # contract size x the mark at the reference: equity per contract
+    unit_rate: Decimal  # unit x the instrument's largest maintenance rate
+    unit_spread: Decimal  # contract size x (1 + that rate) x the band's half-width
+    spread: Decimal  # |quantity| x unit_spread: what in-band prices can move it by
 
 
 @dataclass(frozen=True, slots=True)

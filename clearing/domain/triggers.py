@@ -417,9 +417,14 @@ def _budget_bounds(
             fixed += k * band
             continue
         held = account.positions[(symbol, margin.CROSS)]
+        unit = spec.contract_size * price
+        widest = _widest(parameters, spec)
+        unit_spread = spec.contract_size * widest * band
         budgeted.append(
-            BudgetedPosition(symbol, price, band, spec.contract_size, _widest(parameters, spec),
-                             _widest(parameters, spec) - ONE, held.quantity, held.cost)
+            BudgetedPosition(
+                symbol, held.quantity, held.cost, unit, unit * (widest - ONE), unit_spread,
+                abs(held.quantity) * unit_spread,
+            )
         )
     record = None
     if scope == margin.CROSS:
@@ -470,14 +475,16 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     for budgeted in record.positions:
         position = held[(budgeted.instrument, margin.CROSS)]
         quantity = position.quantity
-        if quantity == 0 or (quantity > 0) != (budgeted.quantity > 0):
-            return False
         if budgeted.instrument == fill.instrument:
             found = True
-        size = budgeted.contract_size
-        equity += (quantity - budgeted.quantity) * size * budgeted.price - (position.cost - budgeted.cost)
-        maintenance += abs(abs(quantity) - abs(budgeted.quantity)) * size * budgeted.price * budgeted.rate
-        spent += abs(quantity) * size * budgeted.widest * budgeted.band
+        elif quantity == budgeted.quantity and position.cost == budgeted.cost:
+            spent += budgeted.spread  # untouched since the reference
+            continue
+        if quantity == 0 or (quantity > 0) != (budgeted.quantity > 0):
+            return False
+        equity += (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
+        maintenance += abs(abs(quantity) - abs(budgeted.quantity)) * budgeted.unit_rate
+        spent += abs(quantity) * budgeted.unit_spread
     if not found:
         return False
     rounding = 2 * MONEY_QUANTUM * (len(record.positions) + 1)
