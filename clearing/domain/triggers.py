@@ -445,8 +445,9 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
 
     It holds for an account indexed by a budget (``FillBudget``, kept by ``refresh``: a healthy
     cross account, its only scope, every price it depends on banded) when the fill keeps its set
-    of open positions and their sides, settles and charges its fee in the valuation asset, and
-    all the fills absorbed since the reference leave the budget unspent:
+    of open positions (a flip through zero keeps it; the bounds below hold for either side),
+    settles and charges its fee in the valuation asset, and all the fills absorbed since the
+    reference leave the budget unspent:
 
         |d equity| + haircut x |d balance| + sum |d maintenance| + rounding
             + sum over positions of k_X(now) x band_X + the collateral bands' share  <  S
@@ -480,8 +481,8 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
         elif quantity == budgeted.quantity and position.cost == budgeted.cost:
             spent += budgeted.spread  # untouched since the reference
             continue
-        if quantity == 0 or (quantity > 0) != (budgeted.quantity > 0):
-            return False
+        if quantity == 0:
+            return False  # closed: the scope's dependencies change
         equity += (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
         maintenance += abs(abs(quantity) - abs(budgeted.quantity)) * budgeted.unit_rate
         spent += abs(quantity) * budgeted.unit_spread

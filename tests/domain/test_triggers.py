@@ -278,6 +278,7 @@ def test_a_fill_is_not_absorbed_when_it_opens_closes_or_pays_its_fee_in_another_
         (_trade("A", "buy", D("0.01"), D("50000"), "fee", "BTCUSDT", "0.0001", "BTC")[0], False),  # fee in BTC
         (_trade("A", "buy", D("2"), D("2500"), "close", "ETHUSDT", "0")[0], False),  # closes ETH
         (_trade("A", "sell", D("0.01"), D("50000"), "ok", "BTCUSDT", "0")[0], True),
+        (_trade("A", "sell", D("0.2"), D("50000"), "flip", "BTCUSDT", "0")[0], True),  # long 0.1 to short 0.1
     ]
     for msg, expected in cases:
         before = index.absorbed
