@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, cast
@@ -259,7 +260,7 @@ def decode(topic_kind: str, raw: bytes) -> InputMessage:
     ledger's work on them. So a well-formed message is first tried on a fast path, which
     accepts only what the checked path accepts and builds the same message: orjson parses the
     value, and a message whose values are all of the plain shape its fields expect is built
-    directly (``_FAST_FIELDS``). Anything else (a float, a big integer orjson would turn into one,
+    directly (``_FAST_MODELS``). Anything else (a float, a big integer orjson would turn into one,
     an error of any kind, an unusual but valid spelling) goes the checked way, so every error is
     the checked path's error. Tests compare both paths on valid, odd and invalid messages."""
     kinds = TOPIC_TYPES.get(topic_kind)
@@ -271,9 +272,9 @@ def decode(topic_kind: str, raw: bytes) -> InputMessage:
         if data.__class__ is dict:
             message_type = data.get("type")
             model = kinds.get(message_type) if message_type.__class__ is str else None
-            fields = _FAST_FIELDS.get(model) if model is not None else None
-            if fields is not None and model is not None:
-                built = _build(model, fields, data)
+            fast = _FAST_MODELS.get(model) if model is not None else None
+            if fast is not None:
+                built = _build(fast, data)
                 if built is not None:
                     return built
     return decode_checked(topic_kind, raw)
@@ -312,6 +313,7 @@ _PLAIN_TIME = re.compile(
     r"(?:\.[0-9]{1,6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
 _REQUIRED = object()
+_DECIMAL_SHAPES = (_DECIMAL, _POSITIVE, _NOT_NEGATIVE, _NON_ZERO)
 
 # (name, shape, allowed literals, may be null, default)
 FastField = tuple[str, int, frozenset[str], bool, Any]
@@ -329,54 +331,95 @@ def _fast_fields(model: type[Message], shapes: dict[str, tuple[int | frozenset[s
     return tuple(fields)
 
 
-def _build(model: type[Message], fields: tuple[FastField, ...], data: dict[str, Any]) -> InputMessage | None:
+@dataclass(frozen=True, slots=True)
+class _FastModel:
+    """A model's ``FastField`` table grouped by shape, for ``_build``."""
+
+    model: type[Message]
+    fields: tuple[FastField, ...]
+    names: frozenset[str]
+    required: frozenset[str]
+    nullable: frozenset[str]
+    template: dict[str, Any]  # every field in declaration order: its default, or None when required
+    ids: tuple[str, ...]
+    literals: tuple[tuple[str, frozenset[str]], ...]
+    decimals: tuple[tuple[str, int], ...]
+    times: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: type[Message], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> _FastModel:
+        fields = _fast_fields(model, shapes)
+        return cls(
+            model,
+            fields,
+            frozenset(name for name, *_ in fields),
+            frozenset(name for name, _, _, _, default in fields if default is _REQUIRED),
+            frozenset(name for name, _, _, nullable, _ in fields if nullable),
+            {name: None if default is _REQUIRED else default for name, _, _, _, default in fields},
+            tuple(name for name, shape, *_ in fields if shape == _ID),
+            tuple((name, literals) for name, shape, literals, *_ in fields if shape == _LITERAL),
+            tuple((name, shape) for name, shape, *_ in fields if shape in _DECIMAL_SHAPES),
+            tuple(name for name, shape, *_ in fields if shape == _TIME),
+        )
+
+
+_ABSENT = object()
+
+
+def _build(fast: _FastModel, data: dict[str, Any]) -> InputMessage | None:
     """The message validation would build from ``data``, or None when ``data`` is not of the
     plain shape (then validation decides, and words its errors)."""
-    values: dict[str, Any] = {}
-    given = 0
-    for name, shape, literals, nullable, default in fields:
-        if name not in data:
-            if default is _REQUIRED:
-                return None
-            values[name] = default
-            continue
-        given += 1
-        value = data[name]
+    keys = data.keys()
+    if not (fast.required <= keys and keys <= fast.names):
+        return None  # a field missing, or a key that is not a field
+    nullable = fast.nullable
+    for name in fast.ids:
+        value = data.get(name, _ABSENT)
         if value.__class__ is not str:
-            if value is None and nullable:
-                values[name] = None
+            if value is _ABSENT or (value is None and name in nullable):
                 continue
             return None
-        if shape == _LITERAL:
-            if value not in literals:
-                return None
-        elif shape == _ID:
-            if not 0 < len(value) <= IDENTIFIER_CHARS_MAX:
-                return None
-        elif shape == _TIME:
-            if _PLAIN_TIME.fullmatch(value) is None:
-                return None
-            try:
-                value = datetime.fromisoformat(value).astimezone(UTC)
-            except (ValueError, OverflowError):
-                return None
-        else:
-            if _PLAIN_DECIMAL.fullmatch(value) is None:
-                return None
-            value = Decimal(value)
-            if (
-                (shape == _POSITIVE and value <= 0)
-                or (shape == _NOT_NEGATIVE and value < 0)
-                or (shape == _NON_ZERO and value == 0)
-            ):
-                return None
-        values[name] = value
-    if given != len(data):
-        return None  # a key that is not a field
-    # What validation does once the values are valid (as ``events.trusted_message`` does).
+        if not 0 < len(value) <= IDENTIFIER_CHARS_MAX:
+            return None
+    for name, allowed in fast.literals:
+        value = data.get(name, _ABSENT)
+        if value.__class__ is not str:
+            if value is _ABSENT or (value is None and name in nullable):
+                continue
+            return None
+        if value not in allowed:
+            return None
+    converted: dict[str, Any] = {}
+    for name, shape in fast.decimals:
+        value = data.get(name, _ABSENT)
+        if value.__class__ is not str:
+            if value is _ABSENT or (value is None and name in nullable):
+                continue
+            return None
+        if _PLAIN_DECIMAL.fullmatch(value) is None:
+            return None
+        number = Decimal(value)
+        if (
+            (shape == _POSITIVE and number <= 0)
+            or (shape == _NOT_NEGATIVE and number < 0)
+            or (shape == _NON_ZERO and number == 0)
+        ):
+            return None
+        converted[name] = number
+    for name in fast.times:  # every time field is required
+        value = data[name]
+        if value.__class__ is not str or _PLAIN_TIME.fullmatch(value) is None:
+            return None
+        try:
+            converted[name] = datetime.fromisoformat(value).astimezone(UTC)
+        except (ValueError, OverflowError):
+            return None
+    # What validation does once the values are valid (as ``events.trusted_message`` does): the
+    # fields in declaration order, defaults for those not given.
+    model = fast.model
     message = model.__new__(model)
-    object.__setattr__(message, "__dict__", values)
-    object.__setattr__(message, "__pydantic_fields_set__", set(data))
+    object.__setattr__(message, "__dict__", {**fast.template, **data, **converted})
+    object.__setattr__(message, "__pydantic_fields_set__", set(keys))
     object.__setattr__(message, "__pydantic_extra__", None)
     object.__setattr__(message, "__pydantic_private__", None)
     return message  # type: ignore[return-value]
@@ -392,8 +435,8 @@ def _literal(*names: str) -> tuple[frozenset[str], bool]:
     return frozenset(names), False
 
 
-_FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
-    Fill: _fast_fields(
+_FAST_MODELS: dict[type[Message], _FastModel] = {
+    Fill: _FastModel.of(
         Fill,
         {
             "type": _literal("fill"),
@@ -411,7 +454,7 @@ _FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
             "occurred_at": _TIME_,
         },
     ),
-    Deposit: _fast_fields(
+    Deposit: _FastModel.of(
         Deposit,
         {
             "type": _literal("deposit"),
@@ -422,7 +465,7 @@ _FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
             "occurred_at": _TIME_,
         },
     ),
-    Withdrawal: _fast_fields(
+    Withdrawal: _FastModel.of(
         Withdrawal,
         {
             "type": _literal("withdrawal"),
@@ -433,7 +476,7 @@ _FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
             "occurred_at": _TIME_,
         },
     ),
-    IsolatedMarginTransfer: _fast_fields(
+    IsolatedMarginTransfer: _FastModel.of(
         IsolatedMarginTransfer,
         {
             "type": _literal("isolated_margin"),
@@ -444,7 +487,7 @@ _FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
             "occurred_at": _TIME_,
         },
     ),
-    Mark: _fast_fields(
+    Mark: _FastModel.of(
         Mark,
         {
             "type": _literal("mark"),
@@ -454,13 +497,13 @@ _FAST_FIELDS: dict[type[Message], tuple[FastField, ...]] = {
             "occurred_at": _TIME_,
         },
     ),
-    Funding: _fast_fields(
+    Funding: _FastModel.of(
         Funding, {"type": _literal("funding"), "symbol": _ID_, "rate": (_DECIMAL, False), "occurred_at": _TIME_}
     ),
-    Settlement: _fast_fields(
+    Settlement: _FastModel.of(
         Settlement, {"type": _literal("settlement"), "symbol": _ID_, "price": _POSITIVE_, "occurred_at": _TIME_}
     ),
-    LiquidationFill: _fast_fields(
+    LiquidationFill: _FastModel.of(
         LiquidationFill,
         {
             "type": _literal("liquidation_fill"),

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.domain.messages import _FAST_FIELDS, TOPIC_TYPES, InputError, decode, decode_checked
+from clearing.domain.messages import _FAST_MODELS, TOPIC_TYPES, InputError, decode, decode_checked
 from clearing.simulate import Scenario, generate
 
 T = "2026-11-23T12:00:00.123Z"
@@ -89,9 +89,9 @@ def assert_same(kind: str, raw: bytes) -> None:
 
 
 def test_every_fast_path_model_lists_its_fields_in_order() -> None:
-    for model, fields in _FAST_FIELDS.items():
-        assert [name for name, *_ in fields] == list(model.model_fields)
-    fast = {model for kinds in TOPIC_TYPES.values() for model in kinds.values()} - set(_FAST_FIELDS)
+    for model, fast in _FAST_MODELS.items():
+        assert [name for name, *_ in fast.fields] == list(model.model_fields) == list(fast.template)
+    fast = {model for kinds in TOPIC_TYPES.values() for model in kinds.values()} - set(_FAST_MODELS)
     assert {model.__name__ for model in fast} == {"RiskParametersMessage"}
 
 
