@@ -3,6 +3,7 @@ can do on the same machine. Prints figures; it is not a test.
 
     .venv/bin/python bench/ingest.py                 # 200,000 events, embedded services in a temp home
     .venv/bin/python bench/ingest.py --events 20000  # a quick run
+    .venv/bin/python bench/ingest.py --spine         # the margin engine's decide off: the ingest path alone
 
 Uses CLEARING_DATABASE_URL / CLEARING_KAFKA_BOOTSTRAP when they are set (and CLEARING_HOME when
 set, else a temporary folder for the embedded services, stopped at the end). Measures, in one run:
@@ -187,7 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="messages to produce (default 200000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the ledger thread and print the top")
+    parser.add_argument(
+        "--spine",
+        action="store_true",
+        help="switch the margin engine's decide off (no decisions): measures the ingest path alone",
+    )
     args = parser.parse_args(argv)
+    if args.spine:
+        from clearing.domain import lifecycle
+
+        lifecycle.decide = lambda *_args, **_kwargs: None
 
     temp_home = None
     if "CLEARING_HOME" not in os.environ:

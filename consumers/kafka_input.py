@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -37,6 +38,9 @@ POLL_RECORDS_MAX = 5_000
 FETCH_RECORDS_MAX = 20_000  # records taken from the client per poll into the event-time merge
 BUFFER_RECORDS_MAX = 20_000  # records buffered per partition before its fetching pauses
 MERGE_HOLD_S_MAX = 0.5  # longest the merge waits for a silent partition before it releases anyway
+TOP_UP_POLLS_MAX = 8  # further polls per batch while records keep arriving and the buffer is short
+TOP_UP_WAIT_MS = 20  # longest each of them waits for a fetch in flight
+TOP_UP_BUFFER_FACTOR = 2  # buffer up to this many batches' worth (the merge holds some back)
 FETCH_BYTES_MAX = 32 * 1024 * 1024
 # Small per-partition fetches make every poll a mix of all partitions, so the engine's merge by
 # event time sees the deposits and the fills of the same minutes together (a large fetch fills a
@@ -235,12 +239,17 @@ class InputConsumer:
         if self.consumer.paused():
             self.consumer.resume(*[tp for tp in self.consumer.paused() if tp not in full])
         fetched = self.consumer.poll(timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX)
-        for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):
-            kind = self.topics.kind(tp.topic)
-            self.merge.add(
-                (tp.topic, tp.partition),
-                [RawRecord(kind, tp.topic, tp.partition, m.offset, m.key, m.value or b"") for m in fetched[tp]],
-            )
+        self._add(fetched)
+        # Top up: while the ledger wrote the last batch, the next fetches were on their way. A
+        # consumer catching up takes what arrives within a few milliseconds more, so that the
+        # batch is near ``records_max`` rather than one fetch of each partition (every batch
+        # rewrites the projection rows of the accounts it touched: fewer, larger batches write
+        # fewer rows per event).
+        polls = 0
+        while fetched and self.merge.buffered() < records_max * TOP_UP_BUFFER_FACTOR and polls < TOP_UP_POLLS_MAX:
+            fetched = self.consumer.poll(timeout_ms=TOP_UP_WAIT_MS, max_records=FETCH_RECORDS_MAX)
+            self._add(fetched)
+            polls += 1
         behind = set()
         for tp in self.assigned:
             highwater = self.consumer.highwater(tp)
@@ -248,6 +257,14 @@ class InputConsumer:
             if highwater is None or self.consumer.position(tp) < highwater:
                 behind.add((tp.topic, tp.partition))
         return self.merge.release(behind, records_max, time.monotonic())
+
+    def _add(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):
+            kind = self.topics.kind(tp.topic)
+            self.merge.add(
+                (tp.topic, tp.partition),
+                [RawRecord(kind, tp.topic, tp.partition, m.offset, m.key, m.value or b"") for m in fetched[tp]],
+            )
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the high watermark per assigned partition, as far as the last fetch
