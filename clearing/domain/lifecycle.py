@@ -190,6 +190,8 @@ _STATUS_ONLY = frozenset(
 
 
 def _deadline_due(state: LedgerState, at: datetime) -> bool:
+    if not state.deadlines:
+        return False
     return any(deadline <= at for deadline in state.deadlines.values())
 
 

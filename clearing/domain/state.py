@@ -196,7 +196,7 @@ class FillBudget:
     balance: Decimal
     haircut: Decimal  # the valuation asset's largest haircut rate
     positions: tuple[BudgetedPosition, ...]
-    fixed: Decimal
+    fixed: Decimal  # plus a rounding step per requirement and for the fills' credits
 
 
 @dataclass(slots=True)

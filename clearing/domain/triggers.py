@@ -428,6 +428,8 @@ def _budget_bounds(
         )
     record = None
     if scope == margin.CROSS:
+        # A rounding step of each requirement and of the fills' credits, set aside once.
+        fixed += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
         record = FillBudget(
             budget, account.balance(valuation), _largest_haircut(parameters), tuple(budgeted), fixed
         )
@@ -488,8 +490,9 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
         spent += abs(quantity) * budgeted.unit_spread
     if not found:
         return False
-    rounding = 2 * MONEY_QUANTUM * (len(record.positions) + 1)
-    if abs(equity) + record.haircut * abs(moved) + maintenance + rounding + spent < record.budget:
+    if record.haircut:
+        spent += record.haircut * abs(moved)
+    if abs(equity) + maintenance + spent < record.budget:
         state.triggers.absorbed += 1
         return True
     return False
