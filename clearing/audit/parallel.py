@@ -38,9 +38,9 @@ Merging (``merge``), field by field of ``LogReplay`` and ``ShardTrack``:
   paired by ``counterpart_findings`` in the parent; liquidation fills concatenated;
 * margin events (for ``write_decisions``): in the order the sequential replay appends them;
 * conservation: a worker samples every ``conservation_every`` events of its segment where no
-  trade is half booked *as far as the segment knows*; the parent knows which trades were half
-  booked at the segment's start (chained from the previous segments) and keeps a sample only when
-  the whole log's condition (``LogReplay.feed``) holds there; the check at the head is the
+  fill is unmatched *as far as the segment knows* (``LogReplay.unmatched``); the parent adds the
+  unmatched counts the previous segments left and keeps a sample only when the whole log's
+  condition (nothing unmatched, ``LogReplay.feed``) holds there; the check at the head is the
   parent's, over the final states. With several shards the books balance only summed over the
   shards at one position, which no worker sees, so the samples are taken at the head only (the
   report says so). The sample positions differ from the sequential ones (a worker's schedule
@@ -78,7 +78,7 @@ NO_SAMPLES = 1 << 62
 
 Progress = Callable[[int], None]
 FillEntry = tuple[int, str, str, str, str, str]
-Sample = tuple[int, dict[str, Decimal], tuple[str, ...], int]
+Sample = tuple[int, dict[str, Decimal], dict[tuple[str, Decimal, Decimal], int]]
 MarginEvent = tuple[int, str, dict[str, Any], datetime]
 
 
@@ -153,6 +153,7 @@ class SegmentResult:
     samples: list[Sample] = field(default_factory=list)
     fills: dict[str, list[FillEntry]] = field(default_factory=dict)
     open_trades: list[str] = field(default_factory=list)  # odd number of fills within the segment
+    unmatched: dict[tuple[str, Decimal, Decimal], int] = field(default_factory=dict)  # LogReplay.unmatched
     liquidation_fills: list[FillEntry] = field(default_factory=list)
     margin_events: list[MarginEvent] = field(default_factory=list)
     margin_fed: list[int] = field(default_factory=list)  # position of the row that appended each
@@ -249,6 +250,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     result.decisions_compared = replay.decisions_compared
     result.fills = replay.fills
     result.open_trades = sorted(replay.open_trades)
+    result.unmatched = replay.unmatched
     result.liquidation_fills = replay.liquidation_fills
     result.margin_events = margin
     result.last_change = track.last_change
@@ -380,8 +382,7 @@ def merge(
             return None, f"shard {shard}: the last segment returned no state"
         track = merged.shards[shard] = ShardTrack(state=last.state)
         cursor = 0
-        open_in: set[str] = set()
-        liquidations_in = 0
+        unmatched_in: dict[tuple[str, Decimal, Decimal], int] = {}
         findings: list[Finding] = []
         events: list[tuple[int, int, MarginEvent]] = []
         for result in shard_results:
@@ -402,14 +403,13 @@ def merge(
             merged.decisions_compared += result.decisions_compared
             merged.determinism_mismatches += result.determinism_mismatches
             findings.extend(result.determinism)
-            for position, imbalance, open_local, liquidations_local in result.samples:
-                # The whole log's condition: as many half-booked trades as liquidation fills.
-                if len(open_in.symmetric_difference(open_local)) == liquidations_in + liquidations_local:
+            for position, imbalance, unmatched_local in result.samples:
+                # The whole log's condition: no fill unmatched (the signed counts add up).
+                if _balanced(unmatched_in, unmatched_local):
                     samples_ok.append(position)
                     if imbalance and len(merged.conservation_bad) < FINDINGS_MAX:
                         merged.conservation_bad.append(imbalance_finding(position, imbalance))
-            open_in.symmetric_difference_update(result.open_trades)
-            liquidations_in += len(result.liquidation_fills)
+            unmatched_in = _add_counts(unmatched_in, result.unmatched)
             for trade_id, entries in result.fills.items():
                 merged.fills.setdefault(trade_id, []).extend(entries)
             merged.liquidation_fills.extend(result.liquidation_fills)
@@ -443,3 +443,22 @@ def merge(
     merged.conservation_checks = sorted(samples_ok)
     merged.conservation_due = merged.events + conservation_every
     return merged, None
+
+
+def _add_counts(
+    first: dict[tuple[str, Decimal, Decimal], int], second: dict[tuple[str, Decimal, Decimal], int]
+) -> dict[tuple[str, Decimal, Decimal], int]:
+    total = dict(first)
+    for key, count in second.items():
+        count += total.get(key, 0)
+        if count:
+            total[key] = count
+        else:
+            total.pop(key, None)
+    return total
+
+
+def _balanced(first: dict[tuple[str, Decimal, Decimal], int], second: dict[tuple[str, Decimal, Decimal], int]) -> bool:
+    if len(first) != len(second):
+        return False
+    return all(first.get(key, 0) + count == 0 for key, count in second.items())

@@ -159,6 +159,11 @@ class LogReplay:
         self.check_fills = check_fills
         self.fills: dict[str, list[tuple[int, str, str, str, str, str]]] = {}
         self.open_trades: set[str] = set()
+        # Fills not yet matched by an opposite one: a signed count (buys +1, sells -1) per
+        # (instrument, quantity, price) over ordinary and liquidation fills. The books must
+        # balance where it is empty; half-booked trades and liquidation fills awaiting their
+        # market side leave entries.
+        self.unmatched: dict[tuple[str, Decimal, Decimal], int] = {}
         self.liquidation_fills: list[tuple[int, str, str, str, str, str]] = []
         self.margin_events: list[tuple[int, str, dict[str, Any], datetime]] = []
         self._batch: tuple[int, datetime] | None = None
@@ -166,8 +171,8 @@ class LogReplay:
         self._snapshot_check = snapshot_check
         self._snapshot_positions = snapshot_positions or set()
         # When a list: every conservation sample is also recorded here as (position, imbalance,
-        # trades half booked, liquidation fills so far), for a parallel segment's parent to judge.
-        self.sample_log: list[tuple[int, dict[str, Decimal], tuple[str, ...], int]] | None = None
+        # fills unmatched so far), for a parallel segment's parent to judge.
+        self.sample_log: list[tuple[int, dict[str, Decimal], dict[tuple[str, Decimal, Decimal], int]]] | None = None
 
     # ---------------------------------------------------------------------------------------
 
@@ -248,7 +253,7 @@ class LogReplay:
             state.marks_touched.clear()
         if (
             self.events >= self.conservation_due
-            and len(self.open_trades) == len(self.liquidation_fills)
+            and not self.unmatched
             and not track.pending
         ):
             self._conservation(position)
@@ -332,6 +337,7 @@ class LogReplay:
                 str(message.quantity),
                 str(message.price),
             )
+            self._match(message.instrument, message.side, message.quantity, message.price)
             fills = self.fills.setdefault(message.trade_id, [])
             fills.append(entry)
             if len(fills) % 2:
@@ -339,6 +345,7 @@ class LogReplay:
             else:
                 self.open_trades.discard(message.trade_id)
         elif isinstance(message, LiquidationFill):
+            self._match(message.instrument, message.side, message.quantity, message.price)
             self.liquidation_fills.append(
                 (
                     position,
@@ -352,6 +359,14 @@ class LogReplay:
             # Its market side arrives as an ordinary fill whose trade has one fill only: the books
             # balance when every such one-fill trade is paired with one liquidation fill.
 
+    def _match(self, instrument: str, side: str, quantity: Decimal, price: Decimal) -> None:
+        key = (instrument, quantity, price)
+        count = self.unmatched.get(key, 0) + (1 if side == "buy" else -1)
+        if count:
+            self.unmatched[key] = count
+        else:
+            del self.unmatched[key]
+
     def _conservation(self, position: int) -> None:
         totals: dict[str, Decimal] = {}
         for track in self.shards.values():
@@ -360,7 +375,7 @@ class LogReplay:
         imbalance = {asset: amount for asset, amount in totals.items() if amount != 0}
         self.conservation_checks.append(position)
         if self.sample_log is not None:
-            self.sample_log.append((position, imbalance, tuple(self.open_trades), len(self.liquidation_fills)))
+            self.sample_log.append((position, imbalance, dict(self.unmatched)))
         if imbalance and len(self.conservation_bad) < 10:
             self.conservation_bad.append(imbalance_finding(position, imbalance))
 

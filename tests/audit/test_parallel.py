@@ -107,10 +107,7 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
                     imbalance = conservation(sequential.shard(row[1]).state)
                     if imbalance:
                         recomputed[row[0]] = imbalance_finding(row[0], imbalance).problem
-                if (
-                    len(sequential.open_trades) == len(sequential.liquidation_fills)
-                    and not sequential.shard(row[1]).pending
-                ):
+                if not sequential.unmatched and not sequential.shard(row[1]).pending:
                     balanced.add(row[0])
         sequential.finish()
 
@@ -147,6 +144,10 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
         assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
         if decide:
             assert found == recomputed
+            # An honest log balances at every sample. Sampling where as many trades were half
+            # booked as liquidation fills had been seen (a count, not a pairing) once reported
+            # "books do not balance" here, at position 480, with samples every 40 events.
+            assert found == {} and sequential.conservation_bad == []
 
 
 def test_parallel_verify_of_a_market_with_liquidations_equals_the_sequential_one(snapshotted: sa.Engine) -> None:
