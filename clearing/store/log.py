@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.messages import format_time
+from clearing.store import copytext
 from clearing.store.hashing import GENESIS_HASH, chain, digest_input
 
 LOG_LOCK_KEY = 7_301_955_001  # pg_advisory_xact_lock key of the event log's single writer
@@ -209,19 +210,6 @@ def append(conn: sa.Connection, rows: Sequence[EventRow]) -> None:
         copy.write("".join(map(_copy_line, rows)))
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def _copy_text(value: str) -> str:
-    """A text value in COPY's text format (a backslash and the row and column separators escaped)."""
-    if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value
-
-
-_NULL = "\\N"
-
-
 def _copy_time(value: str | datetime) -> str:
     """A time as COPY text: as given when spelled already, else in ISO 8601 with its offset."""
     return value if value.__class__ is str else value.isoformat()  # type: ignore[union-attr]
@@ -231,11 +219,13 @@ def _copy_line(row: EventRow) -> str:
     """One event row (``EVENT_COLUMNS``) as a line of COPY's text format."""
     position, shard, stream, version, type_, schema_version, payload_json, occurred_at, recorded_at = row[:9]
     topic, partition, offset, key, cause, previous, digest = row[9:]
+    null = copytext.NULL
+    text = copytext.text
     return (
-        f"{position}\t{shard}\t{_copy_text(stream)}\t{version}\t{_copy_text(type_)}\t{schema_version}\t"
-        f"{_copy_text(payload_json)}\t{_copy_time(occurred_at)}\t{_copy_time(recorded_at)}\t"
-        f"{_NULL if topic is None else _copy_text(topic)}\t{_NULL if partition is None else partition}\t"
-        f"{_NULL if offset is None else offset}\t{_copy_text(key)}\t{_NULL if cause is None else cause}\t"
+        f"{position}\t{shard}\t{text(stream)}\t{version}\t{text(type_)}\t{schema_version}\t"
+        f"{text(payload_json)}\t{_copy_time(occurred_at)}\t{_copy_time(recorded_at)}\t"
+        f"{null if topic is None else text(topic)}\t{null if partition is None else partition}\t"
+        f"{null if offset is None else offset}\t{text(key)}\t{null if cause is None else cause}\t"
         f"\\\\x{previous.hex()}\t\\\\x{digest.hex()}\n"
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.domain.state import LedgerState
+from clearing.store import copytext
 
 BALANCE_KEY = ("account_id", "asset")
 BALANCE_COLUMNS = ("amount",)
@@ -42,9 +43,9 @@ def upsert(
     cursor.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    fields = (*key, *columns, "as_of")
     with cursor.copy(f"COPY {staging} ({listed}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([*(row[name] for name in (*key, *columns)), row["as_of"]])
+        copy.write("".join([copytext.line([row[name] for name in fields]) for row in rows]))
     cursor.execute(
         f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {staging} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
