@@ -243,6 +243,14 @@ def test_absorbed_fills_leave_the_decisions_of_brute_force(msgs: list[Any]) -> N
     assert conservation(indexed.state) == {}
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(busy_books(), st.integers(min_value=0, max_value=120))
+def test_a_replayed_state_absorbs_fills_as_the_running_one_decides(msgs: list[Any], cut: int) -> None:
+    """From a state folded from the log the index (and its budget records) is rebuilt: the
+    decisions after the cut are brute force's, as without the cut."""
+    assert decisions(run(msgs, brute_force=False, replay_at=cut)) == decisions(run(msgs, brute_force=True))
+
+
 def test_small_fills_are_absorbed_and_the_fill_that_crosses_a_threshold_is_not() -> None:
     """An account at under 1x in two instruments takes small fills without a re-margin; the fill
     that takes it to about 100x is re-margined and warns (ratio 0.885), as brute force does."""
