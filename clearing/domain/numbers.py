@@ -191,6 +191,17 @@ _BAND_CONTEXT = Context(
 )
 
 
+def round_bound_up(value: Decimal) -> Decimal:
+    """An upper bound the trigger index keeps (what prices can move a scope by) rounds up to 1e-8:
+    short numbers, and never a promise the exact figure would not keep."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_CEILING, context=LEDGER_CONTEXT)
+
+
+def round_bound_down(value: Decimal) -> Decimal:
+    """A budget the trigger index keeps rounds down to 1e-8, for the same reason."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_FLOOR, context=LEDGER_CONTEXT)
+
+
 def divide_down(numerator: Decimal, denominator: Decimal) -> Decimal:
     """A quotient rounded towards negative infinity to 34 significant digits: never above the
     exact one. For bounds that may err narrow, never wide (the trigger index's bands)."""

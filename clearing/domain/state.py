@@ -173,30 +173,34 @@ class TriggerIndex:
     absorbed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetedPosition:
-    """A position of a budgeted account as it was when its bands were computed."""
+    """A position of a budgeted account as it was when its bands were computed, and how far the
+    fills absorbed since have moved it (kept up to date by ``triggers.absorbs_fill``)."""
 
-    instrument: str
     quantity: Decimal
     cost: Decimal
     unit: Decimal  # contract size x the mark at the reference: equity per contract
     unit_rate: Decimal  # unit x the instrument's largest maintenance rate
-    unit_spread: Decimal  # contract size x (1 + that rate) x the band's half-width
-    spread: Decimal  # |quantity| x unit_spread: what in-band prices can move it by
+    unit_spread: Decimal  # contract size x (1 + that rate) x the band's half-width, rounded up
+    equity: Decimal = ZERO  # d quantity x unit - d cost since the reference
+    maintenance: Decimal = ZERO  # |d |quantity|| x unit_rate since the reference
+    spread: Decimal = ZERO  # |quantity now| x unit_spread: what in-band prices can move it by
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FillBudget:
     """What ``triggers.absorbs_fill`` needs of a cross account indexed by a budget: the budget,
-    the valuation-asset balance and the positions at the reference, and the part of the budget
-    the collateral assets' bands hold (their balances move only with a re-margin)."""
+    the valuation-asset balance and the positions at the reference, and running totals of what
+    the absorbed fills have spent. Derived state, replaced whenever the account is refreshed."""
 
     budget: Decimal
     balance: Decimal
     haircut: Decimal  # the valuation asset's largest haircut rate
-    positions: tuple[BudgetedPosition, ...]
-    fixed: Decimal  # plus a rounding step per requirement and for the fills' credits
+    positions: dict[str, BudgetedPosition]  # by instrument
+    equity: Decimal  # sum of the positions' equity moves
+    maintenance: Decimal  # sum of their maintenance moves
+    spread: Decimal  # sum of their spreads, the collateral bands' share and a rounding step each
 
 
 @dataclass(slots=True)

@@ -61,7 +61,18 @@ from decimal import Decimal
 
 from clearing.domain import margin
 from clearing.domain.messages import Fill
-from clearing.domain.numbers import MONEY_QUANTUM, ONE, PRICE_QUANTUM, RATIO_QUANTUM, ZERO, divide, divide_down, exact
+from clearing.domain.numbers import (
+    MONEY_QUANTUM,
+    ONE,
+    PRICE_QUANTUM,
+    RATIO_QUANTUM,
+    ZERO,
+    divide,
+    divide_down,
+    exact,
+    round_bound_down,
+    round_bound_up,
+)
 from clearing.domain.params import InstrumentSpec, RiskParameters
 from clearing.domain.state import Account, BudgetedPosition, FillBudget, LedgerState, TriggerIndex
 
@@ -399,8 +410,8 @@ def _budget_bounds(
     if budget <= 0:
         return None
     bands: dict[str, tuple[Decimal, Decimal]] = {}
-    budgeted: list[BudgetedPosition] = []
-    fixed = ZERO
+    budgeted: dict[str, BudgetedPosition] = {}
+    spread = ZERO
     share = len(symbols)
     for symbol, k in sensitivity:
         mark = marks.get(symbol)
@@ -414,24 +425,24 @@ def _budget_bounds(
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
         spec = instruments.get(symbol)
         if spec is None:
-            fixed += k * band
+            spread += k * band
             continue
         held = account.positions[(symbol, margin.CROSS)]
         unit = spec.contract_size * price
         widest = _widest(parameters, spec)
-        unit_spread = spec.contract_size * widest * band
-        budgeted.append(
-            BudgetedPosition(
-                symbol, held.quantity, held.cost, unit, unit * (widest - ONE), unit_spread,
-                abs(held.quantity) * unit_spread,
-            )
+        unit_spread = round_bound_up(spec.contract_size * widest * band)
+        entry = budgeted[symbol] = BudgetedPosition(
+            held.quantity, held.cost, unit, unit * (widest - ONE), unit_spread, ZERO, ZERO,
+            abs(held.quantity) * unit_spread,
         )
+        spread += entry.spread
     record = None
     if scope == margin.CROSS:
         # A rounding step of each requirement and of the fills' credits, set aside once.
-        fixed += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
+        spread += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
         record = FillBudget(
-            budget, account.balance(valuation), _largest_haircut(parameters), tuple(budgeted), fixed
+            round_bound_down(budget), account.balance(valuation), _largest_haircut(parameters), budgeted,
+            ZERO, ZERO, spread,
         )
     return bands, record
 
@@ -458,12 +469,43 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     by d balance + sum (d q x cs x P_ref - d cost); haircut units by at most the haircut rate per
     unit of balance; a maintenance requirement by at most its largest rate per unit of notional,
     plus a rounding step each); the rest bounds what in-band price moves can add from there, with
-    the positions' sizes as they are now. Anything else that changes the account (a deposit,
-    funding, a transfer, a decision) re-margins and refreshes it, which replaces the record, so
-    between two refreshes only absorbed fills move it."""
+    the positions' sizes as they are now (each k_X x band_X rounded up). Anything else that
+    changes the account (a deposit, funding, a transfer, a decision) re-margins and refreshes it,
+    which replaces the record, so between two refreshes only absorbed fills move it, each fill
+    one position: the record keeps each position's terms and their sums, and a fill replaces its
+    position's terms (exact sums, so the totals are the sums over the positions). A fill that is
+    not absorbed is re-margined and refreshed, which replaces the record it updated."""
     record = state.triggers.budgets.get(fill.account_id)
     if record is None or fill.margin_mode != margin.CROSS:
         return False
+    budgeted = record.positions.get(fill.instrument)
+    if budgeted is None:
+        return False  # a new instrument: the scope's dependencies change
+    parameters = state.parameters
+    valuation = parameters.valuation_asset
+    if fill.fee != 0 and fill.fee_asset is not None and fill.fee_asset != valuation:
+        return False
+    account = state.accounts[fill.account_id]
+    position = account.positions[(fill.instrument, margin.CROSS)]
+    quantity = position.quantity
+    if quantity == 0:
+        return False  # closed: the scope's dependencies change
+    # Only this position moved since the last absorbed fill: update its share of the totals.
+    equity = (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
+    maintenance = abs(abs(quantity) - abs(budgeted.quantity)) * budgeted.unit_rate
+    spread = abs(quantity) * budgeted.unit_spread
+    record.equity += equity - budgeted.equity
+    record.maintenance += maintenance - budgeted.maintenance
+    record.spread += spread - budgeted.spread
+    budgeted.equity, budgeted.maintenance, budgeted.spread = equity, maintenance, spread
+    moved = account.balance(valuation) - record.balance
+    spent = abs(moved + record.equity) + record.maintenance + record.spread
+    if record.haircut:
+        spent += record.haircut * abs(moved)
+    if spent < record.budget:
+        state.triggers.absorbed += 1
+        return True
+    return False
     parameters = state.parameters
     valuation = parameters.valuation_asset
     if fill.fee != 0 and fill.fee_asset is not None and fill.fee_asset != valuation:
