@@ -78,16 +78,24 @@ class EventTimeMerge:
     wait here until no partition that may still deliver an earlier one is behind: a partition
     not yet at its high watermark holds the release at the time of the last record it gave (its
     next one is no earlier). Each partition keeps its offset order.
-    Holding is bounded by ``MERGE_HOLD_S_MAX``: a partition that stays silent longer (a stalled
-    broker, a watermark that lags) does not stop the ledger.
+    Holding is bounded: a partition that stays silent longer than ``MERGE_HOLD_S_MAX`` (a stalled
+    broker, a watermark that lags) does not stop the ledger. The clock restarts when a partition
+    not heard from since the hold began delivers: a client catching up hands over one large run
+    of one partition per poll, and going round all of them takes longer than the hold (releasing
+    then booked a quarter of an hour of fills before the deposits and marks of the same minutes).
+    So the hold lasts at most (partitions + 1) x ``MERGE_HOLD_S_MAX``.
     """
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[str, int], deque[tuple[datetime, RawRecord]]] = {}
         self.last_time: dict[tuple[str, int], datetime] = {}
         self.held_since: float | None = None
+        self.heard: set[tuple[str, int]] = set()  # partitions that delivered since the hold began
 
     def add(self, partition: tuple[str, int], records: list[RawRecord]) -> None:
+        if records and partition not in self.heard:
+            self.heard.add(partition)
+            self.held_since = None  # progress: the clock starts again at the next empty release
         buffer = self.buffers.setdefault(partition, deque())
         last = self.last_time.get(partition, _EARLIEST)
         for record in records:
@@ -124,6 +132,7 @@ class EventTimeMerge:
         pending = any(self.buffers.values())
         if out or not pending:
             self.held_since = None
+            self.heard.clear()
         elif self.held_since is None:
             self.held_since = now
         return out

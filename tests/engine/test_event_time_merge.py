@@ -46,3 +46,22 @@ def test_a_record_without_an_event_time_keeps_its_place() -> None:
     merge.add(("t.fills", 0), [rec("fills", 0, 0, 4), bad, rec("fills", 0, 2, 7)])
     assert order(merge.release(set(), 2, now=0.0)) == [("fills", 0), ("fills", 1)]
     assert order(merge.release(set(), 2, now=0.0)) == [("fills", 2)]
+
+
+def test_the_hold_restarts_while_the_client_goes_round_the_partitions() -> None:
+    merge = EventTimeMerge()
+    behind = {("t.fills", 0), ("t.fills", 1), ("t.transfers", 0)}
+    merge.add(("t.fills", 0), [rec("fills", 0, 0, 30)])
+    assert merge.release(behind, 100, now=0.0) == []
+    # A large run of another partition took most of a second to arrive: still catching up.
+    merge.add(("t.fills", 1), [rec("fills", 1, 0, 31)])
+    assert merge.release(behind, 100, now=0.9) == []
+    merge.add(("t.transfers", 0), [rec("transfers", 0, 0, 10)])
+    assert order(merge.release(behind, 100, now=1.8)) == [("transfers", 0)]
+    # More of a partition already heard from does not restart the clock: a silent one ends it.
+    merge.add(("t.fills", 0), [rec("fills", 0, 1, 32)])
+    assert merge.release({("t.transfers", 0)}, 100, now=2.0) == []
+    merge.add(("t.fills", 0), [rec("fills", 0, 2, 33)])
+    assert merge.release({("t.transfers", 0)}, 100, now=2.3) == []
+    released = merge.release({("t.transfers", 0)}, 100, now=2.6)
+    assert [(r.partition, r.offset) for r in released] == [(0, 0), (1, 0), (0, 1), (0, 2)]
