@@ -20,7 +20,13 @@ from clearing.engine.outbox import OutboxRelay
 logger = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100
-BATCH_RECORDS_MAX = 5_000
+# Records per batch (one transaction) at most. Every batch rewrites the projection rows of every
+# account it touched (and margin rows of up to MARGIN_REFRESH_ACCOUNTS_MAX holders after a mark),
+# so a ledger catching up writes far fewer rows per event in larger batches: 200k events over
+# 2,000 accounts, margin engine off, ~137 us/event at 5,000 against ~107 at 10,000. The price is
+# the batch's latency (and the log lock held that long) while catching up; a ledger that keeps up
+# takes what has arrived, far less than this.
+BATCH_RECORDS_MAX = 10_000
 FAILURE_BACKOFF_S = 1.0
 FAILURE_BACKOFF_MAX_S = 30.0
 
