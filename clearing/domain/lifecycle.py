@@ -95,12 +95,11 @@ def decide(
     # An ordinary fill the index can prove changes nothing it watches (triggers.absorbs_fill)
     # needs neither a re-margin nor a refresh of its account: with no deadline due, the step
     # has nothing else to look at.
-    absorbed = None
+    absorbed: set[str] = set()
     if indexed and type(message) is Fill and full == {message.account_id} and triggers.absorbs_fill(state, message):
-        absorbed = message.account_id
         if not _deadline_due(state, message.occurred_at):
             return
-        full.discard(absorbed)
+        absorbed.add(message.account_id)
     ids = _Ids(position)
     hits: set[tuple[str, str]] = set()
     match message:
@@ -110,11 +109,17 @@ def decide(
                 full |= always
             else:
                 full |= triggers.dependents(state, message.symbol)
-        case Funding() | Settlement():
+        case Funding():
+            full.update(state.holders.get(message.symbol, ()))
+            if indexed:
+                # A payment moves each holder's balance only: the index absorbs it like a fill's.
+                absorbed.update(account_id for account_id in full if triggers.absorbs_balance(state, account_id))
+        case Settlement():
             full.update(state.holders.get(message.symbol, ()))
         case RiskParametersMessage():
             full.update(state.holders_all())
             full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+    full -= absorbed
     # Scopes with a running deadline are looked at on every event: time moves with event time.
     for (account_id, _scope), deadline in state.deadlines.items():
         if deadline <= message.occurred_at:
@@ -174,7 +179,7 @@ def decide(
         triggers.rebuild(state)
     else:
         for account_id in sorted((remargined | state.touched) - SYSTEM_ACCOUNTS_SET):
-            if account_id != absorbed or account_id in remargined:
+            if account_id not in absorbed or account_id in remargined:
                 triggers.refresh(state, account_id, figures)
 
 

@@ -470,9 +470,10 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     unit of balance; a maintenance requirement by at most its largest rate per unit of notional,
     plus a rounding step each); the rest bounds what in-band price moves can add from there, with
     the positions' sizes as they are now (each k_X x band_X rounded up). Anything else that
-    changes the account (a deposit, funding, a transfer, a decision) re-margins and refreshes it,
-    which replaces the record, so between two refreshes only absorbed fills move it, each fill
-    one position: the record keeps each position's terms and their sums, and a fill replaces its
+    changes the account (a deposit, a transfer, a decision, funding unless ``absorbs_balance``
+    takes it) re-margins and refreshes it, which replaces the record, so between two refreshes
+    only absorbed fills and payments move it, each fill one position and each payment the
+    balance: the record keeps each position's terms and their sums, and a fill replaces its
     position's terms (exact sums, so the totals are the sums over the positions). A fill that is
     not absorbed is re-margined and refreshed, which replaces the record it updated."""
     record = state.triggers.budgets.get(fill.account_id)
@@ -498,43 +499,25 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     record.maintenance += maintenance - budgeted.maintenance
     record.spread += spread - budgeted.spread
     budgeted.equity, budgeted.maintenance, budgeted.spread = equity, maintenance, spread
-    moved = account.balance(valuation) - record.balance
+    return _unspent(state, record, account)
+
+
+def absorbs_balance(state: LedgerState, account_id: str) -> bool:
+    """Whether a change of the account's valuation-asset balance alone (a funding payment of a
+    cross position settled in it), already applied, leaves its budget unspent: the same test as
+    ``absorbs_fill``, whose terms already count the balance's move from the reference."""
+    record = state.triggers.budgets.get(account_id)
+    if record is None:
+        return False
+    return _unspent(state, record, state.accounts[account_id])
+
+
+def _unspent(state: LedgerState, record: FillBudget, account: Account) -> bool:
+    moved = account.balance(state.parameters.valuation_asset) - record.balance
     spent = abs(moved + record.equity) + record.maintenance + record.spread
     if record.haircut:
         spent += record.haircut * abs(moved)
     if spent < record.budget:
-        state.triggers.absorbed += 1
-        return True
-    return False
-    parameters = state.parameters
-    valuation = parameters.valuation_asset
-    if fill.fee != 0 and fill.fee_asset is not None and fill.fee_asset != valuation:
-        return False
-    account = state.accounts[fill.account_id]
-    held = account.positions
-    moved = account.balance(valuation) - record.balance
-    equity = moved
-    maintenance = ZERO
-    spent = record.fixed
-    found = False
-    for budgeted in record.positions:
-        position = held[(budgeted.instrument, margin.CROSS)]
-        quantity = position.quantity
-        if budgeted.instrument == fill.instrument:
-            found = True
-        elif quantity == budgeted.quantity and position.cost == budgeted.cost:
-            spent += budgeted.spread  # untouched since the reference
-            continue
-        if quantity == 0:
-            return False  # closed: the scope's dependencies change
-        equity += (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
-        maintenance += abs(abs(quantity) - abs(budgeted.quantity)) * budgeted.unit_rate
-        spent += abs(quantity) * budgeted.unit_spread
-    if not found:
-        return False
-    if record.haircut:
-        spent += record.haircut * abs(moved)
-    if abs(equity) + maintenance + spent < record.budget:
         state.triggers.absorbed += 1
         return True
     return False

@@ -176,7 +176,7 @@ INSTRUMENTS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 def busy_books(draw: st.DrawFn) -> list[Any]:
     """Cross accounts in two or three instruments (some with BTC collateral), then many fills
     between marks: small adds and reduces, closes, flips, a first fill in a new instrument,
-    fees in USDT or BTC, and now and then a fill big enough to cross a threshold."""
+    fees in USDT or BTC, now and then a fill big enough to cross a threshold, and funding."""
     msgs: list[Any] = []
     at = T0
     marks = {"BTCUSDT": D(draw(st.integers(min_value=20_000, max_value=60_000))),
@@ -201,7 +201,7 @@ def busy_books(draw: st.DrawFn) -> list[Any]:
                 msgs.extend(_trade(account, side, q, marks[instrument], f"o{account}{leg}", instrument, "0"))
     for index in range(draw(st.integers(min_value=10, max_value=80))):
         at += timedelta(seconds=draw(st.integers(min_value=0, max_value=3)))
-        kind = draw(st.sampled_from(["fill"] * 6 + ["big", "mark", "mark", "deposit"]))
+        kind = draw(st.sampled_from(["fill"] * 6 + ["big", "mark", "mark", "deposit", "funding"]))
         instrument = draw(st.sampled_from(INSTRUMENTS))
         account = draw(st.sampled_from(accounts))
         if kind in ("fill", "big"):
@@ -219,6 +219,9 @@ def busy_books(draw: st.DrawFn) -> list[Any]:
             marks[instrument] = max(D(1), (marks[instrument] * (
                 1 + D(draw(st.integers(min_value=-300, max_value=300))) / 10_000)).quantize(D("0.01")))
             msgs.append(mark(instrument, str(marks[instrument]), at))
+        elif kind == "funding":
+            rate = D(draw(st.sampled_from([1, 1, 50])) * draw(st.integers(min_value=-300, max_value=300))) / 100_000
+            msgs.append(message("marks", type="funding", symbol=instrument, rate=str(rate), occurred_at=at.isoformat()))
         else:
             msgs.append(deposit(account, str(draw(st.integers(min_value=1, max_value=5_000))), f"t{index}"))
     return msgs
