@@ -79,8 +79,10 @@ def decide(
 ) -> None:
     """Decide on the input ``message`` just applied. ``changed``: the accounts its application
     touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches);
-    each is re-margined in full. On a mark, the trigger index (triggers.py) names the scopes to
-    look at, or every dependent of the symbol when ``state.triggers.brute_force`` is set."""
+    each is re-margined in full, unless the trigger index proves the change moves nothing it
+    watches (an ordinary fill or a funding payment: ``triggers.absorbs_fill`` and
+    ``absorbs_balance``). On a mark, the index names the scopes to look at, or every dependent of
+    the symbol when ``state.triggers.brute_force`` is set."""
     match message:
         case Withdrawal():
             emit(decide_withdrawal(state, message))
