@@ -47,7 +47,14 @@ tests/domain/test_triggers.py checks it on random markets):
    asset has no trigger; an unmarked instrument was valued at its entry price).
 6. Order: accounts are re-margined in sorted order and scopes in ``scopes`` order, in both modes;
    the extra scopes brute force looks at emit nothing (1-5), so the decisions, their ids and keys
-   are the same.
+   are the same (an id is taken only by a decision that carries it, lifecycle ``_Ids``).
+7. Absorbed changes, the one exception to "re-margined in full" in 1. A healthy cross account
+   indexed by a budget gives its bands only ``BAND_SHARE`` of the budget and keeps a record of
+   its reference (``FillBudget``). An ordinary fill that keeps its set of open positions, or a
+   funding payment, moves its g's at the reference prices by at most the record's running terms
+   (``absorbs_fill``); while those terms plus what in-band prices can add stay below the budget,
+   no sign flips, so a re-margin would emit nothing and the bands still promise what they did:
+   the step skips both (the property tests compare with brute force on busy books).
 
 The index is derived state: ``fold.replay_event`` marks it stale, and the next step re-margins a
 marked symbol's dependents by brute force and then rebuilds it from the state (at a fixpoint by 1).
