@@ -7,7 +7,9 @@ when it logs in as the schema owner. Migrations run as the login user, never und
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,23 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# A run of this many digits may be an integer beyond 64 bits (2**63 has 19 digits).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def load_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """JSONB as Python values. orjson, because a replay reads every payload of the log and the
+    standard library's parser was a fifth of its time; payloads hold strings (decimals), integers
+    and nested objects, which both parsers read alike, so the hash chain's canonical bytes of a
+    payload read back do not change. Except for integers beyond 64 bits, which orjson reads as
+    floats: a document with a run of 19 or more digits (in a string or not) is read by the
+    standard library, which keeps every integer exact."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _LONG_DIGITS.search(raw):
+        return json.loads(raw)
+    return orjson.loads(raw)
+
+
 def make_engine(url: str, *, role: str | None = None, **kw: Any) -> sa.Engine:
     """A SQLAlchemy engine on the psycopg 3 driver. With ``role``, every new connection runs
     ``SET ROLE <role>`` (quoted as an identifier) before it is handed out; ``kw`` goes to
@@ -47,13 +66,9 @@ def make_engine(url: str, *, role: str | None = None, **kw: Any) -> sa.Engine:
 
     @event.listens_for(engine, "connect")
     def _json_loads(dbapi_connection: Any, _record: Any) -> None:
-        # JSONB payloads parsed by orjson: a replay reads every payload of the log, and the
-        # standard library's parser was a fifth of its time. Payloads hold strings (decimals),
-        # integers and nested objects, which both parsers read alike, so the hash chain's
-        # canonical bytes of a payload read back do not change.
         from psycopg.types.json import set_json_loads
 
-        set_json_loads(orjson.loads, dbapi_connection)
+        set_json_loads(load_json, dbapi_connection)
 
     if role is not None:
         if not role:
