@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from clearing.domain import events as ev
+from clearing.domain import lifecycle  # decisions, and what a liquidation fill does
 from clearing.domain.messages import (
     Deposit,
     Fill,
@@ -56,9 +57,7 @@ def admit(state: LedgerState, message: InputMessage) -> None:
         case Fill() | LiquidationFill():
             spec = _instrument(state, message.instrument)
             if isinstance(message, LiquidationFill):
-                from clearing.domain.lifecycle import check_liquidation_fill
-
-                check_liquidation_fill(state, message)
+                lifecycle.check_liquidation_fill(state, message)
             if isinstance(message, Fill) and message.fee_asset is not None:
                 _asset(state, message.fee_asset, "fee_asset")
             if spec.kind not in ("perpetual", "future"):
@@ -259,8 +258,6 @@ def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
 
 
 def _apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
-    from clearing.domain import lifecycle  # the lifecycle owns what a liquidation fill does
-
     lifecycle.apply_liquidation_fill(state, fill)
 
 
@@ -310,8 +307,6 @@ def _apply_isolated_transferred(state: LedgerState, payload: dict[str, Any]) -> 
 
 
 def _decision_appliers() -> dict[str, Callable[[LedgerState, dict[str, Any]], None]]:
-    from clearing.domain import lifecycle
-
     return {
         ev.WITHDRAWAL_APPROVED: _apply_withdrawal_approved,
         ev.ISOLATED_MARGIN_TRANSFERRED: _apply_isolated_transferred,
@@ -350,8 +345,6 @@ def step(state: LedgerState, message: InputMessage, position: int, shard: int = 
 
 
 def _decide(state: LedgerState, message: InputMessage, position: int, shard: int, changed: set[str]) -> list[ev.Event]:
-    from clearing.domain import lifecycle
-
     keyed: list[ev.Event] = []
 
     def emit(decision: ev.Event) -> None:

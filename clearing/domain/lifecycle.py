@@ -83,11 +83,6 @@ def decide(
     watches (an ordinary fill or a funding payment: ``triggers.absorbs_fill`` and
     ``absorbs_balance``). On a mark, the index names the scopes to look at, or every dependent of
     the symbol when ``state.triggers.brute_force`` is set."""
-    match message:
-        case Withdrawal():
-            emit(decide_withdrawal(state, message))
-        case IsolatedMarginTransfer():
-            emit(decide_isolated_transfer(state, message))
     index = state.triggers
     indexed = not index.brute_force and not index.stale
     full: set[str] = set(changed) if changed is not None else _changed_by(message)
@@ -102,6 +97,11 @@ def decide(
         if not _deadline_due(state, message.occurred_at):
             return
         absorbed.add(message.account_id)
+    match message:
+        case Withdrawal():
+            emit(decide_withdrawal(state, message))
+        case IsolatedMarginTransfer():
+            emit(decide_isolated_transfer(state, message))
     ids = _Ids(position)
     hits: set[tuple[str, str]] = set()
     match message:
