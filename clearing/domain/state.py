@@ -167,8 +167,8 @@ class TriggerIndex:
     always: dict[str, set[str]] = field(default_factory=dict)
     always_symbols: dict[str, tuple[str, ...]] = field(default_factory=dict)  # account -> symbols
     seen: set[str] = field(default_factory=set)  # symbols marked while the index was kept
-    # Accounts whose ordinary fills the index can absorb without a re-margin (triggers.py,
-    # ``absorbs_fill``), and how many fills it absorbed (a figure for benchmarks and tests).
+    # Accounts whose ordinary fills and funding payments the index can absorb without a
+    # re-margin (triggers.py, ``absorbs_fill``), and how many it absorbed (for benchmarks, tests).
     budgets: dict[str, FillBudget] = field(default_factory=dict)
     absorbed: int = 0
 
