@@ -24,13 +24,11 @@ import sqlalchemy as sa
 
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
-from clearing.domain import fold, margin
+from clearing.domain import fold, lifecycle, margin
 from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
     divide,
-    round_bankruptcy_price,
-    round_requirement,
     to_wire,
 )
 from clearing.domain.state import LedgerState
@@ -168,13 +166,6 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
     return scope, figures
 
 
-def _shortfall(scope: margin.ScopeRisk, state: LedgerState) -> Decimal:
-    resolve = state.parameters.margin_call.resolve_ratio
-    if scope.maintenance_margin <= 0:
-        return ZERO
-    return max(ZERO, round_requirement(divide(scope.maintenance_margin, resolve) - scope.equity))
-
-
 def _liquidation_steps(
     state: LedgerState, scope: margin.ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
 ) -> dict[str, Any]:
@@ -182,37 +173,27 @@ def _liquidation_steps(
     chosen quantity and one step less."""
     policy = state.parameters.liquidation
     p = next(x for x in scope.positions if x.instrument == order["instrument"])
-    spec = state.parameters.instruments_by_symbol[p.instrument]
     held = abs(p.quantity)
-    exponent = p.quantity.as_tuple().exponent
-    step = Decimal(1).scaleb(min(int(exponent), 0)) if isinstance(exponent, int) else Decimal(1)
+    step = lifecycle.quantity_step(p.quantity)
 
     def after(reduce: Decimal) -> dict[str, Any]:
-        left = held - reduce
-        notional = left * p.contract_size * p.price_used
-        tier = spec.tier_for(notional)
-        requirement = round_requirement(tier.maintenance(notional) * p.settlement_price) if left else ZERO
-        fee = round_requirement(reduce * p.contract_size * p.price_used * policy.fee_rate * p.settlement_price)
-        new_equity = equity - fee
-        new_maintenance = maintenance - p.maintenance_margin + requirement
+        left = lifecycle.reduction(state, p, equity, maintenance, reduce)
         return {
             "reduce_by": w(reduce),
-            "left": w(left),
-            "notional_left": w(notional),
-            "tier_left": tier.index,
-            "maintenance_left": w(requirement),
-            "fee": w(fee),
-            "equity_after": w(new_equity),
-            "maintenance_after": w(new_maintenance),
-            "target_x_equity_after": w(policy.target_ratio * new_equity),
-            "meets_target": bool(new_equity > 0 and new_maintenance <= policy.target_ratio * new_equity),
+            "left": w(left.left),
+            "notional_left": w(left.notional),
+            "tier_left": left.tier,
+            "maintenance_left": w(left.requirement),
+            "fee": w(left.fee),
+            "equity_after": w(left.equity),
+            "maintenance_after": w(left.maintenance),
+            "target_x_equity_after": w(policy.target_ratio * left.equity),
+            "meets_target": left.meets(policy.target_ratio),
         }
 
     quantity = Decimal(order["quantity"])
     long = p.quantity > 0
-    unit = quantity * p.contract_size * p.settlement_price
-    raw = p.price_used - divide(equity, unit) if long else p.price_used + divide(equity, unit)
-    bankruptcy = max(round_bankruptcy_price(raw, long=long), ZERO)
+    raw, bankruptcy = lifecycle.bankruptcy_price(p, equity, quantity)
     checks = [after(quantity)]
     if quantity - step > 0 and quantity < held:
         checks.append(after(quantity - step))
@@ -227,6 +208,7 @@ def _liquidation_steps(
         "full": quantity == held,
         "at_quantity_and_one_step_less": checks,
         "bankruptcy_price_unrounded": w(raw),
+        "mark_shown": w(lifecycle.shown_price(p)),
         "bankruptcy_price": w(bankruptcy),
         "bankruptcy_rounding": "up (long: sold no lower)" if long else "down (short: bought back no higher)",
     }
@@ -289,7 +271,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
                 "equity": search["equity_before"],
                 "maintenance_margin": search["maintenance_before"],
                 "bankruptcy_price": search["bankruptcy_price"],
-                "mark": search["position"]["price_used"],
+                "mark": search["mark_shown"],
             }
         else:
             deadline = None
@@ -301,7 +283,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
                 "initial_margin": w(scope.initial_margin),
                 "maintenance_margin": w(scope.maintenance_margin),
                 "margin_ratio": w(scope.margin_ratio),
-                "shortfall": w(_shortfall(scope, state)),
+                "shortfall": w(lifecycle.shortfall(scope, state.parameters.margin_call.resolve_ratio)),
             }
             result["deadline_recomputed"] = deadline
         result["recomputed"] = recomputed

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from clearing.domain import events as ev
 from clearing.domain import margin, triggers
@@ -52,7 +52,6 @@ from clearing.domain.numbers import (
     round_requirement,
     to_wire,
 )
-from clearing.domain.params import InstrumentSpec
 from clearing.domain.state import (
     INSURANCE_FUND_ACCOUNT,
     SYSTEM_ACCOUNTS,
@@ -376,12 +375,6 @@ def _below_resolve(risk: margin.ScopeRisk, state: LedgerState) -> bool:
 def _call_payload(
     state: LedgerState, scope: str, call_id: str, level: str, risk: margin.ScopeRisk, deadline: datetime | None
 ) -> dict[str, Any]:
-    resolve = state.parameters.margin_call.resolve_ratio
-    # Shortfall: the collateral that would bring the ratio below resolve_ratio (0 when none is
-    # needed); an amount owed, so it rounds up.
-    shortfall = ZERO
-    if risk.maintenance_margin > 0:
-        shortfall = max(ZERO, round_requirement(divide(risk.maintenance_margin, resolve) - risk.equity))
     return {
         "margin_call_id": call_id,
         "scope": scope,
@@ -390,10 +383,18 @@ def _call_payload(
         "initial_margin": to_wire(risk.initial_margin),
         "maintenance_margin": to_wire(risk.maintenance_margin),
         "margin_ratio": to_wire(risk.margin_ratio) if risk.margin_ratio is not None else None,
-        "shortfall": to_wire(shortfall),
+        "shortfall": to_wire(shortfall(risk, state.parameters.margin_call.resolve_ratio)),
         "deadline": format_time(deadline) if deadline is not None else None,
-        "marks": {p.instrument: to_wire(_shown_price(p)) for p in risk.positions},
+        "marks": {p.instrument: to_wire(shown_price(p)) for p in risk.positions},
     }
+
+
+def shortfall(risk: margin.ScopeRisk, resolve_ratio: Decimal) -> Decimal:
+    """The collateral that would bring the scope's ratio below ``resolve_ratio`` (0 when none is
+    needed); an amount owed, so it rounds up."""
+    if risk.maintenance_margin <= 0:
+        return ZERO
+    return max(ZERO, round_requirement(divide(risk.maintenance_margin, resolve_ratio) - risk.equity))
 
 
 # The status of a scope without a margin call: read, never written (a call's decision creates the
@@ -539,15 +540,59 @@ def _waterfall(
         emit(_decision(state, ev.MARGIN_CALL_RESOLVED, account.account_id, at, payload))
 
 
-def _shown_price(position: margin.PositionRisk) -> Decimal:
+def shown_price(position: margin.PositionRisk) -> Decimal:
     """The price a decision shows: the mark, or for an unmarked instrument the entry price it is
     valued at (cost / quantity, which may not terminate: rounded like every displayed price)."""
     return position.price_used if position.marked else round_display_price(position.price_used)
 
 
-def _quantity_step(quantity: Decimal) -> Decimal:
+def quantity_step(quantity: Decimal) -> Decimal:
+    """The smallest quantity a liquidation order reduces by: one unit of the position's last
+    decimal place (at most 1)."""
     exponent = quantity.as_tuple().exponent
     return Decimal(1).scaleb(min(int(exponent), 0)) if isinstance(exponent, int) else Decimal(1)
+
+
+class Reduction(NamedTuple):
+    """A scope after reducing one position by ``reduce`` at the price it is valued at, the
+    liquidation fee charged (``reduction``)."""
+
+    left: Decimal  # contracts left
+    notional: Decimal  # of what is left, settlement asset
+    tier: int  # 1-based tier of that notional
+    requirement: Decimal  # maintenance of what is left, valuation asset, rounded up
+    fee: Decimal  # liquidation fee, rounded up
+    equity: Decimal  # scope equity after the fee
+    maintenance: Decimal  # scope maintenance after the reduction
+
+    def meets(self, target_ratio: Decimal) -> bool:
+        return self.equity > 0 and self.maintenance <= target_ratio * self.equity
+
+
+def reduction(
+    state: LedgerState, position: margin.PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+) -> Reduction:
+    """What reducing ``position`` by ``reduce`` leaves of the scope (equity and maintenance before
+    it given): the arithmetic of ``_issue_orders``, and of ``audit explain`` checking it."""
+    spec = state.parameters.instruments_by_symbol[position.instrument]
+    fee_rate = state.parameters.liquidation.fee_rate
+    left = abs(position.quantity) - reduce
+    notional = left * position.contract_size * position.price_used
+    tier = spec.tier_for(notional)
+    requirement = round_requirement(tier.maintenance(notional) * position.settlement_price) if left else ZERO
+    unit_value = position.contract_size * position.price_used * position.settlement_price
+    fee = round_requirement(reduce * unit_value * fee_rate)
+    after_maintenance = maintenance - position.maintenance_margin + requirement
+    return Reduction(left, notional, tier.index, requirement, fee, equity - fee, after_maintenance)
+
+
+def bankruptcy_price(position: margin.PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+    """(unrounded, rounded) price at which closing ``quantity`` of ``position`` would use up the
+    scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
+    long = position.quantity > 0
+    unit = quantity * position.contract_size * position.settlement_price
+    raw = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
+    return raw, max(round_bankruptcy_price(raw, long=long), ZERO)
 
 
 def _issue_orders(
@@ -574,27 +619,12 @@ def _issue_orders(
     for position in ordered:
         if equity > 0 and maintenance <= policy.target_ratio * equity:
             break
-        spec = state.parameters.instruments_by_symbol[position.instrument]
         held = abs(position.quantity)
-        step = _quantity_step(position.quantity)
+        step = quantity_step(position.quantity)
 
-        def after(
-            reduce: Decimal,
-            p: margin.PositionRisk = position,
-            spec: InstrumentSpec = spec,
-            equity: Decimal = equity,
-            maintenance: Decimal = maintenance,
-        ) -> tuple[Decimal, Decimal]:
-            left = abs(p.quantity) - reduce
-            notional = left * p.contract_size * p.price_used
-            tier = spec.tier_for(notional)
-            requirement = round_requirement(tier.maintenance(notional) * p.settlement_price) if left else ZERO
-            fee = round_requirement(reduce * p.contract_size * p.price_used * policy.fee_rate * p.settlement_price)
-            return equity - fee, maintenance - p.maintenance_margin + requirement
-
-        def enough(reduce: Decimal) -> bool:
-            new_equity, new_maintenance = after(reduce)
-            return new_equity > 0 and new_maintenance <= policy.target_ratio * new_equity
+        def enough(reduce: Decimal, p: margin.PositionRisk = position, e: Decimal = equity,
+                   m: Decimal = maintenance) -> bool:
+            return reduction(state, p, e, m, reduce).meets(policy.target_ratio)
 
         quantity = held
         if equity > 0 and enough(held):
@@ -608,13 +638,9 @@ def _issue_orders(
                 else:
                     low = middle
             quantity = min(held, step * high)
-        new_equity, new_maintenance = after(quantity)
+        after = reduction(state, position, equity, maintenance, quantity)
         long = position.quantity > 0
-        unit = quantity * position.contract_size * position.settlement_price
-        # Bankruptcy price: the price at which closing this quantity would use up the scope's
-        # whole equity; rounded towards the side that protects the insurance fund.
-        bankruptcy = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
-        bankruptcy = max(round_bankruptcy_price(bankruptcy, long=long), ZERO)
+        _raw, bankruptcy = bankruptcy_price(position, equity, quantity)
         liquidation_id = ids.next("L")
         emit(
             _decision(
@@ -632,7 +658,7 @@ def _issue_orders(
                     "quantity": to_wire(quantity),
                     "position_quantity": to_wire(position.quantity),
                     "bankruptcy_price": to_wire(bankruptcy),
-                    "mark": to_wire(_shown_price(position)),
+                    "mark": to_wire(shown_price(position)),
                     "equity": to_wire(equity),
                     "maintenance_margin": to_wire(maintenance),
                     "target_ratio": to_wire(policy.target_ratio),
@@ -640,7 +666,7 @@ def _issue_orders(
                 },
             )
         )
-        equity, maintenance = new_equity, new_maintenance
+        equity, maintenance = after.equity, after.maintenance
 
 
 # ---------------------------------------------------------------------------------------------
