@@ -152,7 +152,6 @@ class SegmentResult:
     decisions_compared: int = 0
     samples: list[Sample] = field(default_factory=list)
     fills: dict[str, list[FillEntry]] = field(default_factory=dict)
-    open_trades: list[str] = field(default_factory=list)  # odd number of fills within the segment
     unmatched: dict[tuple[str, Decimal, Decimal], int] = field(default_factory=dict)  # LogReplay.unmatched
     liquidation_fills: list[FillEntry] = field(default_factory=list)
     margin_events: list[MarginEvent] = field(default_factory=list)
@@ -249,7 +248,6 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     result.determinism_mismatches = replay.determinism_mismatches
     result.decisions_compared = replay.decisions_compared
     result.fills = replay.fills
-    result.open_trades = sorted(replay.open_trades)
     result.unmatched = replay.unmatched
     result.liquidation_fills = replay.liquidation_fills
     result.margin_events = margin
@@ -423,6 +421,7 @@ def merge(
             )
         track.head = last.last[0] if last.last else 0
         track.refresh_cursor = cursor
+        merged.unmatched = _add_counts(merged.unmatched, unmatched_in)
         track.pending = deque(last.pending)
         merged.head = max(merged.head, track.head)
         determinism.append(findings)
@@ -439,7 +438,6 @@ def merge(
         merged.liquidation_fills.sort()
     merged.determinism = list(heapq.merge(*determinism, key=lambda f: f.position or 0))[:FINDINGS_MAX]
     merged.margin_events = [event for _fed, _seq, event in heapq.merge(*margin, key=lambda e: (e[0], e[1]))]
-    merged.open_trades = {trade_id for trade_id, entries in merged.fills.items() if len(entries) % 2}
     merged.conservation_checks = sorted(samples_ok)
     merged.conservation_due = merged.events + conservation_every
     return merged, None

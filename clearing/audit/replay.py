@@ -59,7 +59,6 @@ MARGIN_DECISIONS = frozenset(
         ev.MARGIN_CALL_RESOLVED,
         ev.ACCOUNT_BANKRUPTED,
         ev.LIQUIDATION_ORDER_ISSUED,
-        "LiquidationFillRecorded",
     }
 )
 
@@ -137,7 +136,6 @@ class LogReplay:
         self,
         *,
         decide: bool,
-        track: bool = True,
         conservation_every: int = CONSERVATION_EVERY_EVENTS,
         check_fills: bool = True,
         snapshot_check: Callable[[int, int, LedgerState], None] | None = None,
@@ -145,7 +143,6 @@ class LogReplay:
     ) -> None:
         fold._ensure_appliers()
         self.decide = decide
-        self.track = track
         self.shards: dict[int, ShardTrack] = {}
         self.events = 0
         self.head = 0
@@ -158,7 +155,6 @@ class LogReplay:
         self.conservation_bad: list[Finding] = []
         self.check_fills = check_fills
         self.fills: dict[str, list[tuple[int, str, str, str, str, str]]] = {}
-        self.open_trades: set[str] = set()
         # Fills not yet matched by an opposite one: a signed count (buys +1, sells -1) per
         # (instrument, quantity, price) over ordinary and liquidation fills. The books must
         # balance where it is empty; half-booked trades and liquidation fills awaiting their
@@ -185,12 +181,11 @@ class LogReplay:
     def feed(self, row: Any) -> None:
         position, shard_id, event_type, payload = row[0], row[1], row[2], row[3]
         track = self.shard(shard_id)
-        if self.track:
-            key = (shard_id, row[5])
-            if key != self._batch:
-                self.flush_batch()
-                self._batch = key
-            self._batch_end = position
+        key = (shard_id, row[5])
+        if key != self._batch:
+            self.flush_batch()
+            self._batch = key
+        self._batch_end = position
         self.events += 1
         self.head = position
         track.head = position
@@ -229,7 +224,7 @@ class LogReplay:
                 self.margin_events.append((position, event_type, payload, row[4]))
             if self.check_fills:
                 self._fill(position, message)
-            if isinstance(message, Mark | Settlement) and self.track:
+            if isinstance(message, Mark | Settlement):
                 track.mark_change[message.symbol] = position
         else:
             last = position
@@ -239,17 +234,13 @@ class LogReplay:
                 fold.apply(state, event_type, None, payload)
                 if event_type in MARGIN_DECISIONS:
                     self.margin_events.append((position, event_type, payload, row[4]))
-        if self.track:
-            if state.touched:
-                for account_id in state.touched:
-                    track.last_change[account_id] = last
-                track.batch_accounts |= state.touched
-                state.touched.clear()
-            if state.marks_touched:
-                track.batch_marks |= state.marks_touched
-                state.marks_touched.clear()
-        else:
+        if state.touched:
+            for account_id in state.touched:
+                track.last_change[account_id] = last
+            track.batch_accounts |= state.touched
             state.touched.clear()
+        if state.marks_touched:
+            track.batch_marks |= state.marks_touched
             state.marks_touched.clear()
         if (
             self.events >= self.conservation_due
@@ -328,36 +319,17 @@ class LogReplay:
             self.determinism.append(Finding(position, problem[:2_000]))
 
     def _fill(self, position: int, message: InputMessage) -> None:
+        if not isinstance(message, Fill | LiquidationFill):
+            return
+        self._match(message.instrument, message.side, message.quantity, message.price)
+        entry = (position, message.account_id, message.instrument, message.side, str(message.quantity),
+                 str(message.price))
         if isinstance(message, Fill):
-            entry = (
-                position,
-                message.account_id,
-                message.instrument,
-                message.side,
-                str(message.quantity),
-                str(message.price),
-            )
-            self._match(message.instrument, message.side, message.quantity, message.price)
-            fills = self.fills.setdefault(message.trade_id, [])
-            fills.append(entry)
-            if len(fills) % 2:
-                self.open_trades.add(message.trade_id)
-            else:
-                self.open_trades.discard(message.trade_id)
-        elif isinstance(message, LiquidationFill):
-            self._match(message.instrument, message.side, message.quantity, message.price)
-            self.liquidation_fills.append(
-                (
-                    position,
-                    message.account_id,
-                    message.instrument,
-                    message.side,
-                    str(message.quantity),
-                    str(message.price),
-                )
-            )
+            self.fills.setdefault(message.trade_id, []).append(entry)
+        else:
             # Its market side arrives as an ordinary fill whose trade has one fill only: the books
             # balance when every such one-fill trade is paired with one liquidation fill.
+            self.liquidation_fills.append(entry)
 
     def _match(self, instrument: str, side: str, quantity: Decimal, price: Decimal) -> None:
         key = (instrument, quantity, price)

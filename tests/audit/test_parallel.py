@@ -117,7 +117,7 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
             assert merged.decisions_compared > 10
         assert merged.determinism_mismatches == sequential.determinism_mismatches == 0
         assert merged.fills == sequential.fills and list(merged.fills) == list(sequential.fills)
-        assert merged.open_trades == sequential.open_trades
+        assert merged.unmatched == sequential.unmatched
         assert merged.liquidation_fills == sequential.liquidation_fills
         assert merged.margin_events == sequential.margin_events
         assert any(e[1] == "LiquidationOrderIssued" for e in merged.margin_events)
