@@ -25,6 +25,7 @@ from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import latest_snapshot
 from clearing.store import projections
+from clearing.store.queries import log_head
 
 
 class AsOfError(ValueError):
@@ -145,7 +146,7 @@ def account_as_of(
 ) -> dict[str, Any] | None:
     with engine.connect() as conn:
         position = resolve_position(conn, as_of)
-        head = int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
+        head = log_head(conn)
         if position > head:
             raise AsOfError(f"position {position} is past the end of the log ({head})")
         state = state_at(conn, shard_of(conn, account_id), position, use_snapshots=use_snapshots)

@@ -49,6 +49,7 @@ from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, repl
 from clearing.audit.replay import LogReplay, ShardTrack, iter_log
 from clearing.store import projections
 from clearing.store.log import LOG_LOCK_KEY
+from clearing.store.queries import log_head
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "balances": ("account_id", "asset"),
@@ -381,7 +382,7 @@ def replay_log_parallel(
     end state checked against the next snapshot; None when there are too few usable snapshots or
     a check failed (the info says which), and the caller replays sequentially."""
     with engine.connect() as conn:
-        head = int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
+        head = log_head(conn)
         keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
         segments = plan_segments(conn, keys, head)
         shards = len(shards_of(conn))
