@@ -25,8 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -44,7 +43,6 @@ class LiquidatorStats:
     orders: int = 0
     filled: int = 0
     skipped: int = 0
-    filled_ids: set[str] = field(default_factory=set)
 
 
 def liquidation_messages(
@@ -67,14 +65,13 @@ def liquidation_messages(
     }
     return [
         ("liquidations", order["account_id"], execution),
-        ("fills", MARKET_MAKER, _market_maker_fill(order, price, f"LC-{liquidation_id}", opposite=True)),
+        ("fills", MARKET_MAKER, _market_maker_fill(order, price, f"LC-{liquidation_id}")),
     ]
 
 
-def _market_maker_fill(order: dict[str, Any], price: str, fill_id: str, *, opposite: bool) -> dict[str, Any]:
-    side = order["side"]
-    if opposite:
-        side = "buy" if side == "sell" else "sell"
+def _market_maker_fill(order: dict[str, Any], price: str, fill_id: str) -> dict[str, Any]:
+    """The market maker takes the other side of the order."""
+    side = "buy" if order["side"] == "sell" else "sell"
     return {
         "type": "fill",
         "fill_id": fill_id,
@@ -117,11 +114,9 @@ class Liquidator:
         prefix: str,
         *,
         offsets: dict[int, int] | None = None,
-        on_publish: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.prefix = prefix
         self.stats = LiquidatorStats()
-        self.on_publish = on_publish
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self.orders_topic = prefix + "liquidation-orders"
@@ -142,22 +137,16 @@ class Liquidator:
 
     def _send(self, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
         futures = [
-            (
-                kind,
-                value,
-                self.producer.send(
-                    self.prefix + kind, key=key.encode(), value=json.dumps(value, separators=(",", ":")).encode()
-                ),
+            self.producer.send(
+                self.prefix + kind, key=key.encode(), value=json.dumps(value, separators=(",", ":")).encode()
             )
             for kind, key, value in messages
         ]
         self.producer.flush()
-        for kind, value, future in futures:
+        for future in futures:
             metadata = future.get(timeout=30)
             coordinates = (metadata.topic, metadata.partition)
             self.produced[coordinates] = max(self.produced.get(coordinates, 0), metadata.offset + 1)
-            if self.on_publish is not None:
-                self.on_publish(kind, value)
 
     def poll_once(self, timeout_ms: int = POLL_MS) -> int:
         out: list[tuple[str, str, dict[str, Any]]] = []
@@ -177,7 +166,6 @@ class Liquidator:
             self.stats.skipped += 1
             return []
         self.stats.filled += 1
-        self.stats.filled_ids.add(order["liquidation_id"])
         return liquidation_messages(order)
 
     def run(self, stop: threading.Event) -> LiquidatorStats:

@@ -9,7 +9,6 @@ a stable, unique order. Numbers are exact decimal strings, times RFC 3339. The q
 from __future__ import annotations
 
 import base64
-import importlib
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -18,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel
 
+from clearing.audit.asof import account_as_of
 from clearing.domain.messages import format_time
 from clearing.store import queries
 
@@ -94,15 +94,9 @@ def get_account_as_of(
 ) -> dict[str, Any]:
     if (position is None) == (time is None):
         raise HTTPException(HTTP_UNPROCESSABLE, "give exactly one of position= and time=")
-    try:
-        asof = importlib.import_module("clearing.audit.asof")
-    except ImportError as error:
-        raise HTTPException(
-            status.HTTP_501_NOT_IMPLEMENTED, f"as-of queries are not available: {error}"
-        ) from None
     when = str(position) if position is not None else format_time(time)  # type: ignore[arg-type]
     try:
-        view = asof.account_as_of(request.app.state.engine, account_id, when)
+        view = account_as_of(request.app.state.engine, account_id, when)
     except (ValueError, LookupError) as error:
         raise HTTPException(HTTP_UNPROCESSABLE, str(error)) from None
     if view is None:

@@ -67,17 +67,6 @@ Key = tuple[Any, ...]
 Rows = dict[Key, dict[str, Any]]
 
 
-def _columns(conn: sa.Connection, table: str) -> list[str]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = :t ORDER BY ordinal_position"
-        ),
-        {"t": table},
-    )
-    return [row[0] for row in rows]
-
-
 def read_table(conn: sa.Connection, table: str, base: str | None = None) -> Rows:
     """Every row of ``table`` (a projection table, or its shadow named after ``base``) by key."""
     keys = TABLE_KEYS[base or table]

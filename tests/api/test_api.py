@@ -189,8 +189,6 @@ def test_bad_parameters_are_4xx_not_5xx(api: RunningApi, path: str, expected: in
 def test_as_of_replays_the_account(api: RunningApi) -> None:
     with api.client() as client:
         response = client.get("/accounts/ACC-00001/as-of", params={"position": 40})
-    if response.status_code == 501:
-        pytest.skip(f"clearing.audit.asof is not in this tree yet: {response.json()['detail']}")
     assert response.status_code == 200, response.text
     assert response.json()["account_id"] == "ACC-00001"
 
