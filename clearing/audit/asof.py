@@ -58,7 +58,6 @@ def shard_of(conn: sa.Connection, account_id: str) -> int:
 
 def state_at(conn: sa.Connection, shard: int, position: int, *, use_snapshots: bool = True) -> LedgerState:
     """The shard's state after every one of its events up to ``position``."""
-    fold._ensure_appliers()
     state = LedgerState()
     after = 0
     if use_snapshots:

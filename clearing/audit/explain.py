@@ -71,7 +71,6 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
 
 def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
     state = state_at(conn, int(decision.shard), int(decision.cause_position))
-    fold._ensure_appliers()
     for row in conn.execute(
         sa.text(
             "SELECT type, payload FROM events WHERE shard = :s AND position > :c AND position < :p ORDER BY position"

@@ -141,7 +141,6 @@ class LogReplay:
         snapshot_check: Callable[[int, int, LedgerState], None] | None = None,
         snapshot_positions: set[tuple[int, int]] | None = None,
     ) -> None:
-        fold._ensure_appliers()
         self.decide = decide
         self.shards: dict[int, ShardTrack] = {}
         self.events = 0

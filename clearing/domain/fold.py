@@ -306,20 +306,11 @@ def _apply_isolated_transferred(state: LedgerState, payload: dict[str, Any]) -> 
     state.touched.add(account.account_id)
 
 
-def _decision_appliers() -> dict[str, Callable[[LedgerState, dict[str, Any]], None]]:
-    return {
-        ev.WITHDRAWAL_APPROVED: _apply_withdrawal_approved,
-        ev.ISOLATED_MARGIN_TRANSFERRED: _apply_isolated_transferred,
-        **lifecycle.DECISION_APPLIERS,
-    }
-
-
-_APPLY_DECISION: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {}
-
-
-def _ensure_appliers() -> None:
-    if not _APPLY_DECISION:
-        _APPLY_DECISION.update(_decision_appliers())
+_APPLY_DECISION: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {
+    ev.WITHDRAWAL_APPROVED: _apply_withdrawal_approved,
+    ev.ISOLATED_MARGIN_TRANSFERRED: _apply_isolated_transferred,
+    **lifecycle.DECISION_APPLIERS,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +321,6 @@ def _ensure_appliers() -> None:
 def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
     """Apply an admitted input event at ``position``, decide, and apply each decision as it is
     taken. Returns the decisions, in order, keyed and caused by ``position``."""
-    _ensure_appliers()
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
     # The accounts this step touches are gathered apart (and added to ``state.touched`` at the
     # end): the lifecycle re-margins every account the input changed and re-indexes them.
@@ -365,7 +355,6 @@ def _decide(state: LedgerState, message: InputMessage, position: int, shard: int
 
 def replay_event(state: LedgerState, event_type: str, payload: dict[str, Any]) -> None:
     """Fold a logged event (input or decision) without deciding: how state is rebuilt from the log."""
-    _ensure_appliers()
     state.triggers.stale = True  # derived state: the next step rebuilds it (triggers.py)
     if event_type in ev.MODEL_BY_EVENT_TYPE:
         apply(state, event_type, ev.trusted_message(event_type, payload), payload)

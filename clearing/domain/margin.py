@@ -220,6 +220,12 @@ def haircut_units(spec: AssetSpec, amount: Decimal) -> Decimal:
     return lost
 
 
+def units_after_haircut(spec: AssetSpec, amount: Decimal) -> Decimal:
+    """The units of ``amount`` that count as collateral: after the haircut for a positive
+    amount, all of a debt. A unit of price moves the balance's value by this much."""
+    return amount - haircut_units(spec, amount)
+
+
 def _collateral_value(
     parameters: RiskParameters, asset: str, amount: Decimal, price: Decimal | None
 ) -> CollateralValue:
@@ -664,7 +670,7 @@ def _asset_scope_line(
     spec = parameters.asset(asset)
     if risk.scope == CROSS and spec is not None:
         amount = account.balance(asset)
-        held = amount - haircut_units(spec, amount)
+        held = units_after_haircut(spec, amount)
         units += held
         moving_equity += ZERO if price is None else price * held
     for position in risk.positions:

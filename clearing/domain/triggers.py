@@ -340,7 +340,7 @@ def _bounds(
         if asset is None:
             return None
         amount = account.balance(symbol)
-        slope = abs(amount - margin.haircut_units(asset, amount))
+        slope = abs(margin.units_after_haircut(asset, amount))
         gamma = ONE
     if slope == 0 or gamma == 0:
         return None
@@ -402,7 +402,7 @@ def _budget_bounds(
             if asset is None or symbol not in marks:
                 return None
             amount = account.balance(symbol)
-            k = abs(amount - margin.haircut_units(asset, amount)) if amount > 0 else abs(amount)
+            k = abs(margin.units_after_haircut(asset, amount))
             sensitivity.append((symbol, k))
     policy = parameters.margin_call
     equity, maintenance = risk.equity, risk.maintenance_margin
@@ -421,12 +421,9 @@ def _budget_bounds(
     spread = ZERO
     share = len(symbols)
     for symbol, k in sensitivity:
-        mark = marks.get(symbol)
-        if mark is None:
-            return None
         if k == 0:
             continue  # the scope does not move with this price at all
-        price = mark.price
+        price = marks[symbol].price  # every symbol above was required to have a mark
         # Rounded down: a band narrower than its share of the budget only re-margins sooner.
         band = divide_down(budget * BAND_SHARE, share * k)
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
