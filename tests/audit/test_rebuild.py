@@ -98,13 +98,18 @@ def test_readers_see_the_before_or_the_after_never_a_half_built_table(market_url
     threads = [threading.Thread(target=read_loop) for _ in range(3)]
     for thread in threads:
         thread.start()
-    try:
-        while len(seen) < 20:
+    def reads_reach(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(seen) < count:
+            assert time.monotonic() < deadline and any(t.is_alive() for t in threads), "the readers stopped reading"
             time.sleep(0.01)
+
+    try:
+        reads_reach(20)
         for _ in range(3):
             rebuild(owner)
+        reads_reach(len(seen) + 20)  # reads begun after the last swap committed: they see its tables
     finally:
-        time.sleep(0.05)
         stop.set()
         for thread in threads:
             thread.join()

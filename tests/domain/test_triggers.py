@@ -120,8 +120,9 @@ def test_the_index_decides_exactly_as_brute_force_on_random_markets(msgs: list[A
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(walks(), st.integers(min_value=0, max_value=80))
-def test_a_replayed_state_rebuilds_the_index_and_decides_the_same(msgs: list[Any], cut: int) -> None:
+@given(walks(), st.data())
+def test_a_replayed_state_rebuilds_the_index_and_decides_the_same(msgs: list[Any], data: st.DataObject) -> None:
+    cut = data.draw(st.integers(min_value=1, max_value=len(msgs) - 1))  # inside the market
     assert decisions(run(msgs, brute_force=False, replay_at=cut)) == decisions(run(msgs, brute_force=True))
 
 
@@ -247,10 +248,11 @@ def test_absorbed_fills_leave_the_decisions_of_brute_force(msgs: list[Any]) -> N
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(busy_books(), st.integers(min_value=0, max_value=120))
-def test_a_replayed_state_absorbs_fills_as_the_running_one_decides(msgs: list[Any], cut: int) -> None:
+@given(busy_books(), st.data())
+def test_a_replayed_state_absorbs_fills_as_the_running_one_decides(msgs: list[Any], data: st.DataObject) -> None:
     """From a state folded from the log the index (and its budget records) is rebuilt: the
     decisions after the cut are brute force's, as without the cut."""
+    cut = data.draw(st.integers(min_value=1, max_value=len(msgs) - 1))  # inside the market
     assert decisions(run(msgs, brute_force=False, replay_at=cut)) == decisions(run(msgs, brute_force=True))
 
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from kafka import KafkaProducer
 
 from clearing.audit.chain import verify_chain
 from clearing.domain.fold import conservation
+from clearing.domain.state import FUNDING_POOL_ACCOUNT
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.simulate import Scenario, generate
 from clearing.store.db import make_engine
@@ -233,10 +235,14 @@ def test_funding_between_the_fills_of_a_trade_keeps_the_books_balanced(database_
                     "fills",
                     1,
                     0,
-                    {**fill, "fill_id": "F-1s", "account_id": "A2", "side": "sell", "occurred_at": at.format(2)},
+                    # Later in event time than the funding: the ledger books inputs in event-time
+                    # order, so at 12:00:02 both fills would precede it and nothing interleaves.
+                    {**fill, "fill_id": "F-1s", "account_id": "A2", "side": "sell", "occurred_at": at.format(4)},
                 ),
             ]
         )
+        # Only A1 held the position when funding ran: it paid 1 x 65,000 x 0.0001 into the pool.
+        assert ledger.state.accounts[FUNDING_POOL_ACCOUNT].balance("USDT") == Decimal("6.5")
         assert conservation(ledger.state) == {}
     finally:
         engine.dispose()

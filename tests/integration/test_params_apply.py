@@ -47,7 +47,7 @@ def _fill(fill_id: str, at: str = T) -> tuple[str, str, dict[str, Any]]:
             "side": "buy",
             "quantity": "100",
             "price": "0.1",
-            "occurred_at": T,
+            "occurred_at": at,
         },
     )
 
