@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from clearing.engine.ledger import BatchResult, Ledger, RawRecord
+from clearing.engine.ledger import BatchResult, Ledger, LedgerBrokenError, RawRecord
 from clearing.engine.outbox import OutboxRelay
+from clearing.store.log import LogHeadMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def run(
                 continue
             try:
                 result = ledger.process(records, broker_instance=broker_instance)
+            except LogHeadMismatch as error:
+                # Another writer appends to this shard: retrying would only take turns with it.
+                raise LedgerBrokenError(f"{error}; stopping: one writer per shard") from error
             except Exception:
                 # A failed batch committed nothing. Reload the state from the log and re-read
                 # from the stored offsets, after a bounded back-off.
