@@ -547,10 +547,15 @@ def shown_price(position: margin.PositionRisk) -> Decimal:
 
 
 def quantity_step(quantity: Decimal) -> Decimal:
-    """The smallest quantity a liquidation order reduces by: one unit of the position's last
-    decimal place (at most 1)."""
-    exponent = quantity.as_tuple().exponent
-    return Decimal(1).scaleb(min(int(exponent), 0)) if isinstance(exponent, int) else Decimal(1)
+    """The smallest quantity a liquidation order reduces by: one unit of the last decimal place
+    of the position's wire form (at most 1).
+
+    Read from the wire form, not the exponent: 166.100 and 166.1 are the same quantity, but a
+    fill decoded from "166.100" keeps the trailing zeros while the log, snapshots and every
+    replay hold "166.1", so a step taken from the exponent made a restarted ledger or ``audit
+    verify`` order a different quantity than the ledger that decided it."""
+    _, _, fraction = to_wire(quantity).partition(".")
+    return Decimal(1).scaleb(-len(fraction))
 
 
 class Reduction(NamedTuple):
