@@ -24,3 +24,32 @@ def test_integers_beyond_64_bits_read_back_exact(database_url: str) -> None:
 def test_ordinary_documents_read_alike_by_both_parsers() -> None:
     document = b'{"amount": "123.45", "n": 9223372036854775807, "nested": {"k": [1, "x", null, true]}}'
     assert load_json(document) == {"amount": "123.45", "n": 2**63 - 1, "nested": {"k": [1, "x", None, True]}}
+
+
+BEYOND_64_BITS = [
+    2**64,
+    -(2**63) - 1,
+    10**19,
+    99_999_999_999_999_999_999,
+    -12_345_678_901_234_567_890_123,
+    int("9" * 40),
+    int("1234567890" * 4),
+]
+
+
+def test_integers_beyond_64_bits_read_back_exact_wherever_they_stand() -> None:
+    for value in BEYOND_64_BITS:
+        for document, where in (
+            (f"{value}", lambda v: v),
+            (f'{{"a": "x", "n": {value}}}', lambda v: v["n"]),
+            (f'{{"k": [1, "2026-01-01T00:00:00Z", {{"deep": [{value}]}}]}}', lambda v: v["k"][2]["deep"][0]),
+            (f"[{value}, 7]", lambda v: v[0]),
+        ):
+            read = where(load_json(document.encode()))
+            assert type(read) is int and read == value, document
+
+
+def test_a_long_digit_run_inside_a_string_reads_back_as_the_string() -> None:
+    document = b'{"id": "T-12345678901234567890123", "n": 1}'
+    assert load_json(document) == {"id": "T-12345678901234567890123", "n": 1}
+    assert load_json(memoryview(document)) == load_json(document.decode()) == load_json(bytearray(document))
