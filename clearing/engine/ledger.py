@@ -147,7 +147,6 @@ class Ledger:
 
         keys = [key for _, _, key in decoded if key is not None]
         recorded_at = datetime.now(UTC)
-        rows: list[eventlog.EventRow] = []
         outbox: list[tuple[int | None, str, str | None, dict[str, Any]]] = []
         offsets: dict[tuple[str, int], int] = {}
         state = self.state
@@ -155,7 +154,7 @@ class Ledger:
             raise LedgerBrokenError("the in-memory state is behind a failed batch: call load() first")
 
         try:
-            position = self._write(decoded, dead, keys, recorded_at, rows, outbox, offsets, result, broker_instance)
+            position = self._write(decoded, dead, keys, recorded_at, outbox, offsets, result, broker_instance)
         except BaseException:
             # The state may hold part of a batch that never committed: drop it, and have the
             # process reload from the log before it goes on.
@@ -181,7 +180,6 @@ class Ledger:
         dead: list[_DeadLetter],
         keys: list[str],
         recorded_at: datetime,
-        rows: list[eventlog.EventRow],
         outbox: list[tuple[int | None, str, str | None, dict[str, Any]]],
         offsets: dict[tuple[str, int], int],
         result: BatchResult,
@@ -193,58 +191,60 @@ class Ledger:
             position = eventlog.lock_and_check_head(conn, self.head)
             existing = eventlog.existing_payloads(conn, keys)
             seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
-            for record, message, key in decoded:
-                offsets[(record.topic, record.partition)] = record.offset + 1
-                if message is None or key is None:
-                    continue
-                payload = message.wire()
-                payload_json = canonical_json(payload)
-                if key in seen:
-                    if seen[key] == payload_json:
-                        result.duplicates += 1
-                    else:
-                        letter = _DeadLetter(
-                            record,
-                            f"conflicting duplicate: idempotency key {key.split('/', 1)[1]} is already in the "
-                            "log with different content; the logged version stands, send a correction "
-                            "under a new id",
-                            key,
-                            existing.get(key) or _loads(seen[key]),
-                        )
+            # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
+            with eventlog.streaming_append(conn) as stream:
+                for record, message, key in decoded:
+                    offsets[(record.topic, record.partition)] = record.offset + 1
+                    if message is None or key is None:
+                        continue
+                    payload = message.wire()
+                    payload_json = canonical_json(payload)
+                    if key in seen:
+                        if seen[key] == payload_json:
+                            result.duplicates += 1
+                        else:
+                            letter = _DeadLetter(
+                                record,
+                                f"conflicting duplicate: idempotency key {key.split('/', 1)[1]} is already in the "
+                                "log with different content; the logged version stands, send a correction "
+                                "under a new id",
+                                key,
+                                existing.get(key) or _loads(seen[key]),
+                            )
+                            dead.append(letter)
+                        continue
+                    try:
+                        admit(state, message)
+                    except InputError as error:
+                        letter = _DeadLetter(record, str(error), key)
                         dead.append(letter)
-                    continue
-                try:
-                    admit(state, message)
-                except InputError as error:
-                    letter = _DeadLetter(record, str(error), key)
-                    dead.append(letter)
-                    continue
-                position += 1
-                decisions = step(state, message, position, self.shard)
-                event = ev.input_event(message, self.shard, payload=payload, key=key)
-                rows.append(
-                    self.head.row(
-                        position,
-                        event,
-                        payload_json,
-                        recorded_at,
-                        (record.topic, record.partition, record.offset),
-                        payload["occurred_at"],  # format_time(message.occurred_at), in the payload already
-                    )
-                )
-                seen[key] = payload_json
-                result.appended += 1
-                if event.type == "LiquidationFillRecorded":
-                    decided.append((position, event.type, payload, event.occurred_at))
-                for decision in decisions:
+                        continue
                     position += 1
-                    decided.append((position, decision.type, decision.payload, decision.occurred_at))
-                    rows.append(self.head.row(position, decision, canonical_json(decision.payload), recorded_at))
-                    result.decisions += 1
-                    result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
-                    out = outputs.decision_message(decision, position)
-                    if out is not None:
-                        outbox.append((position, *out))
+                    decisions = step(state, message, position, self.shard)
+                    event = ev.input_event(message, self.shard, payload=payload, key=key)
+                    stream.add(
+                        self.head.row(
+                            position,
+                            event,
+                            payload_json,
+                            recorded_at,
+                            (record.topic, record.partition, record.offset),
+                            payload["occurred_at"],  # format_time(message.occurred_at), in the payload already
+                        )
+                    )
+                    seen[key] = payload_json
+                    result.appended += 1
+                    if event.type == "LiquidationFillRecorded":
+                        decided.append((position, event.type, payload, event.occurred_at))
+                    for decision in decisions:
+                        position += 1
+                        decided.append((position, decision.type, decision.payload, decision.occurred_at))
+                        stream.add(self.head.row(position, decision, canonical_json(decision.payload), recorded_at))
+                        result.decisions += 1
+                        result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
+                        out = outputs.decision_message(decision, position)
+                        if out is not None:
+                            outbox.append((position, *out))
 
             for letter in dead:
                 record = letter.record
@@ -256,7 +256,6 @@ class Ledger:
                         ),
                     )
                 )
-            eventlog.append(conn, rows)
             eventlog.insert_dead_letters(
                 conn,
                 self.shard,
