@@ -25,12 +25,14 @@ checks that this gives the same message as ``model_validate`` for every input ty
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -49,8 +51,11 @@ from clearing.domain.state import LedgerState
 from clearing.engine.ledger import MARGIN_REFRESH_ACCOUNTS_MAX, refresh_window
 from clearing.store.hashing import canonical_json
 
-REPLAY_FETCH_ROWS = 10_000
+REPLAY_FETCH_ROWS = 2_000  # rows per FETCH of the log's server-side cursor
+REPLAY_PREFETCH_BATCHES = 4  # fetched batches the reader thread holds ahead of the fold, at most
 CONSERVATION_EVERY_EVENTS = 10_000
+
+T = TypeVar("T")
 
 MARGIN_DECISIONS = frozenset(
     {
@@ -68,7 +73,9 @@ LOG_COLUMNS = "position, shard, type, payload, occurred_at, recorded_at, idempot
 def iter_log(
     conn: sa.Connection, *, shard: int | None = None, after: int = 0, upto: int | None = None
 ) -> Iterator[Any]:
-    """Rows of the log in position order, streamed with a server-side cursor."""
+    """Rows of the log in position order, streamed with a server-side cursor and fetched ahead of
+    the consumer by a reader thread (``prefetched``). The connection belongs to the reader until
+    the iterator is exhausted or closed: do not use it in between."""
     query = f"SELECT {LOG_COLUMNS} FROM events WHERE position > :after"
     params: dict[str, Any] = {"after": after}
     if shard is not None:
@@ -82,7 +89,58 @@ def iter_log(
         params,
         execution_options={"stream_results": True, "yield_per": REPLAY_FETCH_ROWS},
     )
-    yield from result
+    with result:
+        yield from prefetched(lambda: result.fetchmany(REPLAY_FETCH_ROWS))
+
+
+def prefetched(fetch: Callable[[], Sequence[T]], ahead: int = REPLAY_PREFETCH_BATCHES) -> Iterator[T]:
+    """The items of ``fetch()``'s batches, in order, until a batch is empty; ``fetch`` runs in a
+    reader thread that keeps up to ``ahead`` batches ready.
+
+    Why a thread: a replay's fold is single-threaded Python, and with the fetches in its thread
+    PostgreSQL sat idle while the fold ran and the fold sat idle while PostgreSQL produced each
+    fetch (about 4.5 us a row, a fifth of the time a replay at 50,000 events/s has for an event).
+    psycopg releases the GIL while it waits on the socket, so the next fetch now runs in
+    PostgreSQL while the fold works.
+
+    An error in ``fetch`` is raised here after the batches before it. When the consumer stops
+    early (``close()``, or the generator is dropped), the reader is stopped and joined before this
+    returns, so the caller's connection is free again; it finishes the fetch it is in, if any."""
+    if ahead < 1:
+        raise ValueError("ahead must be at least one batch")
+    batches: queue.Queue[Sequence[T] | BaseException] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def read() -> None:
+        # Once ``stop`` is set the reader puts at most one more item (the fetch it was in, or its
+        # error): the consumer empties the queue after setting it, so that put cannot block.
+        try:
+            while not stop.is_set():
+                batch = fetch()
+                batches.put(batch)
+                if not batch:
+                    return
+        except BaseException as error:  # handed to the consumer and raised there
+            batches.put(error)
+
+    reader = threading.Thread(target=read, name="clearing-log-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            batch = batches.get()
+            if isinstance(batch, BaseException):
+                raise batch
+            if not batch:
+                return
+            yield from batch
+    finally:
+        stop.set()
+        try:
+            while True:
+                batches.get_nowait()
+        except queue.Empty:
+            pass
+        reader.join()
 
 
 def decision_bytes(
