@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -189,6 +189,26 @@ def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:
     return Finding(position, f"the books do not balance after position {position}: {text}")
 
 
+# What ``feed`` does with an input message beside the fold, by its class (``_input_kind``).
+_FILL, _LIQUIDATION_FILL, _MARK, _OTHER = "fill", "liquidation fill", "mark", "other"
+_INPUT_KINDS: dict[type, str] = {}
+
+
+def _input_kind(message: InputMessage) -> str:
+    """The kind of ``message``'s class, remembered: an isinstance test against a union of
+    pydantic models costs more than the rest of ``feed``'s bookkeeping for the event."""
+    if isinstance(message, Fill):
+        kind = _FILL
+    elif isinstance(message, LiquidationFill):
+        kind = _LIQUIDATION_FILL
+    elif isinstance(message, Mark | Settlement):
+        kind = _MARK
+    else:
+        kind = _OTHER
+    _INPUT_KINDS[type(message)] = kind
+    return kind
+
+
 class LogReplay:
     def __init__(
         self,
@@ -237,7 +257,9 @@ class LogReplay:
 
     def feed(self, row: Any) -> None:
         position, shard_id, event_type, payload = row[0], row[1], row[2], row[3]
-        track = self.shard(shard_id)
+        track = self.shards.get(shard_id)
+        if track is None:
+            track = self.shard(shard_id)
         key = (shard_id, row[5])
         if key != self._batch:
             self.flush_batch()
@@ -279,10 +301,13 @@ class LogReplay:
                 last = position
             if event_type == "LiquidationFillRecorded":
                 self.margin_events.append((position, event_type, payload, row[4]))
-            if self.check_fills:
-                self._fill(position, message)
-            if isinstance(message, Mark | Settlement):
-                track.mark_change[message.symbol] = position
+            kind = _INPUT_KINDS.get(type(message))
+            if kind is None:
+                kind = _input_kind(message)
+            if kind is _MARK:
+                track.mark_change[cast("Mark | Settlement", message).symbol] = position
+            elif kind is not _OTHER and self.check_fills:
+                self._fill(position, cast("Fill | LiquidationFill", message), kind is _FILL)
         else:
             last = position
             if self.decide:
@@ -375,14 +400,17 @@ class LogReplay:
         if len(self.determinism) < 10:
             self.determinism.append(Finding(position, problem[:2_000]))
 
-    def _fill(self, position: int, message: InputMessage) -> None:
-        if not isinstance(message, Fill | LiquidationFill):
-            return
-        self._match(message.instrument, message.side, message.quantity, message.price)
-        entry = (position, message.account_id, message.instrument, message.side, str(message.quantity),
-                 str(message.price))
-        if isinstance(message, Fill):
-            self.fills.setdefault(message.trade_id, []).append(entry)
+    def _fill(self, position: int, message: Fill | LiquidationFill, ordinary: bool) -> None:
+        quantity, price = message.quantity, message.price
+        self._match(message.instrument, message.side, quantity, price)
+        entry = (position, message.account_id, message.instrument, message.side, str(quantity), str(price))
+        if ordinary:
+            trade_id = cast("Fill", message).trade_id
+            trade = self.fills.get(trade_id)
+            if trade is None:
+                self.fills[trade_id] = [entry]
+            else:
+                trade.append(entry)
         else:
             # Its market side arrives as an ordinary fill whose trade has one fill only: the books
             # balance when every such one-fill trade is paired with one liquidation fill.

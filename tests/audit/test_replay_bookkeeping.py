@@ -1,0 +1,104 @@
+"""What ``LogReplay.feed`` keeps beside the fold, by the kind of input: fills by trade, liquidation
+fills, the unmatched count, the last change of every mark (and settlement) price."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from clearing.audit.replay import LogReplay, _input_kind
+from clearing.domain import events as ev
+from clearing.domain.messages import Deposit, Fill, Funding, LiquidationFill, Mark, Settlement
+from tests.audit.test_conservation_samples import leg, rows
+from tests.domain.test_fold import T0, Book, deposit, mark
+from tests.domain.test_lifecycle import counterpart, liquidation_fill
+
+
+def market() -> Book:
+    book = Book()
+    book.feed(deposit("A", "1000", "dA"))
+    book.feed(deposit("B", "100000", "dB"))
+    book.feed(deposit("C", "100000", "dC"))
+    book.feed(leg("t1", "A", "buy", "1", "10000"))
+    book.feed(leg("t1", "B", "sell", "1.0", "10000"))
+    orders = [d for d in book.feed(mark("BTCUSDT", "9000")) if d.type == ev.LIQUIDATION_ORDER_ISSUED]
+    assert orders
+    book.feed(liquidation_fill(orders[0], "9000"))
+    book.feed(counterpart(orders[0], "9000", account="B"))
+    book.feed(leg("t2", "C", "buy", "2", "9100"))
+    book.feed(mark("ETHUSDT", "3000"))
+    return book
+
+
+def position(book: Book, event_type: str, **payload: str) -> int:
+    found = [
+        p
+        for p, event in enumerate(book.log, 1)
+        if event.type == event_type and all(event.payload.get(k) == v for k, v in payload.items())
+    ]
+    assert len(found) == 1, (event_type, payload, found)
+    return found[0]
+
+
+def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
+    book = market()
+    replay = LogReplay(decide=True)
+    for row in rows(book):
+        replay.feed(row)
+    replay.finish()
+    assert replay.determinism_mismatches == 0
+
+    t1a = position(book, "FillRecorded", fill_id="t1-A")
+    t1b = position(book, "FillRecorded", fill_id="t1-B")
+    t2 = position(book, "FillRecorded", fill_id="t2-C")
+    market_side = position(book, "FillRecorded", fill_id="LC-1")
+    liquidation = position(book, "LiquidationFillRecorded")
+    side = book.log[liquidation - 1].payload["side"]
+    quantity = book.log[liquidation - 1].payload["quantity"]
+    assert replay.fills["t1"] == [
+        (t1a, "A", "BTCUSDT", "buy", "1", "10000"),
+        (t1b, "B", "BTCUSDT", "sell", "1", "10000"),  # decoded "1.0" is logged as "1"
+    ]
+    assert replay.fills["t2"] == [(t2, "C", "BTCUSDT", "buy", "2", "9100")]
+    assert [entries[0][0] for entries in replay.fills.values()] == sorted(
+        entries[0][0] for entries in replay.fills.values()
+    )  # trades in the order of their first fill
+    market_trade = book.log[market_side - 1].payload["trade_id"]
+    assert list(replay.fills) == ["t1", market_trade, "t2"]
+    assert replay.fills[market_trade] == [(market_side, "B", "BTCUSDT", "buy" if side == "sell" else "sell", quantity,
+                                           "9000")]
+    assert replay.liquidation_fills == [(liquidation, "A", "BTCUSDT", side, quantity, "9000")]
+    # The liquidation fill and its market side match; t2 waits for its other side.
+    assert replay.unmatched == {("BTCUSDT", 2, 9100): 1}
+
+    track = replay.shards[0]
+    assert track.mark_change == {
+        "BTCUSDT": position(book, "MarkRecorded", symbol="BTCUSDT"),
+        "ETHUSDT": position(book, "MarkRecorded", symbol="ETHUSDT"),
+    }
+    # Only the lone t2 fill lacks its other side.
+    findings = replay.counterpart_findings()
+    assert [f.position for f in findings] == [t2]
+
+
+def test_without_the_fill_check_marks_are_still_tracked_and_fills_are_not() -> None:
+    book = market()
+    replay = LogReplay(decide=False, check_fills=False)
+    for row in rows(book):
+        replay.feed(row)
+    replay.finish()
+    assert replay.fills == {} and replay.liquidation_fills == [] and replay.unmatched == {}
+    assert replay.shards[0].mark_change["ETHUSDT"] == position(book, "MarkRecorded", symbol="ETHUSDT")
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [(Fill, "fill"), (LiquidationFill, "liquidation fill"), (Mark, "mark"), (Settlement, "mark"),
+     (Funding, "other"), (Deposit, "other")],
+)
+def test_every_input_class_has_the_kind_its_isinstance_tests_give(model: Any, kind: str) -> None:
+    built = model.model_construct(symbol="BTCUSDT", price=Decimal(1), occurred_at=T0)
+    assert _input_kind(built) == kind
+    assert _input_kind(built) == kind  # remembered
