@@ -28,6 +28,9 @@ POLL_TIMEOUT_MS = 100
 # the batch's latency (and the log lock held that long) while catching up; a ledger that keeps up
 # takes what has arrived, far less than this.
 BATCH_RECORDS_MAX = 10_000
+# Poll timeout while a batch is committing: its result (stats, the outbox relay's wake-up) waits
+# for the poll, so a ledger that is not catching up does not hold it back for a full timeout.
+COMMITTING_POLL_TIMEOUT_MS = 20
 FAILURE_BACKOFF_S = 1.0
 FAILURE_BACKOFF_MAX_S = 30.0
 
@@ -86,34 +89,72 @@ def run(
     if relay is not None:
         relay.start()
     backoff = FAILURE_BACKOFF_S
+
+    def finished() -> bool:
+        """Take the result of the batch in flight; False when it failed (the ledger has been
+        reloaded and the source re-assigned: records polled meanwhile are to be dropped)."""
+        nonlocal backoff
+        try:
+            result = ledger.finish()
+        except Exception:
+            failed()
+            return False
+        if result is not None:
+            backoff = FAILURE_BACKOFF_S
+            committed(result)
+        return True
+
+    def committed(result: BatchResult) -> None:
+        stats.add(result)
+        if relay is not None and result.records:
+            relay.wake()
+        if on_batch is not None:
+            on_batch(result, stats)
+
+    def failed() -> None:
+        # A failed batch committed nothing. Reload the state from the log and re-read from the
+        # stored offsets, after a bounded back-off.
+        nonlocal backoff
+        stats.failures += 1
+        logger.exception("batch failed; reloading from the log in %.1f s", backoff)
+        stop.wait(backoff)
+        backoff = min(backoff * 2, FAILURE_BACKOFF_MAX_S)
+        ledger.load()
+        source.assign(ledger.stored_offsets(), broker_instance)
+
     try:
         while not stop.is_set():
-            records = source.poll(poll_timeout_ms, batch_records_max)
-            if not records:
+            # Batch N commits on the ledger's commit thread while this one polls and decodes
+            # batch N+1 (work on the records alone); N+1 is folded only once N has committed,
+            # so its positions follow N's and its log-head check sees N's rows. If N fails,
+            # N+1 is dropped with it and read again from the stored offsets.
+            committing = ledger.committing
+            records = source.poll(
+                min(poll_timeout_ms, COMMITTING_POLL_TIMEOUT_MS) if committing else poll_timeout_ms, batch_records_max
+            )
+            batch = ledger.prepare(records) if records else None
+            if committing and not finished():
+                continue
+            if batch is None:
                 continue
             try:
-                result = ledger.process(records, broker_instance=broker_instance)
+                ledger.begin(batch, broker_instance=broker_instance)
             except LogHeadMismatch as error:
                 # Another writer appends to this shard: retrying would only take turns with it.
                 raise LedgerBrokenError(f"{error}; stopping: one writer per shard") from error
             except Exception:
-                # A failed batch committed nothing. Reload the state from the log and re-read
-                # from the stored offsets, after a bounded back-off.
-                stats.failures += 1
-                logger.exception("batch failed; reloading from the log in %.1f s", backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, FAILURE_BACKOFF_MAX_S)
-                ledger.load()
-                source.assign(ledger.stored_offsets(), broker_instance)
-                continue
-            backoff = FAILURE_BACKOFF_S
-            stats.add(result)
-            if relay is not None and result.records:
-                relay.wake()
-            if on_batch is not None:
-                on_batch(result, stats)
+                failed()
     finally:
-        if relay is not None:
-            relay.stop()
-        source.close()
+        try:
+            # A stop (or an error) lets the batch in flight commit, and counts it.
+            last = ledger.finish()
+            if last is not None:
+                committed(last)
+        except Exception:
+            stats.failures += 1
+            logger.exception("the last batch failed to commit")
+        finally:
+            if relay is not None:
+                relay.stop()
+            source.close()
     return stats

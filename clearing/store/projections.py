@@ -24,14 +24,25 @@ MARGIN_COLUMNS = ("equity", "initial_margin", "maintenance_margin", "margin_rati
 
 
 def upsert(
-    conn: sa.Connection, table: str, key: tuple[str, ...], columns: tuple[str, ...], rows: list[dict[str, Any]]
+    conn: sa.Connection,
+    table: str,
+    key: tuple[str, ...],
+    columns: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    *,
+    deferred: dict[str, str] | None = None,
 ) -> None:
     """Insert or update ``rows`` (dicts with the key, the columns and ``as_of``) in ``table``.
 
     Why COPY into a staging table and one INSERT ... SELECT ... ON CONFLICT, rather than an
     upsert statement per row: a batch rewrites the rows of every account it touched, thousands of
     them, and this is several times faster. The staging table is temporary, per connection, and
-    emptied at every commit. Table and column names are this module's constants, never input."""
+    emptied at every commit. Table and column names are this module's constants, never input.
+
+    ``deferred``: the rows are staged now, and the INSERT ... SELECT that applies them is left in
+    ``deferred[table]`` for the caller to run later in the same transaction (the ledger runs it
+    with the commit, off its main thread); the commit then empties the staging table. A table is
+    deferred at most once per transaction: a second staging would apply the first rows twice."""
     if not rows:
         return
     staging = f"staging_{table}"
@@ -40,16 +51,20 @@ def upsert(
     updates = ", ".join(f"{name} = excluded.{name}" for name in (*columns, "as_of_position"))
     driver: Any = conn.connection.driver_connection
     cursor = driver.cursor()
-    cursor.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
+    if deferred is not None and table in deferred:
+        raise RuntimeError(f"{table}: staged twice in one transaction")
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     fields = (*key, *columns, "as_of")
     with cursor.copy(f"COPY {staging} ({listed}) FROM STDIN") as copy:
         copy.write("".join([copytext.line([row[name] for name in fields]) for row in rows]))
-    cursor.execute(
+    apply = (
         f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {staging} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
+    if deferred is not None:
+        deferred[table] = apply
+        return
+    cursor.execute(apply)
     cursor.execute(f"DELETE FROM {staging}")
 
 
@@ -111,14 +126,18 @@ def write(
     *,
     decisions: Iterable[tuple[int, str, dict[str, Any], Any]] = (),
     suffix: str = "",
+    deferred: dict[str, str] | None = None,
 ) -> None:
     """Upsert the rows of the given accounts and marks into the projection tables, and record the
-    batch's margin calls and liquidations (``suffix`` names the shadow tables of a rebuild)."""
+    batch's margin calls and liquidations (``suffix`` names the shadow tables of a rebuild;
+    ``deferred``: see ``upsert``)."""
     accounts = list(accounts)
-    write_margin(conn, state, accounts, as_of, suffix=suffix)
+    write_margin(conn, state, accounts, as_of, suffix=suffix, deferred=deferred)
     write_decisions(conn, decisions, suffix=suffix)
-    upsert(conn, "balances" + suffix, BALANCE_KEY, BALANCE_COLUMNS, balance_rows(state, accounts, as_of))
-    upsert(conn, "positions" + suffix, POSITION_KEY, POSITION_COLUMNS, position_rows(state, accounts, as_of))
+    balances = balance_rows(state, accounts, as_of)
+    upsert(conn, "balances" + suffix, BALANCE_KEY, BALANCE_COLUMNS, balances, deferred=deferred)
+    positions = position_rows(state, accounts, as_of)
+    upsert(conn, "positions" + suffix, POSITION_KEY, POSITION_COLUMNS, positions, deferred=deferred)
     marks = mark_rows(state, symbols, as_of)
     if marks:
         conn.execute(
@@ -166,9 +185,16 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
 
 
 def write_margin(
-    conn: sa.Connection, state: LedgerState, accounts: Iterable[str], as_of: int, *, suffix: str = ""
+    conn: sa.Connection,
+    state: LedgerState,
+    accounts: Iterable[str],
+    as_of: int,
+    *,
+    suffix: str = "",
+    deferred: dict[str, str] | None = None,
 ) -> None:
-    upsert(conn, "margin_state" + suffix, MARGIN_KEY, MARGIN_COLUMNS, margin_rows(state, accounts, as_of))
+    rows = margin_rows(state, accounts, as_of)
+    upsert(conn, "margin_state" + suffix, MARGIN_KEY, MARGIN_COLUMNS, rows, deferred=deferred)
 
 
 def write_decisions(

@@ -43,12 +43,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # With funding every 20 steps: the two fills of a trade arrive on different partitions, so funding
 # is folded between them at times (test_funding_between_the_fills_of_a_trade pins that case).
 SCENARIO = Scenario(seed=11, accounts=40, trades=2_000, steps=100, funding_every_steps=20)
-KILL_AT = (0.10, 0.40, 0.70)  # fractions of the produced messages in the log when a kill lands
+IN_COMMIT = -1.0
+# When the kills land: once these fractions of the produced messages are in the log, or
+# (IN_COMMIT) while a batch is committing on the ledger's commit thread.
+KILL_AT = (0.10, IN_COMMIT, 0.40, 0.70)
 CHUNK = 40  # messages the producer sends at a time, so the ledger ingests in many small batches
 CHUNK_PAUSE_S = 0.1  # pacing of the producer (an input rate over ~12 s, longer than a restart)
 WAIT_S = 90.0
 POLL_S = 0.01
 INPUT_EVENTS = "SELECT count(*) FROM events WHERE source_topic IS NOT NULL"
+# A session of the ledger blocked in the projection statements its commit thread runs with the
+# commit (a batch folded and written, its next one being read meanwhile).
+COMMITTING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
+    "AND query LIKE '%INSERT INTO balances%staging_balances%'"
+)
 CLEARING = Path(sys.executable).with_name("clearing")
 
 
@@ -111,17 +120,29 @@ def test_sigkill_while_ingesting_loses_and_duplicates_nothing(
     process = _start(env, tmp_path, 0)
     try:
         producer_thread.start()
-        for run, fraction in enumerate(KILL_AT):
-            threshold = int(total * fraction)
-            _wait(
-                lambda t=threshold: count(owner_engine, INPUT_EVENTS) >= t,
-                f"{threshold} events",
-                process,
-                tmp_path,
-                run,
-            )
-            process.send_signal(signal.SIGKILL)
-            process.wait(30)
+        for run, when in enumerate(KILL_AT):
+            if when == IN_COMMIT:
+                # The batch's deferred projection statements, run by the ledger's commit thread
+                # with the commit, wait for a lock the test holds (the next batch being read and
+                # decoded meanwhile): the kill lands with a batch written and not committed.
+                with owner_engine.connect() as blocker:
+                    blocking = blocker.begin()
+                    blocker.execute(sa.text("LOCK TABLE balances IN SHARE ROW EXCLUSIVE MODE"))
+                    _wait(lambda: count(owner_engine, COMMITTING) > 0, "a batch committing", process, tmp_path, run)
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(30)
+                    blocking.rollback()
+            else:
+                threshold = int(total * when)
+                _wait(
+                    lambda t=threshold: count(owner_engine, INPUT_EVENTS) >= t,
+                    f"{threshold} events",
+                    process,
+                    tmp_path,
+                    run,
+                )
+                process.send_signal(signal.SIGKILL)
+                process.wait(30)
             kills.append(count(owner_engine, INPUT_EVENTS))
             process = _start(env, tmp_path, run + 1)
         producer_thread.join(WAIT_S)
