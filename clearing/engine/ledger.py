@@ -420,28 +420,41 @@ def in_event_time_order(
     the exchange produced them in, while never reordering a partition: Kafka's order within a
     partition is the one order the producer guarantees. A record that could not be decoded keeps
     its place behind its partition's previous record."""
+    if _already_in_order(decoded):
+        return decoded
     by_partition: dict[tuple[str, int], list[tuple[tuple[Any, ...], tuple[RawRecord, InputMessage | None, str | None]]]]
     by_partition = {}
     floor = datetime.min.replace(tzinfo=UTC)
     last: dict[tuple[str, int], datetime] = {}
-    previous: tuple[Any, ...] | None = None
-    in_order = True
     for item in decoded:
         record, message = item[0], item[1]
         where = (record.topic, record.partition)
         at = message.occurred_at if message is not None else last.get(where, floor)
         last[where] = at
         key = (at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
-        if in_order and previous is not None and not previous < key:
-            in_order = False
-        previous = key
         by_partition.setdefault(where, []).append((key, item))
-    # Keys are unique (topic, partition, offset), so a batch already in key order (the Kafka
-    # adapter merges by event time before it hands records over) is the merge's output as is.
-    if in_order or len(by_partition) <= 1:
+    if len(by_partition) <= 1:
         return decoded
     merged = heapq.merge(*by_partition.values(), key=lambda keyed: keyed[0])
     return [item for _, item in merged]
+
+
+def _already_in_order(decoded: list[tuple[RawRecord, InputMessage | None, str | None]]) -> bool:
+    """Whether every record's merge key is above the one before it: the batch is the merge's
+    output as is (keys are unique, by (topic, partition, offset)). The Kafka adapter merges by
+    event time before it hands records over, so this is the common case, checked here without
+    the merge's grouping. A record that could not be decoded takes the slow way (its key is its
+    partition's previous time)."""
+    kinds = _KIND_ORDER
+    previous: tuple[Any, ...] | None = None
+    for record, message, _ in decoded:
+        if message is None:
+            return False
+        key = (message.occurred_at, kinds.get(record.kind, 9), record.topic, record.partition, record.offset)
+        if previous is not None and not previous < key:
+            return False
+        previous = key
+    return True
 
 
 def _loads(text: str) -> dict[str, Any]:
