@@ -257,7 +257,7 @@ def classify(
     warning_ratio; else ``healthy`` (also without open positions, whatever the equity: a debt
     with nothing to liquidate is the default waterfall's business, not a margin call's). The
     lifecycle (deadlines, hysteresis with resolve_ratio) is built on this elsewhere."""
-    ratio = round_ratio(divide(maintenance, equity)) if equity > 0 and maintenance > 0 else None
+    ratio: Decimal | None = round_ratio(divide(maintenance, equity)) if equity > 0 and maintenance > 0 else None
     if not open_positions:
         return ratio, HEALTHY
     if equity < 0:

@@ -5,13 +5,16 @@ disabled), the last row deleted, an engine that decides differently, a fill with
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from clearing.audit.verify import verify
-from clearing.domain import lifecycle
+from clearing.domain.native import PURE_ENV
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration]
@@ -71,24 +74,41 @@ def test_a_deleted_last_row_is_found_by_the_tables_written_with_it(owner: sa.Eng
     assert f"ends at position {head - 1}" in (found["log_tail"].problem or "")
 
 
-def test_a_changed_engine_is_caught_by_replay_determinism(
-    owner: sa.Engine,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    original = lifecycle._call_payload
+# A "harmless" change of one figure of every margin call, made to the engine's source modules in a
+# process that imports them from source: compiled, they call one another directly, and patching a
+# module's attribute would change nothing (clearing/domain/native.py).
+DRIFTING_ENGINE = """
+import json, sys
+from clearing.domain import lifecycle
+original = lifecycle._call_payload
+def drifting(*args, **kwargs):
+    payload = original(*args, **kwargs)
+    payload["shortfall"] = "0.00000001"
+    return payload
+lifecycle._call_payload = drifting
+from clearing.audit.verify import verify
+from clearing.store.db import make_engine
+checks = {check.name: check for check in verify(make_engine(sys.argv[1])).checks}
+print(json.dumps({name: [c.ok, c.first_bad_position, c.problem] for name, c in checks.items()}))
+"""
 
-    def drifting(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        payload = original(*args, **kwargs)
-        payload["shortfall"] = "0.00000001"  # a "harmless" change of one figure
-        return payload
 
-    monkeypatch.setattr(lifecycle, "_call_payload", drifting)
+def test_a_changed_engine_is_caught_by_replay_determinism(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
+    done = subprocess.run(
+        [sys.executable, "-c", DRIFTING_ENGINE, market_url],
+        env={**os.environ, PURE_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
     first_call = position_of(owner, "SELECT min(position) FROM events WHERE type = 'MarginCallIssued'")
-    found = checks(owner)
-    assert found["hash_chain"].ok
-    assert not found["replay_determinism"].ok
-    assert found["replay_determinism"].first_bad_position == first_call
-    assert "differs" in (found["replay_determinism"].problem or "")
+    assert found["hash_chain"][0]
+    ok, first_bad, problem = found["replay_determinism"]
+    assert not ok
+    assert first_bad == first_call
+    assert "differs" in (problem or "")
 
 
 def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engine) -> None:  # noqa: F811

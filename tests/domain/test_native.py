@@ -1,0 +1,83 @@
+"""The compiled domain (clearing/domain/native.py): used where it was built and is up to date,
+and otherwise the same modules from source, all of them."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clearing.domain
+from clearing.domain import fold
+from clearing.domain.native import COMPILED, MANIFEST, PURE_ENV, why_not_compiled, write_manifest
+
+DOMAIN = Path(clearing.domain.__file__).resolve().parent
+BUILT = any((DOMAIN / f"fold{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def test_the_manifest_names_each_source_changed_since_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PURE_ENV, raising=False)
+    for name in COMPILED:
+        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
+    assert why_not_compiled(tmp_path) == "there is no compiled build"
+    write_manifest(tmp_path, tmp_path)
+    assert why_not_compiled(tmp_path) is None
+    (tmp_path / "margin.py").write_text("# margin, edited\n")
+    (tmp_path / "fold.py").write_text("# fold, edited\n")
+    assert why_not_compiled(tmp_path) == "fold.py, margin.py changed since the compiled build"
+    (tmp_path / MANIFEST).write_text("{not json")
+    assert why_not_compiled(tmp_path) == f"{MANIFEST} is unreadable"
+    monkeypatch.setenv(PURE_ENV, "1")
+    assert why_not_compiled(tmp_path) == f"{PURE_ENV} is set"
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get(PURE_ENV)) or not (shutil.which("cc") or shutil.which("gcc")),
+    reason="built from source only (CLEARING_PURE_PYTHON, or no C compiler)",
+)
+def test_the_installed_domain_is_compiled_and_in_use() -> None:
+    # A build that fell back to source silently would pass every other test, slower.
+    assert clearing.domain.COMPILED_IN_USE, clearing.domain.NOT_COMPILED_BECAUSE
+    assert Path(fold.__file__ or "").suffix == ".so"
+
+
+def _import_in(root: Path, env: dict[str, str]) -> list[str]:
+    """The files the compiled modules are imported from, and the warnings, in a fresh process."""
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "import importlib\n"
+        f"for name in {COMPILED!r}:\n"
+        "    print(importlib.import_module('clearing.domain.' + name).__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    return done.stdout.splitlines() + [line for line in done.stderr.splitlines() if "Warning" in line]
+
+
+@pytest.mark.skipif(not BUILT, reason="no compiled build here")
+def test_an_edited_source_is_imported_from_source_with_all_the_others(tmp_path: Path) -> None:
+    # A copy of the package with its compiled build (and mypyc's shared library beside it).
+    shutil.copytree(DOMAIN.parent, tmp_path / "clearing", ignore=shutil.ignore_patterns("__pycache__"))
+    for shared in DOMAIN.parent.parent.glob("*__mypyc*"):
+        shutil.copy(shared, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    lines = _import_in(tmp_path, env)
+    assert all(line.endswith(".so") for line in lines[: len(COMPILED)]), lines
+
+    with (tmp_path / "clearing" / "domain" / "lifecycle.py").open("a") as source:
+        source.write("\n# edited after the build\n")
+    lines = _import_in(tmp_path, env)
+    assert [Path(line).name for line in lines[: len(COMPILED)]] == [f"{name}.py" for name in COMPILED]
+    assert any("lifecycle.py changed since the compiled build" in line for line in lines[len(COMPILED):]), lines
+
+    lines = _import_in(tmp_path, {**env, PURE_ENV: "1"})
+    assert [Path(line).name for line in lines] == [f"{name}.py" for name in COMPILED]  # and no warning
