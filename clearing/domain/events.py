@@ -158,8 +158,9 @@ _DECIMAL_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
     LiquidationFill: ("quantity", "price"),
     RiskParametersMessage: (),
 }
-_DEFAULTS: Final[dict[type[Message], tuple[tuple[str, Any], ...]]] = {
-    model: tuple((name, info.default) for name, info in model.model_fields.items() if not info.is_required())
+# Every field in declaration order: its default, or None when required (a logged payload has it).
+_TEMPLATES: Final[dict[type[Message], dict[str, Any]]] = {
+    model: {name: None if info.is_required() else info.default for name, info in model.model_fields.items()}
     for model in _DECIMAL_FIELDS
 }
 
@@ -172,21 +173,18 @@ def trusted_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
     profiled). ``message_of`` validates, for payloads from anywhere else. A test checks that both
     give equal messages for every input type."""
     model = MODEL_BY_EVENT_TYPE[event_type]
-    values = dict(payload)
+    values = {**_TEMPLATES[model], **payload}
     for name in _DECIMAL_FIELDS[model]:
-        value = values.get(name)
+        value = values[name]
         if value is not None:
             values[name] = Decimal(value)
     values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
     # What ``model_construct`` does for a model without validators, aliases or private
-    # attributes, minus its per-call introspection.
+    # attributes, minus its per-call introspection: the fields in declaration order, defaults
+    # for those not given.
     message = model.__new__(model)
-    fields_set = set(values)
-    for name, default in _DEFAULTS[model]:
-        if name not in values:
-            values[name] = default
     object.__setattr__(message, "__dict__", values)
-    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(message, "__pydantic_fields_set__", set(payload))
     object.__setattr__(message, "__pydantic_extra__", None)
     object.__setattr__(message, "__pydantic_private__", None)
     return message  # type: ignore[return-value]
