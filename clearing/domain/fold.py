@@ -130,6 +130,11 @@ def _first_line(error: Exception) -> str:
 def apply(state: LedgerState, event_type: str, message: InputMessage | None, payload: dict[str, Any]) -> None:
     """Fold one event. Input events come with their typed ``message``; decisions with ``None``
     and act on their ``payload``."""
+    _apply(state, event_type, message, payload)
+
+
+def _apply(state: LedgerState, event_type: str, message: InputMessage | None, payload: dict[str, Any]) -> None:
+    """``apply`` for callers already under the ledger context (``step``, a decision's ``emit``)."""
     if message is not None:
         _APPLY_INPUT[type(message)](state, message)
     else:
@@ -327,7 +332,7 @@ def step(state: LedgerState, message: InputMessage, position: int, shard: int = 
     outer = state.touched
     state.touched = set()
     try:
-        apply(state, event_type, message, {})
+        _apply(state, event_type, message, {})
         return _decide(state, message, position, shard, set(state.touched))
     finally:
         outer |= state.touched
@@ -346,7 +351,7 @@ def _decide(state: LedgerState, message: InputMessage, position: int, shard: int
             idempotency_key=ev.decision_key(shard, position, len(keyed)),
             cause_position=position,
         )
-        apply(state, decision.type, None, decision.payload)
+        _apply(state, decision.type, None, decision.payload)
         keyed.append(keyed_decision)
 
     lifecycle.decide(state, message, position, emit, changed)
