@@ -195,9 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.spine:
-        from clearing.domain import lifecycle
+        # The ledger's step without the margin engine: the fold alone. Patched where the ledger
+        # looks it up (clearing.engine.ledger is plain Python; the compiled domain modules call
+        # one another directly, so patching lifecycle.decide would change nothing there).
+        from typing import Any
 
-        lifecycle.decide = lambda *_args, **_kwargs: None
+        from clearing.domain import events as ev
+        from clearing.domain import fold
+        from clearing.engine import ledger as ledger_module
+
+        def fold_only(state: Any, message: Any, position: int, shard: int = 0) -> list[Any]:
+            fold.apply(state, ev.INPUT_EVENT_TYPES[message.type][0], message, {})
+            return []
+
+        ledger_module.step = fold_only  # type: ignore[attr-defined]
 
     temp_home = None
     if "CLEARING_HOME" not in os.environ:
@@ -209,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upgrade(services.database_url)
         ensure_topics(services.kafka_bootstrap, prefix)
+        import clearing.domain
+
+        why = clearing.domain.NOT_COMPILED_BECAUSE
+        print(f"domain: {'compiled (mypyc)' if why is None else 'from source: ' + why}")
         print(f"producing {args.events} messages to {services.kafka_bootstrap} (prefix {prefix}) ...", flush=True)
         payloads, ends, produce_s = produce(services.kafka_bootstrap, prefix, args.events)
         n = len(payloads)

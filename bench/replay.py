@@ -103,6 +103,10 @@ def main() -> int:
     import os
 
     jobs = args.jobs or os.cpu_count() or 1
+    import clearing.domain
+
+    why = clearing.domain.NOT_COMPILED_BECAUSE
+    print(f"domain: {'compiled (mypyc)' if why is None else 'from source: ' + why}")
 
     server = None
     parent = None
