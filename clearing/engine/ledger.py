@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -162,11 +162,19 @@ class Ledger:
             decoded.append((record, message, ev.idempotency_key(message, self.shard)))
         return PreparedBatch(len(records), in_event_time_order(decoded), dead, started)
 
-    def begin(self, batch: PreparedBatch, *, broker_instance: str | None = None) -> None:
+    def begin(
+        self,
+        batch: PreparedBatch,
+        *,
+        broker_instance: str | None = None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Fold ``batch`` and write it in a transaction, up to what only PostgreSQL has left to do
         (applying the staged projection rows, the commit): that runs on a thread of its own while
         the caller prepares the next batch. ``finish`` waits for it. Until then the state and the
-        head are the batch's, not yet committed: nothing else may read or fold them."""
+        head are the batch's, not yet committed: nothing else may read or fold them.
+        ``on_commit`` is called on the commit thread as soon as the transaction has committed
+        (the outbox relay's wake-up: decisions go out without waiting for ``finish``)."""
         if self._pending is not None:
             raise LedgerBrokenError("the previous batch is still being committed: call finish() first")
         if self.needs_reload:
@@ -186,7 +194,7 @@ class Ledger:
             raise
         result.dead_letters = len(dead)
         result.last_position = position
-        pending = _PendingCommit(result, batch.started)
+        pending = _PendingCommit(result, batch.started, on_commit)
         pending.thread = threading.Thread(
             target=_commit, args=(conn, transaction, deferred, pending), name=f"ledger-{self.shard}-commit"
         )
@@ -367,6 +375,7 @@ class PreparedBatch:
 class _PendingCommit:
     result: BatchResult
     started: float
+    on_commit: Callable[[], None] | None
     thread: threading.Thread = field(init=False)
     error: BaseException | None = None
 
@@ -386,11 +395,17 @@ def _commit(
         transaction.commit()
     except BaseException as error:  # handed to finish(), which raises it in the ledger's thread
         pending.error = error
+        return
     finally:
         try:
             conn.close()
         except Exception:
             logger.exception("closing the batch's connection failed")
+    if pending.on_commit is not None:
+        try:
+            pending.on_commit()
+        except Exception:  # the batch is committed whatever a callback does
+            logger.exception("the batch committed, but its on_commit callback failed")
 
 
 def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:

@@ -106,8 +106,6 @@ def run(
 
     def committed(result: BatchResult) -> None:
         stats.add(result)
-        if relay is not None and result.records:
-            relay.wake()
         if on_batch is not None:
             on_batch(result, stats)
 
@@ -138,7 +136,8 @@ def run(
             if batch is None:
                 continue
             try:
-                ledger.begin(batch, broker_instance=broker_instance)
+                # The relay is woken on the commit thread, as soon as the batch has committed.
+                ledger.begin(batch, broker_instance=broker_instance, on_commit=None if relay is None else relay.wake)
             except LogHeadMismatch as error:
                 # Another writer appends to this shard: retrying would only take turns with it.
                 raise LedgerBrokenError(f"{error}; stopping: one writer per shard") from error

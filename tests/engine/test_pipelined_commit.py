@@ -115,3 +115,30 @@ def test_a_commit_failing_on_the_commit_thread_drops_the_batch_read_meanwhile(
     # The last batch, handed over as the run was asked to stop, committed before run returned.
     assert stored == [len(records)]
     assert ledger.head.shard_position == len(records)
+
+
+def test_on_commit_runs_on_the_commit_thread_once_committed_and_not_for_a_failed_commit(engine: sa.Engine) -> None:
+    # The runner wakes the outbox relay this way: decisions go out when their batch commits, not
+    # once the next batch has been read and decoded.
+    ledger = Ledger(engine, topic_prefix="x.")
+    ledger.load()
+    seen: list[int] = []
+    called = threading.Event()
+
+    def on_commit() -> None:
+        with engine.connect() as conn:  # another connection: what it sees is committed
+            seen.append(conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one())
+        called.set()
+
+    ledger.begin(ledger.prepare([deposit(offset) for offset in range(3)]), on_commit=on_commit)
+    assert called.wait(30)
+    assert seen == [3]
+    assert ledger.committing  # finish() not called yet
+    assert ledger.finish() is not None
+
+    called.clear()
+    ledger.begin(ledger.prepare([deposit(12)]), on_commit=on_commit)  # POISON: fails at COMMIT
+    with pytest.raises(sa.exc.DBAPIError, match="injected commit failure"):
+        ledger.finish()
+    assert not called.is_set()
+    assert seen == [3]
