@@ -23,7 +23,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
-from clearing.engine.ledger import RawRecord
+from clearing.engine.ledger import KIND_ORDER, RawRecord
 from clearing.engine.outputs import OUTPUT_TOPICS
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ METADATA_WAIT_MS = 10_000
 
 
 _EVENT_TIME = re.compile(rb'"occurred_at"\s*:\s*"([^"]{1,64})"')
-_KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
@@ -113,7 +112,7 @@ class EventTimeMerge:
         for partition, buffer in self.buffers.items():
             if buffer:
                 at, record = buffer[0]
-                heads.append((at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition))
+                heads.append((at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition))
         heapq.heapify(heads)
         out: list[RawRecord] = []
         while heads and len(out) < records_max:
@@ -125,7 +124,7 @@ class EventTimeMerge:
             if buffer:
                 next_at, record = buffer[0]
                 heapq.heapreplace(
-                    heads, (next_at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition)
+                    heads, (next_at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition)
                 )
             else:
                 heapq.heappop(heads)

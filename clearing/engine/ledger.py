@@ -420,8 +420,9 @@ def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
     return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
-# At equal event times: parameters, then collateral, then prices, then trades.
-_KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
+# At equal event times: parameters, then collateral, then prices, then trades. The Kafka adapter
+# (consumers/kafka_input.py) merges its partitions with the same key, so batches arrive in this order.
+KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
 
 
 def in_event_time_order(
@@ -446,7 +447,7 @@ def in_event_time_order(
         where = (record.topic, record.partition)
         at = message.occurred_at if message is not None else last.get(where, floor)
         last[where] = at
-        key = (at, _KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
+        key = (at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
         by_partition.setdefault(where, []).append((key, item))
     if len(by_partition) <= 1:
         return decoded
@@ -460,7 +461,7 @@ def _already_in_order(decoded: list[tuple[RawRecord, InputMessage | None, str | 
     event time before it hands records over, so this is the common case, checked here without
     the merge's grouping. A record that could not be decoded takes the slow way (its key is its
     partition's previous time)."""
-    kinds = _KIND_ORDER
+    kinds = KIND_ORDER
     previous: tuple[Any, ...] | None = None
     for record, message, _ in decoded:
         if message is None:
