@@ -41,7 +41,6 @@ from clearing.domain import fold
 from clearing.domain.fold import conservation
 from clearing.domain.messages import (
     Fill,
-    InputMessage,
     LiquidationFill,
     Mark,
     Settlement,
@@ -189,24 +188,11 @@ def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:
     return Finding(position, f"the books do not balance after position {position}: {text}")
 
 
-# What ``feed`` does with an input message beside the fold, by its class (``_input_kind``).
+# What ``feed`` does with an input message beside the fold, by its class (an exact class: replays
+# build messages with ``ev.trusted_message``; a table lookup, where isinstance tests against
+# unions of pydantic models cost more than the rest of ``feed``'s bookkeeping for the event).
 _FILL, _LIQUIDATION_FILL, _MARK, _OTHER = "fill", "liquidation fill", "mark", "other"
-_INPUT_KINDS: dict[type, str] = {}
-
-
-def _input_kind(message: InputMessage) -> str:
-    """The kind of ``message``'s class, remembered: an isinstance test against a union of
-    pydantic models costs more than the rest of ``feed``'s bookkeeping for the event."""
-    if isinstance(message, Fill):
-        kind = _FILL
-    elif isinstance(message, LiquidationFill):
-        kind = _LIQUIDATION_FILL
-    elif isinstance(message, Mark | Settlement):
-        kind = _MARK
-    else:
-        kind = _OTHER
-    _INPUT_KINDS[type(message)] = kind
-    return kind
+_INPUT_KINDS: dict[type, str] = {Fill: _FILL, LiquidationFill: _LIQUIDATION_FILL, Mark: _MARK, Settlement: _MARK}
 
 
 class LogReplay:
@@ -301,9 +287,7 @@ class LogReplay:
                 last = position
             if event_type == "LiquidationFillRecorded":
                 self.margin_events.append((position, event_type, payload, row[4]))
-            kind = _INPUT_KINDS.get(type(message))
-            if kind is None:
-                kind = _input_kind(message)
+            kind = _INPUT_KINDS.get(type(message), _OTHER)
             if kind is _MARK:
                 track.mark_change[cast("Mark | Settlement", message).symbol] = position
             elif kind is not _OTHER and self.check_fills:

@@ -219,15 +219,6 @@ def _driver(conn: sa.Connection) -> Any:
     return conn.connection.driver_connection
 
 
-def append(conn: sa.Connection, rows: Sequence[EventRow]) -> None:
-    """COPY the given event rows (all at once: ``EventStream`` sends them as they are built)."""
-    if not rows:
-        return
-    with streaming_append(conn) as stream:
-        for row in rows:
-            stream.add(row)
-
-
 class EventStream:
     """A batch's event rows on their way into an open COPY, sent in chunks as they are added.
 
@@ -242,17 +233,15 @@ class EventStream:
     a Z or an offset), bytea in hex, NULL as \\N. PostgreSQL parses them into the values the
     dumpers would have sent (a test reads rows back and compares)."""
 
-    __slots__ = ("_copy", "_lines", "rows")
+    __slots__ = ("_copy", "_lines")
 
     def __init__(self, copy: Any) -> None:
         self._copy = copy
         self._lines: list[str] = []
-        self.rows = 0
 
     def add(self, row: EventRow) -> None:
         lines = self._lines
         lines.append(_copy_line(row))
-        self.rows += 1
         if len(lines) >= EVENT_COPY_CHUNK_ROWS:
             self.flush()
 

@@ -71,7 +71,9 @@ def test_copied_rows_read_back_as_the_dumpers_wrote_them(database_url: str) -> N
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("CREATE TABLE reference_events (LIKE events INCLUDING DEFAULTS)"))
-            eventlog.append(conn, rows)
+            with eventlog.streaming_append(conn) as stream:
+                for row in rows:
+                    stream.add(row)
             cursor = conn.connection.driver_connection.cursor()
             with cursor.copy(f"COPY reference_events ({columns}) FROM STDIN") as copy:
                 copy.set_types(TYPES)

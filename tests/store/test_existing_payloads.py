@@ -31,8 +31,9 @@ def test_existing_payloads_finds_every_logged_key_and_no_other(database_url: str
         rows.append(head.row(position, event, canonical_json(payload), at))
     missing = [f"s0/transfer/{transfer_id}-not-logged" for transfer_id in ODD_IDS]
     try:
-        with engine.begin() as conn:
-            eventlog.append(conn, rows)
+        with engine.begin() as conn, eventlog.streaming_append(conn) as stream:
+            for row in rows:
+                stream.add(row)
         with engine.connect() as conn:
             found = eventlog.existing_payloads(conn, [*missing, *logged])
             none = eventlog.existing_payloads(conn, missing)
