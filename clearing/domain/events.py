@@ -25,6 +25,7 @@ from clearing.domain.messages import (
     RiskParametersMessage,
     Settlement,
     Withdrawal,
+    field_template,
     format_time,
 )
 
@@ -158,11 +159,7 @@ _DECIMAL_FIELDS: Final[dict[type[Message], tuple[str, ...]]] = {
     LiquidationFill: ("quantity", "price"),
     RiskParametersMessage: (),
 }
-# Every field in declaration order: its default, or None when required (a logged payload has it).
-_TEMPLATES: Final[dict[type[Message], dict[str, Any]]] = {
-    model: {name: None if info.is_required() else info.default for name, info in model.model_fields.items()}
-    for model in _DECIMAL_FIELDS
-}
+_TEMPLATES: Final[dict[type[Message], dict[str, Any]]] = {model: field_template(model) for model in _DECIMAL_FIELDS}
 
 
 def trusted_message(event_type: str, payload: dict[str, Any]) -> InputMessage:

@@ -331,12 +331,17 @@ def _fast_fields(model: type[Message], shapes: dict[str, tuple[int | frozenset[s
     return tuple(fields)
 
 
+def field_template(model: type[Message]) -> dict[str, Any]:
+    """Every field of ``model`` in declaration order: its default, or None when it is required.
+    A message built without validation (here, and ``events.trusted_message``) starts from it."""
+    return {name: None if info.is_required() else info.default for name, info in model.model_fields.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class _FastModel:
     """A model's ``FastField`` table grouped by shape, for ``_build``."""
 
     model: type[Message]
-    fields: tuple[FastField, ...]
     names: frozenset[str]
     required: frozenset[str]
     nullable: frozenset[str]
@@ -351,11 +356,10 @@ class _FastModel:
         fields = _fast_fields(model, shapes)
         return cls(
             model,
-            fields,
             frozenset(name for name, *_ in fields),
             frozenset(name for name, _, _, _, default in fields if default is _REQUIRED),
             frozenset(name for name, _, _, nullable, _ in fields if nullable),
-            {name: None if default is _REQUIRED else default for name, _, _, _, default in fields},
+            field_template(model),
             tuple(name for name, shape, *_ in fields if shape == _ID),
             tuple((name, literals) for name, shape, literals, *_ in fields if shape == _LITERAL),
             tuple((name, shape) for name, shape, *_ in fields if shape in _DECIMAL_SHAPES),
