@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clearing.embedded import Services, ensure_services, stop_services
 from clearing.engine.ledger import BatchResult
 from clearing.engine.runner import BATCH_RECORDS_MAX, RunStats
+from clearing.runtime import tune_gc
 from clearing.settings import Settings
 from clearing.simulate import Scenario, generate, publish
 from clearing.store.db import make_engine, upgrade
@@ -185,6 +186,7 @@ def ledger_end_to_end(
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_gc()  # as the clearing command does for its long jobs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="messages to produce (default 200000)")
     parser.add_argument("--profile", action="store_true", help="cProfile the ledger thread and print the top")

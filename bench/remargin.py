@@ -28,6 +28,7 @@ from clearing.domain import events as ev
 from clearing.domain import fold, lifecycle
 from clearing.domain.messages import Deposit, Fill, LiquidationFill, Mark
 from clearing.domain.state import LedgerState
+from clearing.runtime import tune_gc
 
 T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
 INSTRUMENT = "BTCUSDT"
@@ -137,6 +138,7 @@ def report(name: str, accounts: int, figures: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
+    tune_gc()  # as the clearing command does for its long jobs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--marks", type=int, default=500)

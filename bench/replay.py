@@ -45,6 +45,7 @@ from clearing.audit.replay import LogReplay, iter_log
 from clearing.audit.verify import verify
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS
+from clearing.runtime import tune_gc
 from clearing.simulate import Scenario, generate
 from clearing.store.db import make_engine, upgrade
 
@@ -93,6 +94,7 @@ def rate(n: int, seconds: float) -> str:
 
 
 def main() -> int:
+    tune_gc()  # as the clearing command does for its long jobs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--crash", action="store_true", help="a crash at 80%% of the steps (calls, liquidations)")

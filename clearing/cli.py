@@ -589,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from clearing.runtime import tune_gc
+
+    tune_gc()  # every command: the long ones (run, audit, rebuild) are why (clearing/runtime.py)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler: Handler = args.handler

@@ -68,6 +68,7 @@ from clearing.audit.replay import Finding, LogReplay, ShardTrack, imbalance_find
 from clearing.domain.state import LedgerState
 from clearing.engine.ledger import refresh_window
 from clearing.engine.snapshots import decode_state, state_bytes
+from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 
 PROGRESS_EVERY_EVENTS = 10_000  # a worker reports its count every this many events
@@ -175,6 +176,7 @@ _engines: dict[str, sa.Engine] = {}
 
 def _init_worker(progress_queue: Any) -> None:
     global _progress_queue
+    tune_gc()  # a spawned worker runs no command's main(): tune it as ``clearing`` does
     _progress_queue = progress_queue
 
 
