@@ -263,21 +263,34 @@ def decode(topic_kind: str, raw: bytes) -> InputMessage:
     directly (``_FAST_MODELS``). Anything else (a float, a big integer orjson would turn into one,
     an error of any kind, an unusual but valid spelling) goes the checked way, so every error is
     the checked path's error. Tests compare both paths on valid, odd and invalid messages."""
+    built = _decode_fast(topic_kind, raw)
+    return built[0] if built is not None else decode_checked(topic_kind, raw)
+
+
+def decode_wire(topic_kind: str, raw: bytes) -> tuple[InputMessage, dict[str, Any]]:
+    """``decode``, and the message's wire form (``message.wire()``, what the log stores): the
+    fast path spells it from the strings it was sent, at a third of ``wire()``'s cost."""
+    built = _decode_fast(topic_kind, raw)
+    if built is not None:
+        return built
+    message = decode_checked(topic_kind, raw)
+    return message, message.wire()
+
+
+def _decode_fast(topic_kind: str, raw: bytes) -> tuple[InputMessage, dict[str, Any]] | None:
     kinds = TOPIC_TYPES.get(topic_kind)
     if kinds is not None and len(raw) <= MESSAGE_BYTES_MAX:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            data = None
+            return None
         if data.__class__ is dict:
             message_type = data.get("type")
             model = kinds.get(message_type) if message_type.__class__ is str else None
             fast = _FAST_MODELS.get(model) if model is not None else None
             if fast is not None:
-                built = _build(fast, data)
-                if built is not None:
-                    return built
-    return decode_checked(topic_kind, raw)
+                return _build(fast, data)
+    return None
 
 
 def decode_checked(topic_kind: str, raw: bytes) -> InputMessage:
@@ -346,6 +359,8 @@ class _FastModel:
     required: frozenset[str]
     nullable: frozenset[str]
     template: dict[str, Any]  # every field in declaration order: its default, or None when required
+    wire_template: dict[str, Any]  # the template with its defaults in wire form
+    optional: tuple[str, ...]  # fields that may be None (given null, or left at a None default)
     ids: tuple[str, ...]
     literals: tuple[tuple[str, frozenset[str]], ...]
     decimals: tuple[tuple[str, int], ...]
@@ -359,7 +374,9 @@ class _FastModel:
             frozenset(name for name, *_ in fields),
             frozenset(name for name, _, _, _, default in fields if default is _REQUIRED),
             frozenset(name for name, _, _, nullable, _ in fields if nullable),
-            field_template(model),
+            template := field_template(model),
+            {name: to_wire(value) if isinstance(value, Decimal) else value for name, value in template.items()},
+            tuple(name for name, _, _, nullable, default in fields if nullable or default is None),
             tuple(name for name, shape, *_ in fields if shape == _ID),
             tuple((name, literals) for name, shape, literals, *_ in fields if shape == _LITERAL),
             tuple((name, shape) for name, shape, *_ in fields if shape in _DECIMAL_SHAPES),
@@ -370,9 +387,9 @@ class _FastModel:
 _ABSENT = object()
 
 
-def _build(fast: _FastModel, data: dict[str, Any]) -> InputMessage | None:
-    """The message validation would build from ``data``, or None when ``data`` is not of the
-    plain shape (then validation decides, and words its errors)."""
+def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[str, Any]] | None:
+    """The message validation would build from ``data`` and its ``wire()``, or None when ``data``
+    is not of the plain shape (then validation decides, and words its errors)."""
     keys = data.keys()
     if not (fast.required <= keys and keys <= fast.names):
         return None  # a field missing, or a key that is not a field
@@ -394,6 +411,7 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> InputMessage | None:
         if value not in allowed:
             return None
     converted: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # wire forms that differ from the text sent
     for name, shape in fast.decimals:
         value = data.get(name, _ABSENT)
         if value.__class__ is not str:
@@ -410,14 +428,21 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> InputMessage | None:
         ):
             return None
         converted[name] = number
+        # Plain text is the wire form unless it has trailing fractional zeros or is "-0".
+        if (value[-1] == "0") if "." in value else (value == "-0"):
+            spelled[name] = to_wire(number)
     for name in fast.times:  # every time field is required
         value = data[name]
         if value.__class__ is not str or _PLAIN_TIME.fullmatch(value) is None:
             return None
         try:
-            converted[name] = datetime.fromisoformat(value).astimezone(UTC)
+            converted[name] = at = datetime.fromisoformat(value).astimezone(UTC)
         except (ValueError, OverflowError):
             return None
+        # format_time's spelling: UTC, microseconds, a Z (and a year from 1000, which its
+        # spelling here does not pad).
+        if not (len(value) == 27 and value[26] == "Z" and value[0] != "0"):
+            spelled[name] = format_time(at)
     # What validation does once the values are valid (as ``events.trusted_message`` does): the
     # fields in declaration order, defaults for those not given.
     model = fast.model
@@ -426,7 +451,11 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> InputMessage | None:
     object.__setattr__(message, "__pydantic_fields_set__", set(keys))
     object.__setattr__(message, "__pydantic_extra__", None)
     object.__setattr__(message, "__pydantic_private__", None)
-    return message  # type: ignore[return-value]
+    wire = {**fast.wire_template, **data, **spelled}
+    for name in fast.optional:
+        if wire[name] is None:
+            del wire[name]
+    return message, wire  # type: ignore[return-value]
 
 
 _ID_ = (_ID, False)

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
-from clearing.domain.messages import InputError, InputMessage, decode
+from clearing.domain.messages import InputError, InputMessage, decode_wire
 from clearing.domain.state import LedgerState
 from clearing.engine import outputs, snapshots
 from clearing.store import log as eventlog
@@ -51,6 +51,11 @@ class RawRecord(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes
+
+
+# A record of a batch decoded: the record, and its message, idempotency key and wire form (all
+# None when it could not be decoded).
+Decoded = tuple[RawRecord, InputMessage | None, str | None, dict[str, Any] | None]
 
 
 @dataclass(slots=True)
@@ -150,16 +155,16 @@ class Ledger:
         """Decode a batch and put it in event-time order. Reads nothing of the state, the head or
         the database: the runner does it while the batch before is still being committed."""
         started = time.perf_counter()
-        decoded: list[tuple[RawRecord, InputMessage | None, str | None]] = []
+        decoded: list[Decoded] = []
         dead: list[_DeadLetter] = []
         for record in records:
             try:
-                message = decode(record.kind, record.value)
+                message, payload = decode_wire(record.kind, record.value)
             except InputError as error:
-                decoded.append((record, None, None))
+                decoded.append((record, None, None, None))
                 dead.append(_DeadLetter(record, str(error)))
                 continue
-            decoded.append((record, message, ev.idempotency_key(message, self.shard)))
+            decoded.append((record, message, ev.idempotency_key(message, self.shard), payload))
         return PreparedBatch(len(records), in_event_time_order(decoded), dead, started)
 
     def begin(
@@ -180,7 +185,7 @@ class Ledger:
         if self.needs_reload:
             raise LedgerBrokenError("the in-memory state is behind a failed batch: call load() first")
         result = BatchResult(records=batch.records)
-        keys = [key for _, _, key in batch.decoded if key is not None]
+        keys = [item[2] for item in batch.decoded if item[2] is not None]
         recorded_at = datetime.now(UTC)
         outbox: list[tuple[int | None, str, str | None, dict[str, Any]]] = []
         offsets: dict[tuple[str, int], int] = {}
@@ -243,7 +248,7 @@ class Ledger:
 
     def _write(
         self,
-        decoded: list[tuple[RawRecord, InputMessage | None, str | None]],
+        decoded: list[Decoded],
         dead: list[_DeadLetter],
         keys: list[str],
         recorded_at: datetime,
@@ -266,11 +271,10 @@ class Ledger:
             seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
             with eventlog.streaming_append(conn) as stream:
-                for record, message, key in decoded:
+                for record, message, key, payload in decoded:
                     offsets[(record.topic, record.partition)] = record.offset + 1
-                    if message is None or key is None:
+                    if message is None or key is None or payload is None:
                         continue
-                    payload = message.wire()
                     payload_json = canonical_json(payload)
                     if key in seen:
                         if seen[key] == payload_json:
@@ -366,7 +370,7 @@ class PreparedBatch:
     """A batch decoded and in event-time order (``Ledger.prepare``), ready to be folded."""
 
     records: int
-    decoded: list[tuple[RawRecord, InputMessage | None, str | None]]
+    decoded: list[Decoded]
     dead: list[_DeadLetter]
     started: float
 
@@ -426,8 +430,8 @@ KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations"
 
 
 def in_event_time_order(
-    decoded: list[tuple[RawRecord, InputMessage | None, str | None]],
-) -> list[tuple[RawRecord, InputMessage | None, str | None]]:
+    decoded: list[Decoded],
+) -> list[Decoded]:
     """The batch merged across partitions by event time, each partition kept in offset order.
 
     A poll returns records grouped by partition; folded in that order, a catch-up batch would
@@ -438,7 +442,7 @@ def in_event_time_order(
     its place behind its partition's previous record."""
     if _already_in_order(decoded):
         return decoded
-    by_partition: dict[tuple[str, int], list[tuple[tuple[Any, ...], tuple[RawRecord, InputMessage | None, str | None]]]]
+    by_partition: dict[tuple[str, int], list[tuple[tuple[Any, ...], Decoded]]]
     by_partition = {}
     floor = datetime.min.replace(tzinfo=UTC)
     last: dict[tuple[str, int], datetime] = {}
@@ -455,7 +459,7 @@ def in_event_time_order(
     return [item for _, item in merged]
 
 
-def _already_in_order(decoded: list[tuple[RawRecord, InputMessage | None, str | None]]) -> bool:
+def _already_in_order(decoded: list[Decoded]) -> bool:
     """Whether every record's merge key is above the one before it: the batch is the merge's
     output as is (keys are unique, by (topic, partition, offset)). The Kafka adapter merges by
     event time before it hands records over, so this is the common case, checked here without
@@ -463,7 +467,7 @@ def _already_in_order(decoded: list[tuple[RawRecord, InputMessage | None, str | 
     partition's previous time)."""
     kinds = KIND_ORDER
     previous: tuple[Any, ...] | None = None
-    for record, message, _ in decoded:
+    for record, message, _, _ in decoded:
         if message is None:
             return False
         key = (message.occurred_at, kinds.get(record.kind, 9), record.topic, record.partition, record.offset)

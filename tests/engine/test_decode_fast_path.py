@@ -1,5 +1,6 @@
-"""The decoder's fast path builds the message the checked path builds, and leaves every message it
-is not sure of, valid or not, to the checked path (so every error keeps its wording)."""
+"""The decoder's fast path builds the message the checked path builds, and the wire form ``wire()``
+gives it, and leaves every message it is not sure of, valid or not, to the checked path (so every
+error keeps its wording)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.domain.messages import _FAST_MODELS, TOPIC_TYPES, InputError, decode, decode_checked
+from clearing.domain.messages import (
+    _FAST_MODELS,
+    TOPIC_TYPES,
+    InputError,
+    decode,
+    decode_checked,
+    decode_wire,
+)
 from clearing.simulate import Scenario, generate
 
 T = "2026-11-23T12:00:00.123Z"
@@ -60,14 +68,20 @@ MORE = [
     ("marks", {"type": "settlement", "symbol": "BTC-27DEC26", "price": "70000", "occurred_at": T}),
     ("marks", {"type": "mark", "symbol": "BTCUSDT", "price": "64000", "iv": None, "occurred_at": T}),
     ("fills", {**VALID["fills"], "fee_asset": None, "liquidity": None}),
+    # Valid spellings that are not the wire form: trailing zeros, "-0", a time not in UTC's spelling.
+    ("fills", {**VALID["fills"], "quantity": "2.000", "price": "65000.50", "fee": "-0",
+               "occurred_at": "2026-11-23T12:00:00Z"}),
+    ("marks", {"type": "mark", "symbol": "BTCUSDT", "price": "64000.10", "occurred_at": "2026-11-23T13:00:00+01:00"}),
 ]  # fmt: skip
 
 ODD_VALUES: list[Any] = [
     None, True, False, 0, 1, -5, 10**30, 1.5, 1e16, [], ["0.5"], {}, {"a": 1},
     "", "x" * 128, "x" * 129, "é" * 128, "é" * 129, "buy", "sell", "maker", "isolated", "cross", "BUY",
-    "0", "-0", "0.0", "1", "-1", "0.5", "00.5", "1.", ".5", "+5", " 5", "5 ", "1e5", "1E5", "NaN", "Infinity",
+    "0", "-0", "0.0", "-0.0", "1.50", "-2.000", "10", "1", "-1", "0.5", "00.5", "1.", ".5", "+5", " 5", "5 ",
+    "1e5", "1E5", "NaN", "Infinity",
     "1" * 20, "1" * 21, "0." + "1" * 18, "0." + "1" * 19, "-" + "9" * 20 + "." + "9" * 18,
-    "2026-11-23T12:00:00Z", "2026-11-23T12:00:00.1Z", "2026-11-23T12:00:00.123456Z", "2026-11-23T12:00:00.1234567Z",
+    "2026-11-23T12:00:00Z", "2026-11-23T12:00:00.1Z", "2026-11-23T12:00:00.123456Z", "2026-11-23T12:00:00.000000Z",
+    "2026-11-23T12:00:00.123456+01:00", "0999-11-23T12:00:00.123456Z", "2026-11-23T12:00:00.1234567Z",
     "2026-11-23t12:00:00z", "2026-11-23 12:00:00Z", "2026-11-23T12:00:00", "2026-11-23T12:00:00+05:30",
     "2026-11-23T12:00:00-00:00", "2026-11-23T12:00Z", "2026-02-30T00:00:00Z", "2026-11-23T24:00:00Z",
     "2026-11-23T12:00:60Z", "0000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
@@ -84,8 +98,17 @@ def outcome(decoder: Any, kind: str, raw: bytes) -> tuple[str, Any]:
     return "message", (type(message), values, message.model_fields_set, message.wire())
 
 
+def with_wire(kind: str, raw: bytes) -> Any:
+    """``decode_wire``'s message, once its wire form is checked against ``wire()``, in order."""
+    message, wire = decode_wire(kind, raw)
+    assert list(wire.items()) == list(message.wire().items()), raw
+    return message
+
+
 def assert_same(kind: str, raw: bytes) -> None:
-    assert outcome(decode, kind, raw) == outcome(decode_checked, kind, raw), raw
+    expected = outcome(decode_checked, kind, raw)
+    assert outcome(decode, kind, raw) == expected, raw
+    assert outcome(with_wire, kind, raw) == expected, raw
 
 
 def test_every_fast_path_model_lists_its_fields_in_order() -> None:

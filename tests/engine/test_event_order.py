@@ -48,7 +48,7 @@ def _batch(spec: list[tuple[str, int, int | None]], *, by_time: bool) -> list[An
         offsets[(kind, partition)] = offset + 1
         record = RawRecord(kind, f"clearing.{kind}", partition, offset, None, b"")
         message = None if seconds is None else SimpleNamespace(occurred_at=START + timedelta(seconds=seconds))
-        decoded.append((record, message, None))
+        decoded.append((record, message, None, None))
     return reference_order(decoded) if by_time else decoded
 
 
