@@ -79,7 +79,7 @@ NO_SAMPLES = 1 << 62
 
 Progress = Callable[[int], None]
 FillEntry = tuple[int, str, str, str, str, str]
-Sample = tuple[int, dict[str, Decimal], dict[tuple[str, Decimal, Decimal], int]]
+Sample = tuple[int, dict[str, Decimal], dict[tuple[str, str, str], int]]
 MarginEvent = tuple[int, str, dict[str, Any], datetime]
 
 
@@ -153,7 +153,7 @@ class SegmentResult:
     decisions_compared: int = 0
     samples: list[Sample] = field(default_factory=list)
     fills: dict[str, list[FillEntry]] = field(default_factory=dict)
-    unmatched: dict[tuple[str, Decimal, Decimal], int] = field(default_factory=dict)  # LogReplay.unmatched
+    unmatched: dict[tuple[str, str, str], int] = field(default_factory=dict)  # LogReplay.unmatched
     liquidation_fills: list[FillEntry] = field(default_factory=list)
     margin_events: list[MarginEvent] = field(default_factory=list)
     margin_fed: list[int] = field(default_factory=list)  # position of the row that appended each
@@ -382,7 +382,7 @@ def merge(
             return None, f"shard {shard}: the last segment returned no state"
         track = merged.shards[shard] = ShardTrack(state=last.state)
         cursor = 0
-        unmatched_in: dict[tuple[str, Decimal, Decimal], int] = {}
+        unmatched_in: dict[tuple[str, str, str], int] = {}
         findings: list[Finding] = []
         events: list[tuple[int, int, MarginEvent]] = []
         for result in shard_results:
@@ -446,8 +446,8 @@ def merge(
 
 
 def _add_counts(
-    first: dict[tuple[str, Decimal, Decimal], int], second: dict[tuple[str, Decimal, Decimal], int]
-) -> dict[tuple[str, Decimal, Decimal], int]:
+    first: dict[tuple[str, str, str], int], second: dict[tuple[str, str, str], int]
+) -> dict[tuple[str, str, str], int]:
     total = dict(first)
     for key, count in second.items():
         count += total.get(key, 0)
@@ -458,7 +458,7 @@ def _add_counts(
     return total
 
 
-def _balanced(first: dict[tuple[str, Decimal, Decimal], int], second: dict[tuple[str, Decimal, Decimal], int]) -> bool:
+def _balanced(first: dict[tuple[str, str, str], int], second: dict[tuple[str, str, str], int]) -> bool:
     if len(first) != len(second):
         return False
     return all(first.get(key, 0) + count == 0 for key, count in second.items())

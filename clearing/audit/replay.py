@@ -222,7 +222,7 @@ class LogReplay:
         # (instrument, quantity, price) over ordinary and liquidation fills. The books must
         # balance where it is empty; half-booked trades and liquidation fills awaiting their
         # market side leave entries.
-        self.unmatched: dict[tuple[str, Decimal, Decimal], int] = {}
+        self.unmatched: dict[tuple[str, str, str], int] = {}  # (instrument, quantity, price): wire form
         self.liquidation_fills: list[tuple[int, str, str, str, str, str]] = []
         self.margin_events: list[tuple[int, str, dict[str, Any], datetime]] = []
         self._batch: tuple[int, datetime] | None = None
@@ -231,7 +231,7 @@ class LogReplay:
         self._snapshot_positions = snapshot_positions or set()
         # When a list: every conservation sample is also recorded here as (position, imbalance,
         # fills unmatched so far), for a parallel segment's parent to judge.
-        self.sample_log: list[tuple[int, dict[str, Decimal], dict[tuple[str, Decimal, Decimal], int]]] | None = None
+        self.sample_log: list[tuple[int, dict[str, Decimal], dict[tuple[str, str, str], int]]] | None = None
 
     # ---------------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class LogReplay:
             if kind is _MARK:
                 track.mark_change[cast("Mark | Settlement", message).symbol] = position
             elif kind is not _OTHER and self.check_fills:
-                self._fill(position, cast("Fill | LiquidationFill", message), kind is _FILL)
+                self._fill(position, payload, kind is _FILL)
         else:
             last = position
             if self.decide:
@@ -384,12 +384,16 @@ class LogReplay:
         if len(self.determinism) < 10:
             self.determinism.append(Finding(position, problem[:2_000]))
 
-    def _fill(self, position: int, message: Fill | LiquidationFill, ordinary: bool) -> None:
-        quantity, price = message.quantity, message.price
-        self._match(message.instrument, message.side, quantity, price)
-        entry = (position, message.account_id, message.instrument, message.side, str(quantity), str(price))
+    def _fill(self, position: int, payload: dict[str, Any], ordinary: bool) -> None:
+        """Book a fill or liquidation fill for the counterpart check, from its logged payload: its
+        quantity and price are in wire form, one spelling per value, so the text is the key (no
+        decimal to hash) and the entry's figures read as they were sent."""
+        instrument, side = payload["instrument"], payload["side"]
+        quantity, price = payload["quantity"], payload["price"]
+        self._match(instrument, side, quantity, price)
+        entry = (position, payload["account_id"], instrument, side, quantity, price)
         if ordinary:
-            trade_id = cast("Fill", message).trade_id
+            trade_id = payload["trade_id"]
             trade = self.fills.get(trade_id)
             if trade is None:
                 self.fills[trade_id] = [entry]
@@ -400,7 +404,7 @@ class LogReplay:
             # balance when every such one-fill trade is paired with one liquidation fill.
             self.liquidation_fills.append(entry)
 
-    def _match(self, instrument: str, side: str, quantity: Decimal, price: Decimal) -> None:
+    def _match(self, instrument: str, side: str, quantity: str, price: str) -> None:
         key = (instrument, quantity, price)
         count = self.unmatched.get(key, 0) + (1 if side == "buy" else -1)
         if count:

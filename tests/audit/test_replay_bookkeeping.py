@@ -66,7 +66,7 @@ def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
                                            "9000")]
     assert replay.liquidation_fills == [(liquidation, "A", "BTCUSDT", side, quantity, "9000")]
     # The liquidation fill and its market side match; t2 waits for its other side.
-    assert replay.unmatched == {("BTCUSDT", 2, 9100): 1}
+    assert replay.unmatched == {("BTCUSDT", "2", "9100"): 1}  # keyed by the wire form
 
     track = replay.shards[0]
     assert track.mark_change == {
