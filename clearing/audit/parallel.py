@@ -72,7 +72,7 @@ from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 
 PROGRESS_EVERY_EVENTS = 10_000  # a worker reports its count every this many events
-PROGRESS_POLL_S = 0.5  # the parent's wait for a progress report, at most
+PROGRESS_POLL_S = 0.5  # the parent updates its progress this often while the workers run
 PARALLEL_BOUNDARIES_MIN = 2  # fewer usable snapshots than this: the sequential replay
 FINDINGS_MAX = 10  # as LogReplay keeps
 NO_SAMPLES = 1 << 62
@@ -315,15 +315,20 @@ def replay_parallel(
     done = 0
     try:
         with context.Pool(workers, initializer=_init_worker, initargs=(reports,)) as pool:
-            pending = pool.map_async(run_segment, tasks, chunksize=1)
+            # Each shard's last segment goes first: it sends back the shard's state, the largest
+            # result by far (14 MB pickled, 0.6 s, for 5,000 accounts), which then travels while
+            # the other segments run instead of after all of them.
+            order = sorted(range(len(tasks)), key=lambda i: tasks[i].segment.ends_at_snapshot)
+            pending = pool.map_async(run_segment, [tasks[i] for i in order], chunksize=1)
+            # Wait on the results, not on the reports: the last segment reports its count before
+            # it returns, and a wait on the reports noticed the end up to a poll interval late.
             while not pending.ready():
-                try:
-                    done += reports.get(timeout=PROGRESS_POLL_S)
-                except queue.Empty:
-                    continue
-                if progress is not None:
+                pending.wait(PROGRESS_POLL_S)
+                reported = _drain(reports)
+                if reported and progress is not None:
+                    done += reported
                     progress(done)
-            results = pending.get()
+            results = pending.get()  # in the order above: ``merge`` puts segments in log order
     except Exception as error:  # a worker failed: the sequential replay will say what is wrong
         outcome.reason = f"a worker failed: {type(error).__name__}: {error}"[:500]
         return outcome
@@ -331,12 +336,22 @@ def replay_parallel(
         reports.close()
         reports.join_thread()
     outcome.worker_seconds = sum(r.seconds for r in results)
-    outcome.snapshots = [(r.segment.shard, p, ok) for r in results for p, ok in r.snapshots]
+    outcome.snapshots = sorted((r.segment.shard, p, ok) for r in results for p, ok in r.snapshots)
     replay, reason = merge(results, decide=decide, check_fills=check_fills, conservation_every=conservation_every)
     if progress is not None and replay is not None:
         progress(replay.events)
     outcome.replay, outcome.reason = replay, reason
     return outcome
+
+
+def _drain(reports: Any) -> int:
+    """The sum of the counts waiting in the progress queue, without waiting for more."""
+    total = 0
+    try:
+        while True:
+            total += reports.get_nowait()
+    except queue.Empty:
+        return total
 
 
 def _untrusted(results: list[SegmentResult]) -> str | None:
