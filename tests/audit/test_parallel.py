@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from clearing.audit import parallel
 from clearing.audit import replay as replay_module
-from clearing.audit.parallel import SegmentTask, is_boundary, merge, plan_segments, run_segment
+from clearing.audit.parallel import SegmentResult, SegmentTask, balanced, is_boundary, merge, plan_segments, run_segment
 from clearing.audit.rebuild import expected_state_rows, rebuild
 from clearing.audit.replay import LogReplay, imbalance_finding, iter_log
 from clearing.audit.verify import verify
@@ -89,65 +89,75 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
         assert len(segments) >= 5
         url = snapshotted.url.render_as_string(hide_password=False)
         results = [run_segment(SegmentTask(url, seg, decide, decide, every, decide)) for seg in segments]
-        assert all(r.end_ok for r in results)
-        assert any(r.refresh_deferred for r in results[1:]), "no segment exercised the deferred refresh"
-        merged, reason = merge(results, decide=decide, check_fills=decide, conservation_every=every)
-        assert merged is not None, reason
-        merged.finish()
-        samples = set(merged.conservation_checks)
-        found = {f.position: f.problem for f in merged.conservation_bad}
+        check_merged(snapshotted, results, decide, head, every)
+        # Joined segments (``balanced``, as one worker would run them) merge to the same.
+        joined = balanced(segments, 1)
+        assert 1 < len(joined) < len(segments)
+        results = [run_segment(SegmentTask(url, seg, decide, decide, every, decide)) for seg in joined]
+        check_merged(snapshotted, results, decide, head, every)
 
-        sequential = LogReplay(decide=decide, conservation_every=every, check_fills=decide)
-        balanced: set[int] = set()
-        recomputed: dict[int, str] = {}
-        with snapshotted.connect() as conn:
-            for row in iter_log(conn):
-                sequential.feed(row)
-                if row[0] in samples:
-                    imbalance = conservation(sequential.shard(row[1]).state)
-                    if imbalance:
-                        recomputed[row[0]] = imbalance_finding(row[0], imbalance).problem
-                if not sequential.unmatched and not sequential.shard(row[1]).pending:
-                    balanced.add(row[0])
-        sequential.finish()
 
-        assert (merged.events, merged.head) == (sequential.events, sequential.head)
-        assert merged.decisions_compared == sequential.decisions_compared
-        if decide:
-            assert merged.decisions_compared > 10
-        assert merged.determinism_mismatches == sequential.determinism_mismatches == 0
-        assert merged.fills == sequential.fills and list(merged.fills) == list(sequential.fills)
-        assert merged.unmatched == sequential.unmatched
-        assert merged.liquidation_fills == sequential.liquidation_fills
-        assert merged.margin_events == sequential.margin_events
-        assert any(e[1] == "LiquidationOrderIssued" for e in merged.margin_events)
-        assert merged.counterpart_findings() == sequential.counterpart_findings()
-        for shard, track in sequential.shards.items():
-            got = merged.shards[shard]
-            assert state_bytes(got.state) == state_bytes(track.state)
-            assert got.last_change == track.last_change
-            assert got.written_at == track.written_at
-            assert got.mark_change == track.mark_change
-            assert got.mark_written == track.mark_written
-            assert (got.head, got.refresh_cursor, list(got.pending)) == (
-                track.head,
-                track.refresh_cursor,
-                list(track.pending),
-            )
-        assert expected_state_rows(merged).rows == expected_state_rows(sequential).rows
-        # Conservation: the samples lie elsewhere than the sequential ones (each worker's schedule
-        # starts at its segment), but every sample the merge kept is a point where the sequential
-        # replay could have sampled, there are about as many, and each says what the sequential
-        # state at that position says.
-        assert merged.conservation_checks[-1] == head
-        assert samples <= balanced | {head}
-        assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
-        if decide:
-            assert found == recomputed
-            # An honest log balances at every sample. Sampling where as many trades were half
-            # booked as liquidation fills had been seen (a count, not a pairing) once reported
-            # "books do not balance" here, at position 480, with samples every 40 events.
-            assert found == {} and sequential.conservation_bad == []
+def check_merged(snapshotted: sa.Engine, results: list[SegmentResult], decide: bool, head: int, every: int) -> None:
+    """The merged replay equals the sequential one, field by field."""
+    assert all(r.end_ok for r in results)
+    assert any(r.refresh_deferred for r in results[1:]), "no segment exercised the deferred refresh"
+    merged, reason = merge(results, decide=decide, check_fills=decide, conservation_every=every)
+    assert merged is not None, reason
+    merged.finish()
+    samples = set(merged.conservation_checks)
+    found = {f.position: f.problem for f in merged.conservation_bad}
+
+    sequential = LogReplay(decide=decide, conservation_every=every, check_fills=decide)
+    balanced: set[int] = set()
+    recomputed: dict[int, str] = {}
+    with snapshotted.connect() as conn:
+        for row in iter_log(conn):
+            sequential.feed(row)
+            if row[0] in samples:
+                imbalance = conservation(sequential.shard(row[1]).state)
+                if imbalance:
+                    recomputed[row[0]] = imbalance_finding(row[0], imbalance).problem
+            if not sequential.unmatched and not sequential.shard(row[1]).pending:
+                balanced.add(row[0])
+    sequential.finish()
+
+    assert (merged.events, merged.head) == (sequential.events, sequential.head)
+    assert merged.decisions_compared == sequential.decisions_compared
+    if decide:
+        assert merged.decisions_compared > 10
+    assert merged.determinism_mismatches == sequential.determinism_mismatches == 0
+    assert merged.fills == sequential.fills and list(merged.fills) == list(sequential.fills)
+    assert merged.unmatched == sequential.unmatched
+    assert merged.liquidation_fills == sequential.liquidation_fills
+    assert merged.margin_events == sequential.margin_events
+    assert any(e[1] == "LiquidationOrderIssued" for e in merged.margin_events)
+    assert merged.counterpart_findings() == sequential.counterpart_findings()
+    for shard, track in sequential.shards.items():
+        got = merged.shards[shard]
+        assert state_bytes(got.state) == state_bytes(track.state)
+        assert got.last_change == track.last_change
+        assert got.written_at == track.written_at
+        assert got.mark_change == track.mark_change
+        assert got.mark_written == track.mark_written
+        assert (got.head, got.refresh_cursor, list(got.pending)) == (
+            track.head,
+            track.refresh_cursor,
+            list(track.pending),
+        )
+    assert expected_state_rows(merged).rows == expected_state_rows(sequential).rows
+    # Conservation: the samples lie elsewhere than the sequential ones (each worker's schedule
+    # starts at its segment), but every sample the merge kept is a point where the sequential
+    # replay could have sampled, there are about as many, and each says what the sequential
+    # state at that position says.
+    assert merged.conservation_checks[-1] == head
+    assert samples <= balanced | {head}
+    assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
+    if decide:
+        assert found == recomputed
+        # An honest log balances at every sample. Sampling where as many trades were half
+        # booked as liquidation fills had been seen (a count, not a pairing) once reported
+        # "books do not balance" here, at position 480, with samples every 40 events.
+        assert found == {} and sequential.conservation_bad == []
 
 
 def test_parallel_verify_of_a_market_with_liquidations_equals_the_sequential_one(snapshotted: sa.Engine) -> None:
