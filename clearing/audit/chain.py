@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from clearing.store.hashing import GENESIS_HASH, canonical_json, chain, row_digest_input
+from clearing.audit.replay import prefetched
+from clearing.domain.messages import format_time
+from clearing.store.hashing import GENESIS_HASH, canonical_json, chain, digest_input
 
 CHAIN_FETCH_ROWS = 5_000
 
@@ -34,37 +37,44 @@ def verify_chain(conn: sa.Connection, progress: Callable[[int], None] | None = N
             "FROM events ORDER BY position"
         )
     )
-    for row in result:
-        count += 1
-        if row.position != expected_position:
-            problem = f"position {expected_position} is missing (next row is {row.position})"
-            return ChainReport(False, count, expected_position, problem)
-        expected_position += 1
-        previous = last_hash.get(row.shard, GENESIS_HASH)
-        if bytes(row.prev_hash) != previous:
-            return ChainReport(False, count, row.position, "prev_hash does not match the previous row's hash")
-        digest = chain(
-            previous,
-            row_digest_input(
-                position=row.position,
-                shard=row.shard,
-                stream=row.stream,
-                stream_version=row.stream_version,
-                type=row.type,
-                schema_version=row.schema_version,
-                payload_json=canonical_json(row.payload),
-                occurred_at=row.occurred_at,
-                recorded_at=row.recorded_at,
-                source_topic=row.source_topic,
-                source_partition=row.source_partition,
-                source_offset=row.source_offset,
-                idempotency_key=row.idempotency_key,
-                cause_position=row.cause_position,
-            ),
-        )
-        if digest != bytes(row.hash):
-            return ChainReport(False, count, row.position, "hash does not match the row's content")
-        last_hash[row.shard] = digest
-        if progress is not None and count % 10_000 == 0:
-            progress(count)
+    # PostgreSQL reads ahead while the hashes are computed (``prefetched``); an early return
+    # stops the reader and closes the cursor.
+    rows = prefetched(lambda: result.fetchmany(CHAIN_FETCH_ROWS))
+    with closing(rows), result:
+        for row in rows:
+            # By index, in the SELECT's order (a row's attributes by name cost a fifth of the check).
+            position, shard, stream, version, type_, schema_version, payload, occurred_at, recorded_at = row[:9]
+            topic, partition, offset, key, cause, prev_hash, stored_hash = row[9:]
+            count += 1
+            if position != expected_position:
+                problem = f"position {expected_position} is missing (next row is {position})"
+                return ChainReport(False, count, expected_position, problem)
+            expected_position += 1
+            previous = last_hash.get(shard, GENESIS_HASH)
+            if bytes(prev_hash) != previous:
+                return ChainReport(False, count, position, "prev_hash does not match the previous row's hash")
+            digest = chain(
+                previous,
+                digest_input(
+                    position,
+                    shard,
+                    stream,
+                    version,
+                    type_,
+                    schema_version,
+                    canonical_json(payload),
+                    format_time(occurred_at),
+                    format_time(recorded_at),
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    cause,
+                ),
+            )
+            if digest != bytes(stored_hash):
+                return ChainReport(False, count, position, "hash does not match the row's content")
+            last_hash[shard] = digest
+            if progress is not None and count % 10_000 == 0:
+                progress(count)
     return ChainReport(True, count)

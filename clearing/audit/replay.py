@@ -28,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -92,7 +92,7 @@ def iter_log(
         yield from prefetched(lambda: result.fetchmany(REPLAY_FETCH_ROWS))
 
 
-def prefetched(fetch: Callable[[], Sequence[T]], ahead: int = REPLAY_PREFETCH_BATCHES) -> Iterator[T]:
+def prefetched(fetch: Callable[[], Sequence[T]], ahead: int = REPLAY_PREFETCH_BATCHES) -> Generator[T, None, None]:
     """The items of ``fetch()``'s batches, in order, until a batch is empty; ``fetch`` runs in a
     reader thread that keeps up to ``ahead`` batches ready.
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 from typing import Any
 
 import orjson
-
-from clearing.domain.messages import format_time
 
 GENESIS_HASH = bytes(32)
 
@@ -51,42 +48,6 @@ def canonical_json_bytes(value: Any) -> bytes:
         return canonical_json_reference(value).encode("utf-8")
 
 
-def row_digest_input(
-    *,
-    position: int,
-    shard: int,
-    stream: str,
-    stream_version: int,
-    type: str,
-    schema_version: int,
-    payload_json: str,
-    occurred_at: datetime,
-    recorded_at: datetime,
-    source_topic: str | None,
-    source_partition: int | None,
-    source_offset: int | None,
-    idempotency_key: str,
-    cause_position: int | None,
-) -> bytes:
-    """The bytes a row's hash covers. ``payload_json`` must be ``canonical_json(payload)``."""
-    return digest_input(
-        position,
-        shard,
-        stream,
-        stream_version,
-        type,
-        schema_version,
-        payload_json,
-        format_time(occurred_at),
-        format_time(recorded_at),
-        source_topic,
-        source_partition,
-        source_offset,
-        idempotency_key,
-        cause_position,
-    )
-
-
 def digest_input(
     position: int,
     shard: int,
@@ -103,8 +64,9 @@ def digest_input(
     idempotency_key: str,
     cause_position: int | None,
 ) -> bytes:
-    """``row_digest_input`` with the times already spelled by ``format_time`` (the writer spells
-    a batch's ledger time once, and an input's event time once for its payload and its row)."""
+    """The bytes a row's hash covers, its times spelled by ``format_time`` (the writer spells a
+    batch's ledger time once, and an input's event time once for its payload and its row).
+    ``payload_json`` must be ``canonical_json(payload)``."""
     head = canonical_json_bytes(
         [
             position,
