@@ -34,15 +34,19 @@ counterparts    every trade id has exactly two fills with opposite sides, the sa
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from clearing.audit.chain import verify_chain
+from clearing.audit.chain import ChainReport, verify_chain
 from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.rebuild import (
     TABLES,
@@ -54,10 +58,14 @@ from clearing.audit.rebuild import (
 from clearing.audit.replay import CONSERVATION_EVERY_EVENTS, LogReplay, iter_log
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes
+from clearing.runtime import tune_gc
+from clearing.store.db import make_engine
 from clearing.store.queries import log_head
 
 Progress = Callable[[str, int], None]
 
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Check:
@@ -152,6 +160,17 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
     return Check("log_tail", True, details=details)
 
 
+def _verify_chain_at(url: str) -> ChainReport:
+    """``verify_chain`` in a process of its own, on its own connection (``verify`` with jobs)."""
+    tune_gc()
+    engine = make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return verify_chain(conn)
+    finally:
+        engine.dispose()
+
+
 def snapshot_differs(shard: int, position: int) -> str:
     return f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there"
 
@@ -173,10 +192,17 @@ def verify(
     def report(phase: str) -> Callable[[int], None] | None:
         return None if progress is None else (lambda n: progress(phase, n))
 
-    with engine.connect() as conn:
+    with engine.connect() as conn, ExitStack() as stack:
         head = log_head(conn)
-        chain = verify_chain(conn, report("hash chain"))
-        checks.append(Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem, {"events": chain.events}))
+        chain: ChainReport | None = None
+        background: Future[ChainReport] | None = None
+        if jobs > 1:
+            # The chain check (a read of the whole log and a hash a row) runs in a process of its
+            # own beside the replay's workers instead of before them.
+            executor = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            background = executor.submit(_verify_chain_at, engine.url.render_as_string(hide_password=False))
+        else:
+            chain = verify_chain(conn, report("hash chain"))
         checks.append(_tail_check(conn, head))
 
         stored = {
@@ -224,6 +250,18 @@ def verify(
             replay.finish()
         if tick is not None:
             tick(replay.events)
+        if background is not None:
+            try:
+                chain = background.result()
+            except Exception:  # the process failed: check here, as the sequential verify does
+                logger.exception("the hash chain check's process failed; checking in this one")
+                chain = verify_chain(conn, report("hash chain"))
+            if progress is not None:
+                progress("hash chain", chain.events)
+        assert chain is not None
+        checks.insert(
+            0, Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem, {"events": chain.events})
+        )
 
         first = replay.determinism[0] if replay.determinism else None
         checks.append(

@@ -193,6 +193,8 @@ def test_a_determinism_mismatch_in_a_later_segment_is_found_at_its_position(snap
     assert not found["replay_determinism"]["ok"]
     assert found["replay_determinism"]["first_bad_position"] == target
     assert found["replay_determinism"]["details"]["mismatches"] == 1
+    # The chain check, which runs in a process of its own beside the replay's, names the row too.
+    assert not found["hash_chain"]["ok"] and found["hash_chain"]["first_bad_position"] == target
     assert found == checks_of(sequential)
 
 
