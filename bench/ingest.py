@@ -40,6 +40,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clearing.domain import build_status
 from clearing.embedded import Services, ensure_services, stop_services
 from clearing.engine.ledger import BatchResult
 from clearing.engine.runner import BATCH_RECORDS_MAX, RunStats
@@ -222,10 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upgrade(services.database_url)
         ensure_topics(services.kafka_bootstrap, prefix)
-        import clearing.domain
-
-        why = clearing.domain.NOT_COMPILED_BECAUSE
-        print(f"domain: {'compiled (mypyc)' if why is None else 'from source: ' + why}")
+        print(f"domain: {build_status()}")
         print(f"producing {args.events} messages to {services.kafka_bootstrap} (prefix {prefix}) ...", flush=True)
         payloads, ends, produce_s = produce(services.kafka_bootstrap, prefix, args.events)
         n = len(payloads)

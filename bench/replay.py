@@ -43,6 +43,7 @@ from clearing.audit.parallel import plan_segments, replay_parallel
 from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import LogReplay, iter_log
 from clearing.audit.verify import verify
+from clearing.domain import build_status
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS
 from clearing.runtime import tune_gc
@@ -105,10 +106,7 @@ def main() -> int:
     import os
 
     jobs = args.jobs or os.cpu_count() or 1
-    import clearing.domain
-
-    why = clearing.domain.NOT_COMPILED_BECAUSE
-    print(f"domain: {'compiled (mypyc)' if why is None else 'from source: ' + why}")
+    print(f"domain: {build_status()}")
 
     server = None
     parent = None

@@ -23,7 +23,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
-from clearing.engine.ledger import KIND_ORDER, RawRecord
+from clearing.engine.ledger import RawRecord, merge_key
 from clearing.engine.outputs import OUTPUT_TOPICS
 
 logger = logging.getLogger(__name__)
@@ -112,20 +112,18 @@ class EventTimeMerge:
         for partition, buffer in self.buffers.items():
             if buffer:
                 at, record = buffer[0]
-                heads.append((at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition))
+                heads.append((merge_key(at, record), partition))
         heapq.heapify(heads)
         out: list[RawRecord] = []
         while heads and len(out) < records_max:
-            at, _, _, _, partition = heads[0]
-            if watermark is not None and at > watermark:
+            key, partition = heads[0]
+            if watermark is not None and key[0] > watermark:
                 break
             buffer = self.buffers[partition]
             out.append(buffer.popleft()[1])
             if buffer:
                 next_at, record = buffer[0]
-                heapq.heapreplace(
-                    heads, (next_at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, partition)
-                )
+                heapq.heapreplace(heads, (merge_key(next_at, record), partition))
             else:
                 heapq.heappop(heads)
         pending = any(self.buffers.values())

@@ -64,8 +64,8 @@ from clearing.store.queries import log_head
 
 Progress = Callable[[str, int], None]
 
-
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Check:

@@ -48,3 +48,8 @@ if NOT_COMPILED_BECAUSE is not None and _PRESENT:
             RuntimeWarning,
             stacklevel=2,
         )
+
+
+def build_status() -> str:
+    """How the domain runs, for figures that depend on it (the benchmarks print it)."""
+    return "compiled (mypyc)" if COMPILED_IN_USE else f"from source: {NOT_COMPILED_BECAUSE}"

@@ -25,7 +25,7 @@ from pydantic import (
     ValidationError,
 )
 
-from clearing.domain.numbers import WIRE_FRACTION_DIGITS_MAX, WIRE_INTEGER_DIGITS_MAX, NumberError, to_wire
+from clearing.domain.numbers import WIRE_FRACTION_DIGITS_MAX, WIRE_INTEGER_DIGITS_MAX, NumberError, is_wire, to_wire
 from clearing.domain.params import IDENTIFIER_CHARS_MAX, WireDecimal
 
 MESSAGE_BYTES_MAX = 64 * 1024
@@ -216,6 +216,12 @@ def format_time(value: datetime) -> str:
     if value.year < 1000:
         return value.strftime(_TIME_FORMAT)
     return value.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def is_wire_time(text: str) -> bool:
+    """Whether ``text``, an RFC 3339 time of the plain shape the decoder accepts (``_PLAIN_TIME``),
+    is already ``format_time``'s spelling: UTC with a Z, six fractional digits, a year from 1000."""
+    return len(text) == 27 and text[26] == "Z" and text[0] != "0"
 
 
 def _reject_float(text: str) -> Any:
@@ -428,8 +434,7 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
         ):
             return None
         converted[name] = number
-        # Plain text is the wire form unless it has trailing fractional zeros or is "-0".
-        if (value[-1] == "0") if "." in value else (value == "-0"):
+        if not is_wire(value):
             spelled[name] = to_wire(number)
     for name in fast.times:  # every time field is required
         value = data[name]
@@ -439,9 +444,7 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
             converted[name] = at = datetime.fromisoformat(value).astimezone(UTC)
         except (ValueError, OverflowError):
             return None
-        # format_time's spelling: UTC, microseconds, a Z (and a year from 1000, which its
-        # spelling here does not pad).
-        if not (len(value) == 27 and value[26] == "Z" and value[0] != "0"):
+        if not is_wire_time(value):
             spelled[name] = format_time(at)
     # What validation does once the values are valid (as ``events.trusted_message`` does): the
     # fields in declaration order, defaults for those not given.

@@ -42,7 +42,8 @@ def why_not_compiled(folder: Path) -> str | None:
         return "there is no compiled build"
     except ValueError:
         return f"{MANIFEST} is unreadable"
-    if recorded != source_digests(folder):
-        changed = sorted(name for name, digest in source_digests(folder).items() if recorded.get(name) != digest)
+    current = source_digests(folder)
+    if recorded != current:
+        changed = sorted(name for name, digest in current.items() if recorded.get(name) != digest)
         return f"{', '.join(f'{name}.py' for name in changed)} changed since the compiled build"
     return None

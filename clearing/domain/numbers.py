@@ -106,6 +106,13 @@ def to_wire(value: Decimal) -> str:
     return text
 
 
+def is_wire(text: str) -> bool:
+    """Whether ``text``, a plain decimal (a minus or not, digits without leading zeros, a fraction
+    or not: no exponent), is already ``to_wire`` of its value: no trailing fractional zero, not
+    "-0". Lets a decoder keep the text it was sent instead of spelling the value again."""
+    return text[-1] != "0" if "." in text else text != "-0"
+
+
 def round_requirement(value: Decimal) -> Decimal:
     """Margin requirements and amounts owed round up (towards more margin): against the account,
     so that rounding can never let an account look safer than it is."""

@@ -424,9 +424,15 @@ def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
     return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
-# At equal event times: parameters, then collateral, then prices, then trades. The Kafka adapter
-# (consumers/kafka_input.py) merges its partitions with the same key, so batches arrive in this order.
+# At equal event times: parameters, then collateral, then prices, then trades.
 KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
+
+
+def merge_key(at: datetime, record: RawRecord) -> tuple[datetime, int, str, int, int]:
+    """The order of records across partitions: event time, then the kind (``KIND_ORDER``), then
+    where it was read (unique). The Kafka adapter (consumers/kafka_input.py) merges its partitions
+    by this key too, so batches arrive in this order."""
+    return (at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
 
 
 def in_event_time_order(
@@ -451,8 +457,7 @@ def in_event_time_order(
         where = (record.topic, record.partition)
         at = message.occurred_at if message is not None else last.get(where, floor)
         last[where] = at
-        key = (at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
-        by_partition.setdefault(where, []).append((key, item))
+        by_partition.setdefault(where, []).append((merge_key(at, record), item))
     if len(by_partition) <= 1:
         return decoded
     merged = heapq.merge(*by_partition.values(), key=lambda keyed: keyed[0])
@@ -465,12 +470,11 @@ def _already_in_order(decoded: list[Decoded]) -> bool:
     event time before it hands records over, so this is the common case, checked here without
     the merge's grouping. A record that could not be decoded takes the slow way (its key is its
     partition's previous time)."""
-    kinds = KIND_ORDER
     previous: tuple[Any, ...] | None = None
     for record, message, _, _ in decoded:
         if message is None:
             return False
-        key = (message.occurred_at, kinds.get(record.kind, 9), record.topic, record.partition, record.offset)
+        key = merge_key(message.occurred_at, record)
         if previous is not None and not previous < key:
             return False
         previous = key

@@ -24,20 +24,27 @@ def leg(trade: str, account: str, side: str, quantity: str, price: str) -> Any:
                    instrument="BTCUSDT", side=side, quantity=quantity, price=price, occurred_at=T0.isoformat())
 
 
-def test_a_half_booked_trade_beside_a_liquidation_fill_is_not_a_balanced_point() -> None:
-    book = Book()
+def liquidated(book: Book, seller_quantity: str = "1") -> Any:
+    """A, B and C deposit; A buys 1 BTCUSDT from B at 10,000 (B's fill says ``seller_quantity``);
+    a mark at 9,000 liquidates A. Returns the liquidation order."""
     book.feed(deposit("A", "1000", "dA"))
     book.feed(deposit("B", "100000", "dB"))
     book.feed(deposit("C", "100000", "dC"))
     book.feed(leg("t1", "A", "buy", "1", "10000"))
-    book.feed(leg("t1", "B", "sell", "1", "10000"))
+    book.feed(leg("t1", "B", "sell", seller_quantity, "10000"))
     orders = [d for d in book.feed(mark("BTCUSDT", "9000")) if d.type == ev.LIQUIDATION_ORDER_ISSUED]
     assert orders
+    return orders[0]
+
+
+def test_a_half_booked_trade_beside_a_liquidation_fill_is_not_a_balanced_point() -> None:
+    book = Book()
+    order = liquidated(book)
     # The liquidation fill arrives; before its market side does, one fill of an unrelated trade.
-    book.feed(liquidation_fill(orders[0], "9000"))
+    book.feed(liquidation_fill(order, "9000"))
     half = len(book.log) + 1
     book.feed(leg("t9", "C", "buy", "2", "9100"))
-    book.feed(counterpart(orders[0], "9000", account="B"))
+    book.feed(counterpart(order, "9000", account="B"))
     book.feed(leg("t9", "B", "sell", "2", "9100"))
 
     replay = LogReplay(decide=True, conservation_every=1)

@@ -6,22 +6,16 @@ from __future__ import annotations
 from clearing.audit.replay import _INPUT_KINDS, LogReplay
 from clearing.domain import events as ev
 from clearing.domain.messages import Fill, LiquidationFill, Mark, Settlement
-from tests.audit.test_conservation_samples import leg, rows
-from tests.domain.test_fold import Book, deposit, mark
+from tests.audit.test_conservation_samples import leg, liquidated, rows
+from tests.domain.test_fold import Book, mark
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
 
 def market() -> Book:
     book = Book()
-    book.feed(deposit("A", "1000", "dA"))
-    book.feed(deposit("B", "100000", "dB"))
-    book.feed(deposit("C", "100000", "dC"))
-    book.feed(leg("t1", "A", "buy", "1", "10000"))
-    book.feed(leg("t1", "B", "sell", "1.0", "10000"))
-    orders = [d for d in book.feed(mark("BTCUSDT", "9000")) if d.type == ev.LIQUIDATION_ORDER_ISSUED]
-    assert orders
-    book.feed(liquidation_fill(orders[0], "9000"))
-    book.feed(counterpart(orders[0], "9000", account="B"))
+    order = liquidated(book, seller_quantity="1.0")
+    book.feed(liquidation_fill(order, "9000"))
+    book.feed(counterpart(order, "9000", account="B"))
     book.feed(leg("t2", "C", "buy", "2", "9100"))
     book.feed(mark("ETHUSDT", "3000"))
     return book

@@ -5,6 +5,8 @@ error keeps its wording)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,12 +15,17 @@ from hypothesis import strategies as st
 
 from clearing.domain.messages import (
     _FAST_MODELS,
+    _PLAIN_DECIMAL,
+    _PLAIN_TIME,
     TOPIC_TYPES,
     InputError,
     decode,
     decode_checked,
     decode_wire,
+    format_time,
+    is_wire_time,
 )
+from clearing.domain.numbers import is_wire, to_wire
 from clearing.simulate import Scenario, generate
 
 T = "2026-11-23T12:00:00.123Z"
@@ -186,3 +193,23 @@ def test_an_event_time_outside_the_calendar_in_utc_is_an_input_error() -> None:
         raw = json.dumps({**VALID["marks"], "occurred_at": stamp}).encode()
         with pytest.raises(InputError, match="occurred_at is outside the years 1 to 9999"):
             decode("marks", raw)
+
+
+# The fast path keeps the text it was sent where that is already the wire form; the two tests
+# below hold each shortcut to the spelling it stands for.
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.from_regex(_PLAIN_DECIMAL, fullmatch=True))
+def test_a_plain_decimal_is_wire_exactly_when_to_wire_spells_it_so(text: str) -> None:
+    assert is_wire(text) == (to_wire(Decimal(text)) == text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.from_regex(_PLAIN_TIME, fullmatch=True))
+def test_a_plain_time_is_wire_exactly_when_format_time_spells_it_so(text: str) -> None:
+    try:
+        at = datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError):  # not a date of the calendar: the decoder refuses it
+        return
+    assert is_wire_time(text) == (format_time(at) == text)
