@@ -23,8 +23,8 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
-from clearing.engine.ledger import RawRecord, merge_key
 from clearing.engine.outputs import OUTPUT_TOPICS
+from clearing.engine.records import RawRecord, merge_key
 
 logger = logging.getLogger(__name__)
 

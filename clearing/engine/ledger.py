@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -31,6 +31,7 @@ from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.messages import InputError, InputMessage, decode_wire
 from clearing.domain.state import LedgerState
 from clearing.engine import outputs, snapshots
+from clearing.engine.records import RawRecord, merge_key
 from clearing.store import log as eventlog
 from clearing.store import projections
 from clearing.store.hashing import canonical_json
@@ -38,19 +39,6 @@ from clearing.store.hashing import canonical_json
 logger = logging.getLogger(__name__)
 
 MARGIN_REFRESH_ACCOUNTS_MAX = 2_000  # holders whose margin row a mark batch refreshes (rotating)
-
-
-class RawRecord(NamedTuple):
-    """One Kafka record as the consumer hands it over: the topic's kind (``fills``, ``marks``...)
-    says how to decode it. (A named tuple: the consumer builds one per record, at a third of a
-    frozen dataclass's cost.)"""
-
-    kind: str
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
 
 
 # A record of a batch decoded: the record, and its message, idempotency key and wire form (all
@@ -422,17 +410,6 @@ def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
     if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
         window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
     return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
-
-
-# At equal event times: parameters, then collateral, then prices, then trades.
-KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
-
-
-def merge_key(at: datetime, record: RawRecord) -> tuple[datetime, int, str, int, int]:
-    """The order of records across partitions: event time, then the kind (``KIND_ORDER``), then
-    where it was read (unique). The Kafka adapter (consumers/kafka_input.py) merges its partitions
-    by this key too, so batches arrive in this order."""
-    return (at, KIND_ORDER.get(record.kind, 9), record.topic, record.partition, record.offset)
 
 
 def in_event_time_order(

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from clearing.engine.ledger import BatchResult, Ledger, LedgerBrokenError, RawRecord
+from clearing.engine.ledger import BatchResult, Ledger, LedgerBrokenError
 from clearing.engine.outbox import OutboxRelay
+from clearing.engine.records import RawRecord
 from clearing.store.log import LogHeadMismatch
 
 logger = logging.getLogger(__name__)
