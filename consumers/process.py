@@ -14,7 +14,8 @@ from clearing.engine.outbox import OutboxRelay
 from clearing.engine.runner import RunStats, run
 from clearing.settings import Settings
 from clearing.store.db import make_engine
-from consumers.kafka_input import InputConsumer, ensure_topics
+from consumers.input_process import InputProcess
+from consumers.kafka_input import ensure_topics
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +39,21 @@ def run_ledger(
     engine = make_engine(services.database_url, role=settings.database_role)
     try:
         ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-        ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
-        replayed = ledger.load(progress=load_progress)
-        logger.info("shard %s: state loaded from %s events", shard, replayed)
-        if on_loaded is not None:
-            on_loaded(replayed)
-        source = InputConsumer(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
-        relay = OutboxRelay(engine, services.kafka_bootstrap)
-        metrics = LedgerMetrics(shard)
-        if metrics_port is not None:
-            metrics.serve(metrics_port, metrics_host)
+        # Started first: the child imports and connects while the state loads. run() closes it.
+        source = InputProcess(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
+        try:
+            ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
+            replayed = ledger.load(progress=load_progress)
+            logger.info("shard %s: state loaded from %s events", shard, replayed)
+            if on_loaded is not None:
+                on_loaded(replayed)
+            relay = OutboxRelay(engine, services.kafka_bootstrap)
+            metrics = LedgerMetrics(shard)
+            if metrics_port is not None:
+                metrics.serve(metrics_port, metrics_host)
+        except BaseException:
+            source.close()
+            raise
 
         def observed(result: BatchResult, stats: RunStats) -> None:
             metrics.observe(result)
