@@ -3,6 +3,7 @@ adding the rest, and a batch that fails half way leaves none of its rows, sent o
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -77,3 +78,24 @@ def test_a_batch_failing_after_rows_were_sent_leaves_none_of_them(engine: sa.Eng
         raise RuntimeError("fold failed")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 0
+
+
+def test_the_copy_connection_has_a_send_buffer_that_holds_chunks_postgresql_has_not_read(engine: sa.Engine) -> None:
+    """Linux gives a Unix or TCP socket 208 KiB by default (~400 rows): the writer's sends waited
+    whenever PostgreSQL fell that far behind. The COPY's connection asks for more."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as limit:
+            allowed = int(limit.read())
+    except OSError:
+        pytest.skip("no Linux socket limits to compare with")
+    if allowed < eventlog.COPY_SEND_BUFFER_BYTES:
+        pytest.skip(f"this kernel caps send buffers at {allowed} bytes")
+    with engine.begin() as conn, eventlog.streaming_append(conn):
+        fd = conn.connection.driver_connection.pgconn.socket  # type: ignore[union-attr]
+        sock = socket.socket(fileno=fd)
+        try:
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        finally:
+            sock.detach()
+    # Linux reports twice what was asked for (its bookkeeping overhead).
+    assert size >= eventlog.COPY_SEND_BUFFER_BYTES
