@@ -44,6 +44,7 @@ from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import LogReplay, iter_log
 from clearing.audit.verify import verify
 from clearing.domain import build_status
+from clearing.domain.numbers import ledger_context
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS
 from clearing.runtime import tune_gc
@@ -164,8 +165,9 @@ def main() -> int:
             else:
                 with owner.connect() as conn:
                     replay = LogReplay(decide=decide, check_fills=decide)
-                    for row in iter_log(conn):
-                        replay.feed(row)
+                    with ledger_context():  # as verify and rebuild run it
+                        for row in iter_log(conn):
+                            replay.feed(row)
                     replay.finish()
             assert not replay.determinism_mismatches
             return time.perf_counter() - started

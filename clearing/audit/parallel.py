@@ -65,6 +65,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.replay import Finding, LogReplay, ShardTrack, imbalance_finding, iter_log
+from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.ledger import refresh_window
 from clearing.engine.snapshots import decode_state, state_bytes
@@ -255,16 +256,17 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         fed = result.margin_fed
         count = 0
         row: Any = None
-        for row in iter_log(conn, shard=seg.shard, after=seg.after, upto=seg.upto):
-            if result.first is None:
-                result.first = (row[0], row[5])
-            before = len(margin)
-            replay.feed(row)
-            if len(margin) != before:
-                fed.extend([row[0]] * (len(margin) - before))
-            count += 1
-            if count % PROGRESS_EVERY_EVENTS == 0:
-                _report(PROGRESS_EVERY_EVENTS)
+        with ledger_context():
+            for row in iter_log(conn, shard=seg.shard, after=seg.after, upto=seg.upto):
+                if result.first is None:
+                    result.first = (row[0], row[5])
+                before = len(margin)
+                replay.feed(row)
+                if len(margin) != before:
+                    fed.extend([row[0]] * (len(margin) - before))
+                count += 1
+                if count % PROGRESS_EVERY_EVENTS == 0:
+                    _report(PROGRESS_EVERY_EVENTS)
         _report(count % PROGRESS_EVERY_EVENTS)
         if row is not None:
             result.last = (row[0], row[5])

@@ -47,6 +47,7 @@ import sqlalchemy as sa
 from clearing.audit.parallel import NO_SAMPLES as NO_CONSERVATION_SAMPLES
 from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.replay import LogReplay, ShardTrack, iter_log
+from clearing.domain.numbers import ledger_context
 from clearing.store import projections
 from clearing.store.log import LOG_LOCK_KEY
 from clearing.store.queries import log_head
@@ -357,10 +358,11 @@ def _grants(conn: sa.Connection, table: str) -> list[tuple[str, str]]:
 
 def replay_log(conn: sa.Connection, progress: Callable[[int], None] | None = None) -> LogReplay:
     replay = LogReplay(decide=False, check_fills=False, conservation_every=NO_CONSERVATION_SAMPLES)
-    for row in iter_log(conn):
-        replay.feed(row)
-        if progress is not None and replay.events % 50_000 == 0:
-            progress(replay.events)
+    with ledger_context():
+        for row in iter_log(conn):
+            replay.feed(row)
+            if progress is not None and replay.events % 50_000 == 0:
+                progress(replay.events)
     return replay
 
 
@@ -405,9 +407,10 @@ def rebuild(
     with engine.connect() as conn, conn.begin():
         # The writer waits from here to the commit: no event is appended behind the replay's back.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
-        for row in iter_log(conn, after=replay.head):
-            replay.feed(row)
-        replay.finish()
+        with ledger_context():
+            for row in iter_log(conn, after=replay.head):
+                replay.feed(row)
+            replay.finish()
         expected = expected_state_rows(replay)
         for table in TABLES:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}_rebuild"))

@@ -56,6 +56,7 @@ from clearing.audit.rebuild import (
     read_table,
 )
 from clearing.audit.replay import CONSERVATION_EVERY_EVENTS, LogReplay, iter_log
+from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes
 from clearing.runtime import tune_gc
@@ -243,10 +244,11 @@ def verify(
                 snapshot_check=check_snapshot,
                 snapshot_positions=set(stored),
             )
-            for row in iter_log(conn):
-                replay.feed(row)
-                if tick is not None and replay.events % 10_000 == 0:
-                    tick(replay.events)
+            with ledger_context():
+                for row in iter_log(conn):
+                    replay.feed(row)
+                    if tick is not None and replay.events % 10_000 == 0:
+                        tick(replay.events)
             replay.finish()
         if tick is not None:
             tick(replay.events)

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.messages import InputError, InputMessage, decode_wire
+from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine import outputs, snapshots
 from clearing.engine.records import RawRecord, merge_key
@@ -104,11 +105,12 @@ class Ledger:
             if latest is not None:
                 self.state, after = latest.state, latest.position
             count = 0
-            for event_type, payload in eventlog.iter_payloads(conn, self.shard, after=after):
-                replay_event(self.state, event_type, payload)
-                count += 1
-                if progress is not None and count % 10_000 == 0:
-                    progress(count)
+            with ledger_context():
+                for event_type, payload in eventlog.iter_payloads(conn, self.shard, after=after):
+                    replay_event(self.state, event_type, payload)
+                    count += 1
+                    if progress is not None and count % 10_000 == 0:
+                        progress(count)
         self.state.touched.clear()
         self.state.marks_touched.clear()
         self.needs_reload = False
@@ -258,7 +260,7 @@ class Ledger:
             existing = eventlog.existing_payloads(conn, keys)
             seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
-            with eventlog.streaming_append(conn) as stream:
+            with eventlog.streaming_append(conn) as stream, ledger_context():
                 for record, message, key, payload in decoded:
                     offsets[(record.topic, record.partition)] = record.offset + 1
                     if message is None or key is None or payload is None:
