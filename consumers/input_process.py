@@ -4,8 +4,8 @@ Why: kafka-python parses every record in Python, and its network thread wakes fo
 the ledger's process that work held the GIL the fold and the writes need: in ``bench/ingest.py``
 the ledger's thread spent a quarter of its samples in ``InputConsumer.poll`` (half of that waiting
 for a fetch). Here an ``InputConsumer`` runs in a child process, on the other core, and sends what
-it polls (raw records in event-time order, a batch at a time) through a pipe: pickled, a record
-costs about 0.5 us to receive.
+it polls (raw records in event-time order, a batch at a time) through a socket pair: pickled, a
+record costs about 0.5 us to receive.
 
 The child reads ahead of the ledger by at most ``PREFETCH_BATCHES`` batches (credit the ledger
 hands back as it takes each one), so memory stays bounded when the ledger is the slower side.
@@ -15,7 +15,7 @@ offsets that count are still the ones PostgreSQL stores with the events; this pr
 
 If the child fails (the broker unreachable at start, an error in the client), ``poll`` raises
 ``InputProcessFailed`` with the child's traceback, and the ledger stops rather than stall. If the
-ledger's process dies, the child sees its end of the pipe close and exits.
+ledger's process dies, the child sees the socket close and exits.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ CHILD_POLL_TIMEOUT_MS = 100
 LAG_EVERY_S = 1.0  # an idle child reports the partitions' lag at most this often
 CLOSE_TIMEOUT_S = 10.0
 
-# What crosses the pipe: (ASSIGN, generation, stored offsets, broker instance), (CREDIT,
+# What crosses the socket: (ASSIGN, generation, stored offsets, broker instance), (CREDIT,
 # generation, batches, records per batch) and (CLOSE,) to the child; (RECORDS, generation,
 # records, lag), (LAG, generation, lag) and (FAILED, traceback) from it.
 ASSIGN, CREDIT, CLOSE, RECORDS, LAG, FAILED = "assign", "credit", "close", "records", "lag", "failed"
@@ -114,15 +114,26 @@ class InputProcess:
         return dict(self._lag)
 
     def close(self) -> None:
+        """Stop the child: it exits at CLOSE. A child that is sending a batch reads nothing until
+        the send completes, so what it still sends is read here (and dropped) until it exits."""
         with contextlib.suppress(OSError):  # the child is gone already
             self._conn.send((CLOSE,))
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        with contextlib.suppress(EOFError, OSError):  # EOF: the child has exited
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                self._conn.recv_bytes()
         try:
-            self._process.wait(CLOSE_TIMEOUT_S)
+            self._process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("the Kafka input process did not stop in %.0f s; killing it", CLOSE_TIMEOUT_S)
             self._process.kill()
             self._process.wait(CLOSE_TIMEOUT_S)
         self._conn.close()
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code once it has exited (negative: killed by that signal)."""
+        return self._process.returncode
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -147,7 +158,7 @@ class InputProcess:
 
 def _serve(conn: Connection, bootstrap: str, prefix: str, shard: int, shards: int) -> None:
     """The child: poll while the ledger has credit, answer commands in between, exit on CLOSE or
-    when the ledger's end of the pipe closes."""
+    when the ledger's end of the socket closes."""
     # A terminal's Ctrl-C, or a service manager's SIGTERM to the whole group, reaches this process
     # too: the ledger stops it itself (CLOSE) once its last batch has committed, and it exits on
     # its own when the ledger's process is gone.

@@ -53,6 +53,13 @@ def _poll_until(source: InputProcess, count: int, records_max: int) -> list[RawR
     return records
 
 
+def _poll_for_a_while(source: InputProcess) -> None:
+    """Poll for up to ``WAIT_S`` (until the poll raises, in the tests that expect it to)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        source.poll(100, 10)
+
+
 def test_every_record_arrives_once_in_event_time_order(broker: str, topic_prefix: str) -> None:
     messages = [_deposit(n, n) for n in range(300)] + [_mark(second) for second in range(0, 300, 7)]
     produced = produce(broker, topic_prefix, messages)
@@ -89,6 +96,17 @@ def test_a_new_assignment_drops_what_was_read_ahead(broker: str, topic_prefix: s
         source.close()
 
 
+def test_close_stops_a_child_that_is_sending_a_batch(broker: str, topic_prefix: str) -> None:
+    # Batches of 2,000 deposits (~400 KB pickled) do not fit a socket's default buffer: with
+    # credit for two more, the child is blocked sending when the ledger stops taking them.
+    produce(broker, topic_prefix, [_deposit(n, n % 3600) for n in range(8_000)])
+    source = InputProcess(broker, topic_prefix)
+    source.assign({}, None)
+    assert _poll_until(source, 1, 2_000)
+    source.close()
+    assert source.returncode == 0, "the child had to be killed: it never read CLOSE"
+
+
 def test_a_dead_input_process_fails_the_poll(broker: str, topic_prefix: str) -> None:
     produce(broker, topic_prefix, [_deposit(0, 0)])
     source = InputProcess(broker, topic_prefix)
@@ -97,9 +115,7 @@ def test_a_dead_input_process_fails_the_poll(broker: str, topic_prefix: str) -> 
         assert source.pid is not None
         os.kill(source.pid, signal.SIGKILL)
         with pytest.raises(InputProcessFailed, match="exited"):
-            deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline:
-                source.poll(100, 10)
+            _poll_for_a_while(source)
     finally:
         source.close()
 
@@ -109,9 +125,7 @@ def test_an_error_in_the_input_process_fails_the_poll_with_its_cause(broker: str
     try:
         source.assign({}, None)
         with pytest.raises(InputProcessFailed, match="has no partitions in the broker's metadata"):
-            deadline = time.monotonic() + WAIT_S
-            while time.monotonic() < deadline:
-                source.poll(100, 10)
+            _poll_for_a_while(source)
     finally:
         source.close()
 
