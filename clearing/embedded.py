@@ -48,6 +48,7 @@ BROKER_READY_TIMEOUT_S = 30.0
 BROKER_POLL_INTERVAL_S = 0.05
 BROKER_CONNECT_TIMEOUT_S = 0.5
 BROKER_STOP_TIMEOUT_S = 10.0
+STOP_POLL_S = 0.1  # how often a stop looks whether the process has exited
 BROKER_START_ATTEMPTS_MAX = 3  # a free port can be taken between probing it and tansu binding it
 POSTGRES_STOP_TIMEOUT_S = 60
 LOG_TAIL_BYTES_MAX = 4_000
@@ -346,19 +347,37 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _terminate(pid: int, timeout_s: float = BROKER_STOP_TIMEOUT_S) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaps it if it is ours."""
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaps it if it is ours.
+
+    A process that has exited is gone even while it is a zombie: when another command started it
+    (a ``clearing run`` that started the services, still running), only that one can reap it, and
+    psutil's wait took the zombie for a live process: it waited 2 x ``timeout_s`` and raised."""
     import psutil
 
     try:
         process = psutil.Process(pid)
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except psutil.TimeoutExpired:
+        if not _wait_exited(process, timeout_s):
             process.kill()
-            process.wait(timeout=timeout_s)
+            _wait_exited(process, timeout_s)
     except psutil.NoSuchProcess:
         return
+
+
+def _wait_exited(process: Any, timeout_s: float) -> bool:
+    """Whether ``process`` (psutil) exited within ``timeout_s`` (reaped if it is our child)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            process.wait(timeout=STOP_POLL_S)
+            return True
+        except psutil.TimeoutExpired:
+            if not pid_alive(process.pid):
+                return True  # a zombie another process has to reap
+            if time.monotonic() >= deadline:
+                return False
 
 
 def ensure_broker(broker_dir: Path) -> BrokerProcess:

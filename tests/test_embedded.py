@@ -105,6 +105,34 @@ def test_services_start_once_are_found_again_and_stop(home: Path) -> None:
     assert stop_services(settings) == []
 
 
+def test_a_broker_started_by_another_process_that_still_runs_stops(tmp_path: Path) -> None:
+    """As when ``clearing services stop`` runs beside the ``clearing run`` that started the
+    services: the stopped broker stays a zombie of that process, which is not reaping it."""
+    from clearing.embedded import pid_alive, stop_broker
+
+    broker_dir = tmp_path / "broker"
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from clearing.embedded import launch_broker\n"
+        "print(launch_broker(Path(sys.argv[1])).pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", script, str(broker_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert starter.stdout is not None
+        pid = int(starter.stdout.readline())
+        assert pid_alive(pid)
+        assert stop_broker(broker_dir)  # raised psutil.TimeoutExpired after 20 s before
+        assert not pid_alive(pid)
+    finally:
+        assert starter.stdin is not None
+        starter.stdin.close()
+        starter.wait(30)
+
+
 def test_a_restarted_broker_is_a_new_instance(home: Path) -> None:
     settings = _embedded_settings(home)
     first = ensure_services(settings, need_broker=True)
