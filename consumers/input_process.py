@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from clearing.engine.records import RawRecord
@@ -41,6 +43,7 @@ PREFETCH_BATCHES = 2  # batches the child may read ahead of what the ledger has 
 CHILD_POLL_TIMEOUT_MS = 100
 LAG_EVERY_S = 1.0  # an idle child reports the partitions' lag at most this often
 CLOSE_TIMEOUT_S = 10.0
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds consumers/ and clearing/
 
 # What crosses the socket: (ASSIGN, generation, stored offsets, broker instance), (CREDIT,
 # generation, batches, records per batch) and (CLOSE,) to the child; (RECORDS, generation,
@@ -62,12 +65,19 @@ class InputProcess:
         # the outbox relay, the metrics server) nor multiprocessing's spawn (which re-imports the
         # caller's main module: a script without a main guard would start itself again). It
         # imports the Kafka client and this adapter only, in ~0.15 s.
+        # It imports this module from where the ledger's process did (first on its path), so both
+        # run the same code whatever else is installed.
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(SOURCE_ROOT), *filter(None, [environment.get("PYTHONPATH")])]
+        )
         ours, theirs = socket.socketpair()
         with theirs:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno()), bootstrap, prefix, str(shard), str(shards)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=environment,
             )
         self._conn = Connection(ours.detach())
         self._generation = 0

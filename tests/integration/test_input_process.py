@@ -130,6 +130,26 @@ def test_an_error_in_the_input_process_fails_the_poll_with_its_cause(broker: str
         source.close()
 
 
+def test_the_child_runs_the_code_the_ledger_runs(
+    broker: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PYTHONPATH pointing at another ``consumers`` package, the child still imports this
+    checkout's adapter (``python -m`` alone would have run the other one)."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "consumers").mkdir(parents=True)
+    (elsewhere / "consumers" / "__init__.py").write_text("")
+    (elsewhere / "consumers" / "input_process.py").write_text("raise SystemExit(3)\n")
+    produce(broker, topic_prefix, [_deposit(0, 0)])
+    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
+    monkeypatch.chdir(tmp_path)  # python -m looks in the working folder first
+    source = InputProcess(broker, topic_prefix)
+    try:
+        source.assign({}, None)
+        assert len(_poll_until(source, 1, 10)) == 1
+    finally:
+        source.close()
+
+
 def test_the_input_process_exits_when_the_ledgers_process_dies(broker: str, topic_prefix: str, tmp_path: Path) -> None:
     produce(broker, topic_prefix, [_deposit(0, 0)])
     # A script file without a main guard: multiprocessing's spawn would have run it again in
