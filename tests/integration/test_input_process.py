@@ -133,15 +133,14 @@ def test_an_error_in_the_input_process_fails_the_poll_with_its_cause(broker: str
 def test_the_child_runs_the_code_the_ledger_runs(
     broker: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With PYTHONPATH pointing at another ``consumers`` package, the child still imports this
-    checkout's adapter (``python -m`` alone would have run the other one)."""
-    elsewhere = tmp_path / "elsewhere"
-    (elsewhere / "consumers").mkdir(parents=True)
-    (elsewhere / "consumers" / "__init__.py").write_text("")
-    (elsewhere / "consumers" / "input_process.py").write_text("raise SystemExit(3)\n")
+    """With another ``consumers`` package in the working folder and on PYTHONPATH, the child
+    still imports this checkout's adapter (``python -m`` would have run the other one)."""
+    (tmp_path / "consumers").mkdir()
+    (tmp_path / "consumers" / "__init__.py").write_text("")
+    (tmp_path / "consumers" / "input_process.py").write_text("raise SystemExit(3)\n")
     produce(broker, topic_prefix, [_deposit(0, 0)])
-    monkeypatch.setenv("PYTHONPATH", str(elsewhere))
-    monkeypatch.chdir(tmp_path)  # python -m looks in the working folder first
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     source = InputProcess(broker, topic_prefix)
     try:
         source.assign({}, None)
