@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -278,16 +278,12 @@ def streaming_append(conn: sa.Connection) -> Iterator[EventStream]:
 def widen_send_buffer(fd: int, size: int = COPY_SEND_BUFFER_BYTES) -> None:
     """Ask for a send buffer of ``size`` bytes on the socket ``fd`` (the kernel caps it at its
     limit). Not a socket, or a platform that refuses: the default stays, which is only slower."""
-    try:
+    with suppress(OSError):
         sock = socket.socket(fileno=fd)
-    except OSError:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-    except OSError:
-        pass
-    finally:
-        sock.detach()  # the descriptor stays libpq's
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        finally:
+            sock.detach()  # the descriptor stays libpq's
 
 
 def _copy_time(value: str | datetime) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from clearing.engine.ledger import RawRecord, merge_key
+from clearing.engine.records import RawRecord, merge_key
 from consumers.input_process import InputProcess, InputProcessFailed
 from consumers.kafka_input import event_time
 from tests.integration.conftest import produce
@@ -101,9 +101,11 @@ def test_close_stops_a_child_that_is_sending_a_batch(broker: str, topic_prefix: 
     # credit for two more, the child is blocked sending when the ledger stops taking them.
     produce(broker, topic_prefix, [_deposit(n, n % 3600) for n in range(8_000)])
     source = InputProcess(broker, topic_prefix)
-    source.assign({}, None)
-    assert _poll_until(source, 1, 2_000)
-    source.close()
+    try:
+        source.assign({}, None)
+        assert _poll_until(source, 1, 2_000)
+    finally:
+        source.close()
     assert source.returncode == 0, "the child had to be killed: it never read CLOSE"
 
 
@@ -112,7 +114,6 @@ def test_a_dead_input_process_fails_the_poll(broker: str, topic_prefix: str) -> 
     source = InputProcess(broker, topic_prefix)
     try:
         source.assign({}, None)
-        assert source.pid is not None
         os.kill(source.pid, signal.SIGKILL)
         with pytest.raises(InputProcessFailed, match="exited"):
             _poll_for_a_while(source)
