@@ -25,6 +25,7 @@ from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import latest_snapshot
 from clearing.store import projections
+from clearing.store.db import load_json
 from clearing.store.queries import log_head
 
 
@@ -65,7 +66,7 @@ def state_at(conn: sa.Connection, shard: int, position: int, *, use_snapshots: b
         if snapshot is not None:
             state, after = snapshot.state, snapshot.position
     for row in iter_log(conn, shard=shard, after=after, upto=position):
-        event_type, payload = row[2], row[3]
+        event_type, payload = row[2], load_json(row[3])
         message = trusted_message(event_type, payload) if event_type in ev.MODEL_BY_EVENT_TYPE else None
         fold.apply(state, event_type, message, payload)
     state.touched.clear()

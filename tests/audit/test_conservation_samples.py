@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from clearing.audit.replay import LogReplay
@@ -11,10 +12,11 @@ from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
 
 def rows(book: Book) -> list[tuple[Any, ...]]:
-    """The book's log as the replay reads it from the events table."""
+    """The book's log as the replay reads it from the events table (``iter_log``: the payload as
+    JSON text)."""
     return [
-        (position, 0, event.type, event.payload, event.occurred_at, T0, event.idempotency_key, event.cause_position,
-         event.stream)
+        (position, 0, event.type, json.dumps(event.payload), event.occurred_at, T0, event.idempotency_key,
+         event.cause_position, event.stream)
         for position, event in enumerate(book.log, 1)
     ]
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from clearing.audit import replay as replay_module
 from clearing.audit.replay import LOG_COLUMNS, iter_log, prefetched
+from clearing.store.db import load_json
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
 
@@ -121,6 +122,19 @@ def test_iter_log_gives_the_rows_of_the_plain_query_in_position_order(
             conn, "shard = 0 AND position > :a", {"a": upto}
         )
         assert list(iter_log(conn, after=head)) == []
+    assert not readers()
+
+
+@integration
+def test_iter_log_gives_each_payload_as_json_text_that_parses_to_the_stored_document(
+    owner: sa.Engine,  # noqa: F811
+) -> None:
+    with owner.connect() as conn:
+        stored = conn.execute(sa.text("SELECT position, payload FROM events ORDER BY position")).all()
+        rows = list(iter_log(conn))
+    assert [row[0] for row in rows] == [position for position, _ in stored]
+    assert all(type(row[3]) is str for row in rows)
+    assert [load_json(row[3]) for row in rows] == [payload for _, payload in stored]
     assert not readers()
 
 
