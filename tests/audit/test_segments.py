@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clearing.audit.parallel import SEGMENTS_PER_JOB, Segment, balanced
+from clearing.audit.parallel import SEGMENTS_PER_JOB, Segment, _dispatch_key, balanced
 
 
 def plan(cuts_by_shard: dict[int, list[int]], head: int) -> list[Segment]:
@@ -52,3 +52,13 @@ def test_nineteen_segments_on_two_workers_become_eight() -> None:
     joined = balanced(finest, 2)
     assert len(joined) == 2 * SEGMENTS_PER_JOB == 8
     assert balanced(finest[:8], 2) == finest[:8]  # few enough: as planned
+
+
+def test_each_shards_last_segment_is_dispatched_first_then_the_longest() -> None:
+    # bench/replay.py's log: 19 segments joined into 8 of 100,000 or 150,000 positions.
+    joined = balanced(plan({0: [50_000 * k for k in range(1, 19)]}, 946_501), 2)
+    order = sorted(joined, key=_dispatch_key)
+    assert not order[0].ends_at_snapshot  # it carries the state back: the largest result
+    lengths = [s.upto - s.after for s in order[1:]]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    assert sorted(order, key=lambda s: s.index) == joined
