@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from clearing.audit.replay import iter_log
 from clearing.domain import events as ev
 from clearing.domain import fold
-from clearing.domain.events import trusted_message
 from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import latest_snapshot
@@ -66,12 +65,9 @@ def state_at(conn: sa.Connection, shard: int, position: int, *, use_snapshots: b
         if snapshot is not None:
             state, after = snapshot.state, snapshot.position
     for row in iter_log(conn, shard=shard, after=after, upto=position):
-        event_type, payload = row[2], load_json(row[3])
-        message = trusted_message(event_type, payload) if event_type in ev.MODEL_BY_EVENT_TYPE else None
-        fold.apply(state, event_type, message, payload)
+        fold.replay_event(state, row[2], load_json(row[3]))  # marks the derived trigger index stale
     state.touched.clear()
     state.marks_touched.clear()
-    state.triggers.stale = True  # derived state (clearing/domain/triggers.py): rebuilt by a step
     return state
 
 
