@@ -232,6 +232,9 @@ class LogReplay:
         self.conservation_bad: list[Finding] = []
         self.check_fills = check_fills
         self.fills: dict[str, list[tuple[int, str, str, str, str, str]]] = {}
+        # Trades ``settle_trades`` took out of ``fills``: two fills, counterparts (a parallel
+        # segment settles its trades before it sends its fills to the parent, see parallel.py).
+        self.trades_settled: set[str] = set()
         # Fills not yet matched by an opposite one: a signed count (buys +1, sells -1) per
         # (instrument, quantity, price) over ordinary and liquidation fills. The books must
         # balance where it is empty; half-booked trades and liquidation fills awaiting their
@@ -439,6 +442,21 @@ class LogReplay:
         if imbalance and len(self.conservation_bad) < 10:
             self.conservation_bad.append(imbalance_finding(position, imbalance))
 
+    def settle_trades(self) -> None:
+        """Take out of ``fills`` every trade whose two fills are counterparts, keeping only its id
+        (``trades_settled``): nothing more can be found of it unless another fill of the same
+        trade id turns up, which a replay that goes on feeding would book as a trade of its own.
+        So only a replay that has seen its last row settles, and whoever joins it to others (the
+        parallel merge) must look for its ids among theirs."""
+        settled = [trade_id for trade_id, fills in self.fills.items() if len(fills) == 2 and _counterparts(*fills)]
+        for trade_id in settled:
+            del self.fills[trade_id]
+        self.trades_settled.update(settled)
+
+    @property
+    def trades(self) -> int:
+        return len(self.fills) + len(self.trades_settled)
+
     def counterpart_findings(self) -> list[Finding]:
         """Every trade: exactly two fills, opposite sides, same instrument, equal quantity and
         price. A trade with one fill is accepted when a liquidation fill of the same instrument,
@@ -448,17 +466,11 @@ class LogReplay:
         spare: dict[tuple[str, str, str, str], list[int]] = {}
         for position, _account, instrument, side, quantity, price in self.liquidation_fills:
             spare.setdefault((instrument, side, str(Decimal(quantity)), str(Decimal(price))), []).append(position)
-        opposite = {"buy": "sell", "sell": "buy"}
         for trade_id, fills in self.fills.items():
             first = fills[0][0]
             if len(fills) == 2:
                 a, b = fills
-                if (
-                    a[2] != b[2]
-                    or a[3] != opposite[b[3]]
-                    or Decimal(a[4]) != Decimal(b[4])
-                    or Decimal(a[5]) != Decimal(b[5])
-                ):
+                if not _counterparts(a, b):
                     findings.append(
                         Finding(
                             b[0],
@@ -469,7 +481,7 @@ class LogReplay:
                     )
             elif len(fills) == 1:
                 _, account, instrument, side, quantity, price = fills[0]
-                key = (instrument, opposite[side], str(Decimal(quantity)), str(Decimal(price)))
+                key = (instrument, _OPPOSITE[side], str(Decimal(quantity)), str(Decimal(price)))
                 if spare.get(key):
                     spare[key].pop(0)
                     continue
@@ -496,3 +508,17 @@ class LogReplay:
                 )
         findings.sort(key=lambda f: f.position or 0)
         return findings
+
+
+_OPPOSITE = {"buy": "sell", "sell": "buy"}
+
+
+def _counterparts(a: tuple[int, str, str, str, str, str], b: tuple[int, str, str, str, str, str]) -> bool:
+    """Whether two fills of a trade are its two sides: one instrument, opposite sides, equal
+    quantity and price (the same text, or two spellings of one number)."""
+    return (
+        a[2] == b[2]
+        and a[3] == _OPPOSITE[b[3]]
+        and (a[4] == b[4] or Decimal(a[4]) == Decimal(b[4]))
+        and (a[5] == b[5] or Decimal(a[5]) == Decimal(b[5]))
+    )

@@ -343,7 +343,7 @@ def verify(
             findings[0].position if findings else None,
             findings[0].problem if findings else None,
             {
-                "trades": len(replay.fills),
+                "trades": replay.trades,
                 "liquidation_fills": len(replay.liquidation_fills),
                 "problems": len(findings),
                 "samples": [f.problem for f in findings[1:5]],
