@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearing.domain import events as ev
 from clearing.domain import fold, lifecycle
-from clearing.domain.messages import Deposit, Fill, LiquidationFill, Mark
+from clearing.domain.inputs import Deposit, Fill, LiquidationFill, Mark
 from clearing.domain.state import LedgerState
 from clearing.runtime import tune_gc
 
@@ -50,7 +50,7 @@ class Bench:
 
     def fill(self, account: str, side: str, quantity: Decimal, price: Decimal) -> None:
         self.fills += 1
-        self.step(Fill(type="fill", fill_id=f"F{self.fills}", trade_id=f"T{self.fills}", account_id=account,
+        self.step(Fill(fill_id=f"F{self.fills}", trade_id=f"T{self.fills}", account_id=account,
                        instrument=INSTRUMENT, side=side, quantity=quantity, price=price, fee=Decimal(0),
                        fee_asset=None, margin_mode="cross", occurred_at=self.at))
 
@@ -61,7 +61,7 @@ class Bench:
             p = order.payload
             quantity, price = Decimal(p["quantity"]), Decimal(p["mark"])
             self.fills += 1
-            self.step(LiquidationFill(type="liquidation_fill", liquidation_id=p["liquidation_id"],
+            self.step(LiquidationFill(liquidation_id=p["liquidation_id"],
                                       fill_id=f"LF{self.fills}", account_id=p["account_id"], instrument=INSTRUMENT,
                                       side=p["side"], quantity=quantity, price=price, occurred_at=self.at))
             self.fill(MM, "buy" if p["side"] == "sell" else "sell", quantity, price)
@@ -71,8 +71,8 @@ def build(accounts: int, price: Decimal, rng: random.Random, *, brute_force: boo
     """Pairs of accounts, one long and one short of the same quantity, each with the collateral
     that gives it its own leverage: log-uniform between 1x and ``leverage_max``."""
     bench = Bench(brute_force=brute_force)
-    bench.step(Mark(type="mark", symbol=INSTRUMENT, price=price, occurred_at=bench.at))
-    bench.step(Deposit(type="deposit", transfer_id="dMM", account_id=MM, asset="USDT",
+    bench.step(Mark(symbol=INSTRUMENT, price=price, occurred_at=bench.at))
+    bench.step(Deposit(transfer_id="dMM", account_id=MM, asset="USDT",
                        amount=Decimal(10) ** 12, occurred_at=bench.at))
     for pair in range(accounts // 2):
         quantity = Decimal(rng.randint(1, 2000)) / 1000
@@ -80,7 +80,7 @@ def build(accounts: int, price: Decimal, rng: random.Random, *, brute_force: boo
         for side, account in (("buy", f"A{2 * pair:06d}"), ("sell", f"A{2 * pair + 1:06d}")):
             leverage = Decimal(str(round(leverage_max ** rng.random(), 3)))
             collateral = (notional / leverage).quantize(Decimal("0.01"))
-            bench.step(Deposit(type="deposit", transfer_id=f"d{account}", account_id=account, asset="USDT",
+            bench.step(Deposit(transfer_id=f"d{account}", account_id=account, asset="USDT",
                                amount=collateral, occurred_at=bench.at))
             bench.fill(account, side, quantity, price)
     return bench
@@ -104,7 +104,7 @@ def walk(bench: Bench, price: Decimal, marks: int, rng: random.Random, step_bp: 
             price = (price * Decimal(str(1 + rng.gauss(0, step_bp / 10_000)))).quantize(Decimal("0.01"))
             bench.at += timedelta(seconds=1)
             bench.position += 1
-            message = Mark(type="mark", symbol=INSTRUMENT, price=price, occurred_at=bench.at)
+            message = Mark(symbol=INSTRUMENT, price=price, occurred_at=bench.at)
             fold.admit(bench.state, message)
             counted[0] = 0
             started, started_cpu = time.perf_counter(), time.process_time()

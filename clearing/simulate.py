@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 from clearing.domain.numbers import to_wire
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)

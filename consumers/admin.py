@@ -10,7 +10,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 from clearing.domain.params import RiskParameters, load_parameters
 
 PUBLISH_TIMEOUT_S = 30

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel
 
 from clearing.audit.asof import account_as_of
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 from clearing.store import queries
 
 LIST_LIMIT_DEFAULT = 100

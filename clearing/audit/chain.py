@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from clearing.audit.replay import prefetched
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 from clearing.store.hashing import GENESIS_HASH, canonical_json, chain, digest_input
 
 CHAIN_FETCH_ROWS = 5_000

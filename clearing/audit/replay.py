@@ -18,9 +18,9 @@ what the projection tables should hold:
 
 Fast path. Logged input payloads were validated by ``messages.decode`` on their way in and are
 stored in wire form, and the hash chain (checked by ``audit verify``) says they were not changed
-since. So the replay builds messages with ``model_construct`` (no validation) from those trusted
-payloads: ``Decimal(text)`` for decimal fields, ``datetime.fromisoformat`` for times. A unit test
-checks that this gives the same message as ``model_validate`` for every input type.
+since. So the replay builds messages from those trusted payloads without validation
+(``events.trusted_message``: ``Decimal(text)`` for decimal fields, ``datetime.fromisoformat`` for
+times). A unit test checks that this gives the same message as validation for every input type.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from clearing.domain import events as ev
 from clearing.domain import fold
 from clearing.domain.fold import conservation
-from clearing.domain.messages import (
+from clearing.domain.inputs import (
     Fill,
     LiquidationFill,
     Mark,

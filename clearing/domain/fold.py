@@ -19,11 +19,10 @@ from typing import Any
 
 from clearing.domain import events as ev
 from clearing.domain import lifecycle  # decisions, and what a liquidation fill does
-from clearing.domain.messages import (
+from clearing.domain.inputs import (
     Deposit,
     Fill,
     Funding,
-    InputError,
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
@@ -32,6 +31,7 @@ from clearing.domain.messages import (
     Settlement,
     Withdrawal,
 )
+from clearing.domain.messages import InputError
 from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
 from clearing.domain.params import InstrumentSpec, load_parameters
 from clearing.domain.state import FEE_ACCOUNT, FUNDING_POOL_ACCOUNT, Account, LedgerState, MarkState, Position

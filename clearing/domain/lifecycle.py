@@ -29,11 +29,10 @@ from typing import Any, NamedTuple
 
 from clearing.domain import events as ev
 from clearing.domain import margin, triggers
-from clearing.domain.messages import (
+from clearing.domain.inputs import (
     Deposit,
     Fill,
     Funding,
-    InputError,
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
@@ -43,6 +42,7 @@ from clearing.domain.messages import (
     Withdrawal,
     format_time,
 )
+from clearing.domain.messages import InputError
 from clearing.domain.numbers import (
     ZERO,
     divide,

@@ -1,18 +1,22 @@
 """Input messages of CONTRACT.md: decoding, validation, and the errors a person can act on.
 
-``decode(topic_kind, raw)`` turns the bytes of one Kafka value into a frozen message or raises
-``InputError`` with a sentence that says what is wrong and how to fix it. Nothing here knows about
-Kafka or the database; the consumer puts the error in the dead-letter table.
+``decode(topic_kind, raw)`` turns the bytes of one Kafka value into an immutable message (the
+compiled classes of ``inputs``, re-exported here) or raises ``InputError`` with a sentence that
+says what is wrong and how to fix it. The checks are pydantic schemas, one per message type
+(``FillSchema``...), with the message's fields; a test checks that each schema and its class
+agree. Nothing here knows about Kafka or the database; the consumer puts the error in the
+dead-letter table.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
@@ -21,10 +25,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationError,
 )
 
+from clearing.domain.inputs import (
+    Deposit,
+    Fill,
+    Funding,
+    InputMessage,
+    IsolatedMarginTransfer,
+    LiquidationFill,
+    Mark,
+    Message,
+    RiskParametersMessage,
+    Settlement,
+    Withdrawal,
+    format_time,
+)
 from clearing.domain.numbers import WIRE_FRACTION_DIGITS_MAX, WIRE_INTEGER_DIGITS_MAX, NumberError, is_wire, to_wire
 from clearing.domain.params import IDENTIFIER_CHARS_MAX, WireDecimal
 
@@ -72,29 +89,13 @@ Side = Literal["buy", "sell"]
 MarginMode = Literal["cross", "isolated"]
 
 
-class Message(BaseModel):
+class Schema(BaseModel):
+    """The checks of one message type: its fields, their shapes, no others."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def wire(self) -> dict[str, Any]:
-        """The normalised payload: decimals as canonical strings, times in UTC with a Z."""
-        out: dict[str, Any] = {}
-        # The fields in declaration order, as iterating the model gives them (extra fields are
-        # forbidden), without pydantic's iterator.
-        for name, value in self.__dict__.items():
-            if value is None:
-                continue
-            if value.__class__ is str:
-                out[name] = value
-            elif isinstance(value, Decimal):
-                out[name] = to_wire(value)
-            elif isinstance(value, datetime):
-                out[name] = format_time(value)
-            else:
-                out[name] = value
-        return out
 
-
-class Fill(Message):
+class FillSchema(Schema):
     type: Literal["fill"]
     fill_id: Identifier
     trade_id: Identifier
@@ -110,7 +111,7 @@ class Fill(Message):
     occurred_at: EventTime
 
 
-class Deposit(Message):
+class DepositSchema(Schema):
     type: Literal["deposit"]
     transfer_id: Identifier
     account_id: Identifier
@@ -119,7 +120,7 @@ class Deposit(Message):
     occurred_at: EventTime
 
 
-class Withdrawal(Message):
+class WithdrawalSchema(Schema):
     type: Literal["withdrawal"]
     transfer_id: Identifier
     account_id: Identifier
@@ -128,7 +129,7 @@ class Withdrawal(Message):
     occurred_at: EventTime
 
 
-class IsolatedMarginTransfer(Message):
+class IsolatedMarginTransferSchema(Schema):
     type: Literal["isolated_margin"]
     transfer_id: Identifier
     account_id: Identifier
@@ -137,7 +138,7 @@ class IsolatedMarginTransfer(Message):
     occurred_at: EventTime
 
 
-class Mark(Message):
+class MarkSchema(Schema):
     type: Literal["mark"]
     symbol: Identifier
     price: Positive
@@ -145,21 +146,21 @@ class Mark(Message):
     occurred_at: EventTime
 
 
-class Funding(Message):
+class FundingSchema(Schema):
     type: Literal["funding"]
     symbol: Identifier
     rate: WireDecimal
     occurred_at: EventTime
 
 
-class Settlement(Message):
+class SettlementSchema(Schema):
     type: Literal["settlement"]
     symbol: Identifier
     price: Positive
     occurred_at: EventTime
 
 
-class LiquidationFill(Message):
+class LiquidationFillSchema(Schema):
     type: Literal["liquidation_fill"]
     liquidation_id: Identifier
     fill_id: Identifier
@@ -171,23 +172,38 @@ class LiquidationFill(Message):
     occurred_at: EventTime
 
 
-class RiskParametersMessage(Message):
+class RiskParametersSchema(Schema):
     type: Literal["risk_parameters"]
     parameters: dict[str, Any]
     occurred_at: EventTime
 
 
-InputMessage = (
-    Fill
-    | Deposit
-    | Withdrawal
-    | IsolatedMarginTransfer
-    | Mark
-    | Funding
-    | Settlement
-    | LiquidationFill
-    | RiskParametersMessage
-)
+SCHEMAS: dict[type[Message], type[Schema]] = {
+    Fill: FillSchema,
+    Deposit: DepositSchema,
+    Withdrawal: WithdrawalSchema,
+    IsolatedMarginTransfer: IsolatedMarginTransferSchema,
+    Mark: MarkSchema,
+    Funding: FundingSchema,
+    Settlement: SettlementSchema,
+    LiquidationFill: LiquidationFillSchema,
+    RiskParametersMessage: RiskParametersSchema,
+}
+# The constructors, keyword arguments only (every field but ``type``).
+_CONSTRUCTORS: dict[type[Message], Callable[..., InputMessage]] = {model: model for model in SCHEMAS}  # type: ignore[misc]
+
+
+def _built(model: type[Message], values: dict[str, Any]) -> InputMessage:
+    """The message of ``model`` with the valid ``values`` of its fields (``type`` among them)."""
+    del values["type"]
+    return _CONSTRUCTORS[model](**values)
+
+
+def validated(model: type[Message], data: dict[str, Any]) -> InputMessage:
+    """The message of ``model`` from ``data`` checked by its schema (pydantic's ``ValidationError``
+    when it is not valid)."""
+    return _built(model, dict(SCHEMAS[model].model_validate(data).__dict__))
+
 
 # Which message types each input topic carries (topic names without the prefix).
 TOPIC_TYPES: dict[str, dict[str, type[Message]]] = {
@@ -198,25 +214,6 @@ TOPIC_TYPES: dict[str, dict[str, type[Message]]] = {
     "admin": {"risk_parameters": RiskParametersMessage},
 }
 INPUT_TOPICS = tuple(TOPIC_TYPES)
-
-_ADAPTERS: dict[type[Message], TypeAdapter[Any]] = {}
-
-
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a Z: the one spelling of time in the log, which is
-    ``value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")``. ``isoformat`` spells a UTC time
-    the same way, with "+00:00" for the Z, in a third less time (the writer spells several
-    times per event); strftime writes years before 1000 without the leading zeros, so those
-    keep it."""
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    if value.year < 1000:
-        return value.strftime(_TIME_FORMAT)
-    return value.isoformat(timespec="microseconds")[:-6] + "Z"
-
 
 def is_wire_time(text: str) -> bool:
     """Whether ``text``, an RFC 3339 time of the plain shape the decoder accepts (``_PLAIN_TIME``),
@@ -312,10 +309,9 @@ def decode_checked(topic_kind: str, raw: bytes) -> InputMessage:
         allowed = ", ".join(f'"{name}"' for name in kinds)
         raise InputError(f'"type" is {message_type!r}; on the {topic_kind} topic it must be one of {allowed}')
     try:
-        message = cast(InputMessage, model.model_validate(data))
+        return validated(model, data)
     except ValidationError as error:
         raise InputError(_describe(str(message_type), error)) from None
-    return message
 
 
 # Value shapes of the fast path. Each is a string (or null where the field may be null) of a
@@ -338,11 +334,11 @@ _DECIMAL_SHAPES = (_DECIMAL, _POSITIVE, _NOT_NEGATIVE, _NON_ZERO)
 FastField = tuple[str, int, frozenset[str], bool, Any]
 
 
-def _fast_fields(model: type[Message], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> tuple[FastField, ...]:
-    """The model's fields in declaration order, each with its shape from ``shapes`` (a shape, or
+def _fast_fields(schema: type[Schema], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> tuple[FastField, ...]:
+    """The schema's fields in declaration order, each with its shape from ``shapes`` (a shape, or
     the allowed literals, and whether null is allowed)."""
     fields = []
-    for name, info in model.model_fields.items():
+    for name, info in schema.model_fields.items():
         shape, nullable = shapes[name]
         literals = shape if isinstance(shape, frozenset) else frozenset()
         kind = _LITERAL if isinstance(shape, frozenset) else shape
@@ -350,10 +346,10 @@ def _fast_fields(model: type[Message], shapes: dict[str, tuple[int | frozenset[s
     return tuple(fields)
 
 
-def field_template(model: type[Message]) -> dict[str, Any]:
-    """Every field of ``model`` in declaration order: its default, or None when it is required.
-    A message built without validation (here, and ``events.trusted_message``) starts from it."""
-    return {name: None if info.is_required() else info.default for name, info in model.model_fields.items()}
+def field_template(schema: type[Schema]) -> dict[str, Any]:
+    """Every field of ``schema`` in declaration order: its default, or None when it is required.
+    A message the fast path builds starts from it."""
+    return {name: None if info.is_required() else info.default for name, info in schema.model_fields.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,13 +370,14 @@ class _FastModel:
 
     @classmethod
     def of(cls, model: type[Message], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> _FastModel:
-        fields = _fast_fields(model, shapes)
+        schema = SCHEMAS[model]
+        fields = _fast_fields(schema, shapes)
         return cls(
             model,
             frozenset(name for name, *_ in fields),
             frozenset(name for name, _, _, _, default in fields if default is _REQUIRED),
             frozenset(name for name, _, _, nullable, _ in fields if nullable),
-            template := field_template(model),
+            template := field_template(schema),
             {name: to_wire(value) if isinstance(value, Decimal) else value for name, value in template.items()},
             tuple(name for name, _, _, nullable, default in fields if nullable or default is None),
             tuple(name for name, shape, *_ in fields if shape == _ID),
@@ -446,19 +443,13 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
             return None
         if not is_wire_time(value):
             spelled[name] = format_time(at)
-    # What validation does once the values are valid (as ``events.trusted_message`` does): the
-    # fields in declaration order, defaults for those not given.
-    model = fast.model
-    message = model.__new__(model)
-    object.__setattr__(message, "__dict__", {**fast.template, **data, **converted})
-    object.__setattr__(message, "__pydantic_fields_set__", set(keys))
-    object.__setattr__(message, "__pydantic_extra__", None)
-    object.__setattr__(message, "__pydantic_private__", None)
+    # What validation builds once the values are valid: defaults for the fields not given.
+    message = _built(fast.model, {**fast.template, **data, **converted})
     wire = {**fast.wire_template, **data, **spelled}
     for name in fast.optional:
         if wire[name] is None:
             del wire[name]
-    return message, wire  # type: ignore[return-value]
+    return message, wire
 
 
 _ID_ = (_ID, False)

@@ -67,7 +67,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from clearing.domain import margin
-from clearing.domain.messages import Fill
+from clearing.domain.inputs import Fill
 from clearing.domain.numbers import (
     MONEY_QUANTUM,
     ONE,

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
-from clearing.domain.messages import InputError, InputMessage, decode_wire
+from clearing.domain.inputs import InputMessage
+from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine import outputs, snapshots

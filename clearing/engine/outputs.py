@@ -7,7 +7,7 @@ import base64
 from typing import Any
 
 from clearing.domain import events as ev
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 
 # Output topic kinds (without the prefix).
 MARGIN_CALLS = "margin-calls"

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from psycopg.copy import LibpqWriter
 
 from clearing.domain import events as ev
-from clearing.domain.messages import format_time
+from clearing.domain.inputs import format_time
 from clearing.store import copytext
 from clearing.store.hashing import GENESIS_HASH, chain, digest_input
 

@@ -159,7 +159,8 @@ def test_an_unknown_or_overfilled_liquidation_is_not_admitted(book: Book) -> Non
     book.feed(mark("BTCUSDT", "9010", at(3)))
     order = book.decisions[-1]
     with pytest.raises(InputError, match="no liquidation order with quantity left"):
-        admit(book.state, liquidation_fill(order, "9000").model_copy(update={"liquidation_id": "L-404"}))
+        unknown = ev.Event(**{**order._asdict(), "payload": {**order.payload, "liquidation_id": "L-404"}})
+        admit(book.state, liquidation_fill(unknown, "9000"))
     with pytest.raises(InputError, match="more than"):
         admit(book.state, liquidation_fill(order, "9000", quantity="2"))
 
@@ -200,7 +201,7 @@ def test_liquidation_fills_fed_back_keep_the_books_balanced_and_replayable(msgs:
             if decision.type == ev.LIQUIDATION_ORDER_ISSUED and decision.payload["scope"] == "cross":
                 fills += 1
                 lf = liquidation_fill(decision, decision.payload["mark"], fid=f"LF-{fills}")
-                lf = lf.model_copy(update={"occurred_at": msg.occurred_at})
+                lf = lf.replace(occurred_at=msg.occurred_at)
                 book.feed(lf)
                 other = "D" if decision.payload["account_id"] != "D" else "C"
                 book.feed(counterpart(decision, decision.payload["mark"], fid=f"LC-{fills}", account=other))

@@ -90,8 +90,7 @@ def run(msgs: list[Any], *, brute_force: bool, replay_at: int | None = None) -> 
                 continue
             fills += 1
             price = decision.payload["mark"]
-            lf = liquidation_fill(decision, price, fid=f"LF-{fills}").model_copy(
-                update={"occurred_at": msg.occurred_at})
+            lf = liquidation_fill(decision, price, fid=f"LF-{fills}").replace(occurred_at=msg.occurred_at)
             try:
                 book.feed(lf)
             except InputError:

@@ -17,6 +17,7 @@ from clearing.domain.messages import (
     _FAST_MODELS,
     _PLAIN_DECIMAL,
     _PLAIN_TIME,
+    SCHEMAS,
     TOPIC_TYPES,
     InputError,
     decode,
@@ -101,8 +102,8 @@ def outcome(decoder: Any, kind: str, raw: bytes) -> tuple[str, Any]:
         message = decoder(kind, raw)
     except InputError as error:
         return "error", str(error)
-    values = [(name, type(value), repr(value)) for name, value in message.__dict__.items()]
-    return "message", (type(message), values, message.model_fields_set, message.wire())
+    values = [(name, type(value), repr(value)) for name, value in zip(message.FIELDS, message.values(), strict=True)]
+    return "message", (type(message), values, message.wire())
 
 
 def with_wire(kind: str, raw: bytes) -> Any:
@@ -118,10 +119,16 @@ def assert_same(kind: str, raw: bytes) -> None:
     assert outcome(with_wire, kind, raw) == expected, raw
 
 
+def test_every_message_class_has_its_schema_s_fields_in_order() -> None:
+    assert set(SCHEMAS) == {model for kinds in TOPIC_TYPES.values() for model in kinds.values()}
+    for model, schema in SCHEMAS.items():
+        assert list(model.FIELDS) == list(schema.model_fields), model
+
+
 def test_every_fast_path_model_lists_its_fields_in_order() -> None:
     for model, fast in _FAST_MODELS.items():
-        assert fast.names == set(model.model_fields)
-        assert list(fast.template) == list(model.model_fields)
+        assert fast.names == set(model.FIELDS)
+        assert list(fast.template) == list(model.FIELDS)
     fast = {model for kinds in TOPIC_TYPES.values() for model in kinds.values()} - set(_FAST_MODELS)
     assert {model.__name__ for model in fast} == {"RiskParametersMessage"}
 

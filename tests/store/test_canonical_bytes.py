@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.domain.messages import decode, format_time
+from clearing.domain.messages import SCHEMAS, decode, format_time
 from clearing.simulate import Scenario, generate
 from clearing.store.hashing import (
     canonical_json,
@@ -149,9 +149,10 @@ def test_digest_input_equals_the_reference(
 
 
 def reference_wire(message: Any) -> dict[str, Any]:
-    """``Message.wire`` as it was: pydantic's iteration of the fields."""
+    """``Message.wire`` as it was: the fields in the order of the message's pydantic schema."""
     out: dict[str, Any] = {}
-    for name, value in message:
+    for name in SCHEMAS[type(message)].model_fields:
+        value = getattr(message, name)
         if value is None:
             continue
         if isinstance(value, Decimal):
