@@ -246,6 +246,7 @@ class LogReplay:
         self._batch_end = 0
         self._snapshot_check = snapshot_check
         self._snapshot_positions = snapshot_positions or set()
+        self._snapshot_at = {position for _shard, position in self._snapshot_positions}  # tested first: no tuple
         # When a list: every conservation sample is also recorded here as (position, imbalance,
         # fills unmatched so far), for a parallel segment's parent to judge.
         self.sample_log: list[tuple[int, dict[str, Decimal], dict[tuple[str, str, str], int]]] | None = None
@@ -333,7 +334,7 @@ class LogReplay:
         ):
             self._conservation(position)
             self.conservation_due = self.events + self.conservation_every
-        if self._snapshot_positions and (shard_id, position) in self._snapshot_positions and not track.pending:
+        if position in self._snapshot_at and (shard_id, position) in self._snapshot_positions and not track.pending:
             assert self._snapshot_check is not None
             self._snapshot_check(shard_id, position, state)
 
@@ -408,7 +409,13 @@ class LogReplay:
         decimal to hash) and the entry's figures read as they were sent."""
         instrument, side = payload["instrument"], payload["side"]
         quantity, price = payload["quantity"], payload["price"]
-        self._match(instrument, side, quantity, price)
+        # Matched by an opposite fill (``unmatched``), inline: once per fill.
+        key = (instrument, quantity, price)
+        count = self.unmatched.get(key, 0) + (1 if side == "buy" else -1)
+        if count:
+            self.unmatched[key] = count
+        else:
+            del self.unmatched[key]
         entry = (position, payload["account_id"], instrument, side, quantity, price)
         if ordinary:
             trade_id = payload["trade_id"]
@@ -421,14 +428,6 @@ class LogReplay:
             # Its market side arrives as an ordinary fill whose trade has one fill only: the books
             # balance when every such one-fill trade is paired with one liquidation fill.
             self.liquidation_fills.append(entry)
-
-    def _match(self, instrument: str, side: str, quantity: str, price: str) -> None:
-        key = (instrument, quantity, price)
-        count = self.unmatched.get(key, 0) + (1 if side == "buy" else -1)
-        if count:
-            self.unmatched[key] = count
-        else:
-            del self.unmatched[key]
 
     def _conservation(self, position: int) -> None:
         totals: dict[str, Decimal] = {}

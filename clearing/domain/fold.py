@@ -235,18 +235,19 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
         return
     pool = state.account(FUNDING_POOL_ACCOUNT)
     state.touched.add(FUNDING_POOL_ACCOUNT)
-    for account_id in sorted(state.holders.get(funding.symbol, ())):
+    symbol, size, rate, asset = funding.symbol, spec.contract_size, funding.rate, spec.settlement_asset
+    for account_id in sorted(state.holders.get(symbol, ())):
         account = state.accounts[account_id]
         for position in account.positions.values():
-            if position.instrument != funding.symbol or position.quantity == 0:
+            if position.instrument != symbol or position.quantity == 0:
                 continue
-            payment = position.quantity * spec.contract_size * mark * funding.rate
+            payment = position.quantity * size * mark * rate
             position.funding_paid += payment
-            pool.credit(spec.settlement_asset, payment)
+            pool.credit(asset, payment)
             if position.margin_mode == "isolated":
                 position.isolated_margin -= payment
             else:
-                account.credit(spec.settlement_asset, -payment)
+                account.credit(asset, -payment)
         state.touched.add(account_id)
 
 
@@ -382,12 +383,12 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
     bankrupt accounts are carried in their negative balances until the waterfall covers them.
     """
     totals: dict[str, Decimal] = {}
+    settled_in = {symbol: spec.settlement_asset for symbol, spec in state.parameters.instruments_by_symbol.items()}
     for account in state.accounts.values():
         for asset, amount in account.balances.items():
             totals[asset] = totals.get(asset, ZERO) + amount
         for position in account.positions.values():
-            spec = state.parameters.instruments_by_symbol.get(position.instrument)
-            asset = spec.settlement_asset if spec is not None else "?"
+            asset = settled_in.get(position.instrument, "?")
             totals[asset] = totals.get(asset, ZERO) + position.isolated_margin - position.cost
     for asset, amount in state.deposits.items():
         totals[asset] = totals.get(asset, ZERO) - amount
