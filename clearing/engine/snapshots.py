@@ -36,8 +36,7 @@ SNAPSHOT_FORMAT = 1
 _PARAMETERS_CACHE: dict[str, RiskParameters] = {}
 
 
-def _d(value: Decimal) -> str:
-    return to_wire(value)
+_d = to_wire  # a decimal as its wire text
 
 
 def _t(value: datetime | None) -> str | None:
