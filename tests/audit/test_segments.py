@@ -47,15 +47,18 @@ def test_joined_segments_cover_each_shard_once_from_planned_starts(
             assert after.after in cuts  # a start the plan allowed: a usable snapshot
 
 
-def test_nineteen_segments_on_two_workers_become_eight() -> None:
+def test_nineteen_segments_on_two_workers_become_eight_shorter_and_shorter() -> None:
     finest = plan({0: [50_000 * k for k in range(1, 19)]}, 946_501)
     joined = balanced(finest, 2)
     assert len(joined) == 2 * SEGMENTS_PER_JOB == 8
+    # The last ones a worker takes are short: neither is left alone with a long one at the end.
+    parts = [round((s.upto - s.after) / 50_000) for s in joined]
+    assert parts == [4, 4, 3, 3, 2, 1, 1, 1]
     assert balanced(finest[:8], 2) == finest[:8]  # few enough: as planned
 
 
 def test_each_shards_last_segment_is_dispatched_first_then_the_longest() -> None:
-    # bench/replay.py's log: 19 segments joined into 8 of 100,000 or 150,000 positions.
+    # bench/replay.py's log: 19 segments joined into 8 of 200,000 down to 50,000 positions.
     joined = balanced(plan({0: [50_000 * k for k in range(1, 19)]}, 946_501), 2)
     order = sorted(joined, key=_dispatch_key)
     assert not order[0].ends_at_snapshot  # it carries the state back: the largest result
