@@ -5,7 +5,7 @@ and builds one of these; a replay builds them from logged payloads with ``from_w
 on their way in, and the hash chain says they were not changed since). They are compiled with
 the fold (clearing/domain/native.py) because the fold reads their fields on every event: a field
 of a pydantic model costs a read through its ``__getattr__`` hook, 48 ns against 7 ns here, and
-building one from a logged payload took 2.8 us against 0.7 us here.
+building one from a logged payload (``events.trusted_message``) took 2.8 us against 1.0 us here.
 
 Every field is ``Final``: assigning one raises ``AttributeError``. ``FIELDS`` lists a class's
 fields in the contract's order, ``type`` first, for ``wire()``, equality and ``repr``.

@@ -1,11 +1,10 @@
 """Input messages of CONTRACT.md: decoding, validation, and the errors a person can act on.
 
-``decode(topic_kind, raw)`` turns the bytes of one Kafka value into an immutable message (the
-compiled classes of ``inputs``, re-exported here) or raises ``InputError`` with a sentence that
-says what is wrong and how to fix it. The checks are pydantic schemas, one per message type
-(``FillSchema``...), with the message's fields; a test checks that each schema and its class
-agree. Nothing here knows about Kafka or the database; the consumer puts the error in the
-dead-letter table.
+``decode(topic_kind, raw)`` turns the bytes of one Kafka value into an immutable message (of the
+compiled classes in ``inputs``) or raises ``InputError`` with a sentence that says what is wrong
+and how to fix it. The checks are pydantic schemas, one per message type (``FillSchema``...),
+with the message's fields; a test checks that each schema and its class agree. Nothing here
+knows about Kafka or the database; the consumer puts the error in the dead-letter table.
 """
 
 from __future__ import annotations
