@@ -34,9 +34,9 @@ Merging (``merge``), field by field of ``LogReplay`` and ``ShardTrack``:
   from a snapshot keeps the windows that depend on it (more than ``MARGIN_REFRESH_ACCOUNTS_MAX``
   holders) as (batch end, holders) and the parent re-enacts them with the cursor the previous
   segment ended with: ``written_at`` is then what the sequential replay computes;
-* fills by trade id (a trade's two fills may lie in two segments): a worker settles the trades
-  whose two fills it saw and found counterparts (``LogReplay.settle_trades``) and sends only their
-  ids; the other fills are concatenated in log order and paired by ``counterpart_findings`` in the
+* fills by trade id (a trade's two fills may lie in two segments): the trades a worker settled
+  (both fills seen, counterparts: ``LogReplay._fill``) come as the positions of their fills; the
+  other fills are concatenated in log order and paired by ``counterpart_findings`` in the
   parent. A settled trade id found again, in another segment's fills or settled trades, is a
   trade with more than two fills, which only the sequential replay can word: the parallel result
   is then thrown away. Liquidation fills are concatenated;
@@ -205,7 +205,7 @@ class SegmentResult:
     decisions_compared: int = 0
     samples: list[Sample] = field(default_factory=list)
     fills: dict[str, list[FillEntry]] = field(default_factory=dict)  # trades not settled
-    trades_settled: set[str] = field(default_factory=set)
+    trades_settled: dict[str, tuple[int, int]] = field(default_factory=dict)
     unmatched: dict[tuple[str, str, str], int] = field(default_factory=dict)  # LogReplay.unmatched
     liquidation_fills: list[FillEntry] = field(default_factory=list)
     margin_events: list[MarginEvent] = field(default_factory=list)
@@ -303,9 +303,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     result.determinism = replay.determinism
     result.determinism_mismatches = replay.determinism_mismatches
     result.decisions_compared = replay.decisions_compared
-    # Settled, the segment's trades cost the parent a set of ids instead of their fills (6 MB
-    # pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
-    replay.settle_trades()
+    # Settled as they pair, the segment's trades cost the parent two positions each instead of
+    # their fills (6 MB pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
     result.fills = replay.fills
     result.trades_settled = replay.trades_settled
     result.unmatched = replay.unmatched
@@ -498,7 +497,7 @@ def merge(
             unmatched_in = _add_counts(unmatched_in, result.unmatched)
             for trade_id, entries in result.fills.items():
                 merged.fills.setdefault(trade_id, []).extend(entries)
-            merged.trades_settled |= result.trades_settled
+            merged.trades_settled.update(result.trades_settled)
             settled += len(result.trades_settled)
             merged.liquidation_fills.extend(result.liquidation_fills)
             events.extend(
@@ -516,7 +515,7 @@ def merge(
         merged.head = max(merged.head, track.head)
         determinism.append(findings)
         margin.append(events)
-    if len(merged.trades_settled) != settled or not merged.trades_settled.isdisjoint(merged.fills):
+    if len(merged.trades_settled) != settled or not merged.trades_settled.keys().isdisjoint(merged.fills):
         return None, "a trade one segment settled has more fills in the log: the sequential replay names it"
     if len(order) > 1:
         # Several shards: one log order, by position (fills by their first one, as the sequential

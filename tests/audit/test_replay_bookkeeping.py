@@ -46,16 +46,12 @@ def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
     liquidation = position(book, "LiquidationFillRecorded")
     side = book.log[liquidation - 1].payload["side"]
     quantity = book.log[liquidation - 1].payload["quantity"]
-    assert replay.fills["t1"] == [
-        (t1a, "A", "BTCUSDT", "buy", "1", "10000"),
-        (t1b, "B", "BTCUSDT", "sell", "1", "10000"),  # decoded "1.0" is logged as "1"
-    ]
+    # t1's two fills are counterparts ("1.0" decoded is logged as "1"): settled, by position.
+    assert "t1" not in replay.fills and replay.trades_settled == {"t1": (t1a, t1b)}
     assert replay.fills["t2"] == [(t2, "C", "BTCUSDT", "buy", "2", "9100")]
-    assert [entries[0][0] for entries in replay.fills.values()] == sorted(
-        entries[0][0] for entries in replay.fills.values()
-    )  # trades in the order of their first fill
     market_trade = book.log[market_side - 1].payload["trade_id"]
-    assert list(replay.fills) == ["t1", market_trade, "t2"]
+    assert list(replay.fills) == [market_trade, "t2"]  # trades in the order of their first fill
+    assert replay.trades == 3
     assert replay.fills[market_trade] == [(market_side, "B", "BTCUSDT", "buy" if side == "sell" else "sell", quantity,
                                            "9000")]
     assert replay.liquidation_fills == [(liquidation, "A", "BTCUSDT", side, quantity, "9000")]
