@@ -151,17 +151,9 @@ def input_event(
     )
 
 
-# Event type -> the message of a logged payload, built without validation (``trusted_message``).
+# Event type -> the reader of its logged payload (``trusted_message``).
 _FROM_WIRE: Final[dict[str, Callable[[dict[str, Any]], InputMessage]]] = {
-    "FillRecorded": inputs.fill_from_wire,
-    "CollateralDeposited": inputs.deposit_from_wire,
-    "WithdrawalRequested": inputs.withdrawal_from_wire,
-    "IsolatedMarginTransferRequested": inputs.isolated_margin_transfer_from_wire,
-    "MarkRecorded": inputs.mark_from_wire,
-    "FundingRateRecorded": inputs.funding_from_wire,
-    "SettlementPriceRecorded": inputs.settlement_from_wire,
-    "LiquidationFillRecorded": inputs.liquidation_fill_from_wire,
-    "RiskParametersChanged": inputs.risk_parameters_from_wire,
+    event_type: inputs.FROM_WIRE[model] for event_type, model in MODEL_BY_EVENT_TYPE.items()
 }
 
 

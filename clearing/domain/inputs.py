@@ -13,6 +13,7 @@ fields in the contract's order, ``type`` first, for ``wire()``, equality and ``r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Self
@@ -332,3 +333,16 @@ InputMessage = (
     | LiquidationFill
     | RiskParametersMessage
 )
+
+# Each class's reader of a logged payload (``events.trusted_message``, by event type).
+FROM_WIRE: Final[dict[type[Message], Callable[[dict[str, Any]], InputMessage]]] = {
+    Fill: fill_from_wire,
+    Deposit: deposit_from_wire,
+    Withdrawal: withdrawal_from_wire,
+    IsolatedMarginTransfer: isolated_margin_transfer_from_wire,
+    Mark: mark_from_wire,
+    Funding: funding_from_wire,
+    Settlement: settlement_from_wire,
+    LiquidationFill: liquidation_fill_from_wire,
+    RiskParametersMessage: risk_parameters_from_wire,
+}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import orjson
 from pydantic import (
@@ -188,14 +188,11 @@ SCHEMAS: dict[type[Message], type[Schema]] = {
     LiquidationFill: LiquidationFillSchema,
     RiskParametersMessage: RiskParametersSchema,
 }
-# The constructors, keyword arguments only (every field but ``type``).
-_CONSTRUCTORS: dict[type[Message], Callable[..., InputMessage]] = {model: model for model in SCHEMAS}  # type: ignore[misc]
-
-
 def _built(model: type[Message], values: dict[str, Any]) -> InputMessage:
-    """The message of ``model`` with the valid ``values`` of its fields (``type`` among them)."""
+    """The message of ``model`` with the valid ``values`` of its fields (``type`` among them: the
+    class sets it; it takes every other field as a keyword argument)."""
     del values["type"]
-    return _CONSTRUCTORS[model](**values)
+    return cast(Callable[..., InputMessage], model)(**values)
 
 
 def validated(model: type[Message], data: dict[str, Any]) -> InputMessage:
