@@ -390,7 +390,7 @@ def _add_jobs(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=os.cpu_count() or 1,
         metavar="N",
-        help="replay segments between snapshots in N processes (default: the CPU count; 1: one sequential fold)",
+        help="replay runs between snapshots in N processes (default: the CPU count; 1: one sequential fold)",
     )
 
 

@@ -1,5 +1,5 @@
-"""The replay of ``audit verify`` and ``projections rebuild`` in segments, folded by worker processes
-in parallel, each segment starting from a stored snapshot.
+"""The replay of ``audit verify`` and ``projections rebuild`` in runs, folded by worker processes
+in parallel, each run starting from genesis or from a stored snapshot.
 
 Segments. A shard's log is cut at the positions of its stored snapshots: segment k replays the
 shard's positions (s_k, s_{k+1}], from genesis for k = 0 and from the decoded snapshot at s_k
@@ -10,45 +10,61 @@ independent (one state per shard), so every shard's segments are cut the same wa
 them go to one pool of ``jobs`` processes (``spawn``: SQLAlchemy engines and psycopg connections
 must not cross a fork; every worker makes its own engine from the URL and streams its own rows).
 
-Soundness. Every worker re-runs its segment exactly as ``LogReplay`` does sequentially and, at its
-last position s_{k+1}, compares its state with the stored snapshot there (``state_bytes`` equal,
-with no decision of the re-run still expected: the same condition under which the sequential
-verify compares a snapshot). Segment 0 starts from genesis; if the end state of segment k equals
-the snapshot at s_{k+1}, segment k+1 started from the state the sequential replay has there. By
-induction every segment is the sequential replay of its positions, so its findings are the
+Runs. A worker replays a run of segments: it claims a segment (a flag per segment, shared by the
+workers under a lock), replays it, and goes on into the next one of the shard with the state it
+has while that one is free, so that only a run's first segment pays for decoding its snapshot
+(0.15-0.25 s with 5,000 accounts) and rebuilding the trigger index (0.4 s), against about 2.5 s
+for the 50,000 events between two of the ledger's snapshots. A worker whose run ends (at the
+shard's head, or at a segment another worker claimed) starts the next where ``choose_start``
+says: a shard's first segment, else half way along the longest stretch of free segments, which
+the run before that stretch is heading into. So the workers start at genesis and half way, and
+one that finishes early takes over half of what the other has left: they end about together
+(bench/replay.py's log: two or three runs, where eight fixed segments cost 2-3 s of wall time
+more in the same hour).
+
+Soundness. Every worker re-runs its run exactly as ``LogReplay`` does sequentially and, at its
+last position, compares its state with the stored snapshot there (``state_bytes`` equal, with no
+decision of the re-run still expected: the same condition under which the sequential verify
+compares a snapshot). The first run starts from genesis; if the end state of a run equals the
+snapshot where the next one starts, the next started from the state the sequential replay has
+there. By induction every run is the sequential replay of its positions, so its findings are the
 sequential findings. If one end state does not match (or a worker fails), the parallel result is
 thrown away and the caller replays the whole log sequentially, which reports the snapshot and
-everything else as it always did (``ParallelOutcome.replay`` is None, with the reason).
+everything else as it always did (``ParallelOutcome.replay`` is None, with the reason). A wrong
+snapshot that no run starts from is only a finding: the verify compares every snapshot a run
+passes, as the sequential one does.
 
 The trigger index is derived state: a decoded snapshot has a stale index, rebuilt on the next
 step, and the decisions do not depend on it (a property of the domain, which the tests check by
 comparing the parallel findings with the sequential ones on a log with calls and liquidations).
 
-Merging (``merge``), field by field of ``LogReplay`` and ``ShardTrack``:
+Merging (``merge``) the runs, in log order, field by field of ``LogReplay`` and ``ShardTrack``:
 
 * events, decisions compared, determinism mismatches: sums; determinism findings: in log order,
   the first ten;
-* per shard: the final state, pending decisions and head of the last segment; ``last_change``,
-  ``written_at``, ``mark_change``, ``mark_written``: the later segment wins (positions grow);
-* the rotating margin refresh: its cursor is history the snapshot does not hold, so a segment
+* per shard: the final state, pending decisions and head of the last run; ``last_change``,
+  ``written_at``, ``mark_change``, ``mark_written``: the later run wins (positions grow);
+* the rotating margin refresh: its cursor is history the snapshot does not hold, so a run
   from a snapshot keeps the windows that depend on it (more than ``MARGIN_REFRESH_ACCOUNTS_MAX``
   holders) as (batch end, holders) and the parent re-enacts them with the cursor the previous
-  segment ended with: ``written_at`` is then what the sequential replay computes;
-* fills by trade id (a trade's two fills may lie in two segments): the trades a worker settled
+  run ended with: ``written_at`` is then what the sequential replay computes;
+* fills by trade id (a trade's two fills may lie in two runs): the trades a worker settled
   (both fills seen, counterparts: ``LogReplay._fill``) come as the positions of their fills; the
   other fills are concatenated in log order and paired by ``counterpart_findings`` in the
-  parent. A settled trade id found again, in another segment's fills or settled trades, is a
+  parent. A settled trade id found again, in another run's fills or settled trades, is a
   trade with more than two fills, which only the sequential replay can word: the parallel result
   is then thrown away. Liquidation fills are concatenated;
 * margin events (for ``write_decisions``): in the order the sequential replay appends them;
-* conservation: a worker samples every ``conservation_every`` events of its segment where no
-  fill is unmatched *as far as the segment knows* (``LogReplay.unmatched``); the parent adds the
-  unmatched counts the previous segments left and keeps a sample only when the whole log's
+* conservation: a worker samples every ``conservation_every`` events of its run where no
+  fill is unmatched *as far as the run knows* (``LogReplay.unmatched``); the parent adds the
+  unmatched counts the previous runs left and keeps a sample only when the whole log's
   condition (nothing unmatched, ``LogReplay.feed``) holds there; the check at the head is the
   parent's, over the final states. With several shards the books balance only summed over the
   shards at one position, which no worker sees, so the samples are taken at the head only (the
   report says so). The sample positions differ from the sequential ones (a worker's schedule
-  starts at its segment); every sample is a point where the sequential replay could have sampled.
+  starts at its run); every sample is a point where the sequential replay could have sampled.
+  A trade booked half before a run's start leaves a fill unmatched for the rest of that run (the
+  worker does not know what was unmatched before it), so a run from a snapshot can sample less.
 """
 
 from __future__ import annotations
@@ -60,7 +76,7 @@ import multiprocessing
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -79,11 +95,6 @@ from clearing.store.db import make_engine
 PROGRESS_EVERY_EVENTS = 10_000  # a worker reports its count every this many events
 PROGRESS_POLL_S = 0.5  # the parent updates its progress this often while the workers run
 PARALLEL_BOUNDARIES_MIN = 2  # fewer usable snapshots than this: the sequential replay
-# Segments per worker, about, once adjacent ones are joined (``balanced``). Each segment has a
-# fixed cost besides its events: decoding its snapshot, rebuilding the trigger index over every
-# account on its first step, comparing the snapshot at its end (0.3 s with 5,000 accounts, against
-# 1.2 s for the 50,000 events between two of the ledger's snapshots).
-SEGMENTS_PER_JOB = 4
 FINDINGS_MAX = 10  # as LogReplay keeps
 NO_SAMPLES = 1 << 62
 
@@ -102,46 +113,32 @@ class Segment:
     ends_at_snapshot: bool  # upto is a cut: the end state must equal the snapshot there
 
 
-def balanced(segments: list[Segment], jobs: int) -> list[Segment]:
-    """``segments`` (in ``plan_segments``' order) with adjacent segments of a shard joined, down to
-    about ``SEGMENTS_PER_JOB`` per worker, each shard keeping at least one. A joined segment starts
-    where its first part starts and ends where its last part ends; the snapshots inside it are
-    still compared by a verify (``SegmentTask.all_snapshots``), not started from.
-
-    The joined segments get smaller along the shard (``_decreasing``): they are dispatched
-    longest first, so the last ones a worker takes are short, and one worker is not left alone
-    with a long segment at the end while the other idles. bench/replay.py's 19 segments on two
-    workers became eight of 100,000 to 150,000 positions when joined evenly, and the two workers
-    ended 1.1 to 1.3 s apart; now 200,000 down to 50,000."""
-    target = max(1, jobs) * SEGMENTS_PER_JOB
-    if len(segments) <= target:
-        return segments
-    by_shard: dict[int, list[Segment]] = {}
-    for segment in segments:
-        by_shard.setdefault(segment.shard, []).append(segment)
-    joined: list[Segment] = []
-    for shard, parts in by_shard.items():
-        keep = max(1, min(len(parts), round(len(parts) * target / len(segments))))
-        start = 0
-        for index, end in enumerate(_decreasing(len(parts), keep)):
-            first, last = parts[start], parts[end - 1]
-            joined.append(Segment(shard, index, first.after, last.upto, last.ends_at_snapshot))
-            start = end
-    return joined
-
-
-def _decreasing(parts: int, groups: int) -> list[int]:
-    """The ends (exclusive) of ``groups`` consecutive groups of ``parts`` parts, each of one part
-    at least, sized about in proportion to groups, groups - 1, ..., 1."""
-    total = groups * (groups + 1) // 2
-    ends: list[int] = []
-    cumulative = 0
-    for index in range(groups):
-        cumulative += groups - index
-        end = (2 * parts * cumulative + total) // (2 * total)  # parts x cumulative / total, rounded
-        lowest = (ends[-1] if ends else 0) + 1
-        ends.append(min(max(end, lowest), parts - (groups - 1 - index)))
-    return ends
+def choose_start(claimed: Sequence[bool], segments: Sequence[Segment]) -> int | None:
+    """Where a worker with nothing to do starts its next run (see the module docstring): in the
+    stretch of free segments (in a row, of one shard) that spans the most log positions; at its
+    first segment when no run goes into it (a shard's first segment: from genesis), otherwise at
+    the segment that cuts it nearest its middle, so that the run before it, which goes on into
+    the stretch, and the new run have about as much left. None when every segment is claimed."""
+    best: tuple[int, int, int] | None = None  # (positions spanned, first, last)
+    index, count = 0, len(segments)
+    while index < count:
+        if claimed[index]:
+            index += 1
+            continue
+        last = index
+        while last + 1 < count and not claimed[last + 1] and segments[last + 1].shard == segments[index].shard:
+            last += 1
+        span = segments[last].upto - segments[index].after
+        if best is None or span > best[0]:
+            best = (span, index, last)
+        index = last + 1
+    if best is None:
+        return None
+    _span, first, last = best
+    if first == 0 or segments[first - 1].shard != segments[first].shard:
+        return first
+    begin, end = segments[first].after, segments[last].upto
+    return min(range(first, last + 1), key=lambda k: abs((segments[k].after - begin) - (end - segments[k].after)))
 
 
 def shards_of(conn: sa.Connection) -> list[int]:
@@ -185,17 +182,19 @@ def plan_segments(conn: sa.Connection, snapshot_keys: Iterable[tuple[int, int]],
 
 
 @dataclass(frozen=True)
-class SegmentTask:
+class ReplayTask:
     url: str
-    segment: Segment
+    segments: tuple[Segment, ...]  # the plan (``plan_segments``), which runs are made of
     decide: bool
     check_fills: bool
     conservation_every: int
-    all_snapshots: bool  # compare every stored snapshot inside the segment (verify), else the end one
+    all_snapshots: bool  # compare every stored snapshot a run passes (verify), else the one it ends at
 
 
 @dataclass
 class SegmentResult:
+    """What the parent merges of one run: ``segment`` spans the planned segments it replayed."""
+
     segment: Segment
     events: int = 0
     first: tuple[int, datetime] | None = None  # position and recorded_at of the first row
@@ -224,13 +223,15 @@ class SegmentResult:
 
 
 _progress_queue: Any = None
+_claims: Any = None  # the workers' shared claims, one flag per planned segment (a multiprocessing Array)
 _engines: dict[str, sa.Engine] = {}
 
 
-def _init_worker(progress_queue: Any) -> None:
-    global _progress_queue
+def _init_worker(progress_queue: Any, claims: Any) -> None:
+    global _progress_queue, _claims
     tune_gc()  # a spawned worker runs no command's main(): tune it as ``clearing`` does
     _progress_queue = progress_queue
+    _claims = claims
 
 
 def _engine(url: str) -> sa.Engine:
@@ -246,65 +247,111 @@ def _report(count: int) -> None:
         _progress_queue.put(count)
 
 
-def run_segment(task: SegmentTask) -> SegmentResult:
-    """Replay one segment (in a worker process) and return what the parent merges."""
+def run_worker(task: ReplayTask) -> list[SegmentResult]:
+    """A worker's whole share (in a worker process): runs, each started where ``choose_start``
+    says and carried on while the next segment is free, until every segment is claimed."""
+    results: list[SegmentResult] = []
+    while True:
+        with _claims.get_lock():
+            start = choose_start(_claims[:], task.segments)
+            if start is None:
+                return results
+            _claims[start] = 1
+        results.append(replay_run(task, start, _claim))
+
+
+def _claim(index: int) -> bool:
+    with _claims.get_lock():
+        if _claims[index]:
+            return False
+        _claims[index] = 1
+        return True
+
+
+def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> SegmentResult:
+    """Replay the planned segment ``start`` (from genesis or its snapshot), then each next one of
+    its shard that ``claim`` grants, with the state carried over: no snapshot to decode, no
+    trigger index to rebuild. Returns what the parent merges; the snapshot at the end of a run is
+    compared with the state there (every stored snapshot on the way too, with ``all_snapshots``)."""
     started = time.perf_counter()
-    seg = task.segment
-    result = SegmentResult(seg)
+    first = task.segments[start]
+    shard = first.shard
+    result = SegmentResult(first)
     compared = result.snapshots
+    stored: dict[int, bytes] = {}
     with _engine(task.url).connect() as conn:
-        query = "SELECT position, state FROM snapshots WHERE shard = :shard AND position > :after AND position <= :upto"
-        if not task.all_snapshots:
-            query += " AND position = :upto"
-        stored = {
-            int(p): bytes(b)
-            for p, b in conn.execute(sa.text(query), {"shard": seg.shard, "after": seg.after, "upto": seg.upto})
-        }
+
+        def load(after: int, upto: int, only_end: bool) -> None:
+            query = "SELECT position, state FROM snapshots WHERE shard = :s AND position > :after AND position <= :upto"
+            if only_end:
+                query += " AND position = :upto"
+            rows = conn.execute(sa.text(query), {"s": shard, "after": after, "upto": upto})
+            stored.update((int(p), bytes(b)) for p, b in rows)
 
         def check(_shard: int, position: int, state: LedgerState) -> None:
-            compared.append((position, state_bytes(state) == stored[position]))
+            compared.append((position, state_bytes(state) == stored.pop(position)))
 
+        positions: set[tuple[int, int]] = set()
+        if task.all_snapshots:
+            query = "SELECT position FROM snapshots WHERE shard = :s AND position > :after"
+            positions = {(shard, int(p)) for (p,) in conn.execute(sa.text(query), {"s": shard, "after": first.after})}
         replay = LogReplay(
             decide=task.decide,
             conservation_every=task.conservation_every,
             check_fills=task.check_fills,
             snapshot_check=check,
-            snapshot_positions={(seg.shard, p) for p in stored},
+            snapshot_positions=positions,
         )
         replay.sample_log = result.samples
-        if seg.after:
+        if first.after:
             raw = conn.execute(
                 sa.text("SELECT state FROM snapshots WHERE shard = :shard AND position = :p"),
-                {"shard": seg.shard, "p": seg.after},
+                {"shard": shard, "p": first.after},
             ).scalar_one()
             # The cursor of the rotating refresh is history, not state: unknown here (see merge).
-            replay.shards[seg.shard] = ShardTrack(state=decode_state(json.loads(bytes(raw))), refresh_cursor=None)
+            replay.shards[shard] = ShardTrack(state=decode_state(json.loads(bytes(raw))), refresh_cursor=None)
         margin = replay.margin_events
         fed = result.margin_fed
         count = 0
         row: Any = None
+        index = start
         with ledger_context():
-            for row in iter_log(conn, shard=seg.shard, after=seg.after, upto=seg.upto):
-                if result.first is None:
-                    result.first = (row[0], row[5])
-                before = len(margin)
-                replay.feed(row)
-                if len(margin) != before:
-                    fed.extend([row[0]] * (len(margin) - before))
-                count += 1
-                if count % PROGRESS_EVERY_EVENTS == 0:
-                    _report(PROGRESS_EVERY_EVENTS)
+            while True:
+                seg = task.segments[index]
+                if task.all_snapshots:
+                    load(seg.after, seg.upto, only_end=False)
+                for row in iter_log(conn, shard=shard, after=seg.after, upto=seg.upto):
+                    if result.first is None:
+                        result.first = (row[0], row[5])
+                    before = len(margin)
+                    replay.feed(row)
+                    if len(margin) != before:
+                        fed.extend([row[0]] * (len(margin) - before))
+                    count += 1
+                    if count % PROGRESS_EVERY_EVENTS == 0:
+                        _report(PROGRESS_EVERY_EVENTS)
+                following = index + 1
+                if following < len(task.segments) and task.segments[following].shard == shard and claim(following):
+                    index = following
+                    continue
+                break
         _report(count % PROGRESS_EVERY_EVENTS)
         if row is not None:
             result.last = (row[0], row[5])
+        end = task.segments[index]
+        track = replay.shard(shard)
+        if end.ends_at_snapshot and not task.all_snapshots and not track.pending:
+            # The snapshot is compared only where no decision of the re-run is still expected.
+            load(end.after, end.upto, only_end=True)
+            check(shard, end.upto, track.state)
     replay.flush_batch()
-    track = replay.shard(seg.shard)
+    result.segment = Segment(shard, first.index, first.after, end.upto, end.ends_at_snapshot)
     result.events = replay.events
     result.determinism = replay.determinism
     result.determinism_mismatches = replay.determinism_mismatches
     result.decisions_compared = replay.decisions_compared
-    # Settled as they pair, the segment's trades cost the parent two positions each instead of
-    # their fills (6 MB pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
+    # Settled as they pair, the run's trades cost the parent two positions each instead of their
+    # fills (6 MB pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
     result.fills = replay.fills
     result.trades_settled = replay.trades_settled
     result.unmatched = replay.unmatched
@@ -317,15 +364,14 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     result.refresh_cursor = track.refresh_cursor
     result.refresh_deferred = track.refresh_deferred
     result.pending = list(track.pending)
-    if not seg.ends_at_snapshot:
+    if not end.ends_at_snapshot:
         # Without its trigger index: derived state, rebuilt by the next step that needs it (as
         # after a decoded snapshot), and two thirds of the pickle the parent waits for (9.7 MB
         # with it, 3.2 MB without, for 5,000 accounts; 0.76 s against 0.26 s to pickle and load).
         track.state.triggers = TriggerIndex(brute_force=track.state.triggers.brute_force)
         result.state = track.state
     else:
-        # The snapshot is compared only where no decision of the re-run is still expected.
-        result.end_ok = (seg.upto, True) in compared and result.last is not None and result.last[0] == seg.upto
+        result.end_ok = (end.upto, True) in compared and result.last is not None and result.last[0] == end.upto
     result.seconds = time.perf_counter() - started
     return result
 
@@ -338,14 +384,15 @@ def run_segment(task: SegmentTask) -> SegmentResult:
 class ParallelOutcome:
     replay: LogReplay | None  # None: the parallel result cannot be trusted (``reason``)
     jobs: int
-    segments: int
+    segments: int  # planned: the log cut at the usable snapshots
+    runs: int = 0  # replayed: each a stretch of planned segments, from genesis or a snapshot
     reason: str | None = None
     snapshots: list[tuple[int, int, bool]] = field(default_factory=list)  # (shard, position, equal)
     conservation_at_head_only: bool = False
     worker_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": "parallel", "jobs": self.jobs, "segments": self.segments}
+        out: dict[str, Any] = {"mode": "parallel", "jobs": self.jobs, "segments": self.segments, "runs": self.runs}
         if self.reason is not None:
             out["fallback"] = self.reason
         if self.conservation_at_head_only:
@@ -366,39 +413,34 @@ def replay_parallel(
 ) -> ParallelOutcome:
     """Replay ``segments`` in ``jobs`` spawned processes and merge them (see the module docstring)."""
     url = engine.url.render_as_string(hide_password=False)
-    segments = balanced(segments, jobs)
     several_shards = len({s.shard for s in segments}) > 1
     every = NO_SAMPLES if several_shards else conservation_every
-    tasks = [SegmentTask(url, seg, decide, check_fills, every, decide) for seg in segments]
-    workers = max(1, min(jobs, len(tasks)))
+    task = ReplayTask(url, tuple(segments), decide, check_fills, every, decide)
+    workers = max(1, min(jobs, len(segments)))
     outcome = ParallelOutcome(None, workers, len(segments), conservation_at_head_only=several_shards)
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
+    claims = context.Array("b", len(segments))  # all free; with a lock of its own
     done = 0
     try:
-        with context.Pool(workers, initializer=_init_worker, initargs=(reports,)) as pool:
-            # Each shard's last segment goes first: it sends back the shard's state, the largest
-            # result by far (3.2 MB pickled for 5,000 accounts), which then travels while the
-            # other segments run instead of after all of them. The rest go longest first, so the
-            # workers finish together: in log order, a worker could be left alone with a long
-            # segment at the end while the other idled.
-            order = sorted(range(len(tasks)), key=lambda i: _dispatch_key(tasks[i].segment))
-            pending = pool.map_async(run_segment, [tasks[i] for i in order], chunksize=1)
-            # Wait on the results, not on the reports: the last segment reports its count before
-            # it returns, and a wait on the reports noticed the end up to a poll interval late.
+        with context.Pool(workers, initializer=_init_worker, initargs=(reports, claims)) as pool:
+            pending = pool.map_async(run_worker, [task] * workers, chunksize=1)
+            # Wait on the results, not on the reports: the last run reports its count before it
+            # returns, and a wait on the reports noticed the end up to a poll interval late.
             while not pending.ready():
                 pending.wait(PROGRESS_POLL_S)
                 reported = _drain(reports)
                 if reported and progress is not None:
                     done += reported
                     progress(done)
-            results = pending.get()  # in the order above: ``merge`` puts segments in log order
+            results = [result for share in pending.get() for result in share]  # merge puts them in log order
     except Exception as error:  # a worker failed: the sequential replay will say what is wrong
         outcome.reason = f"a worker failed: {type(error).__name__}: {error}"[:500]
         return outcome
     finally:
         reports.close()
         reports.join_thread()
+    outcome.runs = len(results)
     outcome.worker_seconds = sum(r.seconds for r in results)
     outcome.snapshots = sorted((r.segment.shard, p, ok) for r in results for p, ok in r.snapshots)
     replay, reason = merge(results, decide=decide, check_fills=check_fills, conservation_every=conservation_every)
@@ -406,11 +448,6 @@ def replay_parallel(
         progress(replay.events)
     outcome.replay, outcome.reason = replay, reason
     return outcome
-
-
-def _dispatch_key(segment: Segment) -> tuple[bool, int]:
-    """Dispatch order: each shard's last segment, then the longest (in log positions) first."""
-    return segment.ends_at_snapshot, -(segment.upto - segment.after)
 
 
 def _drain(reports: Any) -> int:
@@ -424,12 +461,18 @@ def _drain(reports: Any) -> int:
 
 
 def _untrusted(results: list[SegmentResult]) -> str | None:
+    """Why a shard's runs, in log order, cannot be merged; None when they can."""
+    first, last = results[0].segment, results[-1].segment
+    if first.after != 0 or last.ends_at_snapshot:
+        return f"shard {first.shard}: the runs do not reach from genesis to the head"
     for before, after in itertools.pairwise(results):
         seg = before.segment
+        if seg.upto != after.segment.after:
+            return f"shard {seg.shard}: the run to {seg.upto} is followed by one from {after.segment.after}"
         if not before.end_ok:
             return (
                 f"shard {seg.shard}: the state re-run to {seg.upto} is not the snapshot there (or decisions "
-                f"of the re-run are still expected after it): segment {after.segment.index} cannot start from it"
+                f"of the re-run are still expected after it): no run can start from it"
             )
         if after.first is None or before.last is None or after.first[1] == before.last[1]:
             return f"shard {seg.shard}: the cut at {seg.upto} is not between two batches"

@@ -369,9 +369,9 @@ def replay_log(conn: sa.Connection, progress: Callable[[int], None] | None = Non
 def replay_log_parallel(
     engine: sa.Engine, jobs: int, progress: Callable[[int], None] | None = None
 ) -> tuple[LogReplay | None, dict[str, Any]]:
-    """The replay in segments between stored snapshots (clearing/audit/parallel.py), each segment's
-    end state checked against the next snapshot; None when there are too few usable snapshots or
-    a check failed (the info says which), and the caller replays sequentially."""
+    """The replay in runs between stored snapshots (clearing/audit/parallel.py), each run's end
+    state checked against the snapshot the next one starts from; None when there are too few
+    usable snapshots or a check failed (the info says which), and the caller replays sequentially."""
     with engine.connect() as conn:
         head = log_head(conn)
         keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]

@@ -183,10 +183,11 @@ def verify(
     conservation_every: int = CONSERVATION_EVERY_EVENTS,
     jobs: int = 1,
 ) -> VerifyReport:
-    """Every check of the module docstring. ``jobs`` > 1: the replay runs in segments between
-    stored snapshots in that many processes (clearing/audit/parallel.py), when the log has at least
-    ``PARALLEL_BOUNDARIES_MIN`` usable snapshots; its findings are those of the sequential replay
-    (if a snapshot it starts from is not the re-run state, it replays sequentially instead)."""
+    """Every check of the module docstring. ``jobs`` > 1: the replay runs in that many processes,
+    in runs of the log that start at genesis or at stored snapshots (clearing/audit/parallel.py),
+    when the log has at least ``PARALLEL_BOUNDARIES_MIN`` usable snapshots; its findings are those
+    of the sequential replay (if a snapshot a run starts from is not the re-run state, it replays
+    sequentially instead)."""
     started = time.perf_counter()
     checks: list[Check] = []
 
@@ -410,7 +411,8 @@ def run_verify(engine: sa.Engine, as_json: bool, *, jobs: int = 1) -> int:
         how = result.replay
         if how.get("mode") == "parallel" or "fallback" in how:
             lines.append(
-                f"replay: {how.get('mode')} in {how.get('segments')} segments, {how.get('jobs')} processes"
+                f"replay: {how.get('mode')}, {how.get('jobs')} processes, {how.get('runs')} runs of "
+                f"{how.get('segments')} segments between snapshots"
                 + (f" (fell back: {how['fallback']})" if "fallback" in how else "")
             )
         for check in result.checks:

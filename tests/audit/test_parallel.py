@@ -1,9 +1,9 @@
 """The replay in segments between snapshots (clearing/audit/parallel.py) gives what the sequential
 replay gives: the same findings on an honest log with margin calls and liquidations, a planted
 determinism mismatch in a later segment named at its position, a snapshot that is not the re-run
-state reported as before (and the replay redone sequentially), the same rebuilt projections.
+state reported as before (and not trusted as a run's start), the same rebuilt projections.
 
-The first test runs the segments in this process (``run_segment`` is a plain function) so that it
+The first test runs the segments in this process (``replay_run`` is a plain function) so that it
 can shrink the rotating margin refresh and sample conservation often; the others go through the
 spawned worker processes as ``--jobs 2`` does."""
 
@@ -18,7 +18,16 @@ import sqlalchemy as sa
 
 from clearing.audit import parallel
 from clearing.audit import replay as replay_module
-from clearing.audit.parallel import SegmentResult, SegmentTask, balanced, is_boundary, merge, plan_segments, run_segment
+from clearing.audit.parallel import (
+    NO_SAMPLES,
+    ReplayTask,
+    Segment,
+    SegmentResult,
+    is_boundary,
+    merge,
+    plan_segments,
+    replay_run,
+)
 from clearing.audit.rebuild import expected_state_rows, rebuild
 from clearing.audit.replay import LogReplay, imbalance_finding, iter_log
 from clearing.audit.verify import verify
@@ -48,17 +57,30 @@ def snapshotted(pg_server) -> Iterator[sa.Engine]:  # type: ignore[no-untyped-de
         yield engine
         engine.dispose()
     finally:
-        for cached in parallel._engines.values():  # run_segment's engines, when it ran in-process
+        for cached in parallel._engines.values():  # replay_run's engines, when it ran in-process
             cached.dispose()
         parallel._engines.clear()
         pg_server.drop_database(name)
 
 
-def cuts(engine: sa.Engine) -> list[int]:
+def planned(engine: sa.Engine) -> list[Segment]:
     with engine.connect() as conn:
         head = int(conn.execute(sa.text("SELECT max(position) FROM events")).scalar_one())
         keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
-        return [s.after for s in plan_segments(conn, keys, head) if s.after]
+        return plan_segments(conn, keys, head)
+
+
+def cuts(engine: sa.Engine) -> list[int]:
+    return [s.after for s in planned(engine) if s.after]
+
+
+def merged_runs(engine: sa.Engine, starts: list[int]) -> tuple[LogReplay | None, str | None]:
+    """The verify replay in runs (in this process) from genesis and from each cut in ``starts``."""
+    segments = planned(engine)
+    task = ReplayTask(engine.url.render_as_string(hide_password=False), tuple(segments), True, True, NO_SAMPLES, True)
+    indexes = [0] + [next(i for i, s in enumerate(segments) if s.after == start) for start in starts]
+    results = [replay_run(task, index, lambda following: following not in indexes) for index in indexes]
+    return merge(results, decide=True, check_fills=True, conservation_every=NO_SAMPLES)
 
 
 def tamper(engine: sa.Engine, *statements: str) -> None:
@@ -88,16 +110,20 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
             segments = plan_segments(conn, keys, head)
         assert len(segments) >= 5
         url = snapshotted.url.render_as_string(hide_password=False)
-        results = [run_segment(SegmentTask(url, seg, decide, decide, every, decide)) for seg in segments]
-        check_merged(snapshotted, results, decide, head, every)
-        # Joined segments (``balanced``, as one worker would run them) merge to the same.
-        joined = balanced(segments, 1)
-        assert 1 < len(joined) < len(segments)
-        results = [run_segment(SegmentTask(url, seg, decide, decide, every, decide)) for seg in joined]
-        check_merged(snapshotted, results, decide, head, every)
+        task = ReplayTask(url, tuple(segments), decide, decide, every, decide)
+        results = [replay_run(task, index, lambda _next: False) for index in range(len(segments))]
+        check_merged(snapshotted, results, decide, head, every, runs_of_one=True)
+        # Runs of several segments, the state carried on from one to the next (as a worker goes on
+        # while the next segment is free), merge to the same.
+        starts = [0, 2, len(segments) - 2]
+        results = [replay_run(task, start, lambda following, taken=starts: following not in taken) for start in starts]
+        assert [r.segment.upto for r in results] == [segments[1].upto, segments[-3].upto, head]
+        check_merged(snapshotted, results, decide, head, every, runs_of_one=False)
 
 
-def check_merged(snapshotted: sa.Engine, results: list[SegmentResult], decide: bool, head: int, every: int) -> None:
+def check_merged(
+    snapshotted: sa.Engine, results: list[SegmentResult], decide: bool, head: int, every: int, *, runs_of_one: bool
+) -> None:
     """The merged replay equals the sequential one, field by field."""
     assert all(r.end_ok for r in results)
     # The last segment sends its state back without the derived trigger index, to be rebuilt.
@@ -161,7 +187,16 @@ def check_merged(snapshotted: sa.Engine, results: list[SegmentResult], decide: b
     # state at that position says.
     assert merged.conservation_checks[-1] == head
     assert samples <= balanced | {head}
-    assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
+    if runs_of_one:
+        assert len(samples) >= len(sequential.conservation_checks) // 2 >= 5
+    else:
+        # A run from a snapshot samples only where the fills it saw are matched among themselves,
+        # and a trade booked half before its start leaves one unmatched for the rest of the run
+        # (what was unmatched before the run is known to the merge, not to the worker). A run from
+        # genesis knows all: it samples where the sequential replay does.
+        first_end = results[0].segment.upto
+        assert {p for p in samples if p <= first_end} == {p for p in sequential.conservation_checks if p <= first_end}
+        assert len(samples) >= 5
     if decide:
         assert found == recomputed
         # An honest log balances at every sample. Sampling where as many trades were half
@@ -175,6 +210,7 @@ def test_parallel_verify_of_a_market_with_liquidations_equals_the_sequential_one
     parallel_report = verify(snapshotted, jobs=2)
     assert sequential.ok and parallel_report.ok
     assert parallel_report.replay["mode"] == "parallel" and parallel_report.replay["segments"] >= 5
+    assert 1 <= parallel_report.replay["runs"] <= parallel_report.replay["segments"]  # one when a worker is quick
     assert sequential.replay["mode"] == "sequential"
     assert checks_of(parallel_report) == checks_of(sequential)
     assert parallel_report.events == sequential.events
@@ -208,7 +244,7 @@ def test_a_determinism_mismatch_in_a_later_segment_is_found_at_its_position(snap
     assert found == checks_of(sequential)
 
 
-def test_a_snapshot_unlike_the_re_run_state_is_reported_and_the_replay_runs_sequentially(
+def test_a_snapshot_unlike_the_re_run_state_is_reported_and_no_run_starts_from_it(
     snapshotted: sa.Engine,
 ) -> None:
     bad, other = cuts(snapshotted)[1], cuts(snapshotted)[3]
@@ -221,20 +257,27 @@ def test_a_snapshot_unlike_the_re_run_state_is_reported_and_the_replay_runs_sequ
         )
     sequential = verify(snapshotted)
     parallel_report = verify(snapshotted, jobs=2)
-    assert "fallback" in parallel_report.replay and parallel_report.replay["mode"] == "sequential"
-    assert str(bad) in parallel_report.replay["fallback"]
     found = checks_of(parallel_report)
     assert not found["snapshots"]["ok"]
     assert found["snapshots"]["first_bad_position"] == bad
     assert found["replay_determinism"]["ok"] and found["projections"]["ok"]
     assert found == checks_of(sequential)
+    if parallel_report.replay["mode"] == "sequential":  # a worker's run started from it
+        assert str(bad) in parallel_report.replay["fallback"]
+    # A run that starts from it is not trusted (the run before it ends at a state unlike it),
+    # and the merge says so: the caller then replays sequentially. Runs that pass it are.
+    merged, reason = merged_runs(snapshotted, [bad])
+    assert merged is None and reason is not None and str(bad) in reason
+    merged, reason = merged_runs(snapshotted, [cuts(snapshotted)[2]])
+    assert merged is not None, reason
 
 
-def test_a_trade_settled_in_one_segment_with_a_fill_in_another_is_named_as_the_sequential_replay_does(
+def test_a_trade_settled_in_one_run_with_a_fill_in_another_is_named_as_the_sequential_replay_does(
     snapshotted: sa.Engine,
 ) -> None:
     # A worker settles the trades whose two fills it saw. A third fill of one of them, further on
-    # in the log, is a finding only the sequential replay can word: the parallel one gives way.
+    # in the log, is a finding only the sequential replay can word, unless the same run sees it:
+    # the merge of two runs gives way.
     first, later = cuts(snapshotted)[0], cuts(snapshotted)[2]
     with snapshotted.connect() as conn:
         settled_trade = conn.execute(
@@ -254,12 +297,17 @@ def test_a_trade_settled_in_one_segment_with_a_fill_in_another_is_named_as_the_s
     )
     sequential = verify(snapshotted)
     parallel_report = verify(snapshotted, jobs=2)
-    assert parallel_report.replay["mode"] == "sequential"
-    assert "more fills" in parallel_report.replay["fallback"]
+    if parallel_report.replay["mode"] == "sequential":
+        assert "more fills" in parallel_report.replay["fallback"]
     found = checks_of(parallel_report)
     assert not found["counterparts"]["ok"]
     assert f"trade {settled_trade} has 3 fills" in found["counterparts"]["problem"]
     assert found == checks_of(sequential)
+    merged, reason = merged_runs(snapshotted, [later])
+    assert merged is None and reason is not None and "more fills" in reason
+    merged, reason = merged_runs(snapshotted, [cuts(snapshotted)[-1]])  # one run sees all three
+    assert merged is not None, reason
+    assert any(f"trade {settled_trade} has 3 fills" in f.problem for f in merged.counterpart_findings())
 
 
 def test_a_snapshot_inside_a_batch_is_not_a_cut(snapshotted: sa.Engine) -> None:
