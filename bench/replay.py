@@ -41,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearing.audit.parallel import plan_segments, replay_parallel
 from clearing.audit.rebuild import rebuild
-from clearing.audit.replay import LogReplay, iter_log
+from clearing.audit.replay import iter_log
 from clearing.audit.verify import verify
 from clearing.domain import build_status
+from clearing.domain.logreplay import LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS

@@ -21,7 +21,7 @@ except SystemExit:
     pass
 after_command = gc.get_threshold()
 gc.set_threshold(*before)
-parallel._init_worker(None)
+parallel._init_worker(None, None)
 print(json.dumps([before, after_command, gc.get_threshold()]))
 """
 

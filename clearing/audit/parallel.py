@@ -84,10 +84,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from clearing.audit.replay import Finding, LogReplay, ShardTrack, imbalance_finding, iter_log
+from clearing.audit.replay import iter_log
+from clearing.domain.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding, refresh_window
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState, TriggerIndex
-from clearing.engine.ledger import refresh_window
 from clearing.engine.snapshots import decode_state, state_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine

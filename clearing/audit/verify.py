@@ -55,7 +55,8 @@ from clearing.audit.rebuild import (
     expected_state_rows,
     read_table,
 )
-from clearing.audit.replay import CONSERVATION_EVERY_EVENTS, LogReplay, iter_log
+from clearing.audit.replay import iter_log
+from clearing.domain.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes

@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-COMPILED = ("numbers", "inputs", "state", "events", "margin", "triggers", "lifecycle", "fold")
+COMPILED = ("numbers", "inputs", "state", "events", "margin", "triggers", "lifecycle", "fold", "jsontext", "logreplay")
 MANIFEST = "compiled.json"
 PURE_ENV = "CLEARING_PURE_PYTHON"
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.inputs import InputMessage
+from clearing.domain.logreplay import refresh_window
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
@@ -39,9 +40,6 @@ from clearing.store import projections
 from clearing.store.hashing import canonical_json
 
 logger = logging.getLogger(__name__)
-
-MARGIN_REFRESH_ACCOUNTS_MAX = 2_000  # holders whose margin row a mark batch refreshes (rotating)
-
 
 # A record of a batch decoded: the record, and its message, idempotency key and wire form (all
 # None when it could not be decoded).
@@ -122,8 +120,9 @@ class Ledger:
         """Accounts whose margin state is refreshed in this batch although no event of theirs
         changed their status: marks move every holder's equity, and writing all of them on every
         batch would cost more than the ingest. A rotating window of at most
-        ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch bounds how stale a row can get (a status
-        change is always written at once: it is a decision, and decisions touch their account)."""
+        ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch (``logreplay.refresh_window``, which the
+        replay re-enacts) bounds how stale a row can get (a status change is always written at
+        once: it is a decision, and decisions touch their account)."""
         window, self._refresh_cursor = refresh_window(sorted(self.state.holders_all()), self._refresh_cursor)
         return window
 
@@ -401,18 +400,6 @@ def _commit(
             pending.on_commit()
         except Exception:  # the batch is committed whatever a callback does
             logger.exception("the batch committed, but its on_commit callback failed")
-
-
-def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
-    """The next window of at most ``MARGIN_REFRESH_ACCOUNTS_MAX`` sorted holders from ``cursor``
-    (wrapping around), and the cursor after it; every holder when there are no more than that."""
-    if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
-        return holders, cursor
-    start = cursor % len(holders)
-    window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
-    if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
-        window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
-    return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
 def in_event_time_order(

@@ -23,10 +23,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.domain.jsontext import canonical_json_bytes
 from clearing.domain.numbers import to_wire
 from clearing.domain.params import RiskParameters, load_parameters
 from clearing.domain.state import Account, LedgerState, LiquidationOrder, MarginStatus, MarkState, Position
-from clearing.store.hashing import canonical_json_bytes
 
 logger = logging.getLogger(__name__)
 

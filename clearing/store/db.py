@@ -7,14 +7,14 @@ when it logs in as the schema owner. Migrations run as the login user, never und
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
+
+from clearing.domain.jsontext import load_json
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,6 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
-
-
-# A run of this many digits may be an integer beyond 64 bits (2**63 has 19 digits). Found by mapping
-# every digit to "0" and looking for a run of zeros: two passes in C over the bytes, a quarter of
-# the time of a regular expression's search for ``[0-9]{19}`` on the log's payloads.
-_LONG_DIGITS_RUN = b"0" * 19
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"0" * 9)
-
-
-def load_json(data: bytes | bytearray | memoryview | str) -> Any:
-    """JSONB as Python values. orjson, because a replay reads every payload of the log and the
-    standard library's parser was a fifth of its time; payloads hold strings (decimals), integers
-    and nested objects, which both parsers read alike, so the hash chain's canonical bytes of a
-    payload read back do not change. Except for integers beyond 64 bits, which orjson reads as
-    floats: a document with a run of 19 or more digits (in a string or not) is read by the
-    standard library, which keeps every integer exact."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if _LONG_DIGITS_RUN in raw.translate(_DIGITS_TO_ZERO):
-        return json.loads(raw)
-    return orjson.loads(raw)
 
 
 def make_engine(url: str, *, role: str | None = None, **kw: Any) -> sa.Engine:

@@ -12,40 +12,19 @@ integers of at most 64 bits, booleans, null, lists and objects with string keys:
 the two over every code point and random documents), and raises for anything else (an integer
 beyond 64 bits, a key that is not a string), which then takes the reference path. Floats would
 be spelled differently (``1e+16`` against ``1e16``), but none reaches a payload: the wire refuses
-them and the ledger computes in ``Decimal``.
+them and the ledger computes in ``Decimal``. The three functions live in clearing/domain/jsontext.py,
+where the replay's compiled bookkeeping calls them; they are imported here under these names.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
 
-import orjson
+from clearing.domain.jsontext import canonical_json as canonical_json
+from clearing.domain.jsontext import canonical_json_bytes
+from clearing.domain.jsontext import canonical_json_reference as canonical_json_reference
 
 GENESIS_HASH = bytes(32)
-
-_SORT_KEYS = orjson.OPT_SORT_KEYS
-
-
-def canonical_json_reference(value: Any) -> str:
-    """The definition of the canonical JSON text (slow; ``canonical_json`` gives the same)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(value: Any) -> str:
-    try:
-        return orjson.dumps(value, option=_SORT_KEYS).decode("utf-8")
-    except TypeError:  # orjson.JSONEncodeError: a value orjson does not write like the reference
-        return canonical_json_reference(value)
-
-
-def canonical_json_bytes(value: Any) -> bytes:
-    """``canonical_json(value)`` encoded as UTF-8."""
-    try:
-        return orjson.dumps(value, option=_SORT_KEYS)
-    except TypeError:
-        return canonical_json_reference(value).encode("utf-8")
 
 
 def digest_input(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from clearing.audit import replay as replay_module
 from clearing.audit.replay import LOG_COLUMNS, iter_log, prefetched
-from clearing.store.db import load_json
+from clearing.domain.jsontext import load_json
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
 

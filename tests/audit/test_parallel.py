@@ -17,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.audit import parallel
-from clearing.audit import replay as replay_module
 from clearing.audit.parallel import (
     NO_SAMPLES,
     ReplayTask,
@@ -29,10 +28,11 @@ from clearing.audit.parallel import (
     replay_run,
 )
 from clearing.audit.rebuild import expected_state_rows, rebuild
-from clearing.audit.replay import LogReplay, imbalance_finding, iter_log
+from clearing.audit.replay import iter_log
 from clearing.audit.verify import verify
+from clearing.domain import logreplay
 from clearing.domain.fold import conservation
-from clearing.engine import ledger as ledger_module
+from clearing.domain.logreplay import LogReplay, imbalance_finding
 from clearing.engine.snapshots import state_bytes
 from clearing.store.db import make_engine
 from tests.audit.audit_data import load_market
@@ -100,8 +100,7 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
 ) -> None:
     # 30 accounts: with a window of 7 the refresh rotates, and its cursor (history, not in the
     # snapshots) must be carried from segment to segment by the merge.
-    monkeypatch.setattr(ledger_module, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)
-    monkeypatch.setattr(replay_module, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)
+    monkeypatch.setattr(logreplay, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)  # the ledger's and the replay's
     every = 40
     for decide in (True, False):
         with snapshotted.connect() as conn:

@@ -134,11 +134,11 @@ def test_rows_left_by_the_rotating_margin_refresh_do_not_make_a_rebuild_differ(
     # log (by design); a rebuild writes fresh ones and must call that a note, not a difference.
     import uuid
 
-    from clearing.engine import ledger as ledger_module
+    from clearing.domain import logreplay
     from clearing.store.db import upgrade
     from tests.audit.audit_data import load_market
 
-    monkeypatch.setattr(ledger_module, "MARGIN_REFRESH_ACCOUNTS_MAX", 3)
+    monkeypatch.setattr(logreplay, "MARGIN_REFRESH_ACCOUNTS_MAX", 3)  # the ledger's and the replay's
     name = f"clearing_test_rotation_{uuid.uuid4().hex[:12]}"
     pg_server.create_database(name)
     try:

@@ -3,8 +3,8 @@ fills, the unmatched count, the last change of every mark (and settlement) price
 
 from __future__ import annotations
 
-from clearing.audit.replay import _INPUT_KINDS, LogReplay
 from clearing.domain import events as ev
+from clearing.domain.logreplay import _INPUT_KINDS, LogReplay
 from clearing.domain.messages import Fill, LiquidationFill, Mark, Settlement
 from tests.audit.test_conservation_samples import leg, liquidated, rows
 from tests.domain.test_fold import Book, mark

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from clearing.store.db import load_json, make_engine
+from clearing.domain.jsontext import load_json
+from clearing.store.db import make_engine
 
 
 def test_integers_beyond_64_bits_read_back_exact(database_url: str) -> None:
