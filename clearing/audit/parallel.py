@@ -87,13 +87,14 @@ import sqlalchemy as sa
 from clearing.audit.replay import iter_log
 from clearing.domain.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding, refresh_window
 from clearing.domain.numbers import ledger_context
-from clearing.domain.state import LedgerState, TriggerIndex
+from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import decode_state, state_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 
 PROGRESS_EVERY_EVENTS = 10_000  # a worker reports its count every this many events
 PROGRESS_POLL_S = 0.5  # the parent updates its progress this often while the workers run
+RESULT_WAIT_S = 600.0  # longest wait for a run's result the worker has sent, once workers are done
 PARALLEL_BOUNDARIES_MIN = 2  # fewer usable snapshots than this: the sequential replay
 FINDINGS_MAX = 10  # as LogReplay keeps
 NO_SAMPLES = 1 << 62
@@ -216,21 +217,21 @@ class SegmentResult:
     refresh_cursor: int | None = 0
     refresh_deferred: list[tuple[int, list[str]]] = field(default_factory=list)
     pending: list[tuple[int, str]] = field(default_factory=list)
-    state: LedgerState | None = None  # the last segment of a shard only
+    state: bytes | None = None  # the run that reaches the shard's head only: its state as a snapshot
     snapshots: list[tuple[int, bool]] = field(default_factory=list)  # (position, equal) compared
     end_ok: bool = True
     seconds: float = 0.0
 
 
-_progress_queue: Any = None
+_to_parent: Any = None  # progress counts and run results, to the parent (a multiprocessing Queue)
 _claims: Any = None  # the workers' shared claims, one flag per planned segment (a multiprocessing Array)
 _engines: dict[str, sa.Engine] = {}
 
 
-def _init_worker(progress_queue: Any, claims: Any) -> None:
-    global _progress_queue, _claims
+def _init_worker(to_parent: Any, claims: Any) -> None:
+    global _to_parent, _claims
     tune_gc()  # a spawned worker runs no command's main(): tune it as ``clearing`` does
-    _progress_queue = progress_queue
+    _to_parent = to_parent
     _claims = claims
 
 
@@ -243,21 +244,26 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _report(count: int) -> None:
-    if _progress_queue is not None and count:
-        _progress_queue.put(count)
+    if _to_parent is not None and count:
+        _to_parent.put(count)
 
 
-def run_worker(task: ReplayTask) -> list[SegmentResult]:
+def run_worker(task: ReplayTask) -> int:
     """A worker's whole share (in a worker process): runs, each started where ``choose_start``
-    says and carried on while the next segment is free, until every segment is claimed."""
-    results: list[SegmentResult] = []
+    says and carried on while the next segment is free, until every segment is claimed. Each
+    run's result goes to the parent as soon as the run ends (pickled by the queue's thread while
+    the next run goes on), not with the worker's last: the run that reaches the head carries the
+    shard's state (9 MB pickled with its trades for bench/replay.py's log: 0.6 s to pickle, about
+    as long to load, which the parent waited for after the last run). Returns how many it sent."""
+    sent = 0
     while True:
         with _claims.get_lock():
             start = choose_start(_claims[:], task.segments)
             if start is None:
-                return results
+                return sent
             _claims[start] = 1
-        results.append(replay_run(task, start, _claim))
+        _to_parent.put(replay_run(task, start, _claim))
+        sent += 1
 
 
 def _claim(index: int) -> bool:
@@ -365,11 +371,12 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
     result.refresh_deferred = track.refresh_deferred
     result.pending = list(track.pending)
     if not end.ends_at_snapshot:
-        # Without its trigger index: derived state, rebuilt by the next step that needs it (as
-        # after a decoded snapshot), and two thirds of the pickle the parent waits for (9.7 MB
-        # with it, 3.2 MB without, for 5,000 accounts; 0.76 s against 0.26 s to pickle and load).
-        track.state.triggers = TriggerIndex(brute_force=track.state.triggers.brute_force)
-        result.state = track.state
+        # As a snapshot (``state_bytes``), which the parent decodes as a run decodes the one it
+        # starts from: without the trigger index (derived state, rebuilt by the next step that
+        # needs it), and quicker to send than the objects. With 5,000 accounts: 1.8 MB, 0.06-0.12 s
+        # to write and 0.15-0.2 s to decode, against 3.2 MB pickled in 0.19-0.28 s and loaded in
+        # 0.16-0.19 s (9.7 MB with the index), at the end of the run the parent waits for.
+        result.state = state_bytes(track.state)
     else:
         result.end_ok = (end.upto, True) in compared and result.last is not None and result.last[0] == end.upto
     result.seconds = time.perf_counter() - started
@@ -419,21 +426,31 @@ def replay_parallel(
     workers = max(1, min(jobs, len(segments)))
     outcome = ParallelOutcome(None, workers, len(segments), conservation_at_head_only=several_shards)
     context = multiprocessing.get_context("spawn")
-    reports = context.Queue()
+    reports = context.Queue()  # progress counts and run results
     claims = context.Array("b", len(segments))  # all free; with a lock of its own
+    results: list[SegmentResult] = []  # merge puts them in log order
     done = 0
+
+    def take(item: int | SegmentResult) -> None:
+        nonlocal done
+        if isinstance(item, SegmentResult):
+            results.append(item)
+        elif progress is not None:
+            done += item
+            progress(done)
+
     try:
         with context.Pool(workers, initializer=_init_worker, initargs=(reports, claims)) as pool:
             pending = pool.map_async(run_worker, [task] * workers, chunksize=1)
-            # Wait on the results, not on the reports: the last run reports its count before it
+            # Wait on the workers, not on the reports: the last run reports its count before it
             # returns, and a wait on the reports noticed the end up to a poll interval late.
             while not pending.ready():
                 pending.wait(PROGRESS_POLL_S)
-                reported = _drain(reports)
-                if reported and progress is not None:
-                    done += reported
-                    progress(done)
-            results = [result for share in pending.get() for result in share]  # merge puts them in log order
+                for item in _drain(reports):
+                    take(item)
+            sent = sum(pending.get())
+            while len(results) < sent:  # put before its worker returned: on its way, if not here
+                take(reports.get(timeout=RESULT_WAIT_S))
     except Exception as error:  # a worker failed: the sequential replay will say what is wrong
         outcome.reason = f"a worker failed: {type(error).__name__}: {error}"[:500]
         return outcome
@@ -450,14 +467,14 @@ def replay_parallel(
     return outcome
 
 
-def _drain(reports: Any) -> int:
-    """The sum of the counts waiting in the progress queue, without waiting for more."""
-    total = 0
+def _drain(reports: Any) -> list[Any]:
+    """What waits in the queue from the workers, without waiting for more."""
+    items = []
     try:
         while True:
-            total += reports.get_nowait()
+            items.append(reports.get_nowait())
     except queue.Empty:
-        return total
+        return items
 
 
 def _untrusted(results: list[SegmentResult]) -> str | None:
@@ -508,7 +525,7 @@ def merge(
         last = shard_results[-1]
         if last.state is None:
             return None, f"shard {shard}: the last segment returned no state"
-        track = merged.shards[shard] = ShardTrack(state=last.state)
+        track = merged.shards[shard] = ShardTrack(state=decode_state(json.loads(last.state)))
         cursor = 0
         unmatched_in: dict[tuple[str, str, str], int] = {}
         findings: list[Finding] = []
