@@ -32,7 +32,7 @@ from clearing.domain.inputs import (
     Withdrawal,
 )
 from clearing.domain.messages import InputError
-from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
+from clearing.domain.numbers import MINUS_ONE, ONE, ZERO, divide, exact, parse_decimal, round_credit
 from clearing.domain.params import InstrumentSpec, load_parameters
 from clearing.domain.state import FEE_ACCOUNT, FUNDING_POOL_ACCOUNT, Account, LedgerState, MarkState, Position
 
@@ -150,7 +150,7 @@ def _apply_fill(state: LedgerState, fill: Fill) -> None:
     account = state.account(fill.account_id)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
     trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
-    if fill.fee != 0:
+    if fill.fee != ZERO:
         # The fee moves from the account to the fee account: a negative fee (maker rebate) moves
         # the other way. Fees are charged to the wallet, never to isolated collateral.
         asset = fill.fee_asset or spec.settlement_asset
@@ -173,24 +173,24 @@ def trade(
     size = spec.contract_size
     realised = ZERO
     held = position.quantity
-    if held == 0 or (held > 0) == (quantity > 0):
+    if held == ZERO or (held > ZERO) == (quantity > ZERO):
         position.cost += quantity * price * size
         position.quantity = held + quantity
     else:
         closing = min(abs(quantity), abs(held))
-        direction = Decimal(1) if held > 0 else Decimal(-1)
+        direction = ONE if held > ZERO else MINUS_ONE
         removed = position.cost if closing == abs(held) else -round_credit(-divide(position.cost * closing, abs(held)))
         realised = direction * closing * price * size - removed
         position.cost -= removed
         position.quantity = held - direction * closing
         opening = abs(quantity) - closing
-        if opening > 0:
+        if opening > ZERO:
             position.quantity = -direction * opening
             position.cost = -direction * opening * price * size
     position.realised_pnl += realised
     if position.margin_mode == "isolated":
         position.isolated_margin += realised
-        if position.quantity == 0 and position.isolated_margin > 0:
+        if position.quantity == ZERO and position.isolated_margin > ZERO:
             # A closed isolated position hands its collateral back to the wallet. A negative
             # remainder stays on the position: its loss is capped at its collateral, and the
             # default waterfall (insurance fund) covers it, never the wallet.
@@ -205,7 +205,7 @@ def trade(
 
 def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
     holders = state.holders.setdefault(position.instrument, set())
-    if position.quantity != 0:
+    if position.quantity != ZERO:
         holders.add(account_id)
     elif not any(
         p.quantity != 0 for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
@@ -231,7 +231,7 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
     collateral."""
     spec = state.parameters.instruments_by_symbol[funding.symbol]
     mark = state.mark_price(funding.symbol)
-    if mark is None or funding.rate == 0:
+    if mark is None or funding.rate == ZERO:
         return
     pool = state.account(FUNDING_POOL_ACCOUNT)
     state.touched.add(FUNDING_POOL_ACCOUNT)
@@ -239,7 +239,7 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
     for account_id in sorted(state.holders.get(symbol, ())):
         account = state.accounts[account_id]
         for position in account.positions.values():
-            if position.instrument != symbol or position.quantity == 0:
+            if position.instrument != symbol or position.quantity == ZERO:
                 continue
             payment = position.quantity * size * mark * rate
             position.funding_paid += payment
@@ -259,7 +259,7 @@ def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
     for account_id in sorted(state.holders.get(settlement.symbol, ())):
         account = state.accounts[account_id]
         for position in list(account.positions.values()):
-            if position.instrument == settlement.symbol and position.quantity != 0:
+            if position.instrument == settlement.symbol and position.quantity != ZERO:
                 trade(state, account, position, spec, -position.quantity, settlement.price)
 
 
@@ -394,4 +394,4 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
         totals[asset] = totals.get(asset, ZERO) - amount
     for asset, amount in state.withdrawals.items():
         totals[asset] = totals.get(asset, ZERO) + amount
-    return {asset: amount for asset, amount in totals.items() if amount != 0}
+    return {asset: amount for asset, amount in totals.items() if amount != ZERO}

@@ -44,6 +44,7 @@ from clearing.domain.inputs import (
 )
 from clearing.domain.messages import InputError
 from clearing.domain.numbers import (
+    ONE,
     ZERO,
     divide,
     parse_decimal,
@@ -287,7 +288,7 @@ def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer
         "amount": to_wire(request.amount),
     }
     reason = _liquidating(account)
-    if reason is None and request.amount > 0:
+    if reason is None and request.amount > ZERO:
         held = account.balance(spec.settlement_asset)
         if held < request.amount:
             reason = (
@@ -303,7 +304,7 @@ def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer
                 f"the isolated {request.instrument} position holds {to_wire(allocated)}, "
                 f"less than {to_wire(-request.amount)}"
             )
-        elif isolated is not None and isolated.quantity != 0:
+        elif isolated is not None and isolated.quantity != ZERO:
             isolated.isolated_margin += request.amount
             try:
                 risk = margin.scope_risk(state, account, margin.isolated_scope(request.instrument))
@@ -352,12 +353,12 @@ def _cross_reason_after(state: LedgerState, account: Account, asset: str, change
 def _level(risk: margin.ScopeRisk, state: LedgerState) -> tuple[str, Decimal | None]:
     """The level the numbers call for, and the ratio (None = infinite or no requirement)."""
     policy = state.parameters.margin_call
-    if risk.maintenance_margin <= 0:
+    if risk.maintenance_margin <= ZERO:
         return HEALTHY, None
-    if risk.equity <= 0:
+    if risk.equity <= ZERO:
         return MAINTENANCE, None
     ratio = risk.margin_ratio  # None only when equity or maintenance is not positive: handled above
-    if ratio is not None and ratio >= 1:
+    if ratio is not None and ratio >= ONE:
         return MAINTENANCE, ratio
     if ratio is not None and ratio >= policy.warning_ratio:
         return WARNING, ratio
@@ -365,9 +366,9 @@ def _level(risk: margin.ScopeRisk, state: LedgerState) -> tuple[str, Decimal | N
 
 
 def _below_resolve(risk: margin.ScopeRisk, state: LedgerState) -> bool:
-    if risk.maintenance_margin <= 0:
-        return risk.equity >= 0
-    if risk.equity <= 0 or risk.margin_ratio is None:
+    if risk.maintenance_margin <= ZERO:
+        return risk.equity >= ZERO
+    if risk.equity <= ZERO or risk.margin_ratio is None:
         return False
     return risk.margin_ratio < state.parameters.margin_call.resolve_ratio
 
@@ -392,7 +393,7 @@ def _call_payload(
 def shortfall(risk: margin.ScopeRisk, resolve_ratio: Decimal) -> Decimal:
     """The collateral that would bring the scope's ratio below ``resolve_ratio`` (0 when none is
     needed); an amount owed, so it rounds up."""
-    if risk.maintenance_margin <= 0:
+    if risk.maintenance_margin <= ZERO:
         return ZERO
     return max(ZERO, round_requirement(divide(risk.maintenance_margin, resolve_ratio) - risk.equity))
 
@@ -415,7 +416,7 @@ def _remargin(
         payload = {**_call_payload(state, scope, call_id, new_level, risk, deadline), **extra}
         emit(_decision(state, event_type, account.account_id, at, payload))
 
-    if not risk.has_open_positions and risk.equity < 0 and current not in (LIQUIDATION, BANKRUPT):
+    if not risk.has_open_positions and risk.equity < ZERO and current not in (LIQUIDATION, BANKRUPT):
         # A loss beyond the collateral with nothing left to liquidate (closed by ordinary fills,
         # or funding): straight to the waterfall.
         _waterfall(state, account, scope, status.margin_call_id, risk, at, emit)
@@ -425,7 +426,7 @@ def _remargin(
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, current, None, resolution="ratio below resolve_ratio")
         return risk
     if current == BANKRUPT:
-        if risk.equity >= 0 and status.margin_call_id is not None:
+        if risk.equity >= ZERO and status.margin_call_id is not None:
             call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, BANKRUPT, None, resolution="deficit covered")
         elif risk.has_open_positions and not status.pending_orders:
             # A bankrupt account should not trade, but fills are facts: whatever it holds again
@@ -467,7 +468,7 @@ def _continue_liquidation(
 ) -> None:
     call_id = status.margin_call_id or ids.next("MC")
     if not risk.has_open_positions:
-        if risk.equity < 0:
+        if risk.equity < ZERO:
             _waterfall(state, account, scope, call_id, risk, at, emit)
             return
         call(ev.MARGIN_CALL_RESOLVED, call_id, LIQUIDATION, None, resolution="positions closed")
@@ -510,7 +511,7 @@ def _waterfall(
     available = fund.balance(asset) if fund is not None else ZERO
     isolated = scope.startswith(margin.ISOLATED_SCOPE_PREFIX)
     drawn = deficit if isolated else min(deficit, max(available, ZERO))
-    if drawn > 0:
+    if drawn > ZERO:
         payload = {
             "margin_call_id": call_id,
             "scope": scope,
@@ -522,7 +523,7 @@ def _waterfall(
         }
         emit(_decision(state, ev.INSURANCE_FUND_DRAWN, account.account_id, at, payload))
     remaining = deficit - drawn
-    if remaining > 0:
+    if remaining > ZERO:
         payload = {
             "margin_call_id": call_id,
             "scope": scope,
@@ -571,7 +572,7 @@ class Reduction(NamedTuple):
     maintenance: Decimal  # scope maintenance after the reduction
 
     def meets(self, target_ratio: Decimal) -> bool:
-        return self.equity > 0 and self.maintenance <= target_ratio * self.equity
+        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
 
 
 def reduction(
@@ -594,7 +595,7 @@ def reduction(
 def bankruptcy_price(position: margin.PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
     """(unrounded, rounded) price at which closing ``quantity`` of ``position`` would use up the
     scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
-    long = position.quantity > 0
+    long = position.quantity > ZERO
     unit = quantity * position.contract_size * position.settlement_price
     raw = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
     return raw, max(round_bankruptcy_price(raw, long=long), ZERO)
@@ -618,11 +619,11 @@ def _issue_orders(
     equity = risk.equity
     maintenance = risk.maintenance_margin
     ordered = sorted(
-        (p for p in risk.positions if p.quantity != 0),
+        (p for p in risk.positions if p.quantity != ZERO),
         key=lambda p: (-p.maintenance_margin, p.instrument),
     )
     for position in ordered:
-        if equity > 0 and maintenance <= policy.target_ratio * equity:
+        if equity > ZERO and maintenance <= policy.target_ratio * equity:
             break
         held = abs(position.quantity)
         step = quantity_step(position.quantity)
@@ -632,7 +633,7 @@ def _issue_orders(
             return reduction(state, p, e, m, reduce).meets(policy.target_ratio)
 
         quantity = held
-        if equity > 0 and enough(held):
+        if equity > ZERO and enough(held):
             low, high = 0, int(divide(held, step).to_integral_value(rounding=ROUND_CEILING))
             for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
                 if high - low <= 1:
@@ -644,7 +645,7 @@ def _issue_orders(
                     low = middle
             quantity = min(held, step * high)
         after = reduction(state, position, equity, maintenance, quantity)
-        long = position.quantity > 0
+        long = position.quantity > ZERO
         _raw, bankruptcy = bankruptcy_price(position, equity, quantity)
         liquidation_id = ids.next("L")
         emit(
@@ -792,7 +793,7 @@ def apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
     state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
     trade(state, account, position, spec, quantity, fill.price)
     order.remaining -= fill.quantity
-    if order.remaining == 0:
+    if order.remaining == ZERO:
         del state.liquidations[order.liquidation_id]
         status = account.margin.get(order.scope)
         if status is not None and order.liquidation_id in status.pending_orders:

@@ -48,6 +48,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from clearing.domain.numbers import (
+    MINUS_ONE,
     ONE,
     ZERO,
     divide,
@@ -128,7 +129,7 @@ class PositionRisk(NamedTuple):
 
     @property
     def is_long(self) -> bool:
-        return self.quantity > 0
+        return self.quantity > ZERO
 
 
 class ScopeRisk(NamedTuple):
@@ -149,7 +150,7 @@ class ScopeRisk(NamedTuple):
 
     @property
     def has_open_positions(self) -> bool:
-        return any(p.quantity != 0 for p in self.positions)
+        return any(p.quantity != ZERO for p in self.positions)
 
     def position(self, instrument: str) -> PositionRisk | None:
         for found in self.positions:
@@ -209,7 +210,7 @@ def haircut_units(spec: AssetSpec, amount: Decimal) -> Decimal:
     """Units of ``amount`` discounted by the haircut, applied marginally: each band's haircut to
     the part of the amount inside the band (12 BTC with 10 at 2% and the rest at 5% lose
     10 x 0.02 + 2 x 0.05 = 0.3 BTC). A non-positive amount loses nothing."""
-    if amount <= 0:
+    if amount <= ZERO:
         return ZERO
     lost = ZERO
     for floor, cap, haircut in spec.haircut_band_table:
@@ -257,13 +258,13 @@ def classify(
     warning_ratio; else ``healthy`` (also without open positions, whatever the equity: a debt
     with nothing to liquidate is the default waterfall's business, not a margin call's). The
     lifecycle (deadlines, hysteresis with resolve_ratio) is built on this elsewhere."""
-    ratio: Decimal | None = round_ratio(divide(maintenance, equity)) if equity > 0 and maintenance > 0 else None
+    ratio: Decimal | None = round_ratio(divide(maintenance, equity)) if equity > ZERO and maintenance > ZERO else None
     if not open_positions:
         return ratio, HEALTHY
-    if equity < 0:
+    if equity < ZERO:
         return ratio, BANKRUPT
-    if equity == 0:
-        return ratio, MAINTENANCE if maintenance > 0 else HEALTHY
+    if equity == ZERO:
+        return ratio, MAINTENANCE if maintenance > ZERO else HEALTHY
     if ratio is None:
         return ratio, HEALTHY
     if ratio >= ONE:
@@ -315,7 +316,7 @@ def _position_risk(
         pnl_settlement = quantity * size * mark - cost
     else:
         # Valued at the entry price: |q| x cs x (cost / (q x cs)) = |cost|, and PnL exactly 0.
-        price_used = divide(cost, quantity * size) if quantity != 0 else ZERO
+        price_used = divide(cost, quantity * size) if quantity != ZERO else ZERO
         notional = abs(cost)
         pnl_settlement = ZERO
     tier = spec.tier_for(notional)
@@ -427,7 +428,7 @@ class _ScopeLine:
 
 def _scope_line(parameters: RiskParameters, scope: ScopeRisk, position: PositionRisk) -> _ScopeLine:
     s = position.settlement_price
-    sign = ONE if position.quantity > 0 else -ONE
+    sign = ONE if position.quantity > ZERO else MINUS_ONE
     return _ScopeLine(
         # equity = rest + s x (q x cs x P - cost) = (rest - s x cost) + s x sign(q) x N
         equity_rest=scope.equity - position.unrealised_pnl - s * position.cost,
@@ -462,13 +463,13 @@ def liquidation_price(parameters: RiskParameters, scope: ScopeRisk, position: Po
     nearest to the price in use is returned.
 
     Rounded with ``round_liquidation_price``: a long's up, a short's down."""
-    if position.quantity == 0:
+    if position.quantity == ZERO:
         return None
     line = _scope_line(parameters, scope, position)
     root = _nearest(line.ratio_roots(ONE), position.price_used)
     if root is None:
         return None
-    return round_liquidation_price(root, long=position.quantity > 0)
+    return round_liquidation_price(root, long=position.quantity > ZERO)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +491,7 @@ def _scope_from(
         pnl += p.unrealised_pnl
         initial += p.initial_margin
         maintenance += p.maintenance_margin
-        if p.quantity != 0:
+        if p.quantity != ZERO:
             open_positions = True
     equity = collateral + pnl
     ratio, status = classify(equity, maintenance, open_positions, parameters.margin_call)
@@ -519,7 +520,7 @@ def _collateral(
     values: list[CollateralValue] = []
     unpriced: set[str] = set()
     for asset, amount in sorted(account.balances.items()):
-        if amount != 0:
+        if amount != ZERO:
             value = _collateral_value(parameters, asset, amount, ONE if asset == valuation else marks.get(asset))
             values.append(value)
             if value.price is None:
@@ -539,7 +540,7 @@ def _cross_scope(
     positions: list[PositionRisk] = []
     for key in sorted(account.positions):
         position = account.positions[key]
-        if position.margin_mode != CROSS or position.quantity == 0:
+        if position.margin_mode != CROSS or position.quantity == ZERO:
             continue
         figures, missing = _position_risk(parameters, marks, position, CROSS)
         positions.append(figures)
@@ -559,7 +560,7 @@ def _isolated_scope(
     s = _settlement_price(parameters, marks, spec.settlement_asset)
     unpriced = {spec.settlement_asset} if s is None else set()
     positions: list[PositionRisk] = []
-    if position.quantity != 0:
+    if position.quantity != ZERO:
         figures, _ = _position_risk(parameters, marks, position, scope)
         positions.append(figures)
     collateral = (s if s is not None else ONE) * position.isolated_margin
@@ -760,7 +761,7 @@ def _trigger_prices_of(
     scope = risk.scope
     if parameters.instrument(instrument) is not None:
         position = risk.position(instrument)
-        if position is None or position.quantity == 0:
+        if position is None or position.quantity == ZERO:
             return _bounds(parameters, scope, instrument, None, None)
         return _bounds(parameters, scope, instrument, _scope_line(parameters, risk, position), position.price_used)
     if parameters.asset(instrument) is None:

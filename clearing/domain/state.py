@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from clearing.domain.numbers import ZERO, divide, round_display_price
+from clearing.domain.numbers import ONE, ZERO, divide, round_display_price
 from clearing.domain.params import RiskParameters, bundled_parameters
 
 FEE_ACCOUNT = "system:fees"
@@ -43,13 +43,13 @@ class Position:
         return (self.instrument, self.margin_mode)
 
     def entry_price(self, contract_size: Decimal) -> Decimal | None:
-        if self.quantity == 0:
+        if self.quantity == ZERO:
             return None
         return round_display_price(divide(self.cost, self.quantity * contract_size))
 
     @property
     def is_open(self) -> bool:
-        return self.quantity != 0
+        return self.quantity != ZERO
 
     def copy(self) -> Position:
         return Position(
@@ -86,7 +86,7 @@ class Account:
         return found
 
     def open_positions(self) -> list[Position]:
-        return [p for p in self.positions.values() if p.quantity != 0 or p.isolated_margin != 0]
+        return [p for p in self.positions.values() if p.quantity != ZERO or p.isolated_margin != ZERO]
 
     def copy(self) -> Account:
         return Account(
@@ -240,5 +240,5 @@ class LedgerState:
     def asset_price(self, asset: str) -> Decimal | None:
         """Price of one unit of a collateral asset in the valuation asset."""
         if asset == self.parameters.valuation_asset:
-            return Decimal(1)
+            return ONE
         return self.mark_price(asset)

@@ -69,6 +69,7 @@ from decimal import Decimal
 from clearing.domain import margin
 from clearing.domain.inputs import Fill
 from clearing.domain.numbers import (
+    MINUS_ONE,
     MONEY_QUANTUM,
     ONE,
     PRICE_QUANTUM,
@@ -97,7 +98,7 @@ def scopes(account: Account) -> list[str]:
     isolated = [
         key
         for key, position in account.positions.items()
-        if key[1] == margin.ISOLATED and (position.quantity != 0 or position.isolated_margin != 0)
+        if key[1] == margin.ISOLATED and (position.quantity != ZERO or position.isolated_margin != ZERO)
     ]
     if isolated:
         isolated.sort()
@@ -122,17 +123,17 @@ def scope_dependencies(state: LedgerState, account: Account, scope: str) -> tupl
 
     if scope == margin.CROSS:
         for (instrument, mode), position in account.positions.items():
-            if mode == margin.CROSS and position.quantity != 0:
+            if mode == margin.CROSS and position.quantity != ZERO:
                 found.add(instrument)
                 settled_in(instrument)
         for asset, amount in account.balances.items():
-            if amount != 0 and asset != valuation and parameters.asset(asset) is not None:
+            if amount != ZERO and asset != valuation and parameters.asset(asset) is not None:
                 found.add(asset)
     elif scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
         instrument = scope[len(margin.ISOLATED_SCOPE_PREFIX) :]
         isolated = account.positions.get((instrument, margin.ISOLATED))
-        if isolated is not None and (isolated.quantity != 0 or isolated.isolated_margin != 0):
-            if isolated.quantity != 0:
+        if isolated is not None and (isolated.quantity != ZERO or isolated.isolated_margin != ZERO):
+            if isolated.quantity != ZERO:
                 found.add(instrument)
             settled_in(instrument)
     return tuple(sorted(found))
@@ -288,7 +289,7 @@ def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal)
     """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (and 1): how
     flat ``t x equity - maintenance`` can get in the mark (see ``_bounds``)."""
     constants = _constants(parameters)
-    key = (spec.symbol, 1 if direction > 0 else -1)
+    key = (spec.symbol, 1 if direction > ZERO else -1)
     gamma = constants.get(key)
     if gamma is None:
         policy = parameters.margin_call
@@ -330,10 +331,10 @@ def _bounds(
     spec = parameters.instruments_by_symbol.get(symbol)
     if spec is not None:
         position = risk.position(symbol)
-        if position is None or position.quantity == 0:
+        if position is None or position.quantity == ZERO:
             return None
         slope = position.settlement_price * abs(position.quantity) * position.contract_size
-        direction = ONE if position.quantity > 0 else -ONE
+        direction = ONE if position.quantity > ZERO else MINUS_ONE
         gamma = _gamma(parameters, spec, direction)
     else:
         asset = parameters.asset(symbol)
@@ -342,7 +343,7 @@ def _bounds(
         amount = account.balance(symbol)
         slope = abs(margin.units_after_haircut(asset, amount))
         gamma = ONE
-    if slope == 0 or gamma == 0:
+    if slope == ZERO or gamma == ZERO:
         return None
     equity = abs(risk.equity)
 
@@ -392,7 +393,7 @@ def _budget_bounds(
         spec = instruments.get(symbol)
         if spec is not None:
             position = positions.get(symbol)
-            if position is None or position.quantity == 0 or position.mark is None:
+            if position is None or position.quantity == ZERO or position.mark is None:
                 return None
             if position.settlement_asset != valuation:
                 return None
@@ -414,14 +415,14 @@ def _budget_bounds(
     )
     rounding = 4 * (MONEY_QUANTUM * (len(risk.positions) + 1) + RATIO_QUANTUM * (abs(equity) + smallest))
     budget = smallest - rounding
-    if budget <= 0:
+    if budget <= ZERO:
         return None
     bands: dict[str, tuple[Decimal, Decimal]] = {}
     budgeted: dict[str, BudgetedPosition] = {}
     spread = ZERO
     share = len(symbols)
     for symbol, k in sensitivity:
-        if k == 0:
+        if k == ZERO:
             continue  # the scope does not move with this price at all
         price = marks[symbol].price  # every symbol above was required to have a mark
         # Rounded down: a band narrower than its share of the budget only re-margins sooner.
@@ -488,12 +489,12 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
         return False  # a new instrument: the scope's dependencies change
     parameters = state.parameters
     valuation = parameters.valuation_asset
-    if fill.fee != 0 and fill.fee_asset is not None and fill.fee_asset != valuation:
+    if fill.fee != ZERO and fill.fee_asset is not None and fill.fee_asset != valuation:
         return False
     account = state.accounts[fill.account_id]
     position = account.positions[(fill.instrument, margin.CROSS)]
     quantity = position.quantity
-    if quantity == 0:
+    if quantity == ZERO:
         return False  # closed: the scope's dependencies change
     # Only this position moved since the last absorbed fill: update its share of the totals.
     equity = (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
