@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from clearing.domain import events as ev
 from clearing.domain import margin, triggers
@@ -63,15 +63,15 @@ from clearing.domain.state import (
 )
 
 Emit = Callable[[ev.Event], None]
-SYSTEM_ACCOUNTS_SET = frozenset(SYSTEM_ACCOUNTS)
+SYSTEM_ACCOUNTS_SET: Final = frozenset(SYSTEM_ACCOUNTS)
 
-HEALTHY = "healthy"
-WARNING = "warning"
-MAINTENANCE = "maintenance"
-LIQUIDATION = "liquidation"
-BANKRUPT = "bankrupt"
+HEALTHY: Final = "healthy"
+WARNING: Final = "warning"
+MAINTENANCE: Final = "maintenance"
+LIQUIDATION: Final = "liquidation"
+BANKRUPT: Final = "bankrupt"
 _RANK = {HEALTHY: 0, WARNING: 1, MAINTENANCE: 2, LIQUIDATION: 3, BANKRUPT: 4}
-LIQUIDATION_SEARCH_STEPS_MAX = 200
+LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
 
 
 def decide(

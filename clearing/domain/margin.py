@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from clearing.domain.numbers import (
     MINUS_ONE,
@@ -60,21 +60,21 @@ from clearing.domain.numbers import (
 from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, MarginCallPolicy, RiskParameters
 from clearing.domain.state import Account, LedgerState, MarkState, Position
 
-CROSS = "cross"
-ISOLATED = "isolated"
-ISOLATED_SCOPE_PREFIX = "isolated:"
-LINEAR_KINDS = ("perpetual", "future")
+CROSS: Final = "cross"
+ISOLATED: Final = "isolated"
+ISOLATED_SCOPE_PREFIX: Final = "isolated:"
+LINEAR_KINDS: Final = ("perpetual", "future")
 
-HEALTHY = "healthy"
-WARNING = "warning"
-MAINTENANCE = "maintenance"
-BANKRUPT = "bankrupt"
+HEALTHY: Final = "healthy"
+WARNING: Final = "warning"
+MAINTENANCE: Final = "maintenance"
+BANKRUPT: Final = "bankrupt"
 
 # Names of the thresholds a trigger price crosses (see ``trigger_prices``).
-THRESHOLD_BANKRUPT = "bankrupt"  # equity = 0
-THRESHOLD_RESOLVE = "resolve"  # ratio = margin_call.resolve_ratio
-THRESHOLD_WARNING = "warning"  # ratio = margin_call.warning_ratio
-THRESHOLD_MAINTENANCE = "maintenance"  # ratio = 1, i.e. equity = maintenance margin
+THRESHOLD_BANKRUPT: Final = "bankrupt"  # equity = 0
+THRESHOLD_RESOLVE: Final = "resolve"  # ratio = margin_call.resolve_ratio
+THRESHOLD_WARNING: Final = "warning"  # ratio = margin_call.warning_ratio
+THRESHOLD_MAINTENANCE: Final = "maintenance"  # ratio = 1, i.e. equity = maintenance margin
 
 
 class MarginModelError(ValueError):

@@ -14,18 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 
 from clearing.domain.numbers import ONE, ZERO, divide, round_display_price
 from clearing.domain.params import RiskParameters, bundled_parameters
 
-FEE_ACCOUNT = "system:fees"
-INSURANCE_FUND_ACCOUNT = "system:insurance-fund"
+FEE_ACCOUNT: Final = "system:fees"
+INSURANCE_FUND_ACCOUNT: Final = "system:insurance-fund"
 # Funding passes through a pool: longs pay into it and shorts are paid from it (or the other way).
 # Over complete books the pool nets to zero; fills of one trade arrive on different partitions, so
 # a funding event can fall between the two fills of a trade, and the pool then holds the
 # difference in plain sight instead of the books going out of balance.
-FUNDING_POOL_ACCOUNT = "system:funding-pool"
-SYSTEM_ACCOUNTS = (FEE_ACCOUNT, INSURANCE_FUND_ACCOUNT, FUNDING_POOL_ACCOUNT)
+FUNDING_POOL_ACCOUNT: Final = "system:funding-pool"
+SYSTEM_ACCOUNTS: Final = (FEE_ACCOUNT, INSURANCE_FUND_ACCOUNT, FUNDING_POOL_ACCOUNT)
 
 
 @dataclass(slots=True)

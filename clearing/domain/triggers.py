@@ -65,6 +65,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import Final
 
 from clearing.domain import margin
 from clearing.domain.inputs import Fill
@@ -84,9 +85,9 @@ from clearing.domain.numbers import (
 from clearing.domain.params import InstrumentSpec, RiskParameters
 from clearing.domain.state import Account, BudgetedPosition, FillBudget, LedgerState, TriggerIndex
 
-LIQUIDATING = ("liquidation", "bankrupt")
-RELATIVE_SLACK = Decimal("1e-9")
-COMPACT_SLACK = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
+LIQUIDATING: Final = ("liquidation", "bankrupt")
+RELATIVE_SLACK: Final = Decimal("1e-9")
+COMPACT_SLACK: Final = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
 # The share of a budgeted scope's budget its price bands spend; the rest absorbs its own fills.
 BAND_SHARE = Decimal("0.5")
 
