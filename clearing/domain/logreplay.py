@@ -24,8 +24,8 @@ since. So the replay builds messages from those trusted payloads without validat
 (``events.trusted_message``: ``Decimal(text)`` for decimal fields, ``datetime.fromisoformat`` for
 times). A unit test checks that this gives the same message as validation for every input type.
 
-Compiled with the fold (``native.py``): interpreted, this bookkeeping was about 16% of the
-instructions of a verify replay (callgrind, 122,500 an event).
+Compiled with the fold (``native.py``): a verify replay went from 120,421 to 114,271 instructions
+an event (callgrind, 28,000 events of bench/replay.py's log, rows in memory).
 """
 
 from __future__ import annotations
