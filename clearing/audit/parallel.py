@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import multiprocessing
 import queue
 import time
@@ -88,7 +87,7 @@ from clearing.audit.replay import iter_log
 from clearing.domain.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding, refresh_window
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
-from clearing.engine.snapshots import decode_state, state_bytes
+from clearing.engine.snapshots import state_bytes, state_from_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 
@@ -315,7 +314,7 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
                 {"shard": shard, "p": first.after},
             ).scalar_one()
             # The cursor of the rotating refresh is history, not state: unknown here (see merge).
-            replay.shards[shard] = ShardTrack(state=decode_state(json.loads(bytes(raw))), refresh_cursor=None)
+            replay.shards[shard] = ShardTrack(state=state_from_bytes(raw), refresh_cursor=None)
         margin = replay.margin_events
         fed = result.margin_fed
         count = 0
@@ -525,7 +524,7 @@ def merge(
         last = shard_results[-1]
         if last.state is None:
             return None, f"shard {shard}: the last segment returned no state"
-        track = merged.shards[shard] = ShardTrack(state=decode_state(json.loads(last.state)))
+        track = merged.shards[shard] = ShardTrack(state=state_from_bytes(last.state))
         cursor = 0
         unmatched_in: dict[tuple[str, str, str], int] = {}
         findings: list[Finding] = []

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from clearing.domain import events as ev
 from clearing.domain import fold
@@ -122,13 +122,6 @@ class ShardTrack:
 def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:
     text = ", ".join(f"{asset} {amount}" for asset, amount in sorted(imbalance.items()))
     return Finding(position, f"the books do not balance after position {position}: {text}")
-
-
-# What ``feed`` does with an input message beside the fold, by its class (an exact class: replays
-# build messages with ``ev.trusted_message``; a table lookup, where isinstance tests against
-# unions of pydantic models cost more than the rest of ``feed``'s bookkeeping for the event).
-_FILL, _LIQUIDATION_FILL, _MARK, _OTHER = "fill", "liquidation fill", "mark", "other"
-_INPUT_KINDS: dict[type, str] = {Fill: _FILL, LiquidationFill: _LIQUIDATION_FILL, Mark: _MARK, Settlement: _MARK}
 
 
 class LogReplay:
@@ -228,11 +221,10 @@ class LogReplay:
                 last = position
             if event_type == "LiquidationFillRecorded":
                 self.margin_events.append((position, event_type, payload, row[4]))
-            kind = _INPUT_KINDS.get(type(message), _OTHER)
-            if kind is _MARK:
-                track.mark_change[cast("Mark | Settlement", message).symbol] = position
-            elif kind is not _OTHER and self.check_fills:
-                self._fill(position, payload, kind is _FILL)
+            if isinstance(message, (Mark, Settlement)):
+                track.mark_change[message.symbol] = position
+            elif self.check_fills and isinstance(message, (Fill, LiquidationFill)):
+                self._fill(position, payload, isinstance(message, Fill))
         else:
             last = position
             if self.decide:

@@ -156,6 +156,11 @@ def state_bytes(state: LedgerState) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
+def state_from_bytes(data: bytes | memoryview) -> LedgerState:
+    """The state a snapshot's bytes (``state_bytes``) hold, its trigger index to be rebuilt."""
+    return decode_state(json.loads(bytes(data)))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     shard: int
@@ -183,7 +188,7 @@ def latest_snapshot(conn: sa.Connection, shard: int, *, at_or_before: int | None
     row = conn.execute(sa.text(query + " ORDER BY position DESC LIMIT 1"), params).first()
     if row is None:
         return None
-    return Snapshot(shard, int(row[0]), decode_state(json.loads(bytes(row[1]))))
+    return Snapshot(shard, int(row[0]), state_from_bytes(row[1]))
 
 
 class SnapshotPolicy:
