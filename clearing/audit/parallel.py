@@ -197,8 +197,8 @@ class SegmentResult:
 
     segment: Segment
     events: int = 0
-    first: tuple[int, datetime] | None = None  # position and recorded_at of the first row
-    last: tuple[int, datetime] | None = None
+    first: tuple[int, str] | None = None  # position and recorded_at (its text) of the first row
+    last: tuple[int, str] | None = None
     determinism: list[Finding] = field(default_factory=list)
     determinism_mismatches: int = 0
     decisions_compared: int = 0

@@ -327,6 +327,12 @@ _APPLY_DECISION: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {
 def step(state: LedgerState, message: InputMessage, position: int, shard: int = 0) -> list[ev.Event]:
     """Apply an admitted input event at ``position``, decide, and apply each decision as it is
     taken. Returns the decisions, in order, keyed and caused by ``position``."""
+    return step_in_context(state, message, position, shard)
+
+
+def step_in_context(state: LedgerState, message: InputMessage, position: int, shard: int) -> list[ev.Event]:
+    """``step`` for a loop already under the ledger context (``numbers.require_ledger_context``
+    says so): the replay of ``audit verify`` calls it for every input of the log."""
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
     # The accounts this step touches are gathered apart (and added to ``state.touched`` at the
     # end): the lifecycle re-margins every account the input changed and re-indexes them.

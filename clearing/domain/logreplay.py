@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, getcontext
 from typing import Any
 
 from clearing.domain import events as ev
@@ -48,6 +48,7 @@ from clearing.domain.inputs import (
     format_time,
 )
 from clearing.domain.jsontext import canonical_json, load_json
+from clearing.domain.numbers import require_ledger_context
 from clearing.domain.state import LedgerState
 
 CONSERVATION_EVERY_EVENTS = 10_000
@@ -157,8 +158,9 @@ class LogReplay:
         self.unmatched: dict[tuple[str, str, str], int] = {}  # (instrument, quantity, price): wire form
         self.liquidation_fills: list[tuple[int, str, str, str, str, str]] = []
         self.margin_events: list[tuple[int, str, dict[str, Any], datetime]] = []
-        self._batch: tuple[int, datetime] | None = None
+        self._batch: tuple[int, str] | None = None
         self._batch_end = 0
+        self._context: Context | None = None  # the ledger context ``feed`` found last
         self._snapshot_check = snapshot_check
         self._snapshot_positions = snapshot_positions or set()
         self._snapshot_at = {position for _shard, position in self._snapshot_positions}  # tested first: no tuple
@@ -175,7 +177,13 @@ class LogReplay:
         return found
 
     def feed(self, row: Any) -> None:
-        """Fold one row of ``iter_log`` (its payload the JSON text)."""
+        """Fold one row of ``iter_log`` (its payload and times as text), under the ledger context
+        (``numbers.ledger_context``)."""
+        if self.decide and getcontext() is not self._context:
+            # For ``fold.step_in_context``, before anything of the row is kept; the full check
+            # (a thread-local lookup) only when the context is not the one it passed last.
+            require_ledger_context()
+            self._context = getcontext()
         position, shard_id, event_type, payload = row[0], row[1], row[2], load_json(row[3])
         track = self.shards.get(shard_id)
         if track is None:
@@ -194,7 +202,7 @@ class LogReplay:
             if self.decide:
                 if track.pending:
                     self._missing(track)
-                decisions = fold.step(state, message, position, shard_id)
+                decisions = fold.step_in_context(state, message, position, shard_id)
                 last = position + len(decisions)
                 for index, decision in enumerate(decisions, 1):
                     track.pending.append(
@@ -220,7 +228,7 @@ class LogReplay:
                 fold.apply(state, event_type, message, payload)
                 last = position
             if event_type == "LiquidationFillRecorded":
-                self.margin_events.append((position, event_type, payload, row[4]))
+                self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
             if isinstance(message, (Mark, Settlement)):
                 track.mark_change[message.symbol] = position
             elif self.check_fills and isinstance(message, (Fill, LiquidationFill)):
@@ -232,7 +240,7 @@ class LogReplay:
             else:
                 fold.apply(state, event_type, None, payload)
                 if event_type in MARGIN_DECISIONS:
-                    self.margin_events.append((position, event_type, payload, row[4]))
+                    self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
         if state.touched:
             for account_id in state.touched:
                 track.last_change[account_id] = last
@@ -303,7 +311,7 @@ class LogReplay:
             return
         expected_position, expected = track.pending.popleft()
         self.decisions_compared += 1
-        found = decision_bytes(position, row[2], row[8], payload, row[4], row[6], row[7])
+        found = decision_bytes(position, row[2], row[8], payload, datetime.fromisoformat(row[4]), row[6], row[7])
         if found != expected or expected_position != position:
             self._bad(position, f"logged decision differs from the re-run: logged {found} / re-run {expected}")
 

@@ -211,6 +211,15 @@ def ledger_context() -> Iterator[None]:
         setcontext(current)
 
 
+def require_ledger_context() -> None:
+    """Raise unless this thread computes under its ledger context: for a loop under
+    ``ledger_context`` that calls the undecorated body of an ``exact`` function on every item
+    (``fold.step_in_context``), where the decorator's call through ``*args, **kwargs`` cost more
+    than this check."""
+    if getcontext() is not _ledger_context():
+        raise RuntimeError("not under the ledger context: enter numbers.ledger_context() first")
+
+
 def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
     """A division at full ledger precision; the caller rounds the result with a named rule."""
     return LEDGER_CONTEXT.divide(numerator, denominator)

@@ -7,15 +7,17 @@ from typing import Any
 
 from clearing.domain import events as ev
 from clearing.domain.logreplay import LogReplay
+from clearing.domain.numbers import ledger_context
 from tests.domain.test_fold import T0, Book, deposit, mark, message
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
 
 def rows(book: Book) -> list[tuple[Any, ...]]:
-    """The book's log as the replay reads it from the events table (``iter_log``: the payload as
-    JSON text)."""
+    """The book's log as the replay reads it from the events table (``iter_log``: the payload and
+    the times as text)."""
     return [
-        (position, 0, event.type, json.dumps(event.payload), event.occurred_at, T0, event.idempotency_key,
+        (position, 0, event.type, json.dumps(event.payload), event.occurred_at.isoformat(), T0.isoformat(),
+         event.idempotency_key,
          event.cause_position, event.stream)
         for position, event in enumerate(book.log, 1)
     ]
@@ -50,8 +52,9 @@ def test_a_half_booked_trade_beside_a_liquidation_fill_is_not_a_balanced_point()
     book.feed(leg("t9", "B", "sell", "2", "9100"))
 
     replay = LogReplay(decide=True, conservation_every=1)
-    for row in rows(book):
-        replay.feed(row)
+    with ledger_context():
+        for row in rows(book):
+            replay.feed(row)
     replay.finish()
     assert replay.determinism_mismatches == 0
     # One half-booked trade and one liquidation fill: as many of each, which is what the sample

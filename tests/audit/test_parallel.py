@@ -33,6 +33,7 @@ from clearing.audit.verify import verify
 from clearing.domain import logreplay
 from clearing.domain.fold import conservation
 from clearing.domain.logreplay import LogReplay, imbalance_finding
+from clearing.domain.numbers import ledger_context
 from clearing.engine.snapshots import state_bytes
 from clearing.store.db import make_engine
 from tests.audit.audit_data import load_market
@@ -138,7 +139,7 @@ def check_merged(
     sequential = LogReplay(decide=decide, conservation_every=every, check_fills=decide)
     balanced: set[int] = set()
     recomputed: dict[int, str] = {}
-    with snapshotted.connect() as conn:
+    with snapshotted.connect() as conn, ledger_context():
         for row in iter_log(conn):
             sequential.feed(row)
             if row[0] in samples:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
+
 from clearing.domain.logreplay import LogReplay
+from clearing.domain.numbers import ledger_context
 from tests.audit.test_conservation_samples import leg, liquidated, rows
 from tests.domain.test_fold import T0, Book, mark
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
@@ -35,8 +38,9 @@ def position(book: Book, event_type: str, **payload: str) -> int:
 def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
     book = market()
     replay = LogReplay(decide=True)
-    for row in rows(book):
-        replay.feed(row)
+    with ledger_context():
+        for row in rows(book):
+            replay.feed(row)
     replay.finish()
     assert replay.determinism_mismatches == 0
 
@@ -83,6 +87,20 @@ def test_a_settlement_price_is_a_change_of_the_mark() -> None:
     # A dated future's settlement price moves its mark as a mark does (``_apply_settlement``).
     payload = {"type": "settlement", "symbol": "BTCUSDT", "price": "9100", "occurred_at": T0.isoformat()}
     replay = LogReplay(decide=False, check_fills=False)
-    replay.feed((1, 0, "SettlementPriceRecorded", json.dumps(payload), T0, T0, "s0/settlement/1", None, "mark:BTCUSDT"))
+    at = T0.isoformat()
+    replay.feed((1, 0, "SettlementPriceRecorded", json.dumps(payload), at, at, "s0/settlement/1", None, "mark:BTCUSDT"))
     assert replay.shards[0].mark_change == {"BTCUSDT": 1}
     assert replay.shards[0].state.marks["BTCUSDT"].price == Decimal("9100")
+
+
+def test_the_engine_re_run_refuses_to_compute_outside_the_ledger_context() -> None:
+    # The re-run calls the step's undecorated body (fold.step_in_context): under the default
+    # context (28 digits, no traps) its sums would round where the ledger's are exact.
+    replay = LogReplay(decide=True)
+    first = rows(market())[0]
+    with pytest.raises(RuntimeError, match="ledger context"):
+        replay.feed(first)
+    assert replay.events == 0 and replay.head == 0  # nothing of the refused row is kept
+    with ledger_context():
+        replay.feed(first)
+    assert replay.events == 1
