@@ -22,6 +22,11 @@ count; clearing/audit/parallel.py), each with its ratio to the raw read (a). The
 (c) also get a ratio to a raw read taken just before each: on the 2-core VM this was measured on,
 the same read ran at 116,000 to 180,000 events/s within one hour, so a ratio to a read minutes
 earlier carries that drift.
+
+The parallel replays find the server their workers fork from running (``start_worker_server``,
+started before the raw read), as ``audit verify``'s replay does: verify starts it before its
+first read. The first pool of the process otherwise waits for that server to import clearing
+(0.7-0.8 s on the 2-core VM); (d) starts its own pools either way.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clearing.audit.parallel import plan_segments, replay_parallel
+from clearing.audit.parallel import plan_segments, replay_parallel, start_worker_server
 from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import iter_log
 from clearing.audit.verify import verify
@@ -153,6 +158,7 @@ def main() -> int:
                     n += 1
             return n, time.perf_counter() - started
 
+        start_worker_server()  # as audit verify does before its first read (see the docstring)
         n, raw_s = raw_read()
         print(f"raw read (type, payload)    {rate(n, raw_s)}")
 

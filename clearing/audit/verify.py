@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +46,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.chain import ChainReport, verify_chain
-from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
+from clearing.audit.parallel import (
+    PARALLEL_BOUNDARIES_MIN,
+    plan_segments,
+    replay_parallel,
+    shards_of,
+    start_worker_server,
+    worker_context,
+)
 from clearing.audit.rebuild import (
     TABLES,
     compare_table,
@@ -200,9 +206,10 @@ def verify(
         chain: ChainReport | None = None
         background: Future[ChainReport] | None = None
         if jobs > 1:
+            start_worker_server()  # imports clearing while the tail and the snapshots are read
             # The chain check (a read of the whole log and a hash a row) runs in a process of its
             # own beside the replay's workers instead of before them.
-            executor = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            executor = stack.enter_context(ProcessPoolExecutor(1, mp_context=worker_context()))
             background = executor.submit(_verify_chain_at, engine.url.render_as_string(hide_password=False))
         else:
             chain = verify_chain(conn, report("hash chain"))
