@@ -34,7 +34,15 @@ from clearing.domain.inputs import (
 from clearing.domain.messages import InputError
 from clearing.domain.numbers import MINUS_ONE, ONE, ZERO, divide, exact, parse_decimal, round_credit
 from clearing.domain.params import InstrumentSpec, load_parameters
-from clearing.domain.state import FEE_ACCOUNT, FUNDING_POOL_ACCOUNT, Account, LedgerState, MarkState, Position
+from clearing.domain.state import (
+    FEE_ACCOUNT,
+    FUNDING_POOL_ACCOUNT,
+    Account,
+    InstrumentTerms,
+    LedgerState,
+    MarkState,
+    Position,
+)
 
 
 class UnknownSymbol(InputError):
@@ -146,7 +154,7 @@ def _apply(state: LedgerState, event_type: str, message: InputMessage | None, pa
 
 
 def _apply_fill(state: LedgerState, fill: Fill) -> None:
-    spec = state.parameters.instruments_by_symbol[fill.instrument]
+    spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
     trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
@@ -160,7 +168,7 @@ def _apply_fill(state: LedgerState, fill: Fill) -> None:
 
 
 def trade(
-    state: LedgerState, account: Account, position: Position, spec: InstrumentSpec, quantity: Decimal, price: Decimal
+    state: LedgerState, account: Account, position: Position, spec: InstrumentTerms, quantity: Decimal, price: Decimal
 ) -> Decimal:
     """Book a signed quantity at a price into a position; returns the realised PnL.
 
@@ -253,7 +261,7 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
 
 def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
     """A dated future settles: every open position closes at the settlement price."""
-    spec = state.parameters.instruments_by_symbol[settlement.symbol]
+    spec = state.terms().instruments[settlement.symbol]
     state.marks[settlement.symbol] = MarkState(settlement.price, settlement.occurred_at)
     state.marks_touched.add(settlement.symbol)
     for account_id in sorted(state.holders.get(settlement.symbol, ())):

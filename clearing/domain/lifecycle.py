@@ -781,7 +781,7 @@ def apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
     from clearing.domain.fold import trade
 
     order = state.liquidations[fill.liquidation_id]
-    spec = state.parameters.instruments_by_symbol[fill.instrument]
+    spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     position = account.position(fill.instrument, order.margin_mode)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity

@@ -488,9 +488,7 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     budgeted = record.positions.get(fill.instrument)
     if budgeted is None:
         return False  # a new instrument: the scope's dependencies change
-    parameters = state.parameters
-    valuation = parameters.valuation_asset
-    if fill.fee != ZERO and fill.fee_asset is not None and fill.fee_asset != valuation:
+    if fill.fee != ZERO and fill.fee_asset is not None and fill.fee_asset != state.terms().valuation_asset:
         return False
     account = state.accounts[fill.account_id]
     position = account.positions[(fill.instrument, margin.CROSS)]
@@ -519,7 +517,7 @@ def absorbs_balance(state: LedgerState, account_id: str) -> bool:
 
 
 def _unspent(state: LedgerState, record: FillBudget, account: Account) -> bool:
-    moved = account.balance(state.parameters.valuation_asset) - record.balance
+    moved = account.balance(state.terms().valuation_asset) - record.balance
     spent = abs(moved + record.equity) + record.maintenance + record.spread
     if record.haircut:
         spent += record.haircut * abs(moved)

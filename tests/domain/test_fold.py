@@ -358,3 +358,22 @@ def test_every_simulated_message_decodes() -> None:
     ):
         for simulated in generate(scenario):
             decode(simulated.kind, simulated.encode())
+
+
+def test_a_fill_after_new_parameters_books_with_their_contract_size() -> None:
+    # The fold reads an instrument's contract size and settlement asset from a copy of the
+    # parameters (LedgerState.terms): a new document must be read, not the copy of the old one.
+    from clearing.domain.params import bundled_document
+
+    book = Book()
+    book.feed(deposit("A", "100000", "dA"))
+    book.feed(fill("A", "buy", "1", "100", fid="f1"))
+    assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].cost == D("100")
+    document = bundled_document()
+    for spec in document["instruments"]:
+        if spec["symbol"] == "BTCUSDT":
+            spec["contract_size"] = "0.5"
+    book.feed(message("admin", type="risk_parameters", parameters=document))
+    book.feed(fill("A", "buy", "1", "100", fid="f2"))
+    assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].cost == D("150")
+    assert book.state.terms().parameters is book.state.parameters
