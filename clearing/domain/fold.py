@@ -216,7 +216,7 @@ def _track_holder(state: LedgerState, account_id: str, position: Position) -> No
     if position.quantity != ZERO:
         holders.add(account_id)
     elif not any(
-        p.quantity != 0 for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
+        p.quantity != ZERO for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
     ):
         holders.discard(account_id)
 

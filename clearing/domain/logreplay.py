@@ -48,7 +48,7 @@ from clearing.domain.inputs import (
     format_time,
 )
 from clearing.domain.jsontext import canonical_json, load_json
-from clearing.domain.numbers import require_ledger_context
+from clearing.domain.numbers import ZERO, require_ledger_context
 from clearing.domain.state import LedgerState
 
 CONSERVATION_EVERY_EVENTS = 10_000
@@ -366,8 +366,8 @@ class LogReplay:
         totals: dict[str, Decimal] = {}
         for track in self.shards.values():
             for asset, amount in conservation(track.state).items():
-                totals[asset] = totals.get(asset, Decimal(0)) + amount
-        imbalance = {asset: amount for asset, amount in totals.items() if amount != 0}
+                totals[asset] = totals.get(asset, ZERO) + amount
+        imbalance = {asset: amount for asset, amount in totals.items() if amount != ZERO}
         self.conservation_checks.append(position)
         if self.sample_log is not None:
             self.sample_log.append((position, imbalance, dict(self.unmatched)))

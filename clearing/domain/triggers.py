@@ -89,7 +89,7 @@ LIQUIDATING: Final = ("liquidation", "bankrupt")
 RELATIVE_SLACK: Final = Decimal("1e-9")
 COMPACT_SLACK: Final = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
 # The share of a budgeted scope's budget its price bands spend; the rest absorbs its own fills.
-BAND_SHARE = Decimal("0.5")
+BAND_SHARE: Final = Decimal("0.5")
 
 
 def scopes(account: Account) -> list[str]:

@@ -376,4 +376,3 @@ def test_a_fill_after_new_parameters_books_with_their_contract_size() -> None:
     book.feed(message("admin", type="risk_parameters", parameters=document))
     book.feed(fill("A", "buy", "1", "100", fid="f2"))
     assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].cost == D("150")
-    assert book.state.terms().parameters is book.state.parameters
