@@ -204,12 +204,15 @@ class LogReplay:
                     self._missing(track)
                 decisions = fold.step_in_context(state, message, position, shard_id)
                 last = position + len(decisions)
-                for index, decision in enumerate(decisions, 1):
+                # enumerate without a start: mypyc compiles it to an indexed loop (with one, it
+                # looked enumerate up among the builtins for every input, most of which decide nothing).
+                for offset, decision in enumerate(decisions):
+                    at = position + 1 + offset
                     track.pending.append(
                         (
-                            position + index,
+                            at,
                             decision_bytes(
-                                position + index,
+                                at,
                                 decision.type,
                                 decision.stream,
                                 decision.payload,
@@ -220,9 +223,7 @@ class LogReplay:
                         )
                     )
                     if decision.type in MARGIN_DECISIONS:
-                        self.margin_events.append(
-                            (position + index, decision.type, decision.payload, decision.occurred_at)
-                        )
+                        self.margin_events.append((at, decision.type, decision.payload, decision.occurred_at))
             else:
                 state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
                 fold.apply(state, event_type, message, payload)

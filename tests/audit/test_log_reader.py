@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from clearing.audit import replay as replay_module
 from clearing.audit.replay import LOG_COLUMNS, iter_log, prefetched
+from clearing.domain.events import MODEL_BY_EVENT_TYPE
 from clearing.domain.jsontext import load_json
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
@@ -136,6 +137,35 @@ def test_iter_log_gives_each_payload_as_json_text_that_parses_to_the_stored_docu
     assert all(type(row[3]) is str for row in rows)
     assert [load_json(row[3]) for row in rows] == [payload for _, payload in stored]
     assert not readers()
+
+
+@integration
+def test_the_columns_only_decisions_need_are_null_on_the_rows_of_inputs(
+    owner: sa.Engine,  # noqa: F811
+) -> None:
+    """A decision's row carries its occurred_at, key, cause and stream, which the replay compares
+    with the re-run's; an input's carries none of them (its payload holds what the fold reads),
+    but a liquidation fill's occurred_at (the margin events carry it)."""
+    with owner.connect() as conn:
+        stored = {
+            int(row[0]): tuple(row[1:])
+            for row in conn.execute(
+                sa.text("SELECT position, type, occurred_at::text, idempotency_key, cause_position, stream FROM events")
+            )
+        }
+        rows = list(iter_log(conn))
+    assert len(rows) == len(stored)
+    seen = {"input": 0, "decision": 0}
+    for row in rows:
+        event_type, occurred_at, key, cause, stream = stored[row[0]]
+        if event_type in MODEL_BY_EVENT_TYPE:
+            seen["input"] += 1
+            kept = occurred_at if event_type == "LiquidationFillRecorded" else None
+            assert (row[4], row[6], row[7], row[8]) == (kept, None, None, None), row
+        else:
+            seen["decision"] += 1
+            assert (row[4], row[6], row[7], row[8]) == (occurred_at, key, cause, stream), row
+    assert seen["input"] > 100 and seen["decision"] > 10, seen
 
 
 @integration

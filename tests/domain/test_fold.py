@@ -376,3 +376,56 @@ def test_a_fill_after_new_parameters_books_with_their_contract_size() -> None:
     book.feed(message("admin", type="risk_parameters", parameters=document))
     book.feed(fill("A", "buy", "1", "100", fid="f2"))
     assert book.state.accounts["A"].positions[("BTCUSDT", "cross")].cost == D("150")
+
+
+def wire(digits: int, places: int) -> str:
+    return format(D(digits).scaleb(-places), "f")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.tuples(st.integers(1, 10**7), st.integers(0, 8), st.booleans()), min_size=1, max_size=6),
+    price=st.tuples(st.integers(1, 10**8), st.integers(0, 6)),
+    rate=st.tuples(st.integers(-(10**4), 10**4).filter(bool), st.integers(2, 8)),
+)
+def test_funding_pays_each_position_and_the_pool_to_the_last_digit_and_exponent(
+    sizes: list[tuple[int, int, bool]], price: tuple[int, int], rate: tuple[int, int]
+) -> None:
+    """Each payment is q x contract size x mark x rate, and the pool's balance the sum of the
+    payments in holder order, spelled as those products and sums spell (a snapshot holds the
+    spelling: the fold computes the payments from one unit product and credits the pool once)."""
+    from clearing.domain.state import FUNDING_POOL_ACCOUNT
+
+    book = Book()
+    book.feed(mark("BTCUSDT", wire(*price)))
+    for n, (digits, places, isolated) in enumerate(sizes):
+        quantity, mode = wire(digits, places), "isolated" if isolated else "cross"
+        book.feed(fill(f"L{n}", "buy", quantity, wire(*price), fid=f"{n}b", mode=mode))
+        book.feed(fill(f"S{n}", "sell", quantity, wire(*price), fid=f"{n}s", mode=mode))
+    state = book.state
+    size = state.parameters.instruments_by_symbol["BTCUSDT"].contract_size
+    mark_price, funding_rate = D(wire(*price)), D(wire(*rate))
+    before = {
+        account_id: (
+            account.balance("USDT"),
+            {key: (p.funding_paid, p.isolated_margin) for key, p in account.positions.items()},
+        )
+        for account_id, account in state.accounts.items()
+    }
+    book.feed(message("marks", type="funding", symbol="BTCUSDT", rate=wire(*rate)))
+    pool = before.get(FUNDING_POOL_ACCOUNT, (D(0), {}))[0]
+    for account_id in sorted(state.holders["BTCUSDT"]):
+        balance, positions = before[account_id]
+        account = state.accounts[account_id]
+        for key, position in account.positions.items():
+            payment = position.quantity * size * mark_price * funding_rate
+            pool += payment
+            paid, isolated_margin = positions[key]
+            assert str(position.funding_paid) == str(paid + payment)
+            if key[1] == "isolated":
+                assert str(position.isolated_margin) == str(isolated_margin - payment)
+            else:
+                balance += -payment
+        assert str(account.balance("USDT")) == str(balance)
+    assert str(state.accounts[FUNDING_POOL_ACCOUNT].balance("USDT")) == str(pool)
+    assert conservation(state) == {}
