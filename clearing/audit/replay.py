@@ -30,8 +30,9 @@ T = TypeVar("T")
 # What only decisions need is NULL on the rows of inputs: the replay compares a decision's
 # ``occurred_at``, key, cause and stream with the re-run's and reads an input's from its payload
 # (but a liquidation fill's ``occurred_at``, which the margin events carry). The three strings and
-# the time of every fill were a thousand instructions a row to read and a tenth of the server's
-# time to write (the rows of bench/replay.py's log: 2.0-2.5 s against 1.7-1.8 s with ``COPY``).
+# the time of every fill were 1,200 instructions a row to read (callgrind, 40,000 rows of
+# bench/replay.py's log). The server's time is as it was: its ``COPY`` of these rows took 2.06-2.09 s
+# with the CASEs and 2.06-2.10 s without.
 _LIQUIDATION_FILLS: Final = INPUT_EVENT_TYPES["liquidation_fill"][0]
 _INPUTS: Final = ", ".join(f"'{event_type}'" for event_type in sorted(MODEL_BY_EVENT_TYPE))
 _INPUTS_BUT_LIQUIDATION_FILLS: Final = ", ".join(
