@@ -4,6 +4,7 @@ cursor or connection left behind when the consumer stops early or fails."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,10 @@ from clearing.audit import replay as replay_module
 from clearing.audit.replay import LOG_COLUMNS, iter_log, prefetched
 from clearing.domain.events import MODEL_BY_EVENT_TYPE
 from clearing.domain.jsontext import load_json
-from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
+from clearing.engine.ledger import Ledger
+from clearing.engine.records import RawRecord
+from clearing.store.db import make_engine
+from tests.audit.audit_data import APP_ROLE, market_url, owner  # noqa: F401  (fixtures)
 
 
 def readers() -> list[threading.Thread]:
@@ -139,13 +143,50 @@ def test_iter_log_gives_each_payload_as_json_text_that_parses_to_the_stored_docu
     assert not readers()
 
 
+def append_liquidation_fill(url: str) -> int:
+    """Execute the market's first liquidation order through the ledger (the simulator sends no
+    liquidation fills); returns the position of the fill's row."""
+    engine = make_engine(url, role=APP_ROLE)
+    try:
+        with engine.connect() as conn:
+            order = conn.execute(
+                sa.text("SELECT payload FROM events WHERE type = 'LiquidationOrderIssued' ORDER BY position LIMIT 1")
+            ).scalar_one()
+            last = conn.execute(sa.text("SELECT max(occurred_at) FROM events")).scalar_one()
+        fill = {
+            "type": "liquidation_fill",
+            "liquidation_id": order["liquidation_id"],
+            "fill_id": "LF-reader",
+            "account_id": order["account_id"],
+            "instrument": order["instrument"],
+            "side": order["side"],
+            "quantity": order["quantity"],
+            "price": "1000",
+            "occurred_at": last.isoformat(),
+        }
+        ledger = Ledger(engine)
+        ledger.load()
+        record = RawRecord(
+            "liquidations", "clearing.liquidations", 0, 0, order["account_id"].encode(), json.dumps(fill).encode()
+        )
+        ledger.process([record])
+        with engine.connect() as conn:
+            return int(
+                conn.execute(sa.text("SELECT position FROM events WHERE type = 'LiquidationFillRecorded'")).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
 @integration
 def test_the_columns_only_decisions_need_are_null_on_the_rows_of_inputs(
+    market_url: str,  # noqa: F811
     owner: sa.Engine,  # noqa: F811
 ) -> None:
     """A decision's row carries its occurred_at, key, cause and stream, which the replay compares
     with the re-run's; an input's carries none of them (its payload holds what the fold reads),
     but a liquidation fill's occurred_at (the margin events carry it)."""
+    liquidation_fill = append_liquidation_fill(market_url)
     with owner.connect() as conn:
         stored = {
             int(row[0]): tuple(row[1:])
@@ -166,6 +207,8 @@ def test_the_columns_only_decisions_need_are_null_on_the_rows_of_inputs(
             seen["decision"] += 1
             assert (row[4], row[6], row[7], row[8]) == (occurred_at, key, cause, stream), row
     assert seen["input"] > 100 and seen["decision"] > 10, seen
+    fill_row = next(row for row in rows if row[0] == liquidation_fill)
+    assert fill_row[2] == "LiquidationFillRecorded" and fill_row[4] is not None
 
 
 @integration

@@ -1,4 +1,5 @@
-"""The wire spelling of decimals (``to_wire``): what every payload, decision and snapshot holds."""
+"""The wire spelling of decimals (``to_wire``): what every payload, decision and snapshot holds; and
+the reading of a logged wire number (``inputs.wire_decimal``)."""
 
 from __future__ import annotations
 
