@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from clearing.domain.logreplay import LogReplay
+from clearing.domain.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
 from tests.audit.test_conservation_samples import leg, liquidated, rows
 from tests.domain.test_fold import T0, Book, mark
@@ -57,8 +57,9 @@ def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
     market_trade = book.log[market_side - 1].payload["trade_id"]
     assert list(replay.fills) == [market_trade, "t2"]  # trades in the order of their first fill
     assert replay.trades == 3
-    assert replay.fills[market_trade] == [(market_side, "B", "BTCUSDT", "buy" if side == "sell" else "sell", quantity,
-                                           "9000")]
+    assert replay.fills[market_trade] == [
+        (market_side, "B", "BTCUSDT", "buy" if side == "sell" else "sell", quantity, "9000")
+    ]
     assert replay.liquidation_fills == [(liquidation, "A", "BTCUSDT", side, quantity, "9000")]
     # The liquidation fill and its market side match; t2 waits for its other side.
     assert replay.unmatched == {("BTCUSDT", "2", "9100"): 1}  # keyed by the wire form
@@ -104,3 +105,18 @@ def test_the_engine_re_run_refuses_to_compute_outside_the_ledger_context() -> No
     with ledger_context():
         replay.feed(first)
     assert replay.events == 1
+
+
+def test_the_margin_refresh_after_a_mark_sees_the_holders_as_they_are_now() -> None:
+    # ``_refresh_rotation`` keeps the sorted holders between marks: a holder a fill adds or
+    # removes in between (the fold changes the sets in place) is in the next refresh or not.
+    track = ShardTrack()
+    track.state.holders = {"BTCUSDT": {"B", "A"}, "ETHUSDT": {"A"}}
+    assert LogReplay._refresh_rotation(track, 10) == ["A", "B"]
+    assert LogReplay._refresh_rotation(track, 11) == ["A", "B"]
+    track.state.holders["ETHUSDT"].add("C")
+    assert LogReplay._refresh_rotation(track, 12) == ["A", "B", "C"]
+    track.state.holders["BTCUSDT"].discard("A")
+    assert LogReplay._refresh_rotation(track, 13) == ["A", "B", "C"]  # A still holds ETHUSDT
+    track.state.holders["ETHUSDT"].discard("A")
+    assert LogReplay._refresh_rotation(track, 14) == ["B", "C"]
