@@ -60,8 +60,18 @@ def wire_decimal(value: str | int) -> Decimal:
     return found
 
 
+# The time read last, as (text, time): a trade's two fills come one after the other with one
+# time, so the second finds the first's (a datetime is immutable).
+_LAST_TIME: Final[list[tuple[str, datetime]]] = [("", datetime.min)]
+
+
 def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+    last = _LAST_TIME[0]
+    if last[0] == value:
+        return last[1]
+    found = datetime.fromisoformat(value)
+    _LAST_TIME[0] = (value, found)
+    return found
 
 
 class Message:

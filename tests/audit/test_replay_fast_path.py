@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from clearing.domain import events as ev
 from clearing.domain.events import trusted_message
 from clearing.domain.messages import decode
@@ -56,3 +58,19 @@ def test_fast_messages_equal_validated_messages() -> None:
         "liquidation_fill",
         "risk_parameters",
     }
+
+
+def test_a_time_read_again_at_once_is_the_time_read_before_and_every_other_is_its_own() -> None:
+    # A trade's two fills carry one time: the second reads the first's (``inputs._time``).
+    from clearing.domain import inputs
+
+    texts = [
+        "2026-11-23T12:00:00.000001Z",
+        "2026-11-23T12:00:00.000001Z",
+        "2026-11-23T12:00:00.000002Z",
+        "2026-11-23T12:00:00.000001Z",
+        "2026-11-23T12:00:00Z",
+    ]
+    read = [inputs._time(text) for text in texts]
+    assert read == [datetime.fromisoformat(text) for text in texts]
+    assert read[1] is read[0] and read[3] is not read[0]
