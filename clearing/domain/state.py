@@ -180,6 +180,7 @@ class BudgetedPosition:
     fills absorbed since have moved it (kept up to date by ``triggers.absorbs_fill``)."""
 
     quantity: Decimal
+    size: Decimal  # |quantity|: kept, so that a fill takes one absolute value, not three
     cost: Decimal
     unit: Decimal  # contract size x the mark at the reference: equity per contract
     unit_rate: Decimal  # unit x the instrument's largest maintenance rate

@@ -442,9 +442,9 @@ def _budget_bounds(
         unit = spec.contract_size * price
         widest = _widest(parameters, spec)
         unit_spread = round_bound_up(spec.contract_size * widest * band)
+        size = abs(held.quantity)
         entry = budgeted[symbol] = BudgetedPosition(
-            held.quantity, held.cost, unit, unit * (widest - ONE), unit_spread, ZERO, ZERO,
-            abs(held.quantity) * unit_spread,
+            held.quantity, size, held.cost, unit, unit * (widest - ONE), unit_spread, ZERO, ZERO, size * unit_spread,
         )
         spread += entry.spread
     record = None
@@ -502,8 +502,9 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
         return False  # closed: the scope's dependencies change
     # Only this position moved since the last absorbed fill: update its share of the totals.
     equity = (quantity - budgeted.quantity) * budgeted.unit - (position.cost - budgeted.cost)
-    maintenance = abs(abs(quantity) - abs(budgeted.quantity)) * budgeted.unit_rate
-    spread = abs(quantity) * budgeted.unit_spread
+    size = abs(quantity)
+    maintenance = abs(size - budgeted.size) * budgeted.unit_rate
+    spread = size * budgeted.unit_spread
     record.equity += equity - budgeted.equity
     record.maintenance += maintenance - budgeted.maintenance
     record.spread += spread - budgeted.spread
