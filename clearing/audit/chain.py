@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from clearing.audit.replay import prefetched
+from clearing.audit.replay import stream_rows
 from clearing.domain.inputs import format_time
 from clearing.store.hashing import GENESIS_HASH, canonical_json, chain, digest_input
 
@@ -30,17 +30,17 @@ def verify_chain(conn: sa.Connection, progress: Callable[[int], None] | None = N
     last_hash: dict[int, bytes] = {}
     expected_position = 1
     count = 0
-    result = conn.execution_options(stream_results=True, yield_per=CHAIN_FETCH_ROWS).execute(
-        sa.text(
-            "SELECT position, shard, stream, stream_version, type, schema_version, payload, occurred_at, recorded_at, "
-            "source_topic, source_partition, source_offset, idempotency_key, cause_position, prev_hash, hash "
-            "FROM events ORDER BY position"
-        )
-    )
-    # PostgreSQL reads ahead while the hashes are computed (``prefetched``); an early return
+    # PostgreSQL reads ahead while the hashes are computed (``stream_rows``); an early return
     # stops the reader and closes the cursor.
-    rows = prefetched(lambda: result.fetchmany(CHAIN_FETCH_ROWS))
-    with closing(rows), result:
+    rows = stream_rows(
+        conn,
+        "SELECT position, shard, stream, stream_version, type, schema_version, payload, occurred_at, recorded_at, "
+        "source_topic, source_partition, source_offset, idempotency_key, cause_position, prev_hash, hash "
+        "FROM events ORDER BY position",
+        {},
+        CHAIN_FETCH_ROWS,
+    )
+    with closing(rows):
         for row in rows:
             # By index, in the SELECT's order (a row's attributes by name cost a fifth of the check).
             position, shard, stream, version, type_, schema_version, payload, occurred_at, recorded_at = row[:9]
