@@ -9,7 +9,11 @@ Builds the log with the deterministic simulator appended through ``Ledger.proces
 (no Kafka), into a fresh database: ``CLEARING_DATABASE_URL``'s server when set, else an embedded
 PostgreSQL in a temporary folder. Measures:
 
-(a) raw read: ``SELECT type, payload FROM events ORDER BY position``, streamed, rows counted;
+(a) raw read: ``SELECT type, payload FROM events ORDER BY position``, rows counted, through the
+    replays' own reader (``stream_rows``: the driver's server-side cursor in binary form, fetched
+    ahead by a thread), each payload parsed into a dict by the driver (``load_json``); and the
+    same through SQLAlchemy Core's streamed result, the reader every run before 2026-12-05 used
+    (printed, not a reference of the ratios);
 (b) the verify replay: ``LogReplay(decide=True)`` over the log (the engine re-run and the
     determinism comparison, conservation samples, fill pairing, projection tracking);
 (c) the rebuild replay: ``LogReplay(decide=False)`` (the fold of the logged events), and the whole
@@ -49,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearing.audit.parallel import plan_segments, replay_parallel, start_worker_server
 from clearing.audit.rebuild import rebuild
-from clearing.audit.replay import iter_log
+from clearing.audit.replay import iter_log, stream_rows
 from clearing.audit.verify import verify
 from clearing.domain import build_status
 from clearing.domain.logreplay import LogReplay
@@ -148,19 +152,30 @@ def main() -> int:
         print("  " + ", ".join(f"{t} {n:,}" for t, n in by_type))
 
         # (a) raw read
+        raw_query = "SELECT type, payload FROM events ORDER BY position"
+
         def raw_read() -> tuple[int, float]:
             started = time.perf_counter()
             n = 0
             with owner.connect() as conn:
-                result = conn.execute(sa.text("SELECT type, payload FROM events ORDER BY position"),
-                                      execution_options={"stream_results": True, "yield_per": 10_000})
-                for _row in result:
+                for _row in stream_rows(conn, raw_query, {}, 10_000):
+                    n += 1
+            return n, time.perf_counter() - started
+
+        def raw_read_core() -> tuple[int, float]:
+            started = time.perf_counter()
+            n = 0
+            with owner.connect() as conn:
+                options = {"stream_results": True, "yield_per": 10_000}
+                for _row in conn.execute(sa.text(raw_query), execution_options=options):
                     n += 1
             return n, time.perf_counter() - started
 
         start_worker_server()  # as audit verify does before its first read (see the docstring)
         n, raw_s = raw_read()
-        print(f"raw read (type, payload)    {rate(n, raw_s)}")
+        print(f"raw read (type, payload)            {rate(n, raw_s)}")
+        core_n, core_s = raw_read_core()
+        print(f"  the same through SQLAlchemy Core  {rate(core_n, core_s)}")
 
         with owner.connect() as conn:
             keys = [(int(s), int(p)) for s, p in conn.execute(sa.text("SELECT shard, position FROM snapshots"))]
