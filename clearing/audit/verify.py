@@ -211,6 +211,9 @@ def verify(
             # own beside the replay's workers instead of before them.
             executor = stack.enter_context(ProcessPoolExecutor(1, mp_context=worker_context()))
             background = executor.submit(_verify_chain_at, engine.url.render_as_string(hide_password=False))
+            if progress is not None:
+                # Started: its one other report comes when it is done, and its rate is over that time.
+                progress("hash chain", 0)
         else:
             chain = verify_chain(conn, report("hash chain"))
         checks.append(_tail_check(conn, head))
@@ -390,7 +393,7 @@ class PlainProgress:
             if done:
                 self.finished.add(phase)
             of = "" if self.total is None else f"/{self.total}"
-            rate = f", {count / (now - began):,.0f} events/s" if now > began else ""
+            rate = f", {count / (now - began):,.0f} events/s" if now > began and count else ""
             sys.stderr.write(f"{phase}: {count}{of} events{rate}\n")
             sys.stderr.flush()
 

@@ -357,4 +357,17 @@ def test_workers_fork_from_a_server_that_imported_clearing_not_from_the_caller()
         parent = pool.apply(os.getppid)
         imported = pool.apply(eval, ("'clearing.domain.logreplay' in __import__('sys').modules",))
     assert parent != os.getpid()
-    assert imported is True
+    assert imported is True@integration
+def test_the_hash_chain_check_beside_the_replay_reports_its_start_and_its_end(snapshotted: sa.Engine) -> None:
+    # Its process reports nothing in between: a rate taken from the report before its last (any
+    # phase's) was millions of events a second.
+    reports: list[tuple[str, int]] = []
+    result = verify(snapshotted, lambda phase, count: reports.append((phase, count)), jobs=2)
+    chain = [(i, count) for i, (phase, count) in enumerate(reports) if phase == "hash chain"]
+    others = [i for i, (phase, _count) in enumerate(reports) if phase != "hash chain"]
+    assert result.ok and result.replay["mode"] == "parallel"
+    assert chain[0][1] == 0 and chain[0][0] < others[0]
+    assert chain[-1][1] == result.events
+
+
+

@@ -164,3 +164,27 @@ def test_cli_exit_status_and_json(market_url: str, monkeypatch: pytest.MonkeyPat
         "conservation",
         "counterparts",
     }
+
+
+def test_plain_progress_gives_a_rate_over_the_time_since_the_phase_began_and_none_for_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clearing.audit import verify as verify_module
+
+    now = [1_000.0]
+    monkeypatch.setattr(verify_module.time, "monotonic", lambda: now[0])
+    progress = verify_module.PlainProgress(total=11_000, every_s=5.0)
+    now[0] = 1_000.5
+    progress("hash chain", 0)  # started in its process: no rate of nothing
+    for at, count in ((1_000.5, 0), (1_005.5, 5_000), (1_010.5, 11_000)):
+        now[0] = at
+        progress("replay", count)
+    now[0] = 1_011.0
+    progress("hash chain", 11_000)  # over the 11 s since the progress began
+    assert capsys.readouterr().err.splitlines() == [
+        "hash chain: 0/11000 events",
+        "replay: 0/11000 events",
+        "replay: 5000/11000 events, 1,000 events/s",
+        "replay: 11000/11000 events, 1,100 events/s",
+        "hash chain: 11000/11000 events, 1,000 events/s",
+    ]
