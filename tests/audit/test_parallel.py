@@ -224,6 +224,18 @@ def test_parallel_verify_of_a_market_with_liquidations_equals_the_sequential_one
     assert found["snapshots"]["details"]["compared"] == found["snapshots"]["details"]["snapshots"] >= 5
 
 
+def test_the_hash_chain_check_beside_the_replay_reports_its_start_and_its_end(snapshotted: sa.Engine) -> None:
+    # Its process reports nothing in between: a rate taken from the report before its last (any
+    # phase's) was millions of events a second.
+    reports: list[tuple[str, int]] = []
+    result = verify(snapshotted, lambda phase, count: reports.append((phase, count)), jobs=2)
+    chain = [(i, count) for i, (phase, count) in enumerate(reports) if phase == "hash chain"]
+    others = [i for i, (phase, _count) in enumerate(reports) if phase != "hash chain"]
+    assert result.ok and result.replay["mode"] == "parallel"
+    assert chain[0][1] == 0 and chain[0][0] < others[0]
+    assert chain[-1][1] == result.events
+
+
 def test_a_determinism_mismatch_in_a_later_segment_is_found_at_its_position(snapshotted: sa.Engine) -> None:
     later = cuts(snapshotted)[2]
     with snapshotted.connect() as conn:
@@ -357,17 +369,4 @@ def test_workers_fork_from_a_server_that_imported_clearing_not_from_the_caller()
         parent = pool.apply(os.getppid)
         imported = pool.apply(eval, ("'clearing.domain.logreplay' in __import__('sys').modules",))
     assert parent != os.getpid()
-    assert imported is True@integration
-def test_the_hash_chain_check_beside_the_replay_reports_its_start_and_its_end(snapshotted: sa.Engine) -> None:
-    # Its process reports nothing in between: a rate taken from the report before its last (any
-    # phase's) was millions of events a second.
-    reports: list[tuple[str, int]] = []
-    result = verify(snapshotted, lambda phase, count: reports.append((phase, count)), jobs=2)
-    chain = [(i, count) for i, (phase, count) in enumerate(reports) if phase == "hash chain"]
-    others = [i for i, (phase, _count) in enumerate(reports) if phase != "hash chain"]
-    assert result.ok and result.replay["mode"] == "parallel"
-    assert chain[0][1] == 0 and chain[0][0] < others[0]
-    assert chain[-1][1] == result.events
-
-
-
+    assert imported is True
