@@ -164,13 +164,14 @@ def test_produced_messages_become_log_projections_offsets_and_outputs(
     assert stats.appended == len(MESSAGES) and stats.decisions == 2 and stats.dead_letters == 0
     with owner_engine.connect() as conn:
         report = verify_chain(conn)
-        sources = set(
-            conn.execute(
+        sources = {
+            tuple(row)
+            for row in conn.execute(
                 sa.text(
                     "SELECT source_topic, source_partition, source_offset FROM events WHERE source_topic IS NOT NULL"
                 )
-            ).tuples()
-        )
+            )
+        }
     assert report.ok, report
     assert report.events == sum(EXPECTED_TYPES.values())
     assert sources == set(produced.coordinates)
