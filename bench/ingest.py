@@ -119,7 +119,9 @@ def raw_copy(database_url: str, payloads: list[bytes]) -> float:
         started = time.perf_counter()
         for start in range(0, len(rows), BATCH_RECORDS_MAX):
             with engine.begin() as conn:
-                cursor = conn.connection.driver_connection.cursor()
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                cursor = driver.cursor()
                 with cursor.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
                     copy.set_types(types)
                     for row in rows[start : start + BATCH_RECORDS_MAX]:

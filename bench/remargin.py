@@ -98,7 +98,7 @@ def walk(bench: Bench, price: Decimal, marks: int, rng: random.Random, step_bp: 
         counted[0] += 1
         return original(*args, **kwargs)
 
-    lifecycle._remargin = counting  # type: ignore[assignment]
+    lifecycle._remargin = counting
     try:
         for _ in range(marks):
             price = (price * Decimal(str(1 + rng.gauss(0, step_bp / 10_000)))).quantize(Decimal("0.01"))
@@ -115,7 +115,7 @@ def walk(bench: Bench, price: Decimal, marks: int, rng: random.Random, step_bp: 
             emitted.append(len(decisions))
             bench.fill_orders(decisions)
     finally:
-        lifecycle._remargin = original  # type: ignore[assignment]
+        lifecycle._remargin = original
     return {"ms": times, "cpu": cpu, "scopes": scopes, "decisions": emitted}
 
 

@@ -58,7 +58,8 @@ from clearing.audit.verify import verify
 from clearing.domain import build_status
 from clearing.domain.logreplay import LogReplay
 from clearing.domain.numbers import ledger_context
-from clearing.engine.ledger import Ledger, RawRecord
+from clearing.engine.ledger import Ledger
+from clearing.engine.records import RawRecord
 from clearing.engine.snapshots import SNAPSHOT_EVERY_EVENTS
 from clearing.runtime import tune_gc
 from clearing.simulate import Scenario, generate
@@ -137,8 +138,8 @@ def main() -> int:
     import psycopg
 
     libpq = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(libpq, autocommit=True) as server_conn:
+        server_conn.execute(f"CREATE DATABASE {name}")
     url = admin.set(database=name).render_as_string(hide_password=False)
     try:
         upgrade(url)
@@ -237,8 +238,8 @@ def main() -> int:
             print(out.getvalue())
         owner.dispose()
     finally:
-        with psycopg.connect(libpq, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        with psycopg.connect(libpq, autocommit=True) as server_conn:
+            server_conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         if server is not None:
             server.cleanup()
         if parent is not None:
