@@ -86,7 +86,8 @@ def stream_rows(
     Not through SQLAlchemy's result: its fetch and its ``Row`` (a row's items are read by index
     in a replay, about ten a row) cost 2,400 instructions a row more than the driver's tuples
     (callgrind, 58,000 rows of bench/replay.py's log), and the text form of the integers 600 more.
-    A sequential verify replay of those rows went from 36,600-40,100 to 40,200-43,600 events/s."""
+    A sequential verify replay of those rows went from 36,600-40,100 to 41,300-43,000 events/s
+    (44,100-47,600 from memory)."""
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
         raise TypeError(f"the log is read through psycopg, not {type(driver).__name__}")

@@ -412,10 +412,10 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
             totals[asset] = totals.get(asset, ZERO) + amount
         for position in account.positions.values():
             asset = settled_in.get(position.instrument, "?")
-            if position.isolated_margin:
-                totals[asset] = totals.get(asset, ZERO) + position.isolated_margin - position.cost
-            else:  # a cross position's: no sum with zero to build
-                totals[asset] = totals.get(asset, ZERO) - position.cost
+            total = totals.get(asset, ZERO)
+            if position.isolated_margin:  # not a cross position's zero: no sum with it to build
+                total += position.isolated_margin
+            totals[asset] = total - position.cost
     for asset, amount in state.deposits.items():
         totals[asset] = totals.get(asset, ZERO) - amount
     for asset, amount in state.withdrawals.items():
