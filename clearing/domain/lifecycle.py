@@ -187,9 +187,15 @@ def decide(
     elif not indexed or isinstance(message, RiskParametersMessage):
         triggers.rebuild(state)
     else:
-        for account_id in sorted((remargined | state.touched) - SYSTEM_ACCOUNTS_SET):
-            if account_id not in absorbed or account_id in remargined:
-                triggers.refresh(state, account_id, figures)
+        # Absorbed accounts are left out before the sort: a funding touches every holder of its
+        # symbol and the index absorbs most of them (a sort of 5,000 names, 5 million instructions).
+        stale = [
+            account_id
+            for account_id in (remargined | state.touched) - SYSTEM_ACCOUNTS_SET
+            if account_id not in absorbed or account_id in remargined
+        ]
+        for account_id in sorted(stale):
+            triggers.refresh(state, account_id, figures)
 
 
 _STATUS_ONLY = frozenset(
