@@ -156,20 +156,51 @@ class Fill(Message):
 
 
 def fill_from_wire(payload: dict[str, Any]) -> Fill:
-    fee = payload.get("fee")
+    return fill_from_fields(
+        payload["fill_id"],
+        payload["trade_id"],
+        payload["account_id"],
+        payload["instrument"],
+        payload["side"],
+        payload["quantity"],
+        payload["price"],
+        payload.get("fee"),
+        payload.get("fee_asset"),
+        payload.get("liquidity"),
+        payload.get("margin_mode", "cross"),
+        payload["occurred_at"],
+    )
+
+
+def fill_from_fields(
+    fill_id: str,
+    trade_id: str,
+    account_id: str,
+    instrument: str,
+    side: str,
+    quantity: str | int,
+    price: str | int,
+    fee: str | int | None,
+    fee_asset: str | None,
+    liquidity: str | None,
+    margin_mode: str,
+    occurred_at: str,
+) -> Fill:
+    """A fill from its payload's values in wire form, however they were read: from the payload
+    as a dict (``fill_from_wire``) or straight from its text (``fillwire.decode_fill``)."""
     return Fill(
-        fill_id=payload["fill_id"],
-        trade_id=payload["trade_id"],
-        account_id=payload["account_id"],
-        instrument=payload["instrument"],
-        side=payload["side"],
-        quantity=wire_decimal(payload["quantity"]),
-        price=wire_decimal(payload["price"]),
+        fill_id=fill_id,
+        trade_id=trade_id,
+        account_id=account_id,
+        instrument=instrument,
+        side=side,
+        quantity=wire_decimal(quantity),
+        price=wire_decimal(price),
         fee=ZERO if fee is None else Decimal(fee),
-        fee_asset=payload.get("fee_asset"),
-        liquidity=payload.get("liquidity"),
-        margin_mode=payload.get("margin_mode", "cross"),
-        occurred_at=_time(payload["occurred_at"]),
+        fee_asset=fee_asset,
+        liquidity=liquidity,
+        margin_mode=margin_mode,
+        occurred_at=_time(occurred_at),
     )
 
 

@@ -23,6 +23,10 @@ stored in wire form, and the hash chain (checked by ``audit verify``) says they 
 since. So the replay builds messages from those trusted payloads without validation
 (``events.trusted_message``: ``Decimal(text)`` for decimal fields, ``datetime.fromisoformat`` for
 times). A unit test checks that this gives the same message as validation for every input type.
+Fills, nearly all of a log's events, go further: their text is read straight into their values
+(``fillwire.decode_fill``, msgspec: no dict to build and look up, no walk for floats), and a
+property test checks that this gives the fill the dict gives. A verify replay went from 84,996
+to 76,878 instructions an event (callgrind, as below, 58,000 events from the snapshot at 300,060).
 
 Compiled with the fold (``native.py``): a verify replay went from 120,421 to 114,271 instructions
 an event (callgrind, 28,000 events of bench/replay.py's log, rows in memory).
@@ -35,16 +39,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, getcontext
-from typing import Any
+from typing import Any, Final
 
 from clearing.domain import events as ev
 from clearing.domain import fold
+from clearing.domain.fillwire import PRICE, QUANTITY, decode_fill
 from clearing.domain.fold import conservation
 from clearing.domain.inputs import (
     Fill,
     LiquidationFill,
     Mark,
     Settlement,
+    fill_from_fields,
     format_time,
 )
 from clearing.domain.jsontext import canonical_json, load_json
@@ -190,7 +196,10 @@ class LogReplay:
             # (a thread-local lookup) only when the context is not the one it passed last.
             require_ledger_context()
             self._context = getcontext()
-        position, shard_id, event_type, payload = row[0], row[1], row[2], load_json(row[3])
+        position, shard_id, event_type = row[0], row[1], row[2]
+        # A fill straight from its text into its values (``fillwire``), else the payload as a dict.
+        fill = decode_fill(row[3]) if event_type == FILL_RECORDED else None
+        payload: dict[str, Any] = _NO_PAYLOAD if fill is not None else load_json(row[3])
         track = self.shards.get(shard_id)
         if track is None:
             track = self.shard(shard_id)
@@ -204,7 +213,7 @@ class LogReplay:
         track.head = position
         state = track.state
         if event_type in ev.MODEL_BY_EVENT_TYPE:
-            message = ev.trusted_message(event_type, payload)
+            message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill)
             if self.decide:
                 if track.pending:
                     self._missing(track)
@@ -243,9 +252,13 @@ class LogReplay:
                 # the payload (their wire text): 1,000 instructions a fill less than all six from
                 # the payload, whose keys are not the objects the look-ups are spelt with.
                 if isinstance(message, Fill):
+                    if fill is None:
+                        quantity, price = payload["quantity"], payload["price"]
+                    else:
+                        quantity, price = fill[QUANTITY], fill[PRICE]
                     self._fill(
-                        position, message.account_id, message.instrument, message.side,
-                        payload["quantity"], payload["price"], message.trade_id,
+                        position, message.account_id, message.instrument, message.side, quantity, price,
+                        message.trade_id,
                     )
                 elif isinstance(message, LiquidationFill):
                     self._fill(
@@ -458,6 +471,16 @@ class LogReplay:
 
 
 _OPPOSITE = {"buy": "sell", "sell": "buy"}
+FILL_RECORDED: Final = ev.INPUT_EVENT_TYPES["fill"][0]
+_NO_PAYLOAD: Final[dict[str, Any]] = {}  # a fill read into its fields: input events fold their message only
+
+
+def _fill_message(values: tuple[Any, ...]) -> Fill:
+    """The fill of ``fillwire.decode_fill``'s values."""
+    return fill_from_fields(
+        values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7], values[8],
+        values[9], values[10], values[11],
+    )
 
 
 def _position_only(position: int) -> tuple[int, str, str, str, str, str]:
