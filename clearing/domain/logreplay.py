@@ -248,9 +248,9 @@ class LogReplay:
             if isinstance(message, (Mark, Settlement)):
                 track.mark_change[message.symbol] = position
             elif self.check_fills:
-                # The names from the message (attributes of a compiled class), the figures from
-                # the payload (their wire text): 1,000 instructions a fill less than all six from
-                # the payload, whose keys are not the objects the look-ups are spelt with.
+                # The names from the message (attributes of a compiled class), the figures in
+                # their wire text: from the fill's decoded values, or from the payload of a text
+                # ``decode_fill`` refused and the dict path read (a liquidation fill's always).
                 if isinstance(message, Fill):
                     if fill is None:
                         quantity, price = payload["quantity"], payload["price"]
