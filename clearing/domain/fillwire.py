@@ -57,5 +57,8 @@ def decode_fill(text: str | bytes) -> tuple[Any, ...] | None:
     by attribute, 1,900 instructions a fill less), or None when the text is not a fill's (above)."""
     try:
         return _VALUES(_DECODE(text))
-    except msgspec.DecodeError:  # a ValidationError too: a field missing, the root not an object
+    except (msgspec.DecodeError, RecursionError):
+        # A ValidationError is a DecodeError: a field missing, the root not an object. msgspec
+        # raises RecursionError for nesting deeper than it reads, where orjson's own limit gives
+        # the general reader's error.
         return None
