@@ -358,7 +358,9 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
     state.touched = set()
     try:
         _apply(state, event_type, message, {})
-        return _decide(state, message, position, shard, set(state.touched))
+        # Not a copy: ``lifecycle.decide`` reads ``changed`` before its first decision, which is
+        # when the decisions' own accounts start to be added to this set.
+        return _decide(state, message, position, shard, state.touched)
     finally:
         outer |= state.touched
         state.touched = outer

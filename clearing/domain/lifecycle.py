@@ -78,7 +78,8 @@ def decide(
     state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str] | None = None
 ) -> None:
     """Decide on the input ``message`` just applied. ``changed``: the accounts its application
-    touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches);
+    touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches:
+    the same set, to which the decisions add their accounts, so it is read before the first);
     each is re-margined in full, unless the trigger index proves the change moves nothing it
     watches (an ordinary fill or a funding payment: ``triggers.absorbs_fill`` and
     ``absorbs_balance``). On a mark, the index names the scopes to look at, or every dependent of

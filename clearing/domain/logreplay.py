@@ -213,7 +213,7 @@ class LogReplay:
         track.head = position
         state = track.state
         if event_type in ev.MODEL_BY_EVENT_TYPE:
-            message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill)
+            message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill, state)
             if self.decide:
                 if track.pending:
                     self._missing(track)
@@ -475,11 +475,15 @@ FILL_RECORDED: Final = ev.INPUT_EVENT_TYPES["fill"][0]
 _NO_PAYLOAD: Final[dict[str, Any]] = {}  # a fill read into its fields: input events fold their message only
 
 
-def _fill_message(values: tuple[Any, ...]) -> Fill:
-    """The fill of ``fillwire.decode_fill``'s values."""
+def _fill_message(values: tuple[Any, ...], state: LedgerState) -> Fill:
+    """The fill of ``fillwire.decode_fill``'s values, its account id the very string the state
+    keys the account by (when it has the account): the fold then finds the account, its budget,
+    its holder entries and its touched marks by identity, without reading the keys' strings
+    (a fresh string per fill, compared character by character in each of those look-ups)."""
+    account = state.accounts.get(values[2])
     return fill_from_fields(
-        values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7], values[8],
-        values[9], values[10], values[11],
+        values[0], values[1], values[2] if account is None else account.account_id, values[3], values[4],
+        values[5], values[6], values[7], values[8], values[9], values[10], values[11],
     )
 
 

@@ -179,15 +179,17 @@ class BudgetedPosition:
     """A position of a budgeted account as it was when its bands were computed, and how far the
     fills absorbed since have moved it (kept up to date by ``triggers.absorbs_fill``)."""
 
-    quantity: Decimal
-    size: Decimal  # |quantity|: kept, so that a fill takes one absolute value, not three
-    cost: Decimal
+    size: Decimal  # |quantity| at the reference
     unit: Decimal  # contract size x the mark at the reference: equity per contract
     unit_rate: Decimal  # unit x the instrument's largest maintenance rate
     unit_spread: Decimal  # contract size x (1 + that rate) x the band's half-width, rounded up
-    equity: Decimal = ZERO  # d quantity x unit - d cost since the reference
-    maintenance: Decimal = ZERO  # |d |quantity|| x unit_rate since the reference
-    spread: Decimal = ZERO  # |quantity now| x unit_spread: what in-band prices can move it by
+    # quantity x unit - cost, as the last absorbed fill left it (its own at the reference): its
+    # equity at the reference prices, less the balance; a fill moves the total by the difference.
+    value: Decimal
+    # |d |quantity|| x unit_rate since the reference (how far its maintenance requirement moved)
+    # + |quantity now| x unit_spread (how far in-band prices can move it): what it spends of the
+    # budget besides its equity, in one sum, as the test adds them.
+    fixed: Decimal
 
 
 @dataclass(slots=True)
@@ -200,9 +202,9 @@ class FillBudget:
     balance: Decimal
     haircut: Decimal  # the valuation asset's largest haircut rate
     positions: dict[str, BudgetedPosition]  # by instrument
-    equity: Decimal  # sum of the positions' equity moves
-    maintenance: Decimal  # sum of their maintenance moves
-    spread: Decimal  # sum of their spreads, the collateral bands' share and a rounding step each
+    equity: Decimal  # sum of the positions' equity moves (value now - value at the reference)
+    # Sum of their ``fixed``, the collateral bands' share and a rounding step of each requirement.
+    fixed: Decimal
 
 
 class InstrumentTerms:

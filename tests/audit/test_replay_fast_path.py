@@ -16,6 +16,7 @@ from clearing.domain.fillwire import PRICE, QUANTITY, FillFields, decode_fill
 from clearing.domain.jsontext import load_json
 from clearing.domain.logreplay import _fill_message
 from clearing.domain.messages import decode
+from clearing.domain.state import LedgerState
 from clearing.simulate import Scenario, generate
 
 
@@ -127,6 +128,12 @@ def fill_payloads(draw: st.DrawFn) -> dict[str, Any]:
     return {key: payload[key] for key in keys}
 
 
+COMPLETE_FILL: dict[str, Any] = {
+    "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": "BTCUSDT", "side": "buy",
+    "quantity": "1", "price": "2", "occurred_at": "2026-11-23T12:00:00Z",
+}  # fmt: skip
+
+
 @given(payload=fill_payloads(), as_bytes=st.booleans())
 def test_a_fill_read_straight_into_its_values_is_the_fill_read_as_a_dict(
     payload: dict[str, Any], as_bytes: bool
@@ -140,14 +147,22 @@ def test_a_fill_read_straight_into_its_values_is_the_fill_read_as_a_dict(
     for name, value in zip(FillFields.__struct_fields__, values, strict=True):
         expected = read.get(name, FILL_DEFAULTS.get(name))
         assert value == expected and type(value) is type(expected), name
-    assert _fill_message(values).values() == trusted_message("FillRecorded", read).values()
+    assert _fill_message(values, LedgerState()).values() == trusted_message("FillRecorded", read).values()
+
+
+def test_a_replayed_fill_names_its_account_by_the_states_own_string() -> None:
+    state = LedgerState()
+    known = state.account("".join(["ACC-", "7"]))  # built at run time: not the literal below
+    seven = decode_fill(json.dumps({**COMPLETE_FILL, "account_id": "ACC-7"}))
+    eight = decode_fill(json.dumps({**COMPLETE_FILL, "account_id": "ACC-8"}))
+    assert seven is not None and eight is not None
+    assert seven[2] == known.account_id and seven[2] is not known.account_id
+    assert _fill_message(seven, state).account_id is known.account_id  # found by identity in the fold
+    assert _fill_message(eight, state).account_id == "ACC-8"  # an account the state does not have yet
 
 
 def test_what_is_not_a_fill_payload_is_left_to_the_general_reader() -> None:
-    complete = {
-        "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": "BTCUSDT", "side": "buy",
-        "quantity": "1", "price": "2", "occurred_at": "2026-11-23T12:00:00Z",
-    }  # fmt: skip
+    complete = COMPLETE_FILL
     assert decode_fill(json.dumps(complete)) is not None
     for name in complete:
         assert decode_fill(json.dumps({k: v for k, v in complete.items() if k != name})) is None, name
