@@ -758,7 +758,7 @@ def _apply_insurance_draw(state: LedgerState, payload: dict[str, Any]) -> None:
     account = state.account(payload["account_id"])
     amount = parse_decimal(payload["amount"], "amount")
     asset = payload["asset"]
-    state.account(INSURANCE_FUND_ACCOUNT).credit(asset, -amount)
+    state.account(INSURANCE_FUND_ACCOUNT).debit(asset, amount)
     scope = payload["scope"]
     if scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
         account.position(scope[len(margin.ISOLATED_SCOPE_PREFIX) :], margin.ISOLATED).isolated_margin += amount
@@ -810,7 +810,7 @@ def apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
     if order.margin_mode == margin.ISOLATED:
         position.isolated_margin -= fee
     else:
-        account.credit(spec.settlement_asset, -fee)
+        account.debit(spec.settlement_asset, fee)
     state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
     trade(state, account, position, spec, quantity, fill.price)
     order.remaining -= fill.quantity

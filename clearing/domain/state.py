@@ -79,6 +79,11 @@ class Account:
     def credit(self, asset: str, amount: Decimal) -> None:
         self.balances[asset] = self.balances.get(asset, ZERO) + amount
 
+    def debit(self, asset: str, amount: Decimal) -> None:
+        """``credit(asset, -amount)`` without the negation (the decimal module subtracts by
+        adding the negated operand, so the result is the same to the last digit and sign)."""
+        self.balances[asset] = self.balances.get(asset, ZERO) - amount
+
     def position(self, instrument: str, margin_mode: str) -> Position:
         key = (instrument, margin_mode)
         found = self.positions.get(key)
@@ -213,6 +218,9 @@ class InstrumentTerms:
     def __init__(self, contract_size: Decimal, settlement_asset: str) -> None:
         self.contract_size: Final = contract_size
         self.settlement_asset: Final = settlement_asset
+        # A contract size of exactly 1 (no exponent): a product with it is the other factor,
+        # digit for digit and exponent for exponent, so ``fold.trade`` leaves it out.
+        self.unit_contract: Final = contract_size.as_tuple() == (0, (1,), 0)
 
 
 class Terms:

@@ -429,3 +429,54 @@ def test_funding_pays_each_position_and_the_pool_to_the_last_digit_and_exponent(
         assert str(account.balance("USDT")) == str(balance)
     assert str(state.accounts[FUNDING_POOL_ACCOUNT].balance("USDT")) == str(pool)
     assert conservation(state) == {}
+
+
+def textbook_trade(held: D, cost: D, quantity: D, price: D, size: D) -> tuple[D, D, D]:
+    """``fold.trade``'s rule as first written, one product per term: (quantity, cost, realised)."""
+    from clearing.domain.numbers import divide, round_credit
+
+    if held == 0 or (held > 0) == (quantity > 0):
+        return held + quantity, cost + quantity * price * size, D(0)
+    closing = min(abs(quantity), abs(held))
+    direction = D(1) if held > 0 else D(-1)
+    removed = cost if closing == abs(held) else -round_credit(-divide(cost * closing, abs(held)))
+    realised = direction * closing * price * size - removed
+    cost, held = cost - removed, held - direction * closing
+    opening = abs(quantity) - closing
+    if opening > 0:
+        held, cost = -direction * opening, -direction * opening * price * size
+    return held, cost, realised
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.sampled_from(["1", "1.0", "1.00", "0.5", "10", "1E+1", "0.001"]),
+    trades=st.lists(
+        st.tuples(
+            st.integers(-(10**6), 10**6).filter(bool), st.integers(0, 6), st.integers(1, 10**7), st.integers(0, 5)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_a_trade_books_the_textbook_figures_to_the_last_digit_and_exponent(
+    size: str, trades: list[tuple[int, int, int, int]]
+) -> None:
+    """``fold.trade`` computes each figure once and leaves out a product with a contract size of
+    exactly 1: the position and the realised PnL must still be spelled as the textbook rule
+    spells them (a snapshot holds the spelling), for sizes that are 1 in another spelling too."""
+    from clearing.domain.fold import trade
+    from clearing.domain.numbers import ledger_context
+    from clearing.domain.state import InstrumentTerms
+
+    state = LedgerState()
+    account = state.account("A")
+    position = account.position("BTCUSDT", "cross")
+    terms = InstrumentTerms(D(size), "USDT")
+    held, cost = D(0), D(0)
+    with ledger_context():
+        for quantity_digits, quantity_places, price_digits, price_places in trades:
+            quantity, price = D(quantity_digits).scaleb(-quantity_places), D(price_digits).scaleb(-price_places)
+            realised = trade(state, account, position, terms, quantity, price)
+            held, cost, expected = textbook_trade(held, cost, quantity, price, D(size))
+            assert (str(position.quantity), str(position.cost), str(realised)) == (str(held), str(cost), str(expected))
