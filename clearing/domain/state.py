@@ -199,17 +199,23 @@ class BudgetedPosition:
 
 @dataclass(slots=True)
 class FillBudget:
-    """What ``triggers.absorbs_fill`` needs of a cross account indexed by a budget: the budget,
-    the valuation-asset balance and the positions at the reference, and running totals of what
-    the absorbed fills have spent. Derived state, replaced whenever the account is refreshed."""
+    """What ``triggers.absorbs_fill`` needs of a cross account indexed by a budget: the
+    valuation-asset balance and the positions at the reference, and what is left of the budget
+    as the absorbed fills spend it. Derived state, replaced whenever the account is refreshed.
 
-    budget: Decimal
-    balance: Decimal
+    The test ``|d balance + d equity| + fixed terms (+ haircut x |d balance|) < budget`` is kept
+    as ``|balance + offset| (+ haircut x |d balance|) < slack``: the two running totals absorb
+    the reference balance and the fixed terms as they change, so that the test, asked on every
+    fill and for every funding payment, is two decimal operations shorter."""
+
+    balance: Decimal  # at the reference (the haircut's term only)
     haircut: Decimal  # the valuation asset's largest haircut rate
     positions: dict[str, BudgetedPosition]  # by instrument
-    equity: Decimal  # sum of the positions' equity moves (value now - value at the reference)
-    # Sum of their ``fixed``, the collateral bands' share and a rounding step of each requirement.
-    fixed: Decimal
+    # The positions' equity moves (value now - value at the reference), less the reference balance.
+    offset: Decimal
+    # The budget less the positions' ``fixed``, the collateral bands' share and a rounding step of
+    # each requirement.
+    slack: Decimal
 
 
 class InstrumentTerms:
