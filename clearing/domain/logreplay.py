@@ -168,7 +168,11 @@ class LogReplay:
         self.unmatched: dict[tuple[str, str, str], int] = {}  # (instrument, quantity, price): wire form
         self.liquidation_fills: list[tuple[int, str, str, str, str, str]] = []
         self.margin_events: list[tuple[int, str, dict[str, Any], datetime]] = []
-        self._batch: tuple[int, str] | None = None
+        # The batch being read: its shard and ``recorded_at`` (kept apart, not as a tuple to build
+        # and compare for every row), and its last position so far.
+        self._batch_open = False
+        self._batch_shard = 0
+        self._batch_recorded = ""
         self._batch_end = 0
         self._context: Context | None = None  # the ledger context ``feed`` found last
         self._snapshot_check = snapshot_check
@@ -203,16 +207,15 @@ class LogReplay:
         track = self.shards.get(shard_id)
         if track is None:
             track = self.shard(shard_id)
-        key = (shard_id, row[5])
-        if key != self._batch:
+        if row[5] != self._batch_recorded or shard_id != self._batch_shard or not self._batch_open:
             self.flush_batch()
-            self._batch = key
+            self._batch_open, self._batch_shard, self._batch_recorded = True, shard_id, row[5]
         self._batch_end = position
         self.events += 1
         self.head = position
         track.head = position
         state = track.state
-        if event_type in ev.MODEL_BY_EVENT_TYPE:
+        if fill is not None or event_type in ev.MODEL_BY_EVENT_TYPE:  # a fill is an input: no look-up
             message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill, state)
             if self.decide:
                 if track.pending:
@@ -274,9 +277,10 @@ class LogReplay:
                 if event_type in MARGIN_DECISIONS:
                     self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
         if state.touched:
+            batch_accounts = track.batch_accounts
             for account_id in state.touched:
                 track.last_change[account_id] = last
-            track.batch_accounts |= state.touched
+                batch_accounts.add(account_id)
             state.touched.clear()
         if state.marks_touched:
             track.batch_marks |= state.marks_touched
@@ -303,9 +307,9 @@ class LogReplay:
     # ---------------------------------------------------------------------------------------
 
     def flush_batch(self) -> None:
-        if self._batch is None:
+        if not self._batch_open:
             return
-        track = self.shards[self._batch[0]]
+        track = self.shards[self._batch_shard]
         end = self._batch_end
         accounts = track.batch_accounts
         if track.batch_marks:
@@ -317,7 +321,7 @@ class LogReplay:
                 track.written_at[account_id] = end
         track.batch_accounts = set()
         track.batch_marks = set()
-        self._batch = None
+        self._batch_open = False
 
     @staticmethod
     def _refresh_rotation(track: ShardTrack, end: int) -> list[str]:
@@ -372,12 +376,12 @@ class LogReplay:
         quantity and price are the logged payload's wire form, one spelling per value, so the
         text is the key (no decimal to hash) and the entry's figures read as they were sent."""
         # Matched by an opposite fill (``unmatched``), inline: once per fill.
+        # Taken out and put back unless it nets to zero: the second fill of a trade, the usual
+        # case, finds its key once (a look-up compares the three strings of the key).
         key = (instrument, quantity, price)
-        count = self.unmatched.get(key, 0) + (1 if side == "buy" else -1)
+        count = self.unmatched.pop(key, 0) + (1 if side == "buy" else -1)
         if count:
             self.unmatched[key] = count
-        else:
-            del self.unmatched[key]
         entry = (position, account_id, instrument, side, quantity, price)
         if trade_id is not None:
             # A trade's second fill that is its first's counterpart settles it: nothing more can
