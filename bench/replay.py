@@ -15,9 +15,11 @@ PostgreSQL in a temporary folder. Measures:
     same through SQLAlchemy Core's streamed result, the reader every run before 2026-12-05 used
     (printed, not a reference of the ratios);
 (b) the verify replay: ``LogReplay(decide=True)`` over the log (the engine re-run and the
-    determinism comparison, conservation samples, fill pairing, projection tracking);
-(c) the rebuild replay: ``LogReplay(decide=False)`` (the fold of the logged events), and the whole
-    rebuild (replay + shadow tables + comparison + swap);
+    determinism comparison, conservation samples every ``CONSERVATION_EVERY_EVENTS`` as audit
+    verify takes them, fill pairing, projection tracking);
+(c) the rebuild replay: ``LogReplay(decide=False)`` (the fold of the logged events, no
+    conservation samples, as projections rebuild), and the whole rebuild (replay + shadow tables
+    + comparison + swap);
 (d) the whole ``audit verify`` (adds the hash chain, the tail and the projection comparison).
 
 (b), (c) and (d) run twice: ``--jobs 1`` (one sequential fold) and with the parallel replay in
@@ -51,12 +53,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clearing.audit.parallel import plan_segments, replay_parallel, start_worker_server
+from clearing.audit.parallel import NO_SAMPLES, plan_segments, replay_parallel, start_worker_server
 from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import iter_log, stream_rows
 from clearing.audit.verify import verify
 from clearing.domain import build_status
-from clearing.domain.logreplay import LogReplay
+from clearing.domain.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.engine.ledger import Ledger
 from clearing.engine.records import RawRecord
@@ -193,15 +195,21 @@ def main() -> int:
               f"{len(segments)} segments; parallel jobs = {jobs} (os.cpu_count() {os.cpu_count()})")
 
         def replay(decide: bool, workers: int) -> float:
+            # The conservation samples of the command it stands for: audit verify's every
+            # CONSERVATION_EVERY_EVENTS, none in projections rebuild. (Before 2026-12-06 the parallel
+            # verify replay here took none and the sequential rebuild replay took verify's.)
+            every = CONSERVATION_EVERY_EVENTS if decide else NO_SAMPLES
             started = time.perf_counter()
             if workers > 1:
-                outcome = replay_parallel(owner, segments, decide=decide, jobs=workers, check_fills=decide)
+                outcome = replay_parallel(
+                    owner, segments, decide=decide, jobs=workers, check_fills=decide, conservation_every=every
+                )
                 replay = outcome.replay
                 assert replay is not None, outcome.reason
                 replay.finish()
             else:
                 with owner.connect() as conn:
-                    replay = LogReplay(decide=decide, check_fills=decide)
+                    replay = LogReplay(decide=decide, check_fills=decide, conservation_every=every)
                     with ledger_context():  # as verify and rebuild run it
                         for row in iter_log(conn):
                             replay.feed(row)
