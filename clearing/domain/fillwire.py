@@ -15,7 +15,8 @@ not an object with every required field gives None: the caller then reads it the
 (``load_json`` and ``events.trusted_message``), which fails or succeeds as it always did. A
 property test checks that both ways give the same message.
 
-Not compiled (mypyc cannot compile a ``msgspec.Struct``); ``logreplay`` calls it.
+Not compiled (mypyc cannot compile a ``msgspec.Struct``): ``logreplay.decode_fill`` reads a text
+into this struct's values.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
-import msgspec.structs
 
 
 class FillFields(msgspec.Struct, kw_only=True, gc=False):
@@ -46,19 +46,7 @@ class FillFields(msgspec.Struct, kw_only=True, gc=False):
     occurred_at: Any
 
 
-_DECODE: Final = msgspec.json.Decoder(FillFields, float_hook=float).decode
-_VALUES: Final = msgspec.structs.astuple
-QUANTITY: Final = 5  # where ``decode_fill``'s values hold the quantity and the price
+# Where ``logreplay.decode_fill`` (compiled, so that a fill's read is no Python call) finds the
+# quantity and the price among the values.
+QUANTITY: Final = 5
 PRICE: Final = 6
-
-
-def decode_fill(text: str | bytes) -> tuple[Any, ...] | None:
-    """The values of a fill's logged payload, in ``FillFields`` order (a tuple: read by index, not
-    by attribute, 1,900 instructions a fill less), or None when the text is not a fill's (above)."""
-    try:
-        return _VALUES(_DECODE(text))
-    except (msgspec.DecodeError, RecursionError):
-        # A ValidationError is a DecodeError: a field missing, the root not an object. msgspec
-        # raises RecursionError for nesting deeper than it reads, where orjson's own limit gives
-        # the general reader's error.
-        return None

@@ -362,16 +362,21 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
     # The accounts this step touches are gathered apart (and added to ``state.touched`` at the
     # end): the lifecycle re-margins every account the input changed and re-indexes them.
+    # The replay empties ``state.touched`` after every event: the step then gathers into it, with
+    # no set of its own to make and merge back.
     outer = state.touched
-    state.touched = set()
+    own = bool(outer)
+    if own:
+        state.touched = set()
     try:
         _apply(state, event_type, message, {})
         # Not a copy: ``lifecycle.decide`` reads ``changed`` before its first decision, which is
         # when the decisions' own accounts start to be added to this set.
         return _decide(state, message, position, shard, state.touched)
     finally:
-        outer |= state.touched
-        state.touched = outer
+        if own:
+            outer |= state.touched
+            state.touched = outer
 
 
 def _decide(state: LedgerState, message: InputMessage, position: int, shard: int, changed: set[str]) -> list[ev.Event]:

@@ -187,7 +187,7 @@ def fill_from_fields(
     occurred_at: str,
 ) -> Fill:
     """A fill from its payload's values in wire form, however they were read: from the payload
-    as a dict (``fill_from_wire``) or straight from its text (``fillwire.decode_fill``)."""
+    as a dict (``fill_from_wire``) or straight from its text (``logreplay.decode_fill``)."""
     return Fill(
         fill_id=fill_id,
         trade_id=trade_id,

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from clearing.domain import events as ev
 from clearing.domain.events import trusted_message
-from clearing.domain.fillwire import PRICE, QUANTITY, FillFields, decode_fill
+from clearing.domain.fillwire import PRICE, QUANTITY, FillFields
 from clearing.domain.jsontext import load_json
-from clearing.domain.logreplay import _fill_message
+from clearing.domain.logreplay import _fill_message, decode_fill
 from clearing.domain.messages import decode
 from clearing.domain.state import LedgerState
 from clearing.simulate import Scenario, generate
