@@ -181,7 +181,8 @@ def trade(
     realised = ZERO
     held = position.quantity
     long = held > ZERO
-    if held == ZERO or long == (quantity > ZERO):
+    closes = held != ZERO and long != (quantity > ZERO)
+    if not closes:
         amount = quantity * price
         position.cost += amount if spec.unit_contract else amount * spec.contract_size
         position.quantity = held + quantity
@@ -203,24 +204,34 @@ def trade(
             position.quantity = reopened
             amount = reopened * price
             position.cost = amount if spec.unit_contract else amount * spec.contract_size
-    position.realised_pnl += realised
-    if position.margin_mode == "isolated":
-        position.isolated_margin += realised
-        if position.quantity == ZERO and position.isolated_margin > ZERO:
-            # A closed isolated position hands its collateral back to the wallet. A negative
-            # remainder stays on the position: its loss is capped at its collateral, and the
-            # default waterfall (insurance fund) covers it, never the wallet.
-            account.credit(spec.settlement_asset, position.isolated_margin)
-            position.isolated_margin = ZERO
-    else:
-        account.credit(spec.settlement_asset, realised)
+    if closes:
+        position.realised_pnl += realised
+        if position.margin_mode == "isolated":
+            position.isolated_margin += realised
+            if position.quantity == ZERO and position.isolated_margin > ZERO:
+                # A closed isolated position hands its collateral back to the wallet. A negative
+                # remainder stays on the position: its loss is capped at its collateral, and the
+                # default waterfall (insurance fund) covers it, never the wallet.
+                account.credit(spec.settlement_asset, position.isolated_margin)
+                position.isolated_margin = ZERO
+        else:
+            account.credit(spec.settlement_asset, realised)
+    elif position.margin_mode != "isolated" and spec.settlement_asset not in account.balances:
+        # A fill that only opens realises nothing. Adding its zero to the realised PnL, the
+        # isolated margin or the balance would leave each as it is, digit for digit: each is a
+        # sum that started at ZERO, so its exponent is at most 0, and an exact sum is never -0.
+        # So the zero is credited only where it makes the balance's entry (1,500 instructions
+        # an opening fill).
+        account.credit(spec.settlement_asset, ZERO)
     _track_holder(state, account.account_id, position)
     state.touched.add(account.account_id)
     return realised
 
 
 def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
-    holders = state.holders.setdefault(position.instrument, set())
+    holders = state.holders.get(position.instrument)
+    if holders is None:  # not ``setdefault``, which makes an empty set on every call
+        holders = state.holders[position.instrument] = set()
     if position.quantity != ZERO:
         holders.add(account_id)
     elif not any(

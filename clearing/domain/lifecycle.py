@@ -92,7 +92,7 @@ def decide(
     # needs neither a re-margin nor a refresh of its account: with no deadline due, the step
     # has nothing else to look at. Most inputs are such fills: this is asked before the accounts
     # to look at are gathered (a copy of ``changed`` and two more sets: 700 instructions a fill).
-    absorbed: set[str] = set()
+    absorbed: set[str]
     if (
         indexed
         and type(message) is Fill
@@ -101,7 +101,9 @@ def decide(
     ):
         if not _deadline_due(state, message.occurred_at):
             return
-        absorbed.add(message.account_id)
+        absorbed = {message.account_id}
+    else:
+        absorbed = set()
     # The fee account, the insurance fund and the funding pool are the clearing house's own
     # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
     full = changed - SYSTEM_ACCOUNTS_SET

@@ -451,6 +451,8 @@ def textbook_trade(held: D, cost: D, quantity: D, price: D, size: D) -> tuple[D,
 @settings(max_examples=80, deadline=None)
 @given(
     size=st.sampled_from(["1", "1.0", "1.00", "0.5", "10", "1E+1", "0.001"]),
+    mode=st.sampled_from(["cross", "isolated"]),
+    balance=st.sampled_from([None, "0", "100.50", "0.00000001"]),
     trades=st.lists(
         st.tuples(
             st.integers(-(10**6), 10**6).filter(bool), st.integers(0, 6), st.integers(1, 10**7), st.integers(0, 5)
@@ -460,23 +462,37 @@ def textbook_trade(held: D, cost: D, quantity: D, price: D, size: D) -> tuple[D,
     ),
 )
 def test_a_trade_books_the_textbook_figures_to_the_last_digit_and_exponent(
-    size: str, trades: list[tuple[int, int, int, int]]
+    size: str, mode: str, balance: str | None, trades: list[tuple[int, int, int, int]]
 ) -> None:
-    """``fold.trade`` computes each figure once and leaves out a product with a contract size of
-    exactly 1: the position and the realised PnL must still be spelled as the textbook rule
-    spells them (a snapshot holds the spelling), for sizes that are 1 in another spelling too."""
+    """``fold.trade`` computes each figure once, leaves out a product with a contract size of
+    exactly 1 and adds no zero for a fill that only opens: the position, the realised PnL, the
+    balance and the isolated margin must still be spelled as the textbook rule spells them (a
+    snapshot holds the spelling), for sizes that are 1 in another spelling too."""
     from clearing.domain.fold import trade
     from clearing.domain.numbers import ledger_context
     from clearing.domain.state import InstrumentTerms
 
     state = LedgerState()
     account = state.account("A")
-    position = account.position("BTCUSDT", "cross")
+    if balance is not None:
+        account.credit("USDT", D(balance))
+    position = account.position("BTCUSDT", mode)
     terms = InstrumentTerms(D(size), "USDT")
-    held, cost = D(0), D(0)
+    held, cost, pnl, isolated = D(0), D(0), D(0), D(0)
+    balances = dict(account.balances)
     with ledger_context():
         for quantity_digits, quantity_places, price_digits, price_places in trades:
             quantity, price = D(quantity_digits).scaleb(-quantity_places), D(price_digits).scaleb(-price_places)
             realised = trade(state, account, position, terms, quantity, price)
             held, cost, expected = textbook_trade(held, cost, quantity, price, D(size))
+            pnl += expected
+            if mode == "isolated":
+                isolated += expected
+                if held == 0 and isolated > 0:
+                    balances["USDT"] = balances.get("USDT", D(0)) + isolated
+                    isolated = D(0)
+            else:
+                balances["USDT"] = balances.get("USDT", D(0)) + expected
             assert (str(position.quantity), str(position.cost), str(realised)) == (str(held), str(cost), str(expected))
+            assert (str(position.realised_pnl), str(position.isolated_margin)) == (str(pnl), str(isolated))
+            assert {a: str(v) for a, v in account.balances.items()} == {a: str(v) for a, v in balances.items()}
