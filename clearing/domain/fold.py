@@ -371,10 +371,10 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
     """``step`` for a loop already under the ledger context (``numbers.require_ledger_context``
     says so): the replay of ``audit verify`` calls it for every input of the log."""
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
-    # The accounts this step touches are gathered apart (and added to ``state.touched`` at the
-    # end): the lifecycle re-margins every account the input changed and re-indexes them.
-    # The replay empties ``state.touched`` after every event: the step then gathers into it, with
-    # no set of its own to make and merge back.
+    # The accounts this step touches are gathered apart from those ``state.touched`` already
+    # holds (and added to them at the end): the lifecycle re-margins every account the input
+    # changed and re-indexes them. The replay empties ``state.touched`` after every event: the
+    # step then gathers into it directly, with no set of its own to make and merge back.
     outer = state.touched
     own = bool(outer)
     if own:
