@@ -183,8 +183,7 @@ def trade(
     long = held > ZERO
     closes = held != ZERO and long != (quantity > ZERO)
     if not closes:
-        amount = quantity * price
-        position.cost += amount if spec.unit_contract else amount * spec.contract_size
+        position.cost += spec.times_size(quantity * price)
         position.quantity = held + quantity
     else:
         # Each figure once: a decimal operation costs about 500 instructions, and a fill that
@@ -194,16 +193,14 @@ def trade(
         closing = min(traded, held_size)
         signed = closing if long else -closing  # the closed quantity, signed as the position
         removed = position.cost if closing == held_size else -round_credit(-divide(position.cost * closing, held_size))
-        proceeds = signed * price
-        realised = (proceeds if spec.unit_contract else proceeds * spec.contract_size) - removed
+        realised = spec.times_size(signed * price) - removed
         position.cost -= removed
         position.quantity = held - signed
         opening = traded - closing
         if opening > ZERO:
             reopened = -opening if long else opening
             position.quantity = reopened
-            amount = reopened * price
-            position.cost = amount if spec.unit_contract else amount * spec.contract_size
+            position.cost = spec.times_size(reopened * price)
     if closes:
         position.realised_pnl += realised
         if position.margin_mode == "isolated":

@@ -206,7 +206,7 @@ class LogReplay:
             require_ledger_context()
             self._context = getcontext()
         position, shard_id, event_type = row[0], row[1], row[2]
-        # A fill straight from its text into its values (``fillwire``), else the payload as a dict.
+        # A fill straight from its text into its values (``decode_fill``), else the payload as a dict.
         fill = decode_fill(row[3]) if event_type == FILL_RECORDED else None
         payload: dict[str, Any] = _NO_PAYLOAD if fill is not None else load_json(row[3])
         track = self.shards.get(shard_id)

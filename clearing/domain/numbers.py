@@ -57,9 +57,6 @@ MONEY_QUANTUM: Final = Decimal("0.00000001")
 # Ratios and averaged prices shown to people: 1e-10 is far below any tick size we meet.
 RATIO_QUANTUM: Final = Decimal("0.0000000001")
 PRICE_QUANTUM: Final = Decimal("0.0000000001")
-# The rounding rules below pass ``quantize`` its rounding and context by position: by keyword, the
-# decimal module's argument parsing cost about 1,000 instructions a call more (a fifth of a
-# rounding; a verify replay rounds several times a fill).
 
 _WIRE_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
@@ -128,6 +125,9 @@ def is_wire(text: str) -> bool:
     return text[-1] != "0" if "." in text else text != "-0"
 
 
+# The rounding rules below pass ``quantize`` its rounding and context by position: by keyword, the
+# decimal module's argument parsing cost about 1,000 instructions a call more (a fifth of a
+# rounding; a verify replay rounds several times a fill).
 def round_requirement(value: Decimal) -> Decimal:
     """Margin requirements and amounts owed round up (towards more margin): against the account,
     so that rounding can never let an account look safer than it is."""

@@ -225,8 +225,13 @@ class InstrumentTerms:
         self.contract_size: Final = contract_size
         self.settlement_asset: Final = settlement_asset
         # A contract size of exactly 1 (no exponent): a product with it is the other factor,
-        # digit for digit and exponent for exponent, so ``fold.trade`` leaves it out.
+        # digit for digit and exponent for exponent, so ``times_size`` leaves it out.
         self.unit_contract: Final = contract_size.as_tuple() == (0, (1,), 0)
+
+    def times_size(self, amount: Decimal) -> Decimal:
+        """``amount x contract size`` (a quantity x price made a notional, as ``fold.trade``
+        books it), without the multiplication when the size is exactly 1."""
+        return amount if self.unit_contract else amount * self.contract_size
 
 
 class Terms:

@@ -162,15 +162,14 @@ def test_a_replayed_fill_names_its_account_by_the_states_own_string() -> None:
 
 
 def test_what_is_not_a_fill_payload_is_left_to_the_general_reader() -> None:
-    complete = COMPLETE_FILL
-    assert decode_fill(json.dumps(complete)) is not None
-    for name in complete:
-        assert decode_fill(json.dumps({k: v for k, v in complete.items() if k != name})) is None, name
-    deep = json.dumps(complete)[:-1] + ', "x": ' + "[" * 5_000 + "]" * 5_000 + "}"
+    assert decode_fill(json.dumps(COMPLETE_FILL)) is not None
+    for name in COMPLETE_FILL:
+        assert decode_fill(json.dumps({k: v for k, v in COMPLETE_FILL.items() if k != name})) is None, name
+    deep = json.dumps(COMPLETE_FILL)[:-1] + ', "x": ' + "[" * 5_000 + "]" * 5_000 + "}"
     for text in ("[1, 2]", '"fill"', "{", "", '{"fill_id": "F-1",}', deep):
         assert decode_fill(text) is None, text[:40]
     # Numbers as the standard library reads them: integers of any size, floats from their text.
-    values = decode_fill(json.dumps({**complete, "quantity": 2**80, "price": 0.1})[:-1] + ', "fee": 1e400}')
+    values = decode_fill(json.dumps({**COMPLETE_FILL, "quantity": 2**80, "price": 0.1})[:-1] + ', "fee": 1e400}')
     assert values is not None
     assert (values[QUANTITY], values[PRICE], values[7]) == (2**80, 0.1, float("inf"))
 
