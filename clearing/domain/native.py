@@ -18,7 +18,19 @@ import json
 import os
 from pathlib import Path
 
-COMPILED = ("numbers", "inputs", "state", "events", "margin", "triggers", "lifecycle", "fold", "jsontext", "logreplay")
+COMPILED = (
+    "numbers",
+    "inputs",
+    "state",
+    "events",
+    "margin",
+    "triggers",
+    "lifecycle",
+    "fold",
+    "jsontext",
+    "logreplay",
+    "statecodec",
+)
 MANIFEST = "compiled.json"
 PURE_ENV = "CLEARING_PURE_PYTHON"
 

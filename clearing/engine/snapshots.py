@@ -2,11 +2,12 @@
 of the shard, read by ``Ledger.load`` (start from the latest, replay the tail) and by the as-of
 queries (the nearest snapshot at or before the position asked for, then the tail).
 
-Encoding: JSON (UTF-8, canonical key order), decimals as their exact strings, times as RFC 3339,
-the risk parameters as their document. Not pickle: a snapshot row is data, and decoding it runs
-no code, so a person who can write the ``snapshots`` table can at worst make a *state* wrong,
-never run something in the ledger process. A wrong state is what ``audit verify`` looks for: it
-re-folds the log and compares every snapshot with the state at its position, byte for byte.
+Encoding: JSON (UTF-8, canonical key order) of ``clearing.domain.statecodec``'s document: decimals
+as their exact strings, times as RFC 3339, the risk parameters as their document. Not pickle: a
+snapshot row is data, and decoding it runs no code, so a person who can write the ``snapshots``
+table can at worst make a *state* wrong, never run something in the ledger process. A wrong state
+is what ``audit verify`` looks for: it re-folds the log and compares every snapshot with the state
+at its position, byte for byte.
 
 A snapshot at ``position`` is the state after every event of the shard up to and including
 ``position`` (a batch's end: the decisions of its last input are applied).
@@ -18,128 +19,17 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
 from clearing.domain.jsontext import canonical_json_bytes
-from clearing.domain.numbers import to_wire
-from clearing.domain.params import RiskParameters, load_parameters
-from clearing.domain.state import Account, LedgerState, LiquidationOrder, MarginStatus, MarkState, Position
+from clearing.domain.state import LedgerState
+from clearing.domain.statecodec import decode_state, encode_state
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY_EVENTS = 50_000  # shard events between two snapshots
-SNAPSHOT_FORMAT = 1
-
-_PARAMETERS_CACHE: dict[str, RiskParameters] = {}
-
-
-_d = to_wire  # a decimal as its wire text
-
-
-def _t(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def encode_state(state: LedgerState) -> dict[str, Any]:
-    """The state as plain JSON values. ``touched`` and ``marks_touched`` (what the next batch must
-    write) are not part of it: a snapshot is taken between batches, when both are empty."""
-    return {
-        "format": SNAPSHOT_FORMAT,
-        "parameters": state.parameters.document(),
-        "accounts": {
-            account_id: {
-                "balances": {asset: _d(amount) for asset, amount in account.balances.items()},
-                "positions": [
-                    [
-                        p.instrument,
-                        p.margin_mode,
-                        _d(p.quantity),
-                        _d(p.cost),
-                        _d(p.realised_pnl),
-                        _d(p.isolated_margin),
-                        _d(p.funding_paid),
-                    ]
-                    for p in account.positions.values()
-                ],
-                "margin": {
-                    scope: [s.status, s.margin_call_id, _t(s.deadline), list(s.pending_orders)]
-                    for scope, s in account.margin.items()
-                },
-                "deficit": _d(account.deficit),
-            }
-            for account_id, account in state.accounts.items()
-        },
-        "marks": {
-            symbol: [_d(m.price), _t(m.occurred_at), None if m.iv is None else _d(m.iv)]
-            for symbol, m in state.marks.items()
-        },
-        "deposits": {asset: _d(v) for asset, v in state.deposits.items()},
-        "withdrawals": {asset: _d(v) for asset, v in state.withdrawals.items()},
-        "last_occurred_at": _t(state.last_occurred_at),
-        "holders": {symbol: sorted(ids) for symbol, ids in state.holders.items()},
-        "liquidations": {
-            lid: [
-                o.account_id,
-                o.scope,
-                o.instrument,
-                o.margin_mode,
-                o.side,
-                _d(o.quantity),
-                _d(o.remaining),
-                o.cancelled,
-            ]
-            for lid, o in state.liquidations.items()
-        },
-        "deadlines": [[account_id, scope, _t(at)] for (account_id, scope), at in state.deadlines.items()],
-    }
-
-
-def decode_state(data: dict[str, Any]) -> LedgerState:
-    if data.get("format") != SNAPSHOT_FORMAT:
-        raise ValueError(f"snapshot format {data.get('format')!r} is not {SNAPSHOT_FORMAT}")
-    document = data["parameters"]
-    key = json.dumps(document, sort_keys=True)
-    parameters = _PARAMETERS_CACHE.get(key)
-    if parameters is None:
-        parameters = _PARAMETERS_CACHE[key] = load_parameters(document)
-    state = LedgerState(parameters=parameters)
-    for account_id, a in data["accounts"].items():
-        account = Account(account_id, deficit=Decimal(a["deficit"]))
-        account.balances = {asset: Decimal(v) for asset, v in a["balances"].items()}
-        for instrument, mode, quantity, cost, realised, isolated, funding in a["positions"]:
-            account.positions[(instrument, mode)] = Position(
-                instrument,
-                mode,
-                Decimal(quantity),
-                Decimal(cost),
-                Decimal(realised),
-                Decimal(isolated),
-                Decimal(funding),
-            )
-        for scope, (status, call_id, deadline, pending) in a["margin"].items():
-            account.margin[scope] = MarginStatus(status, call_id, _dt(deadline), list(pending))
-        state.accounts[account_id] = account
-    state.marks = {
-        symbol: MarkState(Decimal(price), _dt(at) or datetime.min, None if iv is None else Decimal(iv))
-        for symbol, (price, at, iv) in data["marks"].items()
-    }
-    state.deposits = {asset: Decimal(v) for asset, v in data["deposits"].items()}
-    state.withdrawals = {asset: Decimal(v) for asset, v in data["withdrawals"].items()}
-    state.last_occurred_at = _dt(data["last_occurred_at"])
-    state.holders = {symbol: set(ids) for symbol, ids in data["holders"].items()}
-    state.liquidations = {
-        lid: LiquidationOrder(lid, acc, scope, instrument, mode, side, Decimal(q), Decimal(r), cancelled)
-        for lid, (acc, scope, instrument, mode, side, q, r, cancelled) in data["liquidations"].items()
-    }
-    state.deadlines = {(acc, scope): _dt(at) or datetime.min for acc, scope, at in data["deadlines"]}
-    return state
 
 
 def state_bytes(state: LedgerState) -> bytes:

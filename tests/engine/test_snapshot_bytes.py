@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearing.domain.state import LedgerState
-from clearing.engine.snapshots import encode_state, state_bytes
+from clearing.domain.statecodec import encode_state
+from clearing.engine.snapshots import state_bytes
 
 # Identifiers as a message may carry them: any text, with what either encoder escapes often.
 identifiers = st.one_of(
