@@ -194,12 +194,13 @@ def main() -> int:
         print(f"snapshots: {len(keys)} (the ledger's SnapshotPolicy, every {SNAPSHOT_EVERY_EVENTS:,} events); "
               f"{len(segments)} segments; parallel jobs = {jobs} (os.cpu_count() {os.cpu_count()})")
 
-        def replay(decide: bool, workers: int) -> float:
+        def replay(decide: bool, workers: int) -> tuple[float, str]:
             # The conservation samples of the command it stands for: audit verify's every
             # CONSERVATION_EVERY_EVENTS, none in projections rebuild. (Before 2026-12-06 the parallel
             # verify replay here took none and the sequential rebuild replay took verify's.)
             every = CONSERVATION_EVERY_EVENTS if decide else NO_SAMPLES
             started = time.perf_counter()
+            detail = ""
             if workers > 1:
                 outcome = replay_parallel(
                     owner, segments, decide=decide, jobs=workers, check_fills=decide, conservation_every=every
@@ -207,6 +208,9 @@ def main() -> int:
                 replay = outcome.replay
                 assert replay is not None, outcome.reason
                 replay.finish()
+                # Next to the wall time: how long the runs took together. With every run busy to the
+                # end, about jobs x wall: the replay is bound by the CPUs, not by the reads.
+                detail = f"; {outcome.runs} runs, {outcome.worker_seconds:.1f} worker seconds"
             else:
                 with owner.connect() as conn:
                     replay = LogReplay(decide=decide, check_fills=decide, conservation_every=every)
@@ -215,14 +219,14 @@ def main() -> int:
                             replay.feed(row)
                     replay.finish()
             assert not replay.determinism_mismatches
-            return time.perf_counter() - started
+            return time.perf_counter() - started, detail
 
         for label, decide in (("verify replay (re-run)", True), ("rebuild replay (fold)", False)):
             for workers in (1, jobs):
                 _, beside_s = raw_read()  # this VM's speed drifts by 20-30% within minutes
-                seconds = replay(decide, workers)
+                seconds, detail = replay(decide, workers)
                 print(f"{label + f' --jobs {workers}':<36}{rate(n, seconds)}  ({raw_s / seconds:.0%} of raw read; "
-                      f"{beside_s / seconds:.0%} of one just before it, {n / beside_s:,.0f}/s)")
+                      f"{beside_s / seconds:.0%} of one just before it, {n / beside_s:,.0f}/s{detail})")
         for workers in (1, jobs):
             started = time.perf_counter()
             report = rebuild(owner, jobs=workers)
