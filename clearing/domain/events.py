@@ -31,16 +31,20 @@ from clearing.domain.messages import validated
 
 SCHEMA_VERSION: Final = 1
 
+# The input event types the engine's own code tests for by name.
+FILL_RECORDED: Final = "FillRecorded"
+LIQUIDATION_FILL_RECORDED: Final = "LiquidationFillRecorded"
+
 # Input message type -> (event type, message model).
 INPUT_EVENT_TYPES: Final[dict[str, tuple[str, type[Message]]]] = {
-    "fill": ("FillRecorded", Fill),
+    "fill": (FILL_RECORDED, Fill),
     "deposit": ("CollateralDeposited", Deposit),
     "withdrawal": ("WithdrawalRequested", Withdrawal),
     "isolated_margin": ("IsolatedMarginTransferRequested", IsolatedMarginTransfer),
     "mark": ("MarkRecorded", Mark),
     "funding": ("FundingRateRecorded", Funding),
     "settlement": ("SettlementPriceRecorded", Settlement),
-    "liquidation_fill": ("LiquidationFillRecorded", LiquidationFill),
+    "liquidation_fill": (LIQUIDATION_FILL_RECORDED, LiquidationFill),
     "risk_parameters": ("RiskParametersChanged", RiskParametersMessage),
 }
 MODEL_BY_EVENT_TYPE: Final[dict[str, type[Message]]] = {

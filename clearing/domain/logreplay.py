@@ -207,7 +207,7 @@ class LogReplay:
             self._context = getcontext()
         position, shard_id, event_type = row[0], row[1], row[2]
         # A fill straight from its text into its values (``decode_fill``), else the payload as a dict.
-        fill = decode_fill(row[3]) if event_type == FILL_RECORDED else None
+        fill = decode_fill(row[3]) if event_type == ev.FILL_RECORDED else None
         payload: dict[str, Any] = _NO_PAYLOAD if fill is not None else load_json(row[3])
         track = self.shards.get(shard_id)
         if track is None:
@@ -251,7 +251,7 @@ class LogReplay:
                 state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
                 fold.apply(state, event_type, message, payload)
                 last = position
-            if event_type == "LiquidationFillRecorded":
+            if event_type == ev.LIQUIDATION_FILL_RECORDED:
                 self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
             if isinstance(message, (Mark, Settlement)):
                 track.mark_change[message.symbol] = position
@@ -480,7 +480,6 @@ class LogReplay:
 
 
 _OPPOSITE = {"buy": "sell", "sell": "buy"}
-FILL_RECORDED: Final = ev.INPUT_EVENT_TYPES["fill"][0]
 _NO_PAYLOAD: Final[dict[str, Any]] = {}  # a fill read into its fields: input events fold their message only
 
 

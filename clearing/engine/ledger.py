@@ -301,7 +301,7 @@ class Ledger:
                     )
                     seen[key] = payload_json
                     result.appended += 1
-                    if event.type == "LiquidationFillRecorded":
+                    if event.type == ev.LIQUIDATION_FILL_RECORDED:
                         decided.append((position, event.type, payload, event.occurred_at))
                     for decision in decisions:
                         position += 1

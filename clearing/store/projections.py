@@ -275,7 +275,7 @@ def write_decisions(
                     "bankruptcy_price": payload["bankruptcy_price"],
                 },
             )
-        elif event_type == "LiquidationFillRecorded":
+        elif event_type == ev.LIQUIDATION_FILL_RECORDED:
             conn.execute(
                 sa.text(
                     f"UPDATE liquidations{suffix} SET filled_quantity = filled_quantity + CAST(:quantity AS numeric), "
