@@ -76,6 +76,25 @@ MARGIN_DECISIONS = frozenset(
 )
 
 
+class SortedHolders:
+    """A state's holders (``LedgerState.holders_all``) in sorted order, as the rotating margin
+    refresh walks them (``refresh_window``), sorted again only when the set has changed since the
+    last call: holders change far less often than marks come, and comparing the sets costs a
+    tenth of the sort (100,000 holders: 1.7 ms against 21 ms). The list returned is shared: do
+    not change it."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.order: list[str] = []
+
+    def of(self, state: LedgerState) -> list[str]:
+        now = state.holders_all()
+        if now != self.seen:
+            self.seen = now
+            self.order = sorted(now)
+        return self.order
+
+
 def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
     """The next window of at most ``MARGIN_REFRESH_ACCOUNTS_MAX`` sorted holders from ``cursor``
     (wrapping around), and the cursor after it; every holder when there are no more than that.
@@ -129,10 +148,7 @@ class ShardTrack:
     pending: deque[tuple[int, str]] = field(default_factory=deque)  # decisions the re-run expects next
     batch_accounts: set[str] = field(default_factory=set)
     batch_marks: set[str] = field(default_factory=set)
-    # The holders, and sorted, as ``_refresh_rotation`` last found them: they change far less
-    # often than marks come, and a comparison of the sets costs a tenth of the sort.
-    holders_seen: set[str] = field(default_factory=set)
-    holders_sorted: list[str] = field(default_factory=list)
+    holders: SortedHolders = field(default_factory=lambda: SortedHolders())
 
 
 def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:
@@ -333,11 +349,7 @@ class LogReplay:
         # The ledger's rotating margin refresh, re-enacted with a cursor from 0: exact while the
         # ledger process ran without a restart, or while the shard had at most
         # MARGIN_REFRESH_ACCOUNTS_MAX holders.
-        now = track.state.holders_all()
-        if now != track.holders_seen:
-            track.holders_seen = now
-            track.holders_sorted = sorted(now)
-        holders = track.holders_sorted  # not changed by anyone: shared with the windows below
+        holders = track.holders.of(track.state)  # not changed by anyone: shared with the windows below
         if track.refresh_cursor is None:
             if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
                 return holders  # every holder, whatever the cursor (which does not move)

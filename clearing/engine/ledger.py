@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.inputs import InputMessage
-from clearing.domain.logreplay import refresh_window
+from clearing.domain.logreplay import SortedHolders, refresh_window
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
@@ -81,6 +81,7 @@ class Ledger:
         self.head = eventlog.ShardHead(shard=shard)
         self.needs_reload = False
         self._refresh_cursor = 0
+        self._holders = SortedHolders()  # the order the rotating refresh walks the holders in
         self._pending: _PendingCommit | None = None  # the batch begin() wrote, until finish()
         # Every SNAPSHOT_EVERY_EVENTS events of this shard, the state is saved after a batch
         # commits (clearing/engine/snapshots.py); load() and the as-of queries start from it.
@@ -123,7 +124,7 @@ class Ledger:
         ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch (``logreplay.refresh_window``, which the
         replay re-enacts) bounds how stale a row can get (a status change is always written at
         once: it is a decision, and decisions touch their account)."""
-        window, self._refresh_cursor = refresh_window(sorted(self.state.holders_all()), self._refresh_cursor)
+        window, self._refresh_cursor = refresh_window(self._holders.of(self.state), self._refresh_cursor)
         return window
 
     def stored_offsets(self) -> dict[tuple[str, int], tuple[int, str | None]]:
