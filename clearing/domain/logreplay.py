@@ -148,7 +148,7 @@ class ShardTrack:
     pending: deque[tuple[int, str]] = field(default_factory=deque)  # decisions the re-run expects next
     batch_accounts: set[str] = field(default_factory=set)
     batch_marks: set[str] = field(default_factory=set)
-    holders: SortedHolders = field(default_factory=lambda: SortedHolders())
+    holders: SortedHolders = field(default_factory=SortedHolders)
 
 
 def imbalance_finding(position: int, imbalance: dict[str, Decimal]) -> Finding:

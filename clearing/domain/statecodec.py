@@ -2,7 +2,7 @@
 (``clearing.engine.snapshots`` spells them as bytes and stores them).
 
 Compiled with the fold (``native.COMPILED``): ``audit verify`` spells the state it re-ran at every
-stored snapshot to compare it byte for byte (``state_bytes``), 19 times over bench/replay.py's log,
+stored snapshot to compare it byte for byte (``state_bytes``), 18 times over bench/replay.py's log,
 and the live ledger spells one every 50,000 events. For the state of that log's 5,000 accounts at
 position 550,112, as the replay left it, ``state_bytes`` took 32 ms with this module from source
 and 21 ms compiled (the JSON spelling itself, by orjson, 2 ms of either). Decoding takes 37 ms
