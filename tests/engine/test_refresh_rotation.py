@@ -20,4 +20,3 @@ def test_the_ledger_refresh_sees_the_holders_as_they_are_now() -> None:
     assert ledger._refresh_rotation() == ["A", "B", "C"]  # A still holds ETHUSDT
     holders["ETHUSDT"].discard("A")
     assert ledger._refresh_rotation() == ["B", "C"]
-
