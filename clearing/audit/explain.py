@@ -24,7 +24,9 @@ import sqlalchemy as sa
 
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
-from clearing.domain import fold, lifecycle, margin
+from clearing.domain import fold, lifecycle, models
+from clearing.domain.levels import Level
+from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, scope_instrument
 from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
@@ -81,7 +83,7 @@ def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
     return state
 
 
-def _position_figures(p: margin.PositionRisk, state: LedgerState) -> dict[str, Any]:
+def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
     spec = state.parameters.instruments_by_symbol[p.instrument]
     tier = spec.tier_table[p.tier - 1]
     entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
@@ -110,16 +112,18 @@ def _position_figures(p: margin.PositionRisk, state: LedgerState) -> dict[str, A
     }
 
 
-def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[margin.ScopeRisk, dict[str, Any]]:
+def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[ScopeRisk, dict[str, Any]]:
     account = state.accounts[account_id]
-    scope = margin.scope_risk(state, account, scope_name)
+    scope = models.scope_risk(state, account, scope_name)
     collateral: list[dict[str, Any]] = []
-    if scope_name == margin.CROSS:
+    if scope_name == CROSS:
+        valued = models.account_risk(state, account, liquidation_prices=False).collateral
+        values = {value.asset: value for value in valued}
         for asset, amount in sorted(account.balances.items()):
             if amount == 0:
                 continue
             price = state.asset_price(asset)
-            value = margin.collateral_value(state.parameters, asset, amount, price)
+            value = values[asset]
             spec = state.parameters.asset(asset)
             collateral.append(
                 {
@@ -136,8 +140,8 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
                 }
             )
     else:
-        instrument = scope_name[len(margin.ISOLATED_SCOPE_PREFIX) :]
-        position = account.positions.get((instrument, margin.ISOLATED))
+        instrument = scope_instrument(scope_name) or ""
+        position = account.positions.get((instrument, ISOLATED))
         collateral.append(
             {"isolated_margin": w(position.isolated_margin if position else ZERO), "value": w(scope.collateral)}
         )
@@ -166,17 +170,18 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
 
 
 def _liquidation_steps(
-    state: LedgerState, scope: margin.ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
+    state: LedgerState, scope: ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
 ) -> dict[str, Any]:
     """The quantity search of one order: the requirement and fee after reducing by q, at the
     chosen quantity and one step less."""
     policy = state.parameters.liquidation
+    model = models.model_of(state.accounts[order["account_id"]], scope.scope)
     p = next(x for x in scope.positions if x.instrument == order["instrument"])
     held = abs(p.quantity)
     step = lifecycle.quantity_step(p.quantity)
 
     def after(reduce: Decimal) -> dict[str, Any]:
-        left = lifecycle.reduction(state, p, equity, maintenance, reduce)
+        left = model.reduction(state.parameters, p, equity, maintenance, reduce)
         return {
             "reduce_by": w(reduce),
             "left": w(left.left),
@@ -192,7 +197,7 @@ def _liquidation_steps(
 
     quantity = Decimal(order["quantity"])
     long = p.quantity > 0
-    raw, bankruptcy = lifecycle.bankruptcy_price(p, equity, quantity)
+    raw, bankruptcy = model.bankruptcy_price(p, equity, quantity)
     checks = [after(quantity)]
     if quantity - step > 0 and quantity < held:
         checks.append(after(quantity - step))
@@ -274,7 +279,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
             }
         else:
             deadline = None
-            if payload.get("level") == "maintenance" and payload.get("deadline") is not None:
+            if payload.get("level") == Level.MAINTENANCE and payload.get("deadline") is not None:
                 grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
                 deadline = (decision.occurred_at + grace).isoformat()
             recomputed = {

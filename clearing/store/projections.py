@@ -159,14 +159,14 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
     """One row per margin scope of each account: the cross account and every isolated position,
     with the lifecycle status (which may be ahead of the instantaneous classification: an account
     stays in ``liquidation`` until its call is resolved)."""
-    from clearing.domain import margin
+    from clearing.domain import models
 
     rows = []
     for account_id in sorted(accounts):
         account = state.accounts.get(account_id)
         if account is None or account_id.startswith("system:"):
             continue
-        risk = margin.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
+        risk = models.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
         for scope in risk.scopes:
             lifecycle = account.margin.get(scope.scope)
             rows.append(
