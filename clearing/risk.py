@@ -202,7 +202,7 @@ def _scope_figures(scope: ScopeRisk) -> dict[str, Any]:
         "initial_margin": to_wire(scope.initial_margin),
         "maintenance_margin": to_wire(scope.maintenance_margin),
         "margin_ratio": _optional(scope.margin_ratio),
-        "status": scope.status,
+        "status": scope.status.value,
     }
 
 

@@ -295,7 +295,7 @@ def _status(state: LedgerState, account_id: str, scope: str) -> tuple[Account, M
 
 def _apply_call(state: LedgerState, decision: MarginCallIssued | MarginCallEscalated) -> None:
     account, status = _status(state, decision.account_id, decision.scope)
-    status.status = decision.level
+    status.status = decision.level.value
     status.margin_call_id = decision.margin_call_id
     key = (account.account_id, decision.scope)
     if decision.level == Level.MAINTENANCE and decision.deadline is not None:
@@ -331,7 +331,7 @@ def _apply_order(state: LedgerState, decision: LiquidationOrderIssued) -> None:
     )
     state.liquidations[order.liquidation_id] = order
     status.pending_orders.append(order.liquidation_id)
-    status.status = Level.LIQUIDATION
+    status.status = Level.LIQUIDATION.value
     state.deadlines.pop((decision.account_id, decision.scope), None)
 
 
@@ -348,7 +348,7 @@ def _apply_insurance_draw(state: LedgerState, decision: InsuranceFundDrawn) -> N
 
 def _apply_bankrupt(state: LedgerState, decision: AccountBankrupted) -> None:
     account, status = _status(state, decision.account_id, decision.scope)
-    status.status = Level.BANKRUPT
+    status.status = Level.BANKRUPT.value
     account.deficit = decision.deficit
 
 

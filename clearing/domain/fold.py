@@ -246,8 +246,8 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
     bankrupt accounts are carried in their negative balances until the waterfall covers them.
     """
     # The terms gathered by asset and each list summed by ``sum``, not a running total per asset
-    # read and written back for every term: 32 -> 27 million instructions a sample of the state of
-    # bench/replay.py's 5,000 accounts. Exact sums: the order does not change a digit.
+    # read and written back for every term (cheaper: docs/performance.md). Exact sums: the order
+    # does not change a digit.
     settled_in = {symbol: spec.settlement_asset for symbol, spec in state.parameters.instruments_by_symbol.items()}
     added: dict[str, list[Decimal]] = {}  # balances and isolated margin
     costs: dict[str, list[Decimal]] = {}

@@ -229,7 +229,7 @@ class MarginModel:
     request and the calculator's ``margin_model`` field spell (``models.model_named``)."""
 
     def __init__(self, name: str) -> None:
-        self.name: Final = name
+        self.name = name
 
     def evaluate(
         self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool

@@ -109,7 +109,9 @@ class MarginStatus:
     """Lifecycle state of one margin scope: the cross account ("cross") or an isolated position
     ("isolated:<instrument>")."""
 
-    status: str = "healthy"  # healthy, warning, maintenance, liquidation, bankrupt
+    # The text of a ``levels.Level`` (text, as snapshots and payloads hold it; compares equal to
+    # the Level it spells).
+    status: str = "healthy"
     margin_call_id: str | None = None
     deadline: datetime | None = None
     pending_orders: list[str] = field(default_factory=list)  # liquidation ids not yet fully filled
@@ -236,8 +238,8 @@ class InstrumentTerms:
 
 class Terms:
     """The parameters the fold reads on every fill (``LedgerState.terms``), copied out of the
-    pydantic models: a read of a model's field went through the model class's attribute hook,
-    about 380 instructions, and an ordinary fill read five or six of them."""
+    pydantic models: a read of a model's field goes through the model class's attribute hook,
+    and an ordinary fill read five or six of them (docs/performance.md)."""
 
     def __init__(self, parameters: RiskParameters) -> None:
         self.parameters: Final = parameters  # the document these were copied from

@@ -311,9 +311,8 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
         return False  # closed: the scope's dependencies change
     # Only this position moved since the last absorbed fill: update its share of the totals.
     # Kept as the position's value and as one sum of the terms the test adds, not as a move from
-    # the reference each, and the totals as ``FillBudget`` keeps them: 16 decimal operations a
-    # fill with ``_unspent``, not 22 (about 500 instructions each, most of it the decimal
-    # module's own overhead).
+    # the reference each, and the totals as ``FillBudget`` keeps them: fewer decimal operations
+    # a fill (docs/performance.md).
     value = quantity * budgeted.unit - position.cost
     size = abs(quantity)
     fixed = abs(size - budgeted.size) * budgeted.unit_rate + size * budgeted.unit_spread

@@ -177,7 +177,7 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
                     "initial_margin": scope.initial_margin,
                     "maintenance_margin": scope.maintenance_margin,
                     "margin_ratio": scope.margin_ratio,
-                    "status": lifecycle.status if lifecycle is not None else scope.status,
+                    "status": lifecycle.status if lifecycle is not None else scope.status.value,
                     "as_of": as_of,
                 }
             )
