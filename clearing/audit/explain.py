@@ -218,6 +218,24 @@ def _liquidation_steps(
     }
 
 
+def _earlier_orders(conn: sa.Connection, decision: Any) -> list[Any]:
+    """The liquidation orders of the same cause that the log holds before ``decision``."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
+                "AND type = :t ORDER BY position"
+            ),
+            {
+                "s": decision.shard,
+                "c": decision.cause_position,
+                "p": decision.position,
+                "t": ev.LIQUIDATION_ORDER_ISSUED,
+            },
+        )
+    )
+
+
 def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         decision, later = _find(conn, decision_id)
@@ -226,22 +244,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
             {"p": decision.cause_position},
         ).one()
         state = _state_before(conn, decision)
-        earlier: list[Any] = []
-        if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
-            earlier = list(
-                conn.execute(
-                    sa.text(
-                        "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
-                        "AND type = :t ORDER BY position"
-                    ),
-                    {
-                        "s": decision.shard,
-                        "c": decision.cause_position,
-                        "p": decision.position,
-                        "t": ev.LIQUIDATION_ORDER_ISSUED,
-                    },
-                )
-            )
+        earlier = _earlier_orders(conn, decision) if decision.type == ev.LIQUIDATION_ORDER_ISSUED else []
     payload = decision.payload
     account_id = payload["account_id"]
     with _ledger_context():

@@ -88,10 +88,6 @@ _STATUS_ONLY: Final = (
 )
 
 
-class FixpointNotReached(RuntimeError):
-    """Re-margining one step did not settle within ``REMARGIN_ROUNDS_MAX`` rounds."""
-
-
 def decide(
     state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str] | None = None
 ) -> None:
@@ -217,8 +213,9 @@ class _Remargin:
             self.others.clear()
             if not selected:
                 return
-        raise FixpointNotReached(
-            f"re-margining did not settle in {REMARGIN_ROUNDS_MAX} rounds; still changing: {sorted(selected)}"
+        # A broken invariant, not an operating error: stop the ledger (STYLE.md).
+        raise RuntimeError(
+            f"re-margining did not reach a fixpoint in {REMARGIN_ROUNDS_MAX} rounds; still changing: {sorted(selected)}"
         )
 
     def _account(self, account_id: str, full: set[str], hits: set[tuple[str, str]]) -> None:
@@ -272,8 +269,12 @@ def _changed_by(message: InputMessage) -> set[str]:
     return set()
 
 
+# The id fields of decisions, and the prefix of the ids each carries (``_Ids``).
+_ID_KEYS: Final = (("margin_call_id", "MC"), ("liquidation_id", "L"))
+
+
 def _carried_ids(decision: Decision) -> dict[str, Any]:
-    return {key: getattr(decision, key, None) for key, _prefix in _Ids.KEYS}
+    return {key: getattr(decision, key, None) for key, _prefix in _ID_KEYS}
 
 
 class _Ids:
@@ -283,8 +284,6 @@ class _Ids:
     numbering as it was, so the ids do not depend on how many scopes a step looked at (brute
     force looks at more than the trigger index, and a restarted ledger at more than a running
     one)."""
-
-    KEYS = (("margin_call_id", "MC"), ("liquidation_id", "L"))
 
     def __init__(self, position: int) -> None:
         self.position = position
@@ -296,7 +295,7 @@ class _Ids:
 
     def take(self, carried: Mapping[str, Any]) -> None:
         """Take the ids a decision carries (its fields by name)."""
-        for key, prefix in self.KEYS:
+        for key, prefix in _ID_KEYS:
             value = carried.get(key)
             if value is not None and value == self.next(prefix):
                 self.count[prefix] = self.count.get(prefix, 0) + 1
