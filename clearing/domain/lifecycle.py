@@ -44,12 +44,10 @@ from clearing.domain.decisions import (
     WithdrawalRejected,
 )
 from clearing.domain.inputs import (
-    Deposit,
     Fill,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
-    LiquidationFill,
     Mark,
     RiskParametersMessage,
     Settlement,
@@ -88,9 +86,7 @@ _STATUS_ONLY: Final = (
 )
 
 
-def decide(
-    state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str] | None = None
-) -> None:
+def decide(state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str]) -> None:
     """Decide on the input ``message`` just applied. ``changed``: the accounts its application
     touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches:
     the same set, to which the decisions add their accounts, so it is read before the first);
@@ -100,8 +96,6 @@ def decide(
     the symbol when ``state.triggers.brute_force`` is set."""
     index = state.triggers
     indexed = not index.brute_force and not index.stale
-    if changed is None:
-        changed = _changed_by(message)
     # An ordinary fill the index can prove changes nothing it watches (triggers.absorbs_fill)
     # needs neither a re-margin nor a refresh of its account: with no deadline due, the step has
     # nothing else to look at. Most inputs are such fills, so this is asked before the accounts
@@ -121,11 +115,13 @@ def decide(
     # The fee account, the insurance fund and the funding pool are the clearing house's own
     # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
     full = changed - SYSTEM_ACCOUNTS_SET
-    if type(message) is Withdrawal:
-        emit(decide_withdrawal(state, message))
-    elif type(message) is IsolatedMarginTransfer:
-        emit(decide_isolated_transfer(state, message))
-    hits = _affected(state, message, indexed, full, absorbed)
+    request = _REQUESTS.get(type(message))
+    if request is not None:
+        emit(request(state, message))
+    hits: set[tuple[str, str]] = set()
+    moved = _MOVES.get(type(message))
+    if moved is not None:
+        hits = moved(state, message, indexed, full, absorbed)
     full -= absorbed
     # Scopes with a running deadline are looked at on every event: time moves with event time.
     # Scopes in liquidation need no such sweep: only their own events and the prices they depend
@@ -138,30 +134,44 @@ def decide(
     _reindex(state, message, indexed, step, absorbed)
 
 
-def _affected(
-    state: LedgerState, message: InputMessage, indexed: bool, full: set[str], absorbed: set[str]
-) -> set[tuple[str, str]]:
-    """Add to ``full`` the accounts the message moves besides those it changed (and to
-    ``absorbed`` those of them the index absorbs); returns the scopes whose trigger a mark
-    crossed."""
-    hits: set[tuple[str, str]] = set()
-    if type(message) is Mark:
-        if indexed:
-            hits, always = triggers.crossed(state, message.symbol, message.price)
-            full |= always
-        else:
-            full |= triggers.dependents(state, message.symbol)
-    elif type(message) is Funding:
-        full.update(state.holders.get(message.symbol, ()))
-        if indexed:
-            # A payment moves each holder's balance only: the index absorbs it like a fill's.
-            absorbed.update(account_id for account_id in full if triggers.absorbs_balance(state, account_id))
-    elif type(message) is Settlement:
-        full.update(state.holders.get(message.symbol, ()))
-    elif type(message) is RiskParametersMessage:
-        full.update(state.holders_all())
-        full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+# What an input moves besides the accounts its booking changed, by message type: each adds the
+# accounts to re-margin in full to ``full`` (and to ``absorbed`` those the index absorbs), and
+# returns the scopes whose trigger a mark crossed.
+_Moves = Callable[[LedgerState, Any, bool, set[str], set[str]], set[tuple[str, str]]]
+
+
+def _marked(state: LedgerState, mark: Mark, indexed: bool, full: set[str], absorbed: set[str]) -> set[tuple[str, str]]:
+    if not indexed:
+        full |= triggers.dependents(state, mark.symbol)
+        return set()
+    hits, always = triggers.crossed(state, mark.symbol, mark.price)
+    full |= always
     return hits
+
+
+def _funded(
+    state: LedgerState, funding: Funding, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders.get(funding.symbol, ()))
+    if indexed:
+        # A payment moves each holder's balance only: the index absorbs it like a fill's.
+        absorbed.update(account_id for account_id in full if triggers.absorbs_balance(state, account_id))
+    return set()
+
+
+def _settled(
+    state: LedgerState, settlement: Settlement, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders.get(settlement.symbol, ()))
+    return set()
+
+
+def _reparametrised(
+    state: LedgerState, message: RiskParametersMessage, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders_all())
+    full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+    return set()
 
 
 def _reindex(state: LedgerState, message: InputMessage, indexed: bool, step: _Remargin, absorbed: set[str]) -> None:
@@ -263,12 +273,6 @@ def _only_account(changed: set[str], account_id: str) -> bool:
     return all(other == account_id or other in SYSTEM_ACCOUNTS_SET for other in changed)
 
 
-def _changed_by(message: InputMessage) -> set[str]:
-    if isinstance(message, (Fill, LiquidationFill, Deposit, Withdrawal, IsolatedMarginTransfer)):
-        return {message.account_id}
-    return set()
-
-
 # The id fields of decisions, and the prefix of the ids each carries (``_Ids``).
 _ID_KEYS: Final = (("margin_call_id", "MC"), ("liquidation_id", "L"))
 
@@ -354,6 +358,19 @@ def decide_isolated_transfer(
     return IsolatedMarginTransferred(
         request.account_id, request.transfer_id, request.instrument, asset, request.amount, version
     )
+
+
+# The requests an input makes, answered by one decision each, by message type.
+_REQUESTS: Final[dict[type, Callable[[LedgerState, Any], Decision]]] = {
+    Withdrawal: decide_withdrawal,
+    IsolatedMarginTransfer: decide_isolated_transfer,
+}
+_MOVES: Final[dict[type, _Moves]] = {
+    Mark: _marked,
+    Funding: _funded,
+    Settlement: _settled,
+    RiskParametersMessage: _reparametrised,
+}
 
 
 def _isolated_reason_after(state: LedgerState, account: Account, instrument: str, change: Decimal) -> str | None:
