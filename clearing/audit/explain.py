@@ -312,18 +312,9 @@ def _ledger_context() -> Any:
 # words
 
 
-def render(result: dict[str, Any]) -> str:
-    d, c, s = result["decision"], result["cause"], result["scope"]
-    p = d["payload"]
+def _collateral_lines(s: dict[str, Any]) -> list[str]:
     va = s["valuation_asset"]
-    out = [
-        f"{result['id']}: {d['type']} at log position {d['position']} ({d['occurred_at']}), account "
-        f"{s['account_id']}, scope {s['scope']}, risk parameters {s['parameters_version']}.",
-        f"Cause: {c['type']} at position {c['position']}: {json.dumps(c['payload'], sort_keys=True)}",
-        "The state is the shard's log folded up to and including the cause.",
-        "",
-        "Collateral:",
-    ]
+    out: list[str] = []
     for item in s["collateral"]:
         if "asset" in item:
             bands = "; ".join(f"{b['haircut']} on {b['from']}..{b['to'] or 'above'}" for b in item["haircut_bands"])
@@ -336,7 +327,11 @@ def render(result: dict[str, Any]) -> str:
         else:
             out.append(f"  isolated margin {item['isolated_margin']} (value {item['value']} {va})")
     out.append(f"  collateral value = {s['collateral_value']} {va}")
-    out.append("Positions:")
+    return out
+
+
+def _position_lines(s: dict[str, Any]) -> list[str]:
+    out = ["Positions:"]
     for q in s["positions"]:
         out += [
             f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
@@ -351,6 +346,49 @@ def render(result: dict[str, Any]) -> str:
             f"    initial = {q['settlement_price']} x ({q['notional']} x {q['initial_rate']} - {q['initial_amount']}) "
             f"rounded up = {q['initial_margin']}",
         ]
+    return out
+
+
+def _liquidation_lines(p: dict[str, Any], liq: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        f"Liquidation order: {p['side']} {p['quantity']} {p['instrument']} (position {p['position_quantity']}).",
+        f"  Orders start from equity {liq['equity_before']} and maintenance {liq['maintenance_before']}; the "
+        f"target is maintenance <= {liq['target_ratio']} x equity after the order, with the liquidation fee "
+        f"({liq['fee_rate']} x notional executed, rounded up) taken from equity. Quantities move in steps of "
+        f"{liq['quantity_step']}; the least quantity that meets the target is chosen"
+        + (" (none does: the whole position)." if liq["full"] else "."),
+    ]
+    for step in liq["at_quantity_and_one_step_less"]:
+        out.append(
+            f"  reduce by {step['reduce_by']}: left {step['left']} (notional {step['notional_left']}, tier "
+            f"{step['tier_left']}, maintenance {step['maintenance_left']}), fee {step['fee']}; equity "
+            f"{step['equity_after']}, maintenance {step['maintenance_after']} vs {liq['target_ratio']} x equity = "
+            f"{step['target_x_equity_after']}: {'meets' if step['meets_target'] else 'misses'} the target"
+        )
+    sign = "-" if p["side"] == "sell" else "+"
+    out.append(
+        f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
+        f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
+        f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
+    )
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    d, c, s = result["decision"], result["cause"], result["scope"]
+    p = d["payload"]
+    va = s["valuation_asset"]
+    out = [
+        f"{result['id']}: {d['type']} at log position {d['position']} ({d['occurred_at']}), account "
+        f"{s['account_id']}, scope {s['scope']}, risk parameters {s['parameters_version']}.",
+        f"Cause: {c['type']} at position {c['position']}: {json.dumps(c['payload'], sort_keys=True)}",
+        "The state is the shard's log folded up to and including the cause.",
+        "",
+        "Collateral:",
+    ]
+    out += _collateral_lines(s)
+    out += _position_lines(s)
     t = s["thresholds"]
     out += [
         f"Equity = collateral {s['collateral_value']} + PnL {s['unrealised_pnl']} = {s['equity']} {va}",
@@ -360,29 +398,7 @@ def render(result: dict[str, Any]) -> str:
         f"resolved below {t['resolve_ratio']}; grace {t['grace_period_seconds']} s)",
     ]
     if "liquidation" in result:
-        liq = result["liquidation"]
-        out += [
-            "",
-            f"Liquidation order: {p['side']} {p['quantity']} {p['instrument']} (position {p['position_quantity']}).",
-            f"  Orders start from equity {liq['equity_before']} and maintenance {liq['maintenance_before']}; the "
-            f"target is maintenance <= {liq['target_ratio']} x equity after the order, with the liquidation fee "
-            f"({liq['fee_rate']} x notional executed, rounded up) taken from equity. Quantities move in steps of "
-            f"{liq['quantity_step']}; the least quantity that meets the target is chosen"
-            + (" (none does: the whole position)." if liq["full"] else "."),
-        ]
-        for step in liq["at_quantity_and_one_step_less"]:
-            out.append(
-                f"  reduce by {step['reduce_by']}: left {step['left']} (notional {step['notional_left']}, tier "
-                f"{step['tier_left']}, maintenance {step['maintenance_left']}), fee {step['fee']}; equity "
-                f"{step['equity_after']}, maintenance {step['maintenance_after']} vs {liq['target_ratio']} x equity = "
-                f"{step['target_x_equity_after']}: {'meets' if step['meets_target'] else 'misses'} the target"
-            )
-        sign = "-" if p["side"] == "sell" else "+"
-        out.append(
-            f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
-            f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
-            f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
-        )
+        out += _liquidation_lines(p, result["liquidation"])
     else:
         out.append(
             f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
