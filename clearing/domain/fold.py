@@ -5,8 +5,8 @@ state (``booking``), ``decide`` says what the ledger decides because of it (``li
 No I/O, no clock, no randomness: time is the event's ``occurred_at`` and decision ids derive from
 log positions, so replaying the log reproduces every decision exactly.
 
-Money moves only by the rules of ``booking``, and every move has its opposite entry, so the conservation
-invariant holds at every position of the log (see ``conservation``):
+Money moves only by the rules of ``booking``, and every move has its opposite entry, so the
+conservation invariant holds at every position of the log (see ``conservation``):
 
     sum(balances) + sum(isolated margin) + sum(unrealised PnL at any common mark)
         == deposits - withdrawals        (per asset)

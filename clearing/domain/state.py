@@ -231,7 +231,7 @@ class InstrumentTerms:
         self.unit_contract: Final = contract_size.as_tuple() == (0, (1,), 0)
 
     def times_size(self, amount: Decimal) -> Decimal:
-        """``amount x contract size`` (a quantity x price made a notional, as ``fold.trade``
+        """``amount x contract size`` (a quantity x price made a notional, as ``booking.trade``
         books it), without the multiplication when the size is exactly 1."""
         return amount if self.unit_contract else amount * self.contract_size
 

@@ -40,9 +40,9 @@ tests/domain/test_triggers.py checks it on random markets):
    bounds can still cross a threshold (cross equity E0 + a dX + b dY reaches 0 at dX = -E0/a
    with dY = 0, but at half of each). Such a scope gets bands from a budget shared by its
    symbols (the model's ``budget_bands``): conservative, so it is re-margined more often than
-   needed, never less. Accounts with a scope in liquidation or bankrupt (whose lifecycle steps on numbers the
-   triggers do not watch: target ratio, positions closed), and scopes the budget cannot bound,
-   are in ``always[symbol]`` of every symbol they depend on: brute force for them.
+   needed, never less. Accounts with a scope in liquidation or bankrupt (whose lifecycle steps
+   on numbers the triggers do not watch: target ratio, positions closed), and scopes the budget
+   cannot bound, are in ``always[symbol]`` of every symbol they depend on: brute force for them.
 5. The first mark of a symbol since the index was built re-margins every dependent (an unpriced
    asset has no trigger; an unmarked instrument was valued at its entry price).
 6. Order: accounts are re-margined in sorted order and scopes in ``scopes`` order, in both modes;
