@@ -48,10 +48,11 @@ RELAY_BACKLOG_EVERY_S = 1.0  # the backlog (count, oldest row) is read at most t
 RELAY_DELIVERY_TIMEOUT_MS = 30_000
 RELAY_REQUEST_TIMEOUT_MS = 10_000  # one produce request
 RELAY_MAX_BLOCK_MS = 10_000  # longest send() waits for a topic's metadata or buffer space
+RELAY_CONNECT_TIMEOUT_MS = 10_000  # longest building a producer waits for a broker to answer
 RELAY_LINGER_MS = 5
-# Longest the relay waits for one send's result: its delivery timeout and a margin for the
-# producer's thread to report it.
-RELAY_RESULT_WAIT_S = RELAY_DELIVERY_TIMEOUT_MS / 1000 + 5.0
+# Longest the relay waits for one send's result beyond its delivery timeout: the producer's
+# thread reports an expired batch a moment after it expired.
+RELAY_RESULT_MARGIN_S = 5.0
 if RELAY_DELIVERY_TIMEOUT_MS < RELAY_LINGER_MS + RELAY_REQUEST_TIMEOUT_MS:
     raise RuntimeError("RELAY_DELIVERY_TIMEOUT_MS must cover the linger and one request (kafka-python refuses less)")
 
@@ -106,7 +107,14 @@ def read_backlog(conn: sa.Connection) -> OutboxBacklog:
     )
 
 
-def make_producer(bootstrap: str) -> KafkaProducer:
+def make_producer(
+    bootstrap: str,
+    *,
+    delivery_timeout_ms: int = RELAY_DELIVERY_TIMEOUT_MS,
+    connect_timeout_ms: int = RELAY_CONNECT_TIMEOUT_MS,
+) -> KafkaProducer:
+    if delivery_timeout_ms < RELAY_LINGER_MS + 1:
+        raise ValueError(f"delivery_timeout_ms must be above the linger ({RELAY_LINGER_MS} ms)")
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="clearing-outbox",
@@ -116,17 +124,31 @@ def make_producer(bootstrap: str) -> KafkaProducer:
         # Off: a broker that restarted (a new cluster) refuses the old producer id for good, and
         # consumers de-duplicate by id anyway.
         enable_idempotence=False,
-        delivery_timeout_ms=RELAY_DELIVERY_TIMEOUT_MS,
-        request_timeout_ms=RELAY_REQUEST_TIMEOUT_MS,
-        max_block_ms=RELAY_MAX_BLOCK_MS,
+        delivery_timeout_ms=delivery_timeout_ms,
+        request_timeout_ms=min(RELAY_REQUEST_TIMEOUT_MS, delivery_timeout_ms - RELAY_LINGER_MS),
+        max_block_ms=min(RELAY_MAX_BLOCK_MS, delivery_timeout_ms),
+        bootstrap_timeout_ms=connect_timeout_ms,
         max_request_size=outputs.PRODUCER_REQUEST_BYTES_MAX,
     )
 
 
 class OutboxRelay:
-    def __init__(self, engine: sa.Engine, bootstrap: str) -> None:
+    """``delivery_timeout_ms`` / ``connect_timeout_ms``: how long a send may go unacknowledged, and
+    building a producer may wait for a broker, before the round fails (tests shorten them)."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        bootstrap: str,
+        *,
+        delivery_timeout_ms: int = RELAY_DELIVERY_TIMEOUT_MS,
+        connect_timeout_ms: int = RELAY_CONNECT_TIMEOUT_MS,
+    ) -> None:
         self.engine = engine
         self.bootstrap = bootstrap
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.result_wait_s = delivery_timeout_ms / 1000 + RELAY_RESULT_MARGIN_S
         self._producer: KafkaProducer | None = None
         self.published = 0  # rows acknowledged and marked by this relay
         self.sent = 0  # sends handed to the producer (re-sends included)
@@ -141,7 +163,9 @@ class OutboxRelay:
     @property
     def producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = make_producer(self.bootstrap)
+            self._producer = make_producer(
+                self.bootstrap, delivery_timeout_ms=self.delivery_timeout_ms, connect_timeout_ms=self.connect_timeout_ms
+            )
         return self._producer
 
     def publish_pending(self) -> int:
@@ -182,7 +206,7 @@ class OutboxRelay:
         acknowledged: list[int] = []
         for (outbox_id, *_), future in zip(rows, futures, strict=False):
             try:
-                future.get(timeout=RELAY_RESULT_WAIT_S)
+                future.get(timeout=self.result_wait_s)
             except Exception as error:  # KafkaError, or the wait for the result ran out
                 failure = f"outbox row {outbox_id} was not acknowledged by the broker: {error!r}"
                 break
@@ -267,7 +291,7 @@ class OutboxRelay:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=RELAY_RESULT_WAIT_S + RELAY_RETRY_BACKOFF_MAX_S)
+            self._thread.join(timeout=self.result_wait_s + RELAY_RETRY_BACKOFF_MAX_S)
         if drain and not self._probing:  # the broker did not answer lately: do not hold the stop up for it
             try:
                 while self.publish_pending():
