@@ -298,7 +298,8 @@ def test_verify_reports_a_backlog_and_fails_on_decisions_left_unpublished_while_
     assert finding.ok, finding
     assert finding.details["outbox_unpublished"] == 3
     assert finding.details["unpublished_by_topic"] == {topic_prefix + outputs.WITHDRAWALS: 3}
-    assert finding.details["outbox_oldest_unpublished_age_s"] >= 0
+    assert finding.details["outbox_oldest_unpublished_at"] is not None
+    assert finding.details["oldest_unpublished_behind_last_batch_s"] <= OUTBOX_UNPUBLISHED_BEHIND_LOG_S_MAX
 
     # The same rows, written long before the log's last batch: the ledger went on without them.
     with owner_engine.begin() as conn:
