@@ -190,7 +190,7 @@ class CheckpointPolicy:
     committed_events: int = 0
     last_position: int = 0  # the position of the latest checkpoint this process wrote
     _staged: list[Checkpoint] = field(default_factory=list)
-    _staged_events: int = 0
+    _stream: CheckpointingStream | None = None  # the batch's stream, which counts its events
 
     def __post_init__(self) -> None:
         if self.every_events < 1:
@@ -198,14 +198,15 @@ class CheckpointPolicy:
 
     def reset(self, committed_events: int) -> None:
         self.committed_events = committed_events
-        self._staged, self._staged_events = [], 0
+        self._staged, self._stream = [], None
 
     def watch(self, stream: Any, shard: int) -> CheckpointingStream:
         """``stream`` (an ``eventlog.EventStream``) that stages a checkpoint at each row that
         brings the shard's count to a multiple of ``every_events``. A new batch starts afresh:
         what an earlier, failed write staged is dropped with its transaction."""
-        self._staged, self._staged_events = [], 0
-        return CheckpointingStream(stream, self, shard)
+        self._staged = []
+        self._stream = CheckpointingStream(stream, self, shard)
+        return self._stream
 
     def staged_messages(self) -> list[tuple[None, str, str, dict[str, Any]]]:
         """The outbox rows of the checkpoints the batch staged (position None: not a decision)."""
@@ -213,38 +214,38 @@ class CheckpointPolicy:
 
     def commit(self) -> None:
         """The batch committed: its events count, its checkpoints are out of the writer's hands."""
-        self.committed_events += self._staged_events
+        if self._stream is not None:
+            self.committed_events = self._stream.count
         if self._staged:
             self.last_position = self._staged[-1].position
-        self._staged, self._staged_events = [], 0
+        self._staged, self._stream = [], None
 
 
 class CheckpointingStream:
     """An event stream that counts the rows it passes on (``eventlog.EventStream``'s ``add`` and
     ``flush``) and stages checkpoints on its policy."""
 
-    __slots__ = ("_count", "_every", "_policy", "_shard", "_stream")
+    __slots__ = ("_every", "_policy", "_shard", "_stream", "count")
 
     def __init__(self, stream: Any, policy: CheckpointPolicy, shard: int) -> None:
         self._stream = stream
         self._policy = policy
         self._shard = shard
         self._every = policy.every_events
-        self._count = policy.committed_events
+        self.count = policy.committed_events  # the shard's events up to the last row passed on
 
     def add(self, row: eventlog.EventRow) -> None:
         self._stream.add(row)
-        self._count += 1
-        policy = self._policy
-        policy._staged_events += 1
-        if self._count % self._every == 0:
+        count = self.count + 1
+        self.count = count
+        if count % self._every == 0:
             occurred_at = row[7]
-            policy._staged.append(
+            self._policy._staged.append(
                 Checkpoint(
                     self._shard,
                     int(row[0]),
                     bytes(row[-1]),
-                    self._count,
+                    count,
                     occurred_at if isinstance(occurred_at, str) else format_time(occurred_at),
                 )
             )
