@@ -123,3 +123,39 @@ def test_a_checkpoint_at_a_time_before_year_1000_keeps_the_logs_spelling() -> No
     policy.watch(_Sink(), shard=0).add(tuple(row))
     # What the verifier compares it with: format_time of the logged time (the one spelling).
     assert policy.staged_messages()[0][3]["occurred_at"] == format_time(datetime(999, 1, 2, tzinfo=UTC))
+
+
+def test_the_signer_and_the_verifiers_public_key_come_from_the_settings(tmp_path: Any) -> None:
+    from pydantic import SecretStr
+
+    from clearing.settings import Settings
+
+    assert checkpoints.signer_from(Settings(home=tmp_path)) is None
+    assert checkpoints.public_key_from(Settings(home=tmp_path)) is None
+    signing = Settings(home=tmp_path, signing_key=SecretStr(SEED.hex()))
+    signer = checkpoints.signer_from(signing)
+    assert signer is not None
+    derived = checkpoints.public_key_from(signing)
+    assert derived is not None
+    assert checkpoints.public_key_text(derived) == checkpoints.public_key_text(signer.public_key)
+    other = Ed25519PrivateKey.generate().public_key()
+    explicit = Settings(
+        home=tmp_path, signing_key=SecretStr(SEED.hex()), signing_public_key=checkpoints.public_key_text(other)
+    )
+    chosen = checkpoints.public_key_from(explicit)
+    assert chosen is not None and checkpoints.public_key_text(chosen) == checkpoints.public_key_text(other)
+
+
+def test_the_verifier_says_why_it_has_no_broker_to_read_the_checkpoints_from(tmp_path: Any) -> None:
+    from clearing.audit.published import CheckpointSource, checkpoints_finding
+    from clearing.settings import Settings
+
+    settings = Settings(home=tmp_path, kafka_bootstrap="kafka:9092", topic_prefix="x.")
+    configured = CheckpointSource.from_settings(settings)
+    assert (configured.bootstrap, configured.topic, configured.unavailable) == ("kafka:9092", "x.checkpoints", None)
+    # Nothing configured and no embedded broker running under the home: none is started (it would be empty).
+    nothing = CheckpointSource.from_settings(Settings(home=tmp_path), required=True)
+    assert nothing.bootstrap is None and str(tmp_path) in (nothing.unavailable or "")
+    finding = checkpoints_finding(None, nothing)  # type: ignore[arg-type]  # never reaches the database
+    assert not finding.checked and not finding.ok  # required
+    assert (finding.problem or "").startswith("checkpoints not checked: no broker")
