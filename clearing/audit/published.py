@@ -61,6 +61,29 @@ class Finding:
     checked: bool = True
 
 
+def notes(name: str, details: dict[str, Any]) -> list[str]:
+    """Lines ``audit verify`` prints under the outbox and checkpoints checks (what passed, said)."""
+    lines = []
+    if name == "outbox" and details.get("outbox_unpublished"):
+        lines.append(
+            f"note: {details['outbox_unpublished']} outbox rows not published yet, the oldest written "
+            f"{details['outbox_oldest_unpublished_at']} ({details['oldest_unpublished_behind_last_batch_s']} s before "
+            f"the log's last batch); by topic: {details['unpublished_by_topic']}"
+        )
+    if name == "checkpoints" and details.get("checked"):
+        for shard, anchor in details.get("anchored", {}).items():
+            lines.append(
+                f"note: shard {shard} anchored at position {anchor['position']} ({anchor['event_count']} events); "
+                f"{anchor['events_after']} events after it not anchored yet"
+            )
+        lines.append(
+            f"note: {details['trusted']} checkpoints compared from {details['topic']}; signatures "
+            f"{details['signatures']}"
+            + (f"; {details['unsigned_ignored']} unsigned ones not trusted" if details.get("unsigned_ignored") else "")
+        )
+    return ["     " + line for line in lines]
+
+
 # ---------------------------------------------------------------------------------------------
 # outbox
 

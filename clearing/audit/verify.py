@@ -56,6 +56,7 @@ from clearing.audit.parallel import (
     worker_context,
 )
 from clearing.audit.published import CheckpointSource, Finding, checkpoints_finding, outbox_finding
+from clearing.audit.published import notes as published_notes
 from clearing.audit.rebuild import (
     TABLES,
     compare_table,
@@ -452,6 +453,7 @@ def run_verify(
                 for table, detail in check.details.items():
                     for note in detail.get("notes", []):
                         lines.append(f"     {table}: {note}")
+            lines += published_notes(check.name, check.details)
             if check.name == "log_tail":
                 for note in check.details.get("offset_notes", []):
                     lines.append(f"     note: {note}")

@@ -141,7 +141,12 @@ def _published(broker: str, prefix: str, at_least: int) -> list[dict[str, Any]]:
 
 
 def test_checkpoints_go_out_every_interval_and_at_the_head_and_an_honest_log_agrees_with_them(
-    anchored: InProcessLedger, owner_engine: sa.Engine, broker: str, topic_prefix: str, signer: checkpoints.Signer
+    anchored: InProcessLedger,
+    owner_engine: sa.Engine,
+    broker: str,
+    topic_prefix: str,
+    signer: checkpoints.Signer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     head = ACCOUNTS
     expected = [*range(EVERY, head + 1, EVERY), head]
@@ -162,6 +167,12 @@ def test_checkpoints_go_out_every_interval_and_at_the_head_and_an_honest_log_agr
     assert check.details["checked"] is True and check.details["signatures"] == "checked"
     assert check.details["trusted"] == len(expected)
     assert check.details["anchored"] == {"0": {"position": head, "event_count": head, "events_after": 0}}
+
+    assert run_verify(owner_engine, False, checkpoints=_source(broker, topic_prefix, signer.public_key)) == 0
+    out = capsys.readouterr().out
+    assert "ok   checkpoints" in out
+    assert f"note: shard 0 anchored at position {head} ({head} events); 0 events after it not anchored yet" in out
+    assert "verified: every check holds" in out
 
 
 def test_a_forged_row_with_a_recomputed_chain_and_a_rebuild_is_caught_by_the_checkpoints(
