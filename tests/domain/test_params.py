@@ -429,3 +429,24 @@ def test_a_simulated_linear_market_decides_identically_with_and_without_the_bund
         admit(v2_state, mark)
         assert step(v2_state, mark, 1_000_000 + number) == []
     assert accounts(v2_state) == before
+
+
+def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``clearing params apply --check`` validates and publishes nothing; it says per kind what
+    this ledger version books, so an operator learns before applying that option fills would be
+    dead-lettered."""
+    from clearing.cli import main
+
+    path = tmp_path / "bundled.json"
+    path.write_text(json.dumps(bundled_document()))
+    assert main(["params", "apply", "--check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "valid: risk parameters bundled-2026-11-23.1, 23 instruments, 5 assets",
+        "  perpetual: 3 instruments, booked by this ledger version",
+        "  option: 20 instruments parsed; this ledger version does not book option fills yet "
+        "(they would be dead-lettered)",
+    ]
+    bad = with_option(strike="0")
+    path.write_text(json.dumps(bad))
+    assert main(["params", "apply", "--check", str(path)]) == 2
+    assert "strike must be positive" in capsys.readouterr().err
