@@ -122,9 +122,9 @@ class Tier(_Document):
 
 
 class InstrumentSpec(_Document):
-    """One instrument. Linear kinds carry tiers; an option carries ``underlying``,
-    ``option_type``, ``strike`` and ``expiry`` instead (CONTRACT v2), and is margined by the
-    ``option_margin`` rates of its underlying."""
+    """One instrument. Linear kinds carry tiers (a dated future may also name its ``expiry``);
+    an option carries ``underlying``, ``option_type``, ``strike`` and ``expiry`` instead
+    (CONTRACT v2), and is margined by the ``option_margin`` rates of its underlying."""
 
     OMITTED_UNLESS_GIVEN: ClassVar[frozenset[str]] = frozenset(
         {"tiers", "underlying", "option_type", "strike", "expiry"}
@@ -146,9 +146,14 @@ class InstrumentSpec(_Document):
             raise ValueError(f"{self.symbol}: contract_size must be positive")
         if self.kind == "option":
             return self._option_fields()
-        given = [name for name in ("option_type", "strike", "expiry") if getattr(self, name) is not None]
+        # A dated future may name its expiry (the ledger settles it by its settlement message).
+        option_only = ("option_type", "strike") if self.kind == "future" else ("option_type", "strike", "expiry")
+        given = [name for name in option_only if getattr(self, name) is not None]
         if given:
-            raise ValueError(f"{self.symbol}: {', '.join(given)} belong to options; this instrument is a {self.kind}")
+            verb = "is" if len(given) == 1 else "are"
+            raise ValueError(
+                f"{self.symbol}: {', '.join(given)} {verb} for options only; this instrument is a {self.kind}"
+            )
         if not self.tiers:
             raise ValueError(
                 f"{self.symbol}: a {self.kind} needs tiers (at least one, the last with notional_cap null)"

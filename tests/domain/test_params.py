@@ -208,10 +208,18 @@ def test_an_option_without_option_margin_rates_for_its_underlying_is_refused() -
     assert "option_margin has no rates for the underlying BTC of listed options" in rejected(document)
 
 
-def test_option_fields_on_a_linear_instrument_are_refused() -> None:
+def test_option_fields_on_a_linear_instrument_are_refused_but_a_future_may_name_its_expiry() -> None:
     document = v1_document()
     document["instruments"][0]["strike"] = "70000"
-    assert "strike belong to options; this instrument is a perpetual" in rejected(document)
+    assert "strike is for options only; this instrument is a perpetual" in rejected(document)
+    document = v1_document()
+    document["instruments"][0]["expiry"] = "2027-03-26T08:00:00Z"
+    assert "expiry is for options only; this instrument is a perpetual" in rejected(document)
+    document["instruments"][0]["kind"] = "future"
+    spec = load_parameters(document).instruments[0]
+    assert spec.expiry == datetime(2027, 3, 26, 8, tzinfo=UTC)
+    document["instruments"][0]["option_type"] = "call"
+    assert "option_type is for options only; this instrument is a future" in rejected(document)
 
 
 def test_a_linear_instrument_still_needs_tiers() -> None:
