@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Final, Literal
 
 from clearing.domain.decimalmath import exp, ln, normal_cdf, pricing_context, sqrt
+from clearing.domain.params import InstrumentSpec
 
 OptionType = Literal["call", "put"]
 
@@ -88,3 +89,15 @@ def price(
         # The two products can be nearly equal (far out of the money): their rounded difference
         # may land a unit below zero in the last digit, where the exact value is a tiny positive.
         return value if value > _ZERO else _ZERO
+
+
+def option_value(
+    spec: InstrumentSpec, underlying_mark: Decimal, volatility: Decimal, valuation_at: datetime, rate: Decimal
+) -> Decimal:
+    """Black-76 of one unit of the option ``spec`` as CONTRACT v2 wires it: F = the underlying's
+    mark, K = the strike, t from the expiry and the valuation time, sigma = the mark's iv, r = the
+    document's ``interest_rate``. Unrounded (``numbers.round_model_value`` for the wire)."""
+    if spec.option_type is None or spec.strike is None or spec.expiry is None:
+        raise PricingError(f"{spec.symbol} is a {spec.kind}, not an option: Black-76 does not price it")
+    years = year_fraction(spec.expiry, valuation_at)
+    return price(spec.option_type, underlying_mark, spec.strike, years, volatility, rate)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearing.domain import decimalmath
-from clearing.domain.black76 import PricingError, intrinsic_value, price, year_fraction
+from clearing.domain.black76 import PricingError, intrinsic_value, option_value, price, year_fraction
 from clearing.domain.decimalmath import (
     NORMAL_CDF_ABS_MAX,
     NORMAL_CDF_SERIES_ABS_MAX,
@@ -107,8 +107,22 @@ def test_the_normal_cdf_refuses_infinity_and_nan() -> None:
 @given(st.decimals(min_value=-40, max_value=40, allow_nan=False, allow_infinity=False, places=6))
 def test_the_normal_cdf_is_symmetric_and_increasing(x: Decimal) -> None:
     lower, upper = normal_cdf(-x), normal_cdf(x)
-    assert abs(lower + upper - 1) <= D(10) ** -(PRICING_PRECISION_DIGITS - 1)
+    with localcontext(Context(prec=100)):  # the test's own sum exact
+        assert abs(lower + upper - 1) <= D(10) ** -(PRICING_PRECISION_DIGITS - 1)
     assert normal_cdf(x + D("0.001")) >= upper
+
+
+@pytest.mark.parametrize("side", [D(1), D(-1)])
+def test_the_normal_cdf_is_continuous_and_increasing_across_the_series_fraction_switch(side: Decimal) -> None:
+    """Just below the switch the series answers, at it the continued fraction: the two agree to
+    the last digits, so N keeps increasing through the switch."""
+    with localcontext(Context(prec=100)):  # the test's own sums exact
+        edge = NORMAL_CDF_SERIES_ABS_MAX * side
+        step = D("1e-30")
+        below, at, above = normal_cdf(edge - step), normal_cdf(edge), normal_cdf(edge + step)
+        assert below < at < above
+        # The slope there is the density (about 1.5e-10): a step of 1e-30 moves N by about 1.5e-40.
+        assert abs((above - below) / (2 * step) - normal_pdf(edge)) < D("1e-8") * normal_pdf(edge)
 
 
 def test_the_density_is_the_published_one_at_zero() -> None:
@@ -232,9 +246,51 @@ def test_put_call_parity(forward: Decimal, strike: Decimal, years: Decimal, vola
     call = price("call", forward, strike, years, volatility, rate)
     put = price("put", forward, strike, years, volatility, rate)
     discount = decimalmath.exp(-rate * years)
-    scale = max(forward, strike)
-    assert abs((call - put) - discount * (forward - strike)) <= scale * D("1e-45")
+    with localcontext(Context(prec=100)):  # the test's own arithmetic exact
+        assert abs((call - put) - discount * (forward - strike)) <= max(forward, strike) * D("1e-45")
     assert call >= 0 and put >= 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    forward=st.decimals(min_value="1", max_value="200000", places=1),
+    strike=st.decimals(min_value="1", max_value="200000", places=1),
+    years=st.decimals(min_value="0.001", max_value="3", places=3),
+    volatility=st.decimals(min_value="0.05", max_value="2", places=2),
+    rate=st.decimals(min_value="0", max_value="0.1", places=3),
+    option_type=st.sampled_from(["call", "put"]),
+)
+def test_a_price_lies_between_its_no_arbitrage_bounds_and_grows_with_volatility(
+    forward: Decimal, strike: Decimal, years: Decimal, volatility: Decimal, rate: Decimal, option_type: str
+) -> None:
+    """e^(-rt) intrinsic <= value <= e^(-rt) F (a call) or e^(-rt) K (a put); and more volatility
+    is never worth less (vega >= 0)."""
+    value = price(option_type, forward, strike, years, volatility, rate)  # type: ignore[arg-type]
+    discount = decimalmath.exp(-rate * years)
+    more_volatile = price(option_type, forward, strike, years, volatility + D("0.01"), rate)  # type: ignore[arg-type]
+    with localcontext(Context(prec=100)):  # the test's own sums exact
+        slack = max(forward, strike) * D("1e-45")
+        assert value >= discount * intrinsic_value(option_type, forward, strike) - slack  # type: ignore[arg-type]
+        assert value <= discount * (forward if option_type == "call" else strike) + slack
+        assert more_volatile >= value - slack
+
+
+def test_option_value_wires_the_contracts_inputs() -> None:
+    """F = the underlying's mark, K = the strike, t from the expiry (27 Dec 2026 08:00Z) and the
+    valuation time (73 days before: t = 0.2), sigma = iv, r = interest_rate."""
+    from clearing.domain.params import load_parameters
+    from tests.domain.test_params import with_option
+
+    parameters = load_parameters(with_option())
+    spec = parameters.instrument("BTC-27DEC26-70000-C")
+    assert spec is not None
+    at = datetime(2026, 10, 15, 8, tzinfo=UTC)  # 73 days before the expiry
+    value = option_value(spec, D("65000"), D("0.61"), at, D("0.05"))
+    assert value == price("call", D("65000"), D(70000), D("0.2"), D("0.61"), D("0.05"))
+    linear = parameters.instrument("BTCUSDT")
+    assert linear is not None
+    with pytest.raises(PricingError, match="BTCUSDT is a perpetual, not an option"):
+        option_value(linear, D("65000"), D("0.61"), at, D(0))
 
 
 @pytest.mark.parametrize("option_type", ["call", "put"])
