@@ -74,8 +74,6 @@ Identifier = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX)
 ZonedTime = Annotated[datetime, BeforeValidator(_zoned_time), PlainSerializer(_spell_time)]
 InstrumentKind = Literal["perpetual", "future", "option", "spot"]
 OptionType = Literal["call", "put"]
-# Instruments margined by tiers of notional (CONTRACT v1); options are margined by option_margin.
-TIERED_KINDS: Final = ("perpetual", "future", "spot")
 # The kinds whose fills this ledger version books (``fold.admit`` refuses the others with a
 # reason; a test holds the two in step). ``booking_report`` tells an operator before applying.
 BOOKED_KINDS: Final = ("perpetual", "future")
