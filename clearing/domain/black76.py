@@ -20,12 +20,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Final
 
 from clearing.domain.decimalmath import exp, ln, normal_cdf, pricing_context, sqrt
-from clearing.domain.params import InstrumentSpec
-
-OptionType = Literal["call", "put"]
+from clearing.domain.params import InstrumentSpec, OptionType
 
 SECONDS_PER_YEAR: Final = 31_536_000  # 365 days (CONTRACT v2)
 _MICROSECONDS_PER_YEAR: Final = Decimal(SECONDS_PER_YEAR * 1_000_000)

@@ -458,3 +458,15 @@ def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys:
     path.write_text(json.dumps(bad))
     assert main(["params", "apply", "--check", str(path)]) == 2
     assert "strike must be positive" in capsys.readouterr().err
+
+
+def test_an_isolated_margin_transfer_to_an_option_is_rejected_with_a_reason() -> None:
+    """The bundled options are listed, so the transfer is no longer an unknown instrument; it
+    must not reach the margin model either (which prices linear instruments only, and raised)."""
+    transfer = {
+        "type": "isolated_margin", "transfer_id": "M-1", "account_id": "A", "instrument": "BTC-26MAR27-70000-C",
+        "amount": "100", "occurred_at": T0,
+    }  # fmt: skip
+    with pytest.raises(InputError, match="isolated margin applies to positions this ledger version books; BTC-26"):
+        admit(LedgerState(), decode("transfers", json.dumps(transfer).encode()))
+    admit(LedgerState(), decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()))
