@@ -171,6 +171,22 @@ def test_an_option_parses_with_exact_fields_and_its_expiry_in_utc() -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "written"),
+    [
+        ("2027-03-26T08:00:00Z", "2027-03-26T08:00:00Z"),
+        ("2027-03-26T08:00:00+00:00", "2027-03-26T08:00:00Z"),
+        ("2027-03-26T10:00:00.5+02:00", "2027-03-26T08:00:00.500000Z"),
+        ("2027-03-26T02:30:00-05:30", "2027-03-26T08:00:00Z"),
+    ],
+)
+def test_an_expiry_is_written_back_in_utc_and_reads_back_the_same(given: str, written: str) -> None:
+    parameters = load_parameters(with_option(expiry=given))
+    spelled = parameters.document()["instruments"][-1]["expiry"]
+    assert spelled == written
+    assert load_parameters(parameters.document()) == parameters
+
+
+@pytest.mark.parametrize(
     ("changes", "reason"),
     [
         ({"option_type": None}, "an option needs option_type"),
