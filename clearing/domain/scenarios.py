@@ -37,10 +37,12 @@ contract_size + the leading zeros of the smallest sigma sqrt(t), and never more 
 
 from __future__ import annotations
 
+import array as arrays_of_words
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded, localcontext
 from itertools import repeat
 from operator import add, mul
 from typing import Final, Literal
@@ -62,6 +64,8 @@ VOLATILITY_CELLS: Final[tuple[VolatilityCell, ...]] = (UP, UNCHANGED, DOWN)
 # scale, five orders below the 1e-12 it is rounded to.
 GRID_GUARD_DIGITS: Final = 6
 CELL_DECIMAL_PLACES: Final = 12
+# Scaling a figure or a quantity to an integer must be exact: a context that traps any rounding.
+_PACKING_CONTEXT: Final = Context(prec=200, traps=[InvalidOperation, Overflow, Inexact, Rounded])
 _MICROSECONDS_PER_DAY: Final = Decimal(86_400_000_000)
 
 
@@ -323,6 +327,73 @@ def summed_pnl(arrays: Iterable[tuple[Decimal, Sequence[Decimal]]]) -> list[Deci
     return totals
 
 
+@dataclass(frozen=True, slots=True)
+class RequirementFigures:
+    """What a decision needs of an account's requirement on one underlying, without the cells:
+    IM and MM rounded up, W and S exact, and the worst cell's index in grid order."""
+
+    initial_margin: Decimal
+    maintenance_margin: Decimal
+    worst_loss: Decimal
+    short_option_minimum: Decimal
+    worst_index: int
+
+
+def worst_of(grid: ScenarioGrid, totals: Sequence[Decimal]) -> tuple[int, Decimal]:
+    """(index, weighted P&L) of the worst cell of summed P&L ``totals``: the lowest weighted P&L,
+    the first in grid order among equals. The grid's cells outside the extreme ones weigh 1, so
+    their lowest is found by ``min`` and the first ``index`` of it; each extreme cell then takes
+    over only when strictly worse (it comes later in grid order)."""
+    plain = len(grid.cells) - len(grid.spec.extreme_moves)
+    worst_pnl = min(totals[:plain])
+    worst_index = totals.index(worst_pnl)
+    for index in range(plain, len(grid.cells)):
+        weighted = totals[index] * grid.cells[index].weight
+        if weighted < worst_pnl:
+            worst_pnl, worst_index = weighted, index
+    return worst_index, worst_pnl
+
+
+@exact
+def requirement_figures(
+    grid: ScenarioGrid,
+    pairs: Iterable[tuple[Decimal, Sequence[Decimal]]],
+    short_contracts: Decimal,
+    underlying_mark: Decimal,
+) -> tuple[RequirementFigures, list[Decimal]]:
+    """The requirement on the grid's underlying of (quantity, risk array P&L) ``pairs`` holding
+    ``short_contracts`` = the sum over short options of |quantity| x contract_size (module
+    docstring), and the summed P&L per cell it came from. The hot path: no cell objects."""
+    totals = summed_pnl(pairs)
+    worst_index, worst_pnl = worst_of(grid, totals)
+    return _figures(grid, worst_index, worst_pnl, short_contracts, underlying_mark), totals
+
+
+def _figures(
+    grid: ScenarioGrid, worst_index: int, worst_pnl: Decimal, short_contracts: Decimal, underlying_mark: Decimal
+) -> RequirementFigures:
+    worst_loss = max(ZERO, -worst_pnl)
+    short_option_minimum = grid.spec.short_option_minimum_rate * underlying_mark * short_contracts
+    initial = max(worst_loss, short_option_minimum)
+    return RequirementFigures(
+        # Requirements round up (against the account); MM is the factor of the exact IM, so that
+        # rounding happens once for each figure.
+        initial_margin=round_requirement(initial),
+        maintenance_margin=round_requirement(grid.spec.maintenance_factor * initial),
+        worst_loss=worst_loss,
+        short_option_minimum=short_option_minimum,
+        worst_index=worst_index,
+    )
+
+
+def short_option_contracts(positions: Iterable[tuple[InstrumentSpec, Decimal]]) -> Decimal:
+    """The sum over short options of |quantity| x contract_size (the short-option minimum's)."""
+    return sum(
+        (-quantity * spec.contract_size for spec, quantity in positions if spec.kind == "option" and quantity < ZERO),
+        ZERO,
+    )
+
+
 @exact
 def underlying_requirement(
     grid: ScenarioGrid,
@@ -331,12 +402,11 @@ def underlying_requirement(
     underlying_mark: Decimal,
 ) -> UnderlyingRequirement:
     """The requirement of the ``positions`` (instrument, signed quantity) an account holds on the
-    grid's underlying, from the instruments' shared ``arrays`` (module docstring).
+    grid's underlying, from the instruments' shared ``arrays`` (module docstring), with every cell.
 
     Every array must be of this grid (the same cells): an array of another grid (another
     multiplier, another document) would sum P&L of different scenarios."""
     pairs: list[tuple[Decimal, Sequence[Decimal]]] = []
-    short_contracts = ZERO
     for spec, quantity in positions:
         _check_underlying(grid, spec)
         array = arrays.get(spec.symbol)
@@ -345,34 +415,20 @@ def underlying_requirement(
         if array.grid is not grid and array.grid != grid:
             raise ScenarioError(f"the risk array of {spec.symbol} was computed on another grid of {grid.underlying}")
         pairs.append((quantity, array.pnl))
-        if spec.kind == "option" and quantity < ZERO:
-            short_contracts -= quantity * spec.contract_size
-    totals = summed_pnl(pairs)
-    scenarios: list[Scenario] = []
-    worst_index = 0
-    worst_pnl: Decimal | None = None
-    for index, (cell, pnl) in enumerate(zip(grid.cells, totals, strict=True)):
-        weighted = pnl * cell.weight if cell.extreme else pnl
-        scenarios.append(Scenario(cell, pnl, weighted))
-        # Strictly below: of cells with equal loss the first in grid order stays the worst.
-        if worst_pnl is None or weighted < worst_pnl:
-            worst_pnl, worst_index = weighted, index
-    if worst_pnl is None:  # pragma: no cover - a grid has at least 3 cells
-        raise ScenarioError(f"the grid of {grid.underlying} has no cells")
-    worst_loss = max(ZERO, -worst_pnl)
-    short_option_minimum = grid.spec.short_option_minimum_rate * underlying_mark * short_contracts
-    initial = max(worst_loss, short_option_minimum)
+    figures, totals = requirement_figures(grid, pairs, short_option_contracts(positions), underlying_mark)
+    scenarios = tuple(
+        Scenario(cell, pnl, pnl * cell.weight if cell.extreme else pnl)
+        for cell, pnl in zip(grid.cells, totals, strict=True)
+    )
     return UnderlyingRequirement(
         underlying=grid.underlying,
-        # Requirements round up (against the account); MM is the factor of the exact IM, so that
-        # rounding happens once for each figure.
-        initial_margin=round_requirement(initial),
-        maintenance_margin=round_requirement(grid.spec.maintenance_factor * initial),
-        worst_loss=worst_loss,
-        short_option_minimum=short_option_minimum,
-        worst_cell=grid.cells[worst_index],
-        worst_index=worst_index,
-        scenarios=tuple(scenarios),
+        initial_margin=figures.initial_margin,
+        maintenance_margin=figures.maintenance_margin,
+        worst_loss=figures.worst_loss,
+        short_option_minimum=figures.short_option_minimum,
+        worst_cell=grid.cells[figures.worst_index],
+        worst_index=figures.worst_index,
+        scenarios=scenarios,
         multiplier=grid.multiplier,
     )
 
@@ -394,3 +450,131 @@ def account_requirement(underlyings: Iterable[UnderlyingRequirement]) -> Portfol
         maintenance_margin=sum((part.maintenance_margin for part in parts), ZERO),
         underlyings=parts,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The same sums on packed integers: a re-margin of every account on a mark of the underlying adds
+# (positions x cells) products per account, and Decimal does each one as a Python operation. An
+# array whose figures have at most PACKED_PLACES decimal places is, times 10^PACKED_PLACES, a row
+# of integers V_c; packed as one integer sum_c V_c 2^(PACKED_FIELD_BITS c), an account's
+# sum_i Q_i x packed_i is every cell's sum S_c = sum_i Q_i V_ic at once, in one multiplication and
+# addition per position, exact (integers do not round), as long as no S_c leaves its field.
+#
+# Reading the cells back: adding the bias 2^(PACKED_FIELD_BITS - 1) to every field makes each one
+# non-negative, so no field borrows from the next and the integer's bytes hold the fields side by
+# side. With |S_c| < 2^L for every cell (L from the bound sum_i |Q_i| max_c |V_ic|, checked per
+# account), the 64-bit word j of every field, j the least with L - 64 j <= 62, read as a signed
+# integer, is floor(S_c / 2^(64 j)) exactly (the bias lies above that word): a key that orders the
+# cells. Only the cells that share the lowest key are compared in full. Beyond
+# ``PACKED_SUM_BITS_MAX`` the caller sums in Decimal; the figures are the same either way.
+
+PACKED_FIELD_BITS: Final = 256
+# Places an array's figure may have to be packed: an option's have 12; a linear instrument's
+# mark x m x contract_size has the mark's and the contract size's places beside m's 12.
+PACKED_PLACES: Final = 24
+_WORD_BITS: Final = 64
+_WORDS_PER_FIELD: Final = PACKED_FIELD_BITS // _WORD_BITS
+_FIELD_MASK: Final = (1 << PACKED_FIELD_BITS) - 1
+_FIELD_BIAS: Final = 1 << (PACKED_FIELD_BITS - 1)
+# The key word j must lie under the bias (64 (j + 1) <= PACKED_FIELD_BITS - 1, so j <= 3) and hold
+# floor(S / 2^(64 j)) as a signed word (L - 64 j <= 62): |S| < 2^254.
+PACKED_SUM_BITS_MAX: Final = 62 + _WORD_BITS * ((PACKED_FIELD_BITS - 1) // _WORD_BITS - 1)
+# The words are read back as 8-byte signed integers in the platform's byte order: where an array
+# of "q" is not 8 bytes, nothing is packed (the Decimal sums give the same figures).
+PACKING_AVAILABLE: Final = arrays_of_words.array("q").itemsize * 8 == _WORD_BITS
+_BIASES: dict[int, int] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class PackedArray:
+    """A risk array as one integer (above): ``packed`` = sum_c V_c 2^(PACKED_FIELD_BITS c) with
+    V_c = figure_c x 10^PACKED_PLACES, and ``magnitude`` = max |V_c|."""
+
+    instrument: str
+    packed: int
+    magnitude: int
+
+
+def pack(array: RiskArray) -> PackedArray | None:
+    """``array`` packed; None when a figure has more than ``PACKED_PLACES`` places or packing is
+    not available here."""
+    if not PACKING_AVAILABLE:
+        return None
+    packed = 0
+    magnitude = 0
+    for cell, figure in enumerate(array.pnl):
+        scaled = figure.scaleb(PACKED_PLACES, _PACKING_CONTEXT)
+        if scaled != scaled.to_integral_value():  # more places than PACKED_PLACES (trailing zeros do not count)
+            return None
+        value = int(scaled)
+        packed += value << (PACKED_FIELD_BITS * cell)
+        magnitude = max(magnitude, abs(value))
+    return PackedArray(array.instrument, packed, magnitude)
+
+
+def scaled_quantities(quantities: Sequence[Decimal]) -> tuple[list[int], int]:
+    """(Q_i, places): each quantity x 10^places as an exact integer, places the most any has."""
+    places = 0
+    for quantity in quantities:
+        exponent = quantity.normalize(_PACKING_CONTEXT).as_tuple().exponent
+        if isinstance(exponent, int):
+            places = max(places, -exponent)
+    return [int(quantity.scaleb(places, _PACKING_CONTEXT)) for quantity in quantities], places
+
+
+def _bias(cells: int) -> int:
+    found = _BIASES.get(cells)
+    if found is None:
+        found = _BIASES[cells] = sum(_FIELD_BIAS << (PACKED_FIELD_BITS * cell) for cell in range(cells))
+    return found
+
+
+def _field(total: int, cell: int) -> int:
+    return ((total >> (PACKED_FIELD_BITS * cell)) & _FIELD_MASK) - _FIELD_BIAS
+
+
+@exact
+def packed_requirement_figures(
+    grid: ScenarioGrid,
+    pairs: Iterable[tuple[int, PackedArray]],
+    quantity_places: int,
+    short_contracts: Decimal,
+    underlying_mark: Decimal,
+) -> RequirementFigures | None:
+    """``requirement_figures`` on packed arrays: (Q_i, packed array) pairs with Q_i = quantity x
+    10^quantity_places (``scaled_quantities``). The same figures, exactly; None when a cell's
+    sum could pass ``PACKED_SUM_BITS_MAX`` bits (sum in Decimal then)."""
+    cells = len(grid.cells)
+    total = _bias(cells)
+    bound = 0
+    for quantity, packed in pairs:
+        total += quantity * packed.packed
+        bound += abs(quantity) * packed.magnitude
+    sum_bits = bound.bit_length()
+    if sum_bits > PACKED_SUM_BITS_MAX:
+        return None
+    key_word = max(0, -(-(sum_bits - 62) // _WORD_BITS))
+    words = arrays_of_words.array("q", total.to_bytes(cells * PACKED_FIELD_BITS // 8, "little"))
+    if sys.byteorder != "little":
+        words.byteswap()
+    keys = words[key_word::_WORDS_PER_FIELD].tolist()
+    plain = cells - len(grid.spec.extreme_moves)
+    lowest_key = min(keys[:plain])
+    worst_index = keys.index(lowest_key)
+    worst = _field(total, worst_index)
+    candidate = worst_index
+    while True:  # the other cells with the same key, in grid order: the first lowest stays
+        try:
+            candidate = keys.index(lowest_key, candidate + 1, plain)
+        except ValueError:
+            break
+        value = _field(total, candidate)
+        if value < worst:
+            worst, worst_index = value, candidate
+    scale = -(PACKED_PLACES + quantity_places)
+    worst_pnl = Decimal(worst).scaleb(scale)
+    for index in range(plain, cells):
+        weighted = Decimal(_field(total, index)).scaleb(scale) * grid.cells[index].weight
+        if weighted < worst_pnl:
+            worst_pnl, worst_index = weighted, index
+    return _figures(grid, worst_index, worst_pnl, short_contracts, underlying_mark)

@@ -28,7 +28,12 @@ from clearing.domain.scenarios import (
     grid_pricing_digits,
     linear_array,
     option_array,
+    pack,
+    packed_requirement_figures,
+    requirement_figures,
+    scaled_quantities,
     scenario_grid,
+    short_option_contracts,
     underlying_requirement,
     volatility_cells,
 )
@@ -401,3 +406,73 @@ def test_summed_shared_arrays_equal_each_position_priced_on_its_own_and_never_un
     assert result.maintenance_margin >= D("0.8") * result.worst_loss
     shorts = sum((-q * s.contract_size for s, q in positions if s.kind == "option" and q < 0), D(0))
     assert result.initial_margin >= D("0.01") * mark * shorts
+
+
+# ------------------------------------------------------------------------------------------------
+# Packed integer sums give the Decimal sums' figures
+
+
+def test_a_figure_with_more_places_than_packing_takes_is_not_packed() -> None:
+    grid = scenario_grid(grid_spec())
+    perp = perpetual(contract_size="0.000000000000000001")  # 18 places x m's 1 place: 19, packed
+    assert pack(linear_array(grid, perp, D("100.1"))) is not None
+    wide = perpetual(contract_size="0.000000000000000001")
+    assert pack(linear_array(grid, wide, D("100.000000000000000001"))) is None  # 18 + 18 + 1 places
+
+
+def test_sums_that_could_leave_their_field_fall_back() -> None:
+    # Wire values at their limits: mark and contract size 1e19 give |V| = 1e19 x 1e19 x 0.5 x 1e24 =
+    # 5e61 at move 0.5; a quantity of 1e19 with 18 places is Q ~ 1e37: 5e98 passes 2^190 ~ 1.6e57.
+    grid = scenario_grid(grid_spec())
+    perp = perpetual(contract_size=str(10**19))
+    packed = pack(linear_array(grid, perp, D(10) ** 19))
+    assert packed is not None
+    quantities, places = scaled_quantities([D("10000000000000000000.000000000000000001")])
+    assert places == 18
+    assert packed_requirement_figures(grid, [(quantities[0], packed)], places, D(0), D(1)) is None
+    # Contract size 1 and 1000.5 contracts (Q = 10005 at 1 place): sums near 5e46, 156 bits, so the
+    # cells are ordered by their third word: the Decimal figures all the same.
+    unit = perpetual()
+    array = linear_array(grid, unit, D(10) ** 19)
+    small_packed = pack(array)
+    assert small_packed is not None
+    quantity = D("-1000.5")
+    small, small_places = scaled_quantities([quantity])
+    expected, _ = requirement_figures(grid, [(quantity, array.pnl)], D(0), D(1))
+    assert packed_requirement_figures(grid, [(small[0], small_packed)], small_places, D(0), D(1)) == expected
+    assert expected.worst_index == 12  # a short loses most at move +0.2, its first cell (up)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    book=st.lists(
+        st.tuples(st.integers(0, 3), st.decimals(min_value=-500, max_value=500, places=4).filter(lambda q: q != 0)),
+        min_size=1, max_size=6,
+    ),
+    mark=st.sampled_from([D(80), D(100), D("104.5")]),
+    weight=st.sampled_from([D(0), D("0.35"), D(1)]),
+    iv=st.sampled_from([D(0), D("0.45")]),
+)
+def test_packed_integer_sums_give_the_decimal_figures(book: list[tuple[int, Decimal]], mark: Decimal,
+                                                       weight: Decimal, iv: Decimal) -> None:
+    # Iv 0 keeps the option arrays to intrinsic values (full of equal cells: ties); 0.45 prices them.
+    grid = scenario_grid(grid_spec(extreme_weight=str(weight)))
+    instruments = [perpetual(), option("call", "100"), option("put", "95"), option("call", "90", contract_size="0.1")]
+    arrays = {
+        spec.symbol: (
+            option_array(grid, spec, mark, iv, AT) if spec.kind == "option" else linear_array(grid, spec, mark)
+        )
+        for spec in instruments
+    }
+    positions = [(instruments[index], quantity) for index, quantity in book]
+    pairs = [(quantity, arrays[spec.symbol].pnl) for spec, quantity in positions]
+    shorts = short_option_contracts(positions)
+    expected, _ = requirement_figures(grid, pairs, shorts, mark)
+    quantities, places = scaled_quantities([quantity for _, quantity in positions])
+    packed = {symbol: pack(array) for symbol, array in arrays.items()}
+    packed_pairs = []
+    for (spec, _), scaled in zip(positions, quantities, strict=True):
+        found = packed[spec.symbol]
+        assert found is not None
+        packed_pairs.append((scaled, found))
+    assert packed_requirement_figures(grid, packed_pairs, places, shorts, mark) == expected
