@@ -33,14 +33,14 @@ as the live one did.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 from clearing.domain.decimalmath import PRICING_PRECISION_DIGITS, contexts
-from clearing.domain.numbers import ONE, ZERO, exact, round_model_value
+from clearing.domain.numbers import ONE, ZERO, exact, round_model_value, to_wire
 from clearing.domain.params import (
     CompiledTier,
     DynamicMarginSpec,
@@ -135,6 +135,45 @@ class RatesChange:
     @property
     def changed(self) -> bool:
         return self.multiplier != self.previous_multiplier
+
+
+def _spell_time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def change_payload(change: RatesChange) -> dict[str, Any]:
+    """The decision's figures as strings, as a ``MarginRatesChanged`` event carries them: the
+    ``margin_rates_changed`` message's own (underlying, sample_at, volatility, raw_multiplier,
+    multiplier; the fold adds parameters_version and position) and what ``apply`` needs to go on
+    from the event alone (sample_price, and for explanations log_return, previous_multiplier,
+    index). Every figure is spelled with all its digits (``numbers.to_wire``), none rounded here."""
+    return {
+        "underlying": change.underlying,
+        "sample_at": _spell_time(change.sample_at),
+        "sample_price": to_wire(change.sample_price),
+        "log_return": None if change.log_return is None else to_wire(change.log_return),
+        "volatility": to_wire(change.volatility),
+        "raw_multiplier": to_wire(change.raw_multiplier),
+        "multiplier": to_wire(change.multiplier),
+        "previous_multiplier": to_wire(change.previous_multiplier),
+        "index": change.index,
+    }
+
+
+def change_from_payload(payload: Mapping[str, Any]) -> RatesChange:
+    """``change_payload`` read back: the same decision, figure for figure."""
+    log_return = payload["log_return"]
+    return RatesChange(
+        underlying=str(payload["underlying"]),
+        sample_at=datetime.fromisoformat(str(payload["sample_at"])).astimezone(UTC),
+        sample_price=Decimal(payload["sample_price"]),
+        log_return=None if log_return is None else Decimal(log_return),
+        volatility=Decimal(payload["volatility"]),
+        raw_multiplier=Decimal(payload["raw_multiplier"]),
+        multiplier=Decimal(payload["multiplier"]),
+        previous_multiplier=Decimal(payload["previous_multiplier"]),
+        index=int(payload["index"]),
+    )
 
 
 def apply(state: VolatilityState, change: RatesChange) -> VolatilityState:

@@ -45,11 +45,11 @@ from datetime import datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded, localcontext
 from itertools import repeat
 from operator import add, mul
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from clearing.domain import black76
 from clearing.domain.decimalmath import PRICING_DIGITS_MIN, PRICING_PRECISION_DIGITS, contexts, exp, ln, power, sqrt
-from clearing.domain.numbers import ONE, ZERO, exact, round_model_value, round_requirement
+from clearing.domain.numbers import ONE, ZERO, exact, round_model_value, round_requirement, to_wire
 from clearing.domain.params import InstrumentSpec, PortfolioMarginSpec
 
 VolatilityCell = Literal["up", "unchanged", "down"]
@@ -234,14 +234,54 @@ def option_array(
     """An option's array (module docstring): contract_size x (Black-76 at F (1 + m) and the cell's
     volatility - Black-76 at F and iv), rounded half-even to 1e-12. t and DTE are taken at
     ``valuation_at`` in every cell (no time decay). sqrt(t) and ln(F / K) are taken once per
-    option, ln(1 + m) once per move."""
+    option, ln(1 + m) once per move.
+
+    A put's cells come from the call's of the same strike, expiry and iv by put-call parity,
+    P = C - e^(-r t) (F - K) in every cell (Black-76's two formulas are that identity, since
+    N(-x) = 1 - N(x)): P(F (1 + m), sigma) - P(F, iv) = C(F (1 + m), sigma) - C(F, iv) - e^(-r t) F m.
+    So a put is priced as its call, and a call and a put that share strike, expiry and iv share
+    one pricing (``option_pair_arrays``) with the same figures as priced alone."""
+    changes, volatilities, digits, discount = _call_changes(grid, spec, underlying_mark, iv, valuation_at, rate)
+    return _array_of_type(grid, spec, underlying_mark, changes, volatilities, digits, discount)
+
+
+def option_pair_arrays(
+    grid: ScenarioGrid,
+    call: InstrumentSpec,
+    put: InstrumentSpec,
+    underlying_mark: Decimal,
+    iv: Decimal,
+    valuation_at: datetime,
+    rate: Decimal = ZERO,
+) -> tuple[RiskArray, RiskArray]:
+    """The arrays of a call and a put with the same strike, expiry, contract size and iv, from one
+    pricing: each the same as ``option_array`` gives it."""
+    if (call.option_type, put.option_type) != ("call", "put") or (call.strike, call.expiry, call.contract_size) != (
+        put.strike, put.expiry, put.contract_size
+    ):
+        raise ScenarioError(
+            f"{call.symbol} and {put.symbol} are not a call and a put of one strike, expiry and contract size"
+        )
+    changes, volatilities, digits, discount = _call_changes(grid, call, underlying_mark, iv, valuation_at, rate)
+    return (
+        _array_of_type(grid, call, underlying_mark, changes, volatilities, digits, discount),
+        _array_of_type(grid, put, underlying_mark, changes, volatilities, digits, discount),
+    )
+
+
+def _call_changes(
+    grid: ScenarioGrid, spec: InstrumentSpec, underlying_mark: Decimal, iv: Decimal, valuation_at: datetime,
+    rate: Decimal,
+) -> tuple[list[Decimal], tuple[Decimal, Decimal, Decimal], int, Decimal]:
+    """C(F (1 + m), cell volatility) - C(F, iv) of the call with ``spec``'s strike and expiry, per
+    cell (unrounded, at the pricing digits), and the volatilities, digits and e^(-r t) used."""
     _check_underlying(grid, spec)
     if spec.option_type is None or spec.strike is None or spec.expiry is None:
         raise ScenarioError(f"{spec.symbol} is a {spec.kind}, not an option: its risk array is linear_array's")
     if iv < ZERO:
         raise ScenarioError(f"{spec.symbol}: implied volatility must not be negative, got {iv}")
-    option_type, strike = spec.option_type, spec.strike
-    black76.check_inputs(option_type, underlying_mark, strike, iv)
+    strike = spec.strike
+    black76.check_inputs(spec.option_type, underlying_mark, strike, iv)
     years = black76.year_fraction(spec.expiry, valuation_at)
     volatilities = volatility_cells(grid.spec, iv, days_to_expiry(spec.expiry, valuation_at))
     largest_move = max(cell.move for cell in grid.cells)
@@ -252,8 +292,7 @@ def option_array(
     digits = grid_pricing_digits(
         underlying_mark * (ONE + largest_move), strike, spec.contract_size, smallest_deviation
     )
-    context = contexts(digits)[0]
-    with localcontext(context) as here:
+    with localcontext(contexts(digits)[0]):
         discount = exp(-rate * years, digits) if live else ONE
         log_moneyness = ln(underlying_mark / strike, digits) if live else ZERO
         by_volatility = dict(zip(VOLATILITY_CELLS, volatilities, strict=True))
@@ -261,28 +300,38 @@ def option_array(
         def value(move: Decimal, volatility: Decimal) -> Decimal:
             forward = underlying_mark * (ONE + move) if move else underlying_mark
             if not live or volatility.is_zero():
-                return discount * black76.intrinsic_value(option_type, forward, strike)
+                return discount * black76.intrinsic_value("call", forward, strike)
             shifted = log_moneyness + _log_growth(move) if move else log_moneyness
-            return black76.priced(
-                option_type, forward, strike, shifted, years, root_years, volatility, discount, digits
-            )
+            return black76.priced("call", forward, strike, shifted, years, root_years, volatility, discount, digits)
 
         base = value(ZERO, iv)
-        pnl: list[Decimal] = []
+        changes: list[Decimal] = []
         for cell in grid.cells:
             if cell.move.is_zero() and cell.volatility == UNCHANGED:
-                pnl.append(ZERO)  # the base itself: no decay, so exactly no P&L
-                continue
-            change = value(cell.move, by_volatility[cell.volatility]) - base
-            pnl.append(here.multiply(change, spec.contract_size))
-    return RiskArray(
-        spec.symbol,
-        grid,
-        underlying_mark,
-        tuple(round_model_value(figure) for figure in pnl),
-        volatilities=volatilities,
-        digits=digits,
-    )
+                changes.append(ZERO)  # the base itself: no decay, so exactly no P&L
+            else:
+                changes.append(value(cell.move, by_volatility[cell.volatility]) - base)
+    return changes, volatilities, digits, discount
+
+
+def _array_of_type(
+    grid: ScenarioGrid,
+    spec: InstrumentSpec,
+    underlying_mark: Decimal,
+    changes: list[Decimal],
+    volatilities: tuple[Decimal, Decimal, Decimal],
+    digits: int,
+    discount: Decimal,
+) -> RiskArray:
+    with localcontext(contexts(digits)[0]) as here:
+        if spec.option_type == "put":
+            forward_discounted = discount * underlying_mark
+            changes = [
+                change - forward_discounted * cell.move if cell.move else change
+                for change, cell in zip(changes, grid.cells, strict=True)
+            ]
+        pnl = tuple(round_model_value(here.multiply(change, spec.contract_size)) for change in changes)
+    return RiskArray(spec.symbol, grid, underlying_mark, pnl, volatilities=volatilities, digits=digits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +480,35 @@ def underlying_requirement(
         scenarios=scenarios,
         multiplier=grid.multiplier,
     )
+
+
+def cell_wire(cell: Cell) -> dict[str, Any]:
+    """A cell as the calculator and the decisions name it (CONTRACT v2): move and volatility, and
+    ``"extreme": true`` for an extreme cell."""
+    named: dict[str, Any] = {"move": to_wire(cell.move), "volatility": cell.volatility}
+    if cell.extreme:
+        named["extreme"] = True
+    return named
+
+
+def requirement_wire(requirement: UnderlyingRequirement) -> dict[str, Any]:
+    """One entry of the calculator's ``underlyings`` (CONTRACT v2): the requirements as money, the
+    worst cell, and every cell in grid order with its P&L (an extreme cell with its unweighted
+    ``pnl`` and its ``weighted_pnl``), the P&L half-even to 12 places (``round_model_value``)."""
+    scenarios: list[dict[str, Any]] = []
+    for scenario in requirement.scenarios:
+        entry = cell_wire(scenario.cell)
+        entry["pnl"] = to_wire(round_model_value(scenario.pnl))
+        if scenario.cell.extreme:
+            entry["weighted_pnl"] = to_wire(round_model_value(scenario.weighted_pnl))
+        scenarios.append(entry)
+    return {
+        "underlying": requirement.underlying,
+        "initial_margin": to_wire(requirement.initial_margin),
+        "maintenance_margin": to_wire(requirement.maintenance_margin),
+        "worst_cell": cell_wire(requirement.worst_cell),
+        "scenarios": scenarios,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ the parameters a multiplier scales."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from itertools import pairwise
@@ -23,6 +24,8 @@ from clearing.domain.dynamicmargin import (
     apply,
     boundaries_crossed,
     boundary_time,
+    change_from_payload,
+    change_payload,
     sample,
     samples_for_event,
     scaled_option_margin,
@@ -196,7 +199,10 @@ def test_a_state_rebuilt_from_the_decisions_alone_continues_as_the_live_one() ->
         changes.append(change)
     rebuilt = VolatilityState("BTC")
     for change in changes[:3]:
-        rebuilt = apply(rebuilt, change)
+        # Through the event payload and back (json: what the log stores), figure for figure.
+        payload = json.loads(json.dumps(change_payload(change)))
+        assert change_from_payload(payload) == change
+        rebuilt = apply(rebuilt, change_from_payload(payload))
     for hour, mark in enumerate(marks[3:], start=3):
         rebuilt, change = sample(spec, rebuilt, at(hour + 1), mark)
         assert change == changes[hour]
@@ -288,3 +294,12 @@ def test_the_document_names_its_blocks_and_instruments_by_underlying() -> None:
     assert portfolio is not None and portfolio.price_range == D("0.16")
     assert dynamic is not None and dynamic.lambda_ == D("0.9")
     assert parameters.portfolio_margin_spec("ETH") is None and parameters.dynamic_margin_spec("ETH") is None
+
+
+def test_the_payload_spells_the_message_figures_in_full() -> None:
+    changes = run(block(), [(at(0.5), at(1, seconds=600), D(100)), (at(1, seconds=600), at(2, seconds=300), D(110))])
+    payload = change_payload(changes[1])
+    assert payload["sample_at"] == "2027-01-01T02:00:00Z" and payload["underlying"] == "BTC"
+    assert payload["volatility"] == "0.035614646389" and payload["multiplier"] == "1.78073231945"
+    assert payload["previous_multiplier"] == "1.25" and payload["index"] == 1 and payload["sample_price"] == "110"
+    assert change_payload(changes[0])["log_return"] is None

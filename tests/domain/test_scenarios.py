@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.domain import black76
+from clearing.domain import black76, decimalmath
 from clearing.domain.params import InstrumentSpec, PortfolioMarginSpec
 from clearing.domain.scenarios import (
     Cell,
@@ -28,9 +28,11 @@ from clearing.domain.scenarios import (
     grid_pricing_digits,
     linear_array,
     option_array,
+    option_pair_arrays,
     pack,
     packed_requirement_figures,
     requirement_figures,
+    requirement_wire,
     scaled_quantities,
     scenario_grid,
     short_option_contracts,
@@ -476,3 +478,39 @@ def test_packed_integer_sums_give_the_decimal_figures(book: list[tuple[int, Deci
         assert found is not None
         packed_pairs.append((scaled, found))
     assert packed_requirement_figures(grid, packed_pairs, places, shorts, mark) == expected
+
+
+def test_the_calculator_spells_the_grid_in_grid_order_with_the_worst_cell() -> None:
+    # The covered call of the hand grid above: W = 20 at move -0.2 (up); extremes -50 (weighted
+    # -15) and 10 (weighted 3).
+    grid = scenario_grid(grid_spec())
+    perp, call = perpetual(), option("call", "110")
+    arrays = {perp.symbol: linear_array(grid, perp, D(100)), call.symbol: option_array(grid, call, D(100), D(0), AT)}
+    wire = requirement_wire(underlying_requirement(grid, [(perp, D(1)), (call, D(-1))], arrays, D(100)))
+    assert wire["underlying"] == "BTC" and wire["initial_margin"] == "20" and wire["maintenance_margin"] == "16"
+    assert wire["worst_cell"] == {"move": "-0.2", "volatility": "up"}
+    assert wire["scenarios"][:4] == [
+        {"move": "-0.2", "volatility": "up", "pnl": "-20"},
+        {"move": "-0.2", "volatility": "unchanged", "pnl": "-20"},
+        {"move": "-0.2", "volatility": "down", "pnl": "-20"},
+        {"move": "-0.1", "volatility": "up", "pnl": "-10"},
+    ]
+    assert wire["scenarios"][-2:] == [
+        {"move": "-0.5", "volatility": "unchanged", "extreme": True, "pnl": "-50", "weighted_pnl": "-15"},
+        {"move": "0.5", "volatility": "unchanged", "extreme": True, "pnl": "10", "weighted_pnl": "3"},
+    ]
+    assert len(wire["scenarios"]) == 17
+
+
+def test_a_call_and_a_put_of_one_strike_share_one_pricing_with_the_figures_of_each_alone() -> None:
+    grid = scenario_grid(PortfolioMarginSpec.model_validate(CONTRACT_BLOCK))
+    call, put = option("call", "70000"), option("put", "70000")
+    pair = option_pair_arrays(grid, call, put, D("64000.5"), D("0.61"), AT, D("0.03"))
+    assert pair == (option_array(grid, call, D("64000.5"), D("0.61"), AT, D("0.03")),
+                    option_array(grid, put, D("64000.5"), D("0.61"), AT, D("0.03")))
+    # Parity cell by cell: P - C changes by -e^(-r t) F m, here with r = 0.03 and t = 30/365.
+    discount = decimalmath.exp(-D("0.03") * D(30) / D(365))
+    for cell, call_pnl, put_pnl in zip(grid.cells, pair[0].pnl, pair[1].pnl, strict=True):
+        assert abs((put_pnl - call_pnl) + discount * D("64000.5") * cell.move) <= D("1e-12")
+    with pytest.raises(ScenarioError, match="not a call and a put"):
+        option_pair_arrays(grid, call, option("put", "80000"), D(64000), D("0.61"), AT)
