@@ -14,7 +14,9 @@ risk arrays, not pricing per account):
    - linear: mark x m x contract_size, exact;
    - option: contract_size x (Black-76 at F (1 + m) and the cell's volatility - Black-76 at F and
      iv), no time decay, rounded half-even to 1e-12 (``numbers.round_model_value``): the figure a
-     position's P&L is a multiple of. The cell's volatility, with DTE = (expiry - valuation time)
+     position's P&L is a multiple of. A put is priced through its call by put-call parity, so a
+     call and a put of one strike, expiry and iv share one pricing (``option_pair_arrays``).
+     The cell's volatility, with DTE = (expiry - valuation time)
      in days, unrounded, and k_o = (vol_reference_days / max(DTE, 1)) ^ vol_power:
      up = max(iv (1 + vol_up k_o), vol_up_floor), unchanged = iv, down = max(iv (1 - vol_down k_o), 0).
 3. ``underlying_requirement``: an account's requirement on one underlying from its quantities:
@@ -24,6 +26,8 @@ risk arrays, not pricing per account):
    (``numbers.round_requirement``: against the account). The worst cell is the one with the
    largest (weighted) loss, the first in grid order among equals. An account's requirement is the
    sum over its underlyings (``account_requirement``): no offsets between underlyings.
+   ``requirement_figures`` is the same without the cell objects (the hot path), and
+   ``packed_requirement_figures`` the same sums on packed integers (the end of this module).
 
 Digits. Every function of the pricing runs under a fixed context (``decimalmath``), so the digits
 are the same on every machine. An option's cells are priced with the fewest digits that keep the
