@@ -671,10 +671,11 @@ def _issue_orders(
     ids: _Ids,
     emit: Emit,
 ) -> None:
-    """Orders that reduce the riskiest positions (largest maintenance requirement first) by the
-    least quantity that brings the scope's ratio to target_ratio, assuming execution at the mark
-    and the liquidation fee charged; a position is closed in full only when a part is not enough.
-    An equity at or below zero closes everything."""
+    """Orders that reduce the riskiest positions (short options first, then the largest
+    maintenance requirement first) by the least quantity that brings the scope's ratio to
+    target_ratio, assuming execution at the mark and the liquidation fee charged; a position is
+    closed in full only when a part is not enough. An equity at or below zero closes everything.
+    Short options go first: their risk is unbounded and a close frees their whole requirement."""
     model = models.model_of(account, scope)
     parameters = state.parameters
     target = parameters.liquidation.target_ratio
@@ -682,7 +683,7 @@ def _issue_orders(
     maintenance = risk.maintenance_margin
     ordered = sorted(
         (p for p in risk.positions if p.quantity != ZERO),
-        key=lambda p: (-p.maintenance_margin, p.instrument),
+        key=lambda p: (not (p.is_option and p.quantity < ZERO), -p.maintenance_margin, p.instrument),
     )
     for position in ordered:
         if equity > ZERO and maintenance <= target * equity:
