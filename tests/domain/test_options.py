@@ -199,7 +199,7 @@ def test_a_short_option_seller_is_called_and_liquidated_short_options_first_with
     assert risk_before[CALL].maintenance_margin == D("0.1") * (D("0.075") * 80000 + 20000)
     assert risk_before["BTCUSDT"].maintenance_margin > risk_before[CALL].maintenance_margin
     orders = [d for d in decided if d.type == ev.LIQUIDATION_ORDER_ISSUED]
-    assert [(o.payload["instrument"], o.payload["side"]) for o in orders][0] == (CALL, "buy")
+    assert (orders[0].payload["instrument"], orders[0].payload["side"]) == (CALL, "buy")
     first = orders[0].payload
     assert D(first["equity"]) == D("7150") - D("2000") and D(first["quantity"]) == D("0.1")
     assert D(first["bankruptcy_price"]) == D("20000") + D(first["equity"]) / D("0.1")
