@@ -329,3 +329,82 @@ def test_replay_equals_live_with_options(msgs: list[Any], data: st.DataObject) -
     assert snapshot(replayed) == snapshot(live.state)
     cut = data.draw(st.integers(min_value=1, max_value=len(msgs) - 1))
     assert decisions(run(msgs, brute_force=False, replay_at=cut)) == decisions(live)
+
+
+# ---------------------------------------------------------------------------------------------
+# the calculator
+
+
+def test_risk_evaluate_and_the_ledger_give_the_same_figures_for_the_same_account() -> None:
+    """The ledger's account (balances after premiums and fees, positions with their entry prices)
+    given to the calculator with the ledger's marks: the same equity, requirements, ratio,
+    status and per-position figures; each option's model_price is Black-76 at its mark's iv."""
+    from clearing.domain.black76 import option_value
+    from clearing.domain.numbers import round_model_value, to_wire
+    from clearing.risk import evaluate_document
+
+    book = Book()
+    book.feed(deposit("S", "40000", "dS"))
+    book.feed(deposit("S", "1", "dSb", asset="BTC"))
+    book.feed(mark("BTC", "61234.5"))
+    book.feed(mark("BTCUSDT", "61000"))
+    book.feed(option_mark(CALL, "1830.25", iv="0.61"))
+    book.feed(option_mark(PUT, "2100", iv="0.7"))
+    book.feed(option_fill("S", "sell", "1.5", "1800", fid="s1", fee="2.5"))
+    book.feed(option_fill("S", "buy", "0.7", "2050", fid="s2", instrument=PUT))
+    book.feed(fill("S", "sell", "0.3", "61000", fid="s3"))
+    state = book.state
+    account = state.accounts["S"]
+    ledger = models.account_risk(state, account)
+    at = "2027-01-15T08:00:00Z"
+    document = {
+        "at": at,
+        "marks": {symbol: ({"price": str(m.price), "iv": str(m.iv)} if m.iv is not None else str(m.price))
+                  for symbol, m in state.marks.items()},
+        "account": {
+            "balances": {asset: str(amount) for asset, amount in account.balances.items()},
+            "positions": [
+                {"instrument": p.instrument, "quantity": str(p.quantity),
+                 "entry_price": str(p.cost / p.quantity / state.parameters.instruments_by_symbol[p.instrument].contract_size)}
+                for p in account.positions.values() if p.quantity != 0
+            ],
+        },
+    }  # fmt: skip
+    output = evaluate_document(document)
+    assert output["equity"] == to_wire(ledger.cross.equity)
+    assert output["initial_margin"] == to_wire(ledger.cross.initial_margin)
+    assert output["maintenance_margin"] == to_wire(ledger.cross.maintenance_margin)
+    assert output["margin_ratio"] == to_wire(ledger.cross.margin_ratio)
+    assert output["status"] == ledger.cross.status.value
+    by = {p.instrument: p for p in ledger.cross.positions}
+    for p in output["positions"]:
+        assert (p["initial_margin"], p["maintenance_margin"], p["unrealized_pnl"]) == (
+            to_wire(by[p["instrument"]].initial_margin), to_wire(by[p["instrument"]].maintenance_margin),
+            to_wire(by[p["instrument"]].pnl),
+        )  # fmt: skip
+    call = next(p for p in output["positions"] if p["instrument"] == CALL)
+    spec = state.parameters.instruments_by_symbol[CALL]
+    expected = option_value(spec, D("61234.5"), D("0.61"), datetime(2027, 1, 15, 8, tzinfo=UTC), D(0))
+    assert call["model_price"] == to_wire(round_model_value(expected))
+    assert len(call["model_price"].partition(".")[2]) == 12
+    assert call["value"] == "-2745.375" and call["unrealized_pnl"] == "-45.375"  # -1.5 x 1,830.25; less 2,700
+    assert call["option_margin"]["floor_term"] == "6123.45"
+
+
+def test_the_calculator_asks_for_at_with_options_and_refuses_an_isolated_option() -> None:
+    from clearing.risk import CalculatorInputError, evaluate_document
+
+    position = {"instrument": CALL, "quantity": "-1", "entry_price": "1200"}
+    document: dict[str, Any] = {"marks": {"BTC": "60000", CALL: {"price": "1234.5", "iv": "0.61"}},
+                                "account": {"balances": {"USDT": "10000"}, "positions": [position]}}  # fmt: skip
+    with pytest.raises(CalculatorInputError, match="at is required when the account holds options"):
+        evaluate_document(document)
+    with pytest.raises(CalculatorInputError, match="cross margin only"):
+        evaluate_document({**document, "at": "2027-01-01T00:00:00Z", "account": {
+            "positions": [{**position, "margin_mode": "isolated"}]}})  # fmt: skip
+    output = evaluate_document({**document, "at": "2027-01-01T00:00:00Z"})
+    option = output["positions"][0]
+    assert option["maintenance_margin"] == "5734.5"  # 0.075 x 60,000 + 1,234.5
+    assert option["model_price"] is not None
+    plain = evaluate_document({**document, "at": "2027-01-01T00:00:00Z", "marks": {"BTC": "60000", CALL: "1234.5"}})
+    assert plain["positions"][0]["model_price"] is None  # no iv: no model price
