@@ -437,8 +437,18 @@ def _call_payload(
         "margin_ratio": risk.margin_ratio,
         "shortfall": shortfall(risk, state.parameters.margin_call.resolve_ratio),
         "deadline": deadline,
-        "marks": {p.instrument: shown_price(p) for p in risk.positions},
+        "marks": _marks_shown(risk),
     }
+
+
+def _marks_shown(risk: ScopeRisk) -> dict[str, Decimal]:
+    """The price each position was valued at and, for an option, its underlying's mark too (its
+    requirement is a function of both)."""
+    marks = {p.instrument: shown_price(p) for p in risk.positions}
+    for p in risk.positions:
+        if p.option is not None and p.option.underlying_mark is not None:
+            marks[p.option.underlying] = p.option.underlying_mark
+    return marks
 
 
 def shortfall(risk: ScopeRisk, resolve_ratio: Decimal) -> Decimal:

@@ -357,6 +357,7 @@ def test_risk_evaluate_and_the_ledger_give_the_same_figures_for_the_same_account
     account = state.accounts["S"]
     ledger = models.account_risk(state, account)
     at = "2027-01-15T08:00:00Z"
+    sizes = {symbol: spec.contract_size for symbol, spec in state.parameters.instruments_by_symbol.items()}
     document = {
         "at": at,
         "marks": {symbol: ({"price": str(m.price), "iv": str(m.iv)} if m.iv is not None else str(m.price))
@@ -365,7 +366,7 @@ def test_risk_evaluate_and_the_ledger_give_the_same_figures_for_the_same_account
             "balances": {asset: str(amount) for asset, amount in account.balances.items()},
             "positions": [
                 {"instrument": p.instrument, "quantity": str(p.quantity),
-                 "entry_price": str(p.cost / p.quantity / state.parameters.instruments_by_symbol[p.instrument].contract_size)}
+                 "entry_price": str(p.cost / p.quantity / sizes[p.instrument])}
                 for p in account.positions.values() if p.quantity != 0
             ],
         },
