@@ -128,3 +128,18 @@ def test_explain_of_the_liquidation_order_closes_the_short_option_first(options_
     assert result["matches_decision"]
     assert result["liquidation"]["position"]["instrument"] == CALL  # the larger requirement of two short options
     assert "Bankruptcy price" in render(result)
+
+
+def test_the_report_charts_the_option_positions_and_the_underlying(options_db: sa.Engine, tmp_path: Any) -> None:
+    import re
+
+    from clearing.audit.report import write_report
+
+    output = tmp_path / "report.html"
+    timeline = write_report(options_db, "S", output)
+    assert [(p.quantity) for p in timeline.option_positions[CALL]] == [D(-1)]
+    assert [(p.quantity) for p in timeline.option_positions[PUT]] == [D(-1)]
+    assert "BTC" in timeline.marks  # the options' underlying, though S never traded it
+    document = output.read_text(encoding="utf-8")
+    assert "Option positions (contracts, negative = short)" in document
+    assert len(re.findall(r"<polyline", document)) >= 3 + len(timeline.marks) + 2

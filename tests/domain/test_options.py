@@ -409,3 +409,46 @@ def test_the_calculator_asks_for_at_with_options_and_refuses_an_isolated_option(
     assert option["model_price"] is not None
     plain = evaluate_document({**document, "at": "2027-01-01T00:00:00Z", "marks": {"BTC": "60000", CALL: "1234.5"}})
     assert plain["positions"][0]["model_price"] is None  # no iv: no model price
+
+
+# ---------------------------------------------------------------------------------------------
+# the simulation
+
+
+def test_the_simulated_options_market_books_and_its_crash_liquidates_put_writers() -> None:
+    """``clearing simulate --options``: option fills and option marks with iv among the messages,
+    every one admitted; the crash calls and liquidates put writers; the books balance. Without
+    the flag no option appears (the messages of earlier versions)."""
+    from collections import Counter
+
+    from clearing.domain.fold import admit, step
+    from clearing.domain.messages import decode
+    from clearing.domain.state import LedgerState
+    from clearing.simulate import Scenario, generate
+
+    def scenario(options: bool) -> Scenario:
+        return Scenario(seed=5, accounts=40, trades=1_500, steps=100, crash_at=0.6, crash_depth=D("0.45"),
+                        options=options)  # fmt: skip
+
+    listed = {spec.symbol for spec in LedgerState().parameters.instruments if spec.kind == "option"}
+
+    def names_an_option(value: dict[str, Any]) -> bool:
+        return value.get("instrument") in listed or value.get("symbol") in listed
+
+    assert not any(names_an_option(m.value) for m in generate(scenario(False)))
+    messages = list(generate(scenario(True)))
+    option_fills = [m for m in messages if m.value["type"] == "fill" and names_an_option(m.value)]
+    option_marks = [m for m in messages if m.value["type"] == "mark" and "iv" in m.value]
+    assert len(option_fills) > 100 and len(option_marks) > 1_000
+    state = LedgerState()
+    seen: Counter[str] = Counter()
+    put_writers_liquidated = set()
+    for position, simulated in enumerate(messages, 1):
+        message = decode(simulated.kind, simulated.encode())
+        admit(state, message)  # every simulated message enters the log
+        for decision in step(state, message, position):
+            seen[decision.type] += 1
+            if decision.type == ev.LIQUIDATION_ORDER_ISSUED and decision.payload["instrument"].endswith("-P"):
+                put_writers_liquidated.add(decision.payload["account_id"])
+    assert len(put_writers_liquidated) >= 5, seen
+    assert conservation(state) == {}
