@@ -259,11 +259,28 @@ def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
         book = trade_option
     state.marks[settlement.symbol] = MarkState(price, settlement.occurred_at)
     state.marks_touched.add(settlement.symbol)
+    if spec.is_option:
+        _withdraw_orders(state, settlement.symbol)
     for account_id in sorted(state.holders.get(settlement.symbol, ())):
         account = state.accounts[account_id]
         for position in list(account.positions.values()):
             if position.instrument == settlement.symbol and position.quantity != ZERO:
                 book(state, account, position, spec, -position.quantity, price)
+
+
+def _withdraw_orders(state: LedgerState, symbol: str) -> None:
+    """An expired option's liquidation orders can no longer execute (nothing trades after the
+    expiry) and the settlement closes what they were to close: they leave the open orders and
+    their scopes' pending lists, so a late execution is refused at admission and the lifecycle
+    does not wait for it."""
+    for liquidation_id, order in sorted(state.liquidations.items()):
+        if order.instrument != symbol:
+            continue
+        del state.liquidations[liquidation_id]
+        status = state.accounts[order.account_id].margin.get(order.scope)
+        if status is not None and liquidation_id in status.pending_orders:
+            status.pending_orders.remove(liquidation_id)
+        state.touched.add(order.account_id)
 
 
 def _apply_withdrawal_request(state: LedgerState, withdrawal: Withdrawal) -> None:

@@ -209,6 +209,30 @@ def test_a_short_option_seller_is_called_and_liquidated_short_options_first_with
     assert conservation(book.state) == {}
 
 
+def test_settlement_withdraws_the_options_open_liquidation_orders() -> None:
+    """An order still open at the expiry cannot execute: the settlement closes the position, the
+    order leaves the open orders, a late execution is refused, and the scope moves on (here to
+    the default waterfall: the call settles 10,000 in the money against 8,500 of balance)."""
+    book = Book()
+    book.feed(deposit("S", "7000", "dS"))
+    book.feed(deposit("MM", "10000000", "dMM"))
+    book.feed(mark("BTC", "60000"))
+    book.feed(option_fill("S", "sell", "1", "1500", fid="s1"))
+    book.feed(option_fill("MM", "buy", "1", "1500", fid="m1"))
+    # Unmarked, the call counts at its entry price: 8,500 - 1,500 = 7,000 against 0.075 x 80,000
+    # + 1,500 = 7,500 once BTC is at 80,000: liquidation (grace period 0).
+    orders = [d for d in book.feed(mark("BTC", "80000")) if d.type == ev.LIQUIDATION_ORDER_ISSUED]
+    assert [o.payload["instrument"] for o in orders] == [CALL]
+    book.feed(option_mark(CALL, "10500"))
+    decided = book.feed(settlement(CALL, "80000"))
+    assert book.state.liquidations == {}
+    assert book.state.accounts["S"].positions[(CALL, "cross")].quantity == 0
+    assert ev.INSURANCE_FUND_DRAWN in {d.type for d in decided} or ev.ACCOUNT_BANKRUPTED in {d.type for d in decided}
+    with pytest.raises(InputError, match="no liquidation order with quantity left"):
+        book.feed(liquidation_fill(orders[0], "10500"))
+    assert conservation(book.state) == {}
+
+
 def test_a_withdrawal_counts_the_options_requirement() -> None:
     book = Book()
     book.feed(deposit("S", "10000", "dS"))
