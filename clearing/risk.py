@@ -7,7 +7,10 @@ when the account holds options), option positions (cross only), and marks given 
 output adds ``model_price``, Black-76 at the mark's iv and the underlying's mark at ``at``
 (half-even to 12 places; null without an iv or an underlying mark), its ``value`` at the mark
 (what equity counts; its ``unrealized_pnl`` is that value less the premium paid) and the
-per-contract terms of standard option margin.
+per-contract terms of standard option margin. Under ``"margin_model": "portfolio"`` the output
+adds ``underlyings``: per underlying, its requirements, worst cell and every cell of its grid
+(``scenarios.requirement_wire``); positions then carry their requirement held alone and no
+liquidation price.
 with every number an exact decimal string (or a JSON integer). It builds an ``Account`` (cost of a
 position = quantity x entry_price x contract_size), evaluates it with the margin model the input
 names (``margin_model``, CONTRACT v2; ``standard`` when left out) through the margin-model
@@ -58,6 +61,8 @@ from clearing.domain.numbers import (
     to_wire,
 )
 from clearing.domain.params import RiskParameters, bundled_parameters, load_parameters
+from clearing.domain.portfolio import PORTFOLIO, PortfolioMarks
+from clearing.domain.scenarios import requirement_wire
 from clearing.domain.state import Account, Position
 
 CALCULATOR_ACCOUNT_ID = "risk-calculator"
@@ -395,11 +400,16 @@ def evaluate_document(document: Any) -> dict[str, Any]:
     parsed = parse_calculator_input(document)
     account, parameters, marks = parsed.account, parsed.parameters, parsed.marks
     model = _model(document)
+    # The portfolio model prices options on its grid: the marks' ivs and ``at`` go with the prices.
+    priced = PortfolioMarks(marks, parsed.ivs, parsed.at) if model.name == PORTFOLIO else marks
     try:
-        risk = model.evaluate(account, parameters, marks, liquidation_prices=True)
+        risk = model.evaluate(account, parameters, priced, liquidation_prices=True)
     except MarginModelError as error:
         raise CalculatorInputError(str(error)) from error
-    return risk_document(risk, parameters, account, parsed)
+    output = risk_document(risk, parameters, account, parsed)
+    if model.name == PORTFOLIO:
+        output["underlyings"] = [requirement_wire(requirement) for requirement in risk.cross.underlyings]
+    return output
 
 
 def render_text(output: Mapping[str, Any]) -> str:

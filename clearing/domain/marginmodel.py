@@ -41,6 +41,7 @@ from clearing.domain.levels import Level
 from clearing.domain.numbers import ZERO
 from clearing.domain.optionmargin import ContractMargin
 from clearing.domain.params import OptionMarginRates, RiskParameters
+from clearing.domain.scenarios import UnderlyingRequirement
 from clearing.domain.state import Account, FillBudget, MarkState
 
 CROSS: Final = "cross"
@@ -166,6 +167,9 @@ class ScopeRisk(NamedTuple):
     status: Level  # levels.classify of these figures
     positions: tuple[PositionRisk, ...]
     unpriced_assets: tuple[str, ...] = ()
+    # The portfolio model's requirement per underlying, each with its grid and worst cell (what
+    # explain and the decisions name); empty for a scope the standard model margins.
+    underlyings: tuple[UnderlyingRequirement, ...] = ()
 
     @property
     def has_open_positions(self) -> bool:

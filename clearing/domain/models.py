@@ -23,10 +23,12 @@ from clearing.domain.marginmodel import (
     ScopeRisk,
     StateMarks,
 )
+from clearing.domain.portfolio import PORTFOLIO, PortfolioModel
 from clearing.domain.state import Account, LedgerState
 
 STANDARD_MODEL: Final = StandardModel()
-MODELS: Final[dict[str, MarginModel]] = {STANDARD: STANDARD_MODEL}
+PORTFOLIO_MODEL: Final = PortfolioModel()
+MODELS: Final[dict[str, MarginModel]] = {STANDARD: STANDARD_MODEL, PORTFOLIO: PORTFOLIO_MODEL}
 DEFAULT_MODEL: Final = STANDARD
 
 

@@ -1,0 +1,427 @@
+"""The ``portfolio`` margin model (CONTRACT v2 "Portfolio margin"): an account's cross scope
+margined on the scenario grid of each underlying (``scenarios``), isolated positions on
+``standard``.
+
+What it answers, for the cross scope:
+
+* **Equity** exactly as the standard model values it (collateral after haircuts, linear P&L,
+  options at their marks): the standard model's cross scope is evaluated and its collateral,
+  unrealised P&L and equity are kept; only the requirements change. One owner of valuation.
+* **IM and MM**: the sum over the scope's underlyings of ``scenarios.underlying_requirement``
+  (no offsets between underlyings), each on its grid (the ``portfolio_margin`` block scaled by
+  dynamic margin's multiplier). An underlying the parameters give no ``portfolio_margin`` block
+  keeps the standard requirements of its positions: an account on this model can still hold an
+  instrument listed without a grid, and is margined for it as everyone else is.
+* **The level**: ``levels.classify`` of those figures (one rule for every model).
+* **Per-position figures**: notional and value as the standard model has them; the requirements
+  of the position held alone on its grid (what it would need by itself: not additive, the scope's
+  requirement is the grid's of the whole book, hedges offsetting); no liquidation price (the grid
+  requirement is not a piecewise-linear function of one mark: later work).
+* **The worst cell** of each underlying is kept on ``ScopeRisk.underlyings`` with every cell.
+
+Inputs beyond prices. An option's cells need its implied volatility and the valuation time, and
+the grid needs dynamic margin's multiplier: a ``PortfolioMarks`` carries them beside the prices.
+With a plain mapping of prices, a book without options is margined (multiplier 1) and an option
+is a ``MarginModelError`` naming what is missing.
+
+The trigger index. ``index_bounds`` and ``budget_bands`` answer None and ``trigger_prices`` puts
+both bounds at the price in use: a portfolio scope is re-margined on every mark of each of its
+dependencies (correct, slower; bands for portfolio scopes are later work). ``dependencies`` are
+the scope's instruments, their underlyings and settlement assets, and its collateral assets.
+
+Liquidation arithmetic. ``bankruptcy_price`` is the standard model's (equity is valued the same
+way, so the price that uses it up is the same). ``reduction`` re-evaluates the scope with the
+position reduced: the interface hands it a position, not the scope, so the model keeps, for the
+positions of the scopes it evaluated last (``CONTEXTS_MAX``, by identity), the account,
+parameters and marks they came from. A position it did not evaluate is a ``MarginModelError``.
+The fee is the standard model's.
+
+Risk arrays are kept per parameters document, keyed by everything they depend on (instrument,
+grid multiplier, mark, iv, valuation time), up to ``ARRAYS_MAX``: every account holding an
+instrument shares one pricing of it per mark (DESIGN.md v2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from clearing.domain import margin
+from clearing.domain.levels import classify, margin_ratio
+from clearing.domain.marginmodel import (
+    CROSS,
+    AccountRisk,
+    Bands,
+    MarginModel,
+    MarginModelError,
+    PositionRisk,
+    Reduction,
+    ScopeRisk,
+    TriggerPrices,
+)
+from clearing.domain.numbers import ONE, ZERO, divide, exact
+from clearing.domain.params import InstrumentSpec, RiskParameters
+from clearing.domain.scenarios import (
+    RiskArray,
+    ScenarioError,
+    ScenarioGrid,
+    UnderlyingRequirement,
+    linear_array,
+    option_array,
+    scenario_grid,
+    underlying_requirement,
+)
+from clearing.domain.state import Account, FillBudget
+
+PORTFOLIO: Final = "portfolio"
+OPTION: Final = "option"
+# Risk arrays kept per parameters document (each is 2 x price_steps + 1 moves x 3 cells plus the
+# extreme ones): beyond this many, the oldest are dropped and priced again when asked for.
+ARRAYS_MAX: Final = 100_000
+# Positions of evaluated scopes that ``reduction`` can find its scope from (by identity).
+CONTEXTS_MAX: Final = 4_096
+
+
+class PortfolioMarks(Mapping[str, Decimal]):
+    """Prices (``symbol -> price``, as every model reads them) and what the grid needs beside
+    them: the options' implied volatilities, the valuation time, dynamic margin's multiplier per
+    underlying (1 when not given)."""
+
+    __slots__ = ("_prices", "ivs", "multipliers", "valuation_at")
+
+    def __init__(
+        self,
+        prices: Mapping[str, Decimal],
+        ivs: Mapping[str, Decimal] | None = None,
+        valuation_at: datetime | None = None,
+        multipliers: Mapping[str, Decimal] | None = None,
+    ) -> None:
+        self._prices = prices
+        self.ivs: Mapping[str, Decimal] = ivs if ivs is not None else {}
+        self.valuation_at = valuation_at
+        self.multipliers: Mapping[str, Decimal] = multipliers if multipliers is not None else {}
+
+    def __getitem__(self, symbol: str) -> Decimal:
+        return self._prices[symbol]
+
+    def get(self, symbol: str, default: Any = None) -> Any:
+        return self._prices.get(symbol, default)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._prices
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+
+def _multiplier(marks: Mapping[str, Decimal], underlying: str) -> Decimal:
+    if isinstance(marks, PortfolioMarks):
+        return marks.multipliers.get(underlying, ONE)
+    return ONE
+
+
+# Per parameters document (immutable): grids by (underlying, multiplier), arrays by their inputs.
+_CACHE: tuple[RiskParameters | None, dict[tuple[str, Decimal], ScenarioGrid], dict[tuple[Any, ...], RiskArray]] = (
+    None,
+    {},
+    {},
+)
+
+
+def _caches(
+    parameters: RiskParameters,
+) -> tuple[dict[tuple[str, Decimal], ScenarioGrid], dict[tuple[Any, ...], RiskArray]]:
+    global _CACHE
+    if _CACHE[0] is not parameters:
+        _CACHE = (parameters, {}, {})
+    return _CACHE[1], _CACHE[2]
+
+
+def _grid(parameters: RiskParameters, underlying: str, multiplier: Decimal) -> ScenarioGrid | None:
+    spec = parameters.portfolio_margin_spec(underlying)
+    if spec is None:
+        return None
+    grids, _ = _caches(parameters)
+    key = (underlying, multiplier)
+    grid = grids.get(key)
+    if grid is None:
+        try:
+            grid = grids[key] = scenario_grid(spec, multiplier)
+        except ScenarioError as error:
+            raise MarginModelError(str(error)) from error
+    return grid
+
+
+def _array(
+    parameters: RiskParameters,
+    grid: ScenarioGrid,
+    spec: InstrumentSpec,
+    position: PositionRisk,
+    underlying_mark: Decimal | None,
+    marks: Mapping[str, Decimal],
+) -> RiskArray:
+    """The instrument's risk array on ``grid``, priced once per set of inputs (module docstring)."""
+    _, arrays = _caches(parameters)
+    if spec.kind != OPTION:
+        key: tuple[Any, ...] = (spec.symbol, grid.multiplier, position.price_used)
+        found = arrays.get(key)
+        if found is None:
+            found = linear_array(grid, spec, position.price_used)
+    else:
+        iv = marks.ivs.get(spec.symbol) if isinstance(marks, PortfolioMarks) else None
+        at = marks.valuation_at if isinstance(marks, PortfolioMarks) else None
+        missing = [
+            name
+            for name, value in (
+                (f"the mark of its underlying {spec.underlying_symbol}", underlying_mark),
+                ("its implied volatility (the mark's iv)", iv),
+                ("the valuation time", at),
+            )
+            if value is None
+        ]
+        if missing or underlying_mark is None or iv is None or at is None:
+            raise MarginModelError(
+                f"portfolio margin prices option {spec.symbol} on its grid and needs {', '.join(missing)}"
+            )
+        key = (spec.symbol, grid.multiplier, underlying_mark, iv, at, parameters.interest_rate)
+        found = arrays.get(key)
+        if found is None:
+            try:
+                found = option_array(grid, spec, underlying_mark, iv, at, parameters.interest_rate)
+            except ScenarioError as error:
+                raise MarginModelError(str(error)) from error
+    if key not in arrays:
+        if len(arrays) >= ARRAYS_MAX:
+            del arrays[next(iter(arrays))]
+        arrays[key] = found
+    return found
+
+
+def _underlying_mark(parameters: RiskParameters, marks: Mapping[str, Decimal], underlying: str) -> Decimal | None:
+    if underlying == parameters.valuation_asset:
+        return ONE
+    found: Decimal | None = marks.get(underlying)
+    return found
+
+
+def _portfolio_cross(parameters: RiskParameters, marks: Mapping[str, Decimal], base: ScopeRisk) -> ScopeRisk:
+    """The cross scope ``base`` (the standard model's: its valuation) with the requirements of the
+    grid (module docstring)."""
+    instruments = parameters.instruments_by_symbol
+    by_underlying: dict[str, list[PositionRisk]] = {}
+    for position in base.positions:
+        by_underlying.setdefault(instruments[position.instrument].underlying_symbol, []).append(position)
+    initial = maintenance = ZERO
+    alone: dict[str, tuple[Decimal, Decimal]] = {}
+    requirements: list[UnderlyingRequirement] = []
+    for underlying in sorted(by_underlying):
+        held = by_underlying[underlying]
+        grid = _grid(parameters, underlying, _multiplier(marks, underlying))
+        if grid is None:  # no portfolio_margin block: the standard requirements stand
+            for position in held:
+                initial += position.initial_margin
+                maintenance += position.maintenance_margin
+            continue
+        underlying_mark = _underlying_mark(parameters, marks, underlying)
+        arrays = {
+            p.instrument: _array(parameters, grid, instruments[p.instrument], p, underlying_mark, marks) for p in held
+        }
+        book = [(instruments[p.instrument], p.quantity) for p in held]
+        has_short_option = any(spec.kind == OPTION and quantity < ZERO for spec, quantity in book)
+        if underlying_mark is None and has_short_option:
+            raise MarginModelError(f"portfolio margin on {underlying} needs its mark for the short-option minimum")
+        used = underlying_mark if underlying_mark is not None else ZERO  # S is 0 without short options
+        requirement = underlying_requirement(grid, book, arrays, used)
+        requirements.append(requirement)
+        initial += requirement.initial_margin
+        maintenance += requirement.maintenance_margin
+        for spec, quantity in book:
+            own = underlying_requirement(grid, [(spec, quantity)], arrays, used)
+            alone[spec.symbol] = (own.initial_margin, own.maintenance_margin)
+    positions = tuple(
+        p._replace(
+            initial_margin=alone[p.instrument][0],
+            maintenance_margin=alone[p.instrument][1],
+            liquidation_price=None,
+        )
+        if p.instrument in alone
+        else p._replace(liquidation_price=None)
+        for p in base.positions
+    )
+    ratio = margin_ratio(base.equity, maintenance)
+    return base._replace(
+        initial_margin=initial,
+        maintenance_margin=maintenance,
+        margin_ratio=ratio,
+        status=classify(base.equity, maintenance, ratio, parameters.margin_call),
+        positions=positions,
+        underlyings=tuple(requirements),
+    )
+
+
+# id(position) -> (position, (account, parameters, marks)) of the scopes evaluated last.
+_CONTEXTS: dict[int, tuple[PositionRisk, tuple[Account, RiskParameters, Mapping[str, Decimal]]]] = {}
+
+
+def _remember(scope: ScopeRisk, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> None:
+    for position in scope.positions:
+        if len(_CONTEXTS) >= CONTEXTS_MAX:
+            del _CONTEXTS[next(iter(_CONTEXTS))]
+        _CONTEXTS[id(position)] = (position, (account, parameters, marks))
+
+
+@exact
+def evaluate_cross(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool = False
+) -> ScopeRisk:
+    """The cross scope of ``account`` under the portfolio model."""
+    base = margin.evaluate_scope(account, parameters, marks, CROSS, liquidation_prices=False)
+    del liquidation_prices  # none under this model (module docstring)
+    scope = _portfolio_cross(parameters, marks, base)
+    _remember(scope, account, parameters, marks)
+    return scope
+
+
+@exact
+def evaluate(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool = True
+) -> AccountRisk:
+    """Every scope: the cross one on the grid, each isolated one as the standard model margins it."""
+    standard = margin.evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
+    cross = _portfolio_cross(parameters, marks, standard.cross)
+    _remember(cross, account, parameters, marks)
+    return AccountRisk(standard.account_id, standard.parameters_version, standard.collateral, cross, standard.isolated)
+
+
+def dependencies(account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+    """The standard model's dependencies and, for the cross scope, the underlyings of its
+    positions (the grid of every instrument moves with its underlying's mark)."""
+    found = set(margin.dependencies(account, parameters, scope))
+    if scope == CROSS:
+        instruments = parameters.instruments_by_symbol
+        for (instrument, mode), position in account.positions.items():
+            spec = instruments.get(instrument)
+            live = mode == CROSS and position.quantity != ZERO and spec is not None
+            if live and spec is not None and spec.underlying_symbol != parameters.valuation_asset:
+                found.add(spec.underlying_symbol)
+    return tuple(sorted(found))
+
+
+@exact
+def reduction(
+    parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+) -> Reduction:
+    """``position`` reduced by ``reduce``, its scope re-evaluated on the grid (module docstring):
+    the maintenance given less the scope's before, plus the scope's after; the standard fee."""
+    remembered = _CONTEXTS.get(id(position))
+    if remembered is None or remembered[0] is not position:
+        raise MarginModelError(
+            f"portfolio reduction of {position.instrument}: the position was not evaluated by this model just before"
+        )
+    account, evaluated_with, marks = remembered[1]
+    before = evaluate_cross(account, evaluated_with, marks)
+    reduced = account.copy()
+    held = reduced.positions[(position.instrument, position.margin_mode)]
+    left = abs(position.quantity) - reduce
+    if left == ZERO:
+        held.quantity, held.cost = ZERO, ZERO
+    else:
+        # The cost of what is left moves only an unmarked position's price in use (its entry price).
+        held.cost = divide(held.cost * left, abs(held.quantity))
+        held.quantity = left if held.quantity > ZERO else -left
+    after = evaluate_cross(reduced, evaluated_with, marks)
+    fee = margin.reduction(parameters, position, equity, maintenance, reduce).fee
+    remaining = after.position(position.instrument)
+    requirement = remaining.maintenance_margin if remaining is not None else ZERO
+    notional = left * position.contract_size * position.price_used
+    return Reduction(
+        left,
+        notional,
+        0,
+        requirement,
+        fee,
+        equity - fee,
+        maintenance - before.maintenance_margin + after.maintenance_margin,
+    )
+
+
+class PortfolioModel(MarginModel):
+    """The ``portfolio`` model (this module)."""
+
+    def __init__(self) -> None:
+        super().__init__(PORTFOLIO)
+
+    def evaluate(
+        self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool
+    ) -> AccountRisk:
+        return evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
+
+    def evaluate_scope(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        scope: str,
+        *,
+        liquidation_prices: bool,
+    ) -> ScopeRisk:
+        if scope == CROSS:
+            return evaluate_cross(account, parameters, marks, liquidation_prices=liquidation_prices)
+        return margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=liquidation_prices)
+
+    def dependencies(self, account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+        return dependencies(account, parameters, scope)
+
+    def trigger_prices(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> TriggerPrices:
+        if risk.scope != CROSS:
+            return margin.trigger_prices_of(account, parameters, marks, risk, symbol)
+        # Both bounds at the price in use: any move re-margins the scope (module docstring).
+        reference: Decimal | None = marks.get(symbol)
+        return TriggerPrices(risk.scope, symbol, reference, reference, None, reference, None)
+
+    def index_bounds(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> tuple[Decimal | None, Decimal | None] | None:
+        if risk.scope != CROSS:
+            return margin.index_bounds(account, parameters, marks, risk, symbol)
+        return None
+
+    def budget_bands(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbols: tuple[str, ...],
+        band_share: Decimal,
+    ) -> tuple[Bands, FillBudget | None] | None:
+        if risk.scope != CROSS:
+            return margin.budget_bands(account, parameters, marks, risk, symbols, band_share)
+        return None
+
+    def reduction(
+        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+    ) -> Reduction:
+        if position.scope != CROSS:
+            return margin.reduction(parameters, position, equity, maintenance, reduce)
+        return reduction(parameters, position, equity, maintenance, reduce)
+
+    def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+        return margin.bankruptcy_price(position, equity, quantity)
