@@ -436,6 +436,14 @@ def render_text(output: Mapping[str, Any]) -> str:
             f"(tier {p['tier']})  pnl {p['unrealized_pnl']}  initial {p['initial_margin']}  "
             f"maintenance {p['maintenance_margin']}  liquidation {liquidation}"
         )
+    for underlying in output.get("underlyings", ()):
+        worst = underlying["worst_cell"]
+        extreme = " (extreme)" if worst.get("extreme") else ""
+        lines.append(
+            f"portfolio {underlying['underlying']}: initial {underlying['initial_margin']}  maintenance "
+            f"{underlying['maintenance_margin']}  worst cell move {worst['move']} volatility {worst['volatility']}"
+            f"{extreme} of {len(underlying['scenarios'])}"
+        )
     for scope in output["isolated"]:
         ratio = scope["margin_ratio"] if scope["margin_ratio"] is not None else "-"
         lines.append(

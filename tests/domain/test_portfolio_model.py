@@ -31,7 +31,7 @@ from clearing.domain.scenarios import (
     underlying_requirement,
 )
 from clearing.domain.state import Account, Position
-from clearing.risk import evaluate_document
+from clearing.risk import evaluate_document, render_text
 
 CALL = "BTC-26MAR27-60000-C"
 PUT = "BTC-26MAR27-60000-P"
@@ -128,6 +128,8 @@ def test_a_naked_short_call_is_margined_for_its_extreme_cell() -> None:
     }  # fmt: skip
     (position,) = portfolio["positions"]
     assert (position["initial_margin"], position["maintenance_margin"]) == ("10500", "8400")
+    shown = "portfolio BTC: initial 10500  maintenance 8400  worst cell move 0.5 volatility unchanged (extreme) of 29"
+    assert shown in render_text(portfolio)
     assert position["liquidation_price"] is None
 
 
