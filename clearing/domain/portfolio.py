@@ -33,8 +33,12 @@ Liquidation arithmetic. ``bankruptcy_price`` is the standard model's (equity is 
 way, so the price that uses it up is the same). ``reduction`` re-evaluates the scope with the
 position reduced: the interface hands it a position, not the scope, so the model keeps, for the
 positions of the scopes it evaluated last (``CONTEXTS_MAX``, by identity), the account,
-parameters and marks they came from. A position it did not evaluate is a ``MarginModelError``.
-The fee is the standard model's.
+parameters and marks they came from (the re-evaluations of the search are not kept, so a long
+search does not push out the position it reduces). A position it did not evaluate is a
+``MarginModelError``. The fee is the standard model's. The lifecycle reduces positions one after
+another with running figures: each reduction is measured against the book as it was evaluated,
+not with the earlier reductions applied (exact for one position, an estimate of the joint effect
+of several; ordering by contribution to the worst cell is later work).
 
 Risk arrays are kept per parameters document, keyed by everything they depend on (instrument,
 grid multiplier, mark, iv, valuation time), up to ``ARRAYS_MAX``: every account holding an
@@ -46,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from clearing.domain import margin
 from clearing.domain.levels import classify, margin_ratio
@@ -82,6 +86,15 @@ OPTION: Final = "option"
 ARRAYS_MAX: Final = 100_000
 # Positions of evaluated scopes that ``reduction`` can find its scope from (by identity).
 CONTEXTS_MAX: Final = 4_096
+
+
+class _Context(NamedTuple):
+    """What a position of an evaluated cross scope came from (``reduction``)."""
+
+    account: Account
+    parameters: RiskParameters
+    marks: Mapping[str, Decimal]
+    maintenance: Decimal  # the scope's
 
 
 class PortfolioMarks(Mapping[str, Decimal]):
@@ -264,25 +277,31 @@ def _portfolio_cross(parameters: RiskParameters, marks: Mapping[str, Decimal], b
     )
 
 
-# id(position) -> (position, (account, parameters, marks)) of the scopes evaluated last.
-_CONTEXTS: dict[int, tuple[PositionRisk, tuple[Account, RiskParameters, Mapping[str, Decimal]]]] = {}
+# id(position) -> (position, its context) for the positions of the scopes evaluated last.
+_CONTEXTS: dict[int, tuple[PositionRisk, _Context]] = {}
 
 
 def _remember(scope: ScopeRisk, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> None:
+    context = _Context(account, parameters, marks, scope.maintenance_margin)
     for position in scope.positions:
         if len(_CONTEXTS) >= CONTEXTS_MAX:
             del _CONTEXTS[next(iter(_CONTEXTS))]
-        _CONTEXTS[id(position)] = (position, (account, parameters, marks))
+        _CONTEXTS[id(position)] = (position, context)
+
+
+def _cross(account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> ScopeRisk:
+    base = margin.evaluate_scope(account, parameters, marks, CROSS, liquidation_prices=False)
+    return _portfolio_cross(parameters, marks, base)
 
 
 @exact
 def evaluate_cross(
     account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool = False
 ) -> ScopeRisk:
-    """The cross scope of ``account`` under the portfolio model."""
-    base = margin.evaluate_scope(account, parameters, marks, CROSS, liquidation_prices=False)
-    del liquidation_prices  # none under this model (module docstring)
-    scope = _portfolio_cross(parameters, marks, base)
+    """The cross scope of ``account`` under the portfolio model (no liquidation prices, whatever
+    ``liquidation_prices`` asks: module docstring)."""
+    del liquidation_prices
+    scope = _cross(account, parameters, marks)
     _remember(scope, account, parameters, marks)
     return scope
 
@@ -323,8 +342,7 @@ def reduction(
         raise MarginModelError(
             f"portfolio reduction of {position.instrument}: the position was not evaluated by this model just before"
         )
-    account, evaluated_with, marks = remembered[1]
-    before = evaluate_cross(account, evaluated_with, marks)
+    account, evaluated_with, marks, before = remembered[1]
     reduced = account.copy()
     held = reduced.positions[(position.instrument, position.margin_mode)]
     left = abs(position.quantity) - reduce
@@ -334,7 +352,7 @@ def reduction(
         # The cost of what is left moves only an unmarked position's price in use (its entry price).
         held.cost = divide(held.cost * left, abs(held.quantity))
         held.quantity = left if held.quantity > ZERO else -left
-    after = evaluate_cross(reduced, evaluated_with, marks)
+    after = _cross(reduced, evaluated_with, marks)  # not remembered: the search calls this many times
     fee = margin.reduction(parameters, position, equity, maintenance, reduce).fee
     remaining = after.position(position.instrument)
     requirement = remaining.maintenance_margin if remaining is not None else ZERO
@@ -346,7 +364,7 @@ def reduction(
         requirement,
         fee,
         equity - fee,
-        maintenance - before.maintenance_margin + after.maintenance_margin,
+        maintenance - before + after.maintenance_margin,
     )
 
 
