@@ -49,6 +49,7 @@ FETCH_BYTES_MAX = 32 * 1024 * 1024
 # ADMIN_MESSAGE_BYTES_MAX are not cut off.
 PARTITION_FETCH_BYTES_MAX = 128 * 1024
 METADATA_WAIT_MS = 10_000
+END_OFFSETS_TIMEOUT_S = 30.0  # longest assign waits for the broker to say where its partitions end
 
 
 _EVENT_TIME = re.compile(rb'"occurred_at"\s*:\s*"([^"]{1,64})"')
@@ -139,6 +140,63 @@ class EventTimeMerge:
 
 
 @dataclass(frozen=True)
+class PartitionStart:
+    """Where one assigned partition is read from: the offset stored in PostgreSQL (None when none
+    is), the offset reading starts at, the broker's end of the partition, and why."""
+
+    topic: str
+    partition: int
+    stored: int | None
+    start: int
+    end: int
+    note: str
+
+
+# (topic, partition, offset the ledger has consumed up to, the broker's end of the partition)
+LostPartition = tuple[str, int, int, int]
+
+
+class BrokerLostMessages(RuntimeError):
+    """The broker's partitions end before offsets the ledger has consumed already: a new or wiped
+    cluster (or a restarted in-memory broker). Reading on would skip messages or re-read other
+    ones under old offsets, so the ledger stops and says so."""
+
+    def __init__(
+        self, lost: list[LostPartition], cluster: str | None, *, running: bool, replaced: str | None = None
+    ) -> None:
+        self.lost = lost
+        self.cluster = cluster
+        self.running = running
+        self.replaced = replaced  # the cluster id before, when the broker reports another one
+        where = "; ".join(
+            f"{topic}[{partition}]: consumed up to offset {offset}, the broker's end is {end}"
+            for topic, partition, offset, end in lost
+        )
+        when = "while the ledger was running" if running else "at start"
+        what = (
+            f"the broker's cluster id changed from {replaced} to {cluster} ({when})"
+            if replaced is not None
+            else f"the broker (cluster id {cluster}) holds fewer messages than the ledger has consumed ({when})"
+        )
+        super().__init__(
+            f"{what}: {where or 'no partition is behind yet'}. This is a new or wiped cluster, or a restarted "
+            "in-memory broker; the ledger stops rather "
+            "than skip messages or read other ones under old offsets. To recover: if the ledger points at the "
+            "wrong broker, correct CLEARING_KAFKA_BOOTSTRAP and start it again; if the broker lost its data, "
+            "publish the inputs again (those already in the log are recognised by their idempotency keys) and "
+            "start `clearing run --reread-past-end` once, which reads these partitions from their beginning. "
+            "Never move the offsets in consumer_offsets forward by hand: the messages before them would be skipped."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the input process's socket
+        return (_lost, (self.lost, self.cluster, self.running, self.replaced))
+
+
+def _lost(lost: list[LostPartition], cluster: str | None, running: bool, replaced: str | None) -> BrokerLostMessages:
+    return BrokerLostMessages(lost, cluster, running=running, replaced=replaced)
+
+
+@dataclass(frozen=True)
 class Topics:
     prefix: str
 
@@ -191,6 +249,8 @@ class InputConsumer:
         )
         self.assigned: list[TopicPartition] = []
         self.merge = EventTimeMerge()
+        self.cluster: str | None = None  # the broker's cluster id at assign
+        self.ends_seen: dict[TopicPartition, int] = {}  # the furthest end seen of each partition
 
     def partitions(self) -> list[TopicPartition]:
         """This shard's partitions: every partition of marks and admin, and of the account-keyed
@@ -210,26 +270,55 @@ class InputConsumer:
             raise RuntimeError(f"topic {topic} has no partitions in the broker's metadata; was it created?")
         return set(found)
 
-    def assign(self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None) -> None:
-        """Assign this shard's partitions and seek each to the offset stored in PostgreSQL.
+    def assign(
+        self,
+        stored: dict[tuple[str, int], tuple[int, str | None]],
+        broker_instance: str | None,
+        *,
+        reread_past_end: bool = False,
+    ) -> list[PartitionStart]:
+        """Assign this shard's partitions and seek each to the offset stored in PostgreSQL; returns
+        where each is read from.
 
         An offset stored against another instance of the embedded broker (which keeps messages in
         memory only, so a restarted one is empty) is not used: the partition starts from the
-        beginning, and the idempotency keys make anything read twice a no-op."""
+        beginning, and the idempotency keys make anything read twice a no-op. An offset past the
+        end of its partition raises ``BrokerLostMessages`` (unless ``reread_past_end``, the
+        operator's explicit choice to read such partitions from their beginning)."""
         self.assigned = self.partitions()
         self.consumer.assign(self.assigned)
         self.merge = EventTimeMerge()
+        ends = self.consumer.end_offsets(self.assigned)
+        self.cluster = self.cluster_id()
+        starts, lost = [], []
         for tp in self.assigned:
             offset, instance = stored.get((tp.topic, tp.partition), (0, None))
-            if broker_instance is not None and instance is not None and instance != broker_instance:
-                logger.warning(
-                    "offset %s of %s[%s] belongs to an earlier broker instance; reading from the start",
-                    offset,
-                    tp.topic,
-                    tp.partition,
-                )
+            note = "stored offset" if (tp.topic, tp.partition) in stored else "no stored offset: from the start"
+            end = int(ends[tp])
+            if broker_instance is not None and instance is not None and instance != broker_instance and offset:
+                note = f"offset {offset} belongs to an earlier embedded broker ({instance}): from the start"
+                logger.warning("%s[%s]: %s", tp.topic, tp.partition, note)
                 offset = 0
-            self.consumer.seek(tp, offset)
+            elif offset > end and reread_past_end:
+                note = f"offset {offset} is past the broker's end {end}: from the start (--reread-past-end)"
+                logger.warning("%s[%s]: %s", tp.topic, tp.partition, note)
+                offset = 0
+            elif offset > end:
+                lost.append((tp.topic, tp.partition, offset, end))
+            stored_offset = stored[(tp.topic, tp.partition)][0] if (tp.topic, tp.partition) in stored else None
+            starts.append(PartitionStart(tp.topic, tp.partition, stored_offset, offset, end, note))
+        if lost:
+            raise BrokerLostMessages(lost, self.cluster, running=False)
+        for start in starts:
+            self.consumer.seek(TopicPartition(start.topic, start.partition), start.start)
+        self.ends_seen = {TopicPartition(s.topic, s.partition): s.end for s in starts}
+        return starts
+
+    def cluster_id(self) -> str | None:
+        """The cluster id the broker reported in its last metadata (the embedded broker's instance)."""
+        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
+        found = getattr(cluster, "cluster_id", None)
+        return str(found) if found is not None else None
 
     def poll(self, timeout_ms: int, records_max: int = POLL_RECORDS_MAX) -> list[RawRecord]:
         """The next records in event-time order across this shard's partitions (see
@@ -257,11 +346,24 @@ class InputConsumer:
             self._add(fetched)
             polls += 1
         behind = set()
+        lost = []
         for tp in self.assigned:
             highwater = self.consumer.highwater(tp)
             # Unknown until the first fetch answers for the partition: then it may hold anything.
-            if highwater is None or self.consumer.position(tp) < highwater:
+            if highwater is None:
                 behind.add((tp.topic, tp.partition))
+                continue
+            position = self.consumer.position(tp)
+            # A partition's end never moves back on a broker that keeps its messages.
+            if highwater < self.ends_seen.get(tp, 0) or position > highwater:
+                lost.append((tp.topic, tp.partition, position, highwater))
+            self.ends_seen[tp] = max(highwater, self.ends_seen.get(tp, 0))
+            if position < highwater:
+                behind.add((tp.topic, tp.partition))
+        cluster = self.cluster_id()
+        replaced = self.cluster if self.cluster is not None and cluster not in (None, self.cluster) else None
+        if lost or replaced is not None:
+            raise BrokerLostMessages(lost, cluster, running=True, replaced=replaced)
         return self.merge.release(behind, records_max, time.monotonic())
 
     def _add(self, fetched: dict[TopicPartition, list[Any]]) -> None:
