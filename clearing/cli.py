@@ -118,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
     services = ensure_services(settings)
     upgrade(services.database_url)
-    logging.getLogger("clearing").setLevel(logging.INFO)
+    for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
                            metrics_host=args.metrics_host, reread_past_end=args.reread_past_end)

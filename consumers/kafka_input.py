@@ -20,7 +20,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
 from clearing.engine.outputs import OUTPUT_TOPICS
@@ -142,13 +142,13 @@ class EventTimeMerge:
 @dataclass(frozen=True)
 class PartitionStart:
     """Where one assigned partition is read from: the offset stored in PostgreSQL (None when none
-    is), the offset reading starts at, the broker's end of the partition, and why."""
+    is), the offset reading starts at, and why. (The partition's end is known from the first
+    fetch: tansu answers ListOffsets with the last record batch's first offset + 1, not the end.)"""
 
     topic: str
     partition: int
     stored: int | None
     start: int
-    end: int
     note: str
 
 
@@ -169,7 +169,8 @@ class BrokerLostMessages(RuntimeError):
         self.running = running
         self.replaced = replaced  # the cluster id before, when the broker reports another one
         where = "; ".join(
-            f"{topic}[{partition}]: consumed up to offset {offset}, the broker's end is {end}"
+            f"{topic}[{partition}]: consumed up to offset {offset}, "
+            + (f"the broker's end is {end}" if end >= 0 else "which the broker says is out of range")
             for topic, partition, offset, end in lost
         )
         when = "while the ledger was running" if running else "at start"
@@ -242,7 +243,9 @@ class InputConsumer:
             bootstrap_servers=bootstrap,
             client_id=f"clearing-ledger-{shard}",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never reset a position on its own: an offset out of range means the broker lost
+            # messages the ledger consumed, or deleted unread ones (BrokerLostMessages).
+            auto_offset_reset="none",
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_bytes=FETCH_BYTES_MAX,
             max_poll_records=POLL_RECORDS_MAX,
@@ -283,35 +286,30 @@ class InputConsumer:
         An offset stored against another instance of the embedded broker (which keeps messages in
         memory only, so a restarted one is empty) is not used: the partition starts from the
         beginning, and the idempotency keys make anything read twice a no-op. An offset past the
-        end of its partition raises ``BrokerLostMessages`` (unless ``reread_past_end``, the
-        operator's explicit choice to read such partitions from their beginning)."""
+        end of its partition shows at the first fetch: ``poll`` raises ``BrokerLostMessages``,
+        unless ``reread_past_end`` (the operator's choice, after the inputs were published
+        again) has it read such partitions from their beginning."""
         self.assigned = self.partitions()
         self.consumer.assign(self.assigned)
         self.merge = EventTimeMerge()
-        ends = self.consumer.end_offsets(self.assigned)
         self.cluster = self.cluster_id()
-        starts, lost = [], []
+        self.reread_past_end = reread_past_end
+        self.ends_seen = {}
+        starts = []
         for tp in self.assigned:
             offset, instance = stored.get((tp.topic, tp.partition), (0, None))
-            note = "stored offset" if (tp.topic, tp.partition) in stored else "no stored offset: from the start"
-            end = int(ends[tp])
+            known = (tp.topic, tp.partition) in stored
+            note = "stored offset" if known else "no stored offset: from the beginning"
             if broker_instance is not None and instance is not None and instance != broker_instance and offset:
-                note = f"offset {offset} belongs to an earlier embedded broker ({instance}): from the start"
+                note = f"offset {offset} belongs to an earlier embedded broker ({instance}): from the beginning"
                 logger.warning("%s[%s]: %s", tp.topic, tp.partition, note)
                 offset = 0
-            elif offset > end and reread_past_end:
-                note = f"offset {offset} is past the broker's end {end}: from the start (--reread-past-end)"
-                logger.warning("%s[%s]: %s", tp.topic, tp.partition, note)
-                offset = 0
-            elif offset > end:
-                lost.append((tp.topic, tp.partition, offset, end))
-            stored_offset = stored[(tp.topic, tp.partition)][0] if (tp.topic, tp.partition) in stored else None
-            starts.append(PartitionStart(tp.topic, tp.partition, stored_offset, offset, end, note))
-        if lost:
-            raise BrokerLostMessages(lost, self.cluster, running=False)
-        for start in starts:
-            self.consumer.seek(TopicPartition(start.topic, start.partition), start.start)
-        self.ends_seen = {TopicPartition(s.topic, s.partition): s.end for s in starts}
+            if offset:
+                self.consumer.seek(tp, offset)
+            else:  # the partition's first offset, which retention may have moved past 0
+                self.consumer.seek_to_beginning(tp)
+            starts.append(PartitionStart(tp.topic, tp.partition, stored[(tp.topic, tp.partition)][0] if known else None,
+                                         offset, note))  # fmt: skip
         return starts
 
     def cluster_id(self) -> str | None:
@@ -333,7 +331,7 @@ class InputConsumer:
             self.consumer.pause(*full)
         if self.consumer.paused():
             self.consumer.resume(*[tp for tp in self.consumer.paused() if tp not in full])
-        fetched = self.consumer.poll(timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX)
+        fetched = self._fetch(timeout_ms)
         self._add(fetched)
         # Top up: while the ledger wrote the last batch, the next fetches were on their way. A
         # consumer catching up takes what arrives within a few milliseconds more, so that the
@@ -342,29 +340,66 @@ class InputConsumer:
         # fewer rows per event).
         polls = 0
         while fetched and self.merge.buffered() < records_max * TOP_UP_BUFFER_FACTOR and polls < TOP_UP_POLLS_MAX:
-            fetched = self.consumer.poll(timeout_ms=TOP_UP_WAIT_MS, max_records=FETCH_RECORDS_MAX)
+            fetched = self._fetch(TOP_UP_WAIT_MS)
             self._add(fetched)
             polls += 1
         behind = set()
-        lost = []
         for tp in self.assigned:
             highwater = self.consumer.highwater(tp)
             # Unknown until the first fetch answers for the partition: then it may hold anything.
-            if highwater is None:
+            if highwater is None or self.consumer.position(tp) < highwater:
                 behind.add((tp.topic, tp.partition))
+        self._check_ends()
+        return self.merge.release(behind, records_max, time.monotonic())
+
+    def _fetch(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        try:
+            fetched: dict[TopicPartition, list[Any]] = self.consumer.poll(
+                timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX
+            )
+            return fetched
+        except OffsetOutOfRangeError as error:  # Kafka's answer to a position past the end
+            out_of_range: dict[TopicPartition, int] = error.args[0] if error.args else {}
+            lost = [(tp.topic, tp.partition, offset, -1) for tp, offset in out_of_range.items()]
+            self._lost(lost, self.cluster_id(), None)
+            return {}
+
+    def _check_ends(self) -> None:
+        """Raise ``BrokerLostMessages`` when a partition ends before what was read of it, or its
+        end moved back (never so on a broker that keeps its messages), or the cluster id changed."""
+        lost = []
+        for tp in self.assigned:
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
                 continue
             position = self.consumer.position(tp)
-            # A partition's end never moves back on a broker that keeps its messages.
             if highwater < self.ends_seen.get(tp, 0) or position > highwater:
                 lost.append((tp.topic, tp.partition, position, highwater))
-            self.ends_seen[tp] = max(highwater, self.ends_seen.get(tp, 0))
-            if position < highwater:
-                behind.add((tp.topic, tp.partition))
+            else:
+                self.ends_seen[tp] = highwater
         cluster = self.cluster_id()
         replaced = self.cluster if self.cluster is not None and cluster not in (None, self.cluster) else None
         if lost or replaced is not None:
-            raise BrokerLostMessages(lost, cluster, running=True, replaced=replaced)
-        return self.merge.release(behind, records_max, time.monotonic())
+            self._lost(lost, cluster, replaced)
+
+    def _lost(self, lost: list[LostPartition], cluster: str | None, replaced: str | None) -> None:
+        """Raise ``BrokerLostMessages``, unless the operator asked (``reread_past_end``) that
+        partitions found past their end before anything was read of them be read from their
+        beginning: those are sought there, and reading goes on."""
+        if replaced is None and self.reread_past_end:
+            fresh = [
+                (topic, partition)
+                for topic, partition, *_ in lost
+                if TopicPartition(topic, partition) not in self.ends_seen
+            ]
+            if len(fresh) == len(lost):
+                for topic, partition, offset, end in lost:
+                    note = f"offset {offset} is past the broker's end {end}: from the beginning (--reread-past-end)"
+                    logger.warning("%s[%s]: %s", topic, partition, note)
+                    self.consumer.seek_to_beginning(TopicPartition(topic, partition))
+                return
+        running = bool(self.ends_seen)
+        raise BrokerLostMessages(lost, cluster, running=running, replaced=replaced)
 
     def _add(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):

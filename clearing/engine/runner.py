@@ -303,7 +303,7 @@ class _Run:
         for start in starts or ():
             logger.info(
                 kv("consuming", shard=self.ledger.shard, topic=start.topic, partition=start.partition,
-                   stored_offset=start.stored, from_offset=start.start, broker_end=start.end, note=start.note)
+                   stored_offset=start.stored, from_offset=start.start, note=start.note)
             )  # fmt: skip
 
     def broker_reset(self, error: Exception) -> None:
