@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     from clearing.store.db import upgrade
     from consumers.process import run_ledger
 
+    # A SIGTERM while the services are found and the state loads stops the run cleanly too.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     services = ensure_services(settings)
     upgrade(services.database_url)
@@ -122,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
-                           metrics_host=args.metrics_host, reread_past_end=args.reread_past_end)
+                           metrics_host=args.metrics_host, reread_past_end=args.reread_past_end, stop=stop)
     except LedgerHalted as halted:
         logging.getLogger("clearing.engine.runner").error("event=ledger_halted reason=%s", json.dumps(str(halted)))
         return RUN_HALTED_EXIT
