@@ -56,7 +56,8 @@ FINISH_WAIT_S = 1800.0  # longest it waits for the last inputs, and the outbox t
 DRAIN_WAIT_S = 30.0  # longest it waits for decisions to be published and read (before a broker restart, at the end)
 STOP_WAIT_S = 60.0  # longest the last clearing run may take to stop on SIGTERM
 POLL_S = 0.2
-PRODUCE_CHUNK = 2_000
+PRODUCE_CHUNK = 500
+PRODUCE_PAUSE_S = 0.05  # between chunks of a part
 
 
 @dataclass
@@ -87,7 +88,9 @@ def scenario_for(events: int, seed: int) -> list[Message]:
         trades = int(trades * events / len(messages)) + 10
 
 
-def publish(bootstrap: str, messages: list[Message]) -> None:
+def publish(bootstrap: str, messages: list[Message], pause_s: float = 0.0) -> None:
+    """Publish ``messages`` in chunks, ``pause_s`` between them (an exchange's pace: the ledger
+    commits a part in several batches, and a fault can land between them)."""
     ensure_topics(bootstrap, PREFIX)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     try:
@@ -97,6 +100,7 @@ def publish(bootstrap: str, messages: list[Message]) -> None:
             producer.flush()
             for future in futures:
                 future.get(timeout=60)
+            time.sleep(pause_s)
     finally:
         producer.close()
 
@@ -234,12 +238,11 @@ class Loop:
         for n in range(faults + 1):
             before, self.produced = self.produced, total * (n + 1) // (faults + 1)
             part = self.messages[before : self.produced]
-            publisher = threading.Thread(target=publish, args=(self.broker.bootstrap, part))
+            publisher = threading.Thread(target=publish, args=(self.broker.bootstrap, part, PRODUCE_PAUSE_S))
             publisher.start()
             if n < faults:
-                # A third of the part in the log: the fault lands while the ledger is at work.
-                third = before + (self.produced - before) // 3
-                self.wait(self.at_least(third), f"part {n + 1} under way", FAULT_WAIT_S)
+                # Once the ledger has committed some of the part, while the rest is still coming.
+                self.wait(self.at_least(before + 1), f"part {n + 1} under way", FAULT_WAIT_S)
                 kind = FAULT_KINDS[n % len(FAULT_KINDS)]
                 if kind == "broker":
                     publisher.join()  # all of the part published before the broker loses it

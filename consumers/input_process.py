@@ -55,7 +55,8 @@ _CHILD = (
 
 # What crosses the socket: (ASSIGN, generation, stored offsets, broker instance, reread past
 # end), (CREDIT, generation, batches, records per batch) and (CLOSE,) to the child; (ASSIGNED,
-# generation, partition starts), (RECORDS, generation, records, lag), (LAG, generation, lag),
+# generation, partition starts), (RECORDS, generation, records, lag), (LAG, generation, lag,
+# connected to the broker),
 # (LOST, generation, BrokerLostMessages) and (FAILED, traceback) from it.
 ASSIGN, CREDIT, CLOSE, ASSIGNED, RECORDS, LAG, LOST, FAILED = (
     "assign", "credit", "close", "assigned", "records", "lag", "lost", "failed"
@@ -92,6 +93,7 @@ class InputProcess:
         self._generation = 0
         self._credited = False  # whether this generation's first credit was sent
         self._lag: dict[tuple[str, int], int] = {}
+        self._disconnected_since: float | None = None  # since when the child reports no broker connection
 
     def assign(
         self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None
@@ -137,8 +139,13 @@ class InputProcess:
                 raise message[2]
             if message[0] == LAG:
                 self._lag = message[2]
+                if message[3]:
+                    self._disconnected_since = None
+                elif self._disconnected_since is None:
+                    self._disconnected_since = time.monotonic()
                 continue
             _, _, records, self._lag = message
+            self._disconnected_since = None
             self._send((CREDIT, self._generation, 1, records_max))
             return records  # type: ignore[no-any-return]
 
@@ -149,6 +156,11 @@ class InputProcess:
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the high watermark per partition, as the child last reported."""
         return dict(self._lag)
+
+    def unreachable_s(self) -> float:
+        """How long the child has reported no connection to the broker (0 while it has one)."""
+        since = self._disconnected_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
         """Stop the child: it exits at CLOSE. A child that is sending a batch reads nothing until
@@ -233,7 +245,7 @@ def _serve(conn: Connection, bootstrap: str, prefix: str, shard: int, shards: in
                 conn.send((RECORDS, generation, records, source.lag()))
                 credit -= 1
             elif time.monotonic() - lag_reported > LAG_EVERY_S:
-                conn.send((LAG, generation, source.lag()))
+                conn.send((LAG, generation, source.lag(), source.broker_connected()))
                 lag_reported = time.monotonic()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the ledger's process is gone

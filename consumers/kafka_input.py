@@ -312,6 +312,16 @@ class InputConsumer:
                                          offset, note))  # fmt: skip
         return starts
 
+    def broker_connected(self) -> bool:
+        """Whether the client holds a connection to any broker of the cluster (read from the
+        client's own state, defensively: True when it cannot tell)."""
+        client: Any = getattr(self.consumer, "_client", None)
+        try:
+            brokers = client.cluster.brokers()
+            return not brokers or any(client.connected(broker.node_id) for broker in brokers)
+        except Exception:  # another kafka-python than the one this was written against
+            return True
+
     def cluster_id(self) -> str | None:
         """The cluster id the broker reported in its last metadata (the embedded broker's instance)."""
         cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)

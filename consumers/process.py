@@ -21,6 +21,7 @@ from consumers.kafka_input import ensure_topics
 logger = logging.getLogger(__name__)
 
 LAG_EVERY_BATCHES = 20  # consumer lag is read from the client's last fetch every this many batches
+BROKER_UNREACHABLE_WARN_S = 5.0  # a broker unreachable this long is logged (at each progress line)
 
 
 def run_ledger(
@@ -77,10 +78,20 @@ def run_ledger(
             if on_batch is not None:
                 on_batch(result, stats)
 
+        def unreachable(stats: RunStats) -> None:
+            silent = source.unreachable_s()
+            if silent >= BROKER_UNREACHABLE_WARN_S:
+                logger.warning(
+                    kv("broker_unreachable", shard=shard, broker=services.kafka_bootstrap, for_s=silent,
+                       position=stats.last_position or ledger.head.position,
+                       action="reconnecting; consuming resumes where it stopped once the broker answers")
+                )  # fmt: skip
+
         return run(
             ledger,
             source,
             relay,
+            progress=unreachable,
             broker_instance=services.broker_instance,
             stop=stop,
             on_batch=observed,

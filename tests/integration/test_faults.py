@@ -347,3 +347,31 @@ def test_stored_offsets_past_the_ends_of_the_broker_s_partitions_stop_the_ledger
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+
+
+@pytest.mark.slow
+def test_the_input_process_says_when_the_broker_is_unreachable_and_when_it_came_back_empty(
+    private_broker: Path, topic_prefix: str
+) -> None:
+    from consumers.kafka_input import BrokerLostMessages
+
+    bootstrap, _ = _bootstrap(private_broker)
+    port = int(bootstrap.rsplit(":", 1)[1])
+    produce(bootstrap, topic_prefix, [("transfers", "A", _deposit(f"D-{n}", "A", second=n)) for n in range(3)])
+    source = InputProcess(bootstrap, topic_prefix)
+    try:
+        source.assign({}, None)
+        got: list[object] = []
+        _wait(lambda: bool(got.extend(source.poll(100, 100)) or len(got) == 3), "the deposits")
+        assert source.unreachable_s() == 0
+        stop_broker(private_broker)
+        _wait(lambda: bool(source.poll(100, 100) or True) and source.unreachable_s() > 0, "the broker reported away")
+        launch_broker(private_broker, port=port)  # back, empty: the 3 deposits read are gone
+        ensure_topics(bootstrap, topic_prefix)
+        # Seen by the cluster id (a new instance) or by the end (0, below the 3 read), whichever first.
+        with pytest.raises(BrokerLostMessages, match=r"while the ledger was running.*--reread-past-end"):
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline:
+                source.poll(100, 100)
+    finally:
+        source.close()
