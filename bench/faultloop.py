@@ -113,7 +113,6 @@ class Watcher(threading.Thread):
         super().__init__(name="watcher", daemon=True)
         self.bootstrap = bootstrap
         self.positions: set[int] = set()
-        self.behind = True
         self.stop = threading.Event()
         self.restart = threading.Event()
         self.lock = threading.Lock()
@@ -132,10 +131,6 @@ class Watcher(threading.Thread):
                     for batch in consumer.poll(timeout_ms=200).values():
                         with self.lock:
                             self.positions.update(int(json.loads(r.value)["position"]) for r in batch)
-                    self.behind = any(
-                        consumer.highwater(tp) is None or consumer.position(tp) < (consumer.highwater(tp) or 0)
-                        for tp in tps
-                    )
             except Exception as error:  # the broker restarting under it: start again
                 print(f"watcher: {error!r}; reconnecting", file=sys.stderr)
                 self.stop.wait(1.0)
@@ -192,7 +187,7 @@ class Loop:
                 unpublished = self.query("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                 message = (
                     f"fault loop: timed out after {timeout_s:.0f} s waiting for {what} ({self.inputs()} inputs "
-                    f"logged, {unpublished} outbox rows unpublished, watcher behind: {self.watcher.behind})"
+                    f"logged, {unpublished} outbox rows unpublished, {len(self.watcher.positions)} decisions read)"
                 )
                 if required:
                     raise SystemExit(message)
@@ -201,8 +196,13 @@ class Loop:
             time.sleep(POLL_S)
 
     def drained(self) -> bool:
-        """Every decision published, and the watcher at the end of every decision topic."""
-        return self.query("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0 and not self.watcher.behind
+        """Every decision marked published, and read by the watcher."""
+        if self.query("SELECT count(*) FROM outbox WHERE published_at IS NULL") != 0:
+            return False
+        with self.engine.connect() as conn:
+            out = set(conn.execute(sa.text("SELECT position FROM outbox WHERE position IS NOT NULL")).scalars())
+        with self.watcher.lock:
+            return out <= self.watcher.positions
 
     def at_least(self, inputs: int) -> Callable[[], bool]:
         return lambda: self.inputs() >= inputs

@@ -239,9 +239,17 @@ class InputConsumer:
         self.topics = Topics(prefix)
         self.shard = shard
         self.shards = shards
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=f"clearing-ledger-{shard}",
+        self.bootstrap = bootstrap
+        self.consumer = self._client()
+        self.assigned: list[TopicPartition] = []
+        self.merge = EventTimeMerge()
+        self.cluster: str | None = None  # the broker's cluster id at assign
+        self.ends_seen: dict[TopicPartition, int] = {}  # the furthest end seen of each partition
+
+    def _client(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"clearing-ledger-{self.shard}",
             enable_auto_commit=False,
             # Never reset a position on its own: an offset out of range means the broker lost
             # messages the ledger consumed, or deleted unread ones (BrokerLostMessages).
@@ -250,10 +258,6 @@ class InputConsumer:
             fetch_max_bytes=FETCH_BYTES_MAX,
             max_poll_records=POLL_RECORDS_MAX,
         )
-        self.assigned: list[TopicPartition] = []
-        self.merge = EventTimeMerge()
-        self.cluster: str | None = None  # the broker's cluster id at assign
-        self.ends_seen: dict[TopicPartition, int] = {}  # the furthest end seen of each partition
 
     def partitions(self) -> list[TopicPartition]:
         """This shard's partitions: every partition of marks and admin, and of the account-keyed
@@ -289,6 +293,12 @@ class InputConsumer:
         end of its partition shows at the first fetch: ``poll`` raises ``BrokerLostMessages``,
         unless ``reread_past_end`` (the operator's choice, after the inputs were published
         again) has it read such partitions from their beginning."""
+        if self.assigned:
+            # A new client for every new assignment: the old one keeps the high watermarks and
+            # the cluster id of the broker it last heard from (a restarted one, maybe), and an
+            # end seen there is not an end of this broker's partitions.
+            self.consumer.close()
+            self.consumer = self._client()
         self.assigned = self.partitions()
         self.consumer.assign(self.assigned)
         self.merge = EventTimeMerge()
