@@ -24,7 +24,7 @@ from kafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
 from clearing.engine.outputs import OUTPUT_TOPICS
-from clearing.engine.records import RawRecord, merge_key
+from clearing.engine.records import RawRecord, SourceLostRecords, merge_key
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class PartitionStart:
 LostPartition = tuple[str, int, int, int]
 
 
-class BrokerLostMessages(RuntimeError):
+class BrokerLostMessages(SourceLostRecords):
     """The broker's partitions end before offsets the ledger has consumed already: a new or wiped
     cluster (or a restarted in-memory broker). Reading on would skip messages or re-read other
     ones under old offsets, so the ledger stops and says so."""

@@ -31,7 +31,7 @@ from clearing.engine import faults
 from clearing.engine.faults import Backoff, Fault, OutageTooLong, classify, reason
 from clearing.engine.ledger import BatchResult, Ledger, LedgerBrokenError, PreparedBatch
 from clearing.engine.outbox import OutboxRelay
-from clearing.engine.records import RawRecord
+from clearing.engine.records import RawRecord, SourceLostRecords
 from clearing.store.log import LogHeadMismatch
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ T = TypeVar("T")
 class LedgerHalted(RuntimeError):
     """The ledger cannot go on safely; ``str(error)`` says why and what to do. Nothing committed
     is lost: the log and the offsets stored with it say where the next run resumes."""
-
-
-class BrokerReset(Protocol):
-    """What a source raises when the broker holds fewer messages than were consumed
-    (consumers.kafka_input.BrokerLostMessages): ``cluster`` is the broker's id now."""
-
-    cluster: str | None
 
 
 class RecordSource(Protocol):
@@ -179,9 +172,7 @@ class _Run:
                 timeout_ms = min(poll_timeout_ms, COMMITTING_POLL_TIMEOUT_MS) if committing else poll_timeout_ms
                 try:
                     records = source.poll(timeout_ms, batch_records_max)
-                except Exception as error:
-                    if not hasattr(error, "cluster"):
-                        raise
+                except SourceLostRecords as error:
                     self.broker_reset(error)
                     continue
                 batch = ledger.prepare(records) if records else None
@@ -296,23 +287,21 @@ class _Run:
             return
         try:
             starts = self.source.assign(stored, self.broker_instance)
-        except Exception as error:
-            if hasattr(error, "cluster") and hasattr(error, "lost"):
-                raise LedgerHalted(str(error)) from error
-            raise
+        except SourceLostRecords as error:
+            raise LedgerHalted(str(error)) from error
         for start in starts or ():
             logger.info(
                 kv("consuming", shard=self.ledger.shard, topic=start.topic, partition=start.partition,
                    stored_offset=start.stored, from_offset=start.start, note=start.note)
             )  # fmt: skip
 
-    def broker_reset(self, error: Exception) -> None:
+    def broker_reset(self, error: SourceLostRecords) -> None:
         """The broker holds fewer messages than were consumed. An embedded broker keeps them in
         memory only, so a restarted one is new and empty: read it from its start (anything read
         again is a duplicate by its idempotency key). Any other broker: stop and say what to do."""
         if not self.finished():  # the batch in flight was read before: let it commit
             return
-        cluster = getattr(error, "cluster", None)
+        cluster = error.cluster
         if self.broker_instance is None or cluster is None or cluster == self.broker_instance:
             raise LedgerHalted(str(error)) from error
         logger.warning(
