@@ -324,6 +324,7 @@ class _Run:
                 self.ledger.begin(part, broker_instance=self.broker_instance, on_commit=self.on_commit)
                 result = self.ledger.finish()
             except Exception as error:
+                self.stats.failures += 1
                 fault = classify(error)
                 if fault is Fault.FATAL:
                     raise
