@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clearing.embedded import Services
+from clearing.engine.checkpoints import signer_from
 from clearing.engine.ledger import BatchResult, Ledger
 from clearing.engine.metrics import LedgerMetrics
 from clearing.engine.outbox import OutboxRelay
@@ -52,6 +53,7 @@ def run_ledger(
         )
         try:
             ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
+            ledger.checkpoints.signer = signer_from(settings)
             started = time.monotonic()
             replayed = ledger.load(progress=load_progress)
             head = ledger.head
@@ -65,6 +67,7 @@ def run_ledger(
                 on_loaded(replayed)
             relay = OutboxRelay(engine, services.kafka_bootstrap)
             metrics = LedgerMetrics(shard)
+            metrics.watch_outbox(lambda: relay.backlog)
             if metrics_port is not None:
                 metrics.serve(metrics_port, metrics_host)
         except BaseException:

@@ -390,6 +390,10 @@ class _Run:
             self.stats.failures += 1
             logger.exception("the last batch failed to commit")
         finally:
+            try:
+                self.ledger.checkpoint()  # the log's head anchored on the checkpoints topic at every stop
+            except Exception:
+                logger.exception("the checkpoint at the stop could not be queued")
             if self.relay is not None:
                 self.relay.stop()
             self.source.close()
