@@ -337,6 +337,20 @@ class InputConsumer:
         except Exception:  # another kafka-python than the one this was written against
             return True
 
+    def broker_cluster_id(self) -> str | None:
+        """The cluster id the broker gives when asked now (None when it does not answer)."""
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="clearing-ledger-cluster")
+        except Exception:  # the broker unreachable: the caller keeps what it knows
+            return None
+        try:
+            found = admin.describe_cluster().get("cluster_id")
+            return str(found) if found is not None else None
+        except Exception:
+            return None
+        finally:
+            admin.close()
+
     def cluster_id(self) -> str | None:
         """The cluster id the broker reported in its last metadata (the embedded broker's instance)."""
         cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
@@ -403,6 +417,10 @@ class InputConsumer:
             else:
                 self.ends_seen[tp] = highwater
         cluster = self.cluster_id()
+        if lost and cluster == self.cluster:
+            # The fetches saw the new ends before the client's metadata saw the new cluster id:
+            # ask the broker now (a restarted embedded broker is read from its start by its id).
+            cluster = self.broker_cluster_id() or cluster
         replaced = self.cluster if self.cluster is not None and cluster not in (None, self.cluster) else None
         if lost or replaced is not None:
             self._lost(lost, cluster, replaced)
