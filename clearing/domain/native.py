@@ -25,6 +25,7 @@ COMPILED = (
     "events",
     "marginmodel",
     "margin",
+    "portfolio",
     "models",
     "triggers",
     "booking",
