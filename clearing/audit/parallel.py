@@ -87,10 +87,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding, refresh_window
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
+from clearing.engine.refresh import refresh_window
 from clearing.engine.snapshots import state_bytes, state_from_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine

@@ -44,10 +44,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.audit.parallel import NO_SAMPLES as NO_CONSERVATION_SAMPLES
 from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
 from clearing.store import projections
 from clearing.store.log import LOG_LOCK_KEY

@@ -1,7 +1,7 @@
 """The log read for a replay: every row in position order, streamed from a server-side cursor by a
 reader thread that keeps fetches ahead of the fold (``iter_log``, ``prefetched``). The fold of
 those rows, shared by ``audit verify`` and ``projections rebuild``, is
-``clearing.domain.logreplay.LogReplay``.
+``clearing.audit.logreplay.LogReplay``.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.chain import ChainReport, verify_chain
+from clearing.audit.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.audit.parallel import (
     PARALLEL_BOUNDARIES_MIN,
     plan_segments,
@@ -62,7 +63,6 @@ from clearing.audit.rebuild import (
     read_table,
 )
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes

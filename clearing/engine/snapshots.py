@@ -2,7 +2,7 @@
 of the shard, read by ``Ledger.load`` (start from the latest, replay the tail) and by the as-of
 queries (the nearest snapshot at or before the position asked for, then the tail).
 
-Encoding: JSON (UTF-8, canonical key order) of ``clearing.domain.statecodec``'s document: decimals
+Encoding: JSON (UTF-8, canonical key order) of ``clearing.engine.statecodec``'s document: decimals
 as their exact strings, times as RFC 3339, the risk parameters as their document. Not pickle: a
 snapshot row is data, and decoding it runs no code, so a person who can write the ``snapshots``
 table can at worst make a *state* wrong, never run something in the ledger process. A wrong state
@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from clearing.domain.jsontext import canonical_json_bytes
 from clearing.domain.state import LedgerState
-from clearing.domain.statecodec import decode_state, encode_state
+from clearing.engine.statecodec import decode_state, encode_state
+from clearing.store.jsontext import canonical_json_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from clearing.domain.jsontext import load_json
+from clearing.store.jsontext import load_json
 
 log = logging.getLogger(__name__)
 

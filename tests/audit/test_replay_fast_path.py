@@ -10,14 +10,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clearing.audit.fillwire import PRICE, QUANTITY, FillFields
+from clearing.audit.logreplay import _fill_message, decode_fill
 from clearing.domain import events as ev
 from clearing.domain.events import trusted_message
-from clearing.domain.fillwire import PRICE, QUANTITY, FillFields
-from clearing.domain.jsontext import load_json
-from clearing.domain.logreplay import _fill_message, decode_fill
 from clearing.domain.messages import decode
 from clearing.domain.state import LedgerState
 from clearing.simulate import Scenario, generate
+from clearing.store.jsontext import load_json
 
 
 def test_fast_messages_equal_validated_messages() -> None:

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.audit.verify import verify
-from clearing.domain.native import PURE_ENV
+from clearing.native import PURE_ENV
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration]

@@ -2,8 +2,9 @@
 one of the log), ``canonical_json`` writes the canonical text the hash chain hashes and the
 replay's determinism check compares (clearing/store/hashing.py says what it is and why).
 
-Here, beside the fold, so that the replay's bookkeeping (``logreplay``) can be compiled with it;
-``clearing.store`` imports both from here.
+The store's, beside the hash chain that defines the canonical text (``hashing``); compiled
+(clearing/native.py), because the replay's bookkeeping (``clearing.audit.logreplay``) calls both
+for every event.
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ from typing import Any, Final
 import msgspec
 import msgspec.structs
 
+from clearing.audit.fillwire import PRICE, QUANTITY, FillFields
 from clearing.domain import events as ev
 from clearing.domain import fold
-from clearing.domain.fillwire import PRICE, QUANTITY, FillFields
 from clearing.domain.fold import conservation
 from clearing.domain.inputs import (
     Fill,
@@ -58,12 +58,12 @@ from clearing.domain.inputs import (
     fill_from_fields,
     format_time,
 )
-from clearing.domain.jsontext import canonical_json, load_json
 from clearing.domain.numbers import ZERO, require_ledger_context
 from clearing.domain.state import LedgerState
+from clearing.engine.refresh import SortedHolders, refresh_window, refreshes_every_holder
+from clearing.store.jsontext import canonical_json, load_json
 
 CONSERVATION_EVERY_EVENTS = 10_000
-MARGIN_REFRESH_ACCOUNTS_MAX = 2_000  # holders whose margin row a mark batch refreshes (rotating)
 
 MARGIN_DECISIONS = frozenset(
     {
@@ -74,39 +74,6 @@ MARGIN_DECISIONS = frozenset(
         ev.LIQUIDATION_ORDER_ISSUED,
     }
 )
-
-
-class SortedHolders:
-    """A state's holders (``LedgerState.holders_all``) in sorted order, as the rotating margin
-    refresh walks them (``refresh_window``), sorted again only when the set has changed since the
-    last call: holders change far less often than marks come, and comparing the sets costs a
-    tenth of the sort (100,000 holders: 1.7 ms against 21 ms). The list returned is shared: do
-    not change it."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self.order: list[str] = []
-
-    def of(self, state: LedgerState) -> list[str]:
-        now = state.holders_all()
-        if now != self.seen:
-            self.seen = now
-            self.order = sorted(now)
-        return self.order
-
-
-def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
-    """The next window of at most ``MARGIN_REFRESH_ACCOUNTS_MAX`` sorted holders from ``cursor``
-    (wrapping around), and the cursor after it; every holder when there are no more than that.
-    The ledger refreshes these holders' margin rows after a batch with marks (``Ledger``), and the
-    replay re-enacts it (``LogReplay.flush_batch``)."""
-    if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
-        return holders, cursor
-    start = cursor % len(holders)
-    window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
-    if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
-        window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
-    return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
 def decision_bytes(
@@ -281,13 +248,23 @@ class LogReplay:
                     else:
                         quantity, price = fill[QUANTITY], fill[PRICE]
                     self._fill(
-                        position, message.account_id, message.instrument, message.side, quantity, price,
+                        position,
+                        message.account_id,
+                        message.instrument,
+                        message.side,
+                        quantity,
+                        price,
                         message.trade_id,
                     )
                 elif isinstance(message, LiquidationFill):
                     self._fill(
-                        position, message.account_id, message.instrument, message.side,
-                        payload["quantity"], payload["price"], None,
+                        position,
+                        message.account_id,
+                        message.instrument,
+                        message.side,
+                        payload["quantity"],
+                        payload["price"],
+                        None,
                     )
         else:
             last = position
@@ -306,11 +283,7 @@ class LogReplay:
         if state.marks_touched:
             track.batch_marks |= state.marks_touched
             state.marks_touched.clear()
-        if (
-            self.events >= self.conservation_due
-            and not self.unmatched
-            and not track.pending
-        ):
+        if self.events >= self.conservation_due and not self.unmatched and not track.pending:
             self._conservation(position)
             self.conservation_due = self.events + self.conservation_every
         if position in self._snapshot_at and (shard_id, position) in self._snapshot_positions and not track.pending:
@@ -348,10 +321,10 @@ class LogReplay:
     def _refresh_rotation(track: ShardTrack, end: int) -> list[str]:
         # The ledger's rotating margin refresh, re-enacted with a cursor from 0: exact while the
         # ledger process ran without a restart, or while the shard had at most
-        # MARGIN_REFRESH_ACCOUNTS_MAX holders.
+        # refresh.MARGIN_REFRESH_ACCOUNTS_MAX holders.
         holders = track.holders.of(track.state)  # not changed by anyone: shared with the windows below
         if track.refresh_cursor is None:
-            if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+            if refreshes_every_holder(holders):
                 return holders  # every holder, whatever the cursor (which does not move)
             track.refresh_deferred.append((end, holders))
             return []
@@ -520,8 +493,18 @@ def _fill_message(values: tuple[Any, ...], state: LedgerState) -> Fill:
     (a fresh string per fill, compared character by character in each of those look-ups)."""
     account = state.accounts.get(values[2])
     return fill_from_fields(
-        values[0], values[1], values[2] if account is None else account.account_id, values[3], values[4],
-        values[5], values[6], values[7], values[8], values[9], values[10], values[11],
+        values[0],
+        values[1],
+        values[2] if account is None else account.account_id,
+        values[3],
+        values[4],
+        values[5],
+        values[6],
+        values[7],
+        values[8],
+        values[9],
+        values[10],
+        values[11],
     )
 
 
