@@ -46,7 +46,7 @@ from typing import Any, Final
 import msgspec
 import msgspec.structs
 
-from clearing.audit.fillwire import PRICE, QUANTITY, FillFields
+from clearing.audit.fillwire import ACCOUNT_ID, FILL_READER, PRICE, QUANTITY, FillFields
 from clearing.domain import events as ev
 from clearing.domain import fold
 from clearing.domain.fold import conservation
@@ -55,7 +55,6 @@ from clearing.domain.inputs import (
     LiquidationFill,
     Mark,
     Settlement,
-    fill_from_fields,
     format_time,
 )
 from clearing.domain.numbers import ZERO, require_ledger_context
@@ -491,21 +490,12 @@ def _fill_message(values: tuple[Any, ...], state: LedgerState) -> Fill:
     keys the account by (when it has the account): the fold then finds the account, its budget,
     its holder entries and its touched marks by identity, without reading the keys' strings
     (a fresh string per fill, compared character by character in each of those look-ups)."""
-    account = state.accounts.get(values[2])
-    return fill_from_fields(
-        values[0],
-        values[1],
-        values[2] if account is None else account.account_id,
-        values[3],
-        values[4],
-        values[5],
-        values[6],
-        values[7],
-        values[8],
-        values[9],
-        values[10],
-        values[11],
-    )
+    fields = list(values)
+    account = state.accounts.get(fields[ACCOUNT_ID])
+    if account is not None:
+        fields[ACCOUNT_ID] = account.account_id
+    fill: Fill = FILL_READER.from_list(fields)  # type: ignore[assignment]
+    return fill
 
 
 def _position_only(position: int) -> tuple[int, str, str, str, str, str]:
