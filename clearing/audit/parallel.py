@@ -15,14 +15,13 @@ streams its own rows).
 Runs. A worker replays a run of segments: it claims a segment (a flag per segment, shared by the
 workers under a lock), replays it, and goes on into the next one of the shard with the state it
 has while that one is free, so that only a run's first segment pays for decoding its snapshot
-(0.15-0.25 s with 5,000 accounts) and rebuilding the trigger index (0.4 s), against about 2.5 s
-for the 50,000 events between two of the ledger's snapshots. A worker whose run ends (at the
+and rebuilding the trigger index (together a fifth of the time the events between two of the
+ledger's snapshots take). A worker whose run ends (at the
 shard's head, or at a segment another worker claimed) starts the next where ``choose_start``
 says: a shard's first segment, else half way along the longest stretch of free segments, which
 the run before that stretch is heading into. So the workers start at genesis and half way, and
-one that finishes early takes over half of what the other has left: they end about together
-(bench/replay.py's log: two or three runs, where eight fixed segments cost 2-3 s of wall time
-more in the same hour).
+one that finishes early takes over half of what the other has left: they end about together,
+in two or three runs where fixed segments took more wall time (docs/performance.md).
 
 Soundness. Every worker re-runs its run exactly as ``LogReplay`` does sequentially and, at its
 last position, compares its state with the stored snapshot there (``state_bytes`` equal, with no
@@ -235,9 +234,9 @@ _engines: dict[str, sa.Engine] = {}
 def worker_context() -> BaseContext:
     """How worker processes start: forked from the forkserver, which imports
     ``clearing.audit.parallel`` once when it starts (``start_worker_server``); spawned where the
-    platform has no forkserver. A spawned worker imports clearing and SQLAlchemy itself: on the
-    2-core VM a pool of two spawned workers was ready to replay after 0.76 s, during which it
-    replayed nothing, and after 0.03 s forked from a running server. The server is one process
+    platform has no forkserver. A spawned worker imports clearing and SQLAlchemy itself, and
+    replays nothing in the meantime: a pool forked from a running server is ready at once. The
+    server is one process
     per caller, started on first use; it inherits the caller's environment as it is then."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -280,8 +279,8 @@ def run_worker(task: ReplayTask) -> int:
     says and carried on while the next segment is free, until every segment is claimed. Each
     run's result goes to the parent as soon as the run ends (pickled by the queue's thread while
     the next run goes on), not with the worker's last: the run that reaches the head carries the
-    shard's state (9 MB pickled with its trades for bench/replay.py's log: 0.6 s to pickle, about
-    as long to load, which the parent waited for after the last run). Returns how many it sent."""
+    shard's state and its trades, the largest result to pickle and load, which the parent would
+    otherwise wait for after the last run. Returns how many it sent."""
     sent = 0
     while True:
         with _claims.get_lock():
@@ -384,7 +383,7 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
     result.determinism_mismatches = replay.determinism_mismatches
     result.decisions_compared = replay.decisions_compared
     # Settled as they pair, the run's trades cost the parent two positions each instead of their
-    # fills (6 MB pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
+    # fills, the bulk of what a run would send otherwise.
     result.fills = replay.fills
     result.trades_settled = replay.trades_settled
     result.unmatched = replay.unmatched
@@ -400,9 +399,8 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
     if not end.ends_at_snapshot:
         # As a snapshot (``state_bytes``), which the parent decodes as a run decodes the one it
         # starts from: without the trigger index (derived state, rebuilt by the next step that
-        # needs it), and quicker to send than the objects. With 5,000 accounts: 1.8 MB, 0.06-0.12 s
-        # to write and 0.15-0.2 s to decode, against 3.2 MB pickled in 0.19-0.28 s and loaded in
-        # 0.16-0.19 s (9.7 MB with the index), at the end of the run the parent waits for.
+        # needs it), and smaller and quicker to send than the objects pickled, at the end of the
+        # run the parent waits for.
         result.state = state_bytes(track.state)
     else:
         result.end_ok = (end.upto, True) in compared and result.last is not None and result.last[0] == end.upto

@@ -452,30 +452,29 @@ class Reader:
         self.names: Final = tuple(spec.name for spec in order)
         self.required: Final = tuple(spec.required for spec in order)
         self.defaults: Final = tuple(None if spec.required else spec.default for spec in order)
-        self.kinds: Final = tuple(_read_as(spec) for spec in order)
-        # The places that may need more than the value as it is: read, or defaulted.
-        self.to_convert: Final = tuple(
-            place for place, spec in enumerate(order) if self.kinds[place] != _AS_IS or not spec.required
+        self._fields: Final = tuple((spec.name, spec.required) for spec in order)
+        # (place, how it is read, required, default) of the places that may need more than the
+        # value as it is: read, or defaulted.
+        self._steps: Final = tuple(
+            (place, _read_as(spec), spec.required, self.defaults[place])
+            for place, spec in enumerate(order)
+            if _read_as(spec) != _AS_IS or not spec.required
         )
 
     def __call__(self, payload: dict[str, Any]) -> InputMessage:
-        values = [
-            payload[name] if required else payload.get(name)
-            for name, required in zip(self.names, self.required, strict=True)
-        ]
+        values: list[Any] = []
+        for name, required in self._fields:
+            values.append(payload[name] if required else payload.get(name))
         return self.from_list(values)
 
     def from_list(self, values: list[Any]) -> InputMessage:
         """The message of ``values`` (in ``names`` order, None for a field left out), which it
         converts in place."""
-        kinds = self.kinds
-        for place in self.to_convert:
+        for place, kind, required, default in self._steps:
             value = values[place]
-            if value is None and not self.required[place]:
-                values[place] = self.defaults[place]
-                continue
-            kind = kinds[place]
-            if kind == _AS_CACHED_DECIMAL:
+            if value is None and not required:
+                values[place] = default
+            elif kind == _AS_CACHED_DECIMAL:
                 values[place] = wire_decimal(value)
             elif kind == _AS_DECIMAL:
                 values[place] = Decimal(value)
