@@ -97,7 +97,7 @@ WIRE_NUMBERS = st.one_of(
 )
 NAMES = st.text(min_size=1, max_size=12)
 OPTIONAL = object()  # the key is left out
-FILL_DEFAULTS = {"margin_mode": "cross"}  # what fill_from_wire takes for an absent key (else None)
+FILL_DEFAULTS = {"margin_mode": "cross"}  # what FillFields holds for an absent key (else None)
 
 
 @st.composite
