@@ -5,7 +5,8 @@ the books balanced.
 The log is ``tests/fixtures/pinned_log/`` (written by ``tests/fixtures/make_pinned_log.py`` at
 05ad1d6; its docstring says what the market holds): every column of every row of the log, the
 projection tables and the snapshots, as PostgreSQL's ``COPY`` text. It is loaded as it is into a
-fresh migrated database, and ``audit verify`` runs on it."""
+fresh migrated database, and ``audit verify`` runs on it. And the live ledger of this code, fed the
+same market, writes the same rows but for the columns of its clock."""
 
 from __future__ import annotations
 
@@ -93,3 +94,24 @@ def test_the_parallel_verify_passes_on_it_too_with_the_books_balanced_all_along(
     assert _failures([check.as_dict() for check in report.checks]) == []
     conservation = next(check for check in report.checks if check.name == "conservation")
     assert conservation.details["checked_at"] > len(rows("events")) // 50
+
+
+# Columns the ledger fills from the clock, not from what it decides: recorded_at and the two
+# hashes that cover it (events), created_at (snapshots).
+CLOCK_COLUMNS = {"events": {8, 14, 15}, "snapshots": {2}}
+
+
+def test_the_ledger_writes_the_pinned_log_again_but_for_its_clock(database_url: str, tmp_path: Path) -> None:
+    """The market of the generator, fed to the ledger of this code, gives every row of the pinned
+    log (and of its projections and snapshots) again, column for column, but those of the clock."""
+    from tests.fixtures.make_pinned_log import dump, record_market
+
+    record_market(database_url)
+    dump(sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False), tmp_path)
+    for table in TABLES:
+        clock = CLOCK_COLUMNS.get(table, set())
+        written = [line.split("\t") for line in (tmp_path / f"{table}.copy").read_text("utf-8").splitlines()]
+        pinned = rows(table)
+        assert len(written) == len(pinned), table
+        for new, old in zip(written, pinned, strict=True):
+            assert [c for i, c in enumerate(new) if i not in clock] == [c for i, c in enumerate(old) if i not in clock]
