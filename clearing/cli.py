@@ -85,11 +85,15 @@ def add_services(subparsers: Subparsers) -> None:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
-    from clearing.store.db import current_revision, upgrade
+    from clearing.store.db import current_revision, set_role_passwords, upgrade
 
-    services = ensure_services(get_settings(), need_broker=False)
+    settings = get_settings()
+    services = ensure_services(settings, need_broker=False)
     upgrade(services.database_url, args.revision)
     out(f"database at revision {current_revision(services.database_url)}")
+    roles = set_role_passwords(services.database_url, settings.role_passwords())
+    if roles:
+        out(f"set the password of {', '.join(roles)}")
     return 0
 
 
@@ -327,7 +331,7 @@ def _audit_report(args: argparse.Namespace) -> int:
     else:
         output = settings.home_path() / "reports" / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.account_id) + ".html")
     services = ensure_services(settings, need_broker=False)
-    engine = make_engine(services.database_url, role="clearing_reader")
+    engine = make_engine(services.database_url, role=settings.reader_role, password=settings.reader_role_password)
     try:
         timeline = write_report(engine, args.account_id, output, start=start, end=end)
     except ReportError as error:
@@ -409,13 +413,16 @@ def add_audit(subparsers: Subparsers) -> None:
 
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
-    from clearing.audit.rebuild import rebuild
+    from clearing.audit.rebuild import RebuildRefused, rebuild
     from clearing.audit.verify import PlainProgress
 
     engine = _owner_engine()  # the tables' owner: the ledger's role may not CREATE
     try:
         progress = PlainProgress(None)
         report = rebuild(engine, swap=not args.check_only, jobs=args.jobs, progress=lambda n: progress("replay", n))
+    except RebuildRefused as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
     finally:
         engine.dispose()
     data = report.as_dict()

@@ -36,7 +36,9 @@ def run_ledger(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
 ) -> RunStats:
-    engine = make_engine(services.database_url, role=settings.database_role)
+    # Logged in as the ledger's own role (not the owner with SET ROLE): no SQL on these connections
+    # can take the owner's rights back.
+    engine = make_engine(services.database_url, role=settings.database_role, password=settings.database_role_password)
     try:
         ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
         # Started first: the child imports and connects while the state loads. run() closes it.
