@@ -275,7 +275,9 @@ def _api(args: argparse.Namespace) -> int:
         out(f"development token (valid until this process stops): {tokens[0]}")
         sys.stdout.flush()
     services = ensure_services(settings, need_broker=False)
-    engine = make_reader_engine(services.database_url)
+    engine = make_reader_engine(
+        services.database_url, role=settings.reader_role, password=settings.reader_role_password
+    )
     try:
         serve(create_app(engine, tokens), args.host, args.port)
     finally:
