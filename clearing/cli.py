@@ -112,12 +112,16 @@ def add_db(subparsers: Subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
-    from clearing.store.db import upgrade
+    from clearing.store.db import SchemaNotCurrent, prepare_schema
     from consumers.process import run_ledger
 
     settings = get_settings()
     services = ensure_services(settings)
-    upgrade(services.database_url)
+    try:
+        prepare_schema(services.database_url, settings.database_role, settings.database_role_password)
+    except SchemaNotCurrent as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
     logging.getLogger("clearing").setLevel(logging.INFO)
     stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
                        metrics_host=args.metrics_host)

@@ -152,6 +152,47 @@ def downgrade(url: str, revision: str = "base") -> None:
     log.info("database downgraded to %s", revision)
 
 
+class SchemaNotCurrent(RuntimeError):
+    """The database's schema is not the one this code needs, and this login may not migrate it."""
+
+
+def head_revisions() -> set[str]:
+    """The revisions the code's migrations end at (one, unless branches are waiting for a merge)."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def prepare_schema(url: str, role: str, password: SecretStr | None = None) -> None:
+    """Before the ledger starts: with the owner's login (``url``'s user is not ``role``: the
+    embedded server, a single-login deployment), apply the migrations as ever. With the role's own
+    login (a least-privilege deployment), which may not migrate, check the schema is at the head
+    and raise :class:`SchemaNotCurrent` saying what to run otherwise."""
+    if sa.engine.make_url(normalise_url(url)).username != role:
+        upgrade(url)
+        return
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, role=role, password=password, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except sa.exc.ProgrammingError as error:  # alembic_version is readable by the role from 2026_12_07_0001
+        raise SchemaNotCurrent(
+            f"{role} may not read the schema's revision, so the schema predates the login roles: run `clearing db "
+            f"upgrade` with the schema owner's login first"
+        ) from error
+    finally:
+        engine.dispose()
+    wanted = head_revisions()
+    if current != wanted:
+        found = ", ".join(sorted(current)) or "no revision (an empty database)"
+        raise SchemaNotCurrent(
+            f"the database is at {found} but this clearing needs {', '.join(sorted(wanted))}, and {role} may not "
+            f"migrate it: run `clearing db upgrade` with the schema owner's login first"
+        )
+
+
 def current_revision(url: str) -> str | None:
     """The revision the database is at, None for an empty database."""
     from alembic.runtime.migration import MigrationContext

@@ -18,6 +18,9 @@ Neither role may create tables, so neither can build or swap in the projections'
 which only the owner does (``projections rebuild``). PostgreSQL 15 and later give PUBLIC no
 CREATE on the public schema; an older server does, and the revision warns with the statements an
 administrator runs to close it (they touch every user of the schema, so they are not run here).
+Both roles may read ``alembic_version``: a ledger that logs in as its own role does not migrate,
+it checks that the schema is the one its code expects (``clearing.store.db.prepare_schema``).
+
 Roles are cluster-wide: the ledger of another database on the same server may be logging in as
 them, so downgrade leaves them as they are.
 """
@@ -60,6 +63,7 @@ def _allow_login(role: str) -> None:
 def upgrade() -> None:
     for role in ROLES:
         _allow_login(role)
+    op.execute(f"GRANT SELECT ON alembic_version TO {APP_ROLE}, {READER_ROLE}")
     op.execute(
         f"""
         DO $$
@@ -78,5 +82,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Nothing to undo in this database; the roles' LOGIN is the server's (see the docstring).
-    pass
+    # The roles' LOGIN is the server's (see the docstring); only this database's grant is undone.
+    op.execute(f"REVOKE SELECT ON alembic_version FROM {APP_ROLE}, {READER_ROLE}")

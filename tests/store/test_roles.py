@@ -241,3 +241,43 @@ def test_role_passwords_are_set_hashed_and_never_logged(
             assert raw is not None
             restored = sql.NULL if before is None else sql.Literal(before)
             raw.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(db.READER_ROLE), restored))
+
+
+def test_the_ledger_with_the_owners_login_migrates_as_before(pg_server) -> None:  # type: ignore[no-untyped-def]
+    name = f"clearing_test_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(name)
+    try:
+        url = pg_server.url(name)
+        db.prepare_schema(url, db.APP_ROLE)
+        assert db.current_revision(url) in db.head_revisions()
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_the_ledger_with_its_own_login_checks_the_schema_and_does_not_migrate(database_url: str) -> None:
+    own_login = db.role_url(database_url, db.APP_ROLE)
+    db.prepare_schema(own_login, db.APP_ROLE)  # at the head: nothing to say
+    db.downgrade(database_url, "2026_11_23_0001")
+    with pytest.raises(db.SchemaNotCurrent, match="run `clearing db upgrade` with the schema owner's login"):
+        db.prepare_schema(own_login, db.APP_ROLE)
+    assert db.current_revision(database_url) == "2026_11_23_0001"  # untouched
+    db.downgrade(database_url, "base")
+    with pytest.raises(db.SchemaNotCurrent, match="run `clearing db upgrade` with the schema owner's login"):
+        db.prepare_schema(own_login, db.APP_ROLE)
+
+
+def test_clearing_run_with_the_ledgers_login_on_an_old_schema_says_what_to_do(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db.downgrade(database_url, "base")
+    env = {
+        **os.environ,
+        "CLEARING_DATABASE_URL": db.role_url(database_url, db.APP_ROLE),
+        "CLEARING_KAFKA_BOOTSTRAP": "127.0.0.1:1",  # never reached: the schema check comes first
+        "CLEARING_HOME": str(tmp_path / "home"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "clearing.cli", "run"],
+        env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "run `clearing db upgrade` with the schema owner's login first" in done.stderr
+    assert "Traceback" not in done.stderr
