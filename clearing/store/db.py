@@ -95,6 +95,8 @@ def set_role_passwords(url: str, passwords: Mapping[str, SecretStr]) -> list[str
     """Give each role its password (``ALTER ROLE ... PASSWORD``), connected as ``url``'s user (the
     owner, with the right to alter the roles). The password is hashed here (SCRAM-SHA-256), so
     neither the statement nor the server's log ever holds it in clear. Returns the roles set."""
+    if not passwords:
+        return []
     from psycopg import sql
 
     engine = make_engine(url, poolclass=sa.pool.NullPool)
