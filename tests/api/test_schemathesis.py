@@ -43,6 +43,14 @@ DOCUMENT = _document()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
+@schema.hook("filter_query")
+def _sendable(_context: Any, query: dict[str, Any] | None) -> bool:
+    # A negative case may add a parameter whose value is None or an empty list, which no query
+    # string carries: the HTTP client drops it, sends a valid request, and the check calls the
+    # 200 "invalid data accepted". Such cases test the client, not the API.
+    return query is None or all(value is not None and value != [] and value != {} for value in query.values())
+
+
 def test_the_server_serves_the_document_the_cases_come_from(api: RunningApi) -> None:
     with api.client(token=None) as client:
         assert client.get("/openapi.json").json() == DOCUMENT
