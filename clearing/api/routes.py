@@ -124,7 +124,11 @@ PositionCursor = Annotated[
     int, Query(ge=0, le=POSITION_MAX, description="the previous page's next_after (a log position)")
 ]
 AccountId = Annotated[
-    str, Path(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=TEXT_PATTERN, description="an account id")
+    str,
+    Path(
+        min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=TEXT_PATTERN, description="an account id",
+        examples=["ACC-00001"],
+    ),
 ]
 OptionalId = Annotated[
     str | None, Query(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=TEXT_PATTERN)
@@ -183,7 +187,7 @@ def get_account(conn: Conn, account_id: AccountId) -> dict[str, Any]:
 def get_account_as_of(
     request: Request,
     account_id: AccountId,
-    position: Annotated[int | None, Query(ge=0, le=POSITION_MAX, description="log position")] = None,
+    position: Annotated[int | None, Query(ge=0, le=POSITION_MAX, description="log position", examples=[40])] = None,
     time: Annotated[Time | None, Query(description="event time, RFC 3339 with a zone")] = None,
 ) -> dict[str, Any]:
     if (position is None) == (time is None):
