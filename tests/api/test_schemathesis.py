@@ -80,6 +80,8 @@ def test_no_operation_answers_a_server_error_or_an_undocumented_response(case: A
 def test_every_operation_answered_with_data_at_least_once() -> None:
     # The run above must have reached the data, not only refused inputs: the documented example
     # account id (ACC-00001, in the market of conftest.py) gives the account routes their 200s.
+    if not ANSWERED:
+        pytest.skip("reads what the schemathesis cases of this module answered: run them with it")
     operations = [result.ok().label for result in schema.get_all_operations()]
     assert set(ANSWERED) == set(operations), sorted(set(operations) - set(ANSWERED))
     assert {label for label, statuses in ANSWERED.items() if 200 not in statuses} == set(), ANSWERED
