@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # The roles the first revision creates and the login-roles revision lets log in.
 APP_ROLE = "clearing_app"  # the ledger: SELECT and INSERT on the log, maintains the other tables
-READER_ROLE = "clearing_reader"  # the API, account show, reports: SELECT only
+READER_ROLE = "clearing_reader"  # the API and reports: SELECT only
 # How ``set_role_passwords`` hashes a password before it leaves the process (as psql's \password).
 PASSWORD_ALGORITHM = b"scram-sha-256"
 
