@@ -503,8 +503,12 @@ def _params_apply(args: argparse.Namespace) -> int:
         sys.stderr.write(f"clearing params apply: {error}\n")
         return 2
     if args.check:
+        from clearing.domain.params import booking_report
+
         out(f"valid: risk parameters {parameters.version}, {len(parameters.instruments)} instruments, "
             f"{len(parameters.assets)} assets")
+        for line in booking_report(parameters):
+            out(f"  {line}")
         return 0
     settings = get_settings()
     services = ensure_services(settings)
