@@ -375,11 +375,14 @@ def _owner_engine() -> Any:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from clearing.audit.published import CheckpointSource
     from clearing.audit.verify import run_verify
+    from clearing.settings import get_settings
 
+    checkpoints = CheckpointSource.from_settings(get_settings(), required=args.require_checkpoints)
     engine = _owner_engine()
     try:
-        return run_verify(engine, args.json, jobs=args.jobs)
+        return run_verify(engine, args.json, jobs=args.jobs, checkpoints=checkpoints)
     finally:
         engine.dispose()
 
@@ -410,6 +413,11 @@ def add_audit(subparsers: Subparsers) -> None:
         "verify", help="hash chain, replay determinism, projections = fresh replay, conservation, counterparts"
     )
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--require-checkpoints",
+        action="store_true",
+        help="fail when the checkpoints topic cannot be read (by default: reported as not checked)",
+    )
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")

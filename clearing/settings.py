@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # The role the API, ``account show`` and reports log in as: it may only read. Password likewise.
     reader_role: str = "clearing_reader"
     reader_role_password: SecretStr | None = None
+    # Ed25519 key that signs the log checkpoints the ledger publishes: the 32-byte seed in hex or
+    # base64, or PEM. Unset: checkpoints go out unsigned.
+    signing_key: SecretStr | None = None
+    # The public key ``audit verify`` checks checkpoint signatures with (32 bytes in hex or base64,
+    # or PEM). Unset: derived from ``signing_key`` when that is set.
+    signing_public_key: str | None = None
 
     def api_token_list(self) -> list[str]:
         """The accepted bearer tokens, blanks dropped; empty when none are configured."""

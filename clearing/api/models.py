@@ -205,8 +205,8 @@ class ShardStatus(BaseModel):
 
 
 class AuditStatus(BaseModel):
-    """The head of the log, counts and the outbox backlog. Open to more fields: the outbox's
-    delivery figures are added by the code that measures them."""
+    """The head of the log, counts and the outbox backlog. Open to more fields (extra="allow"), so
+    a figure added to the status before it is declared here still reaches the client."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -215,6 +215,12 @@ class AuditStatus(BaseModel):
     shards: dict[str, ShardStatus] = Field(description="shard number -> its head and event count")
     dead_letters_total: int
     outbox_unpublished: int = Field(description="outbox rows not yet acknowledged by the broker")
+    outbox_oldest_unpublished_at: Time | None = Field(
+        default=None, description="when the oldest of them was written; null when there is none"
+    )
+    outbox_oldest_unpublished_age_s: float | None = Field(
+        default=None, description="how long it has waited, in seconds (to the millisecond); null when there is none"
+    )
     last_recorded_at: Time | None
 
 

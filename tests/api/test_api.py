@@ -9,6 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from clearing.domain.inputs import format_time
 from clearing.store.db import make_engine
 from tests.api.conftest import BAD_RECORDS, MARGIN_CALLS_SEEDED, TOKEN, RunningApi
 
@@ -395,9 +396,8 @@ def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) 
     fund = _schema_of(document, "/insurance-fund")
     assert {"account_id", "balances", "movements", "next_after"} <= set(fund["properties"])
     status = _schema_of(document, "/audit/status")
-    assert {"log_position", "events_total", "shards", "dead_letters_total", "outbox_unpublished"} <= set(
-        status["properties"]
-    )
+    assert {"log_position", "events_total", "shards", "dead_letters_total", "outbox_unpublished",
+            "outbox_oldest_unpublished_at", "outbox_oldest_unpublished_age_s"} <= set(status["properties"])
     # Money is a string holding an exact decimal, as on the wire (CONTRACT.md), never a JSON number.
     for schema, fields in (
         (schemas["PositionView"], ("quantity", "entry_price", "cost", "realised_pnl")),
@@ -415,3 +415,24 @@ def test_audit_status_keeps_fields_it_does_not_declare() -> None:
     status = {"log_position": 3, "events_total": 3, "shards": {"0": {"head_position": 3, "events": 3}},
               "dead_letters_total": 0, "outbox_unpublished": 1, "last_recorded_at": None, "outbox_oldest_age_s": 2}
     assert AuditStatus.model_validate(status).model_dump(mode="json") == status
+
+
+def test_audit_status_gives_the_oldest_unpublished_outbox_row_and_its_age(
+    api: RunningApi, api_database_url: str
+) -> None:
+    owner = make_engine(api_database_url)
+    try:
+        with owner.connect() as conn:
+            oldest, age_before = conn.execute(
+                sa.text(
+                    "SELECT min(created_at), extract(epoch FROM now() - min(created_at)) FROM outbox "
+                    "WHERE published_at IS NULL"
+                )
+            ).one()
+    finally:
+        owner.dispose()
+    with api.client() as client:
+        status = client.get("/audit/status").json()
+    assert oldest is not None  # never relayed here
+    assert status["outbox_oldest_unpublished_at"] == format_time(oldest)
+    assert status["outbox_oldest_unpublished_age_s"] >= float(age_before)
