@@ -413,7 +413,8 @@ def test_audit_status_keeps_fields_it_does_not_declare() -> None:
     from clearing.api.models import AuditStatus
 
     status = {"log_position": 3, "events_total": 3, "shards": {"0": {"head_position": 3, "events": 3}},
-              "dead_letters_total": 0, "outbox_unpublished": 1, "last_recorded_at": None, "outbox_oldest_age_s": 2}
+              "dead_letters_total": 0, "outbox_unpublished": 1, "outbox_oldest_unpublished_at": None,
+              "outbox_oldest_unpublished_age_s": None, "last_recorded_at": None, "a_figure_added_later": 2}
     assert AuditStatus.model_validate(status).model_dump(mode="json") == status
 
 
