@@ -161,6 +161,7 @@ def _simulate(args: argparse.Namespace) -> int:
         steps=args.steps,
         crash_at=args.crash_at,
         crash_depth=Decimal(args.crash_depth),
+        options=args.options,
     )
     messages = list(generate(scenario))
     ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
@@ -180,6 +181,8 @@ def add_simulate(subparsers: Subparsers) -> None:
     parser.add_argument("--crash-at", type=float, default=None, metavar="FRACTION",
                         help="start a crash after this fraction of the steps (e.g. 0.7)")
     parser.add_argument("--crash-depth", default="0.25", help="fraction the prices fall in the crash")
+    parser.add_argument("--options", action="store_true",
+                        help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_simulate)
 
