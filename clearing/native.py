@@ -36,6 +36,7 @@ COMPILED = (
     "clearing.domain.events",
     "clearing.domain.marginmodel",
     "clearing.domain.margin",
+    "clearing.domain.portfolio",
     "clearing.domain.models",
     "clearing.domain.triggers",
     "clearing.domain.booking",
