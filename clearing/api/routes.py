@@ -17,8 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel
 
-from clearing.audit.asof import account_as_of
-from clearing.domain.inputs import format_time
+from clearing.audit.asof import AsOf, account_as_of
 from clearing.store import queries
 
 LIST_LIMIT_DEFAULT = 100
@@ -83,24 +82,38 @@ def get_account(conn: Conn, account_id: AccountId) -> dict[str, Any]:
 
 @router.get(
     "/accounts/{account_id}/as-of",
-    summary="The account as it stood at a log position or an event time (replayed from the log)",
+    summary="The account at a log position, a ledger time or an event time (replayed from the log)",
+    description=(
+        "Give exactly one of: position (the state after the log up to that position); ledger_time (the state "
+        "as the ledger knew it then: the events recorded by that time); event_time (the fold, in log order, of "
+        "the events that had happened by that time, late arrivals included where they happened). time is "
+        "event_time, as CONTRACT.md's as-of TIMESTAMP."
+    ),
     responses={501: {"description": "as-of queries are not available in this build"}},
 )
 def get_account_as_of(
     request: Request,
     account_id: AccountId,
     position: Annotated[int | None, Query(ge=0, description="log position")] = None,
-    time: Annotated[AwareDatetime | None, Query(description="event time, RFC 3339 with a zone")] = None,
+    ledger_time: Annotated[AwareDatetime | None, Query(description="ledger time (recorded_at), RFC 3339")] = None,
+    event_time: Annotated[AwareDatetime | None, Query(description="event time (occurred_at), RFC 3339")] = None,
+    time: Annotated[AwareDatetime | None, Query(description="the same as event_time")] = None,
 ) -> dict[str, Any]:
-    if (position is None) == (time is None):
-        raise HTTPException(HTTP_UNPROCESSABLE, "give exactly one of position= and time=")
-    when = str(position) if position is not None else format_time(time)  # type: ignore[arg-type]
+    given = [value is not None for value in (position, ledger_time, event_time, time)]
+    if sum(given) != 1:
+        raise HTTPException(HTTP_UNPROCESSABLE, "give exactly one of position=, ledger_time=, event_time= and time=")
+    if position is not None:
+        question = AsOf("position", position=position)
+    elif ledger_time is not None:
+        question = AsOf("ledger_time", moment=ledger_time)
+    else:
+        question = AsOf("event_time", moment=event_time or time)
     try:
-        view = account_as_of(request.app.state.engine, account_id, when)
+        view = account_as_of(request.app.state.engine, account_id, question)
     except (ValueError, LookupError) as error:
         raise HTTPException(HTTP_UNPROCESSABLE, str(error)) from None
     if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} at {when}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} at {question.describe()}")
     return dict(view)
 
 
@@ -167,9 +180,17 @@ def list_liquidations(
     return _page(items, limit, lambda row: row["issued_position"])
 
 
-@router.get("/insurance-fund", summary="Insurance fund balances and a page of its movements")
-def get_insurance_fund(conn: Conn, limit: Limit = LIST_LIMIT_DEFAULT, after: PositionCursor = 0) -> dict[str, Any]:
-    balances = queries.account_balances(conn, queries.INSURANCE_FUND_ACCOUNT_ID)
+@router.get(
+    "/insurance-fund",
+    summary="Insurance fund balances (the total over the shards, and each shard's) and a page of its movements",
+)
+def get_insurance_fund(
+    conn: Conn,
+    limit: Limit = LIST_LIMIT_DEFAULT,
+    after: PositionCursor = 0,
+    shard: Annotated[int | None, Query(ge=0, description="only this shard's fund")] = None,
+) -> dict[str, Any]:
+    balances = queries.account_balances(conn, queries.INSURANCE_FUND_ACCOUNT_ID, shard=shard)
     movements = queries.insurance_fund_movements(conn, after=after, limit=limit)
     page = _page(movements, limit, lambda row: row["position"])
     return {

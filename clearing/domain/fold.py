@@ -31,6 +31,7 @@ from clearing.domain.inputs import (
     Settlement,
     Withdrawal,
 )
+from clearing.domain.margin import KIND_NAMES
 from clearing.domain.messages import InputError
 from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
 from clearing.domain.params import InstrumentSpec, load_parameters
@@ -70,8 +71,8 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 _asset(state, message.fee_asset, "fee_asset")
             if spec.kind not in ("perpetual", "future"):
                 raise InputError(
-                    f"{message.instrument} is a {spec.kind}; this ledger version books linear perpetuals "
-                    "and futures only"
+                    f"{message.instrument} is {KIND_NAMES.get(spec.kind, spec.kind)}; this ledger version books "
+                    "linear perpetuals and futures only"
                 )
         case Deposit() | Withdrawal():
             _asset(state, message.asset, "asset")
@@ -92,7 +93,9 @@ def admit(state: LedgerState, message: InputMessage) -> None:
         case Funding():
             spec = _instrument(state, message.symbol)
             if spec.kind != "perpetual":
-                raise InputError(f"funding applies to perpetuals; {message.symbol} is a {spec.kind}")
+                raise InputError(
+                    f"funding applies to perpetuals; {message.symbol} is {KIND_NAMES.get(spec.kind, spec.kind)}"
+                )
             if state.mark_price(message.symbol) is None:
                 raise InputError(
                     f"funding for {message.symbol} arrived before any mark of it: publish a mark first, "
@@ -101,7 +104,9 @@ def admit(state: LedgerState, message: InputMessage) -> None:
         case Settlement():
             spec = _instrument(state, message.symbol)
             if spec.kind != "future":
-                raise InputError(f"settlement applies to dated futures; {message.symbol} is a {spec.kind}")
+                raise InputError(
+                    f"settlement applies to dated futures; {message.symbol} is {KIND_NAMES.get(spec.kind, spec.kind)}"
+                )
         case RiskParametersMessage():
             try:
                 load_parameters(message.parameters)

@@ -64,6 +64,13 @@ CROSS: Final = "cross"
 ISOLATED: Final = "isolated"
 ISOLATED_SCOPE_PREFIX: Final = "isolated:"
 LINEAR_KINDS: Final = ("perpetual", "future")
+# An instrument kind as a sentence names it ("BTC-27DEC26-70000-C is an option").
+KIND_NAMES: Final = {
+    "perpetual": "a perpetual",
+    "future": "a future",
+    "option": "an option",
+    "spot": "a spot instrument",
+}
 
 HEALTHY: Final = "healthy"
 WARNING: Final = "warning"
@@ -284,7 +291,8 @@ def _instrument(parameters: RiskParameters, symbol: str) -> InstrumentSpec:
         raise MarginModelError(f"instrument {symbol} is not listed in risk parameters {parameters.version}")
     if spec.kind not in LINEAR_KINDS:
         raise MarginModelError(
-            f"instrument {symbol} is a {spec.kind}; this margin model prices linear perpetuals and futures only"
+            f"instrument {symbol} is {KIND_NAMES.get(spec.kind, spec.kind)}; this margin model prices linear "
+            "perpetuals and futures only"
         )
     return spec
 

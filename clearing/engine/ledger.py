@@ -348,7 +348,8 @@ class Ledger:
             if state.marks_touched:
                 accounts.update(self._refresh_rotation())
             projections.write(
-                conn, state, accounts, state.marks_touched, position, decisions=decided, deferred=deferred
+                conn, state, accounts, state.marks_touched, position, shard=self.shard, decisions=decided,
+                deferred=deferred,
             )
         except BaseException:
             conn.close()  # rolls the transaction back
