@@ -320,7 +320,8 @@ class Ledger:
                     (
                         None,
                         *outputs.dead_letter_message(
-                            record.topic, record.partition, record.offset, record.key, record.value, letter.error
+                            record.topic, record.partition, record.offset, record.key, record.value, letter.error,
+                            letter.existing_payload,
                         ),
                     )
                 )

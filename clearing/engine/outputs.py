@@ -13,12 +13,15 @@ from clearing.domain.inputs import format_time
 MARGIN_CALLS = "margin-calls"
 LIQUIDATION_ORDERS = "liquidation-orders"
 WITHDRAWALS = "withdrawals"
+ACCOUNT_UPDATES = "account-updates"  # CONTRACT v2
 DLQ = "dlq"
-OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, DLQ)
+OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ)
 
 _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.WITHDRAWAL_APPROVED: (WITHDRAWALS, "withdrawal_approved"),
     ev.WITHDRAWAL_REJECTED: (WITHDRAWALS, "withdrawal_rejected"),
+    ev.ISOLATED_MARGIN_TRANSFERRED: (ACCOUNT_UPDATES, "isolated_margin_transferred"),
+    ev.ISOLATED_MARGIN_TRANSFER_REJECTED: (ACCOUNT_UPDATES, "isolated_margin_rejected"),
     ev.MARGIN_CALL_ISSUED: (MARGIN_CALLS, "margin_call_issued"),
     ev.MARGIN_CALL_ESCALATED: (MARGIN_CALLS, "margin_call_escalated"),
     ev.MARGIN_CALL_RESOLVED: (MARGIN_CALLS, "margin_call_resolved"),
@@ -45,8 +48,16 @@ def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[
 
 
 def dead_letter_message(
-    topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, error: str
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes,
+    error: str,
+    existing_payload: dict[str, Any] | None = None,
 ) -> tuple[str, str | None, dict[str, Any]]:
+    """The ``rejected`` message of a dead letter. A conflicting duplicate carries both versions
+    (DESIGN.md): ``raw``, the one received, and ``existing_payload``, the one the log holds."""
     text_key = key.decode("utf-8", "replace") if key is not None else None
     value = {
         "type": "rejected",
@@ -57,4 +68,6 @@ def dead_letter_message(
         "error": error,
         "raw": base64.b64encode(raw).decode("ascii"),
     }
+    if existing_payload is not None:
+        value["existing_payload"] = existing_payload
     return DLQ, text_key, value
