@@ -22,6 +22,7 @@ from rich.table import Table
 from clearing import liquidator
 from clearing.audit.chain import verify_chain
 from clearing.domain.fold import conservation
+from clearing.domain.state import SYSTEM_ACCOUNTS
 from clearing.embedded import ensure_services
 from clearing.engine.ledger import Ledger
 from clearing.settings import Settings
@@ -112,8 +113,9 @@ def run_demo(
     # The liquidator's market maker deposits first: it takes the other side of every liquidation.
     kind, key, value = liquidator.deposit_message()
     messages = [Message(kind, key, value), *generate(scenario), *BAD_MESSAGES]
+    made = sum(1 for message in messages if message.kind == "fills" and message.key != liquidator.MARKET_MAKER) // 2
     console.print(
-        f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
+        f"Simulating a market (seed {seed}): {accounts} accounts, {made:,} trades (two fills each), "
         f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages. "
         f"A liquidator (a simulated exchange) fills the ledger's liquidation orders at their mark against "
         f"{liquidator.MARKET_MAKER}."
@@ -250,6 +252,7 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         console.print(dead)
 
     _accounts_table(console, engine)
+    _system_accounts_table(console, engine)
     console.print(
         ("[green]✓[/green]" if chain.ok else "[red]✗[/red]")
         + f" hash chain: {chain.events} events verified"
@@ -320,6 +323,23 @@ def _accounts_table(console: Console, engine: sa.Engine) -> None:
             row.status,
             str(row.open_positions),
         )
+    console.print(table)
+
+
+def _system_accounts_table(console: Console, engine: sa.Engine) -> None:
+    """The fees, the insurance fund and the funding pool: each shard keeps its own."""
+    table = Table("account", "shard", "USDT", title="System accounts (each shard keeps its own; the total is theirs)")
+    with engine.connect() as conn:
+        for account_id in SYSTEM_ACCOUNTS:
+            view = queries.account_view(conn, account_id)
+            if view is None:
+                table.add_row(account_id, "all", _money(0))
+                continue
+            shards = view["shards"]
+            for shard, one in shards.items():
+                table.add_row(account_id, shard, _money(one["balances"].get("USDT", 0)))
+            if len(shards) > 1:
+                table.add_row(account_id, "total", _money(view["balances"].get("USDT", 0)))
     console.print(table)
 
 

@@ -50,8 +50,8 @@ def test_isolated_margin_decisions_are_published_on_account_updates(database_url
         ])
         with engine.connect() as conn:
             decided = conn.execute(sa.text(
-                "SELECT type, payload->>'transfer_id' FROM events WHERE type IN ('IsolatedMarginTransferred', 'IsolatedMarginTransferRejected') "
-                "ORDER BY position"
+                "SELECT type, payload->>'transfer_id' FROM events "
+                "WHERE type IN ('IsolatedMarginTransferred', 'IsolatedMarginTransferRejected') ORDER BY position"
             )).all()
         messages = outbox(engine, PREFIX + "account-updates")
         names = {"IsolatedMarginTransferred": "isolated_margin_transferred",
