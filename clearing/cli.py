@@ -742,7 +742,10 @@ def operating_error(error: BaseException) -> str | None:
         cause = str(error.orig if error.orig is not None else error).strip().splitlines()
         return "cannot reach the database: " + (cause[0] if cause else type(error).__name__)
     kafka = sys.modules.get("kafka.errors")
-    if kafka is not None and isinstance(error, kafka.NoBrokersAvailable):
+    unreachable = tuple(
+        getattr(kafka, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka, name)
+    ) if kafka is not None else ()
+    if unreachable and isinstance(error, unreachable):
         return "cannot reach the Kafka broker (CLEARING_KAFKA_BOOTSTRAP, or the embedded one): is it running?"
     return None
 
