@@ -116,7 +116,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 },
             )
 
-    trades_per_step = max(1, scenario.trades // max(1, scenario.steps))
+    steps = max(1, scenario.steps)
     crash_start = int(scenario.steps * scenario.crash_at) if scenario.crash_at is not None else None
     trade_number = 0
     for step in range(scenario.steps):
@@ -136,9 +136,8 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 yield Message(
                     "marks", symbol, {"type": "funding", "symbol": symbol, "rate": to_wire(rate), "occurred_at": at}
                 )
-        for _ in range(trades_per_step):
-            if trade_number >= scenario.trades:
-                break
+        # Exactly ``trades`` trades, spread evenly: this step's share of the running total.
+        for _ in range(scenario.trades * (step + 1) // steps - scenario.trades * step // steps):
             trade_number += 1
             buyer, seller = rng.sample(accounts, 2)
             symbol = rng.choice(list(INSTRUMENTS))
