@@ -150,6 +150,15 @@ def _shard_writer_lock(database_url: str, shard: int) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    # From the start: a stop asked for while the modules load, the services start or the state
+    # loads is a clean stop once the ledger is up, not a death by signal.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
     from clearing.store.db import upgrade
@@ -162,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger("clearing").setLevel(logging.INFO)
     try:
         stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
-                           metrics_host=args.metrics_host)
+                           metrics_host=args.metrics_host, stop=stop)
     finally:
         lock.close()  # the session ends: the lock is released
     out(

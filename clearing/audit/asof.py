@@ -58,10 +58,15 @@ class AsOf:
     position: int | None = None
     moment: datetime | None = None
 
+    def __post_init__(self) -> None:
+        if (self.question == "position") != (self.position is not None) or (self.moment is None) == (
+            self.question != "position"
+        ):
+            raise ValueError(f"{self.question} takes {'a position' if self.question == 'position' else 'a time'} only")
+
     def describe(self) -> str:
-        if self.question == "position":
+        if self.moment is None:
             return f"log position {self.position}"
-        assert self.moment is not None  # the constructors below always set it
         return f"{self.question.replace('_', ' ')} {format_time(self.moment)}"
 
 
@@ -262,10 +267,9 @@ def _shard_state(
 ) -> tuple[LedgerState, int, dict[str, Any] | None]:
     """The shard's state for ``question``, the log position it is as of, and what the view says
     about the question (None for a plain position)."""
-    if question.question == "position":
+    if question.moment is None:  # a position (AsOf checks that exactly one is given)
         position = question.position or 0
         return state_at(conn, shard, position, use_snapshots=use_snapshots), position, None
-    assert question.moment is not None  # AsOf's time questions always carry it
     said: dict[str, Any] = {"question": question.question, "time": format_time(question.moment)}
     if question.question == "ledger_time":
         position = position_at_ledger_time(conn, shard, question.moment)
