@@ -59,6 +59,7 @@ COMMITTING = (
     "AND query LIKE '%INSERT INTO balances%staging_balances%'"
 )
 CLEARING = Path(sys.executable).with_name("clearing")
+RUNNING = "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
 
 
 def _start(env: dict[str, str], home: Path, run: int) -> subprocess.Popen[bytes]:
@@ -152,6 +153,15 @@ def test_sigkill_while_ingesting_loses_and_duplicates_nothing(
         _wait(
             lambda: offsets_reached(stored_offsets(owner_engine), produced.ends),
             "the produced offsets",
+            process,
+            tmp_path,
+            len(KILL_AT),
+        )
+        # The last run may find everything consumed already: stop it once it is up (it holds its
+        # shard's writer lock, named after its pid), not while the interpreter is still starting.
+        _wait(
+            lambda: count(owner_engine, RUNNING, name=f"clearing run --shard 0 (pid {process.pid})") > 0,
+            "the last run to hold its shard",
             process,
             tmp_path,
             len(KILL_AT),
