@@ -112,8 +112,9 @@ def run_demo(
     scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75)
     # The liquidator's market maker deposits first: it takes the other side of every liquidation.
     kind, key, value = liquidator.deposit_message()
-    messages = [Message(kind, key, value), *generate(scenario), *BAD_MESSAGES]
-    made = sum(1 for message in messages if message.kind == "fills" and message.key != liquidator.MARKET_MAKER) // 2
+    market = list(generate(scenario))
+    messages = [Message(kind, key, value), *market, *BAD_MESSAGES]
+    made = sum(1 for message in market if message.kind == "fills") // 2  # two fills a trade
     console.print(
         f"Simulating a market (seed {seed}): {accounts} accounts, {made:,} trades (two fills each), "
         f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages. "
