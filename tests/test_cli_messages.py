@@ -79,9 +79,15 @@ def test_params_errors_are_sentences_without_pydantic_boilerplate(tmp_path: Path
     assert "margin_call is required" in message and "instruments.0.tiers must not be empty" in message
 
 
-def test_an_option_is_called_an_option() -> None:
-    from clearing.domain.margin import KIND_NAMES
+def test_an_option_fill_is_rejected_as_an_option() -> None:
+    from clearing.domain import fold
+    from clearing.domain.messages import InputError, decode
+    from clearing.domain.params import bundled_document
+    from clearing.domain.state import LedgerState
 
-    assert KIND_NAMES["option"] == "an option"
-    source = (Path(__file__).parents[1] / "clearing" / "domain" / "fold.py").read_text()
-    assert "is a {spec.kind}" not in source
+    option = next(i["symbol"] for i in bundled_document()["instruments"] if i["kind"] == "option")
+    value = {"type": "fill", "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": option,
+             "side": "buy", "quantity": "1", "price": "100", "fee": "0", "fee_asset": "USDT",
+             "occurred_at": "2026-11-23T00:00:00Z"}
+    with pytest.raises(InputError, match=f"^{option} is an option; "):
+        fold.admit(LedgerState(), decode("fills", json.dumps(value).encode()))
