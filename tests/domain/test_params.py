@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from clearing.domain.fold import admit
+from clearing.domain.margin import KIND_NAMES
 from clearing.domain.messages import InputError, decode
 from clearing.domain.params import (
     BOOKED_KINDS,
@@ -378,12 +379,13 @@ def test_the_ledger_books_fills_of_exactly_the_booked_kinds() -> None:
         if spec.kind in BOOKED_KINDS:
             admit(state, fill_of(spec.symbol))
         else:
-            with pytest.raises(InputError, match=f"{spec.symbol} is a {spec.kind}; this ledger version books"):
+            expected = f"{spec.symbol} is {KIND_NAMES[spec.kind]}; this ledger version books"
+            with pytest.raises(InputError, match=expected):
                 admit(state, fill_of(spec.symbol))
 
 
 def test_an_option_fill_is_still_rejected_under_the_bundled_document() -> None:
-    with pytest.raises(InputError, match="BTC-26MAR27-70000-C is a option; this ledger version books linear"):
+    with pytest.raises(InputError, match="BTC-26MAR27-70000-C is an option; this ledger version books linear"):
         admit(LedgerState(), fill_of("BTC-26MAR27-70000-C"))
 
 
