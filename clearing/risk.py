@@ -2,8 +2,9 @@
 
 Input: ``{"parameters": {...}, "marks": {...}, "account": {"balances": {...}, "positions": [...]}}``
 with every number an exact decimal string (or a JSON integer). It builds an ``Account`` (cost of a
-position = quantity x entry_price x contract_size), evaluates it with ``domain.margin.evaluate``
-and returns the output document: the cross account's ``equity``, ``initial_margin``,
+position = quantity x entry_price x contract_size), evaluates it with the margin model the input
+names (``margin_model``, CONTRACT v2; ``standard`` when left out) through the margin-model
+interface (``domain.models``), and returns the output document: the cross account's ``equity``, ``initial_margin``,
 ``maintenance_margin``, ``margin_ratio``, ``status``; per position ``notional``,
 ``unrealized_pnl``, ``initial_margin``, ``maintenance_margin``, ``liquidation_price``, ``tier``;
 and an ``isolated`` list with each isolated scope's figures. Decimals go out as strings
@@ -26,16 +27,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from clearing.domain.margin import (
+from clearing.domain.marginmodel import (
     CROSS,
     ISOLATED,
     ISOLATED_SCOPE_PREFIX,
     AccountRisk,
+    MarginModel,
     MarginModelError,
     PositionRisk,
     ScopeRisk,
-    evaluate,
 )
+from clearing.domain.models import DEFAULT_MODEL, model_named
 from clearing.domain.numbers import ONE, ZERO, NumberError, divide, exact, parse_decimal, to_wire
 from clearing.domain.params import RiskParameters, bundled_parameters, load_parameters
 from clearing.domain.state import Account, Position
@@ -200,7 +202,7 @@ def _scope_figures(scope: ScopeRisk) -> dict[str, Any]:
         "initial_margin": to_wire(scope.initial_margin),
         "maintenance_margin": to_wire(scope.maintenance_margin),
         "margin_ratio": _optional(scope.margin_ratio),
-        "status": scope.status,
+        "status": scope.status.value,
     }
 
 
@@ -240,11 +242,24 @@ def risk_document(risk: AccountRisk, parameters: RiskParameters, account: Accoun
     }
 
 
+def _model(document: Any) -> MarginModel:
+    name = document.get("margin_model") if isinstance(document, dict) else None
+    if name is None:
+        name = DEFAULT_MODEL
+    if not isinstance(name, str):
+        raise CalculatorInputError(f"margin_model must be a string naming a margin model, got {type(name).__name__}")
+    try:
+        return model_named(name)
+    except MarginModelError as error:
+        raise CalculatorInputError(f"margin_model: {error}") from error
+
+
 def evaluate_document(document: Any) -> dict[str, Any]:
     """Calculator input (parsed JSON) -> output document. Raises ``CalculatorInputError``."""
     account, parameters, marks = parse_input(document)
+    model = _model(document)
     try:
-        risk = evaluate(account, parameters, marks)
+        risk = model.evaluate(account, parameters, marks, liquidation_prices=True)
     except MarginModelError as error:
         raise CalculatorInputError(str(error)) from error
     return risk_document(risk, parameters, account)

@@ -24,7 +24,9 @@ import sqlalchemy as sa
 
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
-from clearing.domain import fold, lifecycle, margin
+from clearing.domain import fold, lifecycle, models
+from clearing.domain.levels import Level
+from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, scope_instrument
 from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
@@ -82,7 +84,7 @@ def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
     return state
 
 
-def _position_figures(p: margin.PositionRisk, state: LedgerState) -> dict[str, Any]:
+def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
     spec = state.parameters.instruments_by_symbol[p.instrument]
     tier = spec.tier_table[p.tier - 1]
     entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
@@ -111,16 +113,18 @@ def _position_figures(p: margin.PositionRisk, state: LedgerState) -> dict[str, A
     }
 
 
-def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[margin.ScopeRisk, dict[str, Any]]:
+def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[ScopeRisk, dict[str, Any]]:
     account = state.accounts[account_id]
-    scope = margin.scope_risk(state, account, scope_name)
+    scope = models.scope_risk(state, account, scope_name)
     collateral: list[dict[str, Any]] = []
-    if scope_name == margin.CROSS:
+    if scope_name == CROSS:
+        valued = models.account_risk(state, account, liquidation_prices=False).collateral
+        values = {value.asset: value for value in valued}
         for asset, amount in sorted(account.balances.items()):
             if amount == 0:
                 continue
             price = state.asset_price(asset)
-            value = margin.collateral_value(state.parameters, asset, amount, price)
+            value = values[asset]
             spec = state.parameters.asset(asset)
             collateral.append(
                 {
@@ -137,8 +141,8 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
                 }
             )
     else:
-        instrument = scope_name[len(margin.ISOLATED_SCOPE_PREFIX) :]
-        position = account.positions.get((instrument, margin.ISOLATED))
+        instrument = scope_instrument(scope_name) or ""
+        position = account.positions.get((instrument, ISOLATED))
         collateral.append(
             {"isolated_margin": w(position.isolated_margin if position else ZERO), "value": w(scope.collateral)}
         )
@@ -167,17 +171,18 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
 
 
 def _liquidation_steps(
-    state: LedgerState, scope: margin.ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
+    state: LedgerState, scope: ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
 ) -> dict[str, Any]:
     """The quantity search of one order: the requirement and fee after reducing by q, at the
     chosen quantity and one step less."""
     policy = state.parameters.liquidation
+    model = models.model_of(state.accounts[order["account_id"]], scope.scope)
     p = next(x for x in scope.positions if x.instrument == order["instrument"])
     held = abs(p.quantity)
     step = lifecycle.quantity_step(p.quantity)
 
     def after(reduce: Decimal) -> dict[str, Any]:
-        left = lifecycle.reduction(state, p, equity, maintenance, reduce)
+        left = model.reduction(state.parameters, p, equity, maintenance, reduce)
         return {
             "reduce_by": w(reduce),
             "left": w(left.left),
@@ -193,7 +198,7 @@ def _liquidation_steps(
 
     quantity = Decimal(order["quantity"])
     long = p.quantity > 0
-    raw, bankruptcy = lifecycle.bankruptcy_price(p, equity, quantity)
+    raw, bankruptcy = model.bankruptcy_price(p, equity, quantity)
     checks = [after(quantity)]
     if quantity - step > 0 and quantity < held:
         checks.append(after(quantity - step))
@@ -214,6 +219,24 @@ def _liquidation_steps(
     }
 
 
+def _earlier_orders(conn: sa.Connection, decision: Any) -> list[Any]:
+    """The liquidation orders of the same cause that the log holds before ``decision``."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
+                "AND type = :t ORDER BY position"
+            ),
+            {
+                "s": decision.shard,
+                "c": decision.cause_position,
+                "p": decision.position,
+                "t": ev.LIQUIDATION_ORDER_ISSUED,
+            },
+        )
+    )
+
+
 def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         decision, later = _find(conn, decision_id)
@@ -222,22 +245,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
             {"p": decision.cause_position},
         ).one()
         state = _state_before(conn, decision)
-        earlier: list[Any] = []
-        if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
-            earlier = list(
-                conn.execute(
-                    sa.text(
-                        "SELECT payload FROM events WHERE shard = :s AND position > :c AND position < :p "
-                        "AND type = :t ORDER BY position"
-                    ),
-                    {
-                        "s": decision.shard,
-                        "c": decision.cause_position,
-                        "p": decision.position,
-                        "t": ev.LIQUIDATION_ORDER_ISSUED,
-                    },
-                )
-            )
+        earlier = _earlier_orders(conn, decision) if decision.type == ev.LIQUIDATION_ORDER_ISSUED else []
     payload = decision.payload
     account_id = payload["account_id"]
     with _ledger_context():
@@ -275,7 +283,7 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
             }
         else:
             deadline = None
-            if payload.get("level") == "maintenance" and payload.get("deadline") is not None:
+            if payload.get("level") == Level.MAINTENANCE and payload.get("deadline") is not None:
                 grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
                 deadline = (decision.occurred_at + grace).isoformat()
             recomputed = {
@@ -325,18 +333,9 @@ def _present(payload: dict[str, Any], names: tuple[str, ...]) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {payload[name]}" for name in names if payload.get(name) is not None)
 
 
-def render(result: dict[str, Any]) -> str:
-    d, c, s = result["decision"], result["cause"], result["scope"]
-    p = d["payload"]
+def _collateral_lines(s: dict[str, Any]) -> list[str]:
     va = s["valuation_asset"]
-    out = [
-        f"{result['id']}: {d['type']} at log position {d['position']} ({d['occurred_at']}), account "
-        f"{s['account_id']}, scope {s['scope']}, risk parameters {s['parameters_version']}.",
-        f"Cause: {c['type']} at position {c['position']}: {json.dumps(c['payload'], sort_keys=True)}",
-        "The state is the shard's log folded up to and including the cause.",
-        "",
-        "Collateral:",
-    ]
+    out: list[str] = []
     for item in s["collateral"]:
         if "asset" in item:
             bands = "; ".join(f"{b['haircut']} on {b['from']}..{b['to'] or 'above'}" for b in item["haircut_bands"])
@@ -349,7 +348,11 @@ def render(result: dict[str, Any]) -> str:
         else:
             out.append(f"  isolated margin {item['isolated_margin']} (value {item['value']} {va})")
     out.append(f"  collateral value = {s['collateral_value']} {va}")
-    out.append("Positions:")
+    return out
+
+
+def _position_lines(s: dict[str, Any]) -> list[str]:
+    out = ["Positions:"]
     for q in s["positions"]:
         out += [
             f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
@@ -364,6 +367,50 @@ def render(result: dict[str, Any]) -> str:
             f"    initial = {q['settlement_price']} x ({q['notional']} x {q['initial_rate']} - {q['initial_amount']}) "
             f"rounded up = {q['initial_margin']}",
         ]
+    return out
+
+
+def _liquidation_lines(p: dict[str, Any], liq: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        f"Liquidation order: {p['side']} {p['quantity']} {p['instrument']} (position {p['position_quantity']}).",
+        f"  Orders start from equity {liq['equity_before']} and maintenance {liq['maintenance_before']}; the "
+        f"target is maintenance <= {liq['target_ratio']} x equity after the order, with the liquidation fee "
+        f"({liq['fee_rate']} x notional executed, rounded up) taken from equity. Quantities move in steps of "
+        f"{liq['quantity_step']}; the least quantity that meets the target is chosen"
+        + (" (none does: the whole position)." if liq["full"] else "."),
+    ]
+    for step in liq["at_quantity_and_one_step_less"]:
+        out.append(
+            f"  reduce by {step['reduce_by']}: left {step['left']} (notional {step['notional_left']}, tier "
+            f"{step['tier_left']}, maintenance {step['maintenance_left']}), fee {step['fee']}; equity "
+            f"{step['equity_after']}, maintenance {step['maintenance_after']} vs {liq['target_ratio']} x equity = "
+            f"{step['target_x_equity_after']}: {'meets' if step['meets_target'] else 'misses'} the target"
+        )
+    sign = "-" if p["side"] == "sell" else "+"
+    out.append(
+        f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
+        f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
+        f"{_approximately(liq['bankruptcy_price_unrounded'])}, rounded {liq['bankruptcy_rounding']} = "
+        f"{liq['bankruptcy_price']}"
+    )
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    d, c, s = result["decision"], result["cause"], result["scope"]
+    p = d["payload"]
+    va = s["valuation_asset"]
+    out = [
+        f"{result['id']}: {d['type']} at log position {d['position']} ({d['occurred_at']}), account "
+        f"{s['account_id']}, scope {s['scope']}, risk parameters {s['parameters_version']}.",
+        f"Cause: {c['type']} at position {c['position']}: {json.dumps(c['payload'], sort_keys=True)}",
+        "The state is the shard's log folded up to and including the cause.",
+        "",
+        "Collateral:",
+    ]
+    out += _collateral_lines(s)
+    out += _position_lines(s)
     t = s["thresholds"]
     out += [
         f"Equity = collateral {s['collateral_value']} + PnL {s['unrealised_pnl']} = {s['equity']} {va}",
@@ -378,30 +425,7 @@ def render(result: dict[str, Any]) -> str:
         f"resolved below {t['resolve_ratio']}; grace {t['grace_period_seconds']} s)",
     ]
     if "liquidation" in result:
-        liq = result["liquidation"]
-        out += [
-            "",
-            f"Liquidation order: {p['side']} {p['quantity']} {p['instrument']} (position {p['position_quantity']}).",
-            f"  Orders start from equity {liq['equity_before']} and maintenance {liq['maintenance_before']}; the "
-            f"target is maintenance <= {liq['target_ratio']} x equity after the order, with the liquidation fee "
-            f"({liq['fee_rate']} x notional executed, rounded up) taken from equity. Quantities move in steps of "
-            f"{liq['quantity_step']}; the least quantity that meets the target is chosen"
-            + (" (none does: the whole position)." if liq["full"] else "."),
-        ]
-        for step in liq["at_quantity_and_one_step_less"]:
-            out.append(
-                f"  reduce by {step['reduce_by']}: left {step['left']} (notional {step['notional_left']}, tier "
-                f"{step['tier_left']}, maintenance {step['maintenance_left']}), fee {step['fee']}; equity "
-                f"{step['equity_after']}, maintenance {step['maintenance_after']} vs {liq['target_ratio']} x equity = "
-                f"{step['target_x_equity_after']}: {'meets' if step['meets_target'] else 'misses'} the target"
-            )
-        sign = "-" if p["side"] == "sell" else "+"
-        out.append(
-            f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
-            f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
-            f"{_approximately(liq['bankruptcy_price_unrounded'])}, rounded {liq['bankruptcy_rounding']} = "
-            f"{liq['bankruptcy_price']}"
-        )
+        out += _liquidation_lines(p, result["liquidation"])
     else:
         parts = []
         if p.get("level") is not None:

@@ -4,7 +4,7 @@ offline, with inline SVG charts drawn here (no scripts, no CDN).
 The time series come from replaying the account's shard of the log with the domain fold: after
 every event that can move the account's margin (its own events, marks of instruments it traded
 or collateral it holds, parameter changes) the cross scope is evaluated with
-``clearing.domain.margin.scope_risk``: the same code the ledger decides with, so the report cannot
+``clearing.domain.models.scope_risk``: the same code the ledger decides with, so the report cannot
 disagree with the ledger. Margin calls and liquidations are the decision events in the account's
 stream. Numbers in tables are the exact decimal strings; only the SVG coordinates are floats.
 
@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.domain.fold import replay_event
-from clearing.domain.margin import scope_risk
+from clearing.domain.models import scope_risk
 from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.store import queries

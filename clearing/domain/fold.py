@@ -1,11 +1,12 @@
 """The pure fold: ``admit`` checks an input against the state, ``apply`` folds an event into the
-state, ``decide`` says what the ledger decides because of it, ``step`` does all three.
+state (``booking``), ``decide`` says what the ledger decides because of it (``lifecycle``),
+``step`` does all three.
 
 No I/O, no clock, no randomness: time is the event's ``occurred_at`` and decision ids derive from
 log positions, so replaying the log reproduces every decision exactly.
 
-Money moves only by the rules below, and every move has its opposite entry, so the conservation
-invariant holds at every position of the log (see ``conservation``):
+Money moves only by the rules of ``booking``, and every move has its opposite entry, so the
+conservation invariant holds at every position of the log (see ``conservation``):
 
     sum(balances) + sum(isolated margin) + sum(unrealised PnL at any common mark)
         == deposits - withdrawals        (per asset)
@@ -13,12 +14,12 @@ invariant holds at every position of the log (see ``conservation``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from clearing.domain import booking, lifecycle
 from clearing.domain import events as ev
-from clearing.domain import lifecycle  # decisions, and what a liquidation fill does
+from clearing.domain.decisions import Decision, decision_of
 from clearing.domain.inputs import (
     Deposit,
     Fill,
@@ -33,17 +34,9 @@ from clearing.domain.inputs import (
 )
 from clearing.domain.margin import KIND_NAMES
 from clearing.domain.messages import InputError
-from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
+from clearing.domain.numbers import ZERO, exact, to_wire
 from clearing.domain.params import BOOKED_KINDS, InstrumentSpec, load_parameters
-from clearing.domain.state import (
-    FEE_ACCOUNT,
-    FUNDING_POOL_ACCOUNT,
-    Account,
-    InstrumentTerms,
-    LedgerState,
-    MarkState,
-    Position,
-)
+from clearing.domain.state import LedgerState
 
 
 class UnknownSymbol(InputError):
@@ -66,7 +59,7 @@ def admit(state: LedgerState, message: InputMessage) -> None:
         case Fill() | LiquidationFill():
             spec = _instrument(state, message.instrument)
             if isinstance(message, LiquidationFill):
-                lifecycle.check_liquidation_fill(state, message)
+                _check_liquidation_fill(state, message)
             if isinstance(message, Fill) and message.fee_asset is not None:
                 _asset(state, message.fee_asset, "fee_asset")
             if spec.kind not in BOOKED_KINDS:
@@ -140,6 +133,28 @@ def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())[:500]
 
 
+def _check_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
+    """A liquidation fill must execute an order the ledger issued (open, or cancelled since: the
+    exchange may execute it before it learns the call resolved, and an execution is a fact whose
+    counterpart fill is booked too), of the same account, instrument and side, for no more than
+    what is left of it."""
+    order = state.liquidations.get(fill.liquidation_id)
+    if order is None:
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id}: no liquidation order with quantity left has that id"
+        )
+    if (order.account_id, order.instrument, order.side) != (fill.account_id, fill.instrument, fill.side):
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id} does not match its order "
+            f"({order.account_id} {order.side} {order.instrument})"
+        )
+    if fill.quantity > order.remaining:
+        raise InputError(
+            f"liquidation_fill for {fill.liquidation_id} fills {to_wire(fill.quantity)}, more than the "
+            f"{to_wire(order.remaining)} left of the order"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # apply: fold one event (input or decision) into the state
 
@@ -152,215 +167,13 @@ def apply(state: LedgerState, event_type: str, message: InputMessage | None, pay
 
 
 def _apply(state: LedgerState, event_type: str, message: InputMessage | None, payload: dict[str, Any]) -> None:
-    """``apply`` for callers already under the ledger context (``step``, a decision's ``emit``)."""
+    """``apply`` for callers already under the ledger context."""
     if message is not None:
-        _APPLY_INPUT[type(message)](state, message)
-    else:
-        handler = _APPLY_DECISION.get(event_type)
-        if handler is not None:
-            handler(state, payload)
-    if message is not None and (state.last_occurred_at is None or message.occurred_at > state.last_occurred_at):
-        state.last_occurred_at = message.occurred_at
-
-
-def _apply_fill(state: LedgerState, fill: Fill) -> None:
-    spec = state.terms().instruments[fill.instrument]
-    account = state.account(fill.account_id)
-    quantity = fill.quantity if fill.side == "buy" else -fill.quantity
-    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
-    if fill.fee != ZERO:
-        # The fee moves from the account to the fee account: a negative fee (maker rebate) moves
-        # the other way. Fees are charged to the wallet, never to isolated collateral.
-        asset = fill.fee_asset or spec.settlement_asset
-        account.debit(asset, fill.fee)
-        state.account(FEE_ACCOUNT).credit(asset, fill.fee)
-        state.touched.add(FEE_ACCOUNT)
-
-
-def trade(
-    state: LedgerState, account: Account, position: Position, spec: InstrumentTerms, quantity: Decimal, price: Decimal
-) -> Decimal:
-    """Book a signed quantity at a price into a position; returns the realised PnL.
-
-    Closing part: the cost removed is the closed share of the open cost. When the whole position
-    closes it is exactly the cost; otherwise it is a division, rounded up, so the PnL credited
-    (proceeds - removed cost) rounds down: a credit never exceeds what the fills back. The
-    remaining cost keeps the rounding, so (balance + quantity x mark - cost) moves by exactly
-    quantity x (mark - price) and both sides of a trade stay in balance to the last digit.
-    """
-    realised = ZERO
-    held = position.quantity
-    long = held > ZERO
-    closes = held != ZERO and long != (quantity > ZERO)
-    if not closes:
-        position.cost += spec.times_size(quantity * price)
-        position.quantity = held + quantity
-    else:
-        # Each figure once: a decimal operation costs about 500 instructions, and a fill that
-        # closes took three absolute values of the position and two of its signs.
-        held_size = abs(held)
-        traded = abs(quantity)
-        closing = min(traded, held_size)
-        signed = closing if long else -closing  # the closed quantity, signed as the position
-        removed = position.cost if closing == held_size else -round_credit(-divide(position.cost * closing, held_size))
-        realised = spec.times_size(signed * price) - removed
-        position.cost -= removed
-        position.quantity = held - signed
-        opening = traded - closing
-        if opening > ZERO:
-            reopened = -opening if long else opening
-            position.quantity = reopened
-            position.cost = spec.times_size(reopened * price)
-    if closes:
-        position.realised_pnl += realised
-        if position.margin_mode == "isolated":
-            position.isolated_margin += realised
-            if position.quantity == ZERO and position.isolated_margin > ZERO:
-                # A closed isolated position hands its collateral back to the wallet. A negative
-                # remainder stays on the position: its loss is capped at its collateral, and the
-                # default waterfall (insurance fund) covers it, never the wallet.
-                account.credit(spec.settlement_asset, position.isolated_margin)
-                position.isolated_margin = ZERO
-        else:
-            account.credit(spec.settlement_asset, realised)
-    elif position.margin_mode != "isolated" and spec.settlement_asset not in account.balances:
-        # A fill that only opens realises nothing. Adding its zero to the realised PnL, the
-        # isolated margin or the balance would leave each as it is, digit for digit: each is a
-        # sum that started at ZERO, so its exponent is at most 0, and an exact sum is never -0.
-        # So the zero is credited only where it makes the balance's entry (1,500 instructions
-        # an opening fill).
-        account.credit(spec.settlement_asset, ZERO)
-    _track_holder(state, account.account_id, position)
-    state.touched.add(account.account_id)
-    return realised
-
-
-def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
-    holders = state.holders.get(position.instrument)
-    if holders is None:  # not ``setdefault``, which makes an empty set on every call
-        holders = state.holders[position.instrument] = set()
-    if position.quantity != ZERO:
-        holders.add(account_id)
-    elif not any(
-        p.quantity != ZERO for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
-    ):
-        holders.discard(account_id)
-
-
-def _apply_deposit(state: LedgerState, deposit: Deposit) -> None:
-    state.account(deposit.account_id).credit(deposit.asset, deposit.amount)
-    state.deposits[deposit.asset] = state.deposits.get(deposit.asset, ZERO) + deposit.amount
-    state.touched.add(deposit.account_id)
-
-
-def _apply_mark(state: LedgerState, mark: Mark) -> None:
-    state.marks[mark.symbol] = MarkState(mark.price, mark.occurred_at, mark.iv)
-    state.marks_touched.add(mark.symbol)
-
-
-def _apply_funding(state: LedgerState, funding: Funding) -> None:
-    """Funding payment of a position = quantity x contract size x mark x rate, exact (no
-    rounding, so payments over all positions sum to zero): a positive rate takes from longs and
-    gives to shorts, through the funding pool account. Isolated positions pay from their
-    collateral."""
-    spec = state.parameters.instruments_by_symbol[funding.symbol]
-    mark = state.mark_price(funding.symbol)
-    if mark is None or funding.rate == ZERO:
+        booking.apply_input(state, message)
         return
-    pool = state.account(FUNDING_POOL_ACCOUNT)
-    state.touched.add(FUNDING_POOL_ACCOUNT)
-    symbol, asset = funding.symbol, spec.settlement_asset
-    # Exact products and sums, so the order does not matter: one unit payment for every position
-    # (q x (size x mark x rate) is q x size x mark x rate to the last digit and exponent), and the
-    # pool credited their sum once. A funding of bench/replay.py's 5,000 holders: 35.6 -> 28.3 million
-    # instructions here, 73 -> 65 million for the whole event in a verify replay (callgrind; the
-    # log's 117 fundings were 9% of its instructions). Exact, the payments need no order either:
-    # the holders are not sorted (5 million instructions a funding of 5,000 holders).
-    unit = spec.contract_size * mark * funding.rate
-    paid: Decimal | None = None
-    for account_id in state.holders.get(symbol, ()):
-        account = state.accounts[account_id]
-        for position in account.positions.values():
-            if position.instrument != symbol or position.quantity == ZERO:
-                continue
-            payment = position.quantity * unit
-            position.funding_paid += payment
-            paid = payment if paid is None else paid + payment
-            if position.margin_mode == "isolated":
-                position.isolated_margin -= payment
-            else:
-                account.debit(asset, payment)
-        state.touched.add(account_id)
-    if paid is not None:
-        pool.credit(asset, paid)
-
-
-def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
-    """A dated future settles: every open position closes at the settlement price."""
-    spec = state.terms().instruments[settlement.symbol]
-    state.marks[settlement.symbol] = MarkState(settlement.price, settlement.occurred_at)
-    state.marks_touched.add(settlement.symbol)
-    for account_id in sorted(state.holders.get(settlement.symbol, ())):
-        account = state.accounts[account_id]
-        for position in list(account.positions.values()):
-            if position.instrument == settlement.symbol and position.quantity != ZERO:
-                trade(state, account, position, spec, -position.quantity, settlement.price)
-
-
-def _apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
-    lifecycle.apply_liquidation_fill(state, fill)
-
-
-def _apply_withdrawal_request(state: LedgerState, withdrawal: Withdrawal) -> None:
-    # A request moves nothing: the decision (approved or rejected) does.
-    state.touched.add(withdrawal.account_id)
-
-
-def _apply_isolated_request(state: LedgerState, transfer: IsolatedMarginTransfer) -> None:
-    state.touched.add(transfer.account_id)
-
-
-def _apply_parameters(state: LedgerState, message: RiskParametersMessage) -> None:
-    state.parameters = load_parameters(message.parameters)
-    state.touched.update(state.holders_all())
-
-
-_APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
-    Fill: _apply_fill,
-    Deposit: _apply_deposit,
-    Withdrawal: _apply_withdrawal_request,
-    IsolatedMarginTransfer: _apply_isolated_request,
-    Mark: _apply_mark,
-    Funding: _apply_funding,
-    Settlement: _apply_settlement,
-    LiquidationFill: _apply_liquidation_fill,
-    RiskParametersMessage: _apply_parameters,
-}
-
-
-def _apply_withdrawal_approved(state: LedgerState, payload: dict[str, Any]) -> None:
-    asset = payload["asset"]
-    amount = parse_decimal(payload["amount"], "amount")
-    state.account(payload["account_id"]).debit(asset, amount)
-    state.withdrawals[asset] = state.withdrawals.get(asset, ZERO) + amount
-    state.touched.add(payload["account_id"])
-
-
-def _apply_isolated_transferred(state: LedgerState, payload: dict[str, Any]) -> None:
-    spec = state.parameters.instruments_by_symbol[payload["instrument"]]
-    account = state.account(payload["account_id"])
-    amount = parse_decimal(payload["amount"], "amount")
-    position = account.position(payload["instrument"], "isolated")
-    position.isolated_margin += amount
-    account.debit(spec.settlement_asset, amount)
-    state.touched.add(account.account_id)
-
-
-_APPLY_DECISION: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {
-    ev.WITHDRAWAL_APPROVED: _apply_withdrawal_approved,
-    ev.ISOLATED_MARGIN_TRANSFERRED: _apply_isolated_transferred,
-    **lifecycle.DECISION_APPLIERS,
-}
+    decision = decision_of(event_type, payload)
+    if decision is not None:
+        booking.apply_decision(state, decision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,16 +213,19 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
 def _decide(state: LedgerState, message: InputMessage, position: int, shard: int, changed: set[str]) -> list[ev.Event]:
     keyed: list[ev.Event] = []
 
-    def emit(decision: ev.Event) -> None:
+    def emit(decision: Decision) -> None:
+        payload = decision.payload()
         keyed_decision = ev.Event(
-            type=decision.type,
-            stream=decision.stream,
-            payload=decision.payload,
-            occurred_at=decision.occurred_at,
+            type=decision.TYPE,
+            stream=ev.account_stream(decision.account_id),
+            payload=payload,
+            occurred_at=message.occurred_at,
             idempotency_key=ev.decision_key(shard, position, len(keyed)),
             cause_position=position,
         )
-        _apply(state, decision.type, None, decision.payload)
+        # Booked from the payload the log keeps, as a replay books it: the same digits and
+        # exponents live and replayed.
+        booking.apply_decision(state, type(decision).from_payload(payload))
         keyed.append(keyed_decision)
 
     lifecycle.decide(state, message, position, emit, changed)
@@ -440,8 +256,8 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
     bankrupt accounts are carried in their negative balances until the waterfall covers them.
     """
     # The terms gathered by asset and each list summed by ``sum``, not a running total per asset
-    # read and written back for every term: 32 -> 27 million instructions a sample of the state of
-    # bench/replay.py's 5,000 accounts. Exact sums: the order does not change a digit.
+    # read and written back for every term (cheaper: docs/performance.md). Exact sums: the order
+    # does not change a digit.
     settled_in = {symbol: spec.settlement_asset for symbol, spec in state.parameters.instruments_by_symbol.items()}
     added: dict[str, list[Decimal]] = {}  # balances and isolated margin
     costs: dict[str, list[Decimal]] = {}

@@ -1,10 +1,12 @@
 """Decisions: withdrawals, isolated-margin transfers, the margin-call lifecycle, liquidation
-orders and the default waterfall.
+orders and the default waterfall. This module decides and never books: each decision is a typed
+value (``decisions``) handed to ``emit``, which books it at once (``booking``, through the fold):
+a later decision of the same cause (an insurance-fund draw after a liquidation fill, say) sees
+the state the earlier ones left.
 
-Every decision is an event with the numbers it was computed from, the parameter version in force
-and the position of its cause. ``decide`` reads the state after the cause was applied and hands
-each decision to ``emit``, which applies it at once: a later decision of the same cause (an
-insurance-fund draw after a liquidation fill, say) sees the state the earlier ones left.
+Every decision carries the numbers it was computed from, the parameter version in force and the
+position of its cause. The figures come from the scope's margin model (``models``), whichever it
+is; the levels and the rule that reads them are ``levels``.
 
 The lifecycle of a margin scope (the cross account, or one isolated position), DESIGN.md:
 
@@ -22,61 +24,69 @@ ratio = maintenance margin / equity; with positions open and equity <= 0 the rat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-from clearing.domain import events as ev
-from clearing.domain import margin, triggers
+from clearing.domain import models, triggers
+from clearing.domain.decisions import (
+    AccountBankrupted,
+    Decision,
+    InsuranceFundDrawn,
+    IsolatedMarginTransferred,
+    IsolatedMarginTransferRejected,
+    LiquidationOrderIssued,
+    MarginCallEscalated,
+    MarginCallIssued,
+    MarginCallResolved,
+    WithdrawalApproved,
+    WithdrawalRejected,
+)
 from clearing.domain.inputs import (
-    Deposit,
     Fill,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
-    LiquidationFill,
     Mark,
     RiskParametersMessage,
     Settlement,
     Withdrawal,
-    format_time,
 )
-from clearing.domain.messages import InputError
-from clearing.domain.numbers import (
-    ONE,
-    ZERO,
-    divide,
-    parse_decimal,
-    round_bankruptcy_price,
-    round_display_price,
-    round_requirement,
-    to_wire,
-)
+from clearing.domain.levels import LIQUIDATING, Level, below_resolve, rank
+from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, isolated_scope, scope_instrument
+from clearing.domain.numbers import ZERO, divide, round_display_price, round_requirement, to_wire
 from clearing.domain.state import (
     INSURANCE_FUND_ACCOUNT,
     SYSTEM_ACCOUNTS,
     Account,
     LedgerState,
-    LiquidationOrder,
     MarginStatus,
 )
 
-Emit = Callable[[ev.Event], None]
+Emit = Callable[[Decision], None]
 SYSTEM_ACCOUNTS_SET: Final = frozenset(SYSTEM_ACCOUNTS)
 
-HEALTHY: Final = "healthy"
-WARNING: Final = "warning"
-MAINTENANCE: Final = "maintenance"
-LIQUIDATION: Final = "liquidation"
-BANKRUPT: Final = "bankrupt"
-_RANK = {HEALTHY: 0, WARNING: 1, MAINTENANCE: 2, LIQUIDATION: 3, BANKRUPT: 4}
 LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
+# Rounds of re-margining within one step: the accounts a round's decisions changed (the insurance
+# fund after a draw) are re-margined in the next. A draw changes the fund, which is never
+# margined, so two rounds reach the fixpoint; more means decisions keep changing one another's
+# accounts, a broken invariant that must stop the ledger rather than leave a scope off its
+# fixpoint (triggers.py, 1).
+REMARGIN_ROUNDS_MAX: Final = 8
+
+# Decisions that change a scope's status only, never its figures: the figures a re-margin was
+# taken on stay valid for the trigger index after them.
+_STATUS_ONLY: Final = (
+    MarginCallIssued,
+    MarginCallEscalated,
+    MarginCallResolved,
+    LiquidationOrderIssued,
+    AccountBankrupted,
+)
 
 
-def decide(
-    state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str] | None = None
-) -> None:
+def decide(state: LedgerState, message: InputMessage, position: int, emit: Emit, changed: set[str]) -> None:
     """Decide on the input ``message`` just applied. ``changed``: the accounts its application
     touched (``fold.step`` passes them, and keeps ``state.touched`` to what this step touches:
     the same set, to which the decisions add their accounts, so it is read before the first);
@@ -86,12 +96,10 @@ def decide(
     the symbol when ``state.triggers.brute_force`` is set."""
     index = state.triggers
     indexed = not index.brute_force and not index.stale
-    if changed is None:
-        changed = _changed_by(message)
     # An ordinary fill the index can prove changes nothing it watches (triggers.absorbs_fill)
-    # needs neither a re-margin nor a refresh of its account: with no deadline due, the step
-    # has nothing else to look at. Most inputs are such fills: this is asked before the accounts
-    # to look at are gathered (a copy of ``changed`` and two more sets: 700 instructions a fill).
+    # needs neither a re-margin nor a refresh of its account: with no deadline due, the step has
+    # nothing else to look at. Most inputs are such fills, so this is asked before the accounts
+    # to look at are gathered (docs/performance.md).
     absorbed: set[str]
     if (
         indexed
@@ -107,109 +115,149 @@ def decide(
     # The fee account, the insurance fund and the funding pool are the clearing house's own
     # books, never margined (a fund below zero is a loss to recapitalise, not a margin call).
     full = changed - SYSTEM_ACCOUNTS_SET
-    match message:
-        case Withdrawal():
-            emit(decide_withdrawal(state, message))
-        case IsolatedMarginTransfer():
-            emit(decide_isolated_transfer(state, message))
-    ids = _Ids(position)
+    request = _REQUESTS.get(type(message))
+    if request is not None:
+        emit(request(state, message))
     hits: set[tuple[str, str]] = set()
-    match message:
-        case Mark():
-            if indexed:
-                hits, always = triggers.crossed(state, message.symbol, message.price)
-                full |= always
-            else:
-                full |= triggers.dependents(state, message.symbol)
-        case Funding():
-            full.update(state.holders.get(message.symbol, ()))
-            if indexed:
-                # A payment moves each holder's balance only: the index absorbs it like a fill's.
-                absorbed.update(account_id for account_id in full if triggers.absorbs_balance(state, account_id))
-        case Settlement():
-            full.update(state.holders.get(message.symbol, ()))
-        case RiskParametersMessage():
-            full.update(state.holders_all())
-            full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+    moved = _MOVES.get(type(message))
+    if moved is not None:
+        hits = moved(state, message, indexed, full, absorbed)
     full -= absorbed
     # Scopes with a running deadline are looked at on every event: time moves with event time.
+    # Scopes in liquidation need no such sweep: only their own events and the prices they depend
+    # on move them, and they are in ``triggers.always`` for those prices.
     for (account_id, _scope), deadline in state.deadlines.items():
         if deadline <= message.occurred_at:
             full.add(account_id)
-    # Scopes in liquidation need no such sweep: only their own events and the prices they depend
-    # on move them, and they are in ``triggers.always`` for those prices.
+    step = _Remargin(state, message.occurred_at, _Ids(position), emit)
+    step.run(full, hits)
+    _reindex(state, message, indexed, step, absorbed)
 
-    # Accounts that a decision about another account changes (the insurance fund on a draw):
-    # re-margined after the others, so that every account ends the step at a fixpoint.
-    others: set[str] = set()
-    current = ""
-    # The figures each re-margin was taken on, for the index to reuse: valid while no decision
-    # moves money (only a draw does; status changes leave the figures as they were).
-    figures: dict[tuple[str, str], margin.ScopeRisk] = {}
 
-    def emit_tracked(decision: ev.Event) -> None:
-        ids.take(decision.payload)
-        before = state.touched
-        state.touched = set()
-        try:
-            emit(decision)
-        finally:
-            others.update(a for a in state.touched if a != current)
-            if decision.type not in _STATUS_ONLY:
-                for key in [key for key in figures if key[0] in state.touched]:
-                    del figures[key]
-                invalid.update(state.touched)
-            before |= state.touched
-            state.touched = before
+# What an input moves besides the accounts its booking changed, by message type: each adds the
+# accounts to re-margin in full to ``full`` (and to ``absorbed`` those the index absorbs), and
+# returns the scopes whose trigger a mark crossed.
+_Moves = Callable[[LedgerState, Any, bool, set[str], set[str]], set[tuple[str, str]]]
 
-    invalid: set[str] = set()
 
-    remargined: set[str] = set()
-    selected = full | {account_id for account_id, _scope in hits}
-    for _round in range(8):
-        for account_id in sorted(selected):
-            account = state.accounts.get(account_id)
-            if account is None:
-                continue
-            current = account_id
-            names = triggers.scopes(account)
-            if account_id not in full:
-                names = [scope for scope in names if (account_id, scope) in hits]
-            for scope in names:
-                risk = _remargin(state, account, scope, message.occurred_at, ids, emit_tracked)
-                if account_id not in invalid:
-                    figures[(account_id, scope)] = risk
-            remargined.add(account_id)
-        selected = full = set(others) - SYSTEM_ACCOUNTS_SET
-        others.clear()
-        if not selected:
-            break
+def _marked(state: LedgerState, mark: Mark, indexed: bool, full: set[str], absorbed: set[str]) -> set[tuple[str, str]]:
+    if not indexed:
+        full |= triggers.dependents(state, mark.symbol)
+        return set()
+    hits, always = triggers.crossed(state, mark.symbol, mark.price)
+    full |= always
+    return hits
 
+
+def _funded(
+    state: LedgerState, funding: Funding, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders.get(funding.symbol, ()))
+    if indexed:
+        # A payment moves each holder's balance only: the index absorbs it like a fill's.
+        absorbed.update(account_id for account_id in full if triggers.absorbs_balance(state, account_id))
+    return set()
+
+
+def _settled(
+    state: LedgerState, settlement: Settlement, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders.get(settlement.symbol, ()))
+    return set()
+
+
+def _reparametrised(
+    state: LedgerState, message: RiskParametersMessage, indexed: bool, full: set[str], absorbed: set[str]
+) -> set[tuple[str, str]]:
+    full.update(state.holders_all())
+    full.update(account_id for account_id, account in state.accounts.items() if account.margin)
+    return set()
+
+
+def _reindex(state: LedgerState, message: InputMessage, indexed: bool, step: _Remargin, absorbed: set[str]) -> None:
+    """Bring the trigger index up to date with the step: rebuilt when it was not kept (or the
+    parameters changed), else refreshed for every account the step re-margined or touched."""
+    index = state.triggers
     if index.brute_force:
         index.stale = True
-    elif not indexed or isinstance(message, RiskParametersMessage):
+    elif not indexed or type(message) is RiskParametersMessage:
         triggers.rebuild(state)
     else:
         # Absorbed accounts are left out before the sort: a funding touches every holder of its
-        # symbol and the index absorbs most of them (a sort of 5,000 names, 5 million instructions).
+        # symbol and the index absorbs most of them.
         stale = [
             account_id
-            for account_id in (remargined | state.touched) - SYSTEM_ACCOUNTS_SET
-            if account_id not in absorbed or account_id in remargined
+            for account_id in (step.remargined | state.touched) - SYSTEM_ACCOUNTS_SET
+            if account_id not in absorbed or account_id in step.remargined
         ]
         for account_id in sorted(stale):
-            triggers.refresh(state, account_id, figures)
+            triggers.refresh(state, account_id, step.figures)
 
 
-_STATUS_ONLY = frozenset(
-    (
-        ev.MARGIN_CALL_ISSUED,
-        ev.MARGIN_CALL_ESCALATED,
-        ev.MARGIN_CALL_RESOLVED,
-        ev.LIQUIDATION_ORDER_ISSUED,
-        ev.ACCOUNT_BANKRUPTED,
-    )
-)
+class _Remargin:
+    """One step's re-margining: every selected account's scopes take their lifecycle step, in
+    sorted order, and the accounts a decision about another account changed (the insurance fund
+    on a draw) are re-margined in a further round, so that every account ends the step at a
+    fixpoint. ``figures`` keeps the figures each re-margin was taken on, for the index to reuse:
+    valid while no decision moves money (only a draw does; status changes leave them)."""
+
+    def __init__(self, state: LedgerState, at: datetime, ids: _Ids, emit: Emit) -> None:
+        self.state = state
+        self.at = at
+        self.ids = ids
+        self.emit = emit
+        self.current = ""
+        self.others: set[str] = set()  # accounts changed by a decision about another account
+        self.invalid: set[str] = set()  # accounts whose figures a decision moved
+        self.remargined: set[str] = set()
+        self.figures: dict[tuple[str, str], ScopeRisk] = {}
+
+    def run(self, full: set[str], hits: set[tuple[str, str]]) -> None:
+        """Re-margin ``full`` in full and the scopes of ``hits``, then the accounts their decisions
+        changed, round after round until none is left."""
+        selected = full | {account_id for account_id, _scope in hits}
+        for _round in range(REMARGIN_ROUNDS_MAX):
+            for account_id in sorted(selected):
+                self._account(account_id, full, hits)
+            selected = full = set(self.others) - SYSTEM_ACCOUNTS_SET
+            self.others.clear()
+            if not selected:
+                return
+        # A broken invariant, not an operating error: stop the ledger (STYLE.md).
+        raise RuntimeError(
+            f"re-margining did not reach a fixpoint in {REMARGIN_ROUNDS_MAX} rounds; still changing: {sorted(selected)}"
+        )
+
+    def _account(self, account_id: str, full: set[str], hits: set[tuple[str, str]]) -> None:
+        account = self.state.accounts.get(account_id)
+        if account is None:
+            return
+        self.current = account_id
+        names = triggers.scopes(account)
+        if account_id not in full:
+            names = [scope for scope in names if (account_id, scope) in hits]
+        for scope in names:
+            risk = _remargin(self.state, account, scope, self.at, self.ids, self.emit_tracked)
+            if account_id not in self.invalid:
+                self.figures[(account_id, scope)] = risk
+        self.remargined.add(account_id)
+
+    def emit_tracked(self, decision: Decision) -> None:
+        """``emit``, noting which accounts the decision changed."""
+        state = self.state
+        self.ids.take(_carried_ids(decision))
+        before = state.touched
+        state.touched = set()
+        try:
+            self.emit(decision)
+        finally:
+            self.others.update(a for a in state.touched if a != self.current)
+            if not isinstance(decision, _STATUS_ONLY):
+                for key in [key for key in self.figures if key[0] in state.touched]:
+                    del self.figures[key]
+                self.invalid.update(state.touched)
+            before |= state.touched
+            state.touched = before
 
 
 def _deadline_due(state: LedgerState, at: datetime) -> bool:
@@ -225,11 +273,12 @@ def _only_account(changed: set[str], account_id: str) -> bool:
     return all(other == account_id or other in SYSTEM_ACCOUNTS_SET for other in changed)
 
 
-def _changed_by(message: InputMessage) -> set[str]:
-    match message:
-        case Fill() | LiquidationFill() | Deposit() | Withdrawal() | IsolatedMarginTransfer():
-            return {message.account_id}
-    return set()
+# The id fields of decisions, and the prefix of the ids each carries (``_Ids``).
+_ID_KEYS: Final = (("margin_call_id", "MC"), ("liquidation_id", "L"))
+
+
+def _carried_ids(decision: Decision) -> dict[str, Any]:
+    return {key: getattr(decision, key, None) for key, _prefix in _ID_KEYS}
 
 
 class _Ids:
@@ -240,8 +289,6 @@ class _Ids:
     force looks at more than the trigger index, and a restarted ledger at more than a running
     one)."""
 
-    _KEYS = (("margin_call_id", "MC"), ("liquidation_id", "L"))
-
     def __init__(self, position: int) -> None:
         self.position = position
         self.count: dict[str, int] = {}
@@ -250,9 +297,10 @@ class _Ids:
         n = self.count.get(prefix, 0) + 1
         return f"{prefix}-{self.position}" if n == 1 else f"{prefix}-{self.position}-{n}"
 
-    def take(self, payload: dict[str, Any]) -> None:
-        for key, prefix in self._KEYS:
-            value = payload.get(key)
+    def take(self, carried: Mapping[str, Any]) -> None:
+        """Take the ids a decision carries (its fields by name)."""
+        for key, prefix in _ID_KEYS:
+            value = carried.get(key)
             if value is not None and value == self.next(prefix):
                 self.count[prefix] = self.count.get(prefix, 0) + 1
 
@@ -261,92 +309,90 @@ class _Ids:
 # requests
 
 
-def _decision(
-    state: LedgerState, event_type: str, account_id: str, occurred_at: datetime, payload: dict[str, Any]
-) -> ev.Event:
-    body = {"account_id": account_id, **payload, "parameters_version": state.parameters.version}
-    return ev.Event(
-        type=event_type,
-        stream=ev.account_stream(account_id),
-        payload=body,
-        occurred_at=occurred_at,
-        idempotency_key="",
-    )
-
-
 def _liquidating(account: Account) -> str | None:
     for scope, status in sorted(account.margin.items()):
-        if status.status in (LIQUIDATION, BANKRUPT):
+        if status.status in LIQUIDATING:
             return f"the account is in {status.status} ({scope}) and cannot withdraw or add risk"
     return None
 
 
-def decide_withdrawal(state: LedgerState, request: Withdrawal) -> ev.Event:
+def decide_withdrawal(state: LedgerState, request: Withdrawal) -> WithdrawalApproved | WithdrawalRejected:
     """Approve when the account has the asset, is not being liquidated, and its cross equity
     after the withdrawal stays at or above its initial margin."""
     account = state.accounts.get(request.account_id) or Account(request.account_id)
     held = account.balance(request.asset)
-    base = {"transfer_id": request.transfer_id, "asset": request.asset, "amount": to_wire(request.amount)}
     reason = _liquidating(account)
     if reason is None and held < request.amount:
         reason = f"insufficient {request.asset}: balance {to_wire(held)}, requested {to_wire(request.amount)}"
     if reason is None:
         reason = _cross_reason_after(state, account, request.asset, -request.amount)
+    version = state.parameters.version
     if reason is not None:
-        return _decision(
-            state, ev.WITHDRAWAL_REJECTED, request.account_id, request.occurred_at, {**base, "reason": reason}
+        return WithdrawalRejected(
+            request.account_id, request.transfer_id, request.asset, request.amount, reason, version
         )
-    return _decision(state, ev.WITHDRAWAL_APPROVED, request.account_id, request.occurred_at, base)
+    return WithdrawalApproved(request.account_id, request.transfer_id, request.asset, request.amount, version)
 
 
-def decide_isolated_transfer(state: LedgerState, request: IsolatedMarginTransfer) -> ev.Event:
+def decide_isolated_transfer(
+    state: LedgerState, request: IsolatedMarginTransfer
+) -> IsolatedMarginTransferred | IsolatedMarginTransferRejected:
     """Into an isolated position: the wallet must hold the amount and stay at or above its
     initial margin. Out of it: the isolated position must stay at or above its own initial margin."""
-    spec = state.parameters.instruments_by_symbol[request.instrument]
+    asset = state.parameters.instruments_by_symbol[request.instrument].settlement_asset
     account = state.accounts.get(request.account_id) or Account(request.account_id)
-    base = {
-        "transfer_id": request.transfer_id,
-        "instrument": request.instrument,
-        "asset": spec.settlement_asset,
-        "amount": to_wire(request.amount),
-    }
     reason = _liquidating(account)
     if reason is None and request.amount > ZERO:
-        held = account.balance(spec.settlement_asset)
+        held = account.balance(asset)
         if held < request.amount:
-            reason = (
-                f"insufficient {spec.settlement_asset}: balance {to_wire(held)}, requested {to_wire(request.amount)}"
-            )
+            reason = f"insufficient {asset}: balance {to_wire(held)}, requested {to_wire(request.amount)}"
         else:
-            reason = _cross_reason_after(state, account, spec.settlement_asset, -request.amount)
+            reason = _cross_reason_after(state, account, asset, -request.amount)
     elif reason is None:
-        isolated = account.positions.get((request.instrument, margin.ISOLATED))
-        allocated = isolated.isolated_margin if isolated is not None else ZERO
-        if allocated < -request.amount:
-            reason = (
-                f"the isolated {request.instrument} position holds {to_wire(allocated)}, "
-                f"less than {to_wire(-request.amount)}"
-            )
-        elif isolated is not None and isolated.quantity != ZERO:
-            isolated.isolated_margin += request.amount
-            try:
-                risk = margin.scope_risk(state, account, margin.isolated_scope(request.instrument))
-            finally:
-                isolated.isolated_margin -= request.amount
-            if risk.equity < risk.initial_margin:
-                reason = (
-                    f"the isolated {request.instrument} position would hold equity {to_wire(risk.equity)}, "
-                    f"below its initial margin {to_wire(risk.initial_margin)}"
-                )
+        reason = _isolated_reason_after(state, account, request.instrument, request.amount)
+    version = state.parameters.version
     if reason is not None:
-        return _decision(
-            state,
-            ev.ISOLATED_MARGIN_TRANSFER_REJECTED,
-            request.account_id,
-            request.occurred_at,
-            {**base, "reason": reason},
+        return IsolatedMarginTransferRejected(
+            request.account_id, request.transfer_id, request.instrument, asset, request.amount, reason, version
         )
-    return _decision(state, ev.ISOLATED_MARGIN_TRANSFERRED, request.account_id, request.occurred_at, base)
+    return IsolatedMarginTransferred(
+        request.account_id, request.transfer_id, request.instrument, asset, request.amount, version
+    )
+
+
+# The requests an input makes, answered by one decision each, by message type.
+_REQUESTS: Final[dict[type, Callable[[LedgerState, Any], Decision]]] = {
+    Withdrawal: decide_withdrawal,
+    IsolatedMarginTransfer: decide_isolated_transfer,
+}
+_MOVES: Final[dict[type, _Moves]] = {
+    Mark: _marked,
+    Funding: _funded,
+    Settlement: _settled,
+    RiskParametersMessage: _reparametrised,
+}
+
+
+def _isolated_reason_after(state: LedgerState, account: Account, instrument: str, change: Decimal) -> str | None:
+    """Why the isolated position could not give ``-change`` back (None when it can): it must hold
+    that much, and its equity after must stay at or above its initial margin."""
+    isolated = account.positions.get((instrument, ISOLATED))
+    allocated = isolated.isolated_margin if isolated is not None else ZERO
+    if allocated < -change:
+        return f"the isolated {instrument} position holds {to_wire(allocated)}, less than {to_wire(-change)}"
+    if isolated is None or isolated.quantity == ZERO:
+        return None
+    isolated.isolated_margin += change
+    try:
+        risk = models.scope_risk(state, account, isolated_scope(instrument))
+    finally:
+        isolated.isolated_margin -= change
+    if risk.equity < risk.initial_margin:
+        return (
+            f"the isolated {instrument} position would hold equity {to_wire(risk.equity)}, "
+            f"below its initial margin {to_wire(risk.initial_margin)}"
+        )
+    return None
 
 
 def _cross_reason_after(state: LedgerState, account: Account, asset: str, change: Decimal) -> str | None:
@@ -355,7 +401,7 @@ def _cross_reason_after(state: LedgerState, account: Account, asset: str, change
     before = account.balances.get(asset)
     account.credit(asset, change)
     try:
-        risk = margin.scope_risk(state, account, margin.CROSS)
+        risk = models.scope_risk(state, account, CROSS)
     finally:
         if before is None:
             del account.balances[asset]
@@ -373,47 +419,29 @@ def _cross_reason_after(state: LedgerState, account: Account, asset: str, change
 # the margin-call lifecycle
 
 
-def _level(risk: margin.ScopeRisk, state: LedgerState) -> tuple[str, Decimal | None]:
-    """The level the numbers call for, and the ratio (None = infinite or no requirement)."""
-    policy = state.parameters.margin_call
-    if risk.maintenance_margin <= ZERO:
-        return HEALTHY, None
-    if risk.equity <= ZERO:
-        return MAINTENANCE, None
-    ratio = risk.margin_ratio  # None only when equity or maintenance is not positive: handled above
-    if ratio is not None and ratio >= ONE:
-        return MAINTENANCE, ratio
-    if ratio is not None and ratio >= policy.warning_ratio:
-        return WARNING, ratio
-    return HEALTHY, ratio
-
-
-def _below_resolve(risk: margin.ScopeRisk, state: LedgerState) -> bool:
-    if risk.maintenance_margin <= ZERO:
-        return risk.equity >= ZERO
-    if risk.equity <= ZERO or risk.margin_ratio is None:
-        return False
-    return risk.margin_ratio < state.parameters.margin_call.resolve_ratio
+def _below_resolve(risk: ScopeRisk, state: LedgerState) -> bool:
+    return below_resolve(risk.equity, risk.maintenance_margin, risk.margin_ratio, state.parameters.margin_call)
 
 
 def _call_payload(
-    state: LedgerState, scope: str, call_id: str, level: str, risk: margin.ScopeRisk, deadline: datetime | None
+    state: LedgerState, scope: str, call_id: str, level: str, risk: ScopeRisk, deadline: datetime | None
 ) -> dict[str, Any]:
+    """The fields every margin-call decision carries (``decisions.MarginCallIssued``), by name."""
     return {
         "margin_call_id": call_id,
         "scope": scope,
-        "level": level,
-        "equity": to_wire(risk.equity),
-        "initial_margin": to_wire(risk.initial_margin),
-        "maintenance_margin": to_wire(risk.maintenance_margin),
-        "margin_ratio": to_wire(risk.margin_ratio) if risk.margin_ratio is not None else None,
-        "shortfall": to_wire(shortfall(risk, state.parameters.margin_call.resolve_ratio)),
-        "deadline": format_time(deadline) if deadline is not None else None,
-        "marks": {p.instrument: to_wire(shown_price(p)) for p in risk.positions},
+        "level": Level(level),
+        "equity": risk.equity,
+        "initial_margin": risk.initial_margin,
+        "maintenance_margin": risk.maintenance_margin,
+        "margin_ratio": risk.margin_ratio,
+        "shortfall": shortfall(risk, state.parameters.margin_call.resolve_ratio),
+        "deadline": deadline,
+        "marks": {p.instrument: shown_price(p) for p in risk.positions},
     }
 
 
-def shortfall(risk: margin.ScopeRisk, resolve_ratio: Decimal) -> Decimal:
+def shortfall(risk: ScopeRisk, resolve_ratio: Decimal) -> Decimal:
     """The collateral that would bring the scope's ratio below ``resolve_ratio`` (0 when none is
     needed); an amount owed, so it rounds up."""
     if risk.maintenance_margin <= ZERO:
@@ -422,60 +450,104 @@ def shortfall(risk: margin.ScopeRisk, resolve_ratio: Decimal) -> Decimal:
 
 
 # The status of a scope without a margin call: read, never written (a call's decision creates the
-# scope's own status when it is applied).
+# scope's own status when it is booked).
 _NO_CALL = MarginStatus()
 
 
-def _remargin(
-    state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit
-) -> margin.ScopeRisk:
+class _Calls:
+    """Margin-call decisions about one scope, taken on one set of figures."""
+
+    def __init__(self, state: LedgerState, account: Account, scope: str, risk: ScopeRisk, emit: Emit) -> None:
+        self.state = state
+        self.account_id = account.account_id
+        self.scope = scope
+        self.risk = risk
+        self.emit = emit
+
+    def _fields(self, call_id: str, level: str, deadline: datetime | None) -> dict[str, Any]:
+        return _call_payload(self.state, self.scope, call_id, level, self.risk, deadline)
+
+    def issue(self, call_id: str, level: str, deadline: datetime | None) -> None:
+        version = self.state.parameters.version
+        fields = self._fields(call_id, level, deadline)
+        self.emit(MarginCallIssued(account_id=self.account_id, **fields, parameters_version=version))
+
+    def escalate(self, call_id: str, level: str, deadline: datetime | None) -> None:
+        version = self.state.parameters.version
+        fields = self._fields(call_id, level, deadline)
+        self.emit(MarginCallEscalated(account_id=self.account_id, **fields, parameters_version=version))
+
+    def resolve(self, call_id: str, level: str, resolution: str, cancelled: tuple[str, ...] | None = None) -> None:
+        version = self.state.parameters.version
+        fields = self._fields(call_id, level, None)
+        self.emit(
+            MarginCallResolved(
+                account_id=self.account_id,
+                **fields,
+                resolution=resolution,
+                cancelled_orders=cancelled,
+                parameters_version=version,
+            )
+        )
+
+
+def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, ids: _Ids, emit: Emit) -> ScopeRisk:
     """Take the scope's lifecycle step; returns the figures it was taken on."""
     status = account.margin.get(scope) or _NO_CALL
-    risk = margin.scope_risk(state, account, scope, liquidation_prices=False)
-    level, _ratio = _level(risk, state)
+    risk = models.scope_risk(state, account, scope, liquidation_prices=False)
+    level = risk.status  # the level the numbers call for (levels.classify)
     current = status.status
-
-    def call(event_type: str, call_id: str, new_level: str, deadline: datetime | None, **extra: Any) -> None:
-        payload = {**_call_payload(state, scope, call_id, new_level, risk, deadline), **extra}
-        emit(_decision(state, event_type, account.account_id, at, payload))
-
-    if not risk.has_open_positions and risk.equity < ZERO and current not in (LIQUIDATION, BANKRUPT):
+    calls = _Calls(state, account, scope, risk, emit)
+    if not risk.has_open_positions and risk.equity < ZERO and current not in LIQUIDATING:
         # A loss beyond the collateral with nothing left to liquidate (closed by ordinary fills,
         # or funding): straight to the waterfall.
         _waterfall(state, account, scope, status.margin_call_id, risk, at, emit)
         return risk
-    if current in (HEALTHY, WARNING, MAINTENANCE) and _below_resolve(risk, state):
-        if current != HEALTHY and status.margin_call_id is not None:
-            call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, current, None, resolution="ratio below resolve_ratio")
+    if current == Level.BANKRUPT:
+        _continue_bankrupt(state, account, scope, status, risk, at, ids, emit, calls)
         return risk
-    if current == BANKRUPT:
-        if risk.equity >= ZERO and status.margin_call_id is not None:
-            call(ev.MARGIN_CALL_RESOLVED, status.margin_call_id, BANKRUPT, None, resolution="deficit covered")
-        elif risk.has_open_positions and not status.pending_orders:
-            # A bankrupt account should not trade, but fills are facts: whatever it holds again
-            # is liquidated at once (its equity is below zero, so every position closes).
-            _issue_orders(state, account, scope, status.margin_call_id or ids.next("MC"), risk, at, ids, emit)
+    if current == Level.LIQUIDATION:
+        _continue_liquidation(state, account, scope, status, risk, at, ids, emit, calls)
         return risk
-    if current == LIQUIDATION:
-        _continue_liquidation(state, account, scope, status, risk, at, ids, emit, call)
+    # healthy, warning or maintenance
+    if _below_resolve(risk, state):
+        if current != Level.HEALTHY and status.margin_call_id is not None:
+            calls.resolve(status.margin_call_id, current, "ratio below resolve_ratio")
         return risk
-    # healthy, warning or maintenance, and not below resolve
-    if _RANK[level] > _RANK[current] and level in (WARNING, MAINTENANCE):
+    if rank(level) > rank(current) and (level == Level.WARNING or level == Level.MAINTENANCE):
         grace = timedelta(seconds=state.parameters.margin_call.grace_period_seconds)
-        deadline = at + grace if level == MAINTENANCE else None
-        if current == HEALTHY:
-            call_id = ids.next("MC")
-            call(ev.MARGIN_CALL_ISSUED, call_id, level, deadline)
+        deadline = at + grace if level == Level.MAINTENANCE else None
+        if current == Level.HEALTHY:
+            calls.issue(ids.next("MC"), level, deadline)
         else:
-            call_id = status.margin_call_id or ids.next("MC")
-            call(ev.MARGIN_CALL_ESCALATED, call_id, level, deadline)
+            calls.escalate(status.margin_call_id or ids.next("MC"), level, deadline)
         status = account.margin[scope]
         current = level
-    if current == MAINTENANCE and level == MAINTENANCE and status.deadline is not None and at >= status.deadline:
+    deadline_passed = status.deadline is not None and at >= status.deadline
+    if current == Level.MAINTENANCE and level == Level.MAINTENANCE and deadline_passed:
         call_id = status.margin_call_id or ids.next("MC")
-        call(ev.MARGIN_CALL_ESCALATED, call_id, LIQUIDATION, status.deadline)
+        calls.escalate(call_id, Level.LIQUIDATION, status.deadline)
         _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
     return risk
+
+
+def _continue_bankrupt(
+    state: LedgerState,
+    account: Account,
+    scope: str,
+    status: MarginStatus,
+    risk: ScopeRisk,
+    at: datetime,
+    ids: _Ids,
+    emit: Emit,
+    calls: _Calls,
+) -> None:
+    if risk.equity >= ZERO and status.margin_call_id is not None:
+        calls.resolve(status.margin_call_id, Level.BANKRUPT, "deficit covered")
+    elif risk.has_open_positions and not status.pending_orders:
+        # A bankrupt account should not trade, but fills are facts: whatever it holds again is
+        # liquidated at once (its equity is below zero, so every position closes).
+        _issue_orders(state, account, scope, status.margin_call_id or ids.next("MC"), risk, at, ids, emit)
 
 
 def _continue_liquidation(
@@ -483,28 +555,22 @@ def _continue_liquidation(
     account: Account,
     scope: str,
     status: MarginStatus,
-    risk: margin.ScopeRisk,
+    risk: ScopeRisk,
     at: datetime,
     ids: _Ids,
     emit: Emit,
-    call: Callable[..., None],
+    calls: _Calls,
 ) -> None:
     call_id = status.margin_call_id or ids.next("MC")
     if not risk.has_open_positions:
         if risk.equity < ZERO:
             _waterfall(state, account, scope, call_id, risk, at, emit)
             return
-        call(ev.MARGIN_CALL_RESOLVED, call_id, LIQUIDATION, None, resolution="positions closed")
+        calls.resolve(call_id, Level.LIQUIDATION, "positions closed")
         return
     if _below_resolve(risk, state):
-        call(
-            ev.MARGIN_CALL_RESOLVED,
-            call_id,
-            LIQUIDATION,
-            None,
-            resolution="ratio below resolve_ratio",
-            cancelled_orders=sorted(status.pending_orders),
-        )
+        cancelled = tuple(sorted(status.pending_orders))
+        calls.resolve(call_id, Level.LIQUIDATION, "ratio below resolve_ratio", cancelled)
         return
     if not status.pending_orders:
         _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
@@ -515,7 +581,7 @@ def _waterfall(
     account: Account,
     scope: str,
     call_id: str | None,
-    risk: margin.ScopeRisk,
+    risk: ScopeRisk,
     at: datetime,
     emit: Emit,
 ) -> None:
@@ -529,42 +595,26 @@ def _waterfall(
 
     ``call_id`` is None when no margin call was open (a loss realised by ordinary fills)."""
     asset = state.parameters.valuation_asset
+    version = state.parameters.version
     deficit = -risk.equity
     fund = state.accounts.get(INSURANCE_FUND_ACCOUNT)
     available = fund.balance(asset) if fund is not None else ZERO
-    isolated = scope.startswith(margin.ISOLATED_SCOPE_PREFIX)
+    isolated = scope_instrument(scope) is not None
     drawn = deficit if isolated else min(deficit, max(available, ZERO))
+    account_id = account.account_id
     if drawn > ZERO:
-        payload = {
-            "margin_call_id": call_id,
-            "scope": scope,
-            "asset": asset,
-            "amount": to_wire(drawn),
-            "deficit": to_wire(deficit),
-            "fund_before": to_wire(available),
-            "beyond_fund": to_wire(max(ZERO, drawn - max(available, ZERO))),
-        }
-        emit(_decision(state, ev.INSURANCE_FUND_DRAWN, account.account_id, at, payload))
+        beyond = max(ZERO, drawn - max(available, ZERO))
+        emit(InsuranceFundDrawn(account_id, call_id, scope, asset, drawn, deficit, available, beyond, version))
     remaining = deficit - drawn
     if remaining > ZERO:
-        payload = {
-            "margin_call_id": call_id,
-            "scope": scope,
-            "asset": asset,
-            "deficit": to_wire(remaining),
-            "equity": to_wire(risk.equity),
-            "insurance_fund_drawn": to_wire(drawn),
-        }
-        emit(_decision(state, ev.ACCOUNT_BANKRUPTED, account.account_id, at, payload))
+        emit(AccountBankrupted(account_id, call_id, scope, asset, remaining, risk.equity, drawn, version))
     elif call_id is not None:
-        payload = {
-            **_call_payload(state, scope, call_id, LIQUIDATION, risk, None),
-            "resolution": "loss covered by the insurance fund",
-        }
-        emit(_decision(state, ev.MARGIN_CALL_RESOLVED, account.account_id, at, payload))
+        _Calls(state, account, scope, risk, emit).resolve(
+            call_id, Level.LIQUIDATION, "loss covered by the insurance fund"
+        )
 
 
-def shown_price(position: margin.PositionRisk) -> Decimal:
+def shown_price(position: PositionRisk) -> Decimal:
     """The price a decision shows: the mark, or for an unmarked instrument the entry price it is
     valued at (cost / quantity, which may not terminate: rounded like every displayed price)."""
     return position.price_used if position.marked else round_display_price(position.price_used)
@@ -582,46 +632,33 @@ def quantity_step(quantity: Decimal) -> Decimal:
     return Decimal(1).scaleb(-len(fraction))
 
 
-class Reduction(NamedTuple):
-    """A scope after reducing one position by ``reduce`` at the price it is valued at, the
-    liquidation fee charged (``reduction``)."""
+def order_quantity(
+    state: LedgerState, account: Account, scope: str, position: PositionRisk, equity: Decimal, maintenance: Decimal
+) -> Decimal:
+    """The least multiple of ``quantity_step`` that, reducing ``position``, brings the scope to
+    target_ratio (the model's ``reduction``: at the price in use, the liquidation fee charged);
+    the whole position when none does, or when equity is not positive."""
+    model = models.model_of(account, scope)
+    parameters = state.parameters
+    target = parameters.liquidation.target_ratio
+    held = abs(position.quantity)
 
-    left: Decimal  # contracts left
-    notional: Decimal  # of what is left, settlement asset
-    tier: int  # 1-based tier of that notional
-    requirement: Decimal  # maintenance of what is left, valuation asset, rounded up
-    fee: Decimal  # liquidation fee, rounded up
-    equity: Decimal  # scope equity after the fee
-    maintenance: Decimal  # scope maintenance after the reduction
+    def enough(reduce: Decimal) -> bool:
+        return model.reduction(parameters, position, equity, maintenance, reduce).meets(target)
 
-    def meets(self, target_ratio: Decimal) -> bool:
-        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
-
-
-def reduction(
-    state: LedgerState, position: margin.PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-) -> Reduction:
-    """What reducing ``position`` by ``reduce`` leaves of the scope (equity and maintenance before
-    it given): the arithmetic of ``_issue_orders``, and of ``audit explain`` checking it."""
-    spec = state.parameters.instruments_by_symbol[position.instrument]
-    fee_rate = state.parameters.liquidation.fee_rate
-    left = abs(position.quantity) - reduce
-    notional = left * position.contract_size * position.price_used
-    tier = spec.tier_for(notional)
-    requirement = round_requirement(tier.maintenance(notional) * position.settlement_price) if left else ZERO
-    unit_value = position.contract_size * position.price_used * position.settlement_price
-    fee = round_requirement(reduce * unit_value * fee_rate)
-    after_maintenance = maintenance - position.maintenance_margin + requirement
-    return Reduction(left, notional, tier.index, requirement, fee, equity - fee, after_maintenance)
-
-
-def bankruptcy_price(position: margin.PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
-    """(unrounded, rounded) price at which closing ``quantity`` of ``position`` would use up the
-    scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
-    long = position.quantity > ZERO
-    unit = quantity * position.contract_size * position.settlement_price
-    raw = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
-    return raw, max(round_bankruptcy_price(raw, long=long), ZERO)
+    if equity <= ZERO or not enough(held):
+        return held
+    step = quantity_step(position.quantity)
+    low, high = 0, int(divide(held, step).to_integral_value(rounding=ROUND_CEILING))
+    for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
+        if high - low <= 1:
+            break
+        middle = (low + high) // 2
+        if enough(step * middle):
+            high = middle
+        else:
+            low = middle
+    return min(held, step * high)
 
 
 def _issue_orders(
@@ -629,7 +666,7 @@ def _issue_orders(
     account: Account,
     scope: str,
     call_id: str,
-    risk: margin.ScopeRisk,
+    risk: ScopeRisk,
     at: datetime,
     ids: _Ids,
     emit: Emit,
@@ -638,7 +675,9 @@ def _issue_orders(
     least quantity that brings the scope's ratio to target_ratio, assuming execution at the mark
     and the liquidation fee charged; a position is closed in full only when a part is not enough.
     An equity at or below zero closes everything."""
-    policy = state.parameters.liquidation
+    model = models.model_of(account, scope)
+    parameters = state.parameters
+    target = parameters.liquidation.target_ratio
     equity = risk.equity
     maintenance = risk.maintenance_margin
     ordered = sorted(
@@ -646,189 +685,29 @@ def _issue_orders(
         key=lambda p: (-p.maintenance_margin, p.instrument),
     )
     for position in ordered:
-        if equity > ZERO and maintenance <= policy.target_ratio * equity:
+        if equity > ZERO and maintenance <= target * equity:
             break
-        held = abs(position.quantity)
-        step = quantity_step(position.quantity)
-
-        def enough(reduce: Decimal, p: margin.PositionRisk = position, e: Decimal = equity,
-                   m: Decimal = maintenance) -> bool:
-            return reduction(state, p, e, m, reduce).meets(policy.target_ratio)
-
-        quantity = held
-        if equity > ZERO and enough(held):
-            low, high = 0, int(divide(held, step).to_integral_value(rounding=ROUND_CEILING))
-            for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
-                if high - low <= 1:
-                    break
-                middle = (low + high) // 2
-                if enough(step * middle):
-                    high = middle
-                else:
-                    low = middle
-            quantity = min(held, step * high)
-        after = reduction(state, position, equity, maintenance, quantity)
-        long = position.quantity > ZERO
-        _raw, bankruptcy = bankruptcy_price(position, equity, quantity)
-        liquidation_id = ids.next("L")
+        quantity = order_quantity(state, account, scope, position, equity, maintenance)
+        after = model.reduction(parameters, position, equity, maintenance, quantity)
+        _raw, bankruptcy = model.bankruptcy_price(position, equity, quantity)
         emit(
-            _decision(
-                state,
-                ev.LIQUIDATION_ORDER_ISSUED,
-                account.account_id,
-                at,
-                {
-                    "liquidation_id": liquidation_id,
-                    "margin_call_id": call_id,
-                    "scope": scope,
-                    "instrument": position.instrument,
-                    "margin_mode": position.margin_mode,
-                    "side": "sell" if long else "buy",
-                    "quantity": to_wire(quantity),
-                    "position_quantity": to_wire(position.quantity),
-                    "bankruptcy_price": to_wire(bankruptcy),
-                    "mark": to_wire(shown_price(position)),
-                    "equity": to_wire(equity),
-                    "maintenance_margin": to_wire(maintenance),
-                    "target_ratio": to_wire(policy.target_ratio),
-                    "full": quantity == held,
-                },
+            LiquidationOrderIssued(
+                account_id=account.account_id,
+                liquidation_id=ids.next("L"),
+                margin_call_id=call_id,
+                scope=scope,
+                instrument=position.instrument,
+                margin_mode=position.margin_mode,
+                side="sell" if position.quantity > ZERO else "buy",
+                quantity=quantity,
+                position_quantity=position.quantity,
+                bankruptcy_price=bankruptcy,
+                mark=shown_price(position),
+                equity=equity,
+                maintenance_margin=maintenance,
+                target_ratio=target,
+                full=quantity == abs(position.quantity),
+                parameters_version=parameters.version,
             )
         )
         equity, maintenance = after.equity, after.maintenance
-
-
-# ---------------------------------------------------------------------------------------------
-# applying decisions and liquidation fills
-
-
-def _status(state: LedgerState, payload: dict[str, Any]) -> tuple[Account, MarginStatus]:
-    account = state.account(payload["account_id"])
-    scope = payload["scope"]
-    found = account.margin.get(scope)
-    if found is None:
-        found = account.margin[scope] = MarginStatus()
-    state.touched.add(account.account_id)
-    return account, found
-
-
-def _apply_call(state: LedgerState, payload: dict[str, Any]) -> None:
-    account, status = _status(state, payload)
-    status.status = payload["level"]
-    status.margin_call_id = payload["margin_call_id"]
-    deadline = payload.get("deadline")
-    key = (account.account_id, payload["scope"])
-    if payload["level"] == MAINTENANCE and deadline is not None:
-        status.deadline = datetime.fromisoformat(deadline)
-        state.deadlines[key] = status.deadline
-    else:
-        state.deadlines.pop(key, None)
-
-
-def _apply_resolved(state: LedgerState, payload: dict[str, Any]) -> None:
-    account, status = _status(state, payload)
-    if status.status == BANKRUPT:
-        account.deficit = ZERO
-    for liquidation_id in status.pending_orders:
-        order = state.liquidations.get(liquidation_id)
-        if order is not None:
-            order.cancelled = True
-    del account.margin[payload["scope"]]
-    state.deadlines.pop((account.account_id, payload["scope"]), None)
-
-
-def _apply_order(state: LedgerState, payload: dict[str, Any]) -> None:
-    _account, status = _status(state, payload)
-    quantity = parse_decimal(payload["quantity"], "quantity")
-    order = LiquidationOrder(
-        payload["liquidation_id"],
-        payload["account_id"],
-        payload["scope"],
-        payload["instrument"],
-        payload["margin_mode"],
-        payload["side"],
-        quantity,
-        quantity,
-    )
-    state.liquidations[order.liquidation_id] = order
-    status.pending_orders.append(order.liquidation_id)
-    status.status = LIQUIDATION
-    state.deadlines.pop((payload["account_id"], payload["scope"]), None)
-
-
-def _apply_insurance_draw(state: LedgerState, payload: dict[str, Any]) -> None:
-    account = state.account(payload["account_id"])
-    amount = parse_decimal(payload["amount"], "amount")
-    asset = payload["asset"]
-    state.account(INSURANCE_FUND_ACCOUNT).debit(asset, amount)
-    scope = payload["scope"]
-    if scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
-        account.position(scope[len(margin.ISOLATED_SCOPE_PREFIX) :], margin.ISOLATED).isolated_margin += amount
-    else:
-        account.credit(asset, amount)
-    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
-
-
-def _apply_bankrupt(state: LedgerState, payload: dict[str, Any]) -> None:
-    account, status = _status(state, payload)
-    status.status = BANKRUPT
-    account.deficit = parse_decimal(payload["deficit"], "deficit")
-
-
-def check_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
-    """A liquidation fill must execute an order the ledger issued (open, or cancelled since: the
-    exchange may execute it before it learns the call resolved, and an execution is a fact whose
-    counterpart fill is booked too), of the same account, instrument and side, for no more than
-    what is left of it."""
-    order = state.liquidations.get(fill.liquidation_id)
-    if order is None:
-        raise InputError(
-            f"liquidation_fill for {fill.liquidation_id}: no liquidation order with quantity left has that id"
-        )
-    if (order.account_id, order.instrument, order.side) != (fill.account_id, fill.instrument, fill.side):
-        raise InputError(
-            f"liquidation_fill for {fill.liquidation_id} does not match its order "
-            f"({order.account_id} {order.side} {order.instrument})"
-        )
-    if fill.quantity > order.remaining:
-        raise InputError(
-            f"liquidation_fill for {fill.liquidation_id} fills {to_wire(fill.quantity)}, more than the "
-            f"{to_wire(order.remaining)} left of the order"
-        )
-
-
-def apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
-    """Book the execution on the order's position and charge the liquidation fee (fee_rate x
-    notional executed, an amount owed: rounded up) to the insurance fund: from the wallet for a
-    cross position, from the collateral of an isolated one."""
-    from clearing.domain.fold import trade
-
-    order = state.liquidations[fill.liquidation_id]
-    spec = state.terms().instruments[fill.instrument]
-    account = state.account(fill.account_id)
-    position = account.position(fill.instrument, order.margin_mode)
-    quantity = fill.quantity if fill.side == "buy" else -fill.quantity
-    fee = round_requirement(fill.quantity * fill.price * spec.contract_size * state.parameters.liquidation.fee_rate)
-    if order.margin_mode == margin.ISOLATED:
-        position.isolated_margin -= fee
-    else:
-        account.debit(spec.settlement_asset, fee)
-    state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
-    trade(state, account, position, spec, quantity, fill.price)
-    order.remaining -= fill.quantity
-    if order.remaining == ZERO:
-        del state.liquidations[order.liquidation_id]
-        status = account.margin.get(order.scope)
-        if status is not None and order.liquidation_id in status.pending_orders:
-            status.pending_orders.remove(order.liquidation_id)
-    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
-
-
-DECISION_APPLIERS: dict[str, Callable[[LedgerState, dict[str, Any]], None]] = {
-    ev.MARGIN_CALL_ISSUED: _apply_call,
-    ev.MARGIN_CALL_ESCALATED: _apply_call,
-    ev.MARGIN_CALL_RESOLVED: _apply_resolved,
-    ev.LIQUIDATION_ORDER_ISSUED: _apply_order,
-    ev.INSURANCE_FUND_DRAWN: _apply_insurance_draw,
-    ev.ACCOUNT_BANKRUPTED: _apply_bankrupt,
-}

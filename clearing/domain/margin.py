@@ -1,11 +1,13 @@
-"""The margin model: collateral, positions and parameters in; equity, requirements, ratios,
-statuses, liquidation prices and re-margin trigger prices out.
+"""The ``standard`` margin model (CONTRACT.md's tiers): collateral, linear positions and parameters
+in; equity, requirements, ratios, levels, liquidation prices and re-margin trigger prices out.
 
-A strategy beside the account (STYLE.md): it reads an ``Account``, the ``RiskParameters`` in force
-and a mapping of marks, and returns frozen values. It does no I/O and reads no clock. Every sum and
-product is exact under the ledger context (``numbers.exact``); the only roundings are the named
-rules of ``numbers``: requirements up (``round_requirement``), ratios up (``round_ratio``),
-liquidation and trigger prices towards "reached no later" (``round_liquidation_price``).
+One implementation of the interface of ``marginmodel`` (``StandardModel``, registered in
+``models``), and the model of every isolated position. A strategy beside the account
+(STYLE.md): it reads an ``Account``, the ``RiskParameters`` in force and a mapping of marks,
+and returns frozen values. It does no I/O and reads no clock. Every sum and product is exact
+under the ledger context (``numbers.exact``); the only roundings are the named rules of
+``numbers``: requirements up (``round_requirement``), ratios up (``round_ratio``), liquidation
+and trigger prices towards "reached no later" (``round_liquidation_price``).
 
 Units. Every money figure of a scope or a position is in the valuation asset of the parameters
 (USDT in the bundled document), except ``PositionRisk.notional``, which is in the instrument's
@@ -42,27 +44,47 @@ Choices a reader should know about:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Final
 
+from clearing.domain.levels import classify, margin_ratio
+from clearing.domain.marginmodel import (
+    CROSS,
+    ISOLATED,
+    ISOLATED_SCOPE_PREFIX,
+    AccountRisk,
+    Bands,
+    CollateralValue,
+    MarginModel,
+    MarginModelError,
+    PositionRisk,
+    Reduction,
+    ScopeRisk,
+    TriggerPrices,
+    isolated_scope,
+)
 from clearing.domain.numbers import (
     MINUS_ONE,
+    MONEY_QUANTUM,
     ONE,
+    PRICE_QUANTUM,
+    RATIO_QUANTUM,
     ZERO,
     divide,
+    divide_down,
     exact,
+    round_bankruptcy_price,
+    round_bound_down,
+    round_bound_up,
     round_liquidation_price,
-    round_ratio,
     round_requirement,
 )
-from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, MarginCallPolicy, RiskParameters
-from clearing.domain.state import Account, LedgerState, MarkState, Position
+from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, RiskParameters
+from clearing.domain.state import Account, BudgetedPosition, FillBudget, Position
 
-CROSS: Final = "cross"
-ISOLATED: Final = "isolated"
-ISOLATED_SCOPE_PREFIX: Final = "isolated:"
+STANDARD: Final = "standard"
 LINEAR_KINDS: Final = ("perpetual", "future")
 # An instrument kind as a sentence names it ("BTC-27DEC26-70000-C is an option").
 KIND_NAMES: Final = {
@@ -72,141 +94,11 @@ KIND_NAMES: Final = {
     "spot": "a spot instrument",
 }
 
-HEALTHY: Final = "healthy"
-WARNING: Final = "warning"
-MAINTENANCE: Final = "maintenance"
-BANKRUPT: Final = "bankrupt"
-
 # Names of the thresholds a trigger price crosses (see ``trigger_prices``).
 THRESHOLD_BANKRUPT: Final = "bankrupt"  # equity = 0
 THRESHOLD_RESOLVE: Final = "resolve"  # ratio = margin_call.resolve_ratio
 THRESHOLD_WARNING: Final = "warning"  # ratio = margin_call.warning_ratio
 THRESHOLD_MAINTENANCE: Final = "maintenance"  # ratio = 1, i.e. equity = maintenance margin
-
-
-class MarginModelError(ValueError):
-    """The account cannot be margined with these parameters (an instrument they do not list, a
-    kind this model does not price, a scope that does not exist); the message says which."""
-
-
-def isolated_scope(instrument: str) -> str:
-    return ISOLATED_SCOPE_PREFIX + instrument
-
-
-class CollateralValue(NamedTuple):
-    """One balance valued in the valuation asset: ``value = price x (amount - haircut_units)``;
-    ``haircut_units`` is 0 for a negative amount and ``value`` is 0 when ``price`` is None."""
-
-    asset: str
-    amount: Decimal
-    price: Decimal | None
-    haircut_units: Decimal
-    value: Decimal
-
-    @property
-    def priced(self) -> bool:
-        return self.price is not None
-
-
-class PositionRisk(NamedTuple):
-    """Figures of one open linear position; the inputs used are kept beside the results."""
-
-    instrument: str
-    margin_mode: str
-    scope: str
-    quantity: Decimal  # signed contracts
-    contract_size: Decimal
-    cost: Decimal  # settlement asset
-    mark: Decimal | None  # None: unmarked, valued at the entry price
-    price_used: Decimal  # the mark, or the entry price (cost / (q x cs)) when unmarked
-    settlement_asset: str
-    settlement_price: Decimal  # price of the settlement asset in the valuation asset
-    notional: Decimal  # |q| x cs x price_used, settlement asset (the tier basis)
-    tier: int  # 1-based index of the tier holding ``notional``
-    initial_rate: Decimal
-    maintenance_rate: Decimal
-    unrealised_pnl: Decimal  # valuation asset; 0 when unmarked
-    initial_margin: Decimal  # valuation asset, rounded up
-    maintenance_margin: Decimal  # valuation asset, rounded up
-    liquidation_price: Decimal | None  # see ``liquidation_price``
-
-    @property
-    def marked(self) -> bool:
-        return self.mark is not None
-
-    @property
-    def is_long(self) -> bool:
-        return self.quantity > ZERO
-
-
-class ScopeRisk(NamedTuple):
-    """One margin scope: the cross account (``"cross"``) or one isolated position
-    (``"isolated:<instrument>"``). ``collateral`` is the collateral value (cross) or the isolated
-    margin in the valuation asset (isolated); ``equity = collateral + unrealised_pnl``."""
-
-    scope: str
-    collateral: Decimal
-    unrealised_pnl: Decimal
-    equity: Decimal
-    initial_margin: Decimal
-    maintenance_margin: Decimal
-    margin_ratio: Decimal | None
-    status: str
-    positions: tuple[PositionRisk, ...]
-    unpriced_assets: tuple[str, ...] = ()
-
-    @property
-    def has_open_positions(self) -> bool:
-        return any(p.quantity != ZERO for p in self.positions)
-
-    def position(self, instrument: str) -> PositionRisk | None:
-        for found in self.positions:
-            if found.instrument == instrument:
-                return found
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRisk:
-    account_id: str
-    parameters_version: str
-    collateral: tuple[CollateralValue, ...]
-    cross: ScopeRisk
-    isolated: tuple[ScopeRisk, ...]
-
-    @property
-    def scopes(self) -> tuple[ScopeRisk, ...]:
-        return (self.cross, *self.isolated)
-
-    @property
-    def positions(self) -> tuple[PositionRisk, ...]:
-        return tuple(p for scope in self.scopes for p in scope.positions)
-
-    def scope(self, name: str) -> ScopeRisk:
-        for found in self.scopes:
-            if found.scope == name:
-                return found
-        raise MarginModelError(f"account {self.account_id} has no margin scope {name!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerPrices:
-    """Marks of ``instrument`` at which ``scope`` crosses a threshold, every other mark fixed.
-
-    ``lower`` is the highest crossing at or below ``reference_price``, ``upper`` the lowest at or
-    above it (None: no crossing on that side). A crossing exactly at the reference (the scope sits
-    on a threshold) is both bounds: some move from there changes the status, and a spurious
-    re-margin costs less than a missed one. Re-margin the scope when a new mark is ``<= lower`` or
-    ``>= upper``: lower rounds up and upper rounds down, so a crossing is seen no later than it
-    happens (the rounding of ``round_liquidation_price``, for the same reason)."""
-
-    scope: str
-    instrument: str
-    reference_price: Decimal | None
-    lower: Decimal | None
-    lower_threshold: str | None
-    upper: Decimal | None
-    upper_threshold: str | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,37 +140,6 @@ def _collateral_value(
 def collateral_value(parameters: RiskParameters, asset: str, amount: Decimal, price: Decimal | None) -> CollateralValue:
     """Value of ``amount`` of ``asset`` in the valuation asset (see the module docstring)."""
     return _collateral_value(parameters, asset, amount, price)
-
-
-# ---------------------------------------------------------------------------------------------
-# Classification
-
-
-def classify(
-    equity: Decimal, maintenance: Decimal, open_positions: bool, policy: MarginCallPolicy
-) -> tuple[Decimal | None, str]:
-    """(margin ratio, status) of a scope at one instant.
-
-    ratio = round_ratio(maintenance / equity) when both are positive, else None. Status:
-    ``bankrupt`` when equity < 0 with open positions; ``maintenance`` when ratio >= 1 or when
-    equity = 0 against a positive requirement (an infinite ratio); ``warning`` when ratio >=
-    warning_ratio; else ``healthy`` (also without open positions, whatever the equity: a debt
-    with nothing to liquidate is the default waterfall's business, not a margin call's). The
-    lifecycle (deadlines, hysteresis with resolve_ratio) is built on this elsewhere."""
-    ratio: Decimal | None = round_ratio(divide(maintenance, equity)) if equity > ZERO and maintenance > ZERO else None
-    if not open_positions:
-        return ratio, HEALTHY
-    if equity < ZERO:
-        return ratio, BANKRUPT
-    if equity == ZERO:
-        return ratio, MAINTENANCE if maintenance > ZERO else HEALTHY
-    if ratio is None:
-        return ratio, HEALTHY
-    if ratio >= ONE:
-        return ratio, MAINTENANCE
-    if ratio >= policy.warning_ratio:
-        return ratio, WARNING
-    return ratio, HEALTHY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,15 +355,13 @@ def _scope_from(
 ) -> ScopeRisk:
     # The sums add in the order of ``positions``, from ZERO, as ``sum(..., ZERO)`` would.
     pnl = initial = maintenance = ZERO
-    open_positions = False
     for p in positions:
         pnl += p.unrealised_pnl
         initial += p.initial_margin
         maintenance += p.maintenance_margin
-        if p.quantity != ZERO:
-            open_positions = True
     equity = collateral + pnl
-    ratio, status = classify(equity, maintenance, open_positions, parameters.margin_call)
+    ratio = margin_ratio(equity, maintenance)
+    status = classify(equity, maintenance, ratio, parameters.margin_call)
     draft = ScopeRisk(
         scope,
         collateral,
@@ -619,41 +478,6 @@ def evaluate_scope(
         position = account.positions.get((instrument, ISOLATED)) or Position(instrument, ISOLATED)
         return _isolated_scope(parameters, marks, position, liquidation_prices)
     raise MarginModelError(f"a margin scope is 'cross' or 'isolated:<instrument>', not {scope!r}")
-
-
-class StateMarks(Mapping[str, Decimal]):
-    """The ledger state's last marks seen as ``symbol -> price``, without copying them."""
-
-    __slots__ = ("_marks",)
-
-    def __init__(self, marks: Mapping[str, MarkState]) -> None:
-        self._marks = marks
-
-    def __getitem__(self, symbol: str) -> Decimal:
-        return self._marks[symbol].price
-
-    def get(self, symbol: str, default: Any = None) -> Any:
-        # Mapping.get would go through __getitem__ and a KeyError for every unmarked symbol.
-        mark = self._marks.get(symbol)
-        return default if mark is None else mark.price
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._marks)
-
-    def __len__(self) -> int:
-        return len(self._marks)
-
-
-def scope_risk(state: LedgerState, account: Account, scope: str, *, liquidation_prices: bool = True) -> ScopeRisk:
-    """``evaluate_scope`` with the parameters in force and the last marks of ``state``."""
-    return evaluate_scope(
-        account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=liquidation_prices
-    )
-
-
-def account_risk(state: LedgerState, account: Account, *, liquidation_prices: bool = True) -> AccountRisk:
-    """``evaluate`` with the parameters in force and the last marks of ``state``."""
-    return evaluate(account, state.parameters, StateMarks(state.marks), liquidation_prices=liquidation_prices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,6 +606,339 @@ def _trigger_prices_of(
     )
 
 
-def state_trigger_prices(state: LedgerState, account: Account, scope: str, instrument: str) -> TriggerPrices:
-    """``trigger_prices`` with the parameters in force and the last marks of ``state``."""
-    return trigger_prices(account, state.parameters, StateMarks(state.marks), scope, instrument)
+# ---------------------------------------------------------------------------------------------
+# What the trigger index needs (triggers.py says how it uses them and why they are safe)
+
+
+def dependencies(account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+    """The symbols whose price moves the scope's figures, sorted: the instruments of its open
+    positions, their settlement assets other than the valuation asset, and (cross) the collateral
+    assets other than the valuation asset."""
+    valuation = parameters.valuation_asset
+    found: set[str] = set()
+
+    def settled_in(instrument: str) -> None:
+        spec = parameters.instruments_by_symbol.get(instrument)
+        if spec is not None and spec.settlement_asset != valuation:
+            found.add(spec.settlement_asset)
+
+    if scope == CROSS:
+        for (instrument, mode), position in account.positions.items():
+            if mode == CROSS and position.quantity != ZERO:
+                found.add(instrument)
+                settled_in(instrument)
+        for asset, amount in account.balances.items():
+            if amount != ZERO and asset != valuation and parameters.asset(asset) is not None:
+                found.add(asset)
+    elif scope.startswith(ISOLATED_SCOPE_PREFIX):
+        instrument = scope[len(ISOLATED_SCOPE_PREFIX) :]
+        isolated = account.positions.get((instrument, ISOLATED))
+        if isolated is not None and (isolated.quantity != ZERO or isolated.isolated_margin != ZERO):
+            if isolated.quantity != ZERO:
+                found.add(instrument)
+            settled_in(instrument)
+    return tuple(sorted(found))
+
+
+# The relative part of the slack that pulls a trigger towards the price in use (``index_bounds``).
+RELATIVE_SLACK: Final = Decimal("1e-9")
+
+# Per-parameters constants of the bounds below, computed once per parameters document (which is
+# immutable): keyed by the document's identity, so the cache follows the parameters in force.
+_CONSTANTS: tuple[RiskParameters | None, dict[tuple[str, int], Decimal]] = (None, {})
+
+
+def _constants(parameters: RiskParameters) -> dict[tuple[str, int], Decimal]:
+    global _CONSTANTS
+    cached = _CONSTANTS
+    if cached[0] is not parameters:
+        cached = _CONSTANTS = (parameters, {})
+    return cached[1]
+
+
+def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal) -> Decimal:
+    """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (and 1): how
+    flat ``t x equity - maintenance`` can get in the mark (see ``index_bounds``)."""
+    constants = _constants(parameters)
+    key = (spec.symbol, 1 if direction > ZERO else -1)
+    gamma = constants.get(key)
+    if gamma is None:
+        policy = parameters.margin_call
+        gamma = constants[key] = min(
+            [ONE]
+            + [
+                abs(threshold * direction - tier.maintenance_rate)
+                for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
+                for tier in spec.tier_table
+            ]
+        )
+    return gamma
+
+
+def _widest(parameters: RiskParameters, spec: InstrumentSpec) -> Decimal:
+    """1 + the largest maintenance rate of the instrument's tiers (see ``budget_bands``)."""
+    constants = _constants(parameters)
+    key = (spec.symbol, 0)
+    widest = constants.get(key)
+    if widest is None:
+        widest = constants[key] = ONE + max(tier.maintenance_rate for tier in spec.tier_table)
+    return widest
+
+
+def index_bounds(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], risk: ScopeRisk, symbol: str
+) -> tuple[Decimal | None, Decimal | None] | None:
+    """(lower, upper) re-margin triggers of a scope that depends on ``symbol`` alone, pulled
+    towards the reference by the rounding slack; None when the scope cannot be indexed. Runs
+    under the ledger context.
+
+    The ledger's roundings (requirements up to 1e-8, ratios up to 1e-10, trigger prices to
+    1e-10) can move a crossing by (1e-8 + 1e-10 x |equity|) / |slope| in price, where the slope
+    of t x equity - maintenance is s x |q| x cs x |t x sign(q) - rate| for a tier rate; each
+    trigger is pulled towards the reference price by four times that plus 1e-9 relative: a
+    spurious re-margin costs one evaluation, a missed one a wrong ledger. A slope that can
+    vanish (a tier rate equal to a threshold) cannot be indexed."""
+    prices = _trigger_prices_of(account, parameters, marks, risk, symbol)
+    reference = prices.reference_price
+    if reference is None:
+        return (None, None)  # unpriced: the first mark of the symbol re-margins its dependents
+    spec = parameters.instruments_by_symbol.get(symbol)
+    if spec is not None:
+        position = risk.position(symbol)
+        if position is None or position.quantity == ZERO:
+            return None
+        slope = position.settlement_price * abs(position.quantity) * position.contract_size
+        direction = ONE if position.quantity > ZERO else MINUS_ONE
+        gamma = _gamma(parameters, spec, direction)
+    else:
+        asset = parameters.asset(symbol)
+        if asset is None:
+            return None
+        amount = account.balance(symbol)
+        slope = abs(units_after_haircut(asset, amount))
+        gamma = ONE
+    if slope == ZERO or gamma == ZERO:
+        return None
+    equity = abs(risk.equity)
+
+    def slack(root: Decimal) -> Decimal:
+        moved = equity + slope * abs(root - reference)
+        return (
+            root * RELATIVE_SLACK
+            + divide(4 * (MONEY_QUANTUM + RATIO_QUANTUM * moved), slope * gamma)
+            + 2 * PRICE_QUANTUM
+        )
+
+    lower = None if prices.lower is None else prices.lower + slack(prices.lower)
+    upper = None if prices.upper is None else max(ZERO, prices.upper - slack(prices.upper))
+    return (lower, upper)
+
+
+def budget_bands(
+    account: Account,
+    parameters: RiskParameters,
+    marks: Mapping[str, Decimal],
+    risk: ScopeRisk,
+    symbols: tuple[str, ...],
+    band_share: Decimal,
+) -> tuple[Bands, FillBudget | None] | None:
+    """Bands around the current prices of a scope that depends on several prices, inside which no
+    combination of moves can change its status, and the record ``triggers.absorbs_fill`` reads
+    (None when some part of the scope is not one it can follow); None when the scope cannot be
+    indexed. Runs under the ledger context.
+
+    The status is the sign pattern of g_0 = equity and g_t = t x equity - maintenance for t in
+    (resolve, warning, 1). Each g moves with the price of a symbol X by at most k_X per unit:
+    k_X = |q| x cs x (1 + largest maintenance rate) for an instrument (equity moves by q x cs,
+    maintenance by |q| x cs x the tier's rate), |amount - haircut units| for a collateral asset.
+    With S the smallest |g| less the ledger's rounding, moves with sum of k_X x |dX| < S flip no
+    sign; giving each of the n symbols the band S / (n x k_X) keeps any combination of in-band
+    moves below S (the shared budget that one-dimensional triggers lack). The bands spend only
+    ``band_share`` of S: the rest is left for the account's own fills (``absorbs_fill``).
+    Settlement assets other than the valuation asset are not budgeted (the scope is then
+    re-margined on every mark)."""
+    if risk.unpriced_assets:
+        return None
+    sensitivity = _sensitivities(account, parameters, marks, risk, symbols)
+    if sensitivity is None:
+        return None
+    policy = parameters.margin_call
+    equity, maintenance = risk.equity, risk.maintenance_margin
+    smallest = min(
+        abs(equity),
+        abs(policy.resolve_ratio * equity - maintenance),
+        abs(policy.warning_ratio * equity - maintenance),
+        abs(equity - maintenance),
+    )
+    rounding = 4 * (MONEY_QUANTUM * (len(risk.positions) + 1) + RATIO_QUANTUM * (abs(equity) + smallest))
+    budget = smallest - rounding
+    if budget <= ZERO:
+        return None
+    bands: Bands = {}
+    budgeted: dict[str, BudgetedPosition] = {}
+    spread = ZERO
+    share = len(symbols)
+    instruments = parameters.instruments_by_symbol
+    for symbol, k in sensitivity:
+        if k == ZERO:
+            continue  # the scope does not move with this price at all
+        price = marks[symbol]  # every symbol above was required to have a mark
+        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
+        band = divide_down(budget * band_share, share * k)
+        bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
+        spec = instruments.get(symbol)
+        if spec is None:
+            spread += k * band
+            continue
+        held = account.positions[(symbol, CROSS)]
+        unit = spec.contract_size * price
+        widest = _widest(parameters, spec)
+        unit_spread = round_bound_up(spec.contract_size * widest * band)
+        size = abs(held.quantity)
+        entry = budgeted[symbol] = BudgetedPosition(
+            size, unit, unit * (widest - ONE), unit_spread, held.quantity * unit - held.cost, size * unit_spread
+        )
+        spread += entry.fixed
+    record = None
+    if risk.scope == CROSS:
+        # A rounding step of each requirement and of the fills' credits, set aside once.
+        spread += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
+        balance = account.balance(parameters.valuation_asset)
+        slack = round_bound_down(budget) - spread
+        record = FillBudget(balance, _largest_haircut(parameters), budgeted, -balance, slack)
+    return bands, record
+
+
+def _sensitivities(
+    account: Account,
+    parameters: RiskParameters,
+    marks: Mapping[str, Decimal],
+    risk: ScopeRisk,
+    symbols: tuple[str, ...],
+) -> list[tuple[str, Decimal]] | None:
+    """k_X of each symbol (``budget_bands``); None when some symbol cannot be budgeted."""
+    instruments = parameters.instruments_by_symbol
+    valuation = parameters.valuation_asset
+    positions = {p.instrument: p for p in risk.positions}
+    sensitivity: list[tuple[str, Decimal]] = []
+    for symbol in symbols:
+        spec = instruments.get(symbol)
+        if spec is not None:
+            position = positions.get(symbol)
+            if position is None or position.quantity == ZERO or position.mark is None:
+                return None
+            if position.settlement_asset != valuation:
+                return None
+            sensitivity.append((symbol, abs(position.quantity) * position.contract_size * _widest(parameters, spec)))
+        else:
+            asset = parameters.asset(symbol)
+            if asset is None or symbol not in marks:
+                return None
+            k = abs(units_after_haircut(asset, account.balance(symbol)))
+            sensitivity.append((symbol, k))
+    return sensitivity
+
+
+def _largest_haircut(parameters: RiskParameters) -> Decimal:
+    spec = parameters.asset(parameters.valuation_asset)
+    return max((band[2] for band in spec.haircut_band_table), default=ZERO) if spec is not None else ZERO
+
+
+# ---------------------------------------------------------------------------------------------
+# Liquidation arithmetic
+
+
+def reduction(
+    parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+) -> Reduction:
+    """What reducing ``position`` by ``reduce`` leaves of the scope (equity and maintenance before
+    it given): the arithmetic of the lifecycle's liquidation orders, and of ``audit explain``
+    checking them."""
+    spec = parameters.instruments_by_symbol[position.instrument]
+    fee_rate = parameters.liquidation.fee_rate
+    left = abs(position.quantity) - reduce
+    notional = left * position.contract_size * position.price_used
+    tier = spec.tier_for(notional)
+    requirement = round_requirement(tier.maintenance(notional) * position.settlement_price) if left else ZERO
+    unit_value = position.contract_size * position.price_used * position.settlement_price
+    fee = round_requirement(reduce * unit_value * fee_rate)
+    after_maintenance = maintenance - position.maintenance_margin + requirement
+    return Reduction(left, notional, tier.index, requirement, fee, equity - fee, after_maintenance)
+
+
+def bankruptcy_price(position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+    """(unrounded, rounded) price at which closing ``quantity`` of ``position`` would use up the
+    scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
+    long = position.quantity > ZERO
+    unit = quantity * position.contract_size * position.settlement_price
+    raw = position.price_used - divide(equity, unit) if long else position.price_used + divide(equity, unit)
+    return raw, max(round_bankruptcy_price(raw, long=long), ZERO)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model behind the interface
+
+
+class StandardModel(MarginModel):
+    """The ``standard`` model: CONTRACT.md's tiered linear requirements (this module)."""
+
+    def __init__(self) -> None:
+        super().__init__(STANDARD)
+
+    def evaluate(
+        self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool
+    ) -> AccountRisk:
+        return evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
+
+    def evaluate_scope(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        scope: str,
+        *,
+        liquidation_prices: bool,
+    ) -> ScopeRisk:
+        return evaluate_scope(account, parameters, marks, scope, liquidation_prices=liquidation_prices)
+
+    def dependencies(self, account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+        return dependencies(account, parameters, scope)
+
+    def trigger_prices(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> TriggerPrices:
+        return trigger_prices_of(account, parameters, marks, risk, symbol)
+
+    def index_bounds(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> tuple[Decimal | None, Decimal | None] | None:
+        return index_bounds(account, parameters, marks, risk, symbol)
+
+    def budget_bands(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbols: tuple[str, ...],
+        band_share: Decimal,
+    ) -> tuple[Bands, FillBudget | None] | None:
+        return budget_bands(account, parameters, marks, risk, symbols, band_share)
+
+    def reduction(
+        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+    ) -> Reduction:
+        return reduction(parameters, position, equity, maintenance, reduce)
+
+    def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+        return bankruptcy_price(position, equity, quantity)

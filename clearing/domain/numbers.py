@@ -46,7 +46,7 @@ LEDGER_CONTEXT = Context(
 
 # Final: the compiled modules read these from a C static, not from this module's dict (a lookup
 # each time). Compare a decimal with ZERO, not with the literal 0: an int operand becomes a
-# fresh Decimal on every comparison (13 an event of the verify replay, 2-3% of its instructions).
+# fresh Decimal on every comparison (docs/performance.md).
 ZERO: Final = Decimal(0)
 ONE: Final = Decimal(1)
 MINUS_ONE: Final = Decimal(-1)
@@ -129,8 +129,8 @@ def is_wire(text: str) -> bool:
 
 
 # The rounding rules below pass ``quantize`` its rounding and context by position: by keyword, the
-# decimal module's argument parsing cost about 1,000 instructions a call more (a fifth of a
-# rounding; a verify replay rounds several times a fill).
+# decimal module's argument parsing costs more, and a verify replay rounds several times a fill
+# (docs/performance.md).
 def round_requirement(value: Decimal) -> Decimal:
     """Margin requirements and amounts owed round up (towards more margin): against the account,
     so that rounding can never let an account look safer than it is."""
@@ -214,8 +214,8 @@ def exact(function: Callable[P, R]) -> Callable[P, R]:
 def ledger_context() -> Iterator[None]:
     """Run a loop of ``exact`` calls (a batch's fold, a replay) under this thread's ledger
     context, entered once: each call then finds it in place instead of switching to it and back,
-    two context-variable writes a call (5% of the instructions of a replayed fill, measured with
-    callgrind). Other code in the block computes under it too: more digits, the same traps."""
+    two context-variable writes a call (docs/performance.md). Other code in the block computes
+    under it too: more digits, the same traps."""
     current = getcontext()
     setcontext(_ledger_context())
     try:

@@ -109,7 +109,9 @@ class MarginStatus:
     """Lifecycle state of one margin scope: the cross account ("cross") or an isolated position
     ("isolated:<instrument>")."""
 
-    status: str = "healthy"  # healthy, warning, maintenance, liquidation, bankrupt
+    # The text of a ``levels.Level`` (text, as snapshots and payloads hold it; compares equal to
+    # the Level it spells).
+    status: str = "healthy"
     margin_call_id: str | None = None
     deadline: datetime | None = None
     pending_orders: list[str] = field(default_factory=list)  # liquidation ids not yet fully filled
@@ -229,15 +231,15 @@ class InstrumentTerms:
         self.unit_contract: Final = contract_size.as_tuple() == (0, (1,), 0)
 
     def times_size(self, amount: Decimal) -> Decimal:
-        """``amount x contract size`` (a quantity x price made a notional, as ``fold.trade``
+        """``amount x contract size`` (a quantity x price made a notional, as ``booking.trade``
         books it), without the multiplication when the size is exactly 1."""
         return amount if self.unit_contract else amount * self.contract_size
 
 
 class Terms:
     """The parameters the fold reads on every fill (``LedgerState.terms``), copied out of the
-    pydantic models: a read of a model's field went through the model class's attribute hook,
-    about 380 instructions, and an ordinary fill read five or six of them."""
+    pydantic models: a read of a model's field goes through the model class's attribute hook,
+    and an ordinary fill read five or six of them (docs/performance.md)."""
 
     def __init__(self, parameters: RiskParameters) -> None:
         self.parameters: Final = parameters  # the document these were copied from

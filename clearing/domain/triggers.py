@@ -3,7 +3,7 @@
 Brute force re-evaluates every dependent of a marked symbol (every holder of an instrument): exact,
 but O(holders) evaluations per mark. The index (``LedgerState.triggers``, a ``TriggerIndex``)
 keeps, per symbol, each scope's nearest trigger prices below and above the price it was last
-evaluated at (``margin.trigger_prices``: the marks at which equity = 0 or the ratio crosses
+evaluated at (``MarginModel.trigger_prices``: the marks at which equity = 0 or the ratio crosses
 resolve, warning or 1). A mark of X pops the entries it crossed (lower >= price or upper <= price)
 from two heaps and re-margins exactly those scopes, plus the accounts in ``always[X]`` and, as
 before, the scopes with a deadline due and the accounts with pending liquidation orders.
@@ -31,18 +31,18 @@ tests/domain/test_triggers.py checks it on random markets):
    roundings (requirements up to 1e-8, ratios up to 1e-10, trigger prices to 1e-10) can move a
    crossing by (1e-8 + 1e-10 x |equity|) / |slope| in price, where the slope of
    t x equity - maintenance is s x |q| x cs x |t x sign(q) - rate| for a tier rate; each trigger is
-   pulled towards the reference price by four times that plus 1e-9 relative (``_slack``): a
-   spurious re-margin costs one evaluation, a missed one a wrong ledger. A slope that can vanish
-   (a tier rate equal to a threshold) makes the scope ``always``.
+   pulled towards the reference price by four times that plus 1e-9 relative (the model's
+   ``index_bounds``): a spurious re-margin costs one evaluation, a missed one a wrong ledger. A
+   slope that can vanish (a tier rate equal to a threshold) makes the scope ``always``.
 4. A scope that depends on several prices (positions in two instruments, or collateral in a
    non-valuation asset beside a position) cannot use one-dimensional triggers: they are slices
    through the point they were computed at, and two symbols each moving within their own
    bounds can still cross a threshold (cross equity E0 + a dX + b dY reaches 0 at dX = -E0/a
    with dY = 0, but at half of each). Such a scope gets bands from a budget shared by its
-   symbols (``_budget_bounds``): conservative, so it is re-margined more often than needed, never
-   less. Accounts with a scope in liquidation or bankrupt (whose lifecycle steps on numbers the
-   triggers do not watch: target ratio, positions closed), and scopes the budget cannot bound,
-   are in ``always[symbol]`` of every symbol they depend on: brute force for them.
+   symbols (the model's ``budget_bands``): conservative, so it is re-margined more often than
+   needed, never less. Accounts with a scope in liquidation or bankrupt (whose lifecycle steps
+   on numbers the triggers do not watch: target ratio, positions closed), and scopes the budget
+   cannot bound, are in ``always[symbol]`` of every symbol they depend on: brute force for them.
 5. The first mark of a symbol since the index was built re-margins every dependent (an unpriced
    asset has no trigger; an unmarked instrument was valued at its entry price).
 6. Order: accounts are re-margined in sorted order and scopes in ``scopes`` order, in both modes;
@@ -67,82 +67,52 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Final
 
-from clearing.domain import margin
+from clearing.domain import models
 from clearing.domain.inputs import Fill
-from clearing.domain.numbers import (
-    MINUS_ONE,
-    MONEY_QUANTUM,
-    ONE,
-    PRICE_QUANTUM,
-    RATIO_QUANTUM,
-    ZERO,
-    divide,
-    divide_down,
-    exact,
-    round_bound_down,
-    round_bound_up,
+from clearing.domain.levels import LIQUIDATING, Level
+from clearing.domain.marginmodel import (
+    CROSS,
+    ISOLATED,
+    Bands,
+    MarginModel,
+    MarginModelError,
+    ScopeRisk,
+    StateMarks,
+    isolated_scope,
 )
-from clearing.domain.params import InstrumentSpec, RiskParameters
-from clearing.domain.state import Account, BudgetedPosition, FillBudget, LedgerState, TriggerIndex
+from clearing.domain.numbers import ZERO, exact
+from clearing.domain.state import Account, FillBudget, LedgerState, TriggerIndex
 
-LIQUIDATING: Final = ("liquidation", "bankrupt")
-RELATIVE_SLACK: Final = Decimal("1e-9")
 COMPACT_SLACK: Final = 1024  # dead heap entries tolerated beyond the live ones before a heap is rebuilt
 # The share of a budgeted scope's budget its price bands spend; the rest absorbs its own fills.
 # Any share in (0, 1) gives the same decisions; it sets how often a scope is re-margined and
-# re-indexed, by a mark crossing its band or by its fills spending the rest. A verify replay of
-# bench/replay.py's log (callgrind, 58,000 events from the snapshot at 300,060) cost 108,302
-# instructions an event at 0.2, 102,644 at 0.3, 102,433 at 0.35, 103,155 at 0.4, 105,643 at 0.5 and
-# 109,434 at 0.6; over the 28,000 events from 500,106, 100,974 at 0.5 and 99,986 at 0.35.
+# re-indexed, by a mark crossing its band or by its fills spending the rest (docs/performance.md
+# has the measurements behind 0.35).
 BAND_SHARE: Final = Decimal("0.35")
 
 
 def scopes(account: Account) -> list[str]:
     """The account's margin scopes in a fixed order: cross, isolated positions, then any other
     scope with a margin call running."""
-    found = [margin.CROSS]
+    found = [CROSS]
     isolated = [
         key
         for key, position in account.positions.items()
-        if key[1] == margin.ISOLATED and (position.quantity != ZERO or position.isolated_margin != ZERO)
+        if key[1] == ISOLATED and (position.quantity != ZERO or position.isolated_margin != ZERO)
     ]
     if isolated:
         isolated.sort()
-        found.extend(margin.isolated_scope(instrument) for instrument, _mode in isolated)
+        found.extend(isolated_scope(instrument) for instrument, _mode in isolated)
     if account.margin:
         for scope in sorted(account.margin):
-            if scope not in found and account.margin[scope].status != "healthy":
+            if scope not in found and account.margin[scope].status != Level.HEALTHY:
                 found.append(scope)
     return found
 
 
 def scope_dependencies(state: LedgerState, account: Account, scope: str) -> tuple[str, ...]:
-    """The symbols whose price moves the scope's figures, sorted."""
-    parameters = state.parameters
-    valuation = parameters.valuation_asset
-    found: set[str] = set()
-
-    def settled_in(instrument: str) -> None:
-        spec = parameters.instruments_by_symbol.get(instrument)
-        if spec is not None and spec.settlement_asset != valuation:
-            found.add(spec.settlement_asset)
-
-    if scope == margin.CROSS:
-        for (instrument, mode), position in account.positions.items():
-            if mode == margin.CROSS and position.quantity != ZERO:
-                found.add(instrument)
-                settled_in(instrument)
-        for asset, amount in account.balances.items():
-            if amount != ZERO and asset != valuation and parameters.asset(asset) is not None:
-                found.add(asset)
-    elif scope.startswith(margin.ISOLATED_SCOPE_PREFIX):
-        instrument = scope[len(margin.ISOLATED_SCOPE_PREFIX) :]
-        isolated = account.positions.get((instrument, margin.ISOLATED))
-        if isolated is not None and (isolated.quantity != ZERO or isolated.isolated_margin != ZERO):
-            if isolated.quantity != ZERO:
-                found.add(instrument)
-            settled_in(instrument)
-    return tuple(sorted(found))
+    """The symbols whose price moves the scope's figures, sorted (the scope's model says)."""
+    return models.model_of(account, scope).dependencies(account, state.parameters, scope)
 
 
 def dependents(state: LedgerState, symbol: str) -> set[str]:
@@ -171,13 +141,62 @@ def rebuild(state: LedgerState) -> None:
 
 @exact
 def refresh(
-    state: LedgerState, account_id: str, figures: Mapping[tuple[str, str], margin.ScopeRisk] | None = None
+    state: LedgerState, account_id: str, figures: Mapping[tuple[str, str], ScopeRisk] | None = None
 ) -> None:
     """Replace the account's entries by ones computed from its current figures (``figures``:
     scopes already evaluated on the current state, by (account, scope))."""
     index = state.triggers
     version = index.version.get(account_id, 0) + 1
     index.version[account_id] = version
+    _forget(index, account_id)
+    account = state.accounts.get(account_id)
+    if account is None:
+        return
+    always: set[str] = set()
+    # (symbol, lower, upper, scope) of every band or pair of bounds, pushed together below.
+    entries: list[tuple[str, Decimal | None, Decimal | None, str]] = []
+    names = scopes(account)
+    for scope in names:
+        model = models.model_of(account, scope)
+        symbols = model.dependencies(account, state.parameters, scope)
+        if not symbols:
+            continue
+        status = account.margin.get(scope)
+        if status is not None and status.status in LIQUIDATING:
+            always.update(symbols)
+            continue
+        known = None if figures is None else figures.get((account_id, scope))
+        try:
+            risk = known if known is not None else _evaluate(state, model, account, scope)
+            if len(symbols) > 1:
+                budgeted = _budget_bounds(state, model, account, risk, symbols)
+                bounds = None
+            else:
+                budgeted = None
+                bounds = _bounds(state, model, account, risk, symbols[0])
+        except MarginModelError:
+            always.update(symbols)
+            continue
+        if budgeted is not None:
+            bands, record = budgeted
+            entries.extend((symbol, low, high, scope) for symbol, (low, high) in bands.items())
+            if record is not None and len(names) == 1 and (status is None or status.status == Level.HEALTHY):
+                index.budgets[account_id] = record
+        elif bounds is None:
+            always.update(symbols)
+        elif bounds[0] is not None or bounds[1] is not None:
+            entries.append((symbols[0], bounds[0], bounds[1], scope))
+    if entries:
+        _push_entries(index, account_id, version, entries)
+    if always:
+        index.always_symbols[account_id] = tuple(sorted(always))
+        for symbol in always:
+            index.always.setdefault(symbol, set()).add(account_id)
+
+
+def _forget(index: TriggerIndex, account_id: str) -> None:
+    """Take the account's entries out of the index: its heap entries die with its old version
+    (counted out of ``live``), its ``always`` memberships and its fill budget go."""
     index.budgets.pop(account_id, None)
     live = index.live
     old_heap = index.heap_symbols.pop(account_id, None)
@@ -188,51 +207,10 @@ def refresh(
     if old_always:
         for symbol in old_always:
             index.always[symbol].discard(account_id)
-    account = state.accounts.get(account_id)
-    if account is None:
-        return
-    always: set[str] = set()
-    # (symbol, lower, upper, scope) of every band or pair of bounds, pushed together below.
-    entries: list[tuple[str, Decimal | None, Decimal | None, str]] = []
-    names = scopes(account)
-    for scope in names:
-        symbols = scope_dependencies(state, account, scope)
-        if not symbols:
-            continue
-        status = account.margin.get(scope)
-        if status is not None and status.status in LIQUIDATING:
-            always.update(symbols)
-            continue
-        known = None if figures is None else figures.get((account_id, scope))
-        if len(symbols) > 1:
-            try:
-                budgeted = _budget_bounds(state, account, scope, symbols, known)
-            except margin.MarginModelError:
-                budgeted = None
-            if budgeted is None:
-                always.update(symbols)
-                continue
-            bands, record = budgeted
-            entries.extend((symbol, low, high, scope) for symbol, (low, high) in bands.items())
-            if record is not None and len(names) == 1 and (status is None or status.status == "healthy"):
-                index.budgets[account_id] = record
-            continue
-        symbol = symbols[0]
-        try:
-            bounds = _bounds(state, account, scope, symbol, known)
-        except margin.MarginModelError:
-            bounds = None
-        if bounds is None:
-            always.add(symbol)
-            continue
-        if bounds[0] is not None or bounds[1] is not None:
-            entries.append((symbol, bounds[0], bounds[1], scope))
-    if entries:
-        _push_entries(index, account_id, version, entries)
-    if always:
-        index.always_symbols[account_id] = tuple(sorted(always))
-        for symbol in always:
-            index.always.setdefault(symbol, set()).add(account_id)
+
+
+def _evaluate(state: LedgerState, model: MarginModel, account: Account, scope: str) -> ScopeRisk:
+    return model.evaluate_scope(account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=False)
 
 
 def _push_entries(
@@ -278,188 +256,20 @@ def _compact(index: TriggerIndex, symbol: str) -> None:
             heapq.heapify(heap)
 
 
-# Per-parameters constants of the bounds below, computed once per parameters document (which is
-# immutable): keyed by the document's identity, so the cache follows ``state.parameters``.
-_CONSTANTS: tuple[RiskParameters | None, dict[tuple[str, int], Decimal]] = (None, {})
-
-
-def _constants(parameters: RiskParameters) -> dict[tuple[str, int], Decimal]:
-    global _CONSTANTS
-    cached = _CONSTANTS
-    if cached[0] is not parameters:
-        cached = _CONSTANTS = (parameters, {})
-    return cached[1]
-
-
-def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal) -> Decimal:
-    """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (and 1): how
-    flat ``t x equity - maintenance`` can get in the mark (see ``_bounds``)."""
-    constants = _constants(parameters)
-    key = (spec.symbol, 1 if direction > ZERO else -1)
-    gamma = constants.get(key)
-    if gamma is None:
-        policy = parameters.margin_call
-        gamma = constants[key] = min(
-            [ONE]
-            + [
-                abs(threshold * direction - tier.maintenance_rate)
-                for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
-                for tier in spec.tier_table
-            ]
-        )
-    return gamma
-
-
-def _widest(parameters: RiskParameters, spec: InstrumentSpec) -> Decimal:
-    """1 + the largest maintenance rate of the instrument's tiers (see ``_budget_bounds``)."""
-    constants = _constants(parameters)
-    key = (spec.symbol, 0)
-    widest = constants.get(key)
-    if widest is None:
-        widest = constants[key] = ONE + max(tier.maintenance_rate for tier in spec.tier_table)
-    return widest
-
-
 def _bounds(
-    state: LedgerState, account: Account, scope: str, symbol: str, risk: margin.ScopeRisk | None = None
+    state: LedgerState, model: MarginModel, account: Account, risk: ScopeRisk, symbol: str
 ) -> tuple[Decimal | None, Decimal | None] | None:
-    """(lower, upper) re-margin triggers of a scope that depends on ``symbol`` alone, pulled
-    towards the reference by the rounding slack; None when the scope cannot be indexed. Runs
-    under the ledger context (``refresh``)."""
-    parameters = state.parameters
-    marks = margin.StateMarks(state.marks)
-    if risk is None:
-        risk = margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=False)
-    prices = margin._trigger_prices_of(account, parameters, marks, risk, symbol)
-    reference = prices.reference_price
-    if reference is None:
-        return (None, None)  # unpriced: the first mark of the symbol re-margins its dependents
-    spec = parameters.instruments_by_symbol.get(symbol)
-    if spec is not None:
-        position = risk.position(symbol)
-        if position is None or position.quantity == ZERO:
-            return None
-        slope = position.settlement_price * abs(position.quantity) * position.contract_size
-        direction = ONE if position.quantity > ZERO else MINUS_ONE
-        gamma = _gamma(parameters, spec, direction)
-    else:
-        asset = parameters.asset(symbol)
-        if asset is None:
-            return None
-        amount = account.balance(symbol)
-        slope = abs(margin.units_after_haircut(asset, amount))
-        gamma = ONE
-    if slope == ZERO or gamma == ZERO:
-        return None
-    equity = abs(risk.equity)
-
-    def slack(root: Decimal) -> Decimal:
-        moved = equity + slope * abs(root - reference)
-        return (
-            root * RELATIVE_SLACK
-            + divide(4 * (MONEY_QUANTUM + RATIO_QUANTUM * moved), slope * gamma)
-            + 2 * PRICE_QUANTUM
-        )
-
-    lower = None if prices.lower is None else prices.lower + slack(prices.lower)
-    upper = None if prices.upper is None else max(ZERO, prices.upper - slack(prices.upper))
-    return (lower, upper)
+    """The model's re-margin triggers of a scope that depends on ``symbol`` alone (item 3 of the
+    module docstring); None when the scope cannot be indexed."""
+    return model.index_bounds(account, state.parameters, StateMarks(state.marks), risk, symbol)
 
 
 def _budget_bounds(
-    state: LedgerState, account: Account, scope: str, symbols: tuple[str, ...], risk: margin.ScopeRisk | None
-) -> tuple[dict[str, tuple[Decimal, Decimal]], FillBudget | None] | None:
-    """Bands around the current prices of a scope that depends on several prices, inside which no
-    combination of moves can change its status, and the record ``absorbs_fill`` reads (None when
-    some part of the scope is not one it can follow); None when the scope cannot be indexed.
-    Runs under the ledger context (``refresh``).
-
-    The status is the sign pattern of g_0 = equity and g_t = t x equity - maintenance for t in
-    (resolve, warning, 1). Each g moves with the price of a symbol X by at most k_X per unit:
-    k_X = |q| x cs x (1 + largest maintenance rate) for an instrument (equity moves by q x cs,
-    maintenance by |q| x cs x the tier's rate), |amount - haircut units| for a collateral asset.
-    With S the smallest |g| less the ledger's rounding, moves with sum of k_X x |dX| < S flip no
-    sign; giving each of the n symbols the band S / (n x k_X) keeps any combination of in-band
-    moves below S (the shared budget that one-dimensional triggers lack). The bands spend only
-    ``BAND_SHARE`` of S: the rest is left for the account's own fills (``absorbs_fill``).
-    Settlement assets other than the valuation asset are not budgeted (the scope is then
-    re-margined on every mark)."""
-    parameters = state.parameters
-    if risk is None:
-        marks_seen = margin.StateMarks(state.marks)
-        risk = margin.evaluate_scope(account, parameters, marks_seen, scope, liquidation_prices=False)
-    if risk.unpriced_assets:
-        return None
-    instruments = parameters.instruments_by_symbol
-    valuation = parameters.valuation_asset
-    marks = state.marks
-    positions = {p.instrument: p for p in risk.positions}
-    sensitivity: list[tuple[str, Decimal]] = []
-    for symbol in symbols:
-        spec = instruments.get(symbol)
-        if spec is not None:
-            position = positions.get(symbol)
-            if position is None or position.quantity == ZERO or position.mark is None:
-                return None
-            if position.settlement_asset != valuation:
-                return None
-            sensitivity.append((symbol, abs(position.quantity) * position.contract_size * _widest(parameters, spec)))
-        else:
-            asset = parameters.asset(symbol)
-            if asset is None or symbol not in marks:
-                return None
-            amount = account.balance(symbol)
-            k = abs(margin.units_after_haircut(asset, amount))
-            sensitivity.append((symbol, k))
-    policy = parameters.margin_call
-    equity, maintenance = risk.equity, risk.maintenance_margin
-    smallest = min(
-        abs(equity),
-        abs(policy.resolve_ratio * equity - maintenance),
-        abs(policy.warning_ratio * equity - maintenance),
-        abs(equity - maintenance),
-    )
-    rounding = 4 * (MONEY_QUANTUM * (len(risk.positions) + 1) + RATIO_QUANTUM * (abs(equity) + smallest))
-    budget = smallest - rounding
-    if budget <= ZERO:
-        return None
-    bands: dict[str, tuple[Decimal, Decimal]] = {}
-    budgeted: dict[str, BudgetedPosition] = {}
-    spread = ZERO
-    share = len(symbols)
-    for symbol, k in sensitivity:
-        if k == ZERO:
-            continue  # the scope does not move with this price at all
-        price = marks[symbol].price  # every symbol above was required to have a mark
-        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
-        band = divide_down(budget * BAND_SHARE, share * k)
-        bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
-        spec = instruments.get(symbol)
-        if spec is None:
-            spread += k * band
-            continue
-        held = account.positions[(symbol, margin.CROSS)]
-        unit = spec.contract_size * price
-        widest = _widest(parameters, spec)
-        unit_spread = round_bound_up(spec.contract_size * widest * band)
-        size = abs(held.quantity)
-        entry = budgeted[symbol] = BudgetedPosition(
-            size, unit, unit * (widest - ONE), unit_spread, held.quantity * unit - held.cost, size * unit_spread
-        )
-        spread += entry.fixed
-    record = None
-    if scope == margin.CROSS:
-        # A rounding step of each requirement and of the fills' credits, set aside once.
-        spread += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
-        balance = account.balance(valuation)
-        slack = round_bound_down(budget) - spread
-        record = FillBudget(balance, _largest_haircut(parameters), budgeted, -balance, slack)
-    return bands, record
-
-
-def _largest_haircut(parameters: RiskParameters) -> Decimal:
-    spec = parameters.asset(parameters.valuation_asset)
-    return max((band[2] for band in spec.haircut_band_table), default=ZERO) if spec is not None else ZERO
+    state: LedgerState, model: MarginModel, account: Account, risk: ScopeRisk, symbols: tuple[str, ...]
+) -> tuple[Bands, FillBudget | None] | None:
+    """The model's bands of a scope that depends on several prices (item 4), spending
+    ``BAND_SHARE`` of its budget."""
+    return model.budget_bands(account, state.parameters, StateMarks(state.marks), risk, symbols, BAND_SHARE)
 
 
 def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
@@ -487,7 +297,7 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     position's terms (exact sums, so the totals are the sums over the positions). A fill that is
     not absorbed is re-margined and refreshed, which replaces the record it updated."""
     record = state.triggers.budgets.get(fill.account_id)
-    if record is None or fill.margin_mode != margin.CROSS:
+    if record is None or fill.margin_mode != CROSS:
         return False
     budgeted = record.positions.get(fill.instrument)
     if budgeted is None:
@@ -495,15 +305,14 @@ def absorbs_fill(state: LedgerState, fill: Fill) -> bool:
     if fill.fee != ZERO and fill.fee_asset is not None and fill.fee_asset != state.terms().valuation_asset:
         return False
     account = state.accounts[fill.account_id]
-    position = account.positions[(fill.instrument, margin.CROSS)]
+    position = account.positions[(fill.instrument, CROSS)]
     quantity = position.quantity
     if quantity == ZERO:
         return False  # closed: the scope's dependencies change
     # Only this position moved since the last absorbed fill: update its share of the totals.
     # Kept as the position's value and as one sum of the terms the test adds, not as a move from
-    # the reference each, and the totals as ``FillBudget`` keeps them: 16 decimal operations a
-    # fill with ``_unspent``, not 22 (about 500 instructions each, most of it the decimal
-    # module's own overhead).
+    # the reference each, and the totals as ``FillBudget`` keeps them: fewer decimal operations
+    # a fill (docs/performance.md).
     value = quantity * budgeted.unit - position.cost
     size = abs(quantity)
     fixed = abs(size - budgeted.size) * budgeted.unit_rate + size * budgeted.unit_spread

@@ -7,11 +7,14 @@ construction; ``audit verify`` and ``projections rebuild`` check exactly that.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.domain import events as ev
+from clearing.domain import models
 from clearing.domain.state import LedgerState
 from clearing.store import copytext
 
@@ -162,14 +165,12 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
     """One row per margin scope of each account: the cross account and every isolated position,
     with the lifecycle status (which may be ahead of the instantaneous classification: an account
     stays in ``liquidation`` until its call is resolved)."""
-    from clearing.domain import margin
-
     rows = []
     for account_id in sorted(accounts):
         account = state.accounts.get(account_id)
         if account is None or account_id.startswith("system:"):
             continue
-        risk = margin.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
+        risk = models.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
         for scope in risk.scopes:
             lifecycle = account.margin.get(scope.scope)
             rows.append(
@@ -180,7 +181,7 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
                     "initial_margin": scope.initial_margin,
                     "maintenance_margin": scope.maintenance_margin,
                     "margin_ratio": scope.margin_ratio,
-                    "status": lifecycle.status if lifecycle is not None else scope.status,
+                    "status": lifecycle.status if lifecycle is not None else scope.status.value,
                     "as_of": as_of,
                 }
             )
@@ -205,85 +206,117 @@ def write_decisions(
 ) -> None:
     """Margin calls and liquidations from the batch's decision events and liquidation fills,
     given as (position, event type, payload, occurred_at), in log order."""
-    import json
-
-    from clearing.domain import events as ev
-
     for position, event_type, payload, occurred_at in decisions:
-        params: dict[str, Any] = {"position": position, **{k: payload.get(k) for k in ("account_id", "scope")}}
-        if event_type == ev.MARGIN_CALL_ISSUED:
-            conn.execute(
-                sa.text(
-                    f"INSERT INTO margin_calls{suffix} (margin_call_id, account_id, scope, level, status, "
-                    "issued_position, issued_at, deadline, last_position, payload, as_of_position) VALUES (:id, "
-                    ":account_id, :scope, :level, 'open', :position, :at, :deadline, :position, "
-                    "CAST(:payload AS jsonb), :position)"
-                ),
-                {
-                    **params,
-                    "id": payload["margin_call_id"],
-                    "level": payload["level"],
-                    "at": occurred_at,
-                    "deadline": payload.get("deadline"),
-                    "payload": json.dumps(payload),
-                },
-            )
-        elif event_type in (ev.MARGIN_CALL_ESCALATED, ev.MARGIN_CALL_RESOLVED, ev.ACCOUNT_BANKRUPTED):
-            status = {
-                ev.MARGIN_CALL_ESCALATED: "open",
-                ev.MARGIN_CALL_RESOLVED: "resolved",
-                ev.ACCOUNT_BANKRUPTED: "bankrupt",
-            }[event_type]
-            level = payload.get("level")
-            conn.execute(
-                sa.text(
-                    f"UPDATE margin_calls{suffix} SET status = :status, level = coalesce(:level, level), "
-                    "deadline = CASE WHEN :escalated THEN CAST(:deadline AS timestamptz) ELSE deadline END, "
-                    "last_position = :position, payload = CAST(:payload AS jsonb), as_of_position = :position "
-                    "WHERE margin_call_id = :id"
-                ),
-                {
-                    **params,
-                    "id": payload["margin_call_id"],
-                    "status": status,
-                    "level": level,
-                    "escalated": event_type == ev.MARGIN_CALL_ESCALATED,
-                    "deadline": payload.get("deadline"),
-                    "payload": json.dumps(payload),
-                },
-            )
-            cancelled = payload.get("cancelled_orders") or []
-            if cancelled:
-                conn.execute(
-                    sa.text(
-                        f"UPDATE liquidations{suffix} SET status = 'cancelled', as_of_position = :position "
-                        "WHERE liquidation_id = ANY(:ids) AND status = 'open'"
-                    ),
-                    {"position": position, "ids": list(cancelled)},
-                )
-        elif event_type == ev.LIQUIDATION_ORDER_ISSUED:
-            conn.execute(
-                sa.text(
-                    f"INSERT INTO liquidations{suffix} (liquidation_id, account_id, scope, instrument, side, quantity, "
-                    "filled_quantity, bankruptcy_price, status, issued_position, as_of_position) VALUES (:id, "
-                    ":account_id, :scope, :instrument, :side, :quantity, 0, :bankruptcy_price, 'open', :position, "
-                    ":position)"
-                ),
-                {
-                    **params,
-                    "id": payload["liquidation_id"],
-                    "instrument": payload["instrument"],
-                    "side": payload["side"],
-                    "quantity": payload["quantity"],
-                    "bankruptcy_price": payload["bankruptcy_price"],
-                },
-            )
-        elif event_type == ev.LIQUIDATION_FILL_RECORDED:
-            conn.execute(
-                sa.text(
-                    f"UPDATE liquidations{suffix} SET filled_quantity = filled_quantity + CAST(:quantity AS numeric), "
-                    "status = CASE WHEN filled_quantity + CAST(:quantity AS numeric) >= quantity THEN 'filled' "
-                    "ELSE status END, as_of_position = :position WHERE liquidation_id = :id"
-                ),
-                {"id": payload["liquidation_id"], "quantity": payload["quantity"], "position": position},
-            )
+        writer = _DECISION_WRITERS.get(event_type)
+        if writer is not None:
+            writer(conn, suffix, position, event_type, payload, occurred_at)
+
+
+def _call_issued(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"INSERT INTO margin_calls{suffix} (margin_call_id, account_id, scope, level, status, "
+            "issued_position, issued_at, deadline, last_position, payload, as_of_position) VALUES (:id, "
+            ":account_id, :scope, :level, 'open', :position, :at, :deadline, :position, "
+            "CAST(:payload AS jsonb), :position)"
+        ),
+        {
+            **_row_of(position, payload),
+            "id": payload["margin_call_id"],
+            "level": payload["level"],
+            "at": occurred_at,
+            "deadline": payload.get("deadline"),
+            "payload": json.dumps(payload),
+        },
+    )
+
+
+# The status a margin call's row takes on each later decision about it.
+_CALL_STATUS_AFTER = {
+    ev.MARGIN_CALL_ESCALATED: "open",
+    ev.MARGIN_CALL_RESOLVED: "resolved",
+    ev.ACCOUNT_BANKRUPTED: "bankrupt",
+}
+
+
+def _call_changed(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"UPDATE margin_calls{suffix} SET status = :status, level = coalesce(:level, level), "
+            "deadline = CASE WHEN :escalated THEN CAST(:deadline AS timestamptz) ELSE deadline END, "
+            "last_position = :position, payload = CAST(:payload AS jsonb), as_of_position = :position "
+            "WHERE margin_call_id = :id"
+        ),
+        {
+            **_row_of(position, payload),
+            "id": payload["margin_call_id"],
+            "status": _CALL_STATUS_AFTER[event_type],
+            "level": payload.get("level"),
+            "escalated": event_type == ev.MARGIN_CALL_ESCALATED,
+            "deadline": payload.get("deadline"),
+            "payload": json.dumps(payload),
+        },
+    )
+    cancelled = payload.get("cancelled_orders") or []
+    if cancelled:
+        conn.execute(
+            sa.text(
+                f"UPDATE liquidations{suffix} SET status = 'cancelled', as_of_position = :position "
+                "WHERE liquidation_id = ANY(:ids) AND status = 'open'"
+            ),
+            {"position": position, "ids": list(cancelled)},
+        )
+
+
+def _order_issued(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"INSERT INTO liquidations{suffix} (liquidation_id, account_id, scope, instrument, side, quantity, "
+            "filled_quantity, bankruptcy_price, status, issued_position, as_of_position) VALUES (:id, "
+            ":account_id, :scope, :instrument, :side, :quantity, 0, :bankruptcy_price, 'open', :position, "
+            ":position)"
+        ),
+        {
+            **_row_of(position, payload),
+            "id": payload["liquidation_id"],
+            "instrument": payload["instrument"],
+            "side": payload["side"],
+            "quantity": payload["quantity"],
+            "bankruptcy_price": payload["bankruptcy_price"],
+        },
+    )
+
+
+def _order_filled(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"UPDATE liquidations{suffix} SET filled_quantity = filled_quantity + CAST(:quantity AS numeric), "
+            "status = CASE WHEN filled_quantity + CAST(:quantity AS numeric) >= quantity THEN 'filled' "
+            "ELSE status END, as_of_position = :position WHERE liquidation_id = :id"
+        ),
+        {"id": payload["liquidation_id"], "quantity": payload["quantity"], "position": position},
+    )
+
+
+def _row_of(position: int, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"position": position, "account_id": payload.get("account_id"), "scope": payload.get("scope")}
+
+
+_DecisionWriter = Callable[[sa.Connection, str, int, str, dict[str, Any], Any], None]
+# The events that change the margin-call and liquidation tables, by type.
+_DECISION_WRITERS: dict[str, _DecisionWriter] = {
+    ev.MARGIN_CALL_ISSUED: _call_issued,
+    ev.MARGIN_CALL_ESCALATED: _call_changed,
+    ev.MARGIN_CALL_RESOLVED: _call_changed,
+    ev.ACCOUNT_BANKRUPTED: _call_changed,
+    ev.LIQUIDATION_ORDER_ISSUED: _order_issued,
+    ev.LIQUIDATION_FILL_RECORDED: _order_filled,
+}

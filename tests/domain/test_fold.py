@@ -432,7 +432,7 @@ def test_funding_pays_each_position_and_the_pool_to_the_last_digit_and_exponent(
 
 
 def textbook_trade(held: D, cost: D, quantity: D, price: D, size: D) -> tuple[D, D, D]:
-    """``fold.trade``'s rule as first written, one product per term: (quantity, cost, realised)."""
+    """``booking.trade``'s rule as first written, one product per term: (quantity, cost, realised)."""
     from clearing.domain.numbers import divide, round_credit
 
     if held == 0 or (held > 0) == (quantity > 0):
@@ -464,11 +464,11 @@ def textbook_trade(held: D, cost: D, quantity: D, price: D, size: D) -> tuple[D,
 def test_a_trade_books_the_textbook_figures_to_the_last_digit_and_exponent(
     size: str, mode: str, balance: str | None, trades: list[tuple[int, int, int, int]]
 ) -> None:
-    """``fold.trade`` computes each figure once, leaves out a product with a contract size of
+    """``booking.trade`` computes each figure once, leaves out a product with a contract size of
     exactly 1 and adds no zero for a fill that only opens: the position, the realised PnL, the
     balance and the isolated margin must still be spelled as the textbook rule spells them (a
     snapshot holds the spelling), for sizes that are 1 in another spelling too."""
-    from clearing.domain.fold import trade
+    from clearing.domain.booking import trade
     from clearing.domain.numbers import ledger_context
     from clearing.domain.state import InstrumentTerms
 

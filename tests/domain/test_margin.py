@@ -27,27 +27,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clearing.domain.levels import Level
 from clearing.domain.margin import (
-    BANKRUPT,
-    HEALTHY,
-    MAINTENANCE,
     THRESHOLD_BANKRUPT,
     THRESHOLD_MAINTENANCE,
     THRESHOLD_RESOLVE,
     THRESHOLD_WARNING,
-    WARNING,
-    MarginModelError,
-    ScopeRisk,
     collateral_value,
     evaluate,
     evaluate_scope,
-    isolated_scope,
-    scope_risk,
     trigger_prices,
 )
+from clearing.domain.marginmodel import MarginModelError, ScopeRisk, isolated_scope
+from clearing.domain.models import scope_risk
 from clearing.domain.numbers import LEDGER_CONTEXT
 from clearing.domain.params import InstrumentSpec, RiskParameters, load_parameters
 from clearing.domain.state import Account, LedgerState, MarkState, Position
+
+HEALTHY, WARNING, MAINTENANCE = Level.HEALTHY, Level.WARNING, Level.MAINTENANCE
 
 
 def contract_document() -> dict[str, Any]:
@@ -187,8 +184,9 @@ def test_statuses_follow_the_ratio() -> None:
     #   P = 50 260: equity 260, maintenance 201.3, ratio 0.774... healthy
     #   P = 50 240: equity 240, maintenance 201.2, ratio 0.838... warning
     #   P = 50 200: equity 200, maintenance 201,   ratio 1.005   maintenance
-    #   P = 49 990: equity -10 (tier 1 now, maintenance 199.96)        bankrupt
-    expected = {"50260": HEALTHY, "50240": WARNING, "50200": MAINTENANCE, "49990": BANKRUPT}
+    #   P = 49 990: equity -10 (tier 1 now, maintenance 199.96)        maintenance (an infinite
+    #               ratio: bankrupt is a lifecycle state, reached only after liquidation)
+    expected = {"50260": HEALTHY, "50240": WARNING, "50200": MAINTENANCE, "49990": MAINTENANCE}
     acct = account({"USDT": "10000"}, btc("1", "60000"))
     for mark, status in expected.items():
         assert evaluate(acct, PARAMS, {"BTCUSDT": D(mark)}).cross.status == status, mark
@@ -198,7 +196,8 @@ def test_an_isolated_loss_does_not_touch_cross_equity() -> None:
     # cross: USDT 10 000, nothing open. isolated BTC long 1 from 60 000 with 1 000 allocated.
     #   mark 59 500: isolated equity = 1 000 - 500 = 500, maintenance 0.005 x 59 500 - 50 = 247.5,
     #                ratio 247.5 / 500 = 0.495 (healthy)
-    #   mark 58 800: isolated equity = 1 000 - 1 200 = -200 -> bankrupt; cross still 10 000
+    #   mark 58 800: isolated equity = 1 000 - 1 200 = -200 -> maintenance (not bankrupt while the
+    #                position is open to liquidate); cross still 10 000
     acct = account({"USDT": "10000"}, btc("1", "60000", "isolated", "1000"))
     risk = evaluate(acct, PARAMS, {"BTCUSDT": D("59500")})
     scope = risk.scope(isolated_scope("BTCUSDT"))
@@ -206,7 +205,8 @@ def test_an_isolated_loss_does_not_touch_cross_equity() -> None:
     assert risk.cross.equity == D("10000") and risk.cross.positions == ()
     crashed = evaluate(acct, PARAMS, {"BTCUSDT": D("58800")})
     assert crashed.scope(isolated_scope("BTCUSDT")).equity == D("-200")
-    assert crashed.scope(isolated_scope("BTCUSDT")).status == BANKRUPT
+    assert crashed.scope(isolated_scope("BTCUSDT")).status == MAINTENANCE
+    assert crashed.scope(isolated_scope("BTCUSDT")).margin_ratio is None
     assert (crashed.cross.equity, crashed.cross.status) == (D("10000"), HEALTHY)
 
 
@@ -304,11 +304,12 @@ def test_liquidation_price_accounts_for_other_positions_in_the_cross_account() -
 # -------------------------------------------------------------------------------- trigger prices
 
 
-def side(scope: ScopeRisk) -> tuple[str, bool]:
-    """What a trigger watches: the status, and whether the ratio is at or above resolve_ratio."""
+def side(scope: ScopeRisk) -> tuple[str, bool, bool]:
+    """What a trigger watches: the status, whether the ratio is at or above resolve_ratio, and
+    whether equity is below zero (the lifecycle's waterfall reads its sign)."""
     ratio = scope.margin_ratio
     above_resolve = scope.status != "healthy" or (ratio is not None and ratio >= PARAMS.margin_call.resolve_ratio)
-    return scope.status, above_resolve
+    return scope.status, above_resolve, scope.equity < 0
 
 
 def check_triggers(acct: Account, scope: str, instrument: str, marks: dict[str, D], delta: D) -> list[str]:
@@ -317,7 +318,7 @@ def check_triggers(acct: Account, scope: str, instrument: str, marks: dict[str, 
     triggers = trigger_prices(acct, PARAMS, marks, scope, instrument)
     reference = side(evaluate_scope(acct, PARAMS, marks, scope))
 
-    def at(price: D) -> tuple[str, bool]:
+    def at(price: D) -> tuple[str, bool, bool]:
         return side(evaluate_scope(acct, PARAMS, {**marks, instrument: price}, scope))
 
     seen = []
@@ -334,11 +335,13 @@ def check_triggers(acct: Account, scope: str, instrument: str, marks: dict[str, 
         assert outside != reference, (bound, threshold)
         if threshold == THRESHOLD_RESOLVE:
             assert inside[0] == outside[0] == HEALTHY and inside[1] != outside[1]
+        elif threshold == THRESHOLD_BANKRUPT:
+            # equity = 0 with the position open: maintenance on both sides, equity changes sign
+            assert inside[0] == outside[0] == MAINTENANCE and inside[2] != outside[2]
         else:
             expected = {
                 THRESHOLD_WARNING: {HEALTHY, WARNING},
                 THRESHOLD_MAINTENANCE: {WARNING, MAINTENANCE},
-                THRESHOLD_BANKRUPT: {MAINTENANCE, BANKRUPT},
             }[threshold]
             assert {inside[0], outside[0]} == expected, (bound, threshold, inside, outside)
     return seen

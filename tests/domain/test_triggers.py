@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clearing.domain import events as ev
-from clearing.domain import triggers
+from clearing.domain import margin, triggers
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.messages import InputError
 from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message
@@ -158,12 +158,12 @@ def test_per_parameters_constants_follow_the_parameters_in_force() -> None:
         spec = parameters.instruments_by_symbol["BTCUSDT"]
         policy = parameters.margin_call
         rates = [tier.maintenance_rate for tier in spec.tier_table]
-        assert triggers._widest(parameters, spec) == ONE + max(rates)
+        assert margin._widest(parameters, spec) == ONE + max(rates)
         for direction in (ONE, -ONE):
             thresholds = (policy.resolve_ratio, policy.warning_ratio, ONE)
             expected = min([ONE] + [abs(t * direction - rate) for t in thresholds for rate in rates])
-            assert triggers._gamma(parameters, spec, direction) == expected
-    assert triggers._widest(second, second.instruments_by_symbol["BTCUSDT"]) == D("1.25")
+            assert margin._gamma(parameters, spec, direction) == expected
+    assert margin._widest(second, second.instruments_by_symbol["BTCUSDT"]) == D("1.25")
 
 
 # ---------------------------------------------------------------------------------------------

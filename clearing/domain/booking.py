@@ -1,0 +1,365 @@
+"""Booking: how an event moves the state. Input events (fills, transfers, marks, funding,
+settlements, liquidation fills, parameters) and the ledger's own decisions (``decisions``) are
+applied here; nothing here decides. The lifecycle (which decides) sits above this module and the
+fold (``fold.step``) calls both: the lifecycle never books, and booking never decides.
+
+Money moves only by the rules below, and every move has its opposite entry, so the conservation
+invariant of ``fold.conservation`` holds at every position of the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from clearing.domain.decisions import (
+    AccountBankrupted,
+    Decision,
+    InsuranceFundDrawn,
+    IsolatedMarginTransferred,
+    LiquidationOrderIssued,
+    MarginCallEscalated,
+    MarginCallIssued,
+    MarginCallResolved,
+    WithdrawalApproved,
+)
+from clearing.domain.inputs import (
+    Deposit,
+    Fill,
+    Funding,
+    InputMessage,
+    IsolatedMarginTransfer,
+    LiquidationFill,
+    Mark,
+    RiskParametersMessage,
+    Settlement,
+    Withdrawal,
+)
+from clearing.domain.levels import Level
+from clearing.domain.marginmodel import ISOLATED, scope_instrument
+from clearing.domain.numbers import ZERO, divide, round_credit, round_requirement
+from clearing.domain.params import load_parameters
+from clearing.domain.state import (
+    FEE_ACCOUNT,
+    FUNDING_POOL_ACCOUNT,
+    INSURANCE_FUND_ACCOUNT,
+    Account,
+    InstrumentTerms,
+    LedgerState,
+    LiquidationOrder,
+    MarginStatus,
+    MarkState,
+    Position,
+)
+
+
+def apply_input(state: LedgerState, message: InputMessage) -> None:
+    """Book an input event (under the ledger context: ``fold.apply`` and ``fold.step``)."""
+    _APPLY_INPUT[type(message)](state, message)
+    if state.last_occurred_at is None or message.occurred_at > state.last_occurred_at:
+        state.last_occurred_at = message.occurred_at
+
+
+def apply_decision(state: LedgerState, decision: Decision) -> None:
+    """Book a decision (a rejection books nothing)."""
+    applier = _APPLY_DECISION.get(type(decision))
+    if applier is not None:
+        applier(state, decision)
+
+
+# --------------------------------------------------------------------------------------------
+# input events
+
+
+def _apply_fill(state: LedgerState, fill: Fill) -> None:
+    spec = state.terms().instruments[fill.instrument]
+    account = state.account(fill.account_id)
+    quantity = fill.quantity if fill.side == "buy" else -fill.quantity
+    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    if fill.fee != ZERO:
+        # The fee moves from the account to the fee account: a negative fee (maker rebate) moves
+        # the other way. Fees are charged to the wallet, never to isolated collateral.
+        asset = fill.fee_asset or spec.settlement_asset
+        account.debit(asset, fill.fee)
+        state.account(FEE_ACCOUNT).credit(asset, fill.fee)
+        state.touched.add(FEE_ACCOUNT)
+
+
+def trade(
+    state: LedgerState, account: Account, position: Position, spec: InstrumentTerms, quantity: Decimal, price: Decimal
+) -> Decimal:
+    """Book a signed quantity at a price into a position; returns the realised PnL.
+
+    Closing part: the cost removed is the closed share of the open cost. When the whole position
+    closes it is exactly the cost; otherwise it is a division, rounded up, so the PnL credited
+    (proceeds - removed cost) rounds down: a credit never exceeds what the fills back. The
+    remaining cost keeps the rounding, so (balance + quantity x mark - cost) moves by exactly
+    quantity x (mark - price) and both sides of a trade stay in balance to the last digit.
+    """
+    realised = ZERO
+    held = position.quantity
+    long = held > ZERO
+    closes = held != ZERO and long != (quantity > ZERO)
+    if not closes:
+        position.cost += spec.times_size(quantity * price)
+        position.quantity = held + quantity
+    else:
+        # Each figure once (docs/performance.md: a decimal operation is the unit of cost here).
+        held_size = abs(held)
+        traded = abs(quantity)
+        closing = min(traded, held_size)
+        signed = closing if long else -closing  # the closed quantity, signed as the position
+        removed = position.cost if closing == held_size else -round_credit(-divide(position.cost * closing, held_size))
+        realised = spec.times_size(signed * price) - removed
+        position.cost -= removed
+        position.quantity = held - signed
+        opening = traded - closing
+        if opening > ZERO:
+            reopened = -opening if long else opening
+            position.quantity = reopened
+            position.cost = spec.times_size(reopened * price)
+    if closes:
+        position.realised_pnl += realised
+        if position.margin_mode == "isolated":
+            position.isolated_margin += realised
+            if position.quantity == ZERO and position.isolated_margin > ZERO:
+                # A closed isolated position hands its collateral back to the wallet. A negative
+                # remainder stays on the position: its loss is capped at its collateral, and the
+                # default waterfall (insurance fund) covers it, never the wallet.
+                account.credit(spec.settlement_asset, position.isolated_margin)
+                position.isolated_margin = ZERO
+        else:
+            account.credit(spec.settlement_asset, realised)
+    elif position.margin_mode != "isolated" and spec.settlement_asset not in account.balances:
+        # A fill that only opens realises nothing. Adding its zero to the realised PnL, the
+        # isolated margin or the balance would leave each as it is, digit for digit: each is a
+        # sum that started at ZERO, so its exponent is at most 0, and an exact sum is never -0.
+        # So the zero is credited only where it makes the balance's entry (docs/performance.md).
+        account.credit(spec.settlement_asset, ZERO)
+    _track_holder(state, account.account_id, position)
+    state.touched.add(account.account_id)
+    return realised
+
+
+def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
+    holders = state.holders.get(position.instrument)
+    if holders is None:  # not ``setdefault``, which makes an empty set on every call
+        holders = state.holders[position.instrument] = set()
+    if position.quantity != ZERO:
+        holders.add(account_id)
+    elif not any(
+        p.quantity != ZERO for key, p in state.accounts[account_id].positions.items() if key[0] == position.instrument
+    ):
+        holders.discard(account_id)
+
+
+def _apply_deposit(state: LedgerState, deposit: Deposit) -> None:
+    state.account(deposit.account_id).credit(deposit.asset, deposit.amount)
+    state.deposits[deposit.asset] = state.deposits.get(deposit.asset, ZERO) + deposit.amount
+    state.touched.add(deposit.account_id)
+
+
+def _apply_mark(state: LedgerState, mark: Mark) -> None:
+    state.marks[mark.symbol] = MarkState(mark.price, mark.occurred_at, mark.iv)
+    state.marks_touched.add(mark.symbol)
+
+
+def _apply_funding(state: LedgerState, funding: Funding) -> None:
+    """Funding payment of a position = quantity x contract size x mark x rate, exact (no
+    rounding, so payments over all positions sum to zero): a positive rate takes from longs and
+    gives to shorts, through the funding pool account. Isolated positions pay from their
+    collateral."""
+    spec = state.parameters.instruments_by_symbol[funding.symbol]
+    mark = state.mark_price(funding.symbol)
+    if mark is None or funding.rate == ZERO:
+        return
+    pool = state.account(FUNDING_POOL_ACCOUNT)
+    state.touched.add(FUNDING_POOL_ACCOUNT)
+    symbol, asset = funding.symbol, spec.settlement_asset
+    # Exact products and sums, so the order does not matter: one unit payment for every position
+    # (q x (size x mark x rate) is q x size x mark x rate to the last digit and exponent), and the
+    # pool credited their sum once. Exact, the payments need no order either: the holders are not
+    # sorted (docs/performance.md has what both save).
+    unit = spec.contract_size * mark * funding.rate
+    paid: Decimal | None = None
+    for account_id in state.holders.get(symbol, ()):
+        account = state.accounts[account_id]
+        for position in account.positions.values():
+            if position.instrument != symbol or position.quantity == ZERO:
+                continue
+            payment = position.quantity * unit
+            position.funding_paid += payment
+            paid = payment if paid is None else paid + payment
+            if position.margin_mode == "isolated":
+                position.isolated_margin -= payment
+            else:
+                account.debit(asset, payment)
+        state.touched.add(account_id)
+    if paid is not None:
+        pool.credit(asset, paid)
+
+
+def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
+    """A dated future settles: every open position closes at the settlement price."""
+    spec = state.terms().instruments[settlement.symbol]
+    state.marks[settlement.symbol] = MarkState(settlement.price, settlement.occurred_at)
+    state.marks_touched.add(settlement.symbol)
+    for account_id in sorted(state.holders.get(settlement.symbol, ())):
+        account = state.accounts[account_id]
+        for position in list(account.positions.values()):
+            if position.instrument == settlement.symbol and position.quantity != ZERO:
+                trade(state, account, position, spec, -position.quantity, settlement.price)
+
+
+def _apply_withdrawal_request(state: LedgerState, withdrawal: Withdrawal) -> None:
+    # A request moves nothing: the decision (approved or rejected) does.
+    state.touched.add(withdrawal.account_id)
+
+
+def _apply_isolated_request(state: LedgerState, transfer: IsolatedMarginTransfer) -> None:
+    state.touched.add(transfer.account_id)
+
+
+def _apply_parameters(state: LedgerState, message: RiskParametersMessage) -> None:
+    state.parameters = load_parameters(message.parameters)
+    state.touched.update(state.holders_all())
+
+
+def _apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
+    """Book the execution on the order's position and charge the liquidation fee (fee_rate x
+    notional executed, an amount owed: rounded up) to the insurance fund: from the wallet for a
+    cross position, from the collateral of an isolated one."""
+    order = state.liquidations[fill.liquidation_id]
+    spec = state.terms().instruments[fill.instrument]
+    account = state.account(fill.account_id)
+    position = account.position(fill.instrument, order.margin_mode)
+    quantity = fill.quantity if fill.side == "buy" else -fill.quantity
+    fee = round_requirement(fill.quantity * fill.price * spec.contract_size * state.parameters.liquidation.fee_rate)
+    if order.margin_mode == ISOLATED:
+        position.isolated_margin -= fee
+    else:
+        account.debit(spec.settlement_asset, fee)
+    state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
+    trade(state, account, position, spec, quantity, fill.price)
+    order.remaining -= fill.quantity
+    if order.remaining == ZERO:
+        del state.liquidations[order.liquidation_id]
+        status = account.margin.get(order.scope)
+        if status is not None and order.liquidation_id in status.pending_orders:
+            status.pending_orders.remove(order.liquidation_id)
+    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
+
+
+_APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
+    Fill: _apply_fill,
+    Deposit: _apply_deposit,
+    Withdrawal: _apply_withdrawal_request,
+    IsolatedMarginTransfer: _apply_isolated_request,
+    Mark: _apply_mark,
+    Funding: _apply_funding,
+    Settlement: _apply_settlement,
+    LiquidationFill: _apply_liquidation_fill,
+    RiskParametersMessage: _apply_parameters,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# decisions
+
+
+def _apply_withdrawal_approved(state: LedgerState, decision: WithdrawalApproved) -> None:
+    asset, amount = decision.asset, decision.amount
+    state.account(decision.account_id).debit(asset, amount)
+    state.withdrawals[asset] = state.withdrawals.get(asset, ZERO) + amount
+    state.touched.add(decision.account_id)
+
+
+def _apply_isolated_transferred(state: LedgerState, decision: IsolatedMarginTransferred) -> None:
+    spec = state.parameters.instruments_by_symbol[decision.instrument]
+    account = state.account(decision.account_id)
+    position = account.position(decision.instrument, ISOLATED)
+    position.isolated_margin += decision.amount
+    account.debit(spec.settlement_asset, decision.amount)
+    state.touched.add(account.account_id)
+
+
+def _status(state: LedgerState, account_id: str, scope: str) -> tuple[Account, MarginStatus]:
+    account = state.account(account_id)
+    found = account.margin.get(scope)
+    if found is None:
+        found = account.margin[scope] = MarginStatus()
+    state.touched.add(account.account_id)
+    return account, found
+
+
+def _apply_call(state: LedgerState, decision: MarginCallIssued | MarginCallEscalated) -> None:
+    account, status = _status(state, decision.account_id, decision.scope)
+    status.status = decision.level.value
+    status.margin_call_id = decision.margin_call_id
+    key = (account.account_id, decision.scope)
+    if decision.level == Level.MAINTENANCE and decision.deadline is not None:
+        status.deadline = decision.deadline
+        state.deadlines[key] = decision.deadline
+    else:
+        state.deadlines.pop(key, None)
+
+
+def _apply_resolved(state: LedgerState, decision: MarginCallResolved) -> None:
+    account, status = _status(state, decision.account_id, decision.scope)
+    if status.status == Level.BANKRUPT:
+        account.deficit = ZERO
+    for liquidation_id in status.pending_orders:
+        order = state.liquidations.get(liquidation_id)
+        if order is not None:
+            order.cancelled = True
+    del account.margin[decision.scope]
+    state.deadlines.pop((account.account_id, decision.scope), None)
+
+
+def _apply_order(state: LedgerState, decision: LiquidationOrderIssued) -> None:
+    _account, status = _status(state, decision.account_id, decision.scope)
+    order = LiquidationOrder(
+        decision.liquidation_id,
+        decision.account_id,
+        decision.scope,
+        decision.instrument,
+        decision.margin_mode,
+        decision.side,
+        decision.quantity,
+        decision.quantity,
+    )
+    state.liquidations[order.liquidation_id] = order
+    status.pending_orders.append(order.liquidation_id)
+    status.status = Level.LIQUIDATION.value
+    state.deadlines.pop((decision.account_id, decision.scope), None)
+
+
+def _apply_insurance_draw(state: LedgerState, decision: InsuranceFundDrawn) -> None:
+    account = state.account(decision.account_id)
+    state.account(INSURANCE_FUND_ACCOUNT).debit(decision.asset, decision.amount)
+    instrument = scope_instrument(decision.scope)
+    if instrument is not None:
+        account.position(instrument, ISOLATED).isolated_margin += decision.amount
+    else:
+        account.credit(decision.asset, decision.amount)
+    state.touched.update((account.account_id, INSURANCE_FUND_ACCOUNT))
+
+
+def _apply_bankrupt(state: LedgerState, decision: AccountBankrupted) -> None:
+    account, status = _status(state, decision.account_id, decision.scope)
+    status.status = Level.BANKRUPT.value
+    account.deficit = decision.deficit
+
+
+# Rejections (withdrawal, isolated transfer) move nothing: they have no applier.
+_APPLY_DECISION: dict[type, Callable[[LedgerState, Any], None]] = {
+    WithdrawalApproved: _apply_withdrawal_approved,
+    IsolatedMarginTransferred: _apply_isolated_transferred,
+    MarginCallIssued: _apply_call,
+    MarginCallEscalated: _apply_call,
+    MarginCallResolved: _apply_resolved,
+    LiquidationOrderIssued: _apply_order,
+    InsuranceFundDrawn: _apply_insurance_draw,
+    AccountBankrupted: _apply_bankrupt,
+}

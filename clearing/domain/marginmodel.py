@@ -1,0 +1,312 @@
+"""The margin-model interface: what every margin model answers, and the figures it answers with.
+
+A margin model is a strategy beside the account (STYLE.md, after NautilusTrader's MarginModel):
+the account state holds balances and positions; a model turns them, with the risk parameters in
+force and the marks, into a scope's figures. The lifecycle, the trigger index, the risk
+calculator, ``account show``, ``audit explain``, the projections and the API ask the model an
+account is on (``models.model_of``) through this interface and never know which one answered.
+
+Scopes. An account has one cross scope (``"cross"``: one equity against all its cross positions)
+and one isolated scope per isolated position (``"isolated:<instrument>"``). The cross scope is
+margined by the account's model; isolated positions always by ``standard`` (CONTRACT v2).
+
+What a model answers, for a scope, given (account, parameters, marks):
+
+* ``evaluate_scope`` / ``evaluate``: the figures (``ScopeRisk``: collateral, unrealised PnL,
+  equity, initial and maintenance requirements, margin ratio, level, per-position figures). The
+  level is ``levels.classify`` of the figures: one rule for every model.
+* ``dependencies``: the symbols whose price moves the scope's figures.
+* ``trigger_prices`` and ``index_bounds``: for a scope that moves with one price only, the nearest
+  prices of that symbol at which its level (or its place against resolve_ratio) can change, and
+  those prices pulled in by the model's rounding slack (what the trigger index stores).
+* ``budget_bands``: for a scope that moves with several prices, bands around each price inside
+  which no combination of moves changes its level (a budget shared by the symbols), and, when
+  the model can follow its fills, the record ``triggers.absorbs_fill`` keeps.
+* ``reduction`` and ``bankruptcy_price``: what reducing one position leaves of the scope, and the
+  price at which closing it uses up the scope's equity (liquidation orders and their audit).
+
+A model does no I/O and reads no clock; every figure is exact under the ledger context
+(``numbers.exact``) and rounded only by the named rules of ``numbers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, NamedTuple
+
+from clearing.domain.levels import Level
+from clearing.domain.numbers import ZERO
+from clearing.domain.params import RiskParameters
+from clearing.domain.state import Account, FillBudget, MarkState
+
+CROSS: Final = "cross"
+ISOLATED: Final = "isolated"
+ISOLATED_SCOPE_PREFIX: Final = "isolated:"
+
+
+class MarginModelError(ValueError):
+    """The account cannot be margined with these parameters (an instrument they do not list, a
+    kind this model does not price, a scope that does not exist); the message says which."""
+
+
+def isolated_scope(instrument: str) -> str:
+    return ISOLATED_SCOPE_PREFIX + instrument
+
+
+def scope_instrument(scope: str) -> str | None:
+    """The instrument of an isolated scope; None for the cross scope."""
+    if scope.startswith(ISOLATED_SCOPE_PREFIX):
+        return scope[len(ISOLATED_SCOPE_PREFIX) :]
+    return None
+
+
+class CollateralValue(NamedTuple):
+    """One balance valued in the valuation asset: ``value = price x (amount - haircut_units)``;
+    ``haircut_units`` is 0 for a negative amount and ``value`` is 0 when ``price`` is None."""
+
+    asset: str
+    amount: Decimal
+    price: Decimal | None
+    haircut_units: Decimal
+    value: Decimal
+
+    @property
+    def priced(self) -> bool:
+        return self.price is not None
+
+
+class PositionRisk(NamedTuple):
+    """Figures of one open linear position; the inputs used are kept beside the results."""
+
+    instrument: str
+    margin_mode: str
+    scope: str
+    quantity: Decimal  # signed contracts
+    contract_size: Decimal
+    cost: Decimal  # settlement asset
+    mark: Decimal | None  # None: unmarked, valued at the entry price
+    price_used: Decimal  # the mark, or the entry price (cost / (q x cs)) when unmarked
+    settlement_asset: str
+    settlement_price: Decimal  # price of the settlement asset in the valuation asset
+    notional: Decimal  # |q| x cs x price_used, settlement asset (the tier basis)
+    tier: int  # 1-based index of the tier holding ``notional``
+    initial_rate: Decimal
+    maintenance_rate: Decimal
+    unrealised_pnl: Decimal  # valuation asset; 0 when unmarked
+    initial_margin: Decimal  # valuation asset, rounded up
+    maintenance_margin: Decimal  # valuation asset, rounded up
+    liquidation_price: Decimal | None  # see ``liquidation_price``
+
+    @property
+    def marked(self) -> bool:
+        return self.mark is not None
+
+    @property
+    def is_long(self) -> bool:
+        return self.quantity > ZERO
+
+
+class ScopeRisk(NamedTuple):
+    """One margin scope: the cross account (``"cross"``) or one isolated position
+    (``"isolated:<instrument>"``). ``collateral`` is the collateral value (cross) or the isolated
+    margin in the valuation asset (isolated); ``equity = collateral + unrealised_pnl``."""
+
+    scope: str
+    collateral: Decimal
+    unrealised_pnl: Decimal
+    equity: Decimal
+    initial_margin: Decimal
+    maintenance_margin: Decimal
+    margin_ratio: Decimal | None
+    status: Level  # levels.classify of these figures
+    positions: tuple[PositionRisk, ...]
+    unpriced_assets: tuple[str, ...] = ()
+
+    @property
+    def has_open_positions(self) -> bool:
+        return any(p.quantity != ZERO for p in self.positions)
+
+    def position(self, instrument: str) -> PositionRisk | None:
+        for found in self.positions:
+            if found.instrument == instrument:
+                return found
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRisk:
+    account_id: str
+    parameters_version: str
+    collateral: tuple[CollateralValue, ...]
+    cross: ScopeRisk
+    isolated: tuple[ScopeRisk, ...]
+
+    @property
+    def scopes(self) -> tuple[ScopeRisk, ...]:
+        return (self.cross, *self.isolated)
+
+    @property
+    def positions(self) -> tuple[PositionRisk, ...]:
+        return tuple(p for scope in self.scopes for p in scope.positions)
+
+    def scope(self, name: str) -> ScopeRisk:
+        for found in self.scopes:
+            if found.scope == name:
+                return found
+        raise MarginModelError(f"account {self.account_id} has no margin scope {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerPrices:
+    """Marks of ``instrument`` at which ``scope`` crosses a threshold, every other mark fixed.
+
+    ``lower`` is the highest crossing at or below ``reference_price``, ``upper`` the lowest at or
+    above it (None: no crossing on that side). A crossing exactly at the reference (the scope sits
+    on a threshold) is both bounds: some move from there changes the status, and a spurious
+    re-margin costs less than a missed one. Re-margin the scope when a new mark is ``<= lower`` or
+    ``>= upper``: lower rounds up and upper rounds down, so a crossing is seen no later than it
+    happens (the rounding of ``round_liquidation_price``, for the same reason)."""
+
+    scope: str
+    instrument: str
+    reference_price: Decimal | None
+    lower: Decimal | None
+    lower_threshold: str | None
+    upper: Decimal | None
+    upper_threshold: str | None
+
+
+class StateMarks(Mapping[str, Decimal]):
+    """The ledger state's last marks seen as ``symbol -> price``, without copying them."""
+
+    __slots__ = ("_marks",)
+
+    def __init__(self, marks: Mapping[str, MarkState]) -> None:
+        self._marks = marks
+
+    def __getitem__(self, symbol: str) -> Decimal:
+        return self._marks[symbol].price
+
+    def get(self, symbol: str, default: Any = None) -> Any:
+        # Mapping.get would go through __getitem__ and a KeyError for every unmarked symbol.
+        mark = self._marks.get(symbol)
+        return default if mark is None else mark.price
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._marks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._marks)
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+
+class Reduction(NamedTuple):
+    """A scope after reducing one position by ``reduce`` at the price it is valued at, the
+    liquidation fee charged (``MarginModel.reduction``)."""
+
+    left: Decimal  # contracts left
+    notional: Decimal  # of what is left, settlement asset
+    tier: int  # 1-based tier of that notional (0 where a model has no tiers)
+    requirement: Decimal  # maintenance of what is left, valuation asset, rounded up
+    fee: Decimal  # liquidation fee, rounded up
+    equity: Decimal  # scope equity after the fee
+    maintenance: Decimal  # scope maintenance after the reduction
+
+    def meets(self, target_ratio: Decimal) -> bool:
+        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
+
+
+# Bands of a scope that moves with several prices: symbol -> (lowest, highest) price inside the band.
+Bands = dict[str, tuple[Decimal, Decimal]]
+
+
+class MarginModel:
+    """The interface (see the module docstring). ``name`` is what an account's ``margin_model``
+    request and the calculator's ``margin_model`` field spell (``models.model_named``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def evaluate(
+        self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool
+    ) -> AccountRisk:
+        """Every scope of ``account``: cross, then each isolated position with open quantity or
+        allocated margin. ``marks`` maps instruments to mark prices and collateral assets to
+        prices in the valuation asset."""
+        raise NotImplementedError
+
+    def evaluate_scope(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        scope: str,
+        *,
+        liquidation_prices: bool,
+    ) -> ScopeRisk:
+        """One scope. ``liquidation_prices=False`` may leave the positions' liquidation prices None
+        (the lifecycle and the index do not read them)."""
+        raise NotImplementedError
+
+    def dependencies(self, account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+        """The symbols whose price moves the scope's figures, sorted."""
+        raise NotImplementedError
+
+    def trigger_prices(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> TriggerPrices:
+        """The nearest prices of ``symbol``, every other mark fixed, at which the scope ``risk``
+        (evaluated at ``marks``) crosses equity = 0, ratio = resolve_ratio, warning_ratio or 1."""
+        raise NotImplementedError
+
+    def index_bounds(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> tuple[Decimal | None, Decimal | None] | None:
+        """(lower, upper) re-margin triggers of a scope that moves with ``symbol`` alone: its
+        ``trigger_prices`` pulled towards the price in use by the model's rounding slack, so a
+        crossing is never missed. (None, None): no price to move from yet. None: the index cannot
+        bound the scope (it is then re-margined on every mark of the symbol)."""
+        raise NotImplementedError
+
+    def budget_bands(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbols: tuple[str, ...],
+        band_share: Decimal,
+    ) -> tuple[Bands, FillBudget | None] | None:
+        """Bands for a scope that moves with several prices (inside them, no combination of moves
+        changes its level), spending ``band_share`` of the budget; and the record of the rest
+        for ``triggers.absorbs_fill`` (None when the model cannot follow the scope's fills).
+        None when the index cannot bound the scope."""
+        raise NotImplementedError
+
+    def reduction(
+        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+    ) -> Reduction:
+        """What reducing ``position`` by ``reduce`` at the price it is valued at, the liquidation
+        fee charged, leaves of its scope (equity and maintenance before it given)."""
+        raise NotImplementedError
+
+    def bankruptcy_price(
+        self, position: PositionRisk, equity: Decimal, quantity: Decimal
+    ) -> tuple[Decimal, Decimal]:
+        """(unrounded, rounded) price at which closing ``quantity`` of ``position`` uses up the
+        scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
+        raise NotImplementedError

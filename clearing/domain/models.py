@@ -1,0 +1,59 @@
+"""Which margin model answers for an account: the registry of models and the one selection point.
+
+Every caller that needs a scope's figures asks here (``scope_risk``, ``account_risk``,
+``model_of``) and then talks to the ``marginmodel.MarginModel`` interface only. A new model is one
+new module with a ``MarginModel`` subclass, registered in ``MODELS`` below.
+
+Selection (CONTRACT v2 "Margin models"): an account's cross scope is margined by its model,
+``standard`` until the account asks for another (``margin_model`` requests, not yet accepted by
+this ledger version: every account is on ``DEFAULT_MODEL``); isolated positions always by
+``standard``. ``model_of`` is where the account's choice will be read.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from clearing.domain.margin import STANDARD, StandardModel
+from clearing.domain.marginmodel import (
+    CROSS,
+    AccountRisk,
+    MarginModel,
+    MarginModelError,
+    ScopeRisk,
+    StateMarks,
+)
+from clearing.domain.state import Account, LedgerState
+
+STANDARD_MODEL: Final = StandardModel()
+MODELS: Final[dict[str, MarginModel]] = {STANDARD: STANDARD_MODEL}
+DEFAULT_MODEL: Final = STANDARD
+
+
+def model_named(name: str) -> MarginModel:
+    """The model a ``margin_model`` field names; ``MarginModelError`` for one this ledger lacks."""
+    model = MODELS.get(name)
+    if model is None:
+        known = ", ".join(sorted(MODELS))
+        raise MarginModelError(f"margin model {name!r} is not available in this ledger (available: {known})")
+    return model
+
+
+def model_of(account: Account, scope: str = CROSS) -> MarginModel:
+    """The model that margins ``scope`` of ``account``: the account's model for its cross scope
+    (``DEFAULT_MODEL`` until accounts carry a choice), ``standard`` for an isolated position."""
+    return STANDARD_MODEL
+
+
+def scope_risk(state: LedgerState, account: Account, scope: str, *, liquidation_prices: bool = True) -> ScopeRisk:
+    """The figures of one scope with the parameters in force and the last marks of ``state``."""
+    return model_of(account, scope).evaluate_scope(
+        account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=liquidation_prices
+    )
+
+
+def account_risk(state: LedgerState, account: Account, *, liquidation_prices: bool = True) -> AccountRisk:
+    """Every scope of ``account`` with the parameters in force and the last marks of ``state``."""
+    return model_of(account).evaluate(
+        account, state.parameters, StateMarks(state.marks), liquidation_prices=liquidation_prices
+    )
