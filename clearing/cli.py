@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,9 @@ def add_db(subparsers: Subparsers) -> None:
 # clearing run | simulate | demo | account show
 
 
+RUN_HALTED_EXIT = 3  # `clearing run` stopped because it cannot go on safely; the log says why and what to do
+
+
 # pg_try_advisory_lock(key, shard) (two int4 keys): held by the `clearing run` of a shard for its whole life.
 SHARD_WRITER_LOCK_KEY = 730_195_502
 
@@ -150,28 +155,28 @@ def _shard_writer_lock(database_url: str, shard: int) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    # From the start: a stop asked for while the modules load, the services start or the state
-    # loads is a clean stop once the ledger is up, not a death by signal.
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-
     from clearing.embedded import ensure_services
+    from clearing.engine.runner import LedgerHalted
     from clearing.settings import get_settings
     from clearing.store.db import upgrade
     from consumers.process import run_ledger
 
+    # A SIGTERM while the services are found and the state loads stops the run cleanly too.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     services = ensure_services(settings)
     upgrade(services.database_url)
     lock = _shard_writer_lock(services.database_url, args.shard)
-    logging.getLogger("clearing").setLevel(logging.INFO)
+    for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
-                           metrics_host=args.metrics_host, stop=stop)
+                           metrics_host=args.metrics_host, reread_past_end=args.reread_past_end, stop=stop)
+    except LedgerHalted as halted:
+        logging.getLogger("clearing.engine.runner").error("event=ledger_halted reason=%s", json.dumps(str(halted)))
+        return RUN_HALTED_EXIT
     finally:
         lock.close()  # the session ends: the lock is released
     out(
@@ -189,6 +194,9 @@ def add_run(subparsers: Subparsers) -> None:
                         help="serve Prometheus metrics of this process on PORT")
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="address the metrics server listens on (default 127.0.0.1)")
+    parser.add_argument("--reread-past-end", action="store_true",
+                        help="read partitions whose stored offsets are past the broker's end from their beginning "
+                             "(after the broker lost its messages and the inputs were published again)")
     parser.set_defaults(handler=_run)
 
 
@@ -233,6 +241,7 @@ def _simulate(args: argparse.Namespace) -> int:
         crash_depth=Decimal(args.crash_depth),
         id_prefix=plan.id_prefix,
         start=plan.start,
+        options=args.options,
     )
     messages = list(generate(scenario))
     ids = f"ids prefixed {plan.id_prefix!r} (accounts {plan.id_prefix}ACC-00001...)" if plan.id_prefix else "plain ids"
@@ -258,6 +267,8 @@ def add_simulate(subparsers: Subparsers) -> None:
     parser.add_argument("--id-prefix", default=None, metavar="PREFIX",
                         help="prefix of every id of this run (default: none into an unused ledger; otherwise one "
                         "derived from the run's start, which follows the ledger's last event)")
+    parser.add_argument("--options", action="store_true",
+                        help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_simulate)
 

@@ -78,17 +78,3 @@ def test_params_errors_are_sentences_without_pydantic_boilerplate(tmp_path: Path
         assert noise not in message, noise
     assert "instruments.0.contract_size must be a decimal string" in message
     assert "margin_call is required" in message and "assets must not be empty" in message
-
-
-def test_an_option_fill_is_rejected_as_an_option() -> None:
-    from clearing.domain import fold
-    from clearing.domain.messages import InputError, decode
-    from clearing.domain.params import bundled_document
-    from clearing.domain.state import LedgerState
-
-    option = next(i["symbol"] for i in bundled_document()["instruments"] if i["kind"] == "option")
-    value = {"type": "fill", "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": option,
-             "side": "buy", "quantity": "1", "price": "100", "fee": "0", "fee_asset": "USDT",
-             "occurred_at": "2026-11-23T00:00:00Z"}
-    with pytest.raises(InputError, match=f"^{option} is an option; "):
-        fold.admit(LedgerState(), decode("fills", json.dumps(value).encode()))

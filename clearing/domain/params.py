@@ -76,7 +76,7 @@ InstrumentKind = Literal["perpetual", "future", "option", "spot"]
 OptionType = Literal["call", "put"]
 # The kinds whose fills this ledger version books (``fold.admit`` refuses the others with a
 # reason; a test holds the two in step). ``booking_report`` tells an operator before applying.
-BOOKED_KINDS: Final = ("perpetual", "future")
+BOOKED_KINDS: Final = ("perpetual", "future", "option")
 
 # Limits of the v2 blocks (CONTRACT v2): beyond them a grid or a sampler would be absurd or slow.
 PRICE_STEPS_MAX: Final = 50  # portfolio grid: 2 x 50 + 1 = 101 moves x 3 volatility cells
@@ -512,6 +512,34 @@ class RiskParameters(_Document):
 
     def option_margin_rates(self, underlying: str) -> OptionMarginRates | None:
         return self.option_margin_by_underlying.get(underlying)
+
+    @cached_property
+    def portfolio_margin_by_underlying(self) -> dict[str, PortfolioMarginSpec]:
+        return {entry.underlying: entry for entry in self.portfolio_margin}
+
+    def portfolio_margin_spec(self, underlying: str) -> PortfolioMarginSpec | None:
+        """The scenario grid of ``underlying`` (None: the document gives it none)."""
+        return self.portfolio_margin_by_underlying.get(underlying)
+
+    @cached_property
+    def dynamic_margin_by_underlying(self) -> dict[str, DynamicMarginSpec]:
+        return {entry.underlying: entry for entry in self.dynamic_margin}
+
+    def dynamic_margin_spec(self, underlying: str) -> DynamicMarginSpec | None:
+        """The dynamic margin block of ``underlying`` (None: its rates are not scaled)."""
+        return self.dynamic_margin_by_underlying.get(underlying)
+
+    @cached_property
+    def instruments_by_underlying(self) -> dict[str, tuple[InstrumentSpec, ...]]:
+        """The instruments that move with each underlying (``underlying_symbol``), in document
+        order: the instruments a portfolio grid and a dynamic multiplier take together."""
+        grouped: dict[str, list[InstrumentSpec]] = {}
+        for spec in self.instruments:
+            grouped.setdefault(spec.underlying_symbol, []).append(spec)
+        return {underlying: tuple(specs) for underlying, specs in grouped.items()}
+
+    def instruments_on(self, underlying: str) -> tuple[InstrumentSpec, ...]:
+        return self.instruments_by_underlying.get(underlying, ())
 
     def document(self) -> dict[str, Any]:
         """The document as JSON-ready data with decimals as strings, as it travels and is logged."""
