@@ -31,6 +31,7 @@ from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
     divide,
+    round_display_price,
     to_wire,
 )
 from clearing.domain.state import LedgerState
@@ -357,6 +358,26 @@ def _ledger_context() -> Any:
 # words
 
 
+def shown_price(text: str | None) -> str | None:
+    """An averaged or unrounded price as a person reads it: at display precision (1e-10, half
+    even). The JSON keeps every digit; the words need not carry 160 of them."""
+    if text is None:
+        return None
+    with _ledger_context():
+        return to_wire(round_display_price(Decimal(text)))
+
+
+def _approximately(text: str) -> str:
+    shown = shown_price(text) or text
+    return shown if Decimal(shown) == Decimal(text) else f"{shown} (to 10 decimal places)"
+
+
+def _present(payload: dict[str, Any], names: tuple[str, ...]) -> str:
+    """``name value`` for each of ``names`` the payload has (a field that does not apply is left
+    out, not printed as None)."""
+    return ", ".join(f"{name.replace('_', ' ')} {payload[name]}" for name in names if payload.get(name) is not None)
+
+
 def _collateral_lines(s: dict[str, Any]) -> list[str]:
     va = s["valuation_asset"]
     out: list[str] = []
@@ -428,7 +449,7 @@ def _position_lines(s: dict[str, Any]) -> list[str]:
             continue
         out += [
             f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
-            f"cost {q['cost']}, entry price {q['entry_price']}, mark used {q['price_used']}",
+            f"cost {q['cost']}, entry price {shown_price(q['entry_price'])}, mark used {q['price_used']}",
             f"    notional = |{q['quantity']}| x {q['contract_size']} x {q['price_used']} = {q['notional']} "
             f"{q['settlement_asset']} -> tier {q['tier']} "
             f"({q['tier_notional_floor']} to {q['tier_notional_cap'] or 'no cap'})",
@@ -463,7 +484,8 @@ def _liquidation_lines(p: dict[str, Any], liq: dict[str, Any]) -> list[str]:
     out.append(
         f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
         f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
-        f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
+        f"{_approximately(liq['bankruptcy_price_unrounded'])}, rounded {liq['bankruptcy_rounding']} = "
+        f"{liq['bankruptcy_price']}"
     )
     return out
 
@@ -488,19 +510,30 @@ def render(result: dict[str, Any]) -> str:
         + ("PnL and option values" if any("option" in q for q in s["positions"]) else "PnL")
         + f" {s['unrealised_pnl']} = {s['equity']} {va}",
         f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}",
-        f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
-        f"{s['margin_ratio']} (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "
+        (
+            f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
+            f"{s['margin_ratio']}"
+            if s["margin_ratio"] is not None
+            else "Margin ratio: none (it is defined only while both equity and maintenance margin are positive)"
+        )
+        + f" (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "
         f"resolved below {t['resolve_ratio']}; grace {t['grace_period_seconds']} s)",
     ]
     if "liquidation" in result:
         out += _liquidation_lines(p, result["liquidation"])
     else:
-        out.append(
-            f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
-            f"{result['recomputed'].get('shortfall')}; deadline {p.get('deadline')}"
-        )
+        parts = []
+        if p.get("level") is not None:
+            parts.append(f"Level: {p['level']}")
+        shortfall = result["recomputed"].get("shortfall")
+        if shortfall is not None:
+            parts.append(f"shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = {shortfall}")
+        if p.get("deadline") is not None:
+            parts.append(f"deadline {p['deadline']}")
+        if parts:
+            out.append("; ".join(parts))
     out.append("")
-    out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items()))
+    out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items() if v is not None))
     out.append("Decision payload: " + json.dumps(p, sort_keys=True))
     out.append(
         "The recomputation matches the decision."
@@ -508,10 +541,8 @@ def render(result: dict[str, Any]) -> str:
         else "THE RECOMPUTATION DOES NOT MATCH THE DECISION."
     )
     for later in result["later_events"]:
-        out.append(
-            f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
-            f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}"
-        )
+        said = _present(later["payload"], ("level", "equity", "margin_ratio", "amount", "deficit"))
+        out.append(f"Later: {later['type']} at {later['position']}" + (f": {said}" if said else ""))
     return "\n".join(out)
 
 
