@@ -411,7 +411,9 @@ def add_audit(subparsers: Subparsers) -> None:
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
-    explain.add_argument("decision_id", metavar="ID", help="a margin call id (MC-...) or a liquidation id (L-...)")
+    explain.add_argument(
+        "decision_id", metavar="ID", help="a margin call id (MC-...), a liquidation id (L-...) or an ADL id (ADL-...)"
+    )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_audit_explain)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.adl_explain import AdlExplainError, explain_adl, render_adl
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
 from clearing.domain import fold, lifecycle, models
@@ -421,13 +422,14 @@ def render(result: dict[str, Any]) -> str:
 
 
 def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
+    is_adl = decision_id.startswith("ADL-")
     try:
-        result = explain(engine, decision_id)
-    except ExplainError as error:
+        result = explain_adl(engine, decision_id) if is_adl else explain(engine, decision_id)
+    except (ExplainError, AdlExplainError) as error:
         sys.stderr.write(f"{error}\n")
         return 1
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        sys.stdout.write(render(result) + "\n")
+        sys.stdout.write((render_adl(result) if is_adl else render(result)) + "\n")
     return 0 if result["matches_decision"] else 1
