@@ -82,7 +82,7 @@ def explain_adl(engine: sa.Engine, adl_id: str) -> dict[str, Any]:
             },
         ).all()
     with localcontext(LEDGER_CONTEXT):
-        return _explained(state, decision, steps, cancelled, late)
+        return _explained(state, decision, steps, cancelled, list(late))
 
 
 def _explained(state: Any, decision: Any, steps: list[Any], cancelled: list[Any], late: list[Any]) -> dict[str, Any]:
