@@ -204,13 +204,17 @@ def _account_show(args: argparse.Namespace) -> int:
             from clearing.audit.asof import account_as_of
 
             try:
-                view = account_as_of(engine, args.account_id, args.as_of)
+                view = account_as_of(engine, args.account_id, args.as_of, with_adl=True)
             except ValueError as error:
                 sys.stderr.write(f"{error}\n")
                 return 2
         else:
+            from clearing.audit.asof import add_adl_standing, live_adl_standing
+
             with engine.connect() as conn:
                 view = queries.account_view(conn, args.account_id)
+                if view is not None:
+                    add_adl_standing(view, live_adl_standing(conn, args.account_id))
     finally:
         engine.dispose()
     if view is None:

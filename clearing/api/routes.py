@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel
 
-from clearing.audit.asof import account_as_of
+from clearing.audit.asof import account_as_of, add_adl_standing, live_adl_standing
 from clearing.domain.inputs import format_time
 from clearing.engine.outbox import read_backlog
 from clearing.store import queries
@@ -79,6 +79,7 @@ def get_account(conn: Conn, account_id: AccountId) -> dict[str, Any]:
     view = queries.account_view(conn, account_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} in the ledger")
+    add_adl_standing(view, live_adl_standing(conn, account_id))
     return view
 
 

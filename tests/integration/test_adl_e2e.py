@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from clearing.audit.adl_explain import explain_adl, render_adl
+from clearing.audit.asof import live_adl_standing
+from clearing.audit.report import build_timeline, render_html
 from clearing.audit.verify import verify
 from clearing.domain import events as ev
 from clearing.domain.params import bundled_document
@@ -219,6 +222,23 @@ def test_a_crash_empties_the_fund_and_later_bankruptcies_deleverage_the_most_pro
             "position",
             "cause_position",
         }
+
+    # Who is next in line (account show, the API): E's profitable short before D's losing one.
+    with owner_engine.connect() as conn:
+        e, d = live_adl_standing(conn, "E"), live_adl_standing(conn, "D")
+    assert e[("BTCUSDT", "isolated")]["adl_quantile"] == 5 and d[("BTCUSDT", "cross")]["adl_quantile"] == 3
+    assert Decimal(e[("BTCUSDT", "isolated")]["adl_rank"]) > 0 > Decimal(d[("BTCUSDT", "cross")]["adl_rank"])
+
+    # The report of the bankrupt account charts the fund (960, then 1,050 with X's fee, drawn to
+    # 0, then the late execution's fee 39.95: less than A's second deficit, 49.95, so that one is
+    # deleveraged too) with every draw and ADL step, and shows A's own ADL steps (logged on the
+    # counterparties' streams).
+    timeline = build_timeline(owner_engine, "A")
+    assert [p.balance for p in timeline.fund] == [Decimal(v) for v in ("0", "960", "1050", "0", "39.95")]
+    assert [e.type for e in timeline.fund_events].count(ev.POSITION_AUTO_DELEVERAGED) == 4
+    assert ev.INSURANCE_FUND_DRAWN in [e.type for e in timeline.fund_events]
+    assert sum(e.type == ev.POSITION_AUTO_DELEVERAGED for e in timeline.markers) == 4
+    assert "Insurance fund balance" in render_html(timeline)
 
     report = verify(owner_engine)
     assert report.ok, [c.as_dict() for c in report.checks if not c.ok]
