@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
 
-from clearing.domain.decimalmath import exp, ln, normal_cdf, pricing_context, sqrt
+from clearing.domain.decimalmath import PRICING_PRECISION_DIGITS, exp, ln, normal_cdf, pricing_context, sqrt
 from clearing.domain.params import InstrumentSpec, OptionType
 
 SECONDS_PER_YEAR: Final = 31_536_000  # 365 days (CONTRACT v2)
@@ -62,9 +62,23 @@ def price(
     years: Decimal,
     volatility: Decimal,
     rate: Decimal = _ZERO,
+    digits: int = PRICING_PRECISION_DIGITS,
 ) -> Decimal:
-    """The Black-76 value of one unit of the option (module docstring), at
-    ``decimalmath.PRICING_PRECISION_DIGITS`` significant digits, never negative."""
+    """The Black-76 value of one unit of the option (module docstring), at ``digits`` (by default
+    ``decimalmath.PRICING_PRECISION_DIGITS``) significant digits, never negative."""
+    check_inputs(option_type, forward, strike, volatility)
+    with pricing_context(digits):
+        discount = exp(-rate * years, digits) if years > _ZERO else _ONE
+        if years <= _ZERO or volatility.is_zero():
+            return +(discount * intrinsic_value(option_type, forward, strike))
+        return priced(
+            option_type, forward, strike, ln(forward / strike, digits), years, sqrt(years, digits), volatility,
+            discount, digits,
+        )
+
+
+def check_inputs(option_type: OptionType, forward: Decimal, strike: Decimal, volatility: Decimal) -> None:
+    """Raise ``PricingError`` for inputs Black-76 cannot price."""
     if option_type not in ("call", "put"):
         raise PricingError(f'option_type must be "call" or "put", got {option_type!r}')
     if not forward > _ZERO:
@@ -73,20 +87,33 @@ def price(
         raise PricingError(f"Black-76 needs a positive strike, got {strike}")
     if volatility < _ZERO:
         raise PricingError(f"Black-76 needs a volatility of at least 0, got {volatility}")
-    with pricing_context():
-        discount = exp(-rate * years) if years > _ZERO else _ONE
-        if years <= _ZERO or volatility.is_zero():
-            return +(discount * intrinsic_value(option_type, forward, strike))
-        deviation = volatility * sqrt(years)
-        d1 = (ln(forward / strike) + volatility * volatility * years / _TWO) / deviation
-        d2 = d1 - deviation
-        if option_type == "call":
-            value = discount * (forward * normal_cdf(d1) - strike * normal_cdf(d2))
-        else:
-            value = discount * (strike * normal_cdf(-d2) - forward * normal_cdf(-d1))
-        # The two products can be nearly equal (far out of the money): their rounded difference
-        # may land a unit below zero in the last digit, where the exact value is a tiny positive.
-        return value if value > _ZERO else _ZERO
+
+
+def priced(
+    option_type: OptionType,
+    forward: Decimal,
+    strike: Decimal,
+    log_moneyness: Decimal,
+    years: Decimal,
+    root_years: Decimal,
+    volatility: Decimal,
+    discount: Decimal,
+    digits: int,
+) -> Decimal:
+    """The formula itself, for t > 0 and sigma > 0, with ln(F / K), sqrt(t) and e^(-r t) given:
+    so that a caller pricing one option in many scenarios (``scenarios``) takes sqrt(t) once per
+    option and ln(F (1 + m) / K) as ln(F / K) + ln(1 + m). Computes under the caller's context,
+    which must be ``pricing_context(digits)``."""
+    deviation = volatility * root_years
+    d1 = (log_moneyness + volatility * volatility * years / _TWO) / deviation
+    d2 = d1 - deviation
+    if option_type == "call":
+        value = discount * (forward * normal_cdf(d1, digits) - strike * normal_cdf(d2, digits))
+    else:
+        value = discount * (strike * normal_cdf(-d2, digits) - forward * normal_cdf(-d1, digits))
+    # The two products can be nearly equal (far out of the money): their rounded difference
+    # may land a unit below zero in the last digit, where the exact value is a tiny positive.
+    return value if value > _ZERO else _ZERO
 
 
 def option_value(

@@ -46,26 +46,50 @@ NORMAL_CDF_GUARD_DIGITS: Final = 15
 # Exponent limits written out (not left to the platform's defaults) and wide enough for
 # exp(-x^2 / 2) at |x| < NORMAL_CDF_ABS_MAX, about 1e-217148.
 PRICING_EXPONENT_MAX: Final = 999_999
-PRICING_CONTEXT: Final = Context(
-    prec=PRICING_PRECISION_DIGITS,
-    rounding=ROUND_HALF_EVEN,
-    Emax=PRICING_EXPONENT_MAX,
-    Emin=-PRICING_EXPONENT_MAX,
-    capitals=1,
-    clamp=0,
-    flags=[],
-    traps=[InvalidOperation, DivisionByZero, Overflow, Underflow],
-)
-_CDF_CONTEXT: Final = Context(
-    prec=PRICING_PRECISION_DIGITS + NORMAL_CDF_GUARD_DIGITS,
-    rounding=ROUND_HALF_EVEN,
-    Emax=PRICING_EXPONENT_MAX,
-    Emin=-PRICING_EXPONENT_MAX,
-    capitals=1,
-    clamp=0,
-    flags=[],
-    traps=[InvalidOperation, DivisionByZero, Overflow, Underflow],
-)
+# The fewest digits a caller may ask for (``digits`` below): a price to 12 decimal places needs
+# more. The most: the default (``_PI`` has the digits for its CDF context and no more).
+PRICING_DIGITS_MIN: Final = 16
+PRICING_DIGITS_MAX: Final = PRICING_PRECISION_DIGITS
+
+
+def _pricing_context(digits: int) -> Context:
+    return Context(
+        prec=digits,
+        rounding=ROUND_HALF_EVEN,
+        Emax=PRICING_EXPONENT_MAX,
+        Emin=-PRICING_EXPONENT_MAX,
+        capitals=1,
+        clamp=0,
+        flags=[],
+        traps=[InvalidOperation, DivisionByZero, Overflow, Underflow],
+    )
+
+
+PRICING_CONTEXT: Final = _pricing_context(PRICING_PRECISION_DIGITS)
+_CDF_CONTEXT: Final = _pricing_context(PRICING_PRECISION_DIGITS + NORMAL_CDF_GUARD_DIGITS)
+# A caller that needs fewer digits (a scenario grid prices thousands of options a mark, and its
+# figures reach the wire at 12 decimal places) asks for them by number: every context is built
+# from the number alone, field by field as above, so the digits still cannot depend on the
+# platform. Built once per number of digits and never changed (operations run on copies).
+_CONTEXTS: Final[dict[int, tuple[Context, Context]]] = {
+    PRICING_PRECISION_DIGITS: (PRICING_CONTEXT, _CDF_CONTEXT)
+}
+
+
+def contexts(digits: int) -> tuple[Context, Context]:
+    """(the pricing context, the normal CDF's wider one) at ``digits`` significant digits, between
+    ``PRICING_DIGITS_MIN`` and ``PRICING_DIGITS_MAX``; not to compute under directly (copy them:
+    an operation writes its context's flags)."""
+    found = _CONTEXTS.get(digits)
+    if found is None:
+        if not PRICING_DIGITS_MIN <= digits <= PRICING_DIGITS_MAX:
+            raise ValueError(
+                f"pricing digits must be between PRICING_DIGITS_MIN = {PRICING_DIGITS_MIN} and "
+                f"PRICING_DIGITS_MAX = {PRICING_DIGITS_MAX}, got {digits}"
+            )
+        found = _CONTEXTS[digits] = (_pricing_context(digits), _pricing_context(digits + NORMAL_CDF_GUARD_DIGITS))
+    return found
+
 
 # Below this |x| the Taylor series, at and above it the continued fraction. The series needs
 # more terms as x grows (141 at 6.5), the fraction fewer (22,665 at 0.5, 175 at 6.5); the series
@@ -94,25 +118,36 @@ class ConvergenceError(ArithmeticError):
     input outside the bounds the limit was chosen for, never a value to carry on with."""
 
 
-def pricing_context() -> AbstractContextManager[Context]:
-    """Compute under a fresh copy of ``PRICING_CONTEXT`` (a copy: an operation writes the flags of
-    its context, and threads must not share them); the caller's context comes back after."""
-    return localcontext(PRICING_CONTEXT)
+def pricing_context(digits: int = PRICING_PRECISION_DIGITS) -> AbstractContextManager[Context]:
+    """Compute under a fresh copy of ``PRICING_CONTEXT`` (or of ``contexts(digits)``'s; a copy: an
+    operation writes the flags of its context, and threads must not share them); the caller's
+    context comes back after."""
+    return localcontext(contexts(digits)[0])
 
 
-def ln(value: Decimal) -> Decimal:
-    """The natural logarithm, correctly rounded to ``PRICING_PRECISION_DIGITS`` digits."""
-    return PRICING_CONTEXT.copy().ln(value)
+def ln(value: Decimal, digits: int = PRICING_PRECISION_DIGITS) -> Decimal:
+    """The natural logarithm, correctly rounded to ``digits`` (``PRICING_PRECISION_DIGITS``)."""
+    return contexts(digits)[0].copy().ln(value)
 
 
-def exp(value: Decimal) -> Decimal:
-    """e to the power ``value``, correctly rounded to ``PRICING_PRECISION_DIGITS`` digits."""
-    return PRICING_CONTEXT.copy().exp(value)
+def exp(value: Decimal, digits: int = PRICING_PRECISION_DIGITS) -> Decimal:
+    """e to the power ``value``, correctly rounded to ``digits`` (``PRICING_PRECISION_DIGITS``)."""
+    return contexts(digits)[0].copy().exp(value)
 
 
-def sqrt(value: Decimal) -> Decimal:
-    """The square root, correctly rounded to ``PRICING_PRECISION_DIGITS`` digits."""
-    return PRICING_CONTEXT.copy().sqrt(value)
+def sqrt(value: Decimal, digits: int = PRICING_PRECISION_DIGITS) -> Decimal:
+    """The square root, correctly rounded to ``digits`` (``PRICING_PRECISION_DIGITS``)."""
+    return contexts(digits)[0].copy().sqrt(value)
+
+
+def power(base: Decimal, exponent: Decimal, digits: int = PRICING_PRECISION_DIGITS) -> Decimal:
+    """base ^ exponent for a positive base, as exp(exponent x ln(base)): each step correctly
+    rounded under the fixed context (``**`` with a non-integral exponent is not guaranteed so by
+    libmpdec, module docstring). The product and the exp add a few units in the last digit."""
+    if not base > _ZERO:
+        raise InvalidOperation(f"power needs a positive base, got {base}")
+    context = contexts(digits)[0].copy()
+    return context.exp(context.multiply(exponent, context.ln(base)))
 
 
 _SQRT_TWO_PI: Final = _CDF_CONTEXT.copy().sqrt(_CDF_CONTEXT.copy().multiply(_TWO, _PI))
@@ -126,9 +161,10 @@ def normal_pdf(x: Decimal) -> Decimal:
     return PRICING_CONTEXT.copy().plus(value)
 
 
-def normal_cdf(x: Decimal) -> Decimal:
-    """N(x), the standard normal cumulative distribution, to ``PRICING_PRECISION_DIGITS``
-    significant digits (relative, in both tails: N(-30) keeps its digits, it is not 0).
+def normal_cdf(x: Decimal, digits: int = PRICING_PRECISION_DIGITS) -> Decimal:
+    """N(x), the standard normal cumulative distribution, to ``digits`` (by default
+    ``PRICING_PRECISION_DIGITS``) significant digits (relative, in both tails: N(-30) keeps its
+    digits, it is not 0).
 
     With phi the density and a = |x|:
 
@@ -147,7 +183,8 @@ def normal_cdf(x: Decimal) -> Decimal:
     a = x.copy_abs()  # not abs(): that rounds to the caller's context
     if a >= NORMAL_CDF_ABS_MAX:
         return _ZERO if x < _ZERO else _ONE
-    with localcontext(_CDF_CONTEXT) as wide:
+    context, cdf_context = contexts(digits)
+    with localcontext(cdf_context) as wide:
         density = wide.exp(-(a * a) / _TWO) / _SQRT_TWO_PI
         if a < NORMAL_CDF_SERIES_ABS_MAX:
             half_width = density * _series(a, wide)[0]
@@ -155,7 +192,7 @@ def normal_cdf(x: Decimal) -> Decimal:
         else:
             tail = density / _continued_fraction(a, wide)[0]
             value = tail if x < _ZERO else _ONE - tail
-    return PRICING_CONTEXT.copy().plus(value)
+    return context.copy().plus(value)
 
 
 def _series(a: Decimal, context: Context) -> tuple[Decimal, int]:

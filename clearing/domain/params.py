@@ -513,6 +513,34 @@ class RiskParameters(_Document):
     def option_margin_rates(self, underlying: str) -> OptionMarginRates | None:
         return self.option_margin_by_underlying.get(underlying)
 
+    @cached_property
+    def portfolio_margin_by_underlying(self) -> dict[str, PortfolioMarginSpec]:
+        return {entry.underlying: entry for entry in self.portfolio_margin}
+
+    def portfolio_margin_spec(self, underlying: str) -> PortfolioMarginSpec | None:
+        """The scenario grid of ``underlying`` (None: the document gives it none)."""
+        return self.portfolio_margin_by_underlying.get(underlying)
+
+    @cached_property
+    def dynamic_margin_by_underlying(self) -> dict[str, DynamicMarginSpec]:
+        return {entry.underlying: entry for entry in self.dynamic_margin}
+
+    def dynamic_margin_spec(self, underlying: str) -> DynamicMarginSpec | None:
+        """The dynamic margin block of ``underlying`` (None: its rates are not scaled)."""
+        return self.dynamic_margin_by_underlying.get(underlying)
+
+    @cached_property
+    def instruments_by_underlying(self) -> dict[str, tuple[InstrumentSpec, ...]]:
+        """The instruments that move with each underlying (``underlying_symbol``), in document
+        order: the instruments a portfolio grid and a dynamic multiplier take together."""
+        grouped: dict[str, list[InstrumentSpec]] = {}
+        for spec in self.instruments:
+            grouped.setdefault(spec.underlying_symbol, []).append(spec)
+        return {underlying: tuple(specs) for underlying, specs in grouped.items()}
+
+    def instruments_on(self, underlying: str) -> tuple[InstrumentSpec, ...]:
+        return self.instruments_by_underlying.get(underlying, ())
+
     def document(self) -> dict[str, Any]:
         """The document as JSON-ready data with decimals as strings, as it travels and is logged."""
         data: dict[str, Any] = json.loads(self.model_dump_json(by_alias=True))
