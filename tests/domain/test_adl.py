@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from clearing.domain import adl
 from clearing.domain import events as ev
+from clearing.domain.booking import apply_decision
+from clearing.domain.decisions import PositionAutoDeleveraged
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.marginmodel import CROSS, isolated_scope
 from clearing.domain.models import scope_risk
@@ -280,3 +282,68 @@ def test_a_log_without_the_adl_block_never_deleverages(enabled: bool) -> None:
     for step, price in enumerate(("9010", "8000", "7000", "5000")):
         book.feed(mark("BTCUSDT", price, at(step + 1)))
     assert ev.POSITION_AUTO_DELEVERAGED not in types(book.decisions)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    long=st.booleans(),
+    size=st.integers(min_value=1, max_value=50),
+    entry=st.integers(min_value=5000, max_value=15000),
+    mark_price=st.integers(min_value=5000, max_value=15000),
+    collateral=st.integers(min_value=10, max_value=5000),
+    share=st.integers(min_value=1, max_value=100),
+    depth=st.integers(min_value=0, max_value=100),
+)
+def test_adl_at_a_price_within_the_takers_own_bankruptcy_price_never_raises_its_margin_ratio(
+    long: bool, size: int, entry: int, mark_price: int, collateral: int, share: int, depth: int
+) -> None:
+    """A counterparty's ratio after a step is no higher than before whenever the ADL price P is
+    no worse than its own bankruptcy price B (then the loss x |P - M| is at most the x / |q|
+    share of its equity, and its requirement falls by at least that share: a tier table's
+    requirement over notional grows with the notional). P = M + depth% of the way to B."""
+    book = Book()
+    book.feed(adl_parameters())
+    book.feed(deposit("T", str(collateral), "dT"))
+    book.feed(isolated_transfer("T", str(collateral), "tT"))
+    quantity = D(size) / 10
+    book.feed(fill("T", "buy" if long else "sell", str(quantity), str(entry), fid="t1", mode="isolated"))
+    book.state.marks["BTCUSDT"] = MarkState(D(mark_price), at(1))
+    state = book.state
+    scope = isolated_scope("BTCUSDT")
+    before = scope_risk(state, state.accounts["T"], scope)
+    if before.equity <= 0:
+        return
+    [figures] = adl.ranking(state, "BTCUSDT", long=long)
+    price = D(mark_price) + (figures.bankruptcy_price - D(mark_price)) * D(depth) / 100
+    taken = quantity * D(share) / 100
+    apply_decision(
+        state,
+        PositionAutoDeleveraged(
+            "T",
+            "ADL-x",
+            "BTCUSDT",
+            "isolated",
+            "sell" if long else "buy",
+            taken,
+            price,
+            None,
+            D(0),
+            None,
+            quantity if long else -quantity,
+            D(entry),
+            D(mark_price),
+            "Z",
+            "cross",
+            "cross",
+            -taken,
+            D(0),
+            D(0),
+            None,
+            "adl-test.1",
+        ),
+    )
+    after = scope_risk(state, state.accounts["T"], scope)
+    assert after.maintenance_margin <= before.maintenance_margin
+    if after.maintenance_margin > 0:
+        assert before.margin_ratio is not None and after.margin_ratio is not None
+        assert after.margin_ratio <= before.margin_ratio
