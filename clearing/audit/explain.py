@@ -57,7 +57,10 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
     """The decision to explain and the later events of the same call or order."""
     types: tuple[str, ...]
     if decision_id.startswith("L-"):
-        types, field = (ev.LIQUIDATION_ORDER_ISSUED,), "liquidation_id"
+        # The order, then its cancellation by auto-deleveraging and its executions (a late one
+        # included: an execution is a fact, whatever the order's state).
+        types = (ev.LIQUIDATION_ORDER_ISSUED, ev.LIQUIDATION_ORDER_CANCELLED, ev.LIQUIDATION_FILL_RECORDED)
+        field = "liquidation_id"
     else:
         types, field = CALL_TYPES, "margin_call_id"
     rows = conn.execute(
@@ -414,6 +417,15 @@ def render(result: dict[str, Any]) -> str:
         else "THE RECOMPUTATION DOES NOT MATCH THE DECISION."
     )
     for later in result["later_events"]:
+        lp = later["payload"]
+        if later["type"] == ev.LIQUIDATION_ORDER_CANCELLED:
+            out.append(f"Later: cancelled at {later['position']} with {lp.get('remaining')} left: {lp.get('reason')}")
+            continue
+        if later["type"] == ev.LIQUIDATION_FILL_RECORDED:
+            out.append(
+                f"Later: executed at {later['position']}: {lp.get('side')} {lp.get('quantity')} at {lp.get('price')}"
+            )
+            continue
         out.append(
             f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
             f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}"

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from clearing.audit.adl_explain import explain_adl, render_adl
 from clearing.audit.asof import live_adl_standing
+from clearing.audit.explain import explain, render
 from clearing.audit.report import build_timeline, render_html
 from clearing.audit.verify import verify
 from clearing.domain import events as ev
@@ -260,3 +261,11 @@ def test_a_crash_empties_the_fund_and_later_bankruptcies_deleverage_the_most_pro
         "late_quantity": "1",
     }
     assert "late executions of the cancelled orders -1 = -1" in render_adl(explained)
+    # The order's own explanation follows it to its cancellation and its late execution.
+    order_explained = explain(owner_engine, a_order["liquidation_id"])
+    assert [e["type"] for e in order_explained["later_events"]] == [
+        ev.LIQUIDATION_ORDER_CANCELLED,
+        ev.LIQUIDATION_FILL_RECORDED,
+    ]
+    text = render(order_explained)
+    assert "cancelled at" in text and "executed at" in text and "sell 1 at 7990" in text
