@@ -87,6 +87,12 @@ LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
 # accounts, a broken invariant that must stop the ledger rather than leave a scope off its
 # fixpoint (triggers.py, 1).
 REMARGIN_ROUNDS_MAX: Final = 8
+# Rounds that auto-deleveraged positions do not count towards REMARGIN_ROUNDS_MAX: an ADL step
+# books a loss against the mark on its counterparty, which may default in turn and be
+# deleveraged in the next round (a cascade across accounts, legitimate, and it ends: every such
+# round closes at least one open position in full, the bankrupt's or a counterparty's). This
+# bounds them all the same, far above any cascade a shard's positions allow in practice.
+ADL_CASCADE_ROUNDS_MAX: Final = 1_000_000
 
 # Decisions that change a scope's status only, never its figures: the figures a re-margin was
 # taken on stay valid for the trigger index after them.
@@ -225,18 +231,25 @@ class _Remargin:
         self.invalid: set[str] = set()  # accounts whose figures a decision moved
         self.remargined: set[str] = set()
         self.figures: dict[tuple[str, str], ScopeRisk] = {}
+        self.deleveraged = 0  # ADL steps emitted so far
 
     def run(self, full: set[str], hits: set[tuple[str, str]]) -> None:
         """Re-margin ``full`` in full and the scopes of ``hits``, then the accounts their decisions
         changed, round after round until none is left."""
         selected = full | {account_id for account_id, _scope in hits}
-        for _round in range(REMARGIN_ROUNDS_MAX):
+        plain = 0  # rounds that deleveraged nothing
+        for _round in range(ADL_CASCADE_ROUNDS_MAX):
+            deleveraged = self.deleveraged
             for account_id in sorted(selected):
                 self._account(account_id, full, hits)
             selected = full = set(self.others) - SYSTEM_ACCOUNTS_SET
             self.others.clear()
             if not selected:
                 return
+            if self.deleveraged == deleveraged:
+                plain += 1
+                if plain >= REMARGIN_ROUNDS_MAX:
+                    break
         # A broken invariant, not an operating error: stop the ledger (STYLE.md).
         raise RuntimeError(
             f"re-margining did not reach a fixpoint in {REMARGIN_ROUNDS_MAX} rounds; still changing: {sorted(selected)}"
@@ -260,6 +273,8 @@ class _Remargin:
         """``emit``, noting which accounts the decision changed."""
         state = self.state
         self.ids.take(_carried_ids(decision))
+        if isinstance(decision, PositionAutoDeleveraged):
+            self.deleveraged += 1
         before = state.touched
         state.touched = set()
         try:

@@ -347,3 +347,38 @@ def test_adl_at_a_price_within_the_takers_own_bankruptcy_price_never_raises_its_
     if after.maintenance_margin > 0:
         assert before.margin_ratio is not None and after.margin_ratio is not None
         assert after.margin_ratio <= before.margin_ratio
+
+
+def test_a_cascade_of_defaults_longer_than_the_remargin_rounds_is_deleveraged_to_its_end() -> None:
+    """Each ADL step books a loss against the mark on its counterparty: a thin one defaults in
+    turn. Twenty accounts, each short what the one before is long (BTC, ETH alternately) on 60 to
+    155 USDT, the lower ids the more leveraged (first in line, and re-margined earlier in a round,
+    so the cascade needs a round a level): it took 20 rounds, and stopped the ledger at 8 (a
+    fixpoint error) before ADL rounds were counted apart. S and T, flush, end it."""
+    n = 20
+    book = Book()
+    book.feed(adl_parameters())
+    names = [f"A{n - 1 - i:02d}" for i in range(n)]
+    for name in names:
+        book.feed(deposit(name, "1000" if name == names[0] else str(60 + 5 * int(name[1:])), "d" + name))
+    for name in ("S", "T", "M"):
+        book.feed(deposit(name, "10000000", "d" + name))
+    trades = [(names[0], "M", "BTCUSDT", "1", "14000"), ("M", "S", "BTCUSDT", "1", "10000")]
+    trades.append(("M", "T", "ETHUSDT", "1", "2000"))
+    sizes = {"BTCUSDT": ("0.5", "10000"), "ETHUSDT": ("1", "2000")}
+    for i, name in enumerate(names[1:], start=1):
+        short, long = ("BTCUSDT", "ETHUSDT") if i % 2 else ("ETHUSDT", "BTCUSDT")
+        trades += [("M", name, short, *sizes[short]), (name, "M", long, *sizes[long])]
+    for i, (buyer, seller, instrument, quantity, price) in enumerate(trades):
+        book.feed(fill(buyer, "buy", quantity, price, fid=f"b{i}", instrument=instrument))
+        book.feed(fill(seller, "sell", quantity, price, fid=f"s{i}", instrument=instrument))
+    book.feed(mark("ETHUSDT", "2000", at(1)))
+    decisions = book.feed(mark("BTCUSDT", "10000", at(2)))
+    taken = [d.payload for d in decisions if d.type == ev.POSITION_AUTO_DELEVERAGED]
+    assert {p["bankrupt_account_id"] for p in taken} == set(names)
+    assert {p["account_id"] for p in taken} >= {"S", "T"}
+    assert conservation(book.state) == {}
+    replayed = LedgerState()
+    for event in book.log:
+        replay_event(replayed, event.type, event.payload)
+    assert snapshot(replayed) == snapshot(book.state)
