@@ -137,10 +137,10 @@ def standing(state: LedgerState, account: Account) -> dict[tuple[str, str], tupl
     """Every open position of ``account`` with its ranking figures and quantile among the
     positions of its side of the same instrument, by (instrument, margin mode)."""
     out: dict[tuple[str, str], tuple[Candidate, int]] = {}
-    for instrument in sorted({p.instrument for p in account.positions.values() if p.quantity != ZERO}):
-        for long in (True, False):
-            ranked = ranking(state, instrument, long)
-            for place, found in enumerate(ranked):
-                if found.account_id == account.account_id:
-                    out[(instrument, found.margin_mode)] = (found, quantile(place, len(ranked)))
+    held = sorted({(p.instrument, p.quantity > ZERO) for p in account.positions.values() if p.quantity != ZERO})
+    for instrument, long in held:
+        ranked = ranking(state, instrument, long)
+        for place, found in enumerate(ranked):
+            if found.account_id == account.account_id:
+                out[(instrument, found.margin_mode)] = (found, quantile(place, len(ranked)))
     return out
