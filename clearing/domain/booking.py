@@ -441,11 +441,12 @@ def _apply_deleveraged(state: LedgerState, decision: PositionAutoDeleveraged) ->
     """Both sides of one auto-deleveraging step, booked by the ledger itself at the bankruptcy
     price with no fee: the counterparty ``side`` ``quantity``, the bankrupt scope the opposite.
     Two ``trade`` bookings of opposite quantities at one price: double entry holds as for a fill
-    and its counterpart."""
+    and its counterpart (an option's: two premium bookings, ``trade_option``)."""
     spec = state.terms().instruments[decision.instrument]
+    book = trade_option if spec.is_option else trade
     quantity = decision.quantity if decision.side == "buy" else -decision.quantity
     counterparty = state.account(decision.account_id)
-    trade(
+    book(
         state,
         counterparty,
         counterparty.position(decision.instrument, decision.margin_mode),
@@ -455,7 +456,7 @@ def _apply_deleveraged(state: LedgerState, decision: PositionAutoDeleveraged) ->
     )
     bankrupt = state.account(decision.bankrupt_account_id)
     position = bankrupt.position(decision.instrument, decision.bankrupt_margin_mode)
-    trade(state, bankrupt, position, spec, -quantity, decision.price)
+    book(state, bankrupt, position, spec, -quantity, decision.price)
 
 
 # Rejections (withdrawal, isolated transfer) move nothing: they have no applier.

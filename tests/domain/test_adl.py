@@ -21,6 +21,7 @@ from clearing.domain.params import bundled_document
 from clearing.domain.state import LedgerState, MarkState
 from tests.domain.test_fold import Book, deposit, fill, mark, message, snapshot
 from tests.domain.test_lifecycle import at, types
+from tests.domain.test_options import option_markets
 
 
 def adl_parameters(enabled: bool = True) -> Any:
@@ -377,6 +378,19 @@ def test_a_cascade_of_defaults_longer_than_the_remargin_rounds_is_deleveraged_to
     taken = [d.payload for d in decisions if d.type == ev.POSITION_AUTO_DELEVERAGED]
     assert {p["bankrupt_account_id"] for p in taken} == set(names)
     assert {p["account_id"] for p in taken} >= {"S", "T"}
+    assert conservation(book.state) == {}
+    replayed = LedgerState()
+    for event in book.log:
+        replay_event(replayed, event.type, event.payload)
+    assert snapshot(replayed) == snapshot(book.state)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(option_markets())
+def test_adl_with_options_conserves_and_replays(msgs: list[Any]) -> None:
+    """The options market of tests/domain/test_options.py with ADL enabled: option positions
+    (cross only) are ranked and taken like any other, booked as premiums (``trade_option``)."""
+    book = run([adl_parameters(), *msgs])
     assert conservation(book.state) == {}
     replayed = LedgerState()
     for event in book.log:
