@@ -322,13 +322,17 @@ def _account_show(args: argparse.Namespace) -> int:
             from clearing.audit.asof import AsOfError, account_as_of
 
             try:
-                view = account_as_of(engine, args.account_id, question)
+                view = account_as_of(engine, args.account_id, question, with_adl=True)
             except AsOfError as error:
                 sys.stderr.write(f"clearing account show: {error}\n")
                 return 2
         else:
+            from clearing.audit.asof import add_adl_standing, live_adl_standing
+
             with engine.connect() as conn:
                 view = queries.account_view(conn, args.account_id)
+                if view is not None:
+                    add_adl_standing(view, live_adl_standing(conn, args.account_id))
     finally:
         engine.dispose()
     if view is None:
@@ -543,7 +547,9 @@ def add_audit(subparsers: Subparsers) -> None:
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
-    explain.add_argument("decision_id", metavar="ID", help="a margin call id (MC-...) or a liquidation id (L-...)")
+    explain.add_argument(
+        "decision_id", metavar="ID", help="a margin call id (MC-...), a liquidation id (L-...) or an ADL id (ADL-...)"
+    )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_audit_explain)
 

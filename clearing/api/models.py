@@ -81,6 +81,10 @@ class PositionView(BaseModel):
     realised_pnl: DecimalString
     isolated_margin: DecimalString
     funding_paid: DecimalString
+    adl_rank: DecimalString | None = Field(
+        default=None, description="auto-deleveraging rank (CONTRACT v2); null when it has none"
+    )
+    adl_quantile: int | None = Field(default=None, description="1 to 5, 5 first in line for auto-deleveraging")
 
 
 class MarginView(BaseModel):

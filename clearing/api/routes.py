@@ -37,7 +37,7 @@ from clearing.api.models import (
     Problem,
     ValidationProblem,
 )
-from clearing.audit.asof import AsOf, account_as_of
+from clearing.audit.asof import AsOf, account_as_of, add_adl_standing, live_adl_standing
 from clearing.engine.outbox import read_backlog
 from clearing.store import queries
 
@@ -175,6 +175,7 @@ def get_account(conn: Conn, account_id: AccountId) -> dict[str, Any]:
     view = queries.account_view(conn, account_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} in the ledger")
+    add_adl_standing(view, live_adl_standing(conn, account_id))
     return view
 
 

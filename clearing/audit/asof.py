@@ -31,10 +31,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from clearing.audit.replay import iter_log, stream_rows
+from clearing.domain import adl, fold
 from clearing.domain import events as ev
-from clearing.domain import fold
 from clearing.domain.inputs import format_time
-from clearing.domain.numbers import to_wire
+from clearing.domain.numbers import ledger_context, round_model_value, to_wire
 from clearing.domain.state import SYSTEM_ACCOUNTS, LedgerState
 from clearing.engine.snapshots import latest_snapshot
 from clearing.store import projections, queries
@@ -254,6 +254,41 @@ def account_view_of(state: LedgerState, account_id: str, position: int) -> dict[
     return view
 
 
+def adl_standing(state: LedgerState, account_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each open position of the account: its auto-deleveraging rank (CONTRACT v2; null when
+    infinite) and quantile (1 to 5; 5: first in line) among the positions of its side of the same
+    instrument in the shard, by (instrument, margin mode)."""
+    account = state.accounts.get(account_id)
+    if account is None:
+        return {}
+    with ledger_context():
+        standing = adl.standing(state, account)
+        return {
+            key: {
+                "adl_rank": None if found.rank is None else to_wire(round_model_value(found.rank)),
+                "adl_quantile": quantile,
+            }
+            for key, (found, quantile) in standing.items()
+        }
+
+
+def add_adl_standing(view: dict[str, Any], standing: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Put ``adl_rank`` and ``adl_quantile`` on each position of an account view (null for a
+    position with no quantity)."""
+    for row in view["positions"]:
+        found = standing.get((row["instrument"], row["margin_mode"]), {})
+        row["adl_rank"] = found.get("adl_rank")
+        row["adl_quantile"] = found.get("adl_quantile")
+
+
+def live_adl_standing(conn: sa.Connection, account_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``adl_standing`` at the head of the log. A rank moves with every mark and every other
+    account's position, so it is not projected: the account's shard is folded from its latest
+    snapshot (the cost of an as-of query at the head)."""
+    state = state_at(conn, shard_of(conn, account_id), log_head(conn))
+    return adl_standing(state, account_id)
+
+
 def _issued(call_id: str | None) -> int | None:
     # Call ids are MC-<position of the cause>[-n]: the decision itself follows its cause.
     if call_id is None:
@@ -280,11 +315,18 @@ def _shard_state(
 
 
 def account_as_of(
-    engine: sa.Engine, account_id: str, as_of: str | AsOf, *, use_snapshots: bool = True
+    engine: sa.Engine,
+    account_id: str,
+    as_of: str | AsOf,
+    *,
+    use_snapshots: bool = True,
+    with_adl: bool = False,
 ) -> dict[str, Any] | None:
     """The account's view (the shape of ``queries.account_view``) for one time-travel question;
     None when the account had no state then. ``as_of`` as ``--as-of`` takes it, or an ``AsOf``.
-    A system account lives in every shard: its view has each shard's balances and their total."""
+    A system account lives in every shard: its view has each shard's balances and their total.
+    ``with_adl``: each position with its ADL rank and quantile then (``adl_standing``), which the
+    projections do not hold."""
     question = as_of if isinstance(as_of, AsOf) else parse_as_of(as_of)
     with engine.connect() as conn:
         head = log_head(conn)
@@ -302,6 +344,8 @@ def account_as_of(
         else:
             state, position, said = _shard_state(conn, shard_of(conn, account_id), question, use_snapshots)
             view = account_view_of(state, account_id, position)
+            if view is not None and with_adl:
+                add_adl_standing(view, adl_standing(state, account_id))
     if view is not None and said is not None:
         view["as_of"] = said
     return view

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.adl_explain import AdlExplainError, explain_adl, render_adl
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
 from clearing.domain import fold, lifecycle, models
@@ -57,7 +58,10 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
     """The decision to explain and the later events of the same call or order."""
     types: tuple[str, ...]
     if decision_id.startswith("L-"):
-        types, field = (ev.LIQUIDATION_ORDER_ISSUED,), "liquidation_id"
+        # The order, then its cancellation by auto-deleveraging and its executions (a late one
+        # included: an execution is a fact, whatever the order's state).
+        types = (ev.LIQUIDATION_ORDER_ISSUED, ev.LIQUIDATION_ORDER_CANCELLED, ev.LIQUIDATION_FILL_RECORDED)
+        field = "liquidation_id"
     else:
         types, field = CALL_TYPES, "margin_call_id"
     rows = conn.execute(
@@ -541,19 +545,29 @@ def render(result: dict[str, Any]) -> str:
         else "THE RECOMPUTATION DOES NOT MATCH THE DECISION."
     )
     for later in result["later_events"]:
-        said = _present(later["payload"], ("level", "equity", "margin_ratio", "amount", "deficit"))
+        lp = later["payload"]
+        if later["type"] == ev.LIQUIDATION_ORDER_CANCELLED:
+            out.append(f"Later: cancelled at {later['position']} with {lp.get('remaining')} left: {lp.get('reason')}")
+            continue
+        if later["type"] == ev.LIQUIDATION_FILL_RECORDED:
+            out.append(
+                f"Later: executed at {later['position']}: {lp.get('side')} {lp.get('quantity')} at {lp.get('price')}"
+            )
+            continue
+        said = _present(lp, ("level", "equity", "margin_ratio", "amount", "deficit"))
         out.append(f"Later: {later['type']} at {later['position']}" + (f": {said}" if said else ""))
     return "\n".join(out)
 
 
 def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
+    is_adl = decision_id.startswith("ADL-")
     try:
-        result = explain(engine, decision_id)
-    except ExplainError as error:
+        result = explain_adl(engine, decision_id) if is_adl else explain(engine, decision_id)
+    except (ExplainError, AdlExplainError) as error:
         sys.stderr.write(f"{error}\n")
         return 1
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        sys.stdout.write(render(result) + "\n")
+        sys.stdout.write((render_adl(result) if is_adl else render(result)) + "\n")
     return 0 if result["matches_decision"] else 1

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from clearing.domain.fold import replay_event
 from clearing.domain.models import scope_risk
 from clearing.domain.numbers import to_wire
-from clearing.domain.state import LedgerState
+from clearing.domain.state import INSURANCE_FUND_ACCOUNT, LedgerState
 from clearing.store import queries
 
 POINTS_MAX = 2_000  # per drawn series; more points than pixels only slow the browser down
@@ -54,6 +54,7 @@ MARKER_COLOURS = {
     "LiquidationFillRecorded": "#8b0000",
     "AccountBankrupted": "#000000",
     "PositionAutoDeleveraged": "#6a3d9a",
+    "InsuranceFundDrawn": "#56b4e9",
 }
 SERIES_COLOURS = ("#0072b2", "#e69f00", "#cc0000", "#009e73", "#6a3d9a", "#56b4e9")
 
@@ -79,6 +80,17 @@ class MarkPoint:
     position: int
     occurred_at: datetime  # the fold's clock when it was applied (a mark applied late is stale: not drawn)
     price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class FundPoint:
+    position: int
+    occurred_at: datetime
+    balance: Decimal  # the insurance fund's, in the valuation asset
+
+
+# The waterfall's events charted on the insurance fund's balance (of any account of the shard).
+FUND_EVENT_TYPES = frozenset({"InsuranceFundDrawn", "PositionAutoDeleveraged"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,8 @@ class AccountTimeline:
     events_total: int = 0
     replayed: int = 0
     default_window: bool = False  # the period is the account's first to last event (none was given)
+    fund: list[FundPoint] = field(default_factory=list)
+    fund_events: list[LoggedEvent] = field(default_factory=list)  # draws and ADL steps, every account
 
 
 def parse_time(text: str) -> datetime:
@@ -171,7 +185,11 @@ def build_timeline(
             timeline.replayed += 1
             clock = occurred_at if clock is None or occurred_at > clock else clock
             in_window = (start is None or clock >= start) and (end is None or clock < end)
-            if event_stream == stream:
+            if in_window:
+                _follow_fund(timeline, state, position, clock, event_type, payload)
+            # An ADL step is logged on the counterparty's stream; it books the bankrupt account too.
+            own_adl = event_type == "PositionAutoDeleveraged" and payload.get("bankrupt_account_id") == account_id
+            if event_stream == stream or own_adl:
                 relevant = True
                 if event_type in TRADE_EVENT_TYPES:
                     instrument = str(payload.get("instrument"))
@@ -226,6 +244,24 @@ def build_timeline(
                     )
                 )
     return timeline
+
+
+def _follow_fund(
+    timeline: AccountTimeline,
+    state: LedgerState,
+    position: int,
+    occurred_at: datetime,
+    event_type: str,
+    payload: dict[str, Any],
+) -> None:
+    """The insurance fund's balance where it changed, and the draws and ADL steps (bounded as
+    the event rows are)."""
+    fund = state.accounts.get(INSURANCE_FUND_ACCOUNT)
+    balance = fund.balance(state.parameters.valuation_asset) if fund is not None else Decimal(0)
+    if not timeline.fund or timeline.fund[-1].balance != balance:
+        timeline.fund.append(FundPoint(position, occurred_at, balance))
+    if event_type in FUND_EVENT_TYPES and len(timeline.fund_events) < EVENT_ROWS_MAX:
+        timeline.fund_events.append(LoggedEvent(position, occurred_at, event_type, payload))
 
 
 def _record_option(
@@ -429,6 +465,12 @@ def _mark_series(symbol: str, points: list[MarkPoint], colour: str) -> Series:
     return Series(f"{symbol} mark", colour, [(_seconds(p.occurred_at), float(p.price)) for p in chosen])
 
 
+def _fund_series(points: list[FundPoint]) -> Series:
+    balances = [float(point.balance) for point in points]
+    chosen = [points[i] for i in downsample_indices(balances, POINTS_MAX)]
+    return Series("insurance fund", SERIES_COLOURS[3], [(_seconds(p.occurred_at), float(p.balance)) for p in chosen])
+
+
 def _markers(events: list[LoggedEvent]) -> list[VerticalMarker]:
     return [
         VerticalMarker(
@@ -499,6 +541,11 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             f"{sum(e.type in CALL_EVENT_TYPES for e in timeline.markers)} / "
             f"{sum(e.type in LIQUIDATION_EVENT_TYPES for e in timeline.markers)}",
         ),
+        (
+            "insurance fund draws / ADL steps in the shard",
+            f"{sum(e.type == 'InsuranceFundDrawn' for e in timeline.fund_events)} / "
+            f"{sum(e.type == 'PositionAutoDeleveraged' for e in timeline.fund_events)}",
+        ),
     ]
     if last is not None:
         summary_rows += [
@@ -526,6 +573,15 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             x_range=x_range,
         )
     ]
+    charts.append(
+        svg_chart(
+            "Insurance fund balance, with every draw and auto-deleveraging step",
+            [_fund_series(timeline.fund)],
+            _markers(timeline.fund_events),
+            height=220,
+            x_range=x_range,
+        )
+    )
     if timeline.option_positions:
         charts.append(
             svg_chart(

@@ -25,7 +25,8 @@ WITHDRAWALS = "withdrawals"
 ACCOUNT_UPDATES = "account-updates"  # CONTRACT v2
 DLQ = "dlq"
 CHECKPOINTS = "checkpoints"
-OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ, CHECKPOINTS)
+DELEVERAGING = "deleveraging"  # CONTRACT v2
+OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ, CHECKPOINTS, DELEVERAGING)
 
 # The largest request the outbox's producer sends (its ``max_request_size``): Kafka's default, which
 # a broker's default ``message.max.bytes`` (1 MiB + 12 bytes) accepts. The relay sends one message
@@ -62,7 +63,8 @@ _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.MARGIN_CALL_ESCALATED: (MARGIN_CALLS, "margin_call_escalated"),
     ev.MARGIN_CALL_RESOLVED: (MARGIN_CALLS, "margin_call_resolved"),
     ev.LIQUIDATION_ORDER_ISSUED: (LIQUIDATION_ORDERS, "liquidation_order"),
-    ev.POSITION_AUTO_DELEVERAGED: (LIQUIDATION_ORDERS, "auto_deleveraged"),
+    ev.LIQUIDATION_ORDER_CANCELLED: (LIQUIDATION_ORDERS, "liquidation_order_cancelled"),
+    ev.POSITION_AUTO_DELEVERAGED: (DELEVERAGING, "auto_deleveraged"),
     ev.ACCOUNT_BANKRUPTED: (MARGIN_CALLS, "account_bankrupted"),
 }
 PUBLISHED_DECISION_TYPES = frozenset(_MESSAGE_TYPES)  # decision events that go out on a topic

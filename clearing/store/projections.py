@@ -306,6 +306,18 @@ def _order_filled(
     )
 
 
+def _order_cancelled(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"UPDATE liquidations{suffix} SET status = 'cancelled', as_of_position = :position "
+            "WHERE liquidation_id = :id AND status = 'open'"
+        ),
+        {"id": payload["liquidation_id"], "position": position},
+    )
+
+
 def _row_of(position: int, payload: dict[str, Any]) -> dict[str, Any]:
     return {"position": position, "account_id": payload.get("account_id"), "scope": payload.get("scope")}
 
@@ -319,4 +331,5 @@ _DECISION_WRITERS: dict[str, _DecisionWriter] = {
     ev.ACCOUNT_BANKRUPTED: _call_changed,
     ev.LIQUIDATION_ORDER_ISSUED: _order_issued,
     ev.LIQUIDATION_FILL_RECORDED: _order_filled,
+    ev.LIQUIDATION_ORDER_CANCELLED: _order_cancelled,
 }
