@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Final, Literal, cast
 
 import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -79,11 +80,47 @@ def _utc_microseconds(value: datetime) -> datetime:
         raise ValueError("is outside the years 1 to 9999 once converted to UTC") from None
 
 
+# RFC 3339's date-time (section 5.6): a date, "T" (or a space, which its note allows), a time with
+# seconds and an optional fraction, and a zone: "Z" or an offset with a colon.
+_RFC3339_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+RFC3339_EXAMPLE: Final = "2026-11-23T12:00:00.123Z"
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only an RFC 3339 text with a zone may become an event time (CONTRACT.md). pydantic's lax
+    mode would also take a Unix epoch, as a number or as a string of digits, and a time without
+    seconds: a producer sending those would have them booked at a time nobody wrote down."""
+    if isinstance(value, str) and _RFC3339_TIME.fullmatch(value) is not None:
+        return value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, str):
+        shown = repr(value[:64])
+        number = value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    else:
+        shown = f"the JSON number {value}" if number else f"a JSON {_json_kind(value)}"
+    epoch = " (Unix epoch times are not accepted)" if number else ""
+    raise ValueError(f'must be an RFC 3339 time with a zone such as "{RFC3339_EXAMPLE}", not {shown}{epoch}')
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 Positive = Annotated[WireDecimal, AfterValidator(_positive)]
 NotNegative = Annotated[WireDecimal, AfterValidator(_not_negative)]
 NonZero = Annotated[WireDecimal, AfterValidator(_non_zero)]
 Identifier = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX)]
-EventTime = Annotated[AwareDatetime, AfterValidator(_utc_microseconds)]
+EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_utc_microseconds)]
 Side = Literal["buy", "sell"]
 MarginMode = Literal["cross", "isolated"]
 
