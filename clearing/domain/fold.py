@@ -22,6 +22,7 @@ from clearing.domain import lifecycle  # decisions, and what a liquidation fill 
 from clearing.domain.inputs import (
     Deposit,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -32,15 +33,17 @@ from clearing.domain.inputs import (
     Withdrawal,
 )
 from clearing.domain.messages import InputError
-from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit
+from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit, to_wire
 from clearing.domain.params import InstrumentSpec, load_parameters
 from clearing.domain.state import (
     FEE_ACCOUNT,
     FUNDING_POOL_ACCOUNT,
+    OPEN_FILLS_MAX,
     Account,
     InstrumentTerms,
     LedgerState,
     MarkState,
+    OpenFill,
     Position,
 )
 
@@ -73,6 +76,10 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                     f"{message.instrument} is a {spec.kind}; this ledger version books linear perpetuals "
                     "and futures only"
                 )
+            if isinstance(message, Fill):
+                check_counterpart(state, message)
+        case FillBust():
+            check_bust(state, message)
         case Deposit() | Withdrawal():
             _asset(state, message.asset, "asset")
         case IsolatedMarginTransfer():
@@ -126,6 +133,51 @@ def _asset(state: LedgerState, asset: str, field: str) -> None:
         )
 
 
+def check_counterpart(state: LedgerState, fill: Fill) -> None:
+    """A trade's second fill must be its first's other side (CONTRACT.md): the same instrument,
+    the opposite side, equal quantity and price. Booked otherwise, the books would not balance
+    and ``audit verify`` would fail for ever; dead-lettered, the exchange can send the right one.
+    Only a first fill this shard still keeps can be checked (``state.OPEN_FILLS_MAX``)."""
+    first = state.open_fills.get(fill.trade_id)
+    if first is None:
+        return
+    wrong = []
+    if fill.instrument != first.instrument:
+        wrong.append(f"instrument {fill.instrument} is not {first.instrument}")
+    if fill.side == first.side:
+        wrong.append(f"side {fill.side} is the first fill's side too (the two sides are a buy and a sell)")
+    if fill.quantity != first.quantity:
+        wrong.append(f"quantity {to_wire(fill.quantity)} is not {to_wire(first.quantity)}")
+    if fill.price != first.price:
+        wrong.append(f"price {to_wire(fill.price)} is not {to_wire(first.price)}")
+    if wrong:
+        raise InputError(
+            f"fill {fill.fill_id} is not the other side of trade {fill.trade_id}, whose first fill "
+            f"{first.fill_id} ({first.account_id} {first.side} {to_wire(first.quantity)} {first.instrument} @ "
+            f"{to_wire(first.price)}) is booked: " + "; ".join(wrong) + ". Send the trade's true second fill, "
+            "or bust the first one (fill_bust) if it was wrong"
+        )
+
+
+def check_bust(state: LedgerState, bust: FillBust) -> None:
+    """A bust reverses a fill booked on this shard, of the account it names, once."""
+    fill = bust.fill
+    if fill is None:
+        raise InputError(
+            f"fill_bust {bust.bust_id}: no fill {bust.fill_id!r} is booked for account {bust.account_id} "
+            "(an unknown fill id, or a liquidation fill, which a bust cannot reverse)"
+        )
+    if fill.account_id != bust.account_id:
+        raise InputError(
+            f"fill_bust {bust.bust_id}: fill {fill.fill_id} was booked for account {fill.account_id}, "
+            f"not {bust.account_id}; send the bust with the fill's account"
+        )
+    earlier = state.busted_fills.get(fill.fill_id)
+    if earlier is not None:
+        raise InputError(f"fill_bust {bust.bust_id}: fill {fill.fill_id} was already busted by {earlier}")
+    _instrument(state, fill.instrument)  # the parameters in force must still list it to book it
+
+
 def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())[:500]
 
@@ -154,6 +206,7 @@ def _apply(state: LedgerState, event_type: str, message: InputMessage | None, pa
 
 
 def _apply_fill(state: LedgerState, fill: Fill) -> None:
+    _pair(state, fill)
     spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
@@ -165,6 +218,41 @@ def _apply_fill(state: LedgerState, fill: Fill) -> None:
         account.debit(asset, fill.fee)
         state.account(FEE_ACCOUNT).credit(asset, fill.fee)
         state.touched.add(FEE_ACCOUNT)
+
+
+def _pair(state: LedgerState, fill: Fill) -> None:
+    """Keep a trade's first fill until its second comes (``check_counterpart``), then forget it."""
+    open_fills = state.open_fills
+    if open_fills.pop(fill.trade_id, None) is None:
+        open_fills[fill.trade_id] = OpenFill(
+            fill.fill_id, fill.account_id, fill.instrument, fill.side, fill.quantity, fill.price
+        )
+        if len(open_fills) > OPEN_FILLS_MAX:
+            open_fills.popitem(last=False)
+
+
+def _apply_fill_bust(state: LedgerState, bust: FillBust) -> None:
+    """Reverse the busted fill: the opposite quantity booked at the same price on the same
+    position, and its fee handed back from the fee account. A fill and its bust move (balance -
+    cost) by q x p and then -q x p, so conservation holds through the pair, and a trade whose two
+    fills are both busted leaves the books as they were before it."""
+    fill = bust.fill
+    if fill is None:  # admitted busts carry their fill (``check_bust``)
+        raise InputError(f"fill_bust {bust.bust_id} carries no booked fill")
+    spec = state.terms().instruments[fill.instrument]
+    account = state.account(fill.account_id)
+    quantity = -fill.quantity if fill.side == "buy" else fill.quantity
+    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    if fill.fee != ZERO:
+        asset = fill.fee_asset or spec.settlement_asset
+        account.credit(asset, fill.fee)
+        state.account(FEE_ACCOUNT).debit(asset, fill.fee)
+        state.touched.add(FEE_ACCOUNT)
+    # A busted first fill no longer waits for its other side.
+    first = state.open_fills.get(fill.trade_id)
+    if first is not None and first.fill_id == fill.fill_id:
+        del state.open_fills[fill.trade_id]
+    state.busted_fills[fill.fill_id] = bust.bust_id
 
 
 def trade(
@@ -325,6 +413,7 @@ _APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
     Settlement: _apply_settlement,
     LiquidationFill: _apply_liquidation_fill,
     RiskParametersMessage: _apply_parameters,
+    FillBust: _apply_fill_bust,
 }
 
 

@@ -31,6 +31,7 @@ from pydantic import (
 from clearing.domain.inputs import (
     Deposit,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -46,6 +47,7 @@ from clearing.domain.numbers import WIRE_FRACTION_DIGITS_MAX, WIRE_INTEGER_DIGIT
 from clearing.domain.params import IDENTIFIER_CHARS_MAX, WireDecimal
 
 MESSAGE_BYTES_MAX = 64 * 1024
+BUST_REASON_CHARS_MAX = 1_000  # a sentence or two for the people who read the log
 ADMIN_MESSAGE_BYTES_MAX = 1024 * 1024
 
 
@@ -208,6 +210,15 @@ class LiquidationFillSchema(Schema):
     occurred_at: EventTime
 
 
+class FillBustSchema(Schema):
+    type: Literal["fill_bust"]
+    bust_id: Identifier
+    fill_id: Identifier
+    account_id: Identifier
+    reason: Annotated[str, Field(min_length=1, max_length=BUST_REASON_CHARS_MAX)]
+    occurred_at: EventTime
+
+
 class RiskParametersSchema(Schema):
     type: Literal["risk_parameters"]
     parameters: dict[str, Any]
@@ -224,6 +235,7 @@ SCHEMAS: dict[type[Message], type[Schema]] = {
     Settlement: SettlementSchema,
     LiquidationFill: LiquidationFillSchema,
     RiskParametersMessage: RiskParametersSchema,
+    FillBust: FillBustSchema,
 }
 def _built(model: type[Message], values: dict[str, Any]) -> InputMessage:
     """The message of ``model`` with the valid ``values`` of its fields (``type`` among them: the
@@ -240,7 +252,7 @@ def validated(model: type[Message], data: dict[str, Any]) -> InputMessage:
 
 # Which message types each input topic carries (topic names without the prefix).
 TOPIC_TYPES: dict[str, dict[str, type[Message]]] = {
-    "fills": {"fill": Fill},
+    "fills": {"fill": Fill, "fill_bust": FillBust},
     "transfers": {"deposit": Deposit, "withdrawal": Withdrawal, "isolated_margin": IsolatedMarginTransfer},
     "marks": {"mark": Mark, "funding": Funding, "settlement": Settlement},
     "liquidations": {"liquidation_fill": LiquidationFill},
