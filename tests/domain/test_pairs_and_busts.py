@@ -222,7 +222,7 @@ def test_a_logged_bust_reads_back_as_the_same_message_both_ways() -> None:
     book = BustingBook()
     book.feed(leg("T1", "A", "buy", "1", "100"))
     book.feed(bust("B-1", "T1-A-buy", "A"))
-    logged = book.log[-1] if book.log[-1].type == ev.FILL_BUSTED else next(e for e in book.log if e.type == ev.FILL_BUSTED)
+    (logged,) = [e for e in book.log if e.type == ev.FILL_BUSTED]
     assert logged.payload["fill"]["fill_id"] == "T1-A-buy"
     assert logged.idempotency_key == "s0/fill_bust/B-1"
     trusted = ev.trusted_message(logged.type, logged.payload)
