@@ -36,7 +36,6 @@ counterparts    every trade id has exactly two fills with opposite sides, the sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -409,11 +408,20 @@ def _open_breaks_listed(engine: sa.Engine, replay: LogReplay, breaks: list[OpenB
     for item in breaks:
         occurred_at, account_id = logged.get(item.position, (None, None))
         account = item.account_id or account_id or ""
-        shown = dataclasses.replace(item, account_id=account)
+        shown = OpenBreak(
+            item.position, item.kind, item.trade_id, account, item.instrument, item.side, item.quantity, item.price
+        )
         age = None if occurred_at is None or latest is None else max((latest - occurred_at).total_seconds(), 0.0)
         listed.append(
             {
-                **dataclasses.asdict(shown),
+                "position": shown.position,
+                "kind": shown.kind,
+                "trade_id": shown.trade_id,
+                "account_id": shown.account_id,
+                "instrument": shown.instrument,
+                "side": shown.side,
+                "quantity": shown.quantity,
+                "price": shown.price,
                 "occurred_at": None if occurred_at is None else occurred_at.isoformat(),
                 "age_seconds": age,
                 "problem": shown.describe(),

@@ -398,13 +398,13 @@ class FillBust(Message):
 
     def wire(self) -> dict[str, Any]:
         """The message's fields, and the busted fill's wire form under ``"fill"`` once attached."""
-        out = Message.wire(self)
+        out = super().wire()
         if self.fill is not None:
             out["fill"] = self.fill.wire()
         return out
 
     def values(self) -> tuple[Any, ...]:
-        return (*Message.values(self), self.fill)
+        return (*super().values(), self.fill)
 
 
 def fill_bust_from_wire(payload: dict[str, Any]) -> FillBust:
