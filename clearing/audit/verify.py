@@ -519,6 +519,8 @@ def run_verify(engine: sa.Engine, as_json: bool, *, jobs: int = 1) -> int:
             line = f"{mark} {check.name}"
             if not check.ok:
                 line += f" (first bad position {check.first_bad_position}): {check.problem}"
+            elif check.details.get("open_breaks"):
+                line += f" ({check.details['open_breaks']} open breaks, below)"
             lines.append(line)
             if check.name == "projections":
                 for table, detail in check.details.items():

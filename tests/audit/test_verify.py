@@ -111,7 +111,11 @@ def test_a_changed_engine_is_caught_by_replay_determinism(market_url: str, owner
     assert "differs" in (problem or "")
 
 
-def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
+def test_a_fill_without_counterpart_is_reported(
+    market_url: str,  # noqa: F811
+    owner: sa.Engine,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # One side of a trade arrives and its other side never does.
     from clearing.engine.ledger import Ledger, RawRecord
     from clearing.store.db import make_engine
@@ -147,6 +151,14 @@ def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engin
     assert "no counterpart" in listed["problem"]
     assert listed["age_seconds"] is not None and listed["age_seconds"] >= 0
     assert found["conservation"].details["open_breaks_amount"] == {"USDT": "-50"}
+    # The plain report says so, with what to do, and exits 0.
+    from clearing.audit.verify import run_verify
+
+    assert run_verify(owner, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert f"open break: trade T-LONELY: the fill at {position} (ACC-00001 buy 0.001 BTCUSDT @ 50000)" in out
+    assert "bust it, or send its other side" in out and "verified: every check holds" in out
+    assert "ok   counterparts (1 open breaks, below)" in out
 
 
 def test_a_busted_lone_fill_is_no_longer_an_open_break(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
