@@ -370,7 +370,7 @@ def counterparts_check(engine: sa.Engine, replay: LogReplay) -> Check:
     details: dict[str, Any] = {
         "trades": replay.trades,
         "liquidation_fills": len(replay.liquidation_fills),
-        "busts": len(replay.busts),
+        "busts": _busts_logged(engine),
         "problems": len(findings),
         "samples": [f.problem for f in findings[1:5]],
         "open_breaks": len(breaks),
@@ -384,6 +384,11 @@ def counterparts_check(engine: sa.Engine, replay: LogReplay) -> Check:
         findings[0].problem if findings else None,
         details,
     )
+
+
+def _busts_logged(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM events WHERE type = 'FillBusted'")).scalar_one())
 
 
 OPEN_BREAKS_LISTED_MAX = 100  # open breaks listed one by one in the report (all are counted)

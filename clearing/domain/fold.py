@@ -151,11 +151,16 @@ def check_counterpart(state: LedgerState, fill: Fill) -> None:
     if fill.price != first.price:
         wrong.append(f"price {to_wire(fill.price)} is not {to_wire(first.price)}")
     if wrong:
+        terms = f"{first.side} {to_wire(first.quantity)} {first.instrument} @ {to_wire(first.price)}"
+        booked = (
+            f"first fill {first.fill_id} ({first.account_id} {terms})"
+            if first.fill_id
+            else f"standing fill ({terms}, the other side of a busted fill)"
+        )
         raise InputError(
-            f"fill {fill.fill_id} is not the other side of trade {fill.trade_id}, whose first fill "
-            f"{first.fill_id} ({first.account_id} {first.side} {to_wire(first.quantity)} {first.instrument} @ "
-            f"{to_wire(first.price)}) is booked: " + "; ".join(wrong) + ". Send the trade's true second fill, "
-            "or bust the first one (fill_bust) if it was wrong"
+            f"fill {fill.fill_id} is not the other side of trade {fill.trade_id}, whose {booked} is booked: "
+            + "; ".join(wrong)
+            + ". Send the trade's true second fill, or bust the first one (fill_bust) if it was wrong"
         )
 
 
@@ -234,8 +239,10 @@ def _pair(state: LedgerState, fill: Fill) -> None:
 def _apply_fill_bust(state: LedgerState, bust: FillBust) -> None:
     """Reverse the busted fill: the opposite quantity booked at the same price on the same
     position, and its fee handed back from the fee account. A fill and its bust move (balance -
-    cost) by q x p and then -q x p, so conservation holds through the pair, and a trade whose two
-    fills are both busted leaves the books as they were before it."""
+    cost) by q x p and then -q x p, so conservation holds through the pair. A trade whose two
+    fills are both busted leaves each account's equity at any mark as it was without the trade,
+    and its books exactly as before when the trade's fills were all its positions held (on a
+    larger position the opposite booking realises against the average cost)."""
     fill = bust.fill
     if fill is None:  # admitted busts carry their fill (``check_bust``)
         raise InputError(f"fill_bust {bust.bust_id} carries no booked fill")
@@ -248,11 +255,29 @@ def _apply_fill_bust(state: LedgerState, bust: FillBust) -> None:
         account.credit(asset, fill.fee)
         state.account(FEE_ACCOUNT).debit(asset, fill.fee)
         state.touched.add(FEE_ACCOUNT)
-    # A busted first fill no longer waits for its other side.
-    first = state.open_fills.get(fill.trade_id)
-    if first is not None and first.fill_id == fill.fill_id:
-        del state.open_fills[fill.trade_id]
+    _unpair(state, fill)
     state.busted_fills[fill.fill_id] = bust.bust_id
+
+
+def _unpair(state: LedgerState, fill: Fill) -> None:
+    """A busted fill leaves its trade. Waiting for its other side, it is forgotten. Otherwise its
+    trade was paired here (or its first fill pushed out): the other side stands, and waits again,
+    known by the busted fill's terms flipped, so that a correction sent under the same trade id
+    is checked as a second fill. (Of a fill pushed out, this shard cannot tell: then a correction
+    with other terms is checked against the busted fill's, the rare case of a shard past
+    OPEN_FILLS_MAX open trades.)"""
+    open_fills = state.open_fills
+    first = open_fills.get(fill.trade_id)
+    if first is not None:
+        # The busted fill itself, or the standing side that an earlier bust of the trade left.
+        standing = first.fill_id == "" and first[2:] == (fill.instrument, fill.side, fill.quantity, fill.price)
+        if first.fill_id == fill.fill_id or standing:
+            del open_fills[fill.trade_id]
+        return
+    other = "sell" if fill.side == "buy" else "buy"
+    open_fills[fill.trade_id] = OpenFill("", "", fill.instrument, other, fill.quantity, fill.price)
+    if len(open_fills) > OPEN_FILLS_MAX:
+        open_fills.popitem(last=False)
 
 
 def trade(

@@ -205,11 +205,12 @@ class LogReplay:
         # Trades not settled (see ``_fill``): one fill so far, two that are not counterparts, more.
         self.fills: dict[str, list[tuple[int, str, str, str, str, str]]] = {}
         # Trades settled: two fills found counterparts, by the positions of the two (the buy's
-        # first: a bust of one of them says which stands alone, ``resolve_busts``).
+        # first: a bust of one of them says which stands alone, ``_take_out``).
         self.trades_settled: dict[str, tuple[int, int]] = {}
-        # Busts, in log order: (position, trade id, and the busted fill's account, instrument,
-        # side, quantity and price as logged). Matched with their fills once the log is read
-        # (``resolve_busts``): in a parallel replay a bust and its fill may be in two runs.
+        # Busts whose fill this replay had not seen, in log order: (position, trade id, and the
+        # busted fill's account, instrument, side, quantity and price as logged). Matched with
+        # their fills once the log is read (``resolve_busts``): in a parallel replay a bust and
+        # its fill may be in two runs.
         self.busts: list[tuple[int, str, str, str, str, str, str]] = []
         self._busts_resolved = False
         # What unmatched fills put the books out by at the head, per asset (``open_fills_imbalance``).
@@ -460,40 +461,52 @@ class LogReplay:
 
     def _bust(self, position: int, payload: dict[str, Any]) -> None:
         """Book a bust for the counterpart check: its reversal is the opposite of the busted fill,
-        so it matches that fill in ``unmatched``, and the fill leaves its trade
-        (``resolve_busts``)."""
+        so it matches that fill in ``unmatched``, and the fill leaves its trade at once (so that a
+        correction sent under the same trade id pairs with the fill that stands), or, when this
+        replay has not seen the fill (a parallel run that starts after it), once the runs are
+        merged (``resolve_busts``)."""
         fill = payload["fill"]
         side, quantity, price = fill["side"], fill["quantity"], fill["price"]
         key = (fill["instrument"], quantity, price)
         count = self.unmatched.pop(key, 0) + (-1 if side == "buy" else 1)
         if count:
             self.unmatched[key] = count
-        self.busts.append((position, fill["trade_id"], fill["account_id"], fill["instrument"], side, quantity, price))
+        bust = (position, fill["trade_id"], fill["account_id"], fill["instrument"], side, quantity, price)
+        if not self._take_out(bust):
+            self.busts.append(bust)
 
     def resolve_busts(self) -> None:
-        """Take every busted fill out of its trade (once, after the whole log is read): a trade
-        whose fills are all busted is gone; a settled trade with one fill busted has its other
-        fill alone again (known by position: its account is not kept for settled trades)."""
+        """Take the busted fills that ``_bust`` could not find out of their trades (once, after the
+        whole log is read)."""
         if self._busts_resolved:
             return
         self._busts_resolved = True
-        for position, trade_id, account_id, instrument, side, quantity, price in sorted(self.busts):
-            busted = (0, account_id, instrument, side, quantity, price)
-            trade = self.fills.get(trade_id)
-            if trade is not None:
-                for index, entry in enumerate(trade):
-                    # An account of "" is a fill known by its position only (``_position_only``).
-                    same_account = entry[1] in (account_id, "")
-                    if entry[0] < position and same_account and _counterparts(entry, _flipped(busted)):
-                        del trade[index]
-                        break
-                if not trade:
-                    del self.fills[trade_id]
-                continue
-            settled = self.trades_settled.pop(trade_id, None)
-            if settled is not None:
-                stands = settled[1] if side == "buy" else settled[0]
-                self.fills[trade_id] = [(stands, "", instrument, _OPPOSITE[side], quantity, price)]
+        for bust in sorted(self.busts):
+            self._take_out(bust)
+
+    def _take_out(self, bust: tuple[int, str, str, str, str, str, str]) -> bool:
+        """Take a busted fill out of its trade; False when this replay has not seen it. A trade
+        whose fills are all busted is gone; a settled trade with one fill busted has its other
+        fill alone again (known by position: its account is not kept for settled trades)."""
+        position, trade_id, account_id, instrument, side, quantity, price = bust
+        flipped = (0, account_id, instrument, _OPPOSITE[side], quantity, price)
+        trade = self.fills.get(trade_id)
+        if trade is not None:
+            for index, entry in enumerate(trade):
+                # An account of "" is a fill known by its position only (``_position_only``).
+                same_account = entry[1] in (account_id, "")
+                if entry[0] < position and same_account and _counterparts(entry, flipped):
+                    del trade[index]
+                    if not trade:
+                        del self.fills[trade_id]
+                    return True
+            return False
+        settled = self.trades_settled.pop(trade_id, None)
+        if settled is None:
+            return False
+        stands = settled[1] if side == "buy" else settled[0]
+        self.fills[trade_id] = [(stands, "", instrument, _OPPOSITE[side], quantity, price)]
+        return True
 
     def _conservation(self, position: int) -> None:
         totals: dict[str, Decimal] = {}
@@ -631,11 +644,6 @@ def _less(first: dict[str, Decimal], second: dict[str, Decimal]) -> dict[str, De
     """``first`` - ``second`` per asset, the zeros left out."""
     out = {asset: first.get(asset, ZERO) - second.get(asset, ZERO) for asset in sorted({*first, *second})}
     return {asset: amount for asset, amount in out.items() if amount != ZERO}
-
-
-def _flipped(entry: tuple[int, str, str, str, str, str]) -> tuple[int, str, str, str, str, str]:
-    """The entry with the other side: what a fill's counterpart looks like."""
-    return (entry[0], entry[1], entry[2], _OPPOSITE[entry[3]], entry[4], entry[5])
 
 
 def _position_only(position: int) -> tuple[int, str, str, str, str, str]:

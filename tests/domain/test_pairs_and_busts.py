@@ -179,6 +179,30 @@ def test_a_bust_on_a_larger_position_keeps_the_equity_at_any_mark() -> None:
         assert equity(with_bust) == equity(without)
 
 
+def test_a_correction_under_the_same_trade_id_is_checked_against_the_fill_that_stands() -> None:
+    # The exchange busts a paired trade's wrong second fill and sends the right one under the
+    # same trade id: the first fill waits again, known by the busted fill's terms flipped.
+    book = BustingBook()
+    book.feed(leg("T1", "A", "buy", "1", "100"))
+    book.feed(leg("T1", "B", "sell", "1", "100"))
+    book.feed(bust("B-1", "T1-B-sell", "B"))
+    assert book.state.open_fills["T1"][2:] == ("BTCUSDT", "buy", D(1), D(100))
+    with pytest.raises(InputError) as raised:
+        book.feed(leg("T1", "C", "sell", "2", "100", fill_id="T1-C-wrong"))
+    assert "standing fill (buy 1 BTCUSDT @ 100, the other side of a busted fill)" in str(raised.value)
+    book.feed(leg("T1", "C", "sell", "1", "100"))
+    assert book.state.open_fills == {} and conservation(book.state) == {}
+
+
+def test_busting_both_sides_of_a_paired_trade_leaves_nothing_waiting() -> None:
+    book = BustingBook()
+    book.feed(leg("T1", "A", "buy", "1", "100"))
+    book.feed(leg("T1", "B", "sell", "1", "100"))
+    book.feed(bust("B-1", "T1-B-sell", "B"))
+    book.feed(bust("B-2", "T1-A-buy", "A"))
+    assert book.state.open_fills == {} and conservation(book.state) == {}
+
+
 @pytest.mark.parametrize(
     ("prepare", "the_bust", "words"),
     [
