@@ -628,7 +628,9 @@ def open_fills_imbalance(unmatched: dict[tuple[str, str, str], int], state: Ledg
     a fill of signed quantity q at price p moves an account's balance less its cost by
     -q x p x contract size, which its counterpart's booking cancels. ``unmatched``:
     ``LogReplay.unmatched`` (a signed count per instrument, quantity and price). An instrument
-    the parameters in force no longer list is left out (its imbalance stays unexplained)."""
+    the parameters in force no longer list is left out, and a dated future settled since an
+    unmatched fill closed that side at the settlement price, not at the fill's: either imbalance
+    stays unexplained, and the conservation check fails on it."""
     out: dict[str, Decimal] = {}
     for (instrument, quantity, price), count in unmatched.items():
         spec = state.parameters.instruments_by_symbol.get(instrument)
