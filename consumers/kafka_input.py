@@ -23,7 +23,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
-from clearing.engine.outputs import OUTPUT_TOPICS
+from clearing.engine.outputs import CHECKPOINTS, OUTPUT_TOPICS
 from clearing.engine.records import RawRecord, merge_key
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,11 @@ def ensure_topics(bootstrap: str, prefix: str) -> None:
             partitions = BROADCAST_TOPIC_PARTITIONS if kind in BROADCAST_TOPICS else ACCOUNT_TOPIC_PARTITIONS
             if kind in OUTPUT_TOPICS:
                 partitions = OUTPUT_TOPIC_PARTITIONS
+            if kind == CHECKPOINTS:
+                # One partition (every shard's checkpoints in one order, read in one go by audit
+                # verify), kept for ever: a checkpoint is evidence as long as the log it anchors.
+                wanted.append(NewTopic(name, 1, 1, topic_configs={"retention.ms": "-1"}))
+                continue
             wanted.append(NewTopic(name, partitions, 1))
         for topic in wanted:
             with contextlib.suppress(TopicAlreadyExistsError):

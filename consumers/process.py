@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clearing.embedded import Services
+from clearing.engine.checkpoints import signer_from
 from clearing.engine.ledger import BatchResult, Ledger
 from clearing.engine.metrics import LedgerMetrics
 from clearing.engine.outbox import OutboxRelay
@@ -43,12 +44,14 @@ def run_ledger(
         source = InputProcess(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
         try:
             ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
+            ledger.checkpoints.signer = signer_from(settings)
             replayed = ledger.load(progress=load_progress)
             logger.info("shard %s: state loaded from %s events", shard, replayed)
             if on_loaded is not None:
                 on_loaded(replayed)
             relay = OutboxRelay(engine, services.kafka_bootstrap)
             metrics = LedgerMetrics(shard)
+            metrics.watch_outbox(lambda: relay.backlog)
             if metrics_port is not None:
                 metrics.serve(metrics_port, metrics_host)
         except BaseException:

@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from clearing.audit.asof import account_as_of
 from clearing.domain.inputs import format_time
+from clearing.engine.outbox import read_backlog
 from clearing.store import queries
 
 LIST_LIMIT_DEFAULT = 100
@@ -199,9 +200,10 @@ def list_dead_letters(conn: Conn, limit: Limit = LIST_LIMIT_DEFAULT,
     return _page(items, limit, lambda row: row["id"])
 
 
-@router.get("/audit/status", summary="Log head, event and dead-letter counts, outbox backlog")
+@router.get("/audit/status", summary="Log head, event and dead-letter counts, outbox backlog and its oldest row")
 def audit_status(conn: Conn) -> dict[str, Any]:
-    return queries.log_status(conn)
+    # outbox_oldest_unpublished_at / _age_s: how long the oldest decision has waited for the broker.
+    return {**queries.log_status(conn), **read_backlog(conn).as_dict()}
 
 
 @router.get(

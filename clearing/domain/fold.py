@@ -34,7 +34,7 @@ from clearing.domain.inputs import (
 )
 from clearing.domain.messages import InputError
 from clearing.domain.numbers import ZERO, divide, exact, parse_decimal, round_credit, to_wire
-from clearing.domain.params import InstrumentSpec, load_parameters
+from clearing.domain.params import BOOKED_KINDS, InstrumentSpec, load_parameters
 from clearing.domain.state import (
     FEE_ACCOUNT,
     FUNDING_POOL_ACCOUNT,
@@ -71,7 +71,7 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 lifecycle.check_liquidation_fill(state, message)
             if isinstance(message, Fill) and message.fee_asset is not None:
                 _asset(state, message.fee_asset, "fee_asset")
-            if spec.kind not in ("perpetual", "future"):
+            if spec.kind not in BOOKED_KINDS:
                 raise InputError(
                     f"{message.instrument} is a {spec.kind}; this ledger version books linear perpetuals "
                     "and futures only"
@@ -83,7 +83,12 @@ def admit(state: LedgerState, message: InputMessage) -> None:
         case Deposit() | Withdrawal():
             _asset(state, message.asset, "asset")
         case IsolatedMarginTransfer():
-            _instrument(state, message.instrument)
+            spec = _instrument(state, message.instrument)
+            if spec.kind not in BOOKED_KINDS:  # options are held in cross margin only (CONTRACT v2)
+                raise InputError(
+                    f"isolated margin applies to positions this ledger version books; {message.instrument} is a "
+                    f"{spec.kind}"
+                )
         case Mark():
             if not params.knows_symbol(message.symbol):
                 raise UnknownSymbol(

@@ -57,6 +57,9 @@ MONEY_QUANTUM: Final = Decimal("0.00000001")
 # Ratios and averaged prices shown to people: 1e-10 is far below any tick size we meet.
 RATIO_QUANTUM: Final = Decimal("0.0000000001")
 PRICE_QUANTUM: Final = Decimal("0.0000000001")
+# Model figures on the wire (model_price, volatility, multipliers, scenario pnl): CONTRACT v2 asks
+# for at least 12 decimal places.
+MODEL_QUANTUM: Final = Decimal("0.000000000001")
 
 _WIRE_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
@@ -149,6 +152,13 @@ def round_ratio(value: Decimal) -> Decimal:
 def round_display_price(value: Decimal) -> Decimal:
     """Averaged prices (entry price) are shown, never booked: half-even to 1e-10."""
     return value.quantize(PRICE_QUANTUM, ROUND_HALF_EVEN, LEDGER_CONTEXT)
+
+
+def round_model_value(value: Decimal) -> Decimal:
+    """Model figures shown on the wire (Black-76 ``model_price``, volatilities, margin
+    multipliers, scenario P&L) are estimates, not amounts owed: half-even to 1e-12 (CONTRACT v2),
+    no side favoured."""
+    return value.quantize(MODEL_QUANTUM, ROUND_HALF_EVEN, LEDGER_CONTEXT)
 
 
 def round_bankruptcy_price(value: Decimal, *, long: bool) -> Decimal:

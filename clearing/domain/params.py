@@ -3,18 +3,36 @@
 A document is in force from its place in the log until the next one; the bundled defaults are in
 force before the first ``risk_parameters`` event. Tier tables are compiled once per document,
 with the maintenance and initial amounts that make each requirement continuous across tiers.
+
+Contract v2 adds, all optional, so that every v1 document reads (and is written back by
+``document``) exactly as before: an instrument's ``underlying``, options (``kind: option`` with
+``option_type``, ``strike``, ``expiry``, no tiers), and the blocks ``interest_rate``,
+``option_margin``, ``portfolio_margin``, ``dynamic_margin`` and ``adl``.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
 from clearing.domain.numbers import ONE, ZERO, parse_decimal
 
@@ -25,15 +43,66 @@ def _wire(value: object, info: ValidationInfo) -> Decimal:
     return parse_decimal(value, info.field_name or "value")
 
 
+def _zoned_time(value: object, info: ValidationInfo) -> datetime:
+    field = info.field_name or "time"
+    if isinstance(value, datetime):
+        found = value
+    elif isinstance(value, str):
+        try:
+            found = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f'{field} must be an RFC 3339 time such as "2027-03-26T08:00:00Z", got {value!r}'
+            ) from None
+    else:
+        raise ValueError(f'{field} must be an RFC 3339 time string such as "2027-03-26T08:00:00Z", got {value!r}')
+    if found.tzinfo is None:
+        raise ValueError(f'{field} needs a zone ("Z" or an offset such as "+00:00"): {value!r} has none')
+    try:
+        return found.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{field} is outside the years 1 to 9999 once converted to UTC") from None
+
+
+def _spell_time(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z, fractions of a second only when there are any."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 WireDecimal = Annotated[Decimal, BeforeValidator(_wire)]
 Identifier = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX)]
+ZonedTime = Annotated[datetime, BeforeValidator(_zoned_time), PlainSerializer(_spell_time)]
 InstrumentKind = Literal["perpetual", "future", "option", "spot"]
+OptionType = Literal["call", "put"]
+# The kinds whose fills this ledger version books (``fold.admit`` refuses the others with a
+# reason; a test holds the two in step). ``booking_report`` tells an operator before applying.
+BOOKED_KINDS: Final = ("perpetual", "future")
+
+# Limits of the v2 blocks (CONTRACT v2): beyond them a grid or a sampler would be absurd or slow.
+PRICE_STEPS_MAX: Final = 50  # portfolio grid: 2 x 50 + 1 = 101 moves x 3 volatility cells
+EXTREME_MOVES_MAX: Final = 10
+VOL_REFERENCE_DAYS_MAX: Final = Decimal(3650)
+SAMPLE_SECONDS_MIN: Final = 60  # dynamic margin appends a decision per sample
+SAMPLE_SECONDS_MAX: Final = 31 * 24 * 3600
 
 
 class _Document(BaseModel):
     # Later contract versions add fields (options, futures, portfolio margin): keep them, so a
     # document read back from the log is the document that was applied.
     model_config = ConfigDict(frozen=True, extra="allow")
+
+    # Fields a later contract version added with a default: written back by ``document`` only
+    # when the document gave them, so that a v1 document is spelled (and hashed, and snapshotted)
+    # exactly as v1 spelled it.
+    OMITTED_UNLESS_GIVEN: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.OMITTED_UNLESS_GIVEN and isinstance(data, dict):
+            for name in self.OMITTED_UNLESS_GIVEN - self.model_fields_set:
+                data.pop(name, None)
+        return data
 
 
 class Tier(_Document):
@@ -51,16 +120,42 @@ class Tier(_Document):
 
 
 class InstrumentSpec(_Document):
+    """One instrument. Linear kinds carry tiers (a dated future may also name its ``expiry``);
+    an option carries ``underlying``, ``option_type``, ``strike`` and ``expiry`` instead
+    (CONTRACT v2), and is margined by the ``option_margin`` rates of its underlying."""
+
+    OMITTED_UNLESS_GIVEN: ClassVar[frozenset[str]] = frozenset(
+        {"tiers", "underlying", "option_type", "strike", "expiry"}
+    )
+
     symbol: Identifier
     kind: InstrumentKind
     settlement_asset: Identifier
     contract_size: WireDecimal = Decimal(1)
-    tiers: tuple[Tier, ...] = Field(min_length=1)
+    tiers: tuple[Tier, ...] = ()
+    underlying: Identifier | None = None
+    option_type: OptionType | None = None
+    strike: WireDecimal | None = None
+    expiry: ZonedTime | None = None
 
     @model_validator(mode="after")
-    def _tiers_ascend(self) -> InstrumentSpec:
+    def _fields_of_its_kind(self) -> InstrumentSpec:
         if self.contract_size <= 0:
             raise ValueError(f"{self.symbol}: contract_size must be positive")
+        if self.kind == "option":
+            return self._option_fields()
+        # A dated future may name its expiry (the ledger settles it by its settlement message).
+        option_only = ("option_type", "strike") if self.kind == "future" else ("option_type", "strike", "expiry")
+        given = [name for name in option_only if getattr(self, name) is not None]
+        if given:
+            verb = "is" if len(given) == 1 else "are"
+            raise ValueError(
+                f"{self.symbol}: {', '.join(given)} {verb} for options only; this instrument is a {self.kind}"
+            )
+        if not self.tiers:
+            raise ValueError(
+                f"{self.symbol}: a {self.kind} needs tiers (at least one, the last with notional_cap null)"
+            )
         caps = [tier.notional_cap for tier in self.tiers]
         if caps[-1] is not None:
             raise ValueError(f"{self.symbol}: the last tier must have notional_cap null")
@@ -68,6 +163,30 @@ class InstrumentSpec(_Document):
         if len(bounded) != len(caps) - 1 or bounded != sorted(set(bounded)):
             raise ValueError(f"{self.symbol}: tier caps must be strictly ascending, only the last null")
         return self
+
+    def _option_fields(self) -> InstrumentSpec:
+        missing = [name for name in ("underlying", "option_type", "strike", "expiry") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"{self.symbol}: an option needs {', '.join(missing)} (underlying: the symbol whose mark is F; "
+                'option_type: "call" or "put"; strike: a decimal string; expiry: an RFC 3339 time with a zone)'
+            )
+        if self.strike is not None and self.strike <= 0:
+            raise ValueError(f"{self.symbol}: strike must be positive, got {self.strike}")
+        if self.underlying == self.symbol:
+            raise ValueError(f"{self.symbol}: an option's underlying must be another symbol, not the option itself")
+        if self.tiers:
+            raise ValueError(
+                f"{self.symbol}: options take no tiers; they are margined by the option_margin rates of their "
+                "underlying"
+            )
+        return self
+
+    @property
+    def underlying_symbol(self) -> str:
+        """The symbol whose mark moves this instrument: ``underlying``, or the instrument itself
+        when the document names none (CONTRACT v2)."""
+        return self.underlying if self.underlying is not None else self.symbol
 
     @cached_property
     def tier_table(self) -> tuple[CompiledTier, ...]:
@@ -190,13 +309,122 @@ class LiquidationPolicy(_Document):
         return self
 
 
+class OptionMarginRates(_Document):
+    """Standard option margin rates of one underlying (CONTRACT v2 "Standard option margin")."""
+
+    underlying: Identifier
+    initial_rate: WireDecimal
+    minimum_rate: WireDecimal
+    maintenance_rate: WireDecimal
+
+    @model_validator(mode="after")
+    def _rates_make_sense(self) -> OptionMarginRates:
+        # minimum >= maintenance keeps a short call's initial margin (at least minimum_rate x U
+        # + mark) at or above its maintenance margin (maintenance_rate x U + mark).
+        if not (ZERO < self.maintenance_rate <= self.minimum_rate <= self.initial_rate <= ONE):
+            raise ValueError(
+                f"option_margin {self.underlying}: needs 0 < maintenance_rate <= minimum_rate <= initial_rate <= 1, "
+                f"got {self.maintenance_rate}, {self.minimum_rate}, {self.initial_rate}"
+            )
+        return self
+
+
+class PortfolioMarginSpec(_Document):
+    """The scenario grid of one underlying (CONTRACT v2 "Portfolio margin")."""
+
+    underlying: Identifier
+    price_range: WireDecimal
+    price_steps: int = Field(strict=True, ge=1, le=PRICE_STEPS_MAX)
+    vol_up: WireDecimal
+    vol_down: WireDecimal
+    vol_up_floor: WireDecimal
+    vol_power: WireDecimal
+    vol_reference_days: WireDecimal
+    extreme_moves: tuple[WireDecimal, ...] = Field(max_length=EXTREME_MOVES_MAX)
+    extreme_weight: WireDecimal
+    short_option_minimum_rate: WireDecimal
+    maintenance_factor: WireDecimal
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PortfolioMarginSpec:
+        name = f"portfolio_margin {self.underlying}"
+        # Every move keeps the underlying's price positive (Black-76 takes ln F).
+        if not (ZERO < self.price_range < ONE):
+            raise ValueError(f"{name}: price_range must be in (0, 1), got {self.price_range}")
+        if self.vol_up < ZERO or self.vol_up_floor < ZERO:
+            raise ValueError(f"{name}: vol_up and vol_up_floor must not be negative")
+        if not (ZERO <= self.vol_down <= ONE):
+            raise ValueError(f"{name}: vol_down must be in [0, 1], got {self.vol_down}")
+        if not (ZERO <= self.vol_power <= ONE):
+            raise ValueError(f"{name}: vol_power must be in [0, 1], got {self.vol_power}")
+        if not (ZERO < self.vol_reference_days <= VOL_REFERENCE_DAYS_MAX):
+            raise ValueError(
+                f"{name}: vol_reference_days must be in (0, {VOL_REFERENCE_DAYS_MAX}], got {self.vol_reference_days}"
+            )
+        if any(move <= -ONE or move.is_zero() for move in self.extreme_moves):
+            raise ValueError(f"{name}: every extreme move must be above -1 and not 0")
+        if len(set(self.extreme_moves)) != len(self.extreme_moves):
+            raise ValueError(f"{name}: extreme_moves must not repeat a move")
+        if not (ZERO <= self.extreme_weight <= ONE):
+            raise ValueError(f"{name}: extreme_weight must be in [0, 1], got {self.extreme_weight}")
+        if not (ZERO <= self.short_option_minimum_rate <= ONE):
+            raise ValueError(
+                f"{name}: short_option_minimum_rate must be in [0, 1], got {self.short_option_minimum_rate}"
+            )
+        if not (ZERO < self.maintenance_factor <= ONE):
+            raise ValueError(f"{name}: maintenance_factor must be in (0, 1], got {self.maintenance_factor}")
+        return self
+
+
+class DynamicMarginSpec(_Document):
+    """Volatility-scaled margin of one underlying (CONTRACT v2 "Dynamic margin")."""
+
+    underlying: Identifier
+    sample_seconds: int = Field(strict=True, ge=SAMPLE_SECONDS_MIN, le=SAMPLE_SECONDS_MAX)
+    lambda_: WireDecimal = Field(alias="lambda")  # the EWMA decay; "lambda" is a Python keyword
+    initial_volatility: WireDecimal
+    reference_volatility: WireDecimal
+    multiplier_floor: WireDecimal
+    multiplier_cap: WireDecimal
+    release_buffer: WireDecimal
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DynamicMarginSpec:
+        name = f"dynamic_margin {self.underlying}"
+        if not (ZERO < self.lambda_ < ONE):
+            raise ValueError(f"{name}: lambda must be in (0, 1), got {self.lambda_}")
+        if self.initial_volatility <= ZERO or self.reference_volatility <= ZERO:
+            raise ValueError(f"{name}: initial_volatility and reference_volatility must be positive")
+        if not (ZERO < self.multiplier_floor <= self.multiplier_cap):
+            raise ValueError(f"{name}: needs 0 < multiplier_floor <= multiplier_cap")
+        if not (ZERO <= self.release_buffer <= ONE):
+            raise ValueError(f"{name}: release_buffer must be in [0, 1], got {self.release_buffer}")
+        return self
+
+
+class AdlPolicy(_Document):
+    """Auto-deleveraging on or off (CONTRACT v2)."""
+
+    enabled: StrictBool
+
+
 class RiskParameters(_Document):
+    OMITTED_UNLESS_GIVEN: ClassVar[frozenset[str]] = frozenset(
+        {"interest_rate", "option_margin", "portfolio_margin", "dynamic_margin", "adl"}
+    )
+
     version: Identifier
     valuation_asset: Identifier
     instruments: tuple[InstrumentSpec, ...] = Field(min_length=1)
     assets: tuple[AssetSpec, ...] = Field(min_length=1)
     margin_call: MarginCallPolicy
     liquidation: LiquidationPolicy
+    # r of Black-76 (CONTRACT v2), continuously compounded per year.
+    interest_rate: WireDecimal = ZERO
+    option_margin: tuple[OptionMarginRates, ...] = ()
+    portfolio_margin: tuple[PortfolioMarginSpec, ...] = ()
+    dynamic_margin: tuple[DynamicMarginSpec, ...] = ()
+    adl: AdlPolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> RiskParameters:
@@ -216,7 +444,50 @@ class RiskParameters(_Document):
                 raise ValueError(f"{spec.symbol}: settlement_asset {spec.settlement_asset} is not listed")
         if self.liquidation.target_ratio >= ONE:
             raise ValueError("liquidation.target_ratio must be below 1")
+        if not (-ONE < self.interest_rate < ONE):
+            raise ValueError(f"interest_rate must be in (-1, 1), got {self.interest_rate}")
+        self._underlyings_are_marked(set(symbols), set(assets))
         return self
+
+    def _underlyings_are_marked(self, symbols: set[str], assets: set[str]) -> None:
+        """Every underlying a document names is a symbol with marks: a listed instrument or a
+        listed collateral asset (CONTRACT v2); an option's is not itself an option."""
+        marked = symbols | assets
+        options = {spec.symbol for spec in self.instruments if spec.kind == "option"}
+        for spec in self.instruments:
+            if spec.underlying is None:
+                continue
+            if spec.underlying not in marked:
+                raise ValueError(
+                    f"{spec.symbol}: underlying {spec.underlying} is neither a listed instrument nor a listed asset"
+                )
+            if spec.kind == "option" and spec.underlying in options:
+                raise ValueError(f"{spec.symbol}: an option's underlying cannot be an option ({spec.underlying})")
+        blocks: tuple[tuple[str, tuple[OptionMarginRates, ...] | tuple[PortfolioMarginSpec, ...]
+                            | tuple[DynamicMarginSpec, ...]], ...] = (
+            ("option_margin", self.option_margin),
+            ("portfolio_margin", self.portfolio_margin),
+            ("dynamic_margin", self.dynamic_margin),
+        )
+        for block, entries in blocks:
+            named = [entry.underlying for entry in entries]
+            repeated = sorted(name for name, count in Counter(named).items() if count > 1)
+            if repeated:
+                raise ValueError(f"{block}: one entry per underlying; {', '.join(repeated)} repeated")
+            unknown = sorted(set(named) - marked)
+            if unknown:
+                raise ValueError(
+                    f"{block}: underlying {', '.join(unknown)} is neither a listed instrument nor a listed asset"
+                )
+        rated = {entry.underlying for entry in self.option_margin}
+        unrated = sorted(
+            {spec.underlying_symbol for spec in self.instruments if spec.kind == "option"} - rated
+        )
+        if unrated:
+            raise ValueError(
+                f"option_margin has no rates for the underlying {', '.join(unrated)} of listed options: "
+                "add an entry per option underlying"
+            )
 
     @cached_property
     def instruments_by_symbol(self) -> dict[str, InstrumentSpec]:
@@ -235,10 +506,37 @@ class RiskParameters(_Document):
     def knows_symbol(self, symbol: str) -> bool:
         return symbol in self.instruments_by_symbol or symbol in self.assets_by_name
 
+    @cached_property
+    def option_margin_by_underlying(self) -> dict[str, OptionMarginRates]:
+        return {entry.underlying: entry for entry in self.option_margin}
+
+    def option_margin_rates(self, underlying: str) -> OptionMarginRates | None:
+        return self.option_margin_by_underlying.get(underlying)
+
     def document(self) -> dict[str, Any]:
         """The document as JSON-ready data with decimals as strings, as it travels and is logged."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
+        data: dict[str, Any] = json.loads(self.model_dump_json(by_alias=True))
         return data
+
+
+def booking_report(parameters: RiskParameters) -> list[str]:
+    """One line per instrument kind the document lists: how many, and whether this ledger version
+    books their fills (``BOOKED_KINDS``) or will dead-letter them, for ``params apply --check``."""
+    counts = Counter(spec.kind for spec in parameters.instruments)
+    lines = []
+    for kind in ("perpetual", "future", "option", "spot"):
+        count = counts.get(kind, 0)
+        if not count:
+            continue
+        noun = "instrument" if count == 1 else "instruments"
+        if kind in BOOKED_KINDS:
+            lines.append(f"{kind}: {count} {noun}, booked by this ledger version")
+        else:
+            lines.append(
+                f"{kind}: {count} {noun} parsed; this ledger version does not book {kind} fills yet "
+                "(they would be dead-lettered)"
+            )
+    return lines
 
 
 def load_parameters(document: dict[str, Any]) -> RiskParameters:

@@ -33,7 +33,7 @@ from clearing.domain.logreplay import SortedHolders, refresh_window
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
-from clearing.engine import outputs, snapshots
+from clearing.engine import checkpoints, outputs, snapshots
 from clearing.engine.records import RawRecord, merge_key
 from clearing.store import log as eventlog
 from clearing.store import projections
@@ -86,6 +86,9 @@ class Ledger:
         # Every SNAPSHOT_EVERY_EVENTS events of this shard, the state is saved after a batch
         # commits (clearing/engine/snapshots.py); load() and the as-of queries start from it.
         self.snapshots = snapshots.SnapshotPolicy()
+        # Every CHECKPOINT_EVERY_EVENTS events of this shard, and at a clean stop (``checkpoint``),
+        # a log_checkpoint goes out through the outbox (clearing/engine/checkpoints.py).
+        self.checkpoints = checkpoints.CheckpointPolicy()
 
     # ---------------------------------------------------------------------------------------
     # start
@@ -113,6 +116,7 @@ class Ledger:
                         progress(count)
         self.state.touched.clear()
         self.state.marks_touched.clear()
+        self.checkpoints.reset(checkpoints.shard_event_count(self.head.stream_versions.values()))
         self.needs_reload = False
         self.snapshots.since_last = count  # events of the shard since its latest snapshot
         return count
@@ -216,6 +220,7 @@ class Ledger:
             raise pending.error
         # Committed: only now does the in-memory head move on.
         self.head.commit()
+        self.checkpoints.commit()
         state = self.state
         state.touched.clear()
         state.marks_touched.clear()
@@ -226,6 +231,12 @@ class Ledger:
         )
         result.seconds = time.perf_counter() - pending.started
         return result
+
+    def checkpoint(self) -> checkpoints.Checkpoint | None:
+        """Queue a checkpoint at the head on the outbox unless it has one (at a clean stop)."""
+        if self._pending is not None or self.needs_reload:
+            return None  # the head is not known to be committed
+        return checkpoints.write_at_head(self.engine, self.head, self.checkpoints, self.topic_prefix)
 
     @property
     def committing(self) -> bool:
@@ -262,7 +273,8 @@ class Ledger:
             existing = eventlog.existing_payloads(conn, keys)
             seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
-            with eventlog.streaming_append(conn) as stream, ledger_context():
+            with eventlog.streaming_append(conn) as copy_stream, ledger_context():
+                stream = self.checkpoints.watch(copy_stream, self.shard)
                 for record, message, key, payload in decoded:
                     offsets[(record.topic, record.partition)] = record.offset + 1
                     if message is None or key is None or payload is None:
@@ -345,6 +357,7 @@ class Ledger:
                 ],
                 recorded_at,
             )
+            outbox.extend(self.checkpoints.staged_messages())
             eventlog.insert_outbox(conn, self.topic_prefix, outbox, recorded_at)
             eventlog.store_offsets(conn, self.shard, offsets, broker_instance, recorded_at)
             accounts = set(state.touched)

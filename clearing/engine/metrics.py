@@ -4,9 +4,13 @@ database-derived metrics the back-office API exports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from clearing.engine.ledger import BatchResult
+from clearing.engine.outbox import OutboxBacklog
 
 BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -70,6 +74,25 @@ class LedgerMetrics:
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
         for (topic, partition), lag in lags.items():
             self.lag.labels(shard=self.shard, topic=topic, partition=str(partition)).set(lag)
+
+    def watch_outbox(self, backlog: Callable[[], OutboxBacklog]) -> None:
+        """Export the outbox backlog that ``backlog`` returns (the relay's last reading: the relay
+        reads it after every round, at most once a second): rows the broker has not acknowledged
+        yet, and the age of the oldest, which keeps growing while the broker is away."""
+        unpublished = Gauge(
+            "clearing_ledger_outbox_unpublished",
+            "outbox rows (decisions, dead letters, checkpoints) the broker has not acknowledged yet",
+            ["shard"],
+            registry=self.registry,
+        ).labels(shard=self.shard)
+        unpublished.set_function(lambda: float(backlog().unpublished))
+        oldest = Gauge(
+            "clearing_ledger_outbox_oldest_unpublished_age_seconds",
+            "age now of the oldest outbox row the broker had not acknowledged at the relay's last reading (0: none)",
+            ["shard"],
+            registry=self.registry,
+        ).labels(shard=self.shard)
+        oldest.set_function(lambda: backlog().age_s_at(datetime.now(UTC)))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -1,9 +1,18 @@
-"""What the ledger publishes (CONTRACT.md, output topics): decision events and dead letters turned
-into output messages. The outbox stores them in the batch's transaction; the relay sends them."""
+"""What the ledger publishes (CONTRACT.md, output topics): decision events, dead letters and log
+checkpoints turned into output messages. The outbox stores them in the batch's transaction; the
+relay sends them.
+
+Every message is bounded: its key and value, as the relay sends them (``encode_key``,
+``encode_value``), take at most ``OUTPUT_MESSAGE_BYTES_MAX`` bytes, so the producer (configured
+with ``PRODUCER_REQUEST_BYTES_MAX``) never refuses one. A message the relay could not send would
+stop every message behind it: the relay publishes in outbox order.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 from clearing.domain import events as ev
@@ -14,7 +23,34 @@ MARGIN_CALLS = "margin-calls"
 LIQUIDATION_ORDERS = "liquidation-orders"
 WITHDRAWALS = "withdrawals"
 DLQ = "dlq"
-OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, DLQ)
+CHECKPOINTS = "checkpoints"
+OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, DLQ, CHECKPOINTS)
+
+# The largest request the outbox's producer sends (its ``max_request_size``): Kafka's default, which
+# a broker's default ``message.max.bytes`` (1 MiB + 12 bytes) accepts. The relay sends one message
+# per record batch at most this large.
+PRODUCER_REQUEST_BYTES_MAX = 1024 * 1024
+# What a record batch adds around one message's key and value: 61 bytes of batch header and at
+# most ~30 of record header (varints), with room to spare.
+RECORD_FRAMING_BYTES_MAX = 1024
+OUTPUT_MESSAGE_BYTES_MAX = PRODUCER_REQUEST_BYTES_MAX - RECORD_FRAMING_BYTES_MAX
+# A dead letter whose raw value does not fit carries this many of its first bytes (base64 on the
+# topic: 4/3 as many), with its size and SHA-256; the dead_letters table keeps all of it.
+DEAD_LETTER_RAW_PREFIX_BYTES = 64 * 1024
+# A dead letter's key and error as published, at most (the table keeps them whole). An input key
+# of any size is accepted by Kafka; an error quotes at most a field of the input.
+DEAD_LETTER_KEY_CHARS_MAX = 1024
+DEAD_LETTER_ERROR_CHARS_MAX = 16 * 1024
+if DEAD_LETTER_RAW_PREFIX_BYTES * 4 // 3 + 12 * (DEAD_LETTER_KEY_CHARS_MAX * 2 + DEAD_LETTER_ERROR_CHARS_MAX) + 4096 > (
+    OUTPUT_MESSAGE_BYTES_MAX
+):  # each character at most 12 bytes escaped (a surrogate pair), the key twice (key and value)
+    raise RuntimeError("a shortened dead letter could exceed OUTPUT_MESSAGE_BYTES_MAX: lower its parts")
+
+
+class OutputTooLargeError(RuntimeError):
+    """An output message over ``OUTPUT_MESSAGE_BYTES_MAX`` that cannot be shortened: a bug (decisions
+    carry identifiers of at most 128 characters and bounded numbers)."""
+
 
 _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.WITHDRAWAL_APPROVED: (WITHDRAWALS, "withdrawal_approved"),
@@ -26,6 +62,31 @@ _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.POSITION_AUTO_DELEVERAGED: (LIQUIDATION_ORDERS, "auto_deleveraged"),
     ev.ACCOUNT_BANKRUPTED: (MARGIN_CALLS, "account_bankrupted"),
 }
+PUBLISHED_DECISION_TYPES = frozenset(_MESSAGE_TYPES)  # decision events that go out on a topic
+
+
+def encode_value(value: dict[str, Any]) -> bytes:
+    """A message's value as the relay sends it (JSON, compact, non-ASCII escaped)."""
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def encode_key(key: str | None) -> bytes | None:
+    return None if key is None else key.encode("utf-8", "surrogatepass")
+
+
+def message_bytes(key: str | None, value: dict[str, Any]) -> int:
+    """The bytes of a message's key and value as sent: what ``OUTPUT_MESSAGE_BYTES_MAX`` bounds."""
+    encoded = encode_key(key)
+    return len(encode_value(value)) + (0 if encoded is None else len(encoded))
+
+
+def check_size(key: str | None, value: dict[str, Any]) -> None:
+    size = message_bytes(key, value)
+    if size > OUTPUT_MESSAGE_BYTES_MAX:
+        raise OutputTooLargeError(
+            f"a {value.get('type')!r} message of {size} bytes is over the {OUTPUT_MESSAGE_BYTES_MAX} bytes an "
+            "output may take"
+        )
 
 
 def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[str, Any]] | None:
@@ -41,14 +102,21 @@ def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[
         "cause_position": decision.cause_position,
         "occurred_at": format_time(decision.occurred_at),
     }
-    return topic, str(decision.payload["account_id"]), value
+    key = str(decision.payload["account_id"])
+    check_size(key, value)
+    return topic, key, value
 
 
 def dead_letter_message(
     topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, error: str
 ) -> tuple[str, str | None, dict[str, Any]]:
+    """The ``rejected`` message of a dead letter. ``raw`` is the whole value in base64 when the
+    message fits in ``OUTPUT_MESSAGE_BYTES_MAX``; otherwise its first ``DEAD_LETTER_RAW_PREFIX_BYTES``
+    bytes, with ``raw_truncated`` true (and the key and error shortened if they are what is too
+    large). ``raw_bytes`` and ``raw_sha256`` (hex) always describe the whole value, so a consumer can
+    check a copy fetched from the dead-letter table."""
     text_key = key.decode("utf-8", "replace") if key is not None else None
-    value = {
+    value: dict[str, Any] = {
         "type": "rejected",
         "topic": topic,
         "partition": partition,
@@ -56,5 +124,31 @@ def dead_letter_message(
         "key": text_key,
         "error": error,
         "raw": base64.b64encode(raw).decode("ascii"),
+        "raw_bytes": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_truncated": False,
     }
+    if message_bytes(text_key, value) > OUTPUT_MESSAGE_BYTES_MAX:
+        value = shorten_dead_letter(value, raw[:DEAD_LETTER_RAW_PREFIX_BYTES])
+        text_key = value["key"]
+    check_size(text_key, value)
     return DLQ, text_key, value
+
+
+def shorten_dead_letter(value: dict[str, Any], raw_prefix: bytes | None = None) -> dict[str, Any]:
+    """A ``rejected`` message cut to fit: the first bytes of the raw value (``raw_prefix``, else
+    taken from the message's own base64), the key and the error bounded. Also used by the relay on
+    rows written before messages were bounded."""
+    if raw_prefix is None:
+        raw = base64.b64decode(value.get("raw") or "")
+        raw_prefix = raw[:DEAD_LETTER_RAW_PREFIX_BYTES]
+        value = {"raw_bytes": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest(), **value}
+    short = dict(value)
+    short["raw"] = base64.b64encode(raw_prefix).decode("ascii")
+    short["raw_truncated"] = True
+    if isinstance(short.get("key"), str) and len(short["key"]) > DEAD_LETTER_KEY_CHARS_MAX:
+        short["key"] = short["key"][:DEAD_LETTER_KEY_CHARS_MAX]
+        short["key_truncated"] = True
+    if isinstance(short.get("error"), str) and len(short["error"]) > DEAD_LETTER_ERROR_CHARS_MAX:
+        short["error"] = short["error"][:DEAD_LETTER_ERROR_CHARS_MAX] + " [error shortened]"
+    return short

@@ -155,6 +155,10 @@ def run(
             stats.failures += 1
             logger.exception("the last batch failed to commit")
         finally:
+            try:
+                ledger.checkpoint()  # the log's head anchored on the checkpoints topic at every stop
+            except Exception:
+                logger.exception("the checkpoint at the stop could not be queued")
             if relay is not None:
                 relay.stop()
             source.close()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from clearing.domain.inputs import format_time
 from clearing.store.db import make_engine
 from tests.api.conftest import BAD_RECORDS, MARGIN_CALLS_SEEDED, TOKEN, RunningApi
 
@@ -244,3 +245,24 @@ def test_openapi_document_validates(api: RunningApi) -> None:
     validate(document)
     assert {"/accounts", "/accounts/{account_id}/as-of", "/metrics", "/healthz"} <= set(document["paths"])
     assert "HTTPBearer" in document["components"]["securitySchemes"]
+
+
+def test_audit_status_gives_the_oldest_unpublished_outbox_row_and_its_age(
+    api: RunningApi, api_database_url: str
+) -> None:
+    owner = make_engine(api_database_url)
+    try:
+        with owner.connect() as conn:
+            oldest, age_before = conn.execute(
+                sa.text(
+                    "SELECT min(created_at), extract(epoch FROM now() - min(created_at)) FROM outbox "
+                    "WHERE published_at IS NULL"
+                )
+            ).one()
+    finally:
+        owner.dispose()
+    with api.client() as client:
+        status = client.get("/audit/status").json()
+    assert oldest is not None  # never relayed here
+    assert status["outbox_oldest_unpublished_at"] == format_time(oldest)
+    assert status["outbox_oldest_unpublished_age_s"] >= float(age_before)

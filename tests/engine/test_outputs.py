@@ -1,0 +1,66 @@
+"""Every output message fits the producer's limit: dead letters of any size are shortened to a
+prefix with the whole value's size and SHA-256; the producer is configured with the same limit."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clearing.engine import outputs
+from clearing.engine.outbox import _encoded
+
+
+def test_a_dead_letter_that_fits_carries_its_whole_raw_value_and_its_digest() -> None:
+    raw = b'{"type": "fill", "quantity": 0.5}'
+    kind, key, value = outputs.dead_letter_message("clearing.fills", 2, 17, b"A1", raw, "a float")
+    assert (kind, key) == (outputs.DLQ, "A1")
+    assert base64.b64decode(value["raw"]) == raw
+    assert value["raw_truncated"] is False
+    assert value["raw_bytes"] == len(raw)
+    assert value["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_a_one_megabyte_dead_letter_carries_a_prefix_its_size_and_its_sha256() -> None:
+    raw = bytes(range(256)) * 4096  # 1 MiB: 1.33 MiB in base64, over the producer's limit
+    _, key, value = outputs.dead_letter_message("clearing.fills", 0, 5, b"A1", raw, "the message is too large")
+    assert value["raw_truncated"] is True
+    assert base64.b64decode(value["raw"]) == raw[: outputs.DEAD_LETTER_RAW_PREFIX_BYTES]
+    assert value["raw_bytes"] == len(raw)
+    assert value["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert outputs.message_bytes(key, value) <= outputs.OUTPUT_MESSAGE_BYTES_MAX
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    raw_size=st.integers(min_value=0, max_value=3 * 1024 * 1024),
+    key=st.one_of(st.none(), st.binary(max_size=64), st.just(b"\xf0\x9f\x92\xa5" * 100_000)),
+    error=st.one_of(st.text(max_size=200), st.just("\U0001f4a5" * 300_000)),
+)
+def test_no_dead_letter_exceeds_the_output_bound(raw_size: int, key: bytes | None, error: str) -> None:
+    raw = b"\x00\xff" * (raw_size // 2)
+    _, text_key, value = outputs.dead_letter_message("clearing.fills", 0, 1, key, raw, error)
+    assert outputs.message_bytes(text_key, value) <= outputs.OUTPUT_MESSAGE_BYTES_MAX
+    assert value["raw_bytes"] == len(raw)
+    assert base64.b64decode(value["raw"]) == raw[: len(base64.b64decode(value["raw"]))]
+
+
+def test_the_relay_shortens_an_oversize_dead_letter_written_before_the_bound() -> None:
+    # A row of the outbox as the ledger wrote it before messages were bounded: the whole 1 MB raw.
+    raw = b"x" * 1_000_000
+    value = {"type": "rejected", "topic": "clearing.fills", "partition": 0, "offset": 3, "key": "A1",
+             "error": "the message is 1000000 bytes", "raw": base64.b64encode(raw).decode("ascii")}
+    key_bytes, value_bytes = _encoded(7, "A1", value)
+    assert len(value_bytes) + len(key_bytes or b"") <= outputs.OUTPUT_MESSAGE_BYTES_MAX
+    sent = json.loads(value_bytes)
+    assert sent["raw_truncated"] is True and sent["raw_bytes"] == len(raw)
+    assert sent["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_an_oversize_message_that_cannot_be_shortened_is_refused_loudly() -> None:
+    with pytest.raises(outputs.OutputTooLargeError, match="outbox row 9"):
+        _encoded(9, "A1", {"type": "margin_call_issued", "account_id": "x" * outputs.OUTPUT_MESSAGE_BYTES_MAX})
