@@ -157,7 +157,8 @@ def test_a_fill_without_counterpart_is_reported(
     assert run_verify(owner, as_json=False) == 0
     out = capsys.readouterr().out
     assert f"open break: trade T-LONELY: the fill at {position} (ACC-00001 buy 0.001 BTCUSDT @ 50000)" in out
-    assert "bust it, or send its other side" in out and "verified: every check holds" in out
+    assert "bust it, or send its other side" in out
+    assert out.rstrip().splitlines()[-1].startswith("verified")  # (checkpoints may be "not checked" here)
     assert "ok   counterparts (1 open breaks, below)" in out
 
 
