@@ -367,6 +367,58 @@ def liquidation_fill_from_wire(payload: dict[str, Any]) -> LiquidationFill:
     )
 
 
+class FillBust(Message):
+    """A correction by the exchange (CONTRACT v2): the booked fill ``fill_id`` is reversed.
+
+    ``fill`` is not a field of the message as sent: it is the booked fill the bust reverses, which
+    the ledger finds in its log and attaches (``events.with_busted_fill``) before it admits the
+    bust, and which the logged payload carries under ``"fill"``. So a replay reverses the fill
+    from the bust's own payload, with no look-up of the log; the hash chain keeps both as booked.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("type", "bust_id", "fill_id", "account_id", "reason", "occurred_at")
+
+    def __init__(
+        self,
+        *,
+        bust_id: str,
+        fill_id: str,
+        account_id: str,
+        reason: str,
+        occurred_at: datetime,
+        fill: Fill | None = None,
+    ) -> None:
+        self.type: Final = "fill_bust"
+        self.bust_id: Final = bust_id
+        self.fill_id: Final = fill_id
+        self.account_id: Final = account_id
+        self.reason: Final = reason
+        self.occurred_at: Final = occurred_at
+        self.fill: Final = fill
+
+    def wire(self) -> dict[str, Any]:
+        """The message's fields, and the busted fill's wire form under ``"fill"`` once attached."""
+        out = super().wire()
+        if self.fill is not None:
+            out["fill"] = self.fill.wire()
+        return out
+
+    def values(self) -> tuple[Any, ...]:
+        return (*super().values(), self.fill)
+
+
+def fill_bust_from_wire(payload: dict[str, Any]) -> FillBust:
+    booked = payload.get("fill")
+    return FillBust(
+        bust_id=payload["bust_id"],
+        fill_id=payload["fill_id"],
+        account_id=payload["account_id"],
+        reason=payload["reason"],
+        occurred_at=_time(payload["occurred_at"]),
+        fill=None if booked is None else fill_from_wire(booked),
+    )
+
+
 class RiskParametersMessage(Message):
     FIELDS: ClassVar[tuple[str, ...]] = ("type", "parameters", "occurred_at")
 
@@ -393,6 +445,7 @@ InputMessage = (
     | Settlement
     | LiquidationFill
     | RiskParametersMessage
+    | FillBust
 )
 
 # Each class's reader of a logged payload (``events.trusted_message``, by event type).
@@ -406,4 +459,5 @@ FROM_WIRE: Final[dict[type[Message], Callable[[dict[str, Any]], InputMessage]]] 
     Settlement: settlement_from_wire,
     LiquidationFill: liquidation_fill_from_wire,
     RiskParametersMessage: risk_parameters_from_wire,
+    FillBust: fill_bust_from_wire,
 }
