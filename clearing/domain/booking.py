@@ -111,14 +111,16 @@ def _apply_fill_bust(state: LedgerState, bust: FillBust) -> None:
     cost) by q x p and then -q x p, so conservation holds through the pair. A trade whose two
     fills are both busted leaves each account's equity at any mark as it was without the trade,
     and its books exactly as before when the trade's fills were all its positions held (on a
-    larger position the opposite booking realises against the average cost)."""
+    larger position the opposite booking realises against the average cost). An option's bust
+    hands its premium back (``trade_option``)."""
     fill = bust.fill
     if fill is None:  # admitted busts carry their fill (``fold.check_bust``)
         raise InputError(f"fill_bust {bust.bust_id} carries no booked fill")
     spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     quantity = -fill.quantity if fill.side == "buy" else fill.quantity
-    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    book = trade_option if spec.is_option else trade  # an option's premium goes back as it came
+    book(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
     if fill.fee != ZERO:
         asset = fill.fee_asset or spec.settlement_asset
         account.credit(asset, fill.fee)

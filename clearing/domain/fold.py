@@ -166,7 +166,8 @@ def check_counterpart(state: LedgerState, fill: Fill) -> None:
 
 
 def check_bust(state: LedgerState, bust: FillBust) -> None:
-    """A bust reverses a fill booked on this shard, of the account it names, once."""
+    """A bust reverses a fill booked on this shard, of the account it names, once; an option's
+    fill only before the option's expiry."""
     fill = bust.fill
     if fill is None:
         raise InputError(
@@ -181,7 +182,15 @@ def check_bust(state: LedgerState, bust: FillBust) -> None:
     earlier = state.busted_fills.get(fill.fill_id)
     if earlier is not None:
         raise InputError(f"fill_bust {bust.bust_id}: fill {fill.fill_id} was already busted by {earlier}")
-    _instrument(state, fill.instrument)  # the parameters in force must still list it to book it
+    spec = _instrument(state, fill.instrument)  # the parameters in force must still list it to book it
+    if spec.kind == "option" and spec.expiry is not None and bust.occurred_at >= spec.expiry:
+        # Settled (or settling) at its expiry, the option no longer trades: a reversal would
+        # book a position in it that nothing would ever close (as a late fill would).
+        raise InputError(
+            f"fill_bust {bust.bust_id}: {fill.instrument} expired at {spec.expiry.isoformat()}; a bust at "
+            f"{bust.occurred_at.isoformat()} cannot reverse fill {fill.fill_id} (the option settles at its "
+            "expiry and no longer trades)"
+        )
 
 
 def _first_line(error: Exception) -> str:

@@ -242,6 +242,50 @@ def test_a_bust_re_margins_the_account_as_a_fill_does() -> None:
     assert status is None or status.status == "healthy"
 
 
+def test_a_bust_of_an_option_fill_hands_the_premium_and_the_fee_back() -> None:
+    # An option's fill moves its premium through the balances (booking.trade_option); its bust
+    # must move it back the same way, or the books are out by the premium.
+    from tests.domain.test_options import CALL
+
+    book = BustingBook()
+    book.feed(deposit("A", "10000", "dA"))
+    book.feed(deposit("B", "20000", "dB"))
+    book.feed(mark("BTC", "60000"))
+    book.feed(leg("T1", "A", "buy", "2", "1500", instrument=CALL, fee="3"))
+    book.feed(leg("T1", "B", "sell", "2", "1500", instrument=CALL, fee="1"))
+    assert book.state.accounts["A"].balance("USDT") == D("6997")
+    book.feed(bust("B-1", "T1-A-buy", "A"))
+    a = book.state.accounts["A"]
+    position = a.positions[(CALL, "cross")]
+    assert (position.quantity, position.cost, position.realised_pnl) == (0, 0, 0)
+    assert a.balance("USDT") == D(10000)
+    assert book.state.accounts[FEE_ACCOUNT].balance("USDT") == D(1)
+    # B's sale stands alone: the books are out by its premium, as verify explains an open break.
+    assert conservation(book.state) == open_fills_imbalance({(CALL, "2", "1500"): -1}, book.state) == {"USDT": 3000}
+    book.feed(bust("B-2", "T1-B-sell", "B"))
+    assert book.state.accounts["B"].balance("USDT") == D(20000)
+    assert book.state.accounts[FEE_ACCOUNT].balance("USDT") == 0
+    assert book.state.open_fills == {} and conservation(book.state) == {}
+
+
+def test_a_bust_of_an_option_fill_at_or_after_its_expiry_is_rejected() -> None:
+    # The option settled (or is settling) at its expiry: a reversal then would open a position
+    # in an instrument that no longer trades, as a fill would (fold._check_option_fill).
+    from tests.domain.test_options import CALL, EXPIRY
+
+    book = BustingBook()
+    book.feed(deposit("A", "10000", "dA"))
+    book.feed(mark("BTC", "60000"))
+    book.feed(leg("T1", "A", "buy", "1", "1500", instrument=CALL))
+    before = snapshot(book.state), dict(book.state.busted_fills)
+    with pytest.raises(InputError, match="expired at 2027-03-26T08:00:00") as raised:
+        book.feed(bust("B-1", "T1-A-buy", "A", EXPIRY))
+    assert "a bust at 2027-03-26T08:00:00" in str(raised.value)
+    assert (snapshot(book.state), dict(book.state.busted_fills)) == before
+    book.feed(bust("B-1", "T1-A-buy", "A", EXPIRY - timedelta(seconds=1)))  # before it, the bust books
+    assert book.state.busted_fills == {"T1-A-buy": "B-1"}
+
+
 def test_a_logged_bust_reads_back_as_the_same_message_both_ways() -> None:
     book = BustingBook()
     book.feed(leg("T1", "A", "buy", "1", "100"))
