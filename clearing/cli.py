@@ -87,11 +87,15 @@ def add_services(subparsers: Subparsers) -> None:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
-    from clearing.store.db import current_revision, upgrade
+    from clearing.store.db import current_revision, set_role_passwords, upgrade
 
-    services = ensure_services(get_settings(), need_broker=False)
+    settings = get_settings()
+    services = ensure_services(settings, need_broker=False)
     upgrade(services.database_url, args.revision)
     out(f"database at revision {current_revision(services.database_url)}")
+    roles = set_role_passwords(services.database_url, settings.role_passwords())
+    if roles:
+        out(f"set the password of {', '.join(roles)}")
     return 0
 
 
@@ -114,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.engine.runner import LedgerHalted
     from clearing.settings import get_settings
-    from clearing.store.db import upgrade
+    from clearing.store.db import SchemaNotCurrent, prepare_schema
     from consumers.process import run_ledger
 
     # A SIGTERM while the services are found and the state loads stops the run cleanly too.
@@ -123,7 +127,11 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     services = ensure_services(settings)
-    upgrade(services.database_url)
+    try:
+        prepare_schema(services.database_url, settings.database_role, settings.database_role_password)
+    except SchemaNotCurrent as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
     for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
         logging.getLogger(name).setLevel(logging.INFO)
     try:
@@ -292,7 +300,9 @@ def _api(args: argparse.Namespace) -> int:
         out(f"development token (valid until this process stops): {tokens[0]}")
         sys.stdout.flush()
     services = ensure_services(settings, need_broker=False)
-    engine = make_reader_engine(services.database_url)
+    engine = make_reader_engine(
+        services.database_url, role=settings.reader_role, password=settings.reader_role_password
+    )
     try:
         serve(create_app(engine, tokens), args.host, args.port)
     finally:
@@ -348,7 +358,7 @@ def _audit_report(args: argparse.Namespace) -> int:
     else:
         output = settings.home_path() / "reports" / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.account_id) + ".html")
     services = ensure_services(settings, need_broker=False)
-    engine = make_engine(services.database_url, role="clearing_reader")
+    engine = make_engine(services.database_url, role=settings.reader_role, password=settings.reader_role_password)
     try:
         timeline = write_report(engine, args.account_id, output, start=start, end=end)
     except ReportError as error:
@@ -438,13 +448,16 @@ def add_audit(subparsers: Subparsers) -> None:
 
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
-    from clearing.audit.rebuild import rebuild
+    from clearing.audit.rebuild import RebuildRefused, rebuild
     from clearing.audit.verify import PlainProgress
 
     engine = _owner_engine()  # the tables' owner: the ledger's role may not CREATE
     try:
         progress = PlainProgress(None)
         report = rebuild(engine, swap=not args.check_only, jobs=args.jobs, progress=lambda n: progress("replay", n))
+    except RebuildRefused as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
     finally:
         engine.dispose()
     data = report.as_dict()

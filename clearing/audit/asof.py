@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from clearing.audit.replay import iter_log
 from clearing.domain import events as ev
 from clearing.domain import fold
-from clearing.domain.jsontext import load_json
 from clearing.domain.numbers import to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import latest_snapshot
 from clearing.store import projections
+from clearing.store.jsontext import load_json
 from clearing.store.queries import log_head
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.domain.numbers import to_wire
+from clearing.store.log import REPLAY_FETCH_ROWS
 
 LIST_ROWS_MAX = 1_000
 
@@ -412,8 +413,6 @@ def account_shard(conn: sa.Connection, account_id: str) -> int | None:
     ).scalar_one_or_none()
     return None if shard is None else int(shard)
 
-
-REPLAY_FETCH_ROWS = 2_000
 
 
 def iter_shard_events(conn: sa.Connection, shard: int, *, upto: int | None = None) -> Any:

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from clearing.audit.asof import account_as_of, account_view_of, resolve_position
 from clearing.domain.fold import replay_event
 from clearing.domain.state import LedgerState
-from clearing.domain.statecodec import decode_state, encode_state
 from clearing.engine.snapshots import state_bytes
+from clearing.engine.statecodec import decode_state, encode_state
 from clearing.store import queries
 from clearing.store.db import make_engine
 from tests.audit.audit_data import load_market

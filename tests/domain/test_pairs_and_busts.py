@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clearing.audit.logreplay import open_fills_imbalance
 from clearing.domain import events as ev
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.inputs import FillBust
-from clearing.domain.logreplay import open_fills_imbalance
 from clearing.domain.messages import SCHEMAS, TOPIC_TYPES, InputError, decode, decode_checked
 from clearing.domain.state import FEE_ACCOUNT, OPEN_FILLS_MAX, LedgerState
-from clearing.domain.statecodec import decode_state, encode_state
+from clearing.engine.statecodec import decode_state, encode_state
 from tests.domain.test_fold import T0, Book, deposit, mark, markets, message, snapshot
 
 
