@@ -81,6 +81,10 @@ class PositionView(BaseModel):
     realised_pnl: DecimalString
     isolated_margin: DecimalString
     funding_paid: DecimalString
+    adl_rank: DecimalString | None = Field(
+        default=None, description="auto-deleveraging rank (CONTRACT v2); null when it has none"
+    )
+    adl_quantile: int | None = Field(default=None, description="1 to 5, 5 first in line for auto-deleveraging")
 
 
 class MarginView(BaseModel):
@@ -100,6 +104,21 @@ class OpenMarginCall(BaseModel):
     cause_position: Position | None = Field(default=None, description="the event that caused the call (as-of view)")
 
 
+class ShardBalances(BaseModel):
+    """One shard's own copy of a system account (every shard keeps its own)."""
+
+    as_of_position: Position
+    balances: dict[str, DecimalString] = Field(description="asset -> amount")
+
+
+class AsOfQuestion(BaseModel):
+    """Which question a time-travel view answers (ledger time or event time)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    question: str = Field(description="position, ledger_time or event_time")
+
+
 class AccountView(BaseModel):
     """Balances, positions, margin by scope and open calls; the cross scope's figures repeated at
     the top level (null when the account has no cross scope)."""
@@ -115,6 +134,10 @@ class AccountView(BaseModel):
     maintenance_margin: DecimalString | None = None
     margin_ratio: DecimalString | None = None
     status: str | None = None
+    shards: dict[str, ShardBalances] | None = Field(
+        default=None, description="system accounts: each shard's balances (balances is their total)"
+    )
+    as_of: AsOfQuestion | None = Field(default=None, description="time-travel views: the question answered")
 
 
 class Event(BaseModel):
@@ -175,8 +198,9 @@ class Liquidation(BaseModel):
 
 class InsuranceFund(BaseModel):
     account_id: str
-    balances: dict[str, DecimalString] = Field(description="asset -> amount")
+    balances: dict[str, DecimalString] = Field(description="asset -> amount, the total over the shards")
     as_of_position: Position | None
+    shards: dict[str, ShardBalances] = Field(default_factory=dict, description="each shard's fund")
     movements: list[Event] = Field(description="a page of the events that moved the fund")
     next_after: str | None = Field(description="the cursor of the next page of movements; null on the last")
 

@@ -37,8 +37,7 @@ from clearing.api.models import (
     Problem,
     ValidationProblem,
 )
-from clearing.audit.asof import account_as_of
-from clearing.domain.inputs import format_time
+from clearing.audit.asof import AsOf, account_as_of, add_adl_standing, live_adl_standing
 from clearing.engine.outbox import read_backlog
 from clearing.store import queries
 
@@ -176,30 +175,47 @@ def get_account(conn: Conn, account_id: AccountId) -> dict[str, Any]:
     view = queries.account_view(conn, account_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} in the ledger")
+    add_adl_standing(view, live_adl_standing(conn, account_id))
     return view
 
 
 @router.get(
     "/accounts/{account_id}/as-of",
     response_model=AccountView,
-    summary="The account as it stood at a log position or an event time (replayed from the log)",
+    summary="The account at a log position, a ledger time or an event time (replayed from the log)",
+    description=(
+        "Give exactly one of: position (the state after the log up to that position); ledger_time (the state "
+        "as the ledger knew it then: the events recorded by that time); event_time (the fold, in log order, of "
+        "the events that had happened by that time, late arrivals included where they happened). time is "
+        "event_time, as CONTRACT.md's as-of TIMESTAMP."
+    ),
     responses=NOT_FOUND,
 )
 def get_account_as_of(
     request: Request,
     account_id: AccountId,
     position: Annotated[int | None, Query(ge=0, le=POSITION_MAX, description="log position", examples=[40])] = None,
-    time: Annotated[Time | None, Query(description="event time, RFC 3339 with a zone")] = None,
+    ledger_time: Annotated[Time | None, Query(description="ledger time (recorded_at), RFC 3339 with a zone")] = None,
+    event_time: Annotated[Time | None, Query(description="event time (occurred_at), RFC 3339 with a zone")] = None,
+    time: Annotated[Time | None, Query(description="the same as event_time")] = None,
 ) -> dict[str, Any]:
-    if (position is None) == (time is None):
-        invalid(("query", "position" if time is None else "time"), "give exactly one of position= and time=")
-    when = str(position) if position is not None else format_time(time)  # type: ignore[arg-type]
+    given = {"position": position, "ledger_time": ledger_time, "event_time": event_time, "time": time}
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) != 1:
+        invalid(("query", named[1] if named else "position"),
+                "give exactly one of position=, ledger_time=, event_time= and time=")
+    if position is not None:
+        question = AsOf("position", position=position)
+    elif ledger_time is not None:
+        question = AsOf("ledger_time", moment=ledger_time)
+    else:
+        question = AsOf("event_time", moment=event_time or time)
     try:
-        view = account_as_of(request.app.state.engine, account_id, when)
+        view = account_as_of(request.app.state.engine, account_id, question)
     except (ValueError, LookupError) as error:
-        invalid(("query", "position" if position is not None else "time"), str(error))
+        invalid(("query", named[0]), str(error))
     if view is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} at {when}")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id!r} at {question.describe()}")
     return dict(view)
 
 
@@ -282,10 +298,15 @@ def list_liquidations(
 
 @router.get(
     "/insurance-fund", response_model=InsuranceFund,
-    summary="Insurance fund balances and a page of its movements",
+    summary="Insurance fund balances (the total over the shards, and each shard's) and a page of its movements",
 )
-def get_insurance_fund(conn: Conn, limit: Limit = LIST_LIMIT_DEFAULT, after: PositionCursor = 0) -> dict[str, Any]:
-    balances = queries.account_balances(conn, queries.INSURANCE_FUND_ACCOUNT_ID)
+def get_insurance_fund(
+    conn: Conn,
+    limit: Limit = LIST_LIMIT_DEFAULT,
+    after: PositionCursor = 0,
+    shard: Annotated[int | None, Query(ge=0, le=POSITION_MAX, description="only this shard's fund")] = None,
+) -> dict[str, Any]:
+    balances = queries.account_balances(conn, queries.INSURANCE_FUND_ACCOUNT_ID, shard=shard)
     movements = queries.insurance_fund_movements(conn, after=after, limit=limit)
     page = _page(movements, limit, lambda row: row["position"])
     return {

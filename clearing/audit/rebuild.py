@@ -56,7 +56,7 @@ from clearing.store.log import LOG_LOCK_KEY
 from clearing.store.queries import log_head
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "balances": ("account_id", "asset"),
+    "balances": ("account_id", "asset", "shard"),
     "positions": ("account_id", "instrument", "margin_mode"),
     "marks": ("symbol",),
     "margin_state": ("account_id", "scope"),
@@ -128,18 +128,18 @@ def expected_state_rows(replay: LogReplay) -> Expected:
     def put(table: str, key: Key, row: dict[str, Any], change: int) -> None:
         rows = expected.rows[table]
         old = rows.get(key)
-        # System accounts and marks exist in every shard's state: the live row is the one the
-        # latest batch of any shard wrote.
+        # Marks exist in every shard's state: the live row is the one the latest batch of any
+        # shard wrote. (Balances are keyed by shard: each shard's system accounts have their own.)
         if old is None or row["as_of_position"] >= old["as_of_position"]:
             rows[key] = row
         expected.last_change[table][key] = max(expected.last_change[table].get(key, 0), change)
 
-    for _shard, track in sorted(replay.shards.items()):
+    for shard, track in sorted(replay.shards.items()):
         state = track.state
         for account_id, as_of in track.written_at.items():
             change = track.last_change.get(account_id, 0)
-            for row in projections.balance_rows(state, [account_id], as_of):
-                put("balances", (account_id, row["asset"]), _as_column(row), change)
+            for row in projections.balance_rows(state, [account_id], as_of, shard=shard):
+                put("balances", (account_id, row["asset"], shard), _as_column(row), change)
             for row in projections.position_rows(state, [account_id], as_of):
                 put("positions", (account_id, row["instrument"], row["margin_mode"]), _as_column(row), change)
             margin_change = _margin_change(track, account_id)

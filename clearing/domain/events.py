@@ -66,6 +66,7 @@ LIQUIDATION_ORDER_ISSUED: Final = "LiquidationOrderIssued"
 INSURANCE_FUND_DRAWN: Final = "InsuranceFundDrawn"
 ACCOUNT_BANKRUPTED: Final = "AccountBankrupted"
 POSITION_AUTO_DELEVERAGED: Final = "PositionAutoDeleveraged"
+LIQUIDATION_ORDER_CANCELLED: Final = "LiquidationOrderCancelled"
 DECISION_TYPES: Final = frozenset(
     {
         WITHDRAWAL_APPROVED,
@@ -79,6 +80,7 @@ DECISION_TYPES: Final = frozenset(
         INSURANCE_FUND_DRAWN,
         ACCOUNT_BANKRUPTED,
         POSITION_AUTO_DELEVERAGED,
+        LIQUIDATION_ORDER_CANCELLED,
     }
 )
 

@@ -274,6 +274,7 @@ class Ledger:
                 accounts,
                 state.marks_touched,
                 write.position,
+                shard=self.shard,
                 decisions=write.decided,
                 deferred=write.deferred,
             )
@@ -353,7 +354,9 @@ class Ledger:
             error = letter.error.replace("\x00", "\\u0000")
             key = record.key.replace(b"\x00", b"\\u0000") if record.key is not None else None
             where = (record.topic, record.partition, record.offset)
-            write.outbox.append((None, *outputs.dead_letter_message(*where, key, record.value, error)))
+            write.outbox.append(
+                (None, *outputs.dead_letter_message(*where, key, record.value, error, letter.existing_payload))
+            )
             rows.append((*where, record.key, record.value, error, letter.idempotency_key, letter.existing_payload))
         eventlog.insert_dead_letters(conn, self.shard, rows, write.recorded_at)
 

@@ -183,6 +183,9 @@ def test_history_lists_only_balance_affecting_events(api: RunningApi) -> None:
         ("/accounts/ACC-00001/as-of?position=1&time=2026-11-23T00:00:00Z", 422),
         ("/accounts/ACC-00001/as-of?time=noon", 422),
         ("/accounts/ACC-00001/as-of?position=-3", 422),
+        ("/accounts/ACC-00001/as-of?ledger_time=2026-11-23T00:00:00Z&event_time=2026-11-23T00:00:00Z", 422),
+        ("/accounts/ACC-00001/as-of?event_time=2026-11-23T00:00:00", 422),  # no zone
+        ("/insurance-fund?shard=-1", 422),
         ("/no-such-endpoint", 404),
     ],
 )
@@ -199,12 +202,29 @@ def test_as_of_replays_the_account(api: RunningApi) -> None:
     assert response.json()["account_id"] == "ACC-00001"
 
 
+def test_as_of_answers_the_ledger_time_and_the_event_time_questions(api: RunningApi) -> None:
+    with api.client() as client:
+        at_head = client.get("/accounts/ACC-00001").json()
+        by_event = client.get("/accounts/ACC-00001/as-of", params={"event_time": "2030-01-01T00:00:00Z"})
+        by_time = client.get("/accounts/ACC-00001/as-of", params={"time": "2030-01-01T00:00:00Z"})
+        by_ledger = client.get("/accounts/ACC-00001/as-of", params={"ledger_time": "2100-01-01T00:00:00Z"})
+        too_early = client.get("/accounts/ACC-00001/as-of", params={"ledger_time": "2000-01-01T00:00:00Z"})
+    assert by_event.status_code == by_ledger.status_code == 200, (by_event.text, by_ledger.text)
+    assert by_event.json() == by_time.json()
+    assert by_event.json()["as_of"] == {"question": "event_time", "time": "2030-01-01T00:00:00.000000Z",
+                                        "events_left_out": 0}
+    assert by_ledger.json()["as_of"]["question"] == "ledger_time"
+    assert by_event.json()["balances"] == by_ledger.json()["balances"] == at_head["balances"]
+    assert too_early.status_code == 404 and "ledger time 2000-01-01" in too_early.text
+
+
 def test_insurance_fund_and_audit_status(api: RunningApi, api_database_url: str) -> None:
     with api.client() as client:
         fund = client.get("/insurance-fund").json()
         status = client.get("/audit/status").json()
     assert fund["account_id"] == "system:insurance-fund"
     assert isinstance(fund["balances"], dict) and isinstance(fund["movements"], list)
+    assert set(fund["shards"]) <= {"0"}  # each shard's fund (one shard here), their total in balances
     assert status["log_position"] > 0
     assert status["events_total"] == status["shards"]["0"]["events"]
     assert status["dead_letters_total"] == BAD_RECORDS

@@ -52,7 +52,7 @@ def test_the_pinned_log_holds_what_it_is_pinned_for() -> None:
     assert types >= {event_type for event_type, _ in ev.INPUT_EVENT_TYPES.values()} - {
         "SettlementPriceRecorded", ev.FILL_BUSTED
     }  # fmt: skip
-    assert types >= ev.DECISION_TYPES - {ev.POSITION_AUTO_DELEVERAGED}
+    assert types >= ev.DECISION_TYPES - {ev.POSITION_AUTO_DELEVERAGED, ev.LIQUIDATION_ORDER_CANCELLED}
     payloads = [json.loads(row[6]) for row in events]
     assert {p["margin_mode"] for p in payloads if p.get("type") == "fill"} == {"cross", "isolated"}
     assert {p["level"] for p in payloads if "margin_call_id" in p and "level" in p} == {

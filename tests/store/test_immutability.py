@@ -140,7 +140,8 @@ def test_application_role_maintains_the_other_tables(app: sa.Engine) -> None:
         )
         conn.execute(tables.outbox.update().values(published_at=now))
         conn.execute(
-            tables.balances.insert(), [{"account_id": "A1", "asset": "USDT", "amount": "1", "as_of_position": 1}]
+            tables.balances.insert(),
+            [{"account_id": "A1", "asset": "USDT", "amount": "1", "as_of_position": 1, "shard": 0}],
         )
         conn.execute(tables.balances.delete())
         conn.execute(
@@ -169,7 +170,8 @@ def test_reader_role_reads_but_may_not_insert(reader: sa.Engine, one_event: None
     assert isinstance(caught.value.orig, psycopg.errors.InsufficientPrivilege)
     with reader.connect() as conn, pytest.raises(DBAPIError) as caught:
         conn.execute(
-            tables.balances.insert(), [{"account_id": "A1", "asset": "USDT", "amount": "1", "as_of_position": 1}]
+            tables.balances.insert(),
+            [{"account_id": "A1", "asset": "USDT", "amount": "1", "as_of_position": 1, "shard": 0}],
         )
     assert isinstance(caught.value.orig, psycopg.errors.InsufficientPrivilege)
 
