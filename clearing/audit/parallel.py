@@ -211,6 +211,7 @@ class SegmentResult:
     trades_settled: dict[str, tuple[int, int]] = field(default_factory=dict)
     unmatched: dict[tuple[str, str, str], int] = field(default_factory=dict)  # LogReplay.unmatched
     liquidation_fills: list[FillEntry] = field(default_factory=list)
+    busts: list[tuple[int, str, str, str, str, str, str]] = field(default_factory=list)  # LogReplay.busts
     margin_events: list[MarginEvent] = field(default_factory=list)
     margin_fed: list[int] = field(default_factory=list)  # position of the row that appended each
     last_change: dict[str, int] = field(default_factory=dict)
@@ -425,6 +426,7 @@ def _collect(result: SegmentResult, replay: LogReplay, track: ShardTrack, segmen
     result.trades_settled = replay.trades_settled
     result.unmatched = replay.unmatched
     result.liquidation_fills = replay.liquidation_fills
+    result.busts = replay.busts
     result.margin_events = replay.margin_events
     result.last_change = track.last_change
     result.written_at = track.written_at
@@ -643,6 +645,7 @@ def _merge_shard(
             merged.fills.setdefault(trade_id, []).extend(entries)
         merged.trades_settled.update(result.trades_settled)
         merged.liquidation_fills.extend(result.liquidation_fills)
+        merged.busts.extend(result.busts)  # matched with their fills at the end (resolve_busts)
         events.extend(
             zip(
                 result.margin_fed,

@@ -29,7 +29,10 @@ conservation    ``fold.conservation`` == {} (summed over shards) every ``CONSERV
                 trade arrive on different partitions), and at the end.
 counterparts    every trade id has exactly two fills with opposite sides, the same instrument,
                 equal quantity and price (a liquidation fill pairs with a one-fill trade of the
-                market side). A trade whose second fill is still in flight at the head is reported.
+                market side); busted fills (``fill_bust``) are no fills. A fill whose counterpart
+                has not arrived (or was busted) is an open break: listed with its age, not a
+                failure (its other side may come, or the exchange busts it). Conservation at the
+                head allows for exactly what open breaks put the books out by.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.chain import ChainReport, verify_chain
-from clearing.audit.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
+from clearing.audit.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay, OpenBreak
 from clearing.audit.parallel import (
     PARALLEL_BOUNDARIES_MIN,
     plan_segments,
@@ -66,7 +69,7 @@ from clearing.audit.rebuild import (
     read_table,
 )
 from clearing.audit.replay import iter_log
-from clearing.domain.numbers import ledger_context
+from clearing.domain.numbers import ledger_context, to_wire
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes
 from clearing.runtime import tune_gc
@@ -302,24 +305,15 @@ def _conservation_check(run: Verified) -> Check:
     }
     if "conservation" in run.how:
         details["scope"] = run.how["conservation"]
+    if replay.conservation_explained:
+        details["open_breaks_amount"] = {
+            asset: to_wire(amount) for asset, amount in replay.conservation_explained.items()
+        }
     return Check("conservation", not bad, bad[0].position if bad else None, bad[0].problem if bad else None, details)
 
 
 def _counterparts_check(run: Verified) -> Check:
-    replay = run.replay
-    findings = replay.counterpart_findings()
-    return Check(
-        "counterparts",
-        not findings,
-        findings[0].position if findings else None,
-        findings[0].problem if findings else None,
-        {
-            "trades": replay.trades,
-            "liquidation_fills": len(replay.liquidation_fills),
-            "problems": len(findings),
-            "samples": [f.problem for f in findings[1:5]],
-        },
-    )
+    return counterparts_check(run.engine, run.replay)
 
 
 # A new check is a function of the run (``Verified``) that returns its ``Check``, and a line here.
@@ -459,6 +453,106 @@ def _replay_sequential(
     return replay
 
 
+def counterparts_check(engine: sa.Engine, replay: LogReplay) -> Check:
+    """The ``counterparts`` check: trades whose fills are not each other's other side (or more
+    than two) fail it, as the log can never be made right by what comes after. A fill whose
+    counterpart never arrived does not: it is an open break, listed with its age (the time from
+    its ``occurred_at`` to the latest event time of the log), until its other side arrives or
+    the exchange busts it (``fill_bust``); the conservation check allows for what open breaks
+    put the books out by."""
+    findings = replay.counterpart_findings()
+    breaks = replay.open_breaks()
+    details: dict[str, Any] = {
+        "trades": replay.trades,
+        "liquidation_fills": len(replay.liquidation_fills),
+        "busts": _busts_logged(engine),
+        "problems": len(findings),
+        "samples": [f.problem for f in findings[1:5]],
+        "open_breaks": len(breaks),
+    }
+    if breaks:
+        details["open_breaks_listed"] = _open_breaks_listed(engine, replay, breaks[:OPEN_BREAKS_LISTED_MAX])
+    return Check(
+        "counterparts",
+        not findings,
+        findings[0].position if findings else None,
+        findings[0].problem if findings else None,
+        details,
+    )
+
+
+def _busts_logged(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM events WHERE type = 'FillBusted'")).scalar_one())
+
+
+OPEN_BREAKS_LISTED_MAX = 100  # open breaks listed one by one in the report (all are counted)
+
+
+def _open_breaks_listed(engine: sa.Engine, replay: LogReplay, breaks: list[OpenBreak]) -> list[dict[str, Any]]:
+    """Each open break with its event time, its account (read from the log when the replay knows
+    the fill by position only) and its age in seconds at the latest event time of the log."""
+    latest = max((t.state.last_occurred_at for t in replay.shards.values() if t.state.last_occurred_at), default=None)
+    with engine.connect() as conn:
+        logged = {
+            int(position): (occurred_at, account_id)
+            for position, occurred_at, account_id in conn.execute(
+                sa.text(
+                    "SELECT position, occurred_at, payload->>'account_id' FROM events "
+                    "WHERE position = ANY(:positions)"
+                ),
+                {"positions": [b.position for b in breaks]},
+            )
+        }
+    listed = []
+    for item in breaks:
+        occurred_at, account_id = logged.get(item.position, (None, None))
+        account = item.account_id or account_id or ""
+        shown = OpenBreak(
+            item.position, item.kind, item.trade_id, account, item.instrument, item.side, item.quantity, item.price
+        )
+        age = None if occurred_at is None or latest is None else max((latest - occurred_at).total_seconds(), 0.0)
+        listed.append(
+            {
+                "position": shown.position,
+                "kind": shown.kind,
+                "trade_id": shown.trade_id,
+                "account_id": shown.account_id,
+                "instrument": shown.instrument,
+                "side": shown.side,
+                "quantity": shown.quantity,
+                "price": shown.price,
+                "occurred_at": None if occurred_at is None else occurred_at.isoformat(),
+                "age_seconds": age,
+                "problem": shown.describe(),
+            }
+        )
+    return listed
+
+
+def open_break_lines(check: Check) -> list[str]:
+    """The report's lines for the open breaks of the ``counterparts`` check."""
+    lines = []
+    for item in check.details.get("open_breaks_listed", []):
+        age = item.get("age_seconds")
+        since = "" if age is None else f", open {_duration(age)} (since {item['occurred_at']})"
+        lines.append(f"     open break: {item['problem']}{since}: bust it, or send its other side")
+    more = check.details.get("open_breaks", 0) - len(check.details.get("open_breaks_listed", []))
+    if more > 0:
+        lines.append(f"     ... and {more} more open breaks (--json lists the first {OPEN_BREAKS_LISTED_MAX})")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} days"
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 
@@ -530,6 +624,8 @@ def run_verify(
                 line += f": {check.problem}"
             if not check.ok:
                 line += f" (first bad position {check.first_bad_position}): {check.problem}"
+            elif check.details.get("open_breaks"):
+                line += f" ({check.details['open_breaks']} open breaks, below)"
             lines.append(line)
             if check.name == "projections":
                 for table, detail in check.details.items():
@@ -539,6 +635,8 @@ def run_verify(
             if check.name == "log_tail":
                 for note in check.details.get("offset_notes", []):
                     lines.append(f"     note: {note}")
+            if check.name == "counterparts":
+                lines.extend(open_break_lines(check))
         unchecked_names = [c.name for c in result.checks if c.details.get("checked") is False]
         if not result.ok:
             lines.append("NOT verified")

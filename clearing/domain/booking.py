@@ -1,7 +1,8 @@
-"""Booking: how an event moves the state. Input events (fills, transfers, marks, funding,
-settlements, liquidation fills, parameters) and the ledger's own decisions (``decisions``) are
-applied here; nothing here decides. The lifecycle (which decides) sits above this module and the
-fold (``fold.step``) calls both: the lifecycle never books, and booking never decides.
+"""Booking: how an event moves the state. Input events (fills and their busts, transfers,
+marks, funding, settlements, liquidation fills, parameters) and the ledger's own decisions
+(``decisions``) are applied here; nothing here decides. The lifecycle (which decides) sits
+above this module and the fold (``fold.step``) calls both: the lifecycle never books, and
+booking never decides.
 
 Money moves only by the rules below, and every move has its opposite entry, so the conservation
 invariant of ``fold.conservation`` holds at every position of the log.
@@ -30,6 +31,7 @@ from clearing.domain.decisions import (
 from clearing.domain.inputs import (
     Deposit,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -41,18 +43,21 @@ from clearing.domain.inputs import (
 )
 from clearing.domain.levels import Level
 from clearing.domain.marginmodel import ISOLATED, scope_instrument
+from clearing.domain.messages import InputError
 from clearing.domain.numbers import ZERO, divide, round_credit, round_requirement
 from clearing.domain.params import load_parameters
 from clearing.domain.state import (
     FEE_ACCOUNT,
     FUNDING_POOL_ACCOUNT,
     INSURANCE_FUND_ACCOUNT,
+    OPEN_FILLS_MAX,
     Account,
     InstrumentTerms,
     LedgerState,
     LiquidationOrder,
     MarginStatus,
     MarkState,
+    OpenFill,
     Position,
 )
 
@@ -76,6 +81,7 @@ def apply_decision(state: LedgerState, decision: Decision) -> None:
 
 
 def _apply_fill(state: LedgerState, fill: Fill) -> None:
+    _pair(state, fill)
     spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
@@ -88,6 +94,63 @@ def _apply_fill(state: LedgerState, fill: Fill) -> None:
         account.debit(asset, fill.fee)
         state.account(FEE_ACCOUNT).credit(asset, fill.fee)
         state.touched.add(FEE_ACCOUNT)
+
+
+def _pair(state: LedgerState, fill: Fill) -> None:
+    """Keep a trade's first fill until its second comes (``fold.check_counterpart``), then forget it."""
+    open_fills = state.open_fills
+    if open_fills.pop(fill.trade_id, None) is None:
+        open_fills[fill.trade_id] = OpenFill(
+            fill.fill_id, fill.account_id, fill.instrument, fill.side, fill.quantity, fill.price
+        )
+        if len(open_fills) > OPEN_FILLS_MAX:
+            open_fills.popitem(last=False)
+
+
+def _apply_fill_bust(state: LedgerState, bust: FillBust) -> None:
+    """Reverse the busted fill: the opposite quantity booked at the same price on the same
+    position, and its fee handed back from the fee account. A fill and its bust move (balance -
+    cost) by q x p and then -q x p, so conservation holds through the pair. A trade whose two
+    fills are both busted leaves each account's equity at any mark as it was without the trade,
+    and its books exactly as before when the trade's fills were all its positions held (on a
+    larger position the opposite booking realises against the average cost). An option's bust
+    hands its premium back (``trade_option``)."""
+    fill = bust.fill
+    if fill is None:  # admitted busts carry their fill (``fold.check_bust``)
+        raise InputError(f"fill_bust {bust.bust_id} carries no booked fill")
+    spec = state.terms().instruments[fill.instrument]
+    account = state.account(fill.account_id)
+    quantity = -fill.quantity if fill.side == "buy" else fill.quantity
+    book = trade_option if spec.is_option else trade  # an option's premium goes back as it came
+    book(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    if fill.fee != ZERO:
+        asset = fill.fee_asset or spec.settlement_asset
+        account.credit(asset, fill.fee)
+        state.account(FEE_ACCOUNT).debit(asset, fill.fee)
+        state.touched.add(FEE_ACCOUNT)
+    _unpair(state, fill)
+    state.busted_fills[fill.fill_id] = bust.bust_id
+
+
+def _unpair(state: LedgerState, fill: Fill) -> None:
+    """A busted fill leaves its trade. Waiting for its other side, it is forgotten. Otherwise its
+    trade was paired here (or its first fill pushed out): the other side stands, and waits again,
+    known by the busted fill's terms flipped, so that a correction sent under the same trade id
+    is checked as a second fill. (Of a fill pushed out, this shard cannot tell: then a correction
+    with other terms is checked against the busted fill's, the rare case of a shard past
+    OPEN_FILLS_MAX open trades.)"""
+    open_fills = state.open_fills
+    first = open_fills.get(fill.trade_id)
+    if first is not None:
+        # The busted fill itself, or the standing side that an earlier bust of the trade left.
+        standing = first.fill_id == "" and first[2:] == (fill.instrument, fill.side, fill.quantity, fill.price)
+        if first.fill_id == fill.fill_id or standing:
+            del open_fills[fill.trade_id]
+        return
+    other = "sell" if fill.side == "buy" else "buy"
+    open_fills[fill.trade_id] = OpenFill("", "", fill.instrument, other, fill.quantity, fill.price)
+    if len(open_fills) > OPEN_FILLS_MAX:
+        open_fills.popitem(last=False)
 
 
 def trade(
@@ -335,6 +398,7 @@ _APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
     Settlement: _apply_settlement,
     LiquidationFill: _apply_liquidation_fill,
     RiskParametersMessage: _apply_parameters,
+    FillBust: _apply_fill_bust,
 }
 
 

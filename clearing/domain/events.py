@@ -16,6 +16,7 @@ from clearing.domain import inputs
 from clearing.domain.inputs import (
     Deposit,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -34,6 +35,7 @@ SCHEMA_VERSION: Final = 1
 # The input event types the engine's own code tests for by name.
 FILL_RECORDED: Final = "FillRecorded"
 LIQUIDATION_FILL_RECORDED: Final = "LiquidationFillRecorded"
+FILL_BUSTED: Final = "FillBusted"
 
 # Input message type -> (event type, message model).
 INPUT_EVENT_TYPES: Final[dict[str, tuple[str, type[Message]]]] = {
@@ -46,6 +48,7 @@ INPUT_EVENT_TYPES: Final[dict[str, tuple[str, type[Message]]]] = {
     "settlement": ("SettlementPriceRecorded", Settlement),
     "liquidation_fill": (LIQUIDATION_FILL_RECORDED, LiquidationFill),
     "risk_parameters": ("RiskParametersChanged", RiskParametersMessage),
+    "fill_bust": (FILL_BUSTED, FillBust),
 }
 MODEL_BY_EVENT_TYPE: Final[dict[str, type[Message]]] = {
     event_type: model for event_type, model in INPUT_EVENT_TYPES.values()
@@ -129,6 +132,8 @@ def idempotency_key(message: InputMessage, shard: int) -> str:
         case RiskParametersMessage():
             version = message.parameters.get("version")
             return f"{prefix}risk_parameters/{version}"
+        case FillBust():
+            return f"{prefix}fill_bust/{message.bust_id}"
     raise AssertionError(f"no idempotency key for {type(message).__name__}")  # pragma: no cover
 
 
@@ -175,7 +180,46 @@ def trusted_message(event_type: str, payload: dict[str, Any]) -> InputMessage:
 
 def message_of(event_type: str, payload: dict[str, Any]) -> InputMessage:
     """The typed message behind a logged input event (upcast first when schema versions differ)."""
+    if event_type == FILL_BUSTED and "fill" in payload:
+        return logged_bust(payload)
     return validated(MODEL_BY_EVENT_TYPE[event_type], payload)
+
+
+# --------------------------------------------------------------------------------------------
+# Busts: the ledger finds the fill a bust names in its log and attaches it before admitting it.
+
+
+def busted_fill_key(message: InputMessage, shard: int) -> str | None:
+    """The idempotency key of the logged fill that ``message`` reverses (a ``fill_bust``), or
+    None. Fills are keyed by fill_id on their account's shard, which is where the bust goes too
+    (both are keyed by account_id on the fills topic)."""
+    if isinstance(message, FillBust):
+        return f"s{shard}/fill/{message.fill_id}"
+    return None
+
+
+def with_busted_fill(
+    bust: FillBust, payload: dict[str, Any], fill_payload: dict[str, Any]
+) -> tuple[FillBust, dict[str, Any]]:
+    """The bust and its payload with the booked fill it reverses (the fill's logged payload)
+    attached: what the log keeps of a bust, so that replays reverse the fill from it alone."""
+    fill = validated(Fill, fill_payload)
+    if not isinstance(fill, Fill):  # pragma: no cover - validated builds the model asked for
+        raise TypeError("a fill payload did not make a fill")
+    attached = bust.replace(fill=fill)
+    return attached, {**payload, "fill": fill.wire()}
+
+
+def logged_bust(payload: dict[str, Any]) -> FillBust:
+    """A logged bust validated: the message's own fields by its schema, its fill by the fill's."""
+    own = {name: value for name, value in payload.items() if name != "fill"}
+    bust = validated(FillBust, own)
+    if not isinstance(bust, FillBust):  # pragma: no cover - validated builds the model asked for
+        raise TypeError("a fill_bust payload did not make a bust")
+    fill = validated(Fill, payload["fill"])
+    if not isinstance(fill, Fill):  # pragma: no cover
+        raise TypeError("a fill payload did not make a fill")
+    return bust.replace(fill=fill)
 
 
 def decision_key(shard: int, cause_position: int, index: int) -> str:

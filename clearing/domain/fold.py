@@ -23,6 +23,7 @@ from clearing.domain.decisions import Decision, decision_of
 from clearing.domain.inputs import (
     Deposit,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -68,6 +69,10 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 )
             if spec.kind == "option":
                 _check_option_fill(spec, message)
+            if isinstance(message, Fill):
+                check_counterpart(state, message)
+        case FillBust():
+            check_bust(state, message)
         case Deposit() | Withdrawal():
             _asset(state, message.asset, "asset")
         case IsolatedMarginTransfer():
@@ -126,6 +131,65 @@ def _asset(state: LedgerState, asset: str, field: str) -> None:
     if state.parameters.asset(asset) is None:
         raise UnknownSymbol(
             f"{field} {asset!r} is not a collateral asset in the risk parameters in force ({state.parameters.version})"
+        )
+
+
+def check_counterpart(state: LedgerState, fill: Fill) -> None:
+    """A trade's second fill must be its first's other side (CONTRACT.md): the same instrument,
+    the opposite side, equal quantity and price. Booked otherwise, the books would not balance
+    and ``audit verify`` would fail for ever; dead-lettered, the exchange can send the right one.
+    Only a first fill this shard still keeps can be checked (``state.OPEN_FILLS_MAX``)."""
+    first = state.open_fills.get(fill.trade_id)
+    if first is None:
+        return
+    wrong = []
+    if fill.instrument != first.instrument:
+        wrong.append(f"instrument {fill.instrument} is not {first.instrument}")
+    if fill.side == first.side:
+        wrong.append(f"side {fill.side} is the first fill's side too (the two sides are a buy and a sell)")
+    if fill.quantity != first.quantity:
+        wrong.append(f"quantity {to_wire(fill.quantity)} is not {to_wire(first.quantity)}")
+    if fill.price != first.price:
+        wrong.append(f"price {to_wire(fill.price)} is not {to_wire(first.price)}")
+    if wrong:
+        terms = f"{first.side} {to_wire(first.quantity)} {first.instrument} @ {to_wire(first.price)}"
+        booked = (
+            f"first fill {first.fill_id} ({first.account_id} {terms})"
+            if first.fill_id
+            else f"standing fill ({terms}, the other side of a busted fill)"
+        )
+        raise InputError(
+            f"fill {fill.fill_id} is not the other side of trade {fill.trade_id}, whose {booked} is booked: "
+            + "; ".join(wrong)
+            + ". Send the trade's true second fill, or bust the first one (fill_bust) if it was wrong"
+        )
+
+
+def check_bust(state: LedgerState, bust: FillBust) -> None:
+    """A bust reverses a fill booked on this shard, of the account it names, once; an option's
+    fill only before the option's expiry."""
+    fill = bust.fill
+    if fill is None:
+        raise InputError(
+            f"fill_bust {bust.bust_id}: no fill {bust.fill_id!r} is booked for account {bust.account_id} "
+            "(an unknown fill id, or a liquidation fill, which a bust cannot reverse)"
+        )
+    if fill.account_id != bust.account_id:
+        raise InputError(
+            f"fill_bust {bust.bust_id}: fill {fill.fill_id} was booked for account {fill.account_id}, "
+            f"not {bust.account_id}; send the bust with the fill's account"
+        )
+    earlier = state.busted_fills.get(fill.fill_id)
+    if earlier is not None:
+        raise InputError(f"fill_bust {bust.bust_id}: fill {fill.fill_id} was already busted by {earlier}")
+    spec = _instrument(state, fill.instrument)  # the parameters in force must still list it to book it
+    if spec.kind == "option" and spec.expiry is not None and bust.occurred_at >= spec.expiry:
+        # Settled (or settling) at its expiry, the option no longer trades: a reversal would
+        # book a position in it that nothing would ever close (as a late fill would).
+        raise InputError(
+            f"fill_bust {bust.bust_id}: {fill.instrument} expired at {spec.expiry.isoformat()}; a bust at "
+            f"{bust.occurred_at.isoformat()} cannot reverse fill {fill.fill_id} (the option settles at its "
+            "expiry and no longer trades)"
         )
 
 

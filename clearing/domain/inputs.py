@@ -92,6 +92,8 @@ NOT_NEGATIVE: Final = "not_negative"  # a decimal of zero or more
 NON_ZERO: Final = "non_zero"  # a decimal other than zero
 TIME: Final = "time"  # RFC 3339 with a zone
 DOCUMENT: Final = "document"  # a JSON object (a risk parameter document), validated by its reader
+TEXT: Final = "text"  # a non-empty string of at most TEXT_CHARS_MAX characters (words for people)
+TEXT_CHARS_MAX: Final = 1_000  # a sentence or two for the people who read the log
 DECIMAL_SHAPES: Final = frozenset({DECIMAL, POSITIVE, NOT_NEGATIVE, NON_ZERO})
 
 
@@ -200,6 +202,16 @@ LIQUIDATION_FILL: Final = Description(
         FieldSpec("side", LITERAL, SIDES),
         FieldSpec("quantity", POSITIVE, repeats=True),
         FieldSpec("price", POSITIVE, repeats=True),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+FILL_BUST: Final = Description(
+    "fill_bust",
+    (
+        FieldSpec("bust_id", ID),
+        FieldSpec("fill_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("reason", TEXT),
         FieldSpec("occurred_at", TIME),
     ),
 )
@@ -391,6 +403,40 @@ class LiquidationFill(Message):
         self.occurred_at: Final = occurred_at
 
 
+class FillBust(Message):
+    """A correction by the exchange (CONTRACT v2): the booked fill ``fill_id`` is reversed.
+
+    ``fill`` is not a field of the message as sent: it is the booked fill the bust reverses, which
+    the ledger finds in its log and attaches (``events.with_busted_fill``) before it admits the
+    bust, and which the logged payload carries under ``"fill"``. So a replay reverses the fill
+    from the bust's own payload, with no look-up of the log; the hash chain keeps both as booked.
+    """
+
+    DESCRIPTION: ClassVar[Description] = FILL_BUST
+    FIELDS: ClassVar[tuple[str, ...]] = FILL_BUST.names
+
+    def __init__(
+        self, bust_id: str, fill_id: str, account_id: str, reason: str, occurred_at: datetime, fill: Fill | None = None
+    ) -> None:
+        self.type: Final = "fill_bust"
+        self.bust_id: Final = bust_id
+        self.fill_id: Final = fill_id
+        self.account_id: Final = account_id
+        self.reason: Final = reason
+        self.occurred_at: Final = occurred_at
+        self.fill: Final = fill
+
+    def wire(self) -> dict[str, Any]:
+        """The message's fields, and the busted fill's wire form under ``"fill"`` once attached."""
+        out = super().wire()
+        if self.fill is not None:
+            out["fill"] = self.fill.wire()
+        return out
+
+    def values(self) -> tuple[Any, ...]:
+        return (*super().values(), self.fill)
+
+
 class RiskParametersMessage(Message):
     DESCRIPTION: ClassVar[Description] = RISK_PARAMETERS
     FIELDS: ClassVar[tuple[str, ...]] = RISK_PARAMETERS.names
@@ -414,10 +460,11 @@ InputMessage = (
     | Settlement
     | LiquidationFill
     | RiskParametersMessage
+    | FillBust
 )
 MODELS: Final[tuple[type[Message], ...]] = (
     Fill, Deposit, Withdrawal, IsolatedMarginTransfer, Mark, Funding, Settlement, LiquidationFill,
-    RiskParametersMessage,
+    RiskParametersMessage, FillBust,
 )  # fmt: skip
 
 
@@ -484,5 +531,19 @@ class Reader:
         return message
 
 
+class BustReader(Reader):
+    """A logged bust: its own fields as any message's, and the booked fill it carries under
+    ``"fill"`` (``FillBust``) read as a fill."""
+
+    def __call__(self, payload: dict[str, Any]) -> InputMessage:
+        bust = super().__call__(payload)
+        booked = payload.get("fill")
+        if booked is None or not isinstance(bust, FillBust):
+            return bust
+        fill = FROM_WIRE[Fill](booked)
+        return bust.replace(fill=fill)
+
+
 # Each class's reader of a logged payload (``events.trusted_message``, by event type).
 FROM_WIRE: Final[dict[type[Message], Reader]] = {model: Reader(model) for model in MODELS}
+FROM_WIRE[FillBust] = BustReader(FillBust)

@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Final, Literal, cast
 
 import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -35,6 +36,7 @@ from clearing.domain.inputs import (
     Deposit,
     FieldSpec,
     Fill,
+    FillBust,
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
@@ -50,6 +52,7 @@ from clearing.domain.numbers import WIRE_FRACTION_DIGITS_MAX, WIRE_INTEGER_DIGIT
 from clearing.domain.params import IDENTIFIER_CHARS_MAX, WireDecimal
 
 MESSAGE_BYTES_MAX = 64 * 1024
+BUST_REASON_CHARS_MAX = inputs.TEXT_CHARS_MAX  # a bust's reason (text)
 ADMIN_MESSAGE_BYTES_MAX = 1024 * 1024
 
 
@@ -84,11 +87,47 @@ def _utc_microseconds(value: datetime) -> datetime:
         raise ValueError("is outside the years 1 to 9999 once converted to UTC") from None
 
 
+# RFC 3339's date-time (section 5.6): a date, "T" (or a space, which its note allows), a time with
+# seconds and an optional fraction, and a zone: "Z" or an offset with a colon.
+_RFC3339_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+RFC3339_EXAMPLE: Final = "2026-11-23T12:00:00.123Z"
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only an RFC 3339 text with a zone may become an event time (CONTRACT.md). pydantic's lax
+    mode would also take a Unix epoch, as a number or as a string of digits, and a time without
+    seconds: a producer sending those would have them booked at a time nobody wrote down."""
+    if isinstance(value, str) and _RFC3339_TIME.fullmatch(value) is not None:
+        return value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, str):
+        shown = repr(value[:64])
+        number = value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    else:
+        shown = f"the JSON number {value}" if number else f"a JSON {_json_kind(value)}"
+    epoch = " (Unix epoch times are not accepted)" if number else ""
+    raise ValueError(f'must be an RFC 3339 time with a zone such as "{RFC3339_EXAMPLE}", not {shown}{epoch}')
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
 Positive = Annotated[WireDecimal, AfterValidator(_positive)]
 NotNegative = Annotated[WireDecimal, AfterValidator(_not_negative)]
 NonZero = Annotated[WireDecimal, AfterValidator(_non_zero)]
 Identifier = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX)]
-EventTime = Annotated[AwareDatetime, AfterValidator(_utc_microseconds)]
+EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_utc_microseconds)]
 
 
 class Schema(BaseModel):
@@ -107,6 +146,7 @@ _SHAPE_TYPES: dict[str, Any] = {
     inputs.NON_ZERO: NonZero,
     inputs.TIME: EventTime,
     inputs.DOCUMENT: dict[str, Any],
+    inputs.TEXT: Annotated[str, Field(min_length=1, max_length=inputs.TEXT_CHARS_MAX)],
 }
 
 
@@ -145,7 +185,7 @@ def validated(model: type[Message], data: dict[str, Any]) -> InputMessage:
 
 # Which message types each input topic carries (topic names without the prefix).
 TOPIC_TYPES: dict[str, dict[str, type[Message]]] = {
-    "fills": {"fill": Fill},
+    "fills": {"fill": Fill, "fill_bust": FillBust},
     "transfers": {"deposit": Deposit, "withdrawal": Withdrawal, "isolated_margin": IsolatedMarginTransfer},
     "marks": {"mark": Mark, "funding": Funding, "settlement": Settlement},
     "liquidations": {"liquidation_fill": LiquidationFill},
@@ -388,12 +428,12 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
     return message, wire
 
 
-# Every message type but those that hold a document (parameter documents are rare and nested:
-# validation builds them).
+# Every message type but those that hold a document or text (parameter documents are rare and
+# nested, busts rare: validation builds them).
 _FAST_MODELS: dict[type[Message], _FastModel] = {
     model: _FastModel.of(model)
     for model in MODELS
-    if all(spec.shape != inputs.DOCUMENT for spec in model.DESCRIPTION.fields)
+    if all(spec.shape not in (inputs.DOCUMENT, inputs.TEXT) for spec in model.DESCRIPTION.fields)
 }
 
 

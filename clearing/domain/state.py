@@ -11,10 +11,11 @@ trade sums to zero to the last digit. The entry price shown to people is cost / 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 from clearing.domain.numbers import ONE, ZERO, divide, round_display_price
 from clearing.domain.params import RiskParameters, bundled_parameters
@@ -27,6 +28,26 @@ INSURANCE_FUND_ACCOUNT: Final = "system:insurance-fund"
 # difference in plain sight instead of the books going out of balance.
 FUNDING_POOL_ACCOUNT: Final = "system:funding-pool"
 SYSTEM_ACCOUNTS: Final = (FEE_ACCOUNT, INSURANCE_FUND_ACCOUNT, FUNDING_POOL_ACCOUNT)
+# Trades whose first fill a shard keeps while it waits for the second (``LedgerState.open_fills``).
+# A trade's second fill usually follows its first within the same batch, so in a single shard
+# the map holds the few trades in flight, lone fills and the market sides of liquidation
+# executions (one-fill trades whose other side is a liquidation fill, which names no trade).
+# Across shards a trade's two fills may land on two shards, and neither ever sees the other:
+# those first fills wait here until newer ones push them out, the oldest first. The limit bounds
+# that memory (about 300 bytes a trade, 30 MB at the limit) and the snapshot's size; a second
+# fill whose first was pushed out is taken as a first fill (``audit verify`` still pairs them).
+OPEN_FILLS_MAX: Final = 100_000
+
+
+class OpenFill(NamedTuple):
+    """What a trade's second fill is checked against: the terms of its first."""
+
+    fill_id: str
+    account_id: str
+    instrument: str
+    side: str
+    quantity: Decimal
+    price: Decimal
 
 
 @dataclass(slots=True)
@@ -274,6 +295,10 @@ class LedgerState:
     marks_touched: set[str] = field(default_factory=set)
     # Trigger prices for re-margin on marks (derived; see clearing/domain/triggers.py).
     triggers: TriggerIndex = field(default_factory=TriggerIndex)
+    # Trade id -> the first fill of a trade whose second has not arrived, oldest first (at most
+    # OPEN_FILLS_MAX); and fill id -> the bust id that reversed it (busts are rare corrections).
+    open_fills: OrderedDict[str, OpenFill] = field(default_factory=OrderedDict)
+    busted_fills: dict[str, str] = field(default_factory=dict)
     # ``terms()``'s copy, for the parameters it was made from (derived, not part of the state).
     terms_cache: Terms | None = field(default=None, repr=False, compare=False)
 

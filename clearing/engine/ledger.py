@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
-from clearing.domain.inputs import InputMessage
+from clearing.domain.inputs import FillBust, InputMessage
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
@@ -255,6 +255,7 @@ class Ledger:
             transaction = conn.begin()
             write.position = eventlog.lock_and_check_head(conn, self.head)
             keys = [item[2] for item in batch.decoded if item[2] is not None]
+            keys += busted_fill_keys(batch.decoded, self.shard)
             write.existing = eventlog.existing_payloads(conn, keys)
             write.seen = {key: canonical_json(payload) for key, payload in write.existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
@@ -291,6 +292,8 @@ class Ledger:
             offsets[(record.topic, record.partition)] = record.offset + 1
             if message is None or key is None or payload is None:
                 continue
+            if isinstance(message, FillBust):
+                message, payload = attach_busted_fill(message, payload, shard, write.existing, seen)
             payload_json = canonical_json(payload)
             if key in seen:
                 self._seen_before(write, record, key, payload_json)
@@ -490,6 +493,31 @@ def _already_in_order(decoded: list[Decoded]) -> bool:
             return False
         previous = key
     return True
+
+
+def busted_fill_keys(decoded: list[Decoded], shard: int) -> list[str]:
+    """The keys of the logged fills that the batch's busts reverse: read with the batch's own
+    keys (``eventlog.existing_payloads``), so that a bust finds its fill in one query."""
+    keys = []
+    for _record, message, _key, _payload in decoded:
+        found = None if message is None else ev.busted_fill_key(message, shard)
+        if found is not None:
+            keys.append(found)
+    return keys
+
+
+def attach_busted_fill(
+    bust: FillBust, payload: dict[str, Any], shard: int, existing: dict[str, Any], seen: dict[str, str]
+) -> tuple[FillBust, dict[str, Any]]:
+    """The bust with the booked fill it names attached (``events.with_busted_fill``): from the
+    log, or from earlier in this batch. As it was when none is booked: ``fold.admit`` rejects it."""
+    key = ev.busted_fill_key(bust, shard)
+    found = None if key is None else existing.get(key)
+    if found is None and key is not None and key in seen:
+        found = _loads(seen[key])
+    if found is None:
+        return bust, payload
+    return ev.with_busted_fill(bust, payload, found)
 
 
 def _loads(text: str) -> dict[str, Any]:

@@ -8,6 +8,10 @@ every ``SNAPSHOT_EVERY_EVENTS`` events (docs/performance.md has the times).
 Decimals are their exact wire text (``to_wire``), times RFC 3339, the risk parameters their
 document. ``touched`` and ``marks_touched`` (what the next batch must write) are not part of it: a
 snapshot is taken between batches, when both are empty.
+
+The open fills and the busted fills (``LedgerState.open_fills``, ``busted_fills``) are written
+only when there are some, so a state without them spells as before they existed, and a snapshot
+written before them reads as a state without them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import Any, Final
 
 from clearing.domain.numbers import to_wire
 from clearing.domain.params import RiskParameters, load_parameters
-from clearing.domain.state import Account, LedgerState, LiquidationOrder, MarginStatus, MarkState, Position
+from clearing.domain.state import (
+    Account,
+    LedgerState,
+    LiquidationOrder,
+    MarginStatus,
+    MarkState,
+    OpenFill,
+    Position,
+)
 
 SNAPSHOT_FORMAT: Final = 1
 
@@ -36,6 +48,33 @@ def _dt(value: str | None) -> datetime | None:
 
 def encode_state(state: LedgerState) -> dict[str, Any]:
     """The state as plain JSON values."""
+    document = _encode_books(state)
+    document.update(encode_pairing(state))
+    return document
+
+
+def encode_pairing(state: LedgerState) -> dict[str, Any]:
+    """The open fills, oldest first (their order is the order they are pushed out in), and the
+    busted fills; each left out when empty."""
+    out: dict[str, Any] = {}
+    if state.open_fills:
+        out["open_fills"] = [
+            [trade_id, f.fill_id, f.account_id, f.instrument, f.side, to_wire(f.quantity), to_wire(f.price)]
+            for trade_id, f in state.open_fills.items()
+        ]
+    if state.busted_fills:
+        out["busted_fills"] = dict(state.busted_fills)
+    return out
+
+
+def decode_pairing(data: dict[str, Any], state: LedgerState) -> None:
+    """``encode_pairing``'s values back into ``state``."""
+    for trade_id, fill_id, account_id, instrument, side, quantity, price in data.get("open_fills", ()):
+        state.open_fills[trade_id] = OpenFill(fill_id, account_id, instrument, side, Decimal(quantity), Decimal(price))
+    state.busted_fills = dict(data.get("busted_fills", {}))
+
+
+def _encode_books(state: LedgerState) -> dict[str, Any]:
     return {
         "format": SNAPSHOT_FORMAT,
         "parameters": state.parameters.document(),
@@ -125,4 +164,5 @@ def decode_state(data: dict[str, Any]) -> LedgerState:
         for lid, (acc, scope, instrument, mode, side, q, r, cancelled) in data["liquidations"].items()
     }
     state.deadlines = {(acc, scope): _dt(at) or datetime.min for acc, scope, at in data["deadlines"]}
+    decode_pairing(data, state)
     return state

@@ -187,6 +187,7 @@ def summary(conn: sa.Connection) -> dict[str, Any]:
 # Event types that change an account's balances or positions (the account's own stream).
 BALANCE_EVENT_TYPES = (
     "FillRecorded",
+    "FillBusted",
     "CollateralDeposited",
     "WithdrawalApproved",
     "IsolatedMarginTransferred",

@@ -69,9 +69,10 @@ def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
         "BTCUSDT": position(book, "MarkRecorded", symbol="BTCUSDT"),
         "ETHUSDT": position(book, "MarkRecorded", symbol="ETHUSDT"),
     }
-    # Only the lone t2 fill lacks its other side.
-    findings = replay.counterpart_findings()
-    assert [f.position for f in findings] == [t2]
+    # Only the lone t2 fill lacks its other side: an open break, no longer a finding (its other
+    # side may still come, or the exchange may bust it).
+    assert replay.counterpart_findings() == []
+    assert [(b.position, b.trade_id, b.account_id) for b in replay.open_breaks()] == [(t2, "t2", "C")]
 
 
 def test_without_the_fill_check_marks_are_still_tracked_and_fills_are_not() -> None:
@@ -120,3 +121,28 @@ def test_the_margin_refresh_after_a_mark_sees_the_holders_as_they_are_now() -> N
     assert LogReplay._refresh_rotation(track, 13) == ["A", "B", "C"]  # A still holds ETHUSDT
     track.state.holders["ETHUSDT"].discard("A")
     assert LogReplay._refresh_rotation(track, 14) == ["B", "C"]
+
+
+def test_a_busted_fill_leaves_its_trade_and_a_correction_pairs_with_the_fill_that_stands() -> None:
+    from tests.domain.test_pairs_and_busts import BustingBook, bust
+    from tests.domain.test_pairs_and_busts import leg as fill_leg
+
+    book = BustingBook()
+    book.feed(fill_leg("T1", "A", "buy", "1", "100"))
+    book.feed(fill_leg("T1", "B", "sell", "1", "100"))
+    book.feed(bust("B-1", "T1-B-sell", "B"))  # a paired trade's second fill busted ...
+    book.feed(fill_leg("T1", "C", "sell", "1", "100"))  # ... and corrected under the same trade id
+    book.feed(fill_leg("T2", "A", "buy", "1", "100"))
+    book.feed(bust("B-2", "T2-A-buy", "A"))  # a lone fill busted
+    book.feed(fill_leg("T3", "A", "sell", "2", "100"))  # a lone fill: an open break
+    replay = LogReplay(decide=True)
+    with ledger_context():
+        for row in rows(book):
+            replay.feed(row)
+    replay.finish()
+    assert replay.determinism_mismatches == 0
+    assert replay.busts == []  # each found its fill at once
+    assert replay.counterpart_findings() == []
+    assert [(b.trade_id, b.account_id, b.side) for b in replay.open_breaks()] == [("T3", "A", "sell")]
+    assert replay.unmatched == {("BTCUSDT", "2", "100"): -1}
+    assert not replay.conservation_bad and replay.conservation_explained == {"USDT": Decimal(200)}

@@ -111,7 +111,11 @@ def test_a_changed_engine_is_caught_by_replay_determinism(market_url: str, owner
     assert "differs" in (problem or "")
 
 
-def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
+def test_a_fill_without_counterpart_is_reported(
+    market_url: str,  # noqa: F811
+    owner: sa.Engine,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # One side of a trade arrives and its other side never does.
     from clearing.engine.ledger import Ledger, RawRecord
     from clearing.store.db import make_engine
@@ -138,11 +142,64 @@ def test_a_fill_without_counterpart_is_reported(market_url: str, owner: sa.Engin
     position = position_of(owner, "SELECT position FROM events WHERE idempotency_key = 's0/fill/F-LONELY'")
     found = checks(owner)
     assert found["hash_chain"].ok and found["replay_determinism"].ok and found["projections"].ok
-    assert not found["counterparts"].ok
-    assert found["counterparts"].first_bad_position == position
-    assert "trade T-LONELY" in (found["counterparts"].problem or "")
-    assert "no counterpart" in (found["counterparts"].problem or "")
-    assert not found["conservation"].ok  # half a trade: the books cannot balance
+    # An open break, not a failure of the log: listed with its age; the books are out by exactly
+    # its amount (0.001 x 50000 USDT bought), which the conservation check allows for.
+    assert found["counterparts"].ok and found["conservation"].ok
+    assert found["counterparts"].details["open_breaks"] == 1
+    (listed,) = found["counterparts"].details["open_breaks_listed"]
+    assert (listed["position"], listed["trade_id"], listed["account_id"]) == (position, "T-LONELY", "ACC-00001")
+    assert "no counterpart" in listed["problem"]
+    assert listed["age_seconds"] is not None and listed["age_seconds"] >= 0
+    assert found["conservation"].details["open_breaks_amount"] == {"USDT": "-50"}
+    # The plain report says so, with what to do, and exits 0.
+    from clearing.audit.verify import run_verify
+
+    assert run_verify(owner, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert f"open break: trade T-LONELY: the fill at {position} (ACC-00001 buy 0.001 BTCUSDT @ 50000)" in out
+    assert "bust it, or send its other side" in out
+    assert out.rstrip().splitlines()[-1].startswith("verified")  # (checkpoints may be "not checked" here)
+    assert "ok   counterparts (1 open breaks, below)" in out
+
+
+def test_a_busted_lone_fill_is_no_longer_an_open_break(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
+    from clearing.engine.ledger import Ledger, RawRecord
+    from clearing.store.db import make_engine
+
+    fill = {
+        "type": "fill",
+        "fill_id": "F-LONELY",
+        "trade_id": "T-LONELY",
+        "account_id": "ACC-00001",
+        "instrument": "BTCUSDT",
+        "side": "buy",
+        "quantity": "0.001",
+        "price": "50000",
+        "fee": "0.02",
+        "occurred_at": "2026-11-24T00:00:00Z",
+    }
+    bust = {
+        "type": "fill_bust",
+        "bust_id": "B-LONELY",
+        "fill_id": "F-LONELY",
+        "account_id": "ACC-00001",
+        "reason": "the other side never traded",
+        "occurred_at": "2026-11-24T00:05:00Z",
+    }
+    engine = make_engine(market_url, role="clearing_app")
+    try:
+        ledger = Ledger(engine)
+        ledger.load()
+        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_000, b"ACC-00001", json.dumps(fill).encode())])
+        assert checks(owner)["counterparts"].details["open_breaks"] == 1
+        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_001, b"ACC-00001", json.dumps(bust).encode())])
+    finally:
+        engine.dispose()
+    report = verify(owner)
+    assert report.ok, json.dumps(report.as_dict(), default=str, indent=1)
+    found = {check.name: check for check in report.checks}
+    assert found["counterparts"].details["open_breaks"] == 0 and found["counterparts"].details["busts"] == 1
+    assert "open_breaks_amount" not in found["conservation"].details
 
 
 def test_cli_exit_status_and_json(market_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:  # noqa: F811

@@ -62,6 +62,24 @@ def _raw_fill(fill_id: str, price_json: str) -> bytes:
     return text.replace('"@PRICE@"', price_json).encode("utf-8")
 
 
+def _bust(bust_id: str, fill_id: str, account: str) -> dict[str, Any]:
+    return {
+        "type": "fill_bust",
+        "bust_id": bust_id,
+        "fill_id": fill_id,
+        "account_id": account,
+        "reason": "erroneous trade",
+        "occurred_at": _t(5),
+    }
+
+
+def _second(**changes: Any) -> dict[str, Any]:
+    """A second fill of the trade SETUP leaves open (A1 bought 0.01 at 65000), changed."""
+    fill = _fill("F-x", "A2", "sell", trade_id="T-F-open")
+    fill.update(changes)
+    return fill
+
+
 def _mark(price: str, second: int) -> dict[str, Any]:
     return {"type": "mark", "symbol": "BTCUSDT", "price": price, "occurred_at": _t(second)}
 
@@ -73,6 +91,10 @@ SETUP: list[Message] = [
     ("marks", "BTCUSDT", _mark("65000", 10)),
     ("fills", "A1", _fill("F-1", "A1", "buy")),
     ("fills", "A2", _fill("F-1s", "A2", "sell")),
+    # A trade whose second fill has not come yet, and a lone fill that is busted.
+    ("fills", "A1", _fill("F-open", "A1", "buy")),
+    ("fills", "A1", _fill("F-lone", "A1", "buy")),
+    ("fills", "A1", _bust("B-0", "F-lone", "A1")),
 ]
 # A good message on each topic a bad one goes to, produced right after the bad one (same key, so
 # the same partition): it must not be lost.
@@ -116,6 +138,27 @@ CASES = {
         ("occurred_at", "outside the years 1 to 9999"),
     ),
     "stale_mark": Case(("marks", "BTCUSDT", _mark("64000", 5)), ("stale mark", "BTCUSDT", "older")),
+    # Unix epoch times, which pydantic's lax mode once took: only RFC 3339 with a zone passes.
+    "epoch_time_as_a_number": Case(
+        ("transfers", "A1", _deposit("D-x", "A1", occurred_at=1764547200)),
+        ("occurred_at", "RFC 3339", "the JSON number 1764547200", "Unix epoch"),
+    ),
+    "epoch_time_as_a_string": Case(
+        ("fills", "A1", _fill("F-x", "A1", "buy", occurred_at="1764547200")),
+        ("occurred_at", "RFC 3339", "'1764547200'", "Unix epoch"),
+    ),
+    "epoch_time_of_a_mark": Case(
+        ("marks", "BTCUSDT", {**_mark("65000", 40), "occurred_at": 1764547200}), ("occurred_at", "Unix epoch")
+    ),
+    # A trade's second fill that is not the other side of its first: booked, verify would fail for ever.
+    "pair_quantity_differs": Case(("fills", "A2", _second(quantity="0.02")), ("T-F-open", "quantity 0.02 is not 0.01")),
+    "pair_price_differs": Case(("fills", "A2", _second(price="65001")), ("T-F-open", "price 65001 is not 65000")),
+    "pair_instrument_differs": Case(
+        ("fills", "A2", _second(instrument="ETHUSDT")), ("T-F-open", "instrument ETHUSDT is not BTCUSDT")
+    ),
+    "pair_same_side": Case(("fills", "A2", _second(side="buy")), ("T-F-open", "side buy is the first fill's side")),
+    "bust_of_an_unknown_fill": Case(("fills", "A1", _bust("B-x", "F-nope", "A1")), ("no fill 'F-nope' is booked",)),
+    "bust_of_a_busted_fill": Case(("fills", "A1", _bust("B-x", "F-lone", "A1")), ("F-lone", "already busted by B-0")),
     "conflicting_duplicate": Case(
         ("fills", "A1", _fill("F-1", "A1", "buy", price="65000.5")),
         ("conflicting duplicate", "F-1", "different content"),
