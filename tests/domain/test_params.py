@@ -18,11 +18,14 @@ from clearing.domain.fold import admit
 from clearing.domain.messages import InputError, decode
 from clearing.domain.params import (
     BOOKED_KINDS,
+    LOG_START_VERSION,
     RiskParameters,
     booking_report,
     bundled_document,
     bundled_parameters,
     load_parameters,
+    log_start_document,
+    log_start_parameters,
 )
 from clearing.domain.state import LedgerState
 
@@ -108,10 +111,26 @@ def test_underlying_defaults_to_the_instruments_own_symbol() -> None:
 # The bundled defaults
 
 
-def test_the_bundled_document_keeps_its_version_so_old_decisions_replay_identically() -> None:
-    # Every decision payload carries parameters_version; logs written before v2 started under
-    # this document and name it. Its additions change no figure of a linear account.
-    assert bundled_parameters().version == "bundled-2026-11-23.1"
+def test_the_log_start_document_is_the_v1_bundled_document_under_its_version() -> None:
+    """Every decision payload carries parameters_version; logs written before the ledger logged
+    its parameters started under the v1 bundled document and name its version: that document, and
+    no other, goes under that name (a snapshot of such a log holds it byte for byte)."""
+    assert log_start_parameters().version == LOG_START_VERSION == "bundled-2026-11-23.1"
+    document = log_start_document()
+    assert "option_margin" not in document
+    assert all("underlying" not in spec and spec["kind"] == "perpetual" for spec in document["instruments"])
+    assert load_parameters(document) == log_start_parameters()
+    assert LedgerState().parameters is log_start_parameters()
+
+
+def test_the_current_bundled_document_has_a_version_of_its_own() -> None:
+    """One version names one document: the v2 bundled document (option chain, option_margin)
+    is not the log-start one, so it may not take its version."""
+    assert bundled_parameters().version == "bundled-2026-12-07.1"
+    assert bundled_parameters().version != log_start_parameters().version
+    assert bundled_parameters().document() != log_start_parameters().document()
+    # The v2 document is the v1 one plus underlyings, options and option_margin, and a version.
+    assert {**v1_document(), "version": LOG_START_VERSION} == log_start_document()
 
 
 def test_the_bundled_linear_instruments_are_those_of_v1_plus_their_underlying() -> None:
@@ -384,7 +403,7 @@ def test_the_ledger_books_fills_of_exactly_the_booked_kinds() -> None:
 
 def test_an_option_fill_is_still_rejected_under_the_bundled_document() -> None:
     with pytest.raises(InputError, match="BTC-26MAR27-70000-C is a option; this ledger version books linear"):
-        admit(LedgerState(), fill_of("BTC-26MAR27-70000-C"))
+        admit(LedgerState(parameters=bundled_parameters()), fill_of("BTC-26MAR27-70000-C"))
 
 
 def test_the_booking_report_names_each_kind_and_what_the_ledger_does_with_it() -> None:
@@ -465,7 +484,7 @@ def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys:
     path.write_text(json.dumps(bundled_document()))
     assert main(["params", "apply", "--check", str(path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "valid: risk parameters bundled-2026-11-23.1, 23 instruments, 5 assets",
+        "valid: risk parameters bundled-2026-12-07.1, 23 instruments, 5 assets",
         "  perpetual: 3 instruments, booked by this ledger version",
         "  option: 20 instruments parsed; this ledger version does not book option fills yet "
         "(they would be dead-lettered)",
@@ -484,5 +503,8 @@ def test_an_isolated_margin_transfer_to_an_option_is_rejected_with_a_reason() ->
         "amount": "100", "occurred_at": T0,
     }  # fmt: skip
     with pytest.raises(InputError, match="isolated margin applies to positions this ledger version books; BTC-26"):
-        admit(LedgerState(), decode("transfers", json.dumps(transfer).encode()))
-    admit(LedgerState(), decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()))
+        admit(LedgerState(parameters=bundled_parameters()), decode("transfers", json.dumps(transfer).encode()))
+    admit(
+        LedgerState(parameters=bundled_parameters()),
+        decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()),
+    )
