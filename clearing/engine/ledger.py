@@ -28,10 +28,11 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
-from clearing.domain.inputs import InputMessage
+from clearing.domain.inputs import InputMessage, format_time
 from clearing.domain.logreplay import SortedHolders, refresh_window
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
+from clearing.domain.params import RiskParameters, bundled_parameters
 from clearing.domain.state import LedgerState
 from clearing.engine import checkpoints, outputs, snapshots
 from clearing.engine.records import RawRecord, merge_key
@@ -73,11 +74,23 @@ class LedgerBrokenError(RuntimeError):
 class Ledger:
     """One shard's writer. Not thread-safe: one ledger process per shard."""
 
-    def __init__(self, engine: sa.Engine, *, shard: int = 0, topic_prefix: str = "clearing.") -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        shard: int = 0,
+        topic_prefix: str = "clearing.",
+        opening_parameters: RiskParameters | None = None,
+    ) -> None:
         self.engine = engine
         self.shard = shard
         self.topic_prefix = topic_prefix
         self.state = LedgerState()
+        # The parameters this ledger opens an empty log of its shard with: its first event, a
+        # risk_parameters event like the admin topic's, so that the log names what it started
+        # under (a log naming none started under the log-start document: no event is needed
+        # for those, which is how a ledger given ``log_start_parameters()`` writes a v1 log).
+        self.opening_parameters = opening_parameters if opening_parameters is not None else bundled_parameters()
         self.head = eventlog.ShardHead(shard=shard)
         self.needs_reload = False
         self._refresh_cursor = 0
@@ -274,6 +287,7 @@ class Ledger:
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
             with eventlog.streaming_append(conn) as copy_stream, ledger_context():
                 stream = self.checkpoints.watch(copy_stream, self.shard)
+                position = self._open_log(stream, decoded, position, recorded_at, seen, result)
                 for record, message, key, payload in decoded:
                     offsets[(record.topic, record.partition)] = record.offset + 1
                     if message is None or key is None or payload is None:
@@ -367,6 +381,38 @@ class Ledger:
             conn.close()  # rolls the transaction back
             raise
         return conn, transaction, position, deferred
+
+    def _open_log(
+        self,
+        stream: checkpoints.CheckpointingStream,
+        decoded: list[Decoded],
+        position: int,
+        recorded_at: datetime,
+        seen: dict[str, str],
+        result: BatchResult,
+    ) -> int:
+        """On this shard's empty log, the opening parameters as its first event, at the batch's
+        earliest event time (before any of its inputs), unless they are those a log implies
+        before its first event anyway; returns the last position written. The event is the
+        admin topic's, decoded and folded as one, under the idempotency key of its version."""
+        times = [item[1].occurred_at for item in decoded if item[1] is not None]
+        parameters = self.opening_parameters
+        if self.head.shard_position != 0 or not times or parameters == self.state.parameters:
+            return position
+        wire = {"type": "risk_parameters", "parameters": parameters.document(), "occurred_at": format_time(min(times))}
+        message, payload = decode_wire("admin", json.dumps(wire).encode("utf-8"))
+        key = ev.idempotency_key(message, self.shard)
+        admit(self.state, message)
+        position += 1
+        if step(self.state, message, position, self.shard):
+            raise LedgerBrokenError(f"shard {self.shard}: the log is empty but its state has accounts to decide on")
+        payload_json = canonical_json(payload)
+        event = ev.input_event(message, self.shard, payload=payload, key=key)
+        stream.add(self.head.row(position, event, payload_json, recorded_at, None, payload["occurred_at"]))
+        seen[key] = payload_json
+        result.appended += 1
+        logger.info("shard %s: log opened with risk parameters %s", self.shard, parameters.version)
+        return position
 
 
 @dataclass(slots=True)
