@@ -50,14 +50,8 @@ def _deposit(account: str, amount: str, second: int) -> tuple[str, str, dict[str
     return (
         "transfers",
         account,
-        {
-            "type": "deposit",
-            "transfer_id": f"D-{account}",
-            "account_id": account,
-            "asset": "USDT",
-            "amount": amount,
-            "occurred_at": _t(second),
-        },
+        {"type": "deposit", "transfer_id": f"D-{account}", "account_id": account, "asset": "USDT", "amount": amount,
+         "occurred_at": _t(second)},
     )
 
 
@@ -101,10 +95,8 @@ def _forge(engine: sa.Engine, position: int, amount: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE events DISABLE TRIGGER ALL"))
         conn.execute(
-            sa.text(
-                "UPDATE events SET payload = jsonb_set(payload, '{amount}', to_jsonb(CAST(:a AS text))) "
-                "WHERE position = :p"
-            ),
+            sa.text("UPDATE events SET payload = jsonb_set(payload, '{amount}', to_jsonb(CAST(:a AS text))) "
+                    "WHERE position = :p"),
             {"a": amount, "p": position},
         )
         previous = conn.execute(
@@ -123,19 +115,9 @@ def _forge(engine: sa.Engine, position: int, amount: str) -> None:
             digest = chain(
                 previous,
                 digest_input(
-                    row.position,
-                    row.shard,
-                    row.stream,
-                    row.stream_version,
-                    row.type,
-                    row.schema_version,
-                    canonical_json(row.payload),
-                    format_time(row.occurred_at),
-                    format_time(row.recorded_at),
-                    row.source_topic,
-                    row.source_partition,
-                    row.source_offset,
-                    row.idempotency_key,
+                    row.position, row.shard, row.stream, row.stream_version, row.type, row.schema_version,
+                    canonical_json(row.payload), format_time(row.occurred_at), format_time(row.recorded_at),
+                    row.source_topic, row.source_partition, row.source_offset, row.idempotency_key,
                     row.cause_position,
                 ),
             )

@@ -51,14 +51,8 @@ def _transfer(kind: str, transfer_id: str, account: str, amount: str, second: in
     return (
         "transfers",
         account,
-        {
-            "type": kind,
-            "transfer_id": transfer_id,
-            "account_id": account,
-            "asset": "USDT",
-            "amount": amount,
-            "occurred_at": _t(second),
-        },
+        {"type": kind, "transfer_id": transfer_id, "account_id": account, "asset": "USDT", "amount": amount,
+         "occurred_at": _t(second)},
     )
 
 

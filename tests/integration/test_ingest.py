@@ -205,7 +205,7 @@ def test_produced_messages_become_log_projections_offsets_and_outputs(
     assert all(again.ends[key] == 2 * end for key, end in produced.ends.items())
     stats = in_process_ledger.run_until(again.ends)
     assert stats.duplicates == len(MESSAGES)
-    assert stats.appended == 1 + len(MESSAGES)  # run totals: none of them since the first run
+    assert stats.appended == 1 + len(MESSAGES)  # the run's totals: nothing appended since
     assert count(owner_engine, "SELECT count(*) FROM events") == events_before
     assert {key: value[0] for key, value in in_process_ledger.ledger.stored_offsets().items()} == again.ends
     assert balances_table(owner_engine) == EXPECTED_BALANCES
