@@ -123,6 +123,21 @@ def test_the_log_start_document_is_the_v1_bundled_document_under_its_version() -
     assert LedgerState().parameters is log_start_parameters()
 
 
+def test_a_v1_document_is_logged_as_it_was_sent() -> None:
+    """A risk_parameters message's logged payload carries the document as sent, not as v2
+    validation would spell it again (``document()`` adds ``haircut_tiers: null`` and the like): a
+    log written before v2 is written again byte for byte by this code (the pinned log's test)."""
+    from clearing.domain.messages import decode_wire
+    from clearing.store.hashing import canonical_json
+
+    sent = {"type": "risk_parameters", "parameters": log_start_document(), "occurred_at": "2026-11-23T12:00:00Z"}
+    message, payload = decode_wire("admin", json.dumps(sent).encode())
+    assert canonical_json(payload["parameters"]) == canonical_json(sent["parameters"])
+    assert payload["parameters"] != log_start_parameters().document()  # which is the same document, spelled anew
+    assert load_parameters(payload["parameters"]) == log_start_parameters()
+    assert message.parameters == sent["parameters"]
+
+
 def test_the_current_bundled_document_has_a_version_of_its_own() -> None:
     """One version names one document: the v2 bundled document (option chain, option_margin)
     is not the log-start one, so it may not take its version."""
