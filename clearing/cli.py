@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,18 +107,31 @@ def add_db(subparsers: Subparsers) -> None:
 # clearing run | simulate | demo | account show
 
 
+RUN_HALTED_EXIT = 3  # `clearing run` stopped because it cannot go on safely; the log says why and what to do
+
+
 def _run(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
+    from clearing.engine.runner import LedgerHalted
     from clearing.settings import get_settings
     from clearing.store.db import upgrade
     from consumers.process import run_ledger
 
+    # A SIGTERM while the services are found and the state loads stops the run cleanly too.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     services = ensure_services(settings)
     upgrade(services.database_url)
-    logging.getLogger("clearing").setLevel(logging.INFO)
-    stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
-                       metrics_host=args.metrics_host)
+    for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
+                           metrics_host=args.metrics_host, reread_past_end=args.reread_past_end, stop=stop)
+    except LedgerHalted as halted:
+        logging.getLogger("clearing.engine.runner").error("event=ledger_halted reason=%s", json.dumps(str(halted)))
+        return RUN_HALTED_EXIT
     out(
         f"stopped: {stats.records} records, {stats.appended} events appended, {stats.decisions} decisions, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters; log at position {stats.last_position}"
@@ -132,6 +147,9 @@ def add_run(subparsers: Subparsers) -> None:
                         help="serve Prometheus metrics of this process on PORT")
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="address the metrics server listens on (default 127.0.0.1)")
+    parser.add_argument("--reread-past-end", action="store_true",
+                        help="read partitions whose stored offsets are past the broker's end from their beginning "
+                             "(after the broker lost its messages and the inputs were published again)")
     parser.set_defaults(handler=_run)
 
 
@@ -153,6 +171,7 @@ def _simulate(args: argparse.Namespace) -> int:
         steps=args.steps,
         crash_at=args.crash_at,
         crash_depth=Decimal(args.crash_depth),
+        options=args.options,
     )
     messages = list(generate(scenario))
     ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
@@ -172,6 +191,8 @@ def add_simulate(subparsers: Subparsers) -> None:
     parser.add_argument("--crash-at", type=float, default=None, metavar="FRACTION",
                         help="start a crash after this fraction of the steps (e.g. 0.7)")
     parser.add_argument("--crash-depth", default="0.25", help="fraction the prices fall in the crash")
+    parser.add_argument("--options", action="store_true",
+                        help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_simulate)
 

@@ -108,13 +108,15 @@ def run_demo(
     from consumers.process import run_ledger
 
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-    scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75)
+    scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75, options=True)
     # The liquidator's market maker deposits first: it takes the other side of every liquidation.
     kind, key, value = liquidator.deposit_message()
     messages = [Message(kind, key, value), *generate(scenario), *BAD_MESSAGES]
     console.print(
         f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
-        f"marks as a random walk, a 25% crash at the end, and {len(BAD_MESSAGES)} malformed messages. "
+        f"a quarter of them in BTC and ETH options (mostly puts written, marked at Black-76 every step), "
+        f"marks as a random walk, a 25% crash at the end that hits the put writers, and {len(BAD_MESSAGES)} "
+        "malformed messages. "
         f"A liquidator (a simulated exchange) fills the ledger's liquidation orders at their mark against "
         f"{liquidator.MARKET_MAKER}."
     )

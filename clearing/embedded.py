@@ -395,6 +395,17 @@ def ensure_broker(broker_dir: Path) -> BrokerProcess:
     return launch_broker(broker_dir)
 
 
+def restart_broker_empty(broker_dir: Path) -> BrokerProcess:
+    """Stop the broker recorded in ``broker_dir`` and start a new one on the same port: what a
+    restart of the in-memory broker is (every topic empty, a new instance id, the clients'
+    bootstrap still right). For fault tests and the fault loop."""
+    broker = read_broker(broker_dir)
+    if broker is None:
+        raise EmbeddedServiceError(f"no broker is recorded in {broker_dir}")
+    stop_broker(broker_dir)
+    return launch_broker(broker_dir, port=broker.port)
+
+
 def _looks_like_tansu(pid: int) -> bool:
     import psutil
 

@@ -1,6 +1,13 @@
 """The risk calculator behind ``clearing risk evaluate FILE|- [--json]`` (CONTRACT.md).
 
 Input: ``{"parameters": {...}, "marks": {...}, "account": {"balances": {...}, "positions": [...]}}``
+and, CONTRACT v2, ``at`` (an RFC 3339 time with a zone: the valuation time of options, required
+when the account holds options), option positions (cross only), and marks given as
+``{"price": ..., "iv": ...}`` objects (a plain string stays a price). Each option position's
+output adds ``model_price``, Black-76 at the mark's iv and the underlying's mark at ``at``
+(half-even to 12 places; null without an iv or an underlying mark), its ``value`` at the mark
+(what equity counts; its ``unrealized_pnl`` is that value less the premium paid) and the
+per-contract terms of standard option margin.
 with every number an exact decimal string (or a JSON integer). It builds an ``Account`` (cost of a
 position = quantity x entry_price x contract_size), evaluates it with the margin model the input
 names (``margin_model``, CONTRACT v2; ``standard`` when left out) through the margin-model
@@ -21,12 +28,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from clearing.domain.black76 import PricingError, option_value
 from clearing.domain.marginmodel import (
     CROSS,
     ISOLATED,
@@ -38,7 +47,16 @@ from clearing.domain.marginmodel import (
     ScopeRisk,
 )
 from clearing.domain.models import DEFAULT_MODEL, model_named
-from clearing.domain.numbers import ONE, ZERO, NumberError, divide, exact, parse_decimal, to_wire
+from clearing.domain.numbers import (
+    ONE,
+    ZERO,
+    NumberError,
+    divide,
+    exact,
+    parse_decimal,
+    round_model_value,
+    to_wire,
+)
 from clearing.domain.params import RiskParameters, bundled_parameters, load_parameters
 from clearing.domain.state import Account, Position
 
@@ -88,13 +106,25 @@ def _parameters(document: dict[str, Any]) -> RiskParameters:
         raise CalculatorInputError(f"parameters: {error}") from error
 
 
-def _marks(raw: Any, parameters: RiskParameters) -> dict[str, Decimal]:
+def _marks(raw: Any, parameters: RiskParameters) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """Prices by symbol, and the implied volatilities of the marks that carry one."""
     marks: dict[str, Decimal] = {}
+    ivs: dict[str, Decimal] = {}
     for symbol, value in _object(raw if raw is not None else {}, "marks").items():
         if not parameters.knows_symbol(symbol):
             raise CalculatorInputError(
                 f"marks.{symbol}: {symbol} is neither an instrument nor an asset of parameters {parameters.version}"
             )
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"price", "iv"})
+            if unknown:
+                raise CalculatorInputError(f"marks.{symbol} takes price and iv only, not {', '.join(unknown)}")
+            if value.get("iv") is not None:
+                iv = _decimal(value["iv"], f"marks.{symbol}.iv")
+                if iv < 0:
+                    raise CalculatorInputError(f"marks.{symbol}.iv must not be negative, got {to_wire(iv)}")
+                ivs[symbol] = iv
+            value = value.get("price")
         price = _decimal(value, f"marks.{symbol}")
         if price <= 0:
             raise CalculatorInputError(f"marks.{symbol} must be positive, got {to_wire(price)}")
@@ -103,7 +133,21 @@ def _marks(raw: Any, parameters: RiskParameters) -> dict[str, Decimal]:
                 f"marks.{symbol} must be 1: {symbol} is the valuation asset, got {to_wire(price)}"
             )
         marks[symbol] = price
-    return marks
+    return marks, ivs
+
+
+def _at(raw: Any) -> datetime | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise CalculatorInputError(f"at must be an RFC 3339 time string, got {type(raw).__name__}")
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError as error:
+        raise CalculatorInputError(f"at is not an RFC 3339 time: {raw!r}") from error
+    if at.tzinfo is None:
+        raise CalculatorInputError(f"at needs a zone (Z or an offset): {raw!r}")
+    return at
 
 
 def _position(raw: Any, index: int, parameters: RiskParameters) -> Position:
@@ -127,6 +171,8 @@ def _position(raw: Any, index: int, parameters: RiskParameters) -> Position:
     mode = item.get("margin_mode", CROSS)
     if mode not in (CROSS, ISOLATED):
         raise CalculatorInputError(f"{where}.margin_mode must be 'cross' or 'isolated', got {mode!r}")
+    if spec.kind == "option" and mode != CROSS:
+        raise CalculatorInputError(f"{where}: {instrument} is an option; options are held in cross margin only")
     isolated_margin = ZERO
     if item.get("isolated_margin") is not None:
         isolated_margin = _decimal(item["isolated_margin"], f"{where}.isolated_margin")
@@ -143,12 +189,38 @@ def _position(raw: Any, index: int, parameters: RiskParameters) -> Position:
     )
 
 
-@exact
+class CalculatorInput:
+    """What a calculator input describes, parsed: the account, the parameters, the marks (prices)
+    and, CONTRACT v2, the marks' implied volatilities and the valuation time ``at``."""
+
+    def __init__(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: dict[str, Decimal],
+        ivs: dict[str, Decimal],
+        at: datetime | None,
+    ) -> None:
+        self.account = account
+        self.parameters = parameters
+        self.marks = marks
+        self.ivs = ivs
+        self.at = at
+
+
 def parse_input(document: Any) -> tuple[Account, RiskParameters, dict[str, Decimal]]:
     """The account, parameters and marks a calculator input describes (see the module docstring)."""
+    parsed = parse_calculator_input(document)
+    return parsed.account, parsed.parameters, parsed.marks
+
+
+@exact
+def parse_calculator_input(document: Any) -> CalculatorInput:
+    """``parse_input`` with the v2 additions (``CalculatorInput``)."""
     top = _object(document, "the input")
     parameters = _parameters(top)
-    marks = _marks(top.get("marks"), parameters)
+    marks, ivs = _marks(top.get("marks"), parameters)
+    at = _at(top.get("at"))
     raw_account = _object(top.get("account"), "account")
     balances: dict[str, Decimal] = {}
     for asset, value in _object(raw_account.get("balances") or {}, "account.balances").items():
@@ -168,17 +240,79 @@ def parse_input(document: Any) -> tuple[Account, RiskParameters, dict[str, Decim
                 f"account.positions[{index}] repeats {position.instrument} {position.margin_mode}; give one entry each"
             )
         account.positions[position.key] = position
-    return account, parameters, marks
+    options = [key[0] for key in account.positions if parameters.instruments_by_symbol[key[0]].kind == "option"]
+    if options and at is None:
+        raise CalculatorInputError(
+            f"at is required when the account holds options ({', '.join(options)}): the valuation time of "
+            "model_price, as RFC 3339 with a zone"
+        )
+    return CalculatorInput(account, parameters, marks, ivs, at)
 
 
 def _optional(value: Decimal | None) -> str | None:
     return None if value is None else to_wire(value)
 
 
-def _position_document(position: PositionRisk, parameters: RiskParameters) -> dict[str, Any]:
+def _option_document(
+    position: PositionRisk, parameters: RiskParameters, calculator: CalculatorInput | None
+) -> dict[str, Any]:
+    """The option-only fields of a position: model_price, value, the inputs and the per-contract
+    terms of standard option margin (each branch of each max, so a person can check it)."""
+    option = position.option
+    assert option is not None
+    spec = parameters.instruments_by_symbol[position.instrument]
+    model_price: str | None = None
+    iv = None if calculator is None else calculator.ivs.get(position.instrument)
+    if calculator is not None and calculator.at is not None and iv is not None and option.underlying_mark is not None:
+        try:
+            value = option_value(spec, option.underlying_mark, iv, calculator.at, parameters.interest_rate)
+        except PricingError as error:
+            raise CalculatorInputError(f"{position.instrument}: {error}") from error
+        model_price = to_wire(round_model_value(value))
+    terms = option.per_contract
+    return {
+        "model_price": model_price,
+        "iv": _optional(iv),
+        "value": to_wire(position.unrealised_pnl),
+        "underlying": option.underlying,
+        "underlying_mark": _optional(option.underlying_mark),
+        "option_type": option.option_type,
+        "strike": to_wire(option.strike),
+        "option_margin": {
+            "contracts": to_wire(option.contracts),
+            "out_of_the_money": to_wire(terms.out_of_the_money),
+            "rate_term": to_wire(terms.rate_term),
+            "floor_term": to_wire(terms.floor_term),
+            "maintenance_underlying_term": to_wire(terms.maintenance_underlying_term),
+            "maintenance_mark_term": _optional(terms.maintenance_mark_term),
+            "initial_per_contract": to_wire(terms.initial),
+            "maintenance_per_contract": to_wire(terms.maintenance),
+        },
+    }
+
+
+def _position_document(
+    position: PositionRisk, parameters: RiskParameters, calculator: CalculatorInput | None = None
+) -> dict[str, Any]:
     spec = parameters.instruments_by_symbol[position.instrument]
     # Exact here: the calculator built cost as quantity x entry_price x contract_size.
     entry = divide(position.cost, position.quantity * spec.contract_size)
+    if position.option is not None:
+        return {
+            "instrument": position.instrument,
+            "margin_mode": position.margin_mode,
+            "quantity": to_wire(position.quantity),
+            "entry_price": to_wire(entry),
+            "mark": _optional(position.mark),
+            "marked": position.marked,
+            "notional": to_wire(position.notional),
+            "unrealized_pnl": to_wire(position.pnl),
+            "initial_margin": to_wire(position.initial_margin),
+            "maintenance_margin": to_wire(position.maintenance_margin),
+            "liquidation_price": None,
+            "tier": position.tier,
+            **_option_document(position, parameters, calculator),
+        }
     return {
         "instrument": position.instrument,
         "margin_mode": position.margin_mode,
@@ -207,11 +341,13 @@ def _scope_figures(scope: ScopeRisk) -> dict[str, Any]:
 
 
 @exact
-def risk_document(risk: AccountRisk, parameters: RiskParameters, account: Account) -> dict[str, Any]:
+def risk_document(
+    risk: AccountRisk, parameters: RiskParameters, account: Account, calculator: CalculatorInput | None = None
+) -> dict[str, Any]:
     """The calculator's output document for an evaluated account; positions in the account's
     insertion order (the input order)."""
     by_key = {(p.instrument, p.margin_mode): p for p in risk.positions}
-    positions = [_position_document(by_key[key], parameters) for key in account.positions if key in by_key]
+    positions = [_position_document(by_key[key], parameters, calculator) for key in account.positions if key in by_key]
     isolated = [
         {
             "instrument": scope.scope.removeprefix(ISOLATED_SCOPE_PREFIX),
@@ -256,13 +392,14 @@ def _model(document: Any) -> MarginModel:
 
 def evaluate_document(document: Any) -> dict[str, Any]:
     """Calculator input (parsed JSON) -> output document. Raises ``CalculatorInputError``."""
-    account, parameters, marks = parse_input(document)
+    parsed = parse_calculator_input(document)
+    account, parameters, marks = parsed.account, parsed.parameters, parsed.marks
     model = _model(document)
     try:
         risk = model.evaluate(account, parameters, marks, liquidation_prices=True)
     except MarginModelError as error:
         raise CalculatorInputError(str(error)) from error
-    return risk_document(risk, parameters, account)
+    return risk_document(risk, parameters, account, parsed)
 
 
 def render_text(output: Mapping[str, Any]) -> str:
@@ -276,6 +413,14 @@ def render_text(output: Mapping[str, Any]) -> str:
     for p in output["positions"]:
         liquidation = p["liquidation_price"] if p["liquidation_price"] is not None else "none"
         mark = p["mark"] if p["mark"] is not None else "unmarked (valued at entry)"
+        if "model_price" in p:
+            model_price = p["model_price"] if p["model_price"] is not None else "-"
+            lines.append(
+                f"  {p['instrument']} qty {p['quantity']} mark {mark} (model {model_price}, underlying "
+                f"{p['underlying_mark'] or 'unmarked'}): value {p['value']}  pnl {p['unrealized_pnl']}  "
+                f"initial {p['initial_margin']}  maintenance {p['maintenance_margin']}"
+            )
+            continue
         lines.append(
             f"  {p['instrument']} {p['margin_mode']} qty {p['quantity']} mark {mark}: notional {p['notional']} "
             f"(tier {p['tier']})  pnl {p['unrealized_pnl']}  initial {p['initial_margin']}  "

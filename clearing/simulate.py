@@ -1,6 +1,12 @@
 """A deterministic synthetic market (``clearing simulate``): accounts, deposits, paired fills on
 both sides of each trade, marks as a random walk, funding, withdrawals and an optional crash.
 
+With ``options`` (``clearing simulate --options``), a quarter of the trades are trades of the
+bundled BTC and ETH options: a writer sells a put (most often) or a call to a buyer at the
+option's mark, and every step marks each option at Black-76 of its underlying's price (iv 0.6,
+0.9 during the crash, when the put writers are the ones called). Without it the messages are
+those of earlier versions, byte for byte.
+
 The same seed and options give the same messages byte for byte. The generator is not in the
 ledger path; it uses ``random.Random(seed)`` and builds every number as an exact decimal string.
 """
@@ -13,10 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, Final
 
+from clearing.domain.black76 import option_value
 from clearing.domain.inputs import format_time
 from clearing.domain.numbers import to_wire
+from clearing.domain.params import InstrumentSpec, bundled_parameters
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 INSTRUMENTS = {
@@ -39,6 +47,30 @@ class Scenario:
     leverage_max: int = 20  # the most leveraged habit a simulated trader has
     withdrawals: bool = True
     funding_every_steps: int = 50
+    options: bool = False  # trade the bundled options too (module docstring)
+
+
+OPTION_SHARE_OF_TRADES: Final = 4  # with options, one trade in this many is an option trade
+OPTION_IV: Final = Decimal("0.6")
+OPTION_CRASH_IV: Final = Decimal("0.9")
+OPTION_PRICE_TICK: Final = Decimal("0.01")
+OPTION_QUANTITY_STEP: Final = Decimal("0.01")
+OPTION_WRITER_RATE: Final = Decimal("0.15")  # the writer sizes its trade against initial_rate x U + mark
+
+
+def _options(at: datetime) -> list[InstrumentSpec]:
+    """The bundled options whose underlying the simulation marks, unexpired at ``at``."""
+    assets = {spec[3] for spec in INSTRUMENTS.values()}
+    return [
+        spec
+        for spec in bundled_parameters().instruments
+        if spec.kind == "option" and spec.underlying in assets and spec.expiry is not None and spec.expiry > at
+    ]
+
+
+def _option_mark(spec: InstrumentSpec, underlying: Decimal, iv: Decimal, at: datetime) -> Decimal:
+    value = option_value(spec, underlying, iv, at, Decimal(0))
+    return max(OPTION_PRICE_TICK, _q(value, OPTION_PRICE_TICK))
 
 
 @dataclass(frozen=True)
@@ -61,10 +93,14 @@ def generate(scenario: Scenario) -> Iterator[Message]:
     accounts = [f"ACC-{i:05d}" for i in range(1, scenario.accounts + 1)]
     clock = START
     prices = {symbol: spec[0] for symbol, spec in INSTRUMENTS.items()}
-    equity = {}
+    equity: dict[str, Decimal] = {}
     habits = [lev for lev in (2, 3, 3, 5, 5, 5, 8, 10, 10, 15, 20, 25) if lev <= scenario.leverage_max] or [1]
     leverage = {account: Decimal(rng.choice(habits)) for account in accounts}
     held: dict[str, dict[str, Decimal]] = {account: {} for account in accounts}
+    options = _options(START) if scenario.options else []
+    asset_price = {spec[3]: symbol for symbol, spec in INSTRUMENTS.items()}  # asset -> the instrument priced alike
+    option_marks: dict[str, Decimal] = {}
+    iv = OPTION_IV
 
     def tick() -> str:
         nonlocal clock
@@ -79,6 +115,51 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 "marks", symbol, {"type": "mark", "symbol": symbol, "price": to_wire(price), "occurred_at": at}
             )
             yield Message("marks", asset, {"type": "mark", "symbol": asset, "price": to_wire(price), "occurred_at": at})
+        for spec in options:
+            underlying = _q(
+                prices[asset_price[spec.underlying_symbol]], INSTRUMENTS[asset_price[spec.underlying_symbol]][1]
+            )
+            mark = option_marks[spec.symbol] = _option_mark(spec, underlying, iv, clock)
+            yield Message(
+                "marks",
+                spec.symbol,
+                {"type": "mark", "symbol": spec.symbol, "price": to_wire(mark), "iv": to_wire(iv), "occurred_at": at},
+            )
+
+    def option_trade(number: int) -> Iterator[Message]:
+        """A writer sells a put (three times in four) or a call to a buyer at the option's mark,
+        sized against a tenth to a half of its equity per initial_rate x U + mark a contract."""
+        writer, buyer = rng.sample(accounts, 2)
+        puts = [spec for spec in options if spec.option_type == "put"]
+        calls = [spec for spec in options if spec.option_type == "call"]
+        spec = rng.choice(puts if rng.random() < 0.75 else calls)
+        price = option_marks[spec.symbol]
+        underlying = prices[asset_price[spec.underlying_symbol]]
+        quantity = _q(
+            equity[writer] * rng.randint(1, 5) / 10 / (OPTION_WRITER_RATE * underlying + price), OPTION_QUANTITY_STEP
+        )
+        quantity = max(quantity, OPTION_QUANTITY_STEP)
+        at = tick()
+        for side, account in (("buy", buyer), ("sell", writer)):
+            fee = (quantity * price * Decimal("0.0003")).quantize(Decimal("0.00000001"))
+            yield Message(
+                "fills",
+                account,
+                {
+                    "type": "fill",
+                    "fill_id": f"F-{number:07d}-{side[0]}",
+                    "trade_id": f"T-{number:07d}",
+                    "account_id": account,
+                    "instrument": spec.symbol,
+                    "side": side,
+                    "quantity": to_wire(quantity),
+                    "price": to_wire(price),
+                    "fee": to_wire(fee),
+                    "fee_asset": "USDT",
+                    "margin_mode": "cross",
+                    "occurred_at": at,
+                },
+            )
 
     yield from marks()
     for account in accounts:
@@ -116,6 +197,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
     trade_number = 0
     for step in range(scenario.steps):
         # Marks: a random walk of about 0.2% a step; during a crash, an even fall each step.
+        if options:
+            crashing = crash_start is not None and crash_start <= step < crash_start + scenario.crash_steps
+            iv = OPTION_CRASH_IV if crashing else OPTION_IV
         for symbol in prices:
             if crash_start is not None and crash_start <= step < crash_start + scenario.crash_steps:
                 fall = scenario.crash_depth / scenario.crash_steps
@@ -135,6 +219,9 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             if trade_number >= scenario.trades:
                 break
             trade_number += 1
+            if options and rng.randrange(OPTION_SHARE_OF_TRADES) == 0:
+                yield from option_trade(trade_number)
+                continue
             buyer, seller = rng.sample(accounts, 2)
             symbol = rng.choice(list(INSTRUMENTS))
             _, price_tick, quantity_step, _ = INSTRUMENTS[symbol]

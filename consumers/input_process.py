@@ -14,8 +14,10 @@ ledger re-read from its stored offsets after a failed batch) is dropped when it 
 offsets that count are still the ones PostgreSQL stores with the events; this process keeps none.
 
 If the child fails (the broker unreachable at start, an error in the client), ``poll`` raises
-``InputProcessFailed`` with the child's traceback, and the ledger stops rather than stall. If the
-ledger's process dies, the child sees the socket close and exits.
+``InputProcessFailed`` with the child's traceback, and the ledger stops rather than stall. When
+the broker holds fewer messages than were consumed (a wiped or restarted in-memory broker),
+``assign`` or ``poll`` raises ``BrokerLostMessages`` and the child reads nothing until the next
+``assign``. If the ledger's process dies, the child sees the socket close and exits.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from clearing.engine.records import RawRecord
 from clearing.runtime import tune_gc
-from consumers.kafka_input import InputConsumer
+from consumers.kafka_input import BrokerLostMessages, InputConsumer, PartitionStart
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +44,23 @@ PREFETCH_BATCHES = 2  # batches the child may read ahead of what the ledger has 
 CHILD_POLL_TIMEOUT_MS = 100
 LAG_EVERY_S = 1.0  # an idle child reports the partitions' lag at most this often
 CLOSE_TIMEOUT_S = 10.0
+# Longest ``assign`` waits for the child to have assigned and sought (the broker's metadata and
+# the ends of the partitions; kafka-python retries an unreachable broker within it).
+ASSIGN_TIMEOUT_S = 120.0
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds consumers/ and clearing/
 _CHILD = (
     f"import sys; sys.path.insert(0, {str(SOURCE_ROOT)!r}); "
     "from consumers.input_process import main; main(sys.argv[1:])"
 )
 
-# What crosses the socket: (ASSIGN, generation, stored offsets, broker instance), (CREDIT,
-# generation, batches, records per batch) and (CLOSE,) to the child; (RECORDS, generation,
-# records, lag), (LAG, generation, lag) and (FAILED, traceback) from it.
-ASSIGN, CREDIT, CLOSE, RECORDS, LAG, FAILED = "assign", "credit", "close", "records", "lag", "failed"
+# What crosses the socket: (ASSIGN, generation, stored offsets, broker instance, reread past
+# end), (CREDIT, generation, batches, records per batch) and (CLOSE,) to the child; (ASSIGNED,
+# generation, partition starts), (RECORDS, generation, records, lag), (LAG, generation, lag,
+# connected to the broker),
+# (LOST, generation, BrokerLostMessages) and (FAILED, traceback) from it.
+ASSIGN, CREDIT, CLOSE, ASSIGNED, RECORDS, LAG, LOST, FAILED = (
+    "assign", "credit", "close", "assigned", "records", "lag", "lost", "failed"
+)  # fmt: skip
 
 
 class InputProcessFailed(RuntimeError):
@@ -61,9 +70,12 @@ class InputProcessFailed(RuntimeError):
 class InputProcess:
     """A ``RecordSource`` (clearing/engine/runner.py) whose Kafka consumer runs in a child process."""
 
-    def __init__(self, bootstrap: str, prefix: str, *, shard: int = 0, shards: int = 1) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, *, shard: int = 0, shards: int = 1, reread_past_end: bool = False
+    ) -> None:
         if not 0 <= shard < shards:
             raise ValueError(f"shard {shard} is not one of 0..{shards - 1}")
+        self.reread_past_end = reread_past_end  # see InputConsumer.assign
         # A fresh interpreter running this module, not a fork (the ledger's process has threads:
         # the outbox relay, the metrics server) nor multiprocessing's spawn (which re-imports the
         # caller's main module: a script without a main guard would start itself again). It
@@ -81,13 +93,30 @@ class InputProcess:
         self._generation = 0
         self._credited = False  # whether this generation's first credit was sent
         self._lag: dict[tuple[str, int], int] = {}
+        self._disconnected_since: float | None = None  # since when the child reports no broker connection
 
-    def assign(self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None) -> None:
+    def assign(
+        self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None
+    ) -> list[PartitionStart]:
         """Have the child assign this shard's partitions and seek to ``stored`` (as
-        ``InputConsumer.assign``); records read before are dropped from here on."""
+        ``InputConsumer.assign``), and return where each partition is read from; records read
+        before are dropped from here on."""
         self._generation += 1
         self._credited = False
-        self._send((ASSIGN, self._generation, stored, broker_instance))
+        self._send((ASSIGN, self._generation, stored, broker_instance, self.reread_past_end))
+        deadline = time.monotonic() + ASSIGN_TIMEOUT_S
+        while self._conn.poll(max(0.0, deadline - time.monotonic())):
+            message = self._recv()
+            if message[0] == FAILED:
+                raise InputProcessFailed(f"the Kafka input process failed:\n{message[1]}")
+            if message[1] != self._generation:
+                continue  # read under an earlier assignment
+            if message[0] == LOST:
+                raise message[2]
+            if message[0] == ASSIGNED:
+                starts: list[PartitionStart] = message[2]
+                return starts
+        raise InputProcessFailed(f"the Kafka input process did not assign its partitions in {ASSIGN_TIMEOUT_S:.0f} s")
 
     def poll(self, timeout_ms: int, records_max: int) -> list[RawRecord]:
         """The next batch the child read (in event-time order, at most ``records_max``, the
@@ -106,10 +135,17 @@ class InputProcess:
                 raise InputProcessFailed(f"the Kafka input process failed:\n{message[1]}")
             if message[1] != self._generation:
                 continue  # read under an earlier assignment
+            if message[0] == LOST:
+                raise message[2]
             if message[0] == LAG:
                 self._lag = message[2]
+                if message[3]:
+                    self._disconnected_since = None
+                elif self._disconnected_since is None:
+                    self._disconnected_since = time.monotonic()
                 continue
             _, _, records, self._lag = message
+            self._disconnected_since = None
             self._send((CREDIT, self._generation, 1, records_max))
             return records  # type: ignore[no-any-return]
 
@@ -120,6 +156,11 @@ class InputProcess:
     def lag(self) -> dict[tuple[str, int], int]:
         """Records behind the high watermark per partition, as the child last reported."""
         return dict(self._lag)
+
+    def unreachable_s(self) -> float:
+        """How long the child has reported no connection to the broker (0 while it has one)."""
+        since = self._disconnected_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
         """Stop the child: it exits at CLOSE. A child that is sending a batch reads nothing until
@@ -188,19 +229,23 @@ def _serve(conn: Connection, bootstrap: str, prefix: str, shard: int, shards: in
                 if command[0] == CLOSE:
                     return
                 if command[0] == ASSIGN:
-                    _, generation, stored, broker_instance = command
                     credit = 0
-                    source.assign(stored, broker_instance)
+                    generation = _assign(conn, source, command)
                 elif command[0] == CREDIT and command[1] == generation:
                     credit += command[2]
                     records_max = command[3]
                 wait = 0.0 if generation and credit else None
-            records = source.poll(CHILD_POLL_TIMEOUT_MS, records_max)
+            try:
+                records = source.poll(CHILD_POLL_TIMEOUT_MS, records_max)
+            except BrokerLostMessages as error:
+                conn.send((LOST, generation, error))
+                generation = credit = 0  # reads nothing until the ledger assigns again
+                continue
             if records:
                 conn.send((RECORDS, generation, records, source.lag()))
                 credit -= 1
             elif time.monotonic() - lag_reported > LAG_EVERY_S:
-                conn.send((LAG, generation, source.lag()))
+                conn.send((LAG, generation, source.lag(), source.broker_connected()))
                 lag_reported = time.monotonic()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the ledger's process is gone
@@ -211,6 +256,19 @@ def _serve(conn: Connection, bootstrap: str, prefix: str, shard: int, shards: in
     finally:
         if source is not None:
             source.close()
+
+
+def _assign(conn: Connection, source: InputConsumer, command: tuple[Any, ...]) -> int:
+    """Assign and seek as the ledger asks, and answer with where each partition is read from;
+    returns the generation to read for (0, nothing, when the broker lost messages)."""
+    _, generation, stored, broker_instance, reread_past_end = command
+    try:
+        starts = source.assign(stored, broker_instance, reread_past_end=reread_past_end)
+    except BrokerLostMessages as error:
+        conn.send((LOST, generation, error))
+        return 0
+    conn.send((ASSIGNED, generation, starts))
+    return int(generation)
 
 
 def main(argv: list[str]) -> None:

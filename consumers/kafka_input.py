@@ -20,11 +20,11 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from clearing.domain.messages import INPUT_TOPICS
 from clearing.engine.outputs import CHECKPOINTS, OUTPUT_TOPICS
-from clearing.engine.records import RawRecord, merge_key
+from clearing.engine.records import RawRecord, SourceLostRecords, merge_key
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ FETCH_BYTES_MAX = 32 * 1024 * 1024
 # ADMIN_MESSAGE_BYTES_MAX are not cut off.
 PARTITION_FETCH_BYTES_MAX = 128 * 1024
 METADATA_WAIT_MS = 10_000
+END_OFFSETS_TIMEOUT_S = 30.0  # longest assign waits for the broker to say where its partitions end
 
 
 _EVENT_TIME = re.compile(rb'"occurred_at"\s*:\s*"([^"]{1,64})"')
@@ -139,6 +140,64 @@ class EventTimeMerge:
 
 
 @dataclass(frozen=True)
+class PartitionStart:
+    """Where one assigned partition is read from: the offset stored in PostgreSQL (None when none
+    is), the offset reading starts at, and why. (The partition's end is known from the first
+    fetch: tansu answers ListOffsets with the last record batch's first offset + 1, not the end.)"""
+
+    topic: str
+    partition: int
+    stored: int | None
+    start: int
+    note: str
+
+
+# (topic, partition, offset the ledger has consumed up to, the broker's end of the partition)
+LostPartition = tuple[str, int, int, int]
+
+
+class BrokerLostMessages(SourceLostRecords):
+    """The broker's partitions end before offsets the ledger has consumed already: a new or wiped
+    cluster (or a restarted in-memory broker). Reading on would skip messages or re-read other
+    ones under old offsets, so the ledger stops and says so."""
+
+    def __init__(
+        self, lost: list[LostPartition], cluster: str | None, *, running: bool, replaced: str | None = None
+    ) -> None:
+        self.lost = lost
+        self.cluster = cluster
+        self.running = running
+        self.replaced = replaced  # the cluster id before, when the broker reports another one
+        where = "; ".join(
+            f"{topic}[{partition}]: consumed up to offset {offset}, "
+            + (f"the broker's end is {end}" if end >= 0 else "which the broker says is out of range")
+            for topic, partition, offset, end in lost
+        )
+        when = "while the ledger was running" if running else "at start"
+        what = (
+            f"the broker's cluster id changed from {replaced} to {cluster} ({when})"
+            if replaced is not None
+            else f"the broker (cluster id {cluster}) holds fewer messages than the ledger has consumed ({when})"
+        )
+        super().__init__(
+            f"{what}: {where or 'no partition is behind yet'}. This is a new or wiped cluster, or a restarted "
+            "in-memory broker; the ledger stops rather "
+            "than skip messages or read other ones under old offsets. To recover: if the ledger points at the "
+            "wrong broker, correct CLEARING_KAFKA_BOOTSTRAP and start it again; if the broker lost its data, "
+            "publish the inputs again (those already in the log are recognised by their idempotency keys) and "
+            "start `clearing run --reread-past-end` once, which reads these partitions from their beginning. "
+            "Never move the offsets in consumer_offsets forward by hand: the messages before them would be skipped."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the input process's socket
+        return (_lost, (self.lost, self.cluster, self.running, self.replaced))
+
+
+def _lost(lost: list[LostPartition], cluster: str | None, running: bool, replaced: str | None) -> BrokerLostMessages:
+    return BrokerLostMessages(lost, cluster, running=running, replaced=replaced)
+
+
+@dataclass(frozen=True)
 class Topics:
     prefix: str
 
@@ -185,17 +244,25 @@ class InputConsumer:
         self.topics = Topics(prefix)
         self.shard = shard
         self.shards = shards
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=f"clearing-ledger-{shard}",
+        self.bootstrap = bootstrap
+        self.consumer = self._client()
+        self.assigned: list[TopicPartition] = []
+        self.merge = EventTimeMerge()
+        self.cluster: str | None = None  # the broker's cluster id at assign
+        self.ends_seen: dict[TopicPartition, int] = {}  # the furthest end seen of each partition
+
+    def _client(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"clearing-ledger-{self.shard}",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never reset a position on its own: an offset out of range means the broker lost
+            # messages the ledger consumed, or deleted unread ones (BrokerLostMessages).
+            auto_offset_reset="none",
             max_partition_fetch_bytes=PARTITION_FETCH_BYTES_MAX,
             fetch_max_bytes=FETCH_BYTES_MAX,
             max_poll_records=POLL_RECORDS_MAX,
         )
-        self.assigned: list[TopicPartition] = []
-        self.merge = EventTimeMerge()
 
     def partitions(self) -> list[TopicPartition]:
         """This shard's partitions: every partition of marks and admin, and of the account-keyed
@@ -215,26 +282,80 @@ class InputConsumer:
             raise RuntimeError(f"topic {topic} has no partitions in the broker's metadata; was it created?")
         return set(found)
 
-    def assign(self, stored: dict[tuple[str, int], tuple[int, str | None]], broker_instance: str | None) -> None:
-        """Assign this shard's partitions and seek each to the offset stored in PostgreSQL.
+    def assign(
+        self,
+        stored: dict[tuple[str, int], tuple[int, str | None]],
+        broker_instance: str | None,
+        *,
+        reread_past_end: bool = False,
+    ) -> list[PartitionStart]:
+        """Assign this shard's partitions and seek each to the offset stored in PostgreSQL; returns
+        where each is read from.
 
         An offset stored against another instance of the embedded broker (which keeps messages in
         memory only, so a restarted one is empty) is not used: the partition starts from the
-        beginning, and the idempotency keys make anything read twice a no-op."""
+        beginning, and the idempotency keys make anything read twice a no-op. An offset past the
+        end of its partition shows at the first fetch: ``poll`` raises ``BrokerLostMessages``,
+        unless ``reread_past_end`` (the operator's choice, after the inputs were published
+        again) has it read such partitions from their beginning."""
+        if self.assigned:
+            # A new client for every new assignment: the old one keeps the high watermarks and
+            # the cluster id of the broker it last heard from (a restarted one, maybe), and an
+            # end seen there is not an end of this broker's partitions.
+            self.consumer.close()
+            self.consumer = self._client()
         self.assigned = self.partitions()
         self.consumer.assign(self.assigned)
         self.merge = EventTimeMerge()
+        self.cluster = self.cluster_id()
+        self.reread_past_end = reread_past_end
+        self.ends_seen = {}
+        starts = []
         for tp in self.assigned:
             offset, instance = stored.get((tp.topic, tp.partition), (0, None))
-            if broker_instance is not None and instance is not None and instance != broker_instance:
-                logger.warning(
-                    "offset %s of %s[%s] belongs to an earlier broker instance; reading from the start",
-                    offset,
-                    tp.topic,
-                    tp.partition,
-                )
+            known = (tp.topic, tp.partition) in stored
+            note = "stored offset" if known else "no stored offset: from the beginning"
+            if broker_instance is not None and instance is not None and instance != broker_instance and offset:
+                note = f"offset {offset} belongs to an earlier embedded broker ({instance}): from the beginning"
+                logger.warning("%s[%s]: %s", tp.topic, tp.partition, note)
                 offset = 0
-            self.consumer.seek(tp, offset)
+            if offset:
+                self.consumer.seek(tp, offset)
+            else:  # the partition's first offset, which retention may have moved past 0
+                self.consumer.seek_to_beginning(tp)
+            starts.append(PartitionStart(tp.topic, tp.partition, stored[(tp.topic, tp.partition)][0] if known else None,
+                                         offset, note))  # fmt: skip
+        return starts
+
+    def broker_connected(self) -> bool:
+        """Whether the client holds a connection to any broker of the cluster (read from the
+        client's own state, defensively: True when it cannot tell)."""
+        client: Any = getattr(self.consumer, "_client", None)
+        try:
+            brokers = client.cluster.brokers()
+            return not brokers or any(client.connected(broker.node_id) for broker in brokers)
+        except Exception:  # another kafka-python than the one this was written against
+            return True
+
+    def broker_cluster_id(self) -> str | None:
+        """The cluster id the broker gives when asked now (None when it does not answer)."""
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="clearing-ledger-cluster")
+        except Exception:  # the broker unreachable: the caller keeps what it knows
+            return None
+        try:
+            found = admin.describe_cluster().get("cluster_id")
+            return str(found) if found is not None else None
+        except Exception:
+            return None
+        finally:
+            admin.close()
+
+    def cluster_id(self) -> str | None:
+        """The cluster id the broker reported in its last metadata (the embedded broker's instance)."""
+        cluster = getattr(getattr(self.consumer, "_client", None), "cluster", None)
+        found = getattr(cluster, "cluster_id", None)
+        return str(found) if found is not None else None
 
     def poll(self, timeout_ms: int, records_max: int = POLL_RECORDS_MAX) -> list[RawRecord]:
         """The next records in event-time order across this shard's partitions (see
@@ -249,7 +370,7 @@ class InputConsumer:
             self.consumer.pause(*full)
         if self.consumer.paused():
             self.consumer.resume(*[tp for tp in self.consumer.paused() if tp not in full])
-        fetched = self.consumer.poll(timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX)
+        fetched = self._fetch(timeout_ms)
         self._add(fetched)
         # Top up: while the ledger wrote the last batch, the next fetches were on their way. A
         # consumer catching up takes what arrives within a few milliseconds more, so that the
@@ -258,7 +379,7 @@ class InputConsumer:
         # fewer rows per event).
         polls = 0
         while fetched and self.merge.buffered() < records_max * TOP_UP_BUFFER_FACTOR and polls < TOP_UP_POLLS_MAX:
-            fetched = self.consumer.poll(timeout_ms=TOP_UP_WAIT_MS, max_records=FETCH_RECORDS_MAX)
+            fetched = self._fetch(TOP_UP_WAIT_MS)
             self._add(fetched)
             polls += 1
         behind = set()
@@ -267,7 +388,61 @@ class InputConsumer:
             # Unknown until the first fetch answers for the partition: then it may hold anything.
             if highwater is None or self.consumer.position(tp) < highwater:
                 behind.add((tp.topic, tp.partition))
+        self._check_ends()
         return self.merge.release(behind, records_max, time.monotonic())
+
+    def _fetch(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        try:
+            fetched: dict[TopicPartition, list[Any]] = self.consumer.poll(
+                timeout_ms=timeout_ms, max_records=FETCH_RECORDS_MAX
+            )
+            return fetched
+        except OffsetOutOfRangeError as error:  # Kafka's answer to a position past the end
+            out_of_range: dict[TopicPartition, int] = error.args[0] if error.args else {}
+            lost = [(tp.topic, tp.partition, offset, -1) for tp, offset in out_of_range.items()]
+            self._lost(lost, self.cluster_id(), None)
+            return {}
+
+    def _check_ends(self) -> None:
+        """Raise ``BrokerLostMessages`` when a partition ends before what was read of it, or its
+        end moved back (never so on a broker that keeps its messages), or the cluster id changed."""
+        lost = []
+        for tp in self.assigned:
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = self.consumer.position(tp)
+            if highwater < self.ends_seen.get(tp, 0) or position > highwater:
+                lost.append((tp.topic, tp.partition, position, highwater))
+            else:
+                self.ends_seen[tp] = highwater
+        cluster = self.cluster_id()
+        if lost and cluster == self.cluster:
+            # The fetches saw the new ends before the client's metadata saw the new cluster id:
+            # ask the broker now (a restarted embedded broker is read from its start by its id).
+            cluster = self.broker_cluster_id() or cluster
+        replaced = self.cluster if self.cluster is not None and cluster not in (None, self.cluster) else None
+        if lost or replaced is not None:
+            self._lost(lost, cluster, replaced)
+
+    def _lost(self, lost: list[LostPartition], cluster: str | None, replaced: str | None) -> None:
+        """Raise ``BrokerLostMessages``, unless the operator asked (``reread_past_end``) that
+        partitions found past their end before anything was read of them be read from their
+        beginning: those are sought there, and reading goes on."""
+        if replaced is None and self.reread_past_end:
+            fresh = [
+                (topic, partition)
+                for topic, partition, *_ in lost
+                if TopicPartition(topic, partition) not in self.ends_seen
+            ]
+            if len(fresh) == len(lost):
+                for topic, partition, offset, end in lost:
+                    note = f"offset {offset} is past the broker's end {end}: from the beginning (--reread-past-end)"
+                    logger.warning("%s[%s]: %s", topic, partition, note)
+                    self.consumer.seek_to_beginning(TopicPartition(topic, partition))
+                return
+        running = bool(self.ends_seen)
+        raise BrokerLostMessages(lost, cluster, running=running, replaced=replaced)
 
     def _add(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         for tp in sorted(fetched, key=lambda tp: (tp.topic, tp.partition)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from clearing.engine.checkpoints import signer_from
 from clearing.engine.ledger import BatchResult, Ledger
 from clearing.engine.metrics import LedgerMetrics
 from clearing.engine.outbox import OutboxRelay
-from clearing.engine.runner import RunStats, run
+from clearing.engine.runner import RunStats, kv, run
 from clearing.settings import Settings
 from clearing.store.db import make_engine
 from consumers.input_process import InputProcess
@@ -21,6 +22,7 @@ from consumers.kafka_input import ensure_topics
 logger = logging.getLogger(__name__)
 
 LAG_EVERY_BATCHES = 20  # consumer lag is read from the client's last fetch every this many batches
+BROKER_UNREACHABLE_WARN_S = 5.0  # a broker unreachable this long is logged (at each progress line)
 
 
 def run_ledger(
@@ -36,17 +38,31 @@ def run_ledger(
     install_signal_handlers: bool = True,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    reread_past_end: bool = False,
 ) -> RunStats:
+    """Run one shard's ledger until stopped; raises ``runner.LedgerHalted`` when it cannot go on
+    safely (the message says what to do). ``reread_past_end``: partitions whose stored offsets
+    are past the broker's end are read from their beginning (the operator's recovery after a
+    broker lost its messages: see ``consumers.kafka_input.BrokerLostMessages``)."""
     engine = make_engine(services.database_url, role=settings.database_role)
     try:
         ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
         # Started first: the child imports and connects while the state loads. run() closes it.
-        source = InputProcess(services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards)
+        source = InputProcess(
+            services.kafka_bootstrap, settings.topic_prefix, shard=shard, shards=shards, reread_past_end=reread_past_end
+        )
         try:
             ledger = Ledger(engine, shard=shard, topic_prefix=settings.topic_prefix)
             ledger.checkpoints.signer = signer_from(settings)
+            started = time.monotonic()
             replayed = ledger.load(progress=load_progress)
-            logger.info("shard %s: state loaded from %s events", shard, replayed)
+            head = ledger.head
+            logger.info(
+                kv("ledger_started", shard=shard, shards=shards, log_position=head.position,
+                   shard_position=head.shard_position, last_hash=head.last_hash.hex()[:16],
+                   replayed_events=replayed, load_s=time.monotonic() - started, broker=services.kafka_bootstrap,
+                   broker_instance=services.broker_instance, topic_prefix=settings.topic_prefix)
+            )  # fmt: skip
             if on_loaded is not None:
                 on_loaded(replayed)
             relay = OutboxRelay(engine, services.kafka_bootstrap)
@@ -65,10 +81,20 @@ def run_ledger(
             if on_batch is not None:
                 on_batch(result, stats)
 
+        def unreachable(stats: RunStats) -> None:
+            silent = source.unreachable_s()
+            if silent >= BROKER_UNREACHABLE_WARN_S:
+                logger.warning(
+                    kv("broker_unreachable", shard=shard, broker=services.kafka_bootstrap, for_s=silent,
+                       position=stats.last_position or ledger.head.position,
+                       action="reconnecting; consuming resumes where it stopped once the broker answers")
+                )  # fmt: skip
+
         return run(
             ledger,
             source,
             relay,
+            progress=unreachable,
             broker_instance=services.broker_instance,
             stop=stop,
             on_batch=observed,

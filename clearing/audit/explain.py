@@ -83,10 +83,55 @@ def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
     return state
 
 
+def _option_figures(p: PositionRisk) -> dict[str, Any]:
+    """An option's standard option margin (CONTRACT v2), with every term of every max."""
+    option = p.option
+    assert option is not None
+    terms = option.per_contract
+    return {
+        "underlying": option.underlying,
+        "underlying_mark": w(option.underlying_used),
+        "underlying_marked": option.underlying_mark is not None,
+        "option_type": option.option_type,
+        "strike": w(option.strike),
+        "short": p.quantity < 0,
+        "initial_rate": w(option.rates.initial_rate),
+        "minimum_rate": w(option.rates.minimum_rate),
+        "maintenance_rate": w(option.rates.maintenance_rate),
+        "out_of_the_money": w(terms.out_of_the_money),
+        "rate_term": w(terms.rate_term),
+        "floor_term": w(terms.floor_term),
+        "maintenance_underlying_term": w(terms.maintenance_underlying_term),
+        "maintenance_mark_term": w(terms.maintenance_mark_term),
+        "initial_per_contract": w(terms.initial),
+        "maintenance_per_contract": w(terms.maintenance),
+        "contracts": w(option.contracts),
+    }
+
+
 def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
+    entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
+    if p.option is not None:
+        return {
+            "instrument": p.instrument,
+            "margin_mode": p.margin_mode,
+            "quantity": w(p.quantity),
+            "contract_size": w(p.contract_size),
+            "cost": w(p.cost),
+            "entry_price": w(entry),
+            "mark": w(p.mark),
+            "price_used": w(p.price_used),
+            "settlement_asset": p.settlement_asset,
+            "settlement_price": w(p.settlement_price),
+            "notional": w(p.notional),
+            "value": w(p.unrealised_pnl),
+            "unrealised_pnl": w(p.unrealised_pnl),
+            "initial_margin": w(p.initial_margin),
+            "maintenance_margin": w(p.maintenance_margin),
+            "option": _option_figures(p),
+        }
     spec = state.parameters.instruments_by_symbol[p.instrument]
     tier = spec.tier_table[p.tier - 1]
-    entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
     return {
         "instrument": p.instrument,
         "margin_mode": p.margin_mode,
@@ -330,9 +375,57 @@ def _collateral_lines(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def _option_lines(q: dict[str, Any]) -> list[str]:
+    o = q["option"]
+    u, k, mark = o["underlying_mark"], o["strike"], q["price_used"]
+    head = [
+        f"  {q['instrument']} (option, {o['option_type']} strike {k} on {o['underlying']}): quantity {q['quantity']}, "
+        f"contract size {q['contract_size']}, premium {q['cost']}, mark used {mark}, underlying U = {u}"
+        + ("" if o["underlying_marked"] else " (unmarked: taken at the strike)"),
+        f"    value in equity = {q['settlement_price']} x {q['quantity']} x {q['contract_size']} x {mark} = "
+        f"{q['value']}",
+    ]
+    if not o["short"]:
+        return [*head, "    long: initial = maintenance = 0 (its premium is paid; its value counts in equity)"]
+    if o["option_type"] == "call":
+        otm = f"OTM = max({k} - {u}, 0) = {o['out_of_the_money']}"
+        maintenance = (
+            f"maintenance per contract = {o['maintenance_rate']} x {u} + {mark} = {o['maintenance_per_contract']}"
+        )
+        initial = (
+            f"initial per contract = max({o['initial_rate']} x {u} - {o['out_of_the_money']} = {o['rate_term']}, "
+            f"{o['minimum_rate']} x {u} = {o['floor_term']}) + {mark} = {o['initial_per_contract']}"
+        )
+    else:
+        otm = f"OTM = max({u} - {k}, 0) = {o['out_of_the_money']}"
+        maintenance = (
+            f"maintenance per contract = max({o['maintenance_rate']} x {u} = {o['maintenance_underlying_term']}, "
+            f"{o['maintenance_rate']} x {mark} = {o['maintenance_mark_term']}) + {mark} = "
+            f"{o['maintenance_per_contract']}"
+        )
+        initial = (
+            f"initial per contract = max(max({o['initial_rate']} x {u} - {o['out_of_the_money']} = {o['rate_term']}, "
+            f"{o['minimum_rate']} x {u} = {o['floor_term']}) + {mark}, maintenance per contract) = "
+            f"{o['initial_per_contract']}"
+        )
+    return [
+        *head,
+        f"    short {o['option_type']}: {otm}",
+        f"    {maintenance}",
+        f"    {initial}",
+        f"    maintenance = {q['settlement_price']} x {o['maintenance_per_contract']} x {o['contracts']} "
+        f"contracts rounded up = {q['maintenance_margin']}",
+        f"    initial = {q['settlement_price']} x {o['initial_per_contract']} x {o['contracts']} contracts "
+        f"rounded up = {q['initial_margin']}",
+    ]
+
+
 def _position_lines(s: dict[str, Any]) -> list[str]:
     out = ["Positions:"]
     for q in s["positions"]:
+        if "option" in q:
+            out += _option_lines(q)
+            continue
         out += [
             f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
             f"cost {q['cost']}, entry price {q['entry_price']}, mark used {q['price_used']}",
@@ -391,7 +484,9 @@ def render(result: dict[str, Any]) -> str:
     out += _position_lines(s)
     t = s["thresholds"]
     out += [
-        f"Equity = collateral {s['collateral_value']} + PnL {s['unrealised_pnl']} = {s['equity']} {va}",
+        f"Equity = collateral {s['collateral_value']} + "
+        + ("PnL and option values" if any("option" in q for q in s["positions"]) else "PnL")
+        + f" {s['unrealised_pnl']} = {s['equity']} {va}",
         f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}",
         f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
         f"{s['margin_ratio']} (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "

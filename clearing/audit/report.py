@@ -73,6 +73,15 @@ class MarkPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class QuantityPoint:
+    """An option position's signed quantity after an event that moved it."""
+
+    position: int
+    occurred_at: datetime
+    quantity: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedEvent:
     position: int
     occurred_at: datetime
@@ -88,6 +97,7 @@ class AccountTimeline:
     end: datetime | None
     risk: list[RiskPoint] = field(default_factory=list)
     marks: dict[str, list[MarkPoint]] = field(default_factory=dict)
+    option_positions: dict[str, list[QuantityPoint]] = field(default_factory=dict)  # by option
     markers: list[LoggedEvent] = field(default_factory=list)
     events: list[LoggedEvent] = field(default_factory=list)
     events_total: int = 0
@@ -127,7 +137,14 @@ def build_timeline(
             if event_stream == stream:
                 relevant = True
                 if event_type in TRADE_EVENT_TYPES:
-                    traded.add(str(payload.get("instrument")))
+                    instrument = str(payload.get("instrument"))
+                    traded.add(instrument)
+                    spec = state.parameters.instrument(instrument)
+                    if spec is not None and spec.kind == "option":
+                        # An option moves with its underlying: chart that mark too.
+                        traded.add(spec.underlying_symbol)
+                        if in_window:
+                            _record_option(timeline, state, account_id, instrument, position, occurred_at)
                 if in_window:
                     logged = LoggedEvent(position, occurred_at, event_type, payload)
                     timeline.events_total += 1
@@ -135,6 +152,12 @@ def build_timeline(
                         timeline.events.append(logged)
                     if event_type in CALL_EVENT_TYPES or event_type in LIQUIDATION_EVENT_TYPES:
                         timeline.markers.append(logged)
+            elif event_type == "SettlementPriceRecorded" and str(payload.get("symbol")) in timeline.option_positions:
+                # The option expired and settled: the account's position in it closed.
+                relevant = True
+                if in_window:
+                    symbol = str(payload.get("symbol"))
+                    _record_option(timeline, state, account_id, symbol, position, occurred_at)
             elif event_type in MARK_EVENT_TYPES:
                 symbol = str(payload.get("symbol"))
                 account = state.accounts.get(account_id)
@@ -165,6 +188,15 @@ def build_timeline(
                     )
                 )
     return timeline
+
+
+def _record_option(
+    timeline: AccountTimeline, state: LedgerState, account_id: str, symbol: str, position: int, at: datetime
+) -> None:
+    account = state.accounts.get(account_id)
+    held = account.positions.get((symbol, "cross")) if account is not None else None
+    quantity = held.quantity if held is not None else Decimal(0)
+    timeline.option_positions.setdefault(symbol, []).append(QuantityPoint(position, at, quantity))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +473,7 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
     markers = _markers(timeline.markers)
     times = (
         [_seconds(p.occurred_at) for p in timeline.risk]
+        + [_seconds(p.occurred_at) for points in timeline.option_positions.values() for p in points]
         + [m.at for m in markers]
         + [_seconds(p.occurred_at) for points in timeline.marks.values() for p in points]
     )
@@ -454,6 +487,23 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             x_range=x_range,
         )
     ]
+    if timeline.option_positions:
+        charts.append(
+            svg_chart(
+                "Option positions (contracts, negative = short)",
+                [
+                    Series(
+                        symbol,
+                        SERIES_COLOURS[index % len(SERIES_COLOURS)],
+                        [(_seconds(p.occurred_at), float(p.quantity)) for p in points],
+                    )
+                    for index, (symbol, points) in enumerate(sorted(timeline.option_positions.items()))
+                ],
+                markers,
+                height=260,
+                x_range=x_range,
+            )
+        )
     for index, (symbol, points) in enumerate(sorted(timeline.marks.items())):
         colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
         charts.append(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from clearing.domain.black76 import intrinsic_value
 from clearing.domain.decisions import (
     AccountBankrupted,
     Decision,
@@ -76,7 +77,8 @@ def _apply_fill(state: LedgerState, fill: Fill) -> None:
     spec = state.terms().instruments[fill.instrument]
     account = state.account(fill.account_id)
     quantity = fill.quantity if fill.side == "buy" else -fill.quantity
-    trade(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
+    book = trade_option if spec.is_option else trade
+    book(state, account, account.position(fill.instrument, fill.margin_mode), spec, quantity, fill.price)
     if fill.fee != ZERO:
         # The fee moves from the account to the fee account: a negative fee (maker rebate) moves
         # the other way. Fees are charged to the wallet, never to isolated collateral.
@@ -142,6 +144,47 @@ def trade(
     return realised
 
 
+def trade_option(
+    state: LedgerState, account: Account, position: Position, spec: InstrumentTerms, quantity: Decimal, price: Decimal
+) -> Decimal:
+    """Book a signed quantity of an option at a price (CONTRACT v2): the premium
+    (quantity x price x contract size) moves at the fill, out of the balance for a buy and into it
+    for a sale, so equity counts the position at its mark (``q x cs x mark``, long positive,
+    short negative) and nothing more moves when it closes. Options are held in cross margin only
+    (``fold.admit``).
+
+    Cost and realised PnL are kept as ``trade`` keeps them (the same lot arithmetic: the closed
+    share of the cost, rounded so that a reported gain never exceeds what the fills back), for
+    reporting only: the cash of a close already moved with its premium. Returns the realised PnL.
+    """
+    premium = spec.times_size(quantity * price)
+    account.debit(spec.settlement_asset, premium)
+    realised = ZERO
+    held = position.quantity
+    long = held > ZERO
+    if held == ZERO or long == (quantity > ZERO):
+        position.cost += premium
+        position.quantity = held + quantity
+    else:
+        held_size = abs(held)
+        traded = abs(quantity)
+        closing = min(traded, held_size)
+        signed = closing if long else -closing
+        removed = position.cost if closing == held_size else -round_credit(-divide(position.cost * closing, held_size))
+        realised = spec.times_size(signed * price) - removed
+        position.cost -= removed
+        position.quantity = held - signed
+        opening = traded - closing
+        if opening > ZERO:
+            reopened = -opening if long else opening
+            position.quantity = reopened
+            position.cost = spec.times_size(reopened * price)
+        position.realised_pnl += realised
+    _track_holder(state, account.account_id, position)
+    state.touched.add(account.account_id)
+    return realised
+
+
 def _track_holder(state: LedgerState, account_id: str, position: Position) -> None:
     holders = state.holders.get(position.instrument)
     if holders is None:  # not ``setdefault``, which makes an empty set on every call
@@ -201,15 +244,43 @@ def _apply_funding(state: LedgerState, funding: Funding) -> None:
 
 
 def _apply_settlement(state: LedgerState, settlement: Settlement) -> None:
-    """A dated future settles: every open position closes at the settlement price."""
+    """A dated future settles: every open position closes at the settlement price. An option
+    settles at its intrinsic value at the underlying's settlement price (``settlement.price``):
+    every position closes at it, so each long is paid quantity x contract size x intrinsic by
+    the shorts (through their premiums of the close, ``trade_option``), and the option's mark
+    becomes that value."""
     spec = state.terms().instruments[settlement.symbol]
-    state.marks[settlement.symbol] = MarkState(settlement.price, settlement.occurred_at)
+    price = settlement.price
+    book = trade
+    if spec.is_option:
+        option = state.parameters.instruments_by_symbol[settlement.symbol]
+        assert option.option_type is not None and option.strike is not None  # params validates options
+        price = intrinsic_value(option.option_type, settlement.price, option.strike)
+        book = trade_option
+    state.marks[settlement.symbol] = MarkState(price, settlement.occurred_at)
     state.marks_touched.add(settlement.symbol)
+    if spec.is_option:
+        _withdraw_orders(state, settlement.symbol)
     for account_id in sorted(state.holders.get(settlement.symbol, ())):
         account = state.accounts[account_id]
         for position in list(account.positions.values()):
             if position.instrument == settlement.symbol and position.quantity != ZERO:
-                trade(state, account, position, spec, -position.quantity, settlement.price)
+                book(state, account, position, spec, -position.quantity, price)
+
+
+def _withdraw_orders(state: LedgerState, symbol: str) -> None:
+    """An expired option's liquidation orders can no longer execute (nothing trades after the
+    expiry) and the settlement closes what they were to close: they leave the open orders and
+    their scopes' pending lists, so a late execution is refused at admission and the lifecycle
+    does not wait for it."""
+    for liquidation_id, order in sorted(state.liquidations.items()):
+        if order.instrument != symbol:
+            continue
+        del state.liquidations[liquidation_id]
+        status = state.accounts[order.account_id].margin.get(order.scope)
+        if status is not None and liquidation_id in status.pending_orders:
+            status.pending_orders.remove(liquidation_id)
+        state.touched.add(order.account_id)
 
 
 def _apply_withdrawal_request(state: LedgerState, withdrawal: Withdrawal) -> None:
@@ -241,7 +312,8 @@ def _apply_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
     else:
         account.debit(spec.settlement_asset, fee)
     state.account(INSURANCE_FUND_ACCOUNT).credit(spec.settlement_asset, fee)
-    trade(state, account, position, spec, quantity, fill.price)
+    book = trade_option if spec.is_option else trade
+    book(state, account, position, spec, quantity, fill.price)
     order.remaining -= fill.quantity
     if order.remaining == ZERO:
         del state.liquidations[order.liquidation_id]

@@ -182,7 +182,7 @@ class MarginCallIssued(Decision):
     margin_ratio: Decimal | None  # None: infinite, or no requirement
     shortfall: Decimal
     deadline: datetime | None  # maintenance level only
-    marks: dict[str, Decimal]  # the price each position was valued at
+    marks: dict[str, Decimal]  # the price each position was valued at (and an option's underlying's mark)
     parameters_version: str
 
 

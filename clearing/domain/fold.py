@@ -9,7 +9,7 @@ Money moves only by the rules of ``booking``, and every move has its opposite en
 conservation invariant holds at every position of the log (see ``conservation``):
 
     sum(balances) + sum(isolated margin) + sum(unrealised PnL at any common mark)
-        == deposits - withdrawals        (per asset)
+        + sum(option values at any common mark) == deposits - withdrawals        (per asset)
 """
 
 from __future__ import annotations
@@ -63,18 +63,18 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 _asset(state, message.fee_asset, "fee_asset")
             if spec.kind not in BOOKED_KINDS:
                 raise InputError(
-                    f"{message.instrument} is a {spec.kind}; this ledger version books linear perpetuals "
-                    "and futures only"
+                    f"{message.instrument} is a {spec.kind}; this ledger version books perpetuals, futures "
+                    "and options only"
                 )
+            if spec.kind == "option":
+                _check_option_fill(spec, message)
         case Deposit() | Withdrawal():
             _asset(state, message.asset, "asset")
         case IsolatedMarginTransfer():
             spec = _instrument(state, message.instrument)
-            if spec.kind not in BOOKED_KINDS:  # options are held in cross margin only (CONTRACT v2)
-                raise InputError(
-                    f"isolated margin applies to positions this ledger version books; {message.instrument} is a "
-                    f"{spec.kind}"
-                )
+            if spec.kind not in BOOKED_KINDS or spec.kind == "option":  # options: cross only (CONTRACT v2)
+                held = "an option, held in cross margin only" if spec.kind == "option" else f"a {spec.kind}"
+                raise InputError(f"isolated margin applies to linear positions; {message.instrument} is {held}")
         case Mark():
             if not params.knows_symbol(message.symbol):
                 raise UnknownSymbol(
@@ -98,8 +98,13 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 )
         case Settlement():
             spec = _instrument(state, message.symbol)
-            if spec.kind != "future":
-                raise InputError(f"settlement applies to dated futures; {message.symbol} is a {spec.kind}")
+            if spec.kind not in ("future", "option"):
+                raise InputError(f"settlement applies to dated futures and options; {message.symbol} is a {spec.kind}")
+            if spec.kind == "option" and spec.expiry is not None and message.occurred_at < spec.expiry:
+                raise InputError(
+                    f"settlement of {message.symbol} at {message.occurred_at.isoformat()} is before its expiry "
+                    f"{spec.expiry.isoformat()}: an option settles at its expiry or after it"
+                )
         case RiskParametersMessage():
             try:
                 load_parameters(message.parameters)
@@ -126,6 +131,19 @@ def _asset(state: LedgerState, asset: str, field: str) -> None:
 
 def _first_line(error: Exception) -> str:
     return " ".join(str(error).split())[:500]
+
+
+def _check_option_fill(spec: InstrumentSpec, fill: Fill | LiquidationFill) -> None:
+    """Options are held in cross margin only, and trade until their expiry (CONTRACT v2)."""
+    if isinstance(fill, Fill) and fill.margin_mode != "cross":
+        raise InputError(
+            f"{fill.instrument} is an option: options are held in cross margin only, not {fill.margin_mode}"
+        )
+    if spec.expiry is not None and fill.occurred_at >= spec.expiry:
+        raise InputError(
+            f"{fill.instrument} expired at {spec.expiry.isoformat()}; a fill at {fill.occurred_at.isoformat()} "
+            "is after its expiry (it settles, it no longer trades)"
+        )
 
 
 def _check_liquidation_fill(state: LedgerState, fill: LiquidationFill) -> None:
@@ -249,11 +267,19 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
     sides of every trade; so the check needs no marks: it adds -cost per position (and the
     insurance fund and fee account are ordinary accounts in ``state.accounts``). Deficits of
     bankrupt accounts are carried in their negative balances until the waterfall covers them.
+
+    Options: the premium moves through the balances at every fill and the settlement moves the
+    intrinsic value the same way (``booking.trade_option``), so the balances already hold every
+    move of money; the option values (quantity x contract size x a common mark) sum to zero for
+    the same reason as the PnL, and an option's cost (premium paid or received, already in the
+    balance) is not a term.
     """
     # The terms gathered by asset and each list summed by ``sum``, not a running total per asset
     # read and written back for every term (cheaper: docs/performance.md). Exact sums: the order
     # does not change a digit.
     settled_in = {symbol: spec.settlement_asset for symbol, spec in state.parameters.instruments_by_symbol.items()}
+    # An option's premium moved through the balances at its fills: its cost is not owed to anyone.
+    options = {symbol for symbol, spec in state.parameters.instruments_by_symbol.items() if spec.kind == "option"}
     added: dict[str, list[Decimal]] = {}  # balances and isolated margin
     costs: dict[str, list[Decimal]] = {}
     for account in state.accounts.values():
@@ -263,7 +289,8 @@ def conservation(state: LedgerState) -> dict[str, Decimal]:
             asset = settled_in.get(position.instrument, "?")
             if position.isolated_margin:  # not a cross position's zero: no sum with it to build
                 _terms(added, asset).append(position.isolated_margin)
-            _terms(costs, asset).append(position.cost)
+            if position.instrument not in options:
+                _terms(costs, asset).append(position.cost)
     totals: dict[str, Decimal] = {}
     for asset in [*added, *costs, *state.deposits, *state.withdrawals]:
         if asset not in totals:

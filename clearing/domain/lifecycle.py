@@ -437,8 +437,18 @@ def _call_payload(
         "margin_ratio": risk.margin_ratio,
         "shortfall": shortfall(risk, state.parameters.margin_call.resolve_ratio),
         "deadline": deadline,
-        "marks": {p.instrument: shown_price(p) for p in risk.positions},
+        "marks": _marks_shown(risk),
     }
+
+
+def _marks_shown(risk: ScopeRisk) -> dict[str, Decimal]:
+    """The price each position was valued at and, for an option, its underlying's mark too (its
+    requirement is a function of both)."""
+    marks = {p.instrument: shown_price(p) for p in risk.positions}
+    for p in risk.positions:
+        if p.option is not None and p.option.underlying_mark is not None:
+            marks[p.option.underlying] = p.option.underlying_mark
+    return marks
 
 
 def shortfall(risk: ScopeRisk, resolve_ratio: Decimal) -> Decimal:
@@ -671,10 +681,11 @@ def _issue_orders(
     ids: _Ids,
     emit: Emit,
 ) -> None:
-    """Orders that reduce the riskiest positions (largest maintenance requirement first) by the
-    least quantity that brings the scope's ratio to target_ratio, assuming execution at the mark
-    and the liquidation fee charged; a position is closed in full only when a part is not enough.
-    An equity at or below zero closes everything."""
+    """Orders that reduce the riskiest positions (short options first, then the largest
+    maintenance requirement first) by the least quantity that brings the scope's ratio to
+    target_ratio, assuming execution at the mark and the liquidation fee charged; a position is
+    closed in full only when a part is not enough. An equity at or below zero closes everything.
+    Short options go first: their risk is unbounded and a close frees their whole requirement."""
     model = models.model_of(account, scope)
     parameters = state.parameters
     target = parameters.liquidation.target_ratio
@@ -682,7 +693,7 @@ def _issue_orders(
     maintenance = risk.maintenance_margin
     ordered = sorted(
         (p for p in risk.positions if p.quantity != ZERO),
-        key=lambda p: (-p.maintenance_margin, p.instrument),
+        key=lambda p: (not (p.is_option and p.quantity < ZERO), -p.maintenance_margin, p.instrument),
     )
     for position in ordered:
         if equity > ZERO and maintenance <= target * equity:

@@ -59,6 +59,7 @@ from clearing.domain.marginmodel import (
     CollateralValue,
     MarginModel,
     MarginModelError,
+    OptionRisk,
     PositionRisk,
     Reduction,
     ScopeRisk,
@@ -81,11 +82,13 @@ from clearing.domain.numbers import (
     round_liquidation_price,
     round_requirement,
 )
+from clearing.domain.optionmargin import position_margin
 from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, RiskParameters
 from clearing.domain.state import Account, BudgetedPosition, FillBudget, Position
 
 STANDARD: Final = "standard"
 LINEAR_KINDS: Final = ("perpetual", "future")
+OPTION: Final = "option"
 
 # Names of the thresholds a trigger price crosses (see ``trigger_prices``).
 THRESHOLD_BANKRUPT: Final = "bankrupt"  # equity = 0
@@ -150,6 +153,14 @@ def _instrument(parameters: RiskParameters, symbol: str) -> InstrumentSpec:
     return spec
 
 
+def _listed(parameters: RiskParameters, symbol: str) -> InstrumentSpec:
+    """A listed instrument this model prices: linear (tiers) or an option (standard option margin)."""
+    spec = parameters.instruments_by_symbol.get(symbol)
+    if spec is not None and spec.kind == OPTION:
+        return spec
+    return _instrument(parameters, symbol)
+
+
 def _settlement_price(parameters: RiskParameters, marks: Mapping[str, Decimal], asset: str) -> Decimal | None:
     if asset == parameters.valuation_asset:
         return ONE
@@ -162,7 +173,9 @@ def _position_risk(
     """Figures of one position without its liquidation price (that needs the scope's totals);
     the second value names an unpriced settlement asset, if any."""
     instrument = position.instrument
-    spec = _instrument(parameters, instrument)
+    spec = _listed(parameters, instrument)
+    if spec.kind == OPTION:
+        return _option_position_risk(parameters, marks, position, scope, spec)
     size = spec.contract_size
     quantity = position.quantity
     cost = position.cost
@@ -200,6 +213,72 @@ def _position_risk(
         round_requirement(s * (notional * tier.initial_rate - tier.initial_amount)),  # tier.initial(notional)
         round_requirement(s * (notional * tier.maintenance_rate - tier.maintenance_amount)),  # tier.maintenance
         None,
+    )
+    return figures, unpriced
+
+
+def _in_valuation(requirement: Decimal, s: Decimal) -> Decimal:
+    """A requirement in the settlement asset (rounded up) in the valuation asset, rounded up again
+    unless the settlement asset is the valuation asset."""
+    return requirement if s == ONE else round_requirement(s * requirement)
+
+
+def _option_position_risk(
+    parameters: RiskParameters, marks: Mapping[str, Decimal], position: Position, scope: str, spec: InstrumentSpec
+) -> tuple[PositionRisk, str | None]:
+    """An option position under standard option margin (``optionmargin.position_margin``, CONTRACT
+    v2) at the option's mark and its underlying's. Unmarked, the option is valued at its entry
+    price (as a linear position is: its value is then its cost, so equity is as the fill left
+    it); an unmarked underlying is taken at the strike and named as unpriced."""
+    assert spec.option_type is not None and spec.strike is not None and spec.expiry is not None  # params validates
+    size = spec.contract_size
+    quantity = position.quantity
+    mark = marks.get(position.instrument)
+    settlement_asset = spec.settlement_asset
+    settlement_price = ONE if settlement_asset == parameters.valuation_asset else marks.get(settlement_asset)
+    unpriced = None if settlement_price is not None else settlement_asset
+    s = settlement_price if settlement_price is not None else ONE
+    price_used = mark if mark is not None else (divide(position.cost, quantity * size) if quantity != ZERO else ZERO)
+    underlying = spec.underlying_symbol
+    underlying_mark = ONE if underlying == parameters.valuation_asset else marks.get(underlying)
+    if underlying_mark is None and unpriced is None:
+        unpriced = underlying
+    rates = parameters.option_margin_rates(underlying)
+    if rates is None:
+        raise MarginModelError(f"option {spec.symbol}: parameters {parameters.version} have no option_margin rates")
+    margin = position_margin(
+        spec, quantity, underlying_mark if underlying_mark is not None else spec.strike, price_used, rates
+    )
+    value = s * (quantity * size * price_used) if mark is not None else s * position.cost
+    figures = PositionRisk(
+        position.instrument,
+        position.margin_mode,
+        scope,
+        quantity,
+        size,
+        position.cost,
+        mark,
+        price_used,
+        settlement_asset,
+        s,
+        abs(quantity) * size * price_used,
+        0,
+        ZERO,
+        ZERO,
+        value,
+        _in_valuation(margin.initial, s),
+        _in_valuation(margin.maintenance, s),
+        None,
+        OptionRisk(
+            underlying,
+            underlying_mark,
+            spec.option_type,
+            spec.strike,
+            spec.expiry,
+            margin.per_contract,
+            margin.contracts,
+            rates,
+        ),
     )
     return figures, unpriced
 
@@ -324,7 +403,7 @@ def liquidation_price(parameters: RiskParameters, scope: ScopeRisk, position: Po
     nearest to the price in use is returned.
 
     Rounded with ``round_liquidation_price``: a long's up, a short's down."""
-    if position.quantity == ZERO:
+    if position.quantity == ZERO or position.option is not None:
         return None
     line = _scope_line(parameters, scope, position)
     root = _nearest(line.ratio_roots(ONE), position.price_used)
@@ -583,9 +662,14 @@ def _trigger_prices_of(
 ) -> TriggerPrices:
     """``trigger_prices_of`` for callers already under the ledger context (``numbers.exact``)."""
     scope = risk.scope
+    if any(p.option is not None and instrument in (p.option.underlying, p.settlement_asset) for p in risk.positions):
+        # The options' requirements bend with their underlying's price: not one of the lines
+        # solved here. Such a scope moves with several prices (its options' marks too) and is
+        # indexed by ``budget_bands``.
+        return _bounds(parameters, scope, instrument, None, None)
     if parameters.instrument(instrument) is not None:
         position = risk.position(instrument)
-        if position is None or position.quantity == ZERO:
+        if position is None or position.quantity == ZERO or position.option is not None:
             return _bounds(parameters, scope, instrument, None, None)
         return _bounds(parameters, scope, instrument, _scope_line(parameters, risk, position), position.price_used)
     if parameters.asset(instrument) is None:
@@ -613,6 +697,8 @@ def dependencies(account: Account, parameters: RiskParameters, scope: str) -> tu
         spec = parameters.instruments_by_symbol.get(instrument)
         if spec is not None and spec.settlement_asset != valuation:
             found.add(spec.settlement_asset)
+        if spec is not None and spec.kind == OPTION and spec.underlying_symbol != valuation:
+            found.add(spec.underlying_symbol)  # standard option margin moves with U
 
     if scope == CROSS:
         for (instrument, mode), position in account.positions.items():
@@ -690,6 +776,8 @@ def index_bounds(
     trigger is pulled towards the reference price by four times that plus 1e-9 relative: a
     spurious re-margin costs one evaluation, a missed one a wrong ledger. A slope that can
     vanish (a tier rate equal to a threshold) cannot be indexed."""
+    if any(p.option is not None for p in risk.positions):
+        return None  # not reached: an option's scope moves with two prices (``budget_bands``)
     prices = _trigger_prices_of(account, parameters, marks, risk, symbol)
     reference = prices.reference_price
     if reference is None:
@@ -771,6 +859,9 @@ def budget_bands(
     spread = ZERO
     share = len(symbols)
     instruments = parameters.instruments_by_symbol
+    # ``absorbs_fill`` follows linear fills only: an option fill moves a premium and a
+    # requirement its record does not model, so a scope holding options keeps no record.
+    follows_fills = not any(p.option is not None for p in risk.positions)
     for symbol, k in sensitivity:
         if k == ZERO:
             continue  # the scope does not move with this price at all
@@ -779,7 +870,7 @@ def budget_bands(
         band = divide_down(budget * band_share, share * k)
         bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
         spec = instruments.get(symbol)
-        if spec is None:
+        if spec is None or not follows_fills:
             spread += k * band
             continue
         held = account.positions[(symbol, CROSS)]
@@ -792,7 +883,7 @@ def budget_bands(
         )
         spread += entry.fixed
     record = None
-    if risk.scope == CROSS:
+    if risk.scope == CROSS and follows_fills:
         # A rounding step of each requirement and of the fills' credits, set aside once.
         spread += 2 * MONEY_QUANTUM * (len(budgeted) + 1)
         balance = account.balance(parameters.valuation_asset)
@@ -808,25 +899,50 @@ def _sensitivities(
     risk: ScopeRisk,
     symbols: tuple[str, ...],
 ) -> list[tuple[str, Decimal]] | None:
-    """k_X of each symbol (``budget_bands``); None when some symbol cannot be budgeted."""
+    """k_X of each symbol (``budget_bands``); None when some symbol cannot be budgeted.
+
+    Options (standard option margin, maintenance_rate mr of the underlying). Per unit of the
+    option's mark P, a long's equity moves by |q| x cs and its requirement not at all: k = |q| x cs;
+    a short's equity moves by |q| x cs and its requirement by at most (1 + mr) x |q| x cs (the
+    "+ mark" of both rules and the put's mr x mark), so with t <= 1: k = (2 + mr) x |q| x cs. Per
+    unit of the underlying's mark U, only a short's requirement moves, by at most mr x |q| x cs
+    (mr x U of both rules; the call's and the put's initial terms do not reach maintenance): added
+    to U's own k (a balance of it, a position in it)."""
     instruments = parameters.instruments_by_symbol
     valuation = parameters.valuation_asset
     positions = {p.instrument: p for p in risk.positions}
+    moved_by_underlying: dict[str, Decimal] = {}
+    for p in risk.positions:
+        if p.option is not None:
+            if p.mark is None or p.settlement_asset != valuation or p.option.underlying_mark is None:
+                return None
+            if p.quantity < ZERO:
+                moved = p.option.rates.maintenance_rate * p.option.contracts
+                moved_by_underlying[p.option.underlying] = moved_by_underlying.get(p.option.underlying, ZERO) + moved
     sensitivity: list[tuple[str, Decimal]] = []
     for symbol in symbols:
         spec = instruments.get(symbol)
+        k = moved_by_underlying.get(symbol, ZERO)
         if spec is not None:
             position = positions.get(symbol)
-            if position is None or position.quantity == ZERO or position.mark is None:
+            if position is None or position.quantity == ZERO:
+                if symbol in moved_by_underlying:
+                    sensitivity.append((symbol, k))
+                    continue
                 return None
-            if position.settlement_asset != valuation:
+            if position.mark is None or position.settlement_asset != valuation:
                 return None
-            sensitivity.append((symbol, abs(position.quantity) * position.contract_size * _widest(parameters, spec)))
+            contracts = abs(position.quantity) * position.contract_size
+            if position.option is not None:
+                widest = ONE if position.quantity > ZERO else 2 + position.option.rates.maintenance_rate
+            else:
+                widest = _widest(parameters, spec)
+            sensitivity.append((symbol, k + contracts * widest))
         else:
             asset = parameters.asset(symbol)
             if asset is None or symbol not in marks:
                 return None
-            k = abs(units_after_haircut(asset, account.balance(symbol)))
+            k += abs(units_after_haircut(asset, account.balance(symbol)))
             sensitivity.append((symbol, k))
     return sensitivity
 
@@ -850,6 +966,27 @@ def reduction(
     fee_rate = parameters.liquidation.fee_rate
     left = abs(position.quantity) - reduce
     notional = left * position.contract_size * position.price_used
+    if position.option is not None:
+        # At the price in use the close moves no equity (the option is valued at it); what is
+        # left keeps its per-contract requirement.
+        per_contract = position.option.per_contract.maintenance
+        left_requirement = (
+            _in_valuation(round_requirement(per_contract * left * position.contract_size), position.settlement_price)
+            if left
+            else ZERO
+        )
+        option_fee = round_requirement(
+            reduce * position.contract_size * position.price_used * position.settlement_price * fee_rate
+        )
+        return Reduction(
+            left,
+            notional,
+            0,
+            left_requirement,
+            option_fee,
+            equity - option_fee,
+            maintenance - position.maintenance_margin + left_requirement,
+        )
     tier = spec.tier_for(notional)
     requirement = round_requirement(tier.maintenance(notional) * position.settlement_price) if left else ZERO
     unit_value = position.contract_size * position.price_used * position.settlement_price

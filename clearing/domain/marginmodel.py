@@ -33,12 +33,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from clearing.domain.levels import Level
 from clearing.domain.numbers import ZERO
-from clearing.domain.params import RiskParameters
+from clearing.domain.optionmargin import ContractMargin
+from clearing.domain.params import OptionMarginRates, RiskParameters
 from clearing.domain.state import Account, FillBudget, MarkState
 
 CROSS: Final = "cross"
@@ -77,8 +79,36 @@ class CollateralValue(NamedTuple):
         return self.price is not None
 
 
+class OptionRisk(NamedTuple):
+    """What an option position's figures were computed from (standard option margin, CONTRACT
+    v2): the underlying's mark U (None: unmarked, the requirement then taken at U = strike and
+    the underlying named among the scope's unpriced symbols), the per-contract margin with the
+    terms of each max, and ``model_price`` (Black-76 at the mark's iv: the calculator's, None
+    in the ledger, which margins at the mark)."""
+
+    underlying: str
+    underlying_mark: Decimal | None
+    option_type: str
+    strike: Decimal
+    expiry: datetime
+    per_contract: ContractMargin
+    contracts: Decimal  # |quantity| x contract size
+    rates: OptionMarginRates
+    model_price: Decimal | None = None
+
+    @property
+    def underlying_used(self) -> Decimal:
+        return self.underlying_mark if self.underlying_mark is not None else self.strike
+
+
 class PositionRisk(NamedTuple):
-    """Figures of one open linear position; the inputs used are kept beside the results."""
+    """Figures of one open position; the inputs used are kept beside the results.
+
+    An option (``option`` not None) has no tiers (``tier`` 0, rates 0): its requirements are
+    standard option margin, and its ``unrealised_pnl`` is its value at the mark in the valuation
+    asset (s x quantity x contract size x price used, long positive, short negative): the premium
+    of its fills already moved through the balance, so the mark value is what equity counts
+    (CONTRACT v2). ``notional`` is then |quantity| x contract size x the option's price."""
 
     instrument: str
     margin_mode: str
@@ -97,7 +127,20 @@ class PositionRisk(NamedTuple):
     unrealised_pnl: Decimal  # valuation asset; 0 when unmarked
     initial_margin: Decimal  # valuation asset, rounded up
     maintenance_margin: Decimal  # valuation asset, rounded up
-    liquidation_price: Decimal | None  # see ``liquidation_price``
+    liquidation_price: Decimal | None  # see ``liquidation_price`` (None for an option)
+    option: OptionRisk | None = None
+
+    @property
+    def is_option(self) -> bool:
+        return self.option is not None
+
+    @property
+    def pnl(self) -> Decimal:
+        """Unrealised PnL in the valuation asset: an option's value less its premium paid (cost),
+        a linear position's ``unrealised_pnl``."""
+        if self.option is None:
+            return self.unrealised_pnl
+        return self.unrealised_pnl - self.settlement_price * self.cost if self.marked else ZERO
 
     @property
     def marked(self) -> bool:

@@ -248,7 +248,29 @@ def parse_json(raw: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> dict[str, A
         raise InputError("the message nests JSON arrays or objects too deeply to be a message") from None
     if not isinstance(data, dict):
         raise InputError(f'the message must be a JSON object with a "type", not a JSON {type(data).__name__}')
+    where = _nul_at(data, "")
+    if where is not None:
+        raise InputError(
+            f"{where} holds a NUL character (\\u0000), which the log cannot store: remove it and send the message again"
+        )
     return data
+
+
+def _nul_at(value: Any, where: str) -> str | None:
+    """The field (a dotted path) whose name or text holds U+0000, which PostgreSQL refuses in text
+    and JSONB (every later batch would fail on it), or None."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    pairs: list[tuple[Any, Any]] = (
+        list(value.items()) if isinstance(value, dict) else list(enumerate(value)) if isinstance(value, list) else []
+    )
+    for key, item in pairs:
+        if "\x00" in str(key):
+            return f"a field name in {where or 'the message'}"
+        found = _nul_at(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def decode(topic_kind: str, raw: bytes) -> InputMessage:
@@ -278,7 +300,8 @@ def decode_wire(topic_kind: str, raw: bytes) -> tuple[InputMessage, dict[str, An
 
 def _decode_fast(topic_kind: str, raw: bytes) -> tuple[InputMessage, dict[str, Any]] | None:
     kinds = TOPIC_TYPES.get(topic_kind)
-    if kinds is not None and len(raw) <= MESSAGE_BYTES_MAX:
+    # A NUL (only ever written as the escape \u0000) takes the checked path, which refuses it.
+    if kinds is not None and len(raw) <= MESSAGE_BYTES_MAX and b"\\u0000" not in raw:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:

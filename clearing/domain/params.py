@@ -80,7 +80,7 @@ InstrumentKind = Literal["perpetual", "future", "option", "spot"]
 OptionType = Literal["call", "put"]
 # The kinds whose fills this ledger version books (``fold.admit`` refuses the others with a
 # reason; a test holds the two in step). ``booking_report`` tells an operator before applying.
-BOOKED_KINDS: Final = ("perpetual", "future")
+BOOKED_KINDS: Final = ("perpetual", "future", "option")
 
 # Limits of the v2 blocks (CONTRACT v2): beyond them a grid or a sampler would be absurd or slow.
 PRICE_STEPS_MAX: Final = 50  # portfolio grid: 2 x 50 + 1 = 101 moves x 3 volatility cells

@@ -34,7 +34,9 @@ class Position:
     instrument: str
     margin_mode: str  # "cross" or "isolated"
     quantity: Decimal = ZERO  # signed contracts, negative = short
-    cost: Decimal = ZERO  # signed quantity x entry price x contract size of the open lots
+    # signed quantity x entry price x contract size of the open lots (an option's: the premium
+    # paid for them, negative for premium received; it is already in the balance)
+    cost: Decimal = ZERO
     realised_pnl: Decimal = ZERO  # cumulative, in the settlement asset
     isolated_margin: Decimal = ZERO  # collateral allocated to an isolated position
     funding_paid: Decimal = ZERO  # cumulative funding, positive = paid by this position
@@ -223,9 +225,11 @@ class FillBudget:
 class InstrumentTerms:
     """What the fold reads of an instrument's spec on every fill, as plain attributes."""
 
-    def __init__(self, contract_size: Decimal, settlement_asset: str) -> None:
+    def __init__(self, contract_size: Decimal, settlement_asset: str, is_option: bool = False) -> None:
         self.contract_size: Final = contract_size
         self.settlement_asset: Final = settlement_asset
+        # An option's fill moves its premium through the balance (``booking.trade_option``).
+        self.is_option: Final = is_option
         # A contract size of exactly 1 (no exponent): a product with it is the other factor,
         # digit for digit and exponent for exponent, so ``times_size`` leaves it out.
         self.unit_contract: Final = contract_size.as_tuple() == (0, (1,), 0)
@@ -245,7 +249,8 @@ class Terms:
         self.parameters: Final = parameters  # the document these were copied from
         self.valuation_asset: Final = parameters.valuation_asset
         self.instruments: Final = {
-            spec.symbol: InstrumentTerms(spec.contract_size, spec.settlement_asset) for spec in parameters.instruments
+            spec.symbol: InstrumentTerms(spec.contract_size, spec.settlement_asset, spec.kind == "option")
+            for spec in parameters.instruments
         }
 
 

@@ -117,8 +117,13 @@ def scope_dependencies(state: LedgerState, account: Account, scope: str) -> tupl
 
 def dependents(state: LedgerState, symbol: str) -> set[str]:
     """Accounts with a scope whose figures move with ``symbol``'s price (brute force's set)."""
-    if symbol in state.parameters.instruments_by_symbol:
-        return set(state.holders.get(symbol, ()))
+    instruments = state.parameters.instruments_by_symbol
+    if symbol in instruments:
+        found = set(state.holders.get(symbol, ()))
+        for option in instruments.values():  # the holders of options on it (standard option margin)
+            if option.kind == "option" and option.underlying == symbol:
+                found.update(state.holders.get(option.symbol, ()))
+        return found
     return {
         account_id
         for account_id, account in state.accounts.items()

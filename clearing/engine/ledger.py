@@ -192,24 +192,19 @@ class Ledger:
             raise LedgerBrokenError("the previous batch is still being committed: call finish() first")
         if self.needs_reload:
             raise LedgerBrokenError("the in-memory state is behind a failed batch: call load() first")
-        result = BatchResult(records=batch.records)
-        keys = [item[2] for item in batch.decoded if item[2] is not None]
-        recorded_at = datetime.now(UTC)
-        outbox: list[tuple[int | None, str, str | None, dict[str, Any]]] = []
-        offsets: dict[tuple[str, int], int] = {}
-        dead = batch.dead
+        write = _BatchWrite(BatchResult(records=batch.records), list(batch.dead), datetime.now(UTC))
         try:
-            conn, transaction, position, deferred = self._write(
-                batch.decoded, dead, keys, recorded_at, outbox, offsets, result, broker_instance
-            )
+            conn, transaction = self._write(batch, write, broker_instance)
         except BaseException:
             self._failed()
             raise
-        result.dead_letters = len(dead)
-        result.last_position = position
-        pending = _PendingCommit(result, batch.started, on_commit)
+        write.result.dead_letters = len(write.dead)
+        write.result.last_position = write.position
+        pending = _PendingCommit(write.result, batch.started, on_commit)
         pending.thread = threading.Thread(
-            target=_commit, args=(conn, transaction, deferred, pending), name=f"ledger-{self.shard}-commit"
+            target=_commit,
+            args=(conn, transaction, write.deferred, pending),
+            name=f"ledger-{self.shard}-commit",
         )
         try:
             pending.thread.start()
@@ -262,157 +257,156 @@ class Ledger:
         self.needs_reload = True
 
     def _write(
-        self,
-        decoded: list[Decoded],
-        dead: list[_DeadLetter],
-        keys: list[str],
-        recorded_at: datetime,
-        outbox: list[tuple[int | None, str, str | None, dict[str, Any]]],
-        offsets: dict[tuple[str, int], int],
-        result: BatchResult,
-        broker_instance: str | None,
-    ) -> tuple[sa.Connection, sa.RootTransaction, int, dict[str, str]]:
-        """Everything of the batch's transaction but the deferred projection statements and the
-        commit: returns the open connection and transaction, the last position and those
-        statements (``projections.upsert``). On error the transaction is rolled back."""
+        self, batch: PreparedBatch, write: _BatchWrite, broker_instance: str | None
+    ) -> tuple[sa.Connection, sa.RootTransaction]:
+        """Everything of the batch's transaction but the deferred projection statements
+        (``write.deferred``) and the commit: returns the open connection and transaction. On
+        error the transaction is rolled back."""
         state = self.state
-        decided: list[tuple[int, str, dict[str, Any], datetime]] = []
-        deferred: dict[str, str] = {}
         conn = self.engine.connect()
         try:
             transaction = conn.begin()
-            position = eventlog.lock_and_check_head(conn, self.head)
-            existing = eventlog.existing_payloads(conn, keys)
-            seen: dict[str, str] = {key: canonical_json(payload) for key, payload in existing.items()}
+            write.position = eventlog.lock_and_check_head(conn, self.head)
+            keys = [item[2] for item in batch.decoded if item[2] is not None]
+            write.existing = eventlog.existing_payloads(conn, keys)
+            write.seen = {key: canonical_json(payload) for key, payload in write.existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
             with eventlog.streaming_append(conn) as copy_stream, ledger_context():
                 stream = self.checkpoints.watch(copy_stream, self.shard)
-                position = self._open_log(stream, decoded, position, recorded_at, seen, result)
-                for record, message, key, payload in decoded:
-                    offsets[(record.topic, record.partition)] = record.offset + 1
-                    if message is None or key is None or payload is None:
-                        continue
-                    payload_json = canonical_json(payload)
-                    if key in seen:
-                        if seen[key] == payload_json:
-                            result.duplicates += 1
-                        else:
-                            letter = _DeadLetter(
-                                record,
-                                f"conflicting duplicate: idempotency key {key.split('/', 1)[1]} is already in the "
-                                "log with different content; the logged version stands, send a correction "
-                                "under a new id",
-                                key,
-                                existing.get(key) or _loads(seen[key]),
-                            )
-                            dead.append(letter)
-                        continue
-                    try:
-                        admit(state, message)
-                    except InputError as error:
-                        letter = _DeadLetter(record, str(error), key)
-                        dead.append(letter)
-                        continue
-                    position += 1
-                    decisions = step(state, message, position, self.shard)
-                    event = ev.input_event(message, self.shard, payload=payload, key=key)
-                    stream.add(
-                        self.head.row(
-                            position,
-                            event,
-                            payload_json,
-                            recorded_at,
-                            (record.topic, record.partition, record.offset),
-                            payload["occurred_at"],  # format_time(message.occurred_at), in the payload already
-                        )
-                    )
-                    seen[key] = payload_json
-                    result.appended += 1
-                    if event.type == ev.LIQUIDATION_FILL_RECORDED:
-                        decided.append((position, event.type, payload, event.occurred_at))
-                    for decision in decisions:
-                        position += 1
-                        decided.append((position, decision.type, decision.payload, decision.occurred_at))
-                        stream.add(self.head.row(position, decision, canonical_json(decision.payload), recorded_at))
-                        result.decisions += 1
-                        result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
-                        out = outputs.decision_message(decision, position)
-                        if out is not None:
-                            outbox.append((position, *out))
-
-            for letter in dead:
-                record = letter.record
-                outbox.append(
-                    (
-                        None,
-                        *outputs.dead_letter_message(
-                            record.topic, record.partition, record.offset, record.key, record.value, letter.error
-                        ),
-                    )
-                )
-            eventlog.insert_dead_letters(
-                conn,
-                self.shard,
-                [
-                    (
-                        d.record.topic,
-                        d.record.partition,
-                        d.record.offset,
-                        d.record.key,
-                        d.record.value,
-                        d.error,
-                        d.idempotency_key,
-                        d.existing_payload,
-                    )
-                    for d in dead
-                ],
-                recorded_at,
-            )
-            outbox.extend(self.checkpoints.staged_messages())
-            eventlog.insert_outbox(conn, self.topic_prefix, outbox, recorded_at)
-            eventlog.store_offsets(conn, self.shard, offsets, broker_instance, recorded_at)
+                self._open_log(batch.decoded, write, stream)
+                self._append(batch.decoded, write, stream)
+            self._write_letters(conn, write)
+            write.outbox.extend(self.checkpoints.staged_messages())
+            eventlog.insert_outbox(conn, self.topic_prefix, write.outbox, write.recorded_at)
+            eventlog.store_offsets(conn, self.shard, write.offsets, broker_instance, write.recorded_at)
             accounts = set(state.touched)
             if state.marks_touched:
                 accounts.update(self._refresh_rotation())
             projections.write(
-                conn, state, accounts, state.marks_touched, position, decisions=decided, deferred=deferred
+                conn,
+                state,
+                accounts,
+                state.marks_touched,
+                write.position,
+                decisions=write.decided,
+                deferred=write.deferred,
             )
         except BaseException:
             conn.close()  # rolls the transaction back
             raise
-        return conn, transaction, position, deferred
+        return conn, transaction
 
-    def _open_log(
-        self,
-        stream: checkpoints.CheckpointingStream,
-        decoded: list[Decoded],
-        position: int,
-        recorded_at: datetime,
-        seen: dict[str, str],
-        result: BatchResult,
-    ) -> int:
+    def _open_log(self, decoded: list[Decoded], write: _BatchWrite, stream: checkpoints.CheckpointingStream) -> None:
         """On this shard's empty log, the opening parameters as its first event, at the batch's
         earliest event time (before any of its inputs), unless they are those a log implies
-        before its first event anyway; returns the last position written. The event is the
-        admin topic's, decoded and folded as one, under the idempotency key of its version."""
+        before its first event anyway. The event is the admin topic's, decoded and folded as
+        one, under the idempotency key of its version."""
         times = [item[1].occurred_at for item in decoded if item[1] is not None]
         parameters = self.opening_parameters
         if self.head.shard_position != 0 or not times or parameters == self.state.parameters:
-            return position
+            return
         wire = {"type": "risk_parameters", "parameters": parameters.document(), "occurred_at": format_time(min(times))}
         message, payload = decode_wire("admin", json.dumps(wire).encode("utf-8"))
         key = ev.idempotency_key(message, self.shard)
         admit(self.state, message)
-        position += 1
-        if step(self.state, message, position, self.shard):
+        write.position += 1
+        if step(self.state, message, write.position, self.shard):
             raise LedgerBrokenError(f"shard {self.shard}: the log is empty but its state has accounts to decide on")
         payload_json = canonical_json(payload)
         event = ev.input_event(message, self.shard, payload=payload, key=key)
-        stream.add(self.head.row(position, event, payload_json, recorded_at, None, payload["occurred_at"]))
-        seen[key] = payload_json
-        result.appended += 1
+        stream.add(self.head.row(write.position, event, payload_json, write.recorded_at, None, payload["occurred_at"]))
+        write.seen[key] = payload_json
+        write.result.appended += 1
         logger.info("shard %s: log opened with risk parameters %s", self.shard, parameters.version)
-        return position
+
+    def _append(self, decoded: list[Decoded], write: _BatchWrite, stream: checkpoints.CheckpointingStream) -> None:
+        """Fold each new input into the state and stream its row and its decisions' rows; note
+        every record's offset, and dead-letter what cannot enter the log."""
+        state, head, shard, seen, offsets = self.state, self.head, self.shard, write.seen, write.offsets
+        result, recorded_at = write.result, write.recorded_at
+        for record, message, key, payload in decoded:
+            offsets[(record.topic, record.partition)] = record.offset + 1
+            if message is None or key is None or payload is None:
+                continue
+            payload_json = canonical_json(payload)
+            if key in seen:
+                self._seen_before(write, record, key, payload_json)
+                continue
+            try:
+                admit(state, message)
+            except InputError as error:
+                write.dead.append(_DeadLetter(record, str(error), key))
+                continue
+            write.position += 1
+            position = write.position
+            decisions = step(state, message, position, shard)
+            event = ev.input_event(message, shard, payload=payload, key=key)
+            source = (record.topic, record.partition, record.offset)
+            # payload["occurred_at"] is format_time(message.occurred_at), in the payload already.
+            stream.add(head.row(position, event, payload_json, recorded_at, source, payload["occurred_at"]))
+            seen[key] = payload_json
+            result.appended += 1
+            if event.type == ev.LIQUIDATION_FILL_RECORDED:
+                write.decided.append((position, event.type, payload, event.occurred_at))
+            if decisions:
+                self._append_decisions(decisions, write, stream)
+
+    def _seen_before(self, write: _BatchWrite, record: RawRecord, key: str, payload_json: str) -> None:
+        """An input whose idempotency key is in the log already: a duplicate when the content is
+        the same, else a conflicting duplicate, dead-lettered (the logged version stands)."""
+        if write.seen[key] == payload_json:
+            write.result.duplicates += 1
+            return
+        error = (
+            f"conflicting duplicate: idempotency key {key.split('/', 1)[1]} is already in the log with different "
+            "content; the logged version stands, send a correction under a new id"
+        )
+        write.dead.append(_DeadLetter(record, error, key, write.existing.get(key) or _loads(write.seen[key])))
+
+    def _append_decisions(
+        self, decisions: list[ev.Event], write: _BatchWrite, stream: checkpoints.CheckpointingStream
+    ) -> None:
+        result = write.result
+        for decision in decisions:
+            write.position += 1
+            position = write.position
+            write.decided.append((position, decision.type, decision.payload, decision.occurred_at))
+            stream.add(self.head.row(position, decision, canonical_json(decision.payload), write.recorded_at))
+            result.decisions += 1
+            result.decision_types[decision.type] = result.decision_types.get(decision.type, 0) + 1
+            out = outputs.decision_message(decision, position)
+            if out is not None:
+                write.outbox.append((position, *out))
+
+    def _write_letters(self, conn: sa.Connection, write: _BatchWrite) -> None:
+        """The batch's dead letters: in the table (all of the raw record) and on the outbox."""
+        rows = []
+        for letter in write.dead:
+            record = letter.record
+            # PostgreSQL refuses U+0000 in text and JSONB (in a reason quoted from the database,
+            # or in a record's key): spelt as its escape there; the raw bytes are kept as they are.
+            error = letter.error.replace("\x00", "\\u0000")
+            key = record.key.replace(b"\x00", b"\\u0000") if record.key is not None else None
+            where = (record.topic, record.partition, record.offset)
+            write.outbox.append((None, *outputs.dead_letter_message(*where, key, record.value, error)))
+            rows.append((*where, record.key, record.value, error, letter.idempotency_key, letter.existing_payload))
+        eventlog.insert_dead_letters(conn, self.shard, rows, write.recorded_at)
+
+
+@dataclass(slots=True)
+class _BatchWrite:
+    """What one batch's transaction writes, gathered while it is folded (``Ledger._write``)."""
+
+    result: BatchResult
+    dead: list[_DeadLetter]
+    recorded_at: datetime
+    position: int = 0  # the last position written
+    existing: dict[str, dict[str, Any]] = field(default_factory=dict)  # payloads in the log, by key
+    seen: dict[str, str] = field(default_factory=dict)  # canonical payloads in the log or this batch, by key
+    decided: list[tuple[int, str, dict[str, Any], datetime]] = field(default_factory=list)
+    outbox: list[tuple[int | None, str, str | None, dict[str, Any]]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)  # projection statements run with the commit
 
 
 @dataclass(slots=True)
@@ -423,6 +417,31 @@ class PreparedBatch:
     decoded: list[Decoded]
     dead: list[_DeadLetter]
     started: float
+
+    def split(self) -> tuple[PreparedBatch, PreparedBatch]:
+        """The first and the second half of the batch, in its order (to isolate a record that
+        fails it: each half commits, or is split again). Each record's dead letter from
+        decoding goes with it."""
+        half = len(self.decoded) // 2
+        if half == 0:
+            raise ValueError("a batch of one record cannot be split")
+        first = {id(item[0]) for item in self.decoded[:half]}
+        return (
+            PreparedBatch(half, self.decoded[:half], [d for d in self.dead if id(d.record) in first], self.started),
+            PreparedBatch(
+                len(self.decoded) - half,
+                self.decoded[half:],
+                [d for d in self.dead if id(d.record) not in first],
+                self.started,
+            ),
+        )
+
+    def rejected(self, error: str) -> PreparedBatch:
+        """This batch of one record as its dead letter alone, with ``error`` as the reason."""
+        if len(self.decoded) != 1:
+            raise ValueError(f"only a batch of one record is rejected whole, not one of {len(self.decoded)}")
+        record = self.decoded[0][0]
+        return PreparedBatch(1, [(record, None, None, None)], [_DeadLetter(record, error)], self.started)
 
 
 @dataclass(slots=True)

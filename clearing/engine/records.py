@@ -23,6 +23,15 @@ class RawRecord(NamedTuple):
     value: bytes
 
 
+class SourceLostRecords(RuntimeError):
+    """Raised by a record source when its broker holds fewer records than the ledger consumed (a
+    new or wiped cluster, a restarted in-memory broker): reading on would skip records, or read
+    other ones under old offsets. ``cluster`` is the broker's id now (None when unknown); the
+    message says what was found and what to do."""
+
+    cluster: str | None = None
+
+
 # At equal event times: parameters, then collateral, then prices, then trades.
 KIND_ORDER = {"admin": 0, "transfers": 1, "marks": 2, "fills": 3, "liquidations": 4}
 

@@ -55,6 +55,12 @@ DYNAMIC_MARGIN = {
 }  # fmt: skip
 
 
+def bundled_state() -> LedgerState:
+    """A state under the current bundled document (a new ``LedgerState`` is under the log-start
+    document, which lists no options)."""
+    return LedgerState(parameters=bundled_parameters())
+
+
 def v1_document() -> dict[str, Any]:
     """The bundled document as it was before contract v2: no underlying, no options, no blocks."""
     document = bundled_document()
@@ -416,19 +422,30 @@ def test_the_ledger_books_fills_of_exactly_the_booked_kinds() -> None:
                 admit(state, fill_of(spec.symbol))
 
 
-def test_an_option_fill_is_still_rejected_under_the_bundled_document() -> None:
-    with pytest.raises(InputError, match="BTC-26MAR27-70000-C is a option; this ledger version books linear"):
-        admit(LedgerState(parameters=bundled_parameters()), fill_of("BTC-26MAR27-70000-C"))
+def test_an_option_fill_is_admitted_in_cross_margin_before_its_expiry_only() -> None:
+    """Options are booked (issue 23): a cross fill before the expiry enters the log; an isolated
+    one, and one at or after the expiry, are rejected with the reason."""
+    admit(bundled_state(), fill_of("BTC-26MAR27-70000-C"))
+    fields = {
+        "type": "fill", "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": "BTC-26MAR27-70000-C",
+        "side": "buy", "quantity": "1", "price": "100", "occurred_at": T0, "margin_mode": "isolated",
+    }  # fmt: skip
+    with pytest.raises(InputError, match="options are held in cross margin only, not isolated"):
+        admit(bundled_state(), decode("fills", json.dumps(fields).encode()))
+    expired = {**fields, "margin_mode": "cross", "occurred_at": "2027-03-26T08:00:00Z"}
+    with pytest.raises(InputError, match="expired at 2027-03-26T08:00:00"):
+        admit(bundled_state(), decode("fills", json.dumps(expired).encode()))
+    admit(bundled_state(), decode("fills", json.dumps({**expired, "occurred_at": "2027-03-26T07:59:59Z"}).encode()))
 
 
 def test_the_booking_report_names_each_kind_and_what_the_ledger_does_with_it() -> None:
     assert booking_report(one_of_each_kind()) == [
         "perpetual: 3 instruments, booked by this ledger version",
         "future: 1 instrument, booked by this ledger version",
-        "option: 1 instrument parsed; this ledger version does not book option fills yet (they would be dead-lettered)",
+        "option: 1 instrument, booked by this ledger version",
         "spot: 1 instrument parsed; this ledger version does not book spot fills yet (they would be dead-lettered)",
     ]
-    assert booking_report(bundled_parameters())[1].startswith("option: 20 instruments parsed;")
+    assert booking_report(bundled_parameters())[1] == "option: 20 instruments, booked by this ledger version"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -501,8 +518,7 @@ def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys:
     assert capsys.readouterr().out.splitlines() == [
         "valid: risk parameters bundled-2026-12-07.1, 23 instruments, 5 assets",
         "  perpetual: 3 instruments, booked by this ledger version",
-        "  option: 20 instruments parsed; this ledger version does not book option fills yet "
-        "(they would be dead-lettered)",
+        "  option: 20 instruments, booked by this ledger version",
     ]
     bad = with_option(strike="0")
     path.write_text(json.dumps(bad))
@@ -517,9 +533,6 @@ def test_an_isolated_margin_transfer_to_an_option_is_rejected_with_a_reason() ->
         "type": "isolated_margin", "transfer_id": "M-1", "account_id": "A", "instrument": "BTC-26MAR27-70000-C",
         "amount": "100", "occurred_at": T0,
     }  # fmt: skip
-    with pytest.raises(InputError, match="isolated margin applies to positions this ledger version books; BTC-26"):
-        admit(LedgerState(parameters=bundled_parameters()), decode("transfers", json.dumps(transfer).encode()))
-    admit(
-        LedgerState(parameters=bundled_parameters()),
-        decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()),
-    )
+    with pytest.raises(InputError, match="BTC-26MAR27-70000-C is an option, held in cross margin only"):
+        admit(bundled_state(), decode("transfers", json.dumps(transfer).encode()))
+    admit(bundled_state(), decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()))

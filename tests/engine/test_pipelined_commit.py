@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from clearing.engine import runner
+from clearing.engine.faults import Backoff
 from clearing.engine.ledger import Ledger, RawRecord
 from clearing.engine.runner import run
 from clearing.store.db import make_engine
@@ -86,17 +86,14 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def test_a_commit_failing_on_the_commit_thread_drops_the_batch_read_meanwhile(
-    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(runner, "FAILURE_BACKOFF_S", 0.01)
+def test_a_commit_failing_on_the_commit_thread_drops_the_batch_read_meanwhile(engine: sa.Engine) -> None:
     records = [deposit(offset) for offset in range(BATCH_RECORDS * BATCHES)]
     ledger = Ledger(engine, topic_prefix="x.")
     ledger.load()
     stop = threading.Event()
     source = Partition(ledger, records, stop)
 
-    stats = run(ledger, source, None, stop=stop, install_signal_handlers=False)
+    stats = run(ledger, source, None, stop=stop, install_signal_handlers=False, backoff=Backoff(first_s=0.01))
 
     # The next batch was read while the one before committed.
     assert source.polled_while_committing.count(True) >= BATCHES - 1
