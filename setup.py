@@ -1,4 +1,4 @@
-"""Builds clearing, compiling the domain fold with mypyc when it can (clearing/domain/native.py).
+"""Builds clearing, compiling its hot modules with mypyc when it can (clearing/native.py).
 
 Without a C compiler, or with ``CLEARING_PURE_PYTHON`` set, the same package is installed from
 source only and runs the same, slower. Everything else is declared in pyproject.toml.
@@ -16,11 +16,11 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
-DOMAIN = HERE / "clearing" / "domain"
+PACKAGE = HERE / "clearing"
 
 
 def _native() -> Any:
-    spec = spec_from_file_location("clearing_native_build", DOMAIN / "native.py")
+    spec = spec_from_file_location("clearing_native_build", PACKAGE / "native.py")
     assert spec is not None and spec.loader is not None
     module = module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -35,16 +35,17 @@ def _say(text: str) -> None:
 
 
 def _extensions() -> list[Any]:
-    (DOMAIN / native.MANIFEST).unlink(missing_ok=True)  # written again once the build succeeds
+    (PACKAGE / native.MANIFEST).unlink(missing_ok=True)  # written again once the build succeeds
     if os.environ.get(native.PURE_ENV):
-        _say(f"{native.PURE_ENV} is set: the domain is installed from source only")
+        _say(f"{native.PURE_ENV} is set: clearing is installed from source only")
         return []
     try:
         from mypyc.build import mypycify
 
-        return mypycify([f"clearing/domain/{name}.py" for name in native.COMPILED], opt_level="3")
+        sources = [f"{native.PACKAGE}/{native.source_name(module)}" for module in native.COMPILED]
+        return mypycify(sources, opt_level="3")
     except (Exception, SystemExit) as error:  # mypyc missing, or its type check failed
-        _say(f"the domain is installed from source only: mypyc could not compile it ({error})")
+        _say(f"clearing is installed from source only: mypyc could not compile it ({error})")
         return []
 
 
@@ -54,14 +55,16 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         if not self.extensions:
             return
-        target = Path(self.get_ext_fullpath("clearing.domain.fold")).parent
+        # The package folder the extensions go to: ``clearing/domain/fold.so`` is two levels below.
+        first = native.COMPILED[0]
+        target = Path(self.get_ext_fullpath(first)).parents[first.count(".") - 1]
         (target / native.MANIFEST).unlink(missing_ok=True)
         try:
             super().run()
         except Exception as error:
-            _say(f"the domain is installed from source only: compiling it failed ({error})")
+            _say(f"clearing is installed from source only: compiling it failed ({error})")
             return
-        native.write_manifest(target, DOMAIN)
+        native.write_manifest(target, PACKAGE)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

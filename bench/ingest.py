@@ -40,7 +40,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clearing.domain import build_status
+from clearing import build_status
 from clearing.embedded import Services, ensure_services, stop_services
 from clearing.engine.ledger import BatchResult
 from clearing.engine.runner import BATCH_RECORDS_MAX, RunStats

@@ -53,12 +53,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clearing import build_status
+from clearing.audit.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.audit.parallel import NO_SAMPLES, plan_segments, replay_parallel, start_worker_server
 from clearing.audit.rebuild import rebuild
 from clearing.audit.replay import iter_log, stream_rows
 from clearing.audit.verify import verify
-from clearing.domain import build_status
-from clearing.domain.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.engine.ledger import Ledger
 from clearing.engine.records import RawRecord

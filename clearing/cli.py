@@ -22,6 +22,11 @@ from typing import Any
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse._SubParsersAction, which is private
 
+
+class OperatingError(RuntimeError):
+    """A command cannot do what was asked for a reason a person can fix: ``main`` prints the
+    message as one line, without a traceback, and exits 1."""
+
 # ------------------------------------------------------------------------------------------------
 # clearing services start|status|stop
 
@@ -87,11 +92,15 @@ def add_services(subparsers: Subparsers) -> None:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
-    from clearing.store.db import current_revision, upgrade
+    from clearing.store.db import current_revision, set_role_passwords, upgrade
 
-    services = ensure_services(get_settings(), need_broker=False)
+    settings = get_settings()
+    services = ensure_services(settings, need_broker=False)
     upgrade(services.database_url, args.revision)
     out(f"database at revision {current_revision(services.database_url)}")
+    roles = set_role_passwords(services.database_url, settings.role_passwords())
+    if roles:
+        out(f"set the password of {', '.join(roles)}")
     return 0
 
 
@@ -110,11 +119,50 @@ def add_db(subparsers: Subparsers) -> None:
 RUN_HALTED_EXIT = 3  # `clearing run` stopped because it cannot go on safely; the log says why and what to do
 
 
+# pg_try_advisory_lock(key, shard) (two int4 keys): held by the `clearing run` of a shard for its whole life.
+SHARD_WRITER_LOCK_KEY = 730_195_502
+
+
+def _shard_writer_lock(database_url: str, shard: int) -> Any:
+    """A connection that holds the shard's writer lock for as long as it is open, or an
+    OperatingError saying who holds it. Why at start: the log's own check (the head a writer
+    expects) catches a second writer only at its first batch, after it has loaded and while
+    both compete; refusing to start is the sentence a person can act on."""
+    import sqlalchemy as sa
+
+    from clearing.store.db import make_engine
+
+    engine = make_engine(database_url, poolclass=sa.pool.NullPool,
+                         connect_args={"application_name": f"clearing run --shard {shard} (pid {os.getpid()})"})
+    conn = engine.connect()
+    taken = conn.execute(
+        sa.text("SELECT pg_try_advisory_lock(:key, :shard)"), {"key": SHARD_WRITER_LOCK_KEY, "shard": shard}
+    ).scalar_one()
+    conn.commit()
+    if taken:
+        return conn
+    holder = conn.execute(
+        sa.text(
+            "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+            "AND l.classid::text = CAST(:key AS text) AND l.objid::text = CAST(:shard AS text) LIMIT 1"
+        ),
+        {"key": SHARD_WRITER_LOCK_KEY, "shard": shard},
+    ).first()
+    conn.close()
+    engine.dispose()
+    who = f"{holder.application_name}, connected since {holder.backend_start:%Y-%m-%d %H:%M:%S %Z}" if holder else "?"
+    raise OperatingError(
+        f"shard {shard} already has a ledger running ({who}): stop it first (one writer per shard), "
+        "or start this one on another shard with --shard N --shards M"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from clearing.embedded import ensure_services
     from clearing.engine.runner import LedgerHalted
     from clearing.settings import get_settings
-    from clearing.store.db import upgrade
+    from clearing.store.db import SchemaNotCurrent, prepare_schema
     from consumers.process import run_ledger
 
     # A SIGTERM while the services are found and the state loads stops the run cleanly too.
@@ -123,7 +171,12 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     settings = get_settings()
     services = ensure_services(settings)
-    upgrade(services.database_url)
+    try:
+        prepare_schema(services.database_url, settings.database_role, settings.database_role_password)
+    except SchemaNotCurrent as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
+    lock = _shard_writer_lock(services.database_url, args.shard)
     for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
         logging.getLogger(name).setLevel(logging.INFO)
     try:
@@ -132,6 +185,8 @@ def _run(args: argparse.Namespace) -> int:
     except LedgerHalted as halted:
         logging.getLogger("clearing.engine.runner").error("event=ledger_halted reason=%s", json.dumps(str(halted)))
         return RUN_HALTED_EXIT
+    finally:
+        lock.close()  # the session ends: the lock is released
     out(
         f"stopped: {stats.records} records, {stats.appended} events appended, {stats.decisions} decisions, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters; log at position {stats.last_position}"
@@ -153,17 +208,38 @@ def add_run(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run)
 
 
+def _ledger_used_until(database_url: str) -> Any:
+    """The latest event time in the ledger's log, None when it holds none (or has no schema yet)."""
+    import sqlalchemy as sa
+
+    from clearing.store.db import make_engine
+
+    engine = make_engine(database_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT to_regclass('events') IS NOT NULL")).scalar_one():
+                return None
+            return conn.execute(sa.text("SELECT max(occurred_at) FROM events")).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from decimal import Decimal
 
     from clearing.embedded import ensure_services
     from clearing.settings import get_settings
-    from clearing.simulate import Scenario, generate, publish
+    from clearing.simulate import RunPlan, Scenario, generate, latest_published, next_run, publish
     from consumers.kafka_input import ensure_topics
 
     settings = get_settings()
     services = ensure_services(settings)
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
+    times = [t for t in (_ledger_used_until(services.database_url),
+                         latest_published(services.kafka_bootstrap, settings.topic_prefix)) if t is not None]
+    plan = next_run(max(times) if times else None)
+    if args.id_prefix is not None:
+        plan = RunPlan(args.id_prefix, plan.start, f"--id-prefix was given; {plan.reason}")
     scenario = Scenario(
         seed=args.seed,
         accounts=args.accounts,
@@ -171,14 +247,19 @@ def _simulate(args: argparse.Namespace) -> int:
         steps=args.steps,
         crash_at=args.crash_at,
         crash_depth=Decimal(args.crash_depth),
+        id_prefix=plan.id_prefix,
+        start=plan.start,
         options=args.options,
     )
     messages = list(generate(scenario))
+    ids = f"ids prefixed {plan.id_prefix!r} (accounts {plan.id_prefix}ACC-00001...)" if plan.id_prefix else "plain ids"
+    sys.stderr.write(f"simulation run with {ids}, times from {plan.start.isoformat()}: {plan.reason}\n")
     ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
                    progress=lambda n: sys.stderr.write(f"\rpublished {n}/{len(messages)}") if n % 10_000 == 0 else None)
     sys.stderr.write("\n")
-    _emit({"published": len(messages), "end_offsets": {f"{t}[{p}]": o for (t, p), o in sorted(ends.items())}},
-          args.json)
+    trades = sum(1 for message in messages if message.kind == "fills") // 2
+    _emit({"published": len(messages), "trades": trades, "id_prefix": plan.id_prefix, "start": plan.start.isoformat(),
+           "end_offsets": {f"{t}[{p}]": o for (t, p), o in sorted(ends.items())}}, args.json)
     return 0
 
 
@@ -191,6 +272,9 @@ def add_simulate(subparsers: Subparsers) -> None:
     parser.add_argument("--crash-at", type=float, default=None, metavar="FRACTION",
                         help="start a crash after this fraction of the steps (e.g. 0.7)")
     parser.add_argument("--crash-depth", default="0.25", help="fraction the prices fall in the crash")
+    parser.add_argument("--id-prefix", default=None, metavar="PREFIX",
+                        help="prefix of every id of this run (default: none into an unused ledger; otherwise one "
+                        "derived from the run's start, which follows the ledger's last event)")
     parser.add_argument("--options", action="store_true",
                         help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
     parser.add_argument("--json", action="store_true")
@@ -213,29 +297,47 @@ def add_demo(subparsers: Subparsers) -> None:
 
 
 def _account_show(args: argparse.Namespace) -> int:
-    from clearing.embedded import ensure_services
+    from clearing.embedded import ledger_services
     from clearing.settings import get_settings
     from clearing.store import queries
     from clearing.store.db import make_engine
 
-    services = ensure_services(get_settings(), need_broker=False)
-    engine = make_engine(services.database_url)
+    question = None
+    if args.as_of is not None or args.as_of_ledger_time is not None or args.as_of_event_time is not None:
+        from clearing.audit.asof import AsOfError, parse_as_of
+
+        try:
+            if args.as_of is not None:
+                question = parse_as_of(args.as_of)
+            elif args.as_of_ledger_time is not None:
+                question = parse_as_of(args.as_of_ledger_time, "ledger_time")
+            else:
+                question = parse_as_of(args.as_of_event_time, "event_time")
+        except AsOfError as error:
+            sys.stderr.write(f"clearing account show: {error}\n")
+            return 2
+    engine = make_engine(ledger_services(get_settings()).database_url)
     try:
-        if args.as_of is not None:
-            from clearing.audit.asof import account_as_of
+        if question is not None:
+            from clearing.audit.asof import AsOfError, account_as_of
 
             try:
-                view = account_as_of(engine, args.account_id, args.as_of)
-            except ValueError as error:
-                sys.stderr.write(f"{error}\n")
+                view = account_as_of(engine, args.account_id, question, with_adl=True)
+            except AsOfError as error:
+                sys.stderr.write(f"clearing account show: {error}\n")
                 return 2
         else:
+            from clearing.audit.asof import add_adl_standing, live_adl_standing
+
             with engine.connect() as conn:
                 view = queries.account_view(conn, args.account_id)
+                if view is not None:
+                    add_adl_standing(view, live_adl_standing(conn, args.account_id))
     finally:
         engine.dispose()
     if view is None:
-        sys.stderr.write(f"no account {args.account_id!r} in the ledger\n")
+        when = "" if question is None else f" at {question.describe()}"
+        sys.stderr.write(f"no account {args.account_id!r} in the ledger{when}\n")
         return 1
     _emit(view, args.json)
     return 0
@@ -244,10 +346,21 @@ def _account_show(args: argparse.Namespace) -> int:
 def add_account(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("account", help="look at one account")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser("show", help="balances, positions, margin and the log position they are as of")
+    show = actions.add_parser(
+        "show",
+        help="balances, positions, margin and the log position they are as of",
+        description="A system account (system:fees, system:insurance-fund, system:funding-pool) is kept by every "
+        "shard: its balances are shown per shard and in total.",
+    )
     show.add_argument("account_id")
-    show.add_argument("--as-of", default=None, metavar="POSITION|TIMESTAMP",
-                      help="the account as it stood at a log position or an event time")
+    when = show.add_mutually_exclusive_group()
+    when.add_argument("--as-of", default=None, metavar="POSITION|TIMESTAMP",
+                      help="at a log position, or at an event time (the same as --as-of-event-time)")
+    when.add_argument("--as-of-ledger-time", default=None, metavar="TIMESTAMP",
+                      help="as the ledger knew it at this time: the events recorded by then (recorded_at)")
+    when.add_argument("--as-of-event-time", default=None, metavar="TIMESTAMP",
+                      help="built from the events that had happened by this time (occurred_at), late arrivals "
+                      "included where they happened")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_account_show)
 
@@ -278,7 +391,7 @@ def add_risk(subparsers: Subparsers) -> None:
 def _api(args: argparse.Namespace) -> int:
     from clearing.api.app import create_app, make_reader_engine, serve
     from clearing.api.auth import generate_dev_token
-    from clearing.embedded import ensure_services
+    from clearing.embedded import ledger_services
     from clearing.settings import get_settings
 
     settings = get_settings()
@@ -291,8 +404,10 @@ def _api(args: argparse.Namespace) -> int:
         tokens = [generate_dev_token()]
         out(f"development token (valid until this process stops): {tokens[0]}")
         sys.stdout.flush()
-    services = ensure_services(settings, need_broker=False)
-    engine = make_reader_engine(services.database_url)
+    services = ledger_services(settings)
+    engine = make_reader_engine(
+        services.database_url, role=settings.reader_role, password=settings.reader_role_password
+    )
     try:
         serve(create_app(engine, tokens), args.host, args.port)
     finally:
@@ -332,7 +447,7 @@ def _audit_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clearing.audit.report import ReportError, parse_time, write_report
-    from clearing.embedded import ensure_services
+    from clearing.embedded import ledger_services, resolve_home
     from clearing.settings import get_settings
     from clearing.store.db import make_engine
 
@@ -346,9 +461,9 @@ def _audit_report(args: argparse.Namespace) -> int:
     if args.output:
         output = Path(args.output)
     else:
-        output = settings.home_path() / "reports" / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.account_id) + ".html")
-    services = ensure_services(settings, need_broker=False)
-    engine = make_engine(services.database_url, role="clearing_reader")
+        output = resolve_home(settings) / "reports" / (re.sub(r"[^A-Za-z0-9_.-]", "_", args.account_id) + ".html")
+    services = ledger_services(settings)
+    engine = make_engine(services.database_url, role=settings.reader_role, password=settings.reader_role_password)
     try:
         timeline = write_report(engine, args.account_id, output, start=start, end=end)
     except ReportError as error:
@@ -378,11 +493,11 @@ def add_audit_report(subparsers: Subparsers) -> None:
 
 
 def _owner_engine() -> Any:
-    from clearing.embedded import ensure_services
+    from clearing.embedded import ledger_services
     from clearing.settings import get_settings
     from clearing.store.db import make_engine
 
-    return make_engine(ensure_services(get_settings(), need_broker=False).database_url)
+    return make_engine(ledger_services(get_settings()).database_url)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -432,19 +547,24 @@ def add_audit(subparsers: Subparsers) -> None:
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
     explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
-    explain.add_argument("decision_id", metavar="ID", help="a margin call id (MC-...) or a liquidation id (L-...)")
+    explain.add_argument(
+        "decision_id", metavar="ID", help="a margin call id (MC-...), a liquidation id (L-...) or an ADL id (ADL-...)"
+    )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_audit_explain)
 
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
-    from clearing.audit.rebuild import rebuild
+    from clearing.audit.rebuild import RebuildRefused, rebuild
     from clearing.audit.verify import PlainProgress
 
     engine = _owner_engine()  # the tables' owner: the ledger's role may not CREATE
     try:
         progress = PlainProgress(None)
         report = rebuild(engine, swap=not args.check_only, jobs=args.jobs, progress=lambda n: progress("replay", n))
+    except RebuildRefused as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
     finally:
         engine.dispose()
     data = report.as_dict()
@@ -485,10 +605,25 @@ def _liquidator(args: argparse.Namespace) -> int:
     settings = get_settings()
     services = ensure_services(settings)
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-    offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in args.offset)}
+    import signal
+    import threading
+
+    from clearing.liquidator import MARKET_MAKER
+
+    try:
+        offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in args.offset)}
+    except ValueError:
+        sys.stderr.write(f"clearing liquidator: --offset takes PARTITION:OFFSET (whole numbers), not {args.offset}\n")
+        return 2
     logging.getLogger("clearing").setLevel(logging.INFO)
-    stats = run_liquidator(services.kafka_bootstrap, settings.topic_prefix, offsets=offsets)
-    out(f"stopped: {stats.orders} orders, {stats.filled} filled, {stats.skipped} skipped")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    out(f"liquidator: filling the liquidation orders of {settings.topic_prefix}liquidation-orders at their mark "
+        f"against {MARKET_MAKER}, until Ctrl-C or SIGTERM")
+    sys.stdout.flush()
+    stats = run_liquidator(services.kafka_bootstrap, settings.topic_prefix, offsets=offsets, stop=stop)
+    out(f"liquidator stopped: {stats.orders} liquidation orders read, {stats.filled} filled, {stats.skipped} skipped")
     return 0
 
 
@@ -628,7 +763,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"clearing {args.command}: interrupted\n")
+        return 130
+    except Exception as error:
+        sentence = operating_error(error)
+        if sentence is None:
+            raise  # a bug: the traceback is what a developer needs
+        sys.stderr.write(f"clearing {args.command}: {sentence}\n")
+        return 1
+
+
+def operating_error(error: BaseException) -> str | None:
+    """The one sentence for an error of operation (no ledger where one was looked for, a second
+    writer on a shard, a database or broker that cannot be reached), or None for anything else.
+    Modules are looked up only if the command imported them: ``clearing --help`` stays fast."""
+    if isinstance(error, OperatingError):
+        return str(error)
+    embedded = sys.modules.get("clearing.embedded")
+    if embedded is not None and isinstance(error, embedded.NoLedgerError | embedded.EmbeddedServiceError):
+        return str(error)
+    ledger = sys.modules.get("clearing.engine.ledger")
+    if ledger is not None and isinstance(error, ledger.LedgerBrokenError):
+        return f"the ledger stopped: {error}"
+    database = sys.modules.get("sqlalchemy.exc")
+    if database is not None and isinstance(error, database.OperationalError):
+        cause = str(error.orig if error.orig is not None else error).strip().splitlines()
+        return "cannot reach the database: " + (cause[0] if cause else type(error).__name__)
+    kafka = sys.modules.get("kafka.errors")
+    unreachable = tuple(
+        getattr(kafka, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka, name)
+    ) if kafka is not None else ()
+    if unreachable and isinstance(error, unreachable):
+        return "cannot reach the Kafka broker (CLEARING_KAFKA_BOOTSTRAP, or the embedded one): is it running?"
+    return None
 
 
 if __name__ == "__main__":

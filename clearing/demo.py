@@ -22,6 +22,7 @@ from rich.table import Table
 from clearing import liquidator
 from clearing.audit.chain import verify_chain
 from clearing.domain.fold import conservation
+from clearing.domain.state import SYSTEM_ACCOUNTS
 from clearing.embedded import ensure_services
 from clearing.engine.ledger import Ledger
 from clearing.settings import Settings
@@ -111,9 +112,11 @@ def run_demo(
     scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75, options=True)
     # The liquidator's market maker deposits first: it takes the other side of every liquidation.
     kind, key, value = liquidator.deposit_message()
-    messages = [Message(kind, key, value), *generate(scenario), *BAD_MESSAGES]
+    market = list(generate(scenario))
+    messages = [Message(kind, key, value), *market, *BAD_MESSAGES]
+    made = sum(1 for message in market if message.kind == "fills") // 2  # two fills a trade
     console.print(
-        f"Simulating a market (seed {seed}): {accounts} accounts, {trades} trades (two fills each), "
+        f"Simulating a market (seed {seed}): {accounts} accounts, {made:,} trades (two fills each), "
         f"a quarter of them in BTC and ETH options (mostly puts written, marked at Black-76 every step), "
         f"marks as a random walk, a 25% crash at the end that hits the put writers, and {len(BAD_MESSAGES)} "
         "malformed messages. "
@@ -252,6 +255,7 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         console.print(dead)
 
     _accounts_table(console, engine)
+    _system_accounts_table(console, engine)
     console.print(
         ("[green]✓[/green]" if chain.ok else "[red]✗[/red]")
         + f" hash chain: {chain.events} events verified"
@@ -322,6 +326,23 @@ def _accounts_table(console: Console, engine: sa.Engine) -> None:
             row.status,
             str(row.open_positions),
         )
+    console.print(table)
+
+
+def _system_accounts_table(console: Console, engine: sa.Engine) -> None:
+    """The fees, the insurance fund and the funding pool: each shard keeps its own."""
+    table = Table("account", "shard", "USDT", title="System accounts (each shard keeps its own; the total is theirs)")
+    with engine.connect() as conn:
+        for account_id in SYSTEM_ACCOUNTS:
+            view = queries.account_view(conn, account_id)
+            if view is None:
+                table.add_row(account_id, "all", _money(0))
+                continue
+            shards = view["shards"]
+            for shard, one in shards.items():
+                table.add_row(account_id, shard, _money(one["balances"].get("USDT", 0)))
+            if len(shards) > 1:
+                table.add_row(account_id, "total", _money(view["balances"].get("USDT", 0)))
     console.print(table)
 
 

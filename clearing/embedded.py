@@ -103,6 +103,42 @@ class EmbeddedServiceError(RuntimeError):
     """An embedded service could not be started; the message says where its log is."""
 
 
+class NoLedgerError(RuntimeError):
+    """A command that reads the ledger found none where it looked; the message says where, and
+    what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the home
+
+HOME_DIR_NAME = ".clearing"  # CONTRACT.md: CLEARING_HOME defaults to ./.clearing
+PG_VERSION_FILE = "PG_VERSION"  # present in every initialised PostgreSQL data folder
+
+
+def _holds_database(home: Path) -> bool:
+    return (home / POSTGRES_DIR_NAME / PG_VERSION_FILE).is_file()
+
+
+def resolve_home(settings: Settings) -> Path:
+    """The folder of the embedded services: ``CLEARING_HOME`` when it is set; otherwise the
+    nearest ``.clearing`` that holds a database, in the working directory or one of its parents
+    (as git finds ``.git``), so that a command run from a subfolder finds the project's ledger; and
+    failing that ``./.clearing``."""
+    if "home" in settings.model_fields_set:
+        return settings.home_path()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if _holds_database(folder / HOME_DIR_NAME):
+            return folder / HOME_DIR_NAME
+    return settings.home_path()
+
+
+def _where_looked(settings: Settings, home: Path) -> str:
+    if "home" in settings.model_fields_set:
+        return f"CLEARING_HOME={settings.home} ({home})"
+    return f"{home} (CLEARING_HOME is unset: ./{HOME_DIR_NAME} of {Path.cwd()} and of its parents were looked at)"
+
+
 # ---------------------------------------------------------------------------------------------
 # Locking
 
@@ -460,7 +496,7 @@ def ensure_services(settings: Settings | None = None, *, need_broker: bool = Tru
     ``settings.home``, started if they are not running yet. With ``need_broker=False`` and no
     configured Kafka, no broker is started and ``kafka_bootstrap`` is ``""``."""
     settings = settings or get_settings()
-    home = settings.home_path()
+    home = resolve_home(settings)
     configured_url = settings.database_url_value()
     need_embedded_db = configured_url is None
     need_embedded_broker = need_broker and settings.kafka_bootstrap is None
@@ -484,11 +520,69 @@ def ensure_services(settings: Settings | None = None, *, need_broker: bool = Tru
     )
 
 
+def ledger_services(settings: Settings | None = None) -> Services:
+    """The database of an existing ledger, for commands that read it (account show, audit,
+    projections rebuild, the API): the configured one, or the embedded one under the home
+    (started if it is stopped). Never creates a database: where there is no ledger, NoLedgerError
+    says where it looked. No broker is started."""
+    settings = settings or get_settings()
+    configured_url = settings.database_url_value()
+    if configured_url is not None:
+        services = ensure_services(settings, need_broker=False)
+        _check_schema(services.database_url, "the database of CLEARING_DATABASE_URL")
+        return services
+    home = resolve_home(settings)
+    if not _holds_database(home):
+        raise NoLedgerError(
+            f"no ledger here: no embedded database in {_where_looked(settings, home)}. Run the command in the folder "
+            "that holds the ledger's .clearing, set CLEARING_HOME to it (or CLEARING_DATABASE_URL), or create one "
+            "with `clearing demo` or `clearing db upgrade`."
+        )
+    with home_lock(home):
+        server = start_postgres_server(home / POSTGRES_DIR_NAME)
+        if not _database_exists(server.get_uri(), DATABASE_NAME):
+            raise NoLedgerError(
+                f"no ledger here: the embedded PostgreSQL in {home / POSTGRES_DIR_NAME} has no database "
+                f"{DATABASE_NAME!r}; create it with `clearing db upgrade` (CLEARING_HOME={home})."
+            )
+        url = socket_url(server_socket_dir(server), DATABASE_NAME)
+    _check_schema(url, f"the embedded database in {home}")
+    return Services(url, settings.kafka_bootstrap or "", None, embedded_database=True, embedded_broker=False)
+
+
+def _database_exists(admin_conninfo: str, database: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+
+
+def _check_schema(url: str, where: str) -> None:
+    """NoLedgerError unless the database holds the event log (the migrations were applied)."""
+    import sqlalchemy as sa
+
+    from clearing.store.db import make_engine
+
+    engine = make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT to_regclass('events') IS NOT NULL")).scalar_one()
+    except sa.exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
+        raise NoLedgerError(f"cannot reach {where}: {reason}") from None
+    finally:
+        engine.dispose()
+    if not found:
+        raise NoLedgerError(
+            f"no ledger in {where}: it has no event log; apply the migrations with `clearing db upgrade`"
+        )
+
+
 def stop_services(settings: Settings | None = None) -> list[str]:
     """Stop the embedded services under ``settings.home``; returns what was stopped
     (``"broker"``, ``"postgres"``). Configured services are never touched."""
     settings = settings or get_settings()
-    home = settings.home_path()
+    home = resolve_home(settings)
     stopped: list[str] = []
     if not home.exists():
         return stopped
@@ -503,7 +597,7 @@ def stop_services(settings: Settings | None = None) -> list[str]:
 def services_status(settings: Settings | None = None) -> dict[str, Any]:
     """What runs where, without starting anything: ``{"home", "database", "broker"}``."""
     settings = settings or get_settings()
-    home = settings.home_path()
+    home = resolve_home(settings)
     configured_url = settings.database_url_value()
     database: dict[str, Any]
     if configured_url is not None:

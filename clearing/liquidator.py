@@ -166,6 +166,10 @@ class Liquidator:
             self.stats.skipped += 1
             return []
         self.stats.filled += 1
+        logger.info(
+            "filling %s: %s %s %s of %s",
+            order["liquidation_id"], order["side"], order["quantity"], order["instrument"], order["account_id"],
+        )
         return liquidation_messages(order)
 
     def run(self, stop: threading.Event) -> LiquidatorStats:

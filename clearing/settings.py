@@ -28,9 +28,15 @@ class Settings(BaseSettings):
     topic_prefix: str = "clearing."
     # Comma-separated bearer tokens accepted by the back-office API.
     api_tokens: str | None = None
-    # Role the ledger's connections SET ROLE to, so the log's privileges apply to the application
-    # even when it logs in as the schema owner (as it does on the embedded server).
+    # The role the ledger logs in as (on the server and database of ``database_url``): it may only
+    # append to the log. Its password, when the deployment authenticates it with one; ``clearing
+    # db upgrade`` sets it. None: the URL's own password if its user is this role, else none (peer,
+    # certificate, or the embedded server's trust on its Unix socket).
     database_role: str = "clearing_app"
+    database_role_password: SecretStr | None = None
+    # The role the API, ``account show`` and reports log in as: it may only read. Password likewise.
+    reader_role: str = "clearing_reader"
+    reader_role_password: SecretStr | None = None
     # Ed25519 key that signs the log checkpoints the ledger publishes: the 32-byte seed in hex or
     # base64, or PEM. Unset: checkpoints go out unsigned.
     signing_key: SecretStr | None = None
@@ -47,6 +53,11 @@ class Settings(BaseSettings):
     def home_path(self) -> Path:
         """``home`` as an absolute path (relative values are relative to the working directory)."""
         return self.home.expanduser().resolve()
+
+    def role_passwords(self) -> dict[str, SecretStr]:
+        """The roles' passwords that are configured, by role (what ``clearing db upgrade`` sets)."""
+        configured = {self.database_role: self.database_role_password, self.reader_role: self.reader_role_password}
+        return {role: password for role, password in configured.items() if password is not None}
 
     def database_url_value(self) -> str | None:
         """The configured database URL in clear text, or None when the embedded server is used."""

@@ -48,6 +48,10 @@ class Scenario:
     withdrawals: bool = True
     funding_every_steps: int = 50
     options: bool = False  # trade the bundled options too (module docstring)
+    # A run into a ledger that holds another run's events gets ids of its own and later times
+    # (``next_run``): the same ids would be conflicting duplicates, earlier marks stale.
+    id_prefix: str = ""
+    start: datetime = START
 
 
 OPTION_SHARE_OF_TRADES: Final = 4  # with options, one trade in this many is an option trade
@@ -90,14 +94,15 @@ def _q(value: Decimal, step: Decimal) -> Decimal:
 def generate(scenario: Scenario) -> Iterator[Message]:
     """The scenario's messages in the order they should be published."""
     rng = random.Random(scenario.seed)
-    accounts = [f"ACC-{i:05d}" for i in range(1, scenario.accounts + 1)]
-    clock = START
+    run = scenario.id_prefix
+    accounts = [f"{run}ACC-{i:05d}" for i in range(1, scenario.accounts + 1)]
+    clock = scenario.start
     prices = {symbol: spec[0] for symbol, spec in INSTRUMENTS.items()}
     equity: dict[str, Decimal] = {}
     habits = [lev for lev in (2, 3, 3, 5, 5, 5, 8, 10, 10, 15, 20, 25) if lev <= scenario.leverage_max] or [1]
     leverage = {account: Decimal(rng.choice(habits)) for account in accounts}
     held: dict[str, dict[str, Decimal]] = {account: {} for account in accounts}
-    options = _options(START) if scenario.options else []
+    options = _options(scenario.start) if scenario.options else []
     asset_price = {spec[3]: symbol for symbol, spec in INSTRUMENTS.items()}  # asset -> the instrument priced alike
     option_marks: dict[str, Decimal] = {}
     iv = OPTION_IV
@@ -147,8 +152,8 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 account,
                 {
                     "type": "fill",
-                    "fill_id": f"F-{number:07d}-{side[0]}",
-                    "trade_id": f"T-{number:07d}",
+                    "fill_id": f"{run}F-{number:07d}-{side[0]}",
+                    "trade_id": f"{run}T-{number:07d}",
                     "account_id": account,
                     "instrument": spec.symbol,
                     "side": side,
@@ -170,7 +175,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             account,
             {
                 "type": "deposit",
-                "transfer_id": f"D-{account}",
+                "transfer_id": f"{run}D-{account}",
                 "account_id": account,
                 "asset": "USDT",
                 "amount": to_wire(amount),
@@ -184,7 +189,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 account,
                 {
                     "type": "deposit",
-                    "transfer_id": f"DB-{account}",
+                    "transfer_id": f"{run}DB-{account}",
                     "account_id": account,
                     "asset": "BTC",
                     "amount": to_wire(btc),
@@ -192,7 +197,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 },
             )
 
-    trades_per_step = max(1, scenario.trades // max(1, scenario.steps))
+    steps = max(1, scenario.steps)
     crash_start = int(scenario.steps * scenario.crash_at) if scenario.crash_at is not None else None
     trade_number = 0
     for step in range(scenario.steps):
@@ -215,9 +220,8 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 yield Message(
                     "marks", symbol, {"type": "funding", "symbol": symbol, "rate": to_wire(rate), "occurred_at": at}
                 )
-        for _ in range(trades_per_step):
-            if trade_number >= scenario.trades:
-                break
+        # Exactly ``trades`` trades, spread evenly: this step's share of the running total.
+        for _ in range(scenario.trades * (step + 1) // steps - scenario.trades * step // steps):
             trade_number += 1
             if options and rng.randrange(OPTION_SHARE_OF_TRADES) == 0:
                 yield from option_trade(trade_number)
@@ -243,7 +247,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             held[buyer][symbol] = held[buyer].get(symbol, Decimal(0)) + quantity
             held[seller][symbol] = held[seller].get(symbol, Decimal(0)) - quantity
             at = tick()
-            trade_id = f"T-{trade_number:07d}"
+            trade_id = f"{run}T-{trade_number:07d}"
             maker_buys = rng.random() < 0.5
             for side, account in (("buy", buyer), ("sell", seller)):
                 maker = (side == "buy") == maker_buys
@@ -254,7 +258,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                     account,
                     {
                         "type": "fill",
-                        "fill_id": f"F-{trade_number:07d}-{side[0]}",
+                        "fill_id": f"{run}F-{trade_number:07d}-{side[0]}",
                         "trade_id": trade_id,
                         "account_id": account,
                         "instrument": symbol,
@@ -276,13 +280,78 @@ def generate(scenario: Scenario) -> Iterator[Message]:
                 account,
                 {
                     "type": "withdrawal",
-                    "transfer_id": f"W-{step:05d}-{account}",
+                    "transfer_id": f"{run}W-{step:05d}-{account}",
                     "account_id": account,
                     "asset": "USDT",
                     "amount": to_wire(amount),
                     "occurred_at": tick(),
                 },
             )
+
+
+RUN_START_ROUNDING = timedelta(hours=1)  # a later run starts on the next whole hour after the last event
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a simulation run's ids and times start, and why."""
+
+    id_prefix: str
+    start: datetime
+    reason: str
+
+
+def next_run(used_until: datetime | None) -> RunPlan:
+    """The ids and times of a run into a ledger whose latest event (or published message) happened
+    at ``used_until`` (None: an unused ledger and broker). An unused one gets the plain ids the demo
+    uses, from ``START``; a used one gets ids prefixed with the run's start (``S20261123T0100-``,
+    accounts ``S20261123T0100-ACC-00001``...) and times from the next whole hour after the last one,
+    so no id is a duplicate and no mark is stale."""
+    if used_until is None:
+        return RunPlan("", START, "the ledger and the broker hold no events yet")
+    hours = int((used_until - START) / RUN_START_ROUNDING) + 1
+    start = max(START, START + hours * RUN_START_ROUNDING)
+    return RunPlan(
+        f"S{start:%Y%m%dT%H%M}-",
+        start,
+        f"the ledger or the broker already holds events up to {format_time(used_until)}",
+    )
+
+
+def latest_published(bootstrap: str, prefix: str) -> datetime | None:
+    """The latest ``occurred_at`` of the last message in each partition of the marks topic: marks
+    are published in time order, so this is when the market published so far ends (None: none)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = prefix + "marks"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2_000)
+    latest: datetime | None = None
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return None
+        ends = consumer.end_offsets(partitions)
+        wanted = [tp for tp in partitions if ends[tp] > 0]
+        if not wanted:
+            return None
+        consumer.assign(wanted)
+        for tp in wanted:
+            consumer.seek(tp, ends[tp] - 1)
+        remaining = set(wanted)
+        for record in consumer:
+            remaining.discard(TopicPartition(record.topic, record.partition))
+            try:
+                text = json.loads(record.value).get("occurred_at")
+                moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+            except (ValueError, AttributeError, TypeError):
+                moment = None
+            if moment is not None and moment.tzinfo is not None and (latest is None or moment > latest):
+                latest = moment
+            if not remaining:
+                break
+    finally:
+        consumer.close()
+    return latest
 
 
 def publish(

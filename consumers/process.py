@@ -44,7 +44,9 @@ def run_ledger(
     safely (the message says what to do). ``reread_past_end``: partitions whose stored offsets
     are past the broker's end are read from their beginning (the operator's recovery after a
     broker lost its messages: see ``consumers.kafka_input.BrokerLostMessages``)."""
-    engine = make_engine(services.database_url, role=settings.database_role)
+    # Logged in as the ledger's own role (not the owner with SET ROLE): no SQL on these connections
+    # can take the owner's rights back.
+    engine = make_engine(services.database_url, role=settings.database_role, password=settings.database_role_password)
     try:
         ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
         # Started first: the child imports and connects while the state loads. run() closes it.

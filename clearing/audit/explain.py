@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.adl_explain import AdlExplainError, explain_adl, render_adl
 from clearing.audit.asof import state_at
 from clearing.domain import events as ev
 from clearing.domain import fold, lifecycle, models
@@ -31,6 +32,7 @@ from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
     divide,
+    round_display_price,
     to_wire,
 )
 from clearing.domain.state import LedgerState
@@ -56,7 +58,10 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
     """The decision to explain and the later events of the same call or order."""
     types: tuple[str, ...]
     if decision_id.startswith("L-"):
-        types, field = (ev.LIQUIDATION_ORDER_ISSUED,), "liquidation_id"
+        # The order, then its cancellation by auto-deleveraging and its executions (a late one
+        # included: an execution is a fact, whatever the order's state).
+        types = (ev.LIQUIDATION_ORDER_ISSUED, ev.LIQUIDATION_ORDER_CANCELLED, ev.LIQUIDATION_FILL_RECORDED)
+        field = "liquidation_id"
     else:
         types, field = CALL_TYPES, "margin_call_id"
     rows = conn.execute(
@@ -357,6 +362,26 @@ def _ledger_context() -> Any:
 # words
 
 
+def shown_price(text: str | None) -> str | None:
+    """An averaged or unrounded price as a person reads it: at display precision (1e-10, half
+    even). The JSON keeps every digit; the words need not carry 160 of them."""
+    if text is None:
+        return None
+    with _ledger_context():
+        return to_wire(round_display_price(Decimal(text)))
+
+
+def _approximately(text: str) -> str:
+    shown = shown_price(text) or text
+    return shown if Decimal(shown) == Decimal(text) else f"{shown} (to 10 decimal places)"
+
+
+def _present(payload: dict[str, Any], names: tuple[str, ...]) -> str:
+    """``name value`` for each of ``names`` the payload has (a field that does not apply is left
+    out, not printed as None)."""
+    return ", ".join(f"{name.replace('_', ' ')} {payload[name]}" for name in names if payload.get(name) is not None)
+
+
 def _collateral_lines(s: dict[str, Any]) -> list[str]:
     va = s["valuation_asset"]
     out: list[str] = []
@@ -428,7 +453,7 @@ def _position_lines(s: dict[str, Any]) -> list[str]:
             continue
         out += [
             f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size {q['contract_size']}, "
-            f"cost {q['cost']}, entry price {q['entry_price']}, mark used {q['price_used']}",
+            f"cost {q['cost']}, entry price {shown_price(q['entry_price'])}, mark used {q['price_used']}",
             f"    notional = |{q['quantity']}| x {q['contract_size']} x {q['price_used']} = {q['notional']} "
             f"{q['settlement_asset']} -> tier {q['tier']} "
             f"({q['tier_notional_floor']} to {q['tier_notional_cap'] or 'no cap'})",
@@ -463,7 +488,8 @@ def _liquidation_lines(p: dict[str, Any], liq: dict[str, Any]) -> list[str]:
     out.append(
         f"  Bankruptcy price = mark {liq['position']['price_used']} {sign} equity {liq['equity_before']} / "
         f"({liq['quantity']} x {liq['position']['contract_size']} x {liq['position']['settlement_price']}) = "
-        f"{liq['bankruptcy_price_unrounded']}, rounded {liq['bankruptcy_rounding']} = {liq['bankruptcy_price']}"
+        f"{_approximately(liq['bankruptcy_price_unrounded'])}, rounded {liq['bankruptcy_rounding']} = "
+        f"{liq['bankruptcy_price']}"
     )
     return out
 
@@ -488,19 +514,30 @@ def render(result: dict[str, Any]) -> str:
         + ("PnL and option values" if any("option" in q for q in s["positions"]) else "PnL")
         + f" {s['unrealised_pnl']} = {s['equity']} {va}",
         f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}",
-        f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
-        f"{s['margin_ratio']} (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "
+        (
+            f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
+            f"{s['margin_ratio']}"
+            if s["margin_ratio"] is not None
+            else "Margin ratio: none (it is defined only while both equity and maintenance margin are positive)"
+        )
+        + f" (warning at {t['warning_ratio']}, maintenance call at {t['maintenance_ratio']}, "
         f"resolved below {t['resolve_ratio']}; grace {t['grace_period_seconds']} s)",
     ]
     if "liquidation" in result:
         out += _liquidation_lines(p, result["liquidation"])
     else:
-        out.append(
-            f"Level: {p.get('level')}; shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = "
-            f"{result['recomputed'].get('shortfall')}; deadline {p.get('deadline')}"
-        )
+        parts = []
+        if p.get("level") is not None:
+            parts.append(f"Level: {p['level']}")
+        shortfall = result["recomputed"].get("shortfall")
+        if shortfall is not None:
+            parts.append(f"shortfall = max(0, maintenance / resolve_ratio - equity) rounded up = {shortfall}")
+        if p.get("deadline") is not None:
+            parts.append(f"deadline {p['deadline']}")
+        if parts:
+            out.append("; ".join(parts))
     out.append("")
-    out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items()))
+    out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items() if v is not None))
     out.append("Decision payload: " + json.dumps(p, sort_keys=True))
     out.append(
         "The recomputation matches the decision."
@@ -508,21 +545,29 @@ def render(result: dict[str, Any]) -> str:
         else "THE RECOMPUTATION DOES NOT MATCH THE DECISION."
     )
     for later in result["later_events"]:
-        out.append(
-            f"Later: {later['type']} at {later['position']}: level {later['payload'].get('level')}, "
-            f"equity {later['payload'].get('equity')}, ratio {later['payload'].get('margin_ratio')}"
-        )
+        lp = later["payload"]
+        if later["type"] == ev.LIQUIDATION_ORDER_CANCELLED:
+            out.append(f"Later: cancelled at {later['position']} with {lp.get('remaining')} left: {lp.get('reason')}")
+            continue
+        if later["type"] == ev.LIQUIDATION_FILL_RECORDED:
+            out.append(
+                f"Later: executed at {later['position']}: {lp.get('side')} {lp.get('quantity')} at {lp.get('price')}"
+            )
+            continue
+        said = _present(lp, ("level", "equity", "margin_ratio", "amount", "deficit"))
+        out.append(f"Later: {later['type']} at {later['position']}" + (f": {said}" if said else ""))
     return "\n".join(out)
 
 
 def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
+    is_adl = decision_id.startswith("ADL-")
     try:
-        result = explain(engine, decision_id)
-    except ExplainError as error:
+        result = explain_adl(engine, decision_id) if is_adl else explain(engine, decision_id)
+    except (ExplainError, AdlExplainError) as error:
         sys.stderr.write(f"{error}\n")
         return 1
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        sys.stdout.write(render(result) + "\n")
+        sys.stdout.write((render_adl(result) if is_adl else render(result)) + "\n")
     return 0 if result["matches_decision"] else 1

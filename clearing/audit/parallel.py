@@ -15,14 +15,13 @@ streams its own rows).
 Runs. A worker replays a run of segments: it claims a segment (a flag per segment, shared by the
 workers under a lock), replays it, and goes on into the next one of the shard with the state it
 has while that one is free, so that only a run's first segment pays for decoding its snapshot
-(0.15-0.25 s with 5,000 accounts) and rebuilding the trigger index (0.4 s), against about 2.5 s
-for the 50,000 events between two of the ledger's snapshots. A worker whose run ends (at the
+and rebuilding the trigger index (together a fifth of the time the events between two of the
+ledger's snapshots take). A worker whose run ends (at the
 shard's head, or at a segment another worker claimed) starts the next where ``choose_start``
 says: a shard's first segment, else half way along the longest stretch of free segments, which
 the run before that stretch is heading into. So the workers start at genesis and half way, and
-one that finishes early takes over half of what the other has left: they end about together
-(bench/replay.py's log: two or three runs, where eight fixed segments cost 2-3 s of wall time
-more in the same hour).
+one that finishes early takes over half of what the other has left: they end about together,
+in two or three runs where fixed segments took more wall time (docs/performance.md).
 
 Soundness. Every worker re-runs its run exactly as ``LogReplay`` does sequentially and, at its
 last position, compares its state with the stored snapshot there (``state_bytes`` equal, with no
@@ -87,10 +86,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import Finding, LogReplay, ShardTrack, imbalance_finding, refresh_window
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
+from clearing.engine.refresh import refresh_window
 from clearing.engine.snapshots import state_bytes, state_from_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
@@ -234,9 +234,9 @@ _engines: dict[str, sa.Engine] = {}
 def worker_context() -> BaseContext:
     """How worker processes start: forked from the forkserver, which imports
     ``clearing.audit.parallel`` once when it starts (``start_worker_server``); spawned where the
-    platform has no forkserver. A spawned worker imports clearing and SQLAlchemy itself: on the
-    2-core VM a pool of two spawned workers was ready to replay after 0.76 s, during which it
-    replayed nothing, and after 0.03 s forked from a running server. The server is one process
+    platform has no forkserver. A spawned worker imports clearing and SQLAlchemy itself, and
+    replays nothing in the meantime: a pool forked from a running server is ready at once. The
+    server is one process
     per caller, started on first use; it inherits the caller's environment as it is then."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -279,8 +279,8 @@ def run_worker(task: ReplayTask) -> int:
     says and carried on while the next segment is free, until every segment is claimed. Each
     run's result goes to the parent as soon as the run ends (pickled by the queue's thread while
     the next run goes on), not with the worker's last: the run that reaches the head carries the
-    shard's state (9 MB pickled with its trades for bench/replay.py's log: 0.6 s to pickle, about
-    as long to load, which the parent waited for after the last run). Returns how many it sent."""
+    shard's state and its trades, the largest result to pickle and load, which the parent would
+    otherwise wait for after the last run. Returns how many it sent."""
     sent = 0
     while True:
         with _claims.get_lock():
@@ -300,6 +300,26 @@ def _claim(index: int) -> bool:
         return True
 
 
+class _RunSnapshots:
+    """The stored snapshots of a run's shard that it compares, read as the run reaches them."""
+
+    def __init__(self, conn: sa.Connection, shard: int, compared: list[tuple[int, bool]]) -> None:
+        self.conn = conn
+        self.shard = shard
+        self.compared = compared
+        self.stored: dict[int, bytes] = {}
+
+    def load(self, after: int, upto: int, only_end: bool) -> None:
+        query = "SELECT position, state FROM snapshots WHERE shard = :s AND position > :after AND position <= :upto"
+        if only_end:
+            query += " AND position = :upto"
+        rows = self.conn.execute(sa.text(query), {"s": self.shard, "after": after, "upto": upto})
+        self.stored.update((int(p), bytes(b)) for p, b in rows)
+
+    def check(self, _shard: int, position: int, state: LedgerState) -> None:
+        self.compared.append((position, state_bytes(state) == self.stored.pop(position)))
+
+
 def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> SegmentResult:
     """Replay the planned segment ``start`` (from genesis or its snapshot), then each next one of
     its shard that ``claim`` grants, with the state carried over: no snapshot to decode, no
@@ -309,86 +329,103 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
     first = task.segments[start]
     shard = first.shard
     result = SegmentResult(first)
-    compared = result.snapshots
-    stored: dict[int, bytes] = {}
     with _engine(task.url).connect() as conn:
-
-        def load(after: int, upto: int, only_end: bool) -> None:
-            query = "SELECT position, state FROM snapshots WHERE shard = :s AND position > :after AND position <= :upto"
-            if only_end:
-                query += " AND position = :upto"
-            rows = conn.execute(sa.text(query), {"s": shard, "after": after, "upto": upto})
-            stored.update((int(p), bytes(b)) for p, b in rows)
-
-        def check(_shard: int, position: int, state: LedgerState) -> None:
-            compared.append((position, state_bytes(state) == stored.pop(position)))
-
-        positions: set[tuple[int, int]] = set()
-        if task.all_snapshots:
-            query = "SELECT position FROM snapshots WHERE shard = :s AND position > :after"
-            positions = {(shard, int(p)) for (p,) in conn.execute(sa.text(query), {"s": shard, "after": first.after})}
-        replay = LogReplay(
-            decide=task.decide,
-            conservation_every=task.conservation_every,
-            check_fills=task.check_fills,
-            snapshot_check=check,
-            snapshot_positions=positions,
-        )
+        snapshots = _RunSnapshots(conn, shard, result.snapshots)
+        replay = _run_replay(task, conn, first, snapshots)
         replay.sample_log = result.samples
-        if first.after:
-            raw = conn.execute(
-                sa.text("SELECT state FROM snapshots WHERE shard = :shard AND position = :p"),
-                {"shard": shard, "p": first.after},
-            ).scalar_one()
-            # The cursor of the rotating refresh is history, not state: unknown here (see merge).
-            replay.shards[shard] = ShardTrack(state=state_from_bytes(raw), refresh_cursor=None)
-        margin = replay.margin_events
-        fed = result.margin_fed
-        count = 0
-        row: Any = None
-        index = start
-        with ledger_context():
-            while True:
-                seg = task.segments[index]
-                if task.all_snapshots:
-                    load(seg.after, seg.upto, only_end=False)
-                for row in iter_log(conn, shard=shard, after=seg.after, upto=seg.upto):
-                    if result.first is None:
-                        result.first = (row[0], row[5])
-                    before = len(margin)
-                    replay.feed(row)
-                    if len(margin) != before:
-                        fed.extend([row[0]] * (len(margin) - before))
-                    count += 1
-                    if count % PROGRESS_EVERY_EVENTS == 0:
-                        _report(PROGRESS_EVERY_EVENTS)
-                following = index + 1
-                if following < len(task.segments) and task.segments[following].shard == shard and claim(following):
-                    index = following
-                    continue
-                break
-        _report(count % PROGRESS_EVERY_EVENTS)
-        if row is not None:
-            result.last = (row[0], row[5])
-        end = task.segments[index]
+        end = _feed_run(task, conn, replay, result, start, claim, snapshots)
         track = replay.shard(shard)
         if end.ends_at_snapshot and not task.all_snapshots and not track.pending:
             # The snapshot is compared only where no decision of the re-run is still expected.
-            load(end.after, end.upto, only_end=True)
-            check(shard, end.upto, track.state)
+            snapshots.load(end.after, end.upto, only_end=True)
+            snapshots.check(shard, end.upto, track.state)
     replay.flush_batch()
-    result.segment = Segment(shard, first.index, first.after, end.upto, end.ends_at_snapshot)
+    _collect(result, replay, track, Segment(shard, first.index, first.after, end.upto, end.ends_at_snapshot))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_replay(task: ReplayTask, conn: sa.Connection, first: Segment, snapshots: _RunSnapshots) -> LogReplay:
+    """The replay a run starts with: from genesis, or from the snapshot its first segment starts at."""
+    shard = first.shard
+    positions: set[tuple[int, int]] = set()
+    if task.all_snapshots:
+        query = "SELECT position FROM snapshots WHERE shard = :s AND position > :after"
+        positions = {(shard, int(p)) for (p,) in conn.execute(sa.text(query), {"s": shard, "after": first.after})}
+    replay = LogReplay(
+        decide=task.decide,
+        conservation_every=task.conservation_every,
+        check_fills=task.check_fills,
+        snapshot_check=snapshots.check,
+        snapshot_positions=positions,
+    )
+    if first.after:
+        raw = conn.execute(
+            sa.text("SELECT state FROM snapshots WHERE shard = :shard AND position = :p"),
+            {"shard": shard, "p": first.after},
+        ).scalar_one()
+        # The cursor of the rotating refresh is history, not state: unknown here (see merge).
+        replay.shards[shard] = ShardTrack(state=state_from_bytes(raw), refresh_cursor=None)
+    return replay
+
+
+def _feed_run(
+    task: ReplayTask,
+    conn: sa.Connection,
+    replay: LogReplay,
+    result: SegmentResult,
+    start: int,
+    claim: Callable[[int], bool],
+    snapshots: _RunSnapshots,
+) -> Segment:
+    """Feed the run's segments to ``replay``, from ``start`` on while ``claim`` grants the next one
+    of the shard; returns the last segment fed."""
+    shard = task.segments[start].shard
+    margin = replay.margin_events
+    fed = result.margin_fed
+    count = 0
+    row: Any = None
+    index = start
+    with ledger_context():
+        while True:
+            seg = task.segments[index]
+            if task.all_snapshots:
+                snapshots.load(seg.after, seg.upto, only_end=False)
+            for row in iter_log(conn, shard=shard, after=seg.after, upto=seg.upto):
+                if result.first is None:
+                    result.first = (row[0], row[5])
+                before = len(margin)
+                replay.feed(row)
+                if len(margin) != before:
+                    fed.extend([row[0]] * (len(margin) - before))
+                count += 1
+                if count % PROGRESS_EVERY_EVENTS == 0:
+                    _report(PROGRESS_EVERY_EVENTS)
+            following = index + 1
+            if following < len(task.segments) and task.segments[following].shard == shard and claim(following):
+                index = following
+                continue
+            break
+    _report(count % PROGRESS_EVERY_EVENTS)
+    if row is not None:
+        result.last = (row[0], row[5])
+    return task.segments[index]
+
+
+def _collect(result: SegmentResult, replay: LogReplay, track: ShardTrack, segment: Segment) -> None:
+    """What the parent merges of a run that covered ``segment``."""
+    result.segment = segment
     result.events = replay.events
     result.determinism = replay.determinism
     result.determinism_mismatches = replay.determinism_mismatches
     result.decisions_compared = replay.decisions_compared
     # Settled as they pair, the run's trades cost the parent two positions each instead of their
-    # fills (6 MB pickled a 100,000 events of bench/replay.py's log, 0.23 s to send and load).
+    # fills, the bulk of what a run would send otherwise.
     result.fills = replay.fills
     result.trades_settled = replay.trades_settled
     result.unmatched = replay.unmatched
     result.liquidation_fills = replay.liquidation_fills
-    result.margin_events = margin
+    result.margin_events = replay.margin_events
     result.last_change = track.last_change
     result.written_at = track.written_at
     result.mark_change = track.mark_change
@@ -396,17 +433,15 @@ def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> Se
     result.refresh_cursor = track.refresh_cursor
     result.refresh_deferred = track.refresh_deferred
     result.pending = list(track.pending)
-    if not end.ends_at_snapshot:
+    if not segment.ends_at_snapshot:
         # As a snapshot (``state_bytes``), which the parent decodes as a run decodes the one it
         # starts from: without the trigger index (derived state, rebuilt by the next step that
-        # needs it), and quicker to send than the objects. With 5,000 accounts: 1.8 MB, 0.06-0.12 s
-        # to write and 0.15-0.2 s to decode, against 3.2 MB pickled in 0.19-0.28 s and loaded in
-        # 0.16-0.19 s (9.7 MB with the index), at the end of the run the parent waits for.
+        # needs it), and smaller and quicker to send than the objects pickled, at the end of the
+        # run the parent waits for.
         result.state = state_bytes(track.state)
     else:
-        result.end_ok = (end.upto, True) in compared and result.last is not None and result.last[0] == end.upto
-    result.seconds = time.perf_counter() - started
-    return result
+        upto = segment.upto
+        result.end_ok = (upto, True) in result.snapshots and result.last is not None and result.last[0] == upto
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,58 +582,12 @@ def merge(
     samples_ok: list[int] = []
     settled = 0
     for shard in order:
-        shard_results = by_shard[shard]
-        last = shard_results[-1]
-        if last.state is None:
+        state = by_shard[shard][-1].state
+        if state is None:
             return None, f"shard {shard}: the last segment returned no state"
-        track = merged.shards[shard] = ShardTrack(state=state_from_bytes(last.state))
-        cursor = 0
-        unmatched_in: dict[tuple[str, str, str], int] = {}
-        findings: list[Finding] = []
-        events: list[tuple[int, int, MarginEvent]] = []
-        for result in shard_results:
-            written = result.written_at
-            if result.refresh_cursor is None:
-                for end, holders in result.refresh_deferred:
-                    window, cursor = refresh_window(holders, cursor)
-                    for account_id in window:
-                        if written.get(account_id, 0) < end:
-                            written[account_id] = end
-            else:
-                cursor = result.refresh_cursor
-            track.written_at.update(written)
-            track.last_change.update(result.last_change)
-            track.mark_change.update(result.mark_change)
-            track.mark_written.update(result.mark_written)
-            merged.events += result.events
-            merged.decisions_compared += result.decisions_compared
-            merged.determinism_mismatches += result.determinism_mismatches
-            findings.extend(result.determinism)
-            for position, imbalance, unmatched_local in result.samples:
-                # The whole log's condition: no fill unmatched (the signed counts add up).
-                if _balanced(unmatched_in, unmatched_local):
-                    samples_ok.append(position)
-                    if imbalance and len(merged.conservation_bad) < FINDINGS_MAX:
-                        merged.conservation_bad.append(imbalance_finding(position, imbalance))
-            unmatched_in = _add_counts(unmatched_in, result.unmatched)
-            for trade_id, entries in result.fills.items():
-                merged.fills.setdefault(trade_id, []).extend(entries)
-            merged.trades_settled.update(result.trades_settled)
-            settled += len(result.trades_settled)
-            merged.liquidation_fills.extend(result.liquidation_fills)
-            events.extend(
-                zip(
-                    result.margin_fed,
-                    range(len(events), len(events) + len(result.margin_fed)),
-                    result.margin_events,
-                    strict=True,
-                )
-            )
-        track.head = last.last[0] if last.last else 0
-        track.refresh_cursor = cursor
-        merged.unmatched = _add_counts(merged.unmatched, unmatched_in)
-        track.pending = deque(last.pending)
-        merged.head = max(merged.head, track.head)
+        merged.shards[shard] = ShardTrack(state=state_from_bytes(state))
+        findings, events = _merge_shard(merged, shard, by_shard[shard], samples_ok)
+        settled += sum(len(result.trades_settled) for result in by_shard[shard])
         determinism.append(findings)
         margin.append(events)
     if len(merged.trades_settled) != settled or not merged.trades_settled.keys().isdisjoint(merged.fills):
@@ -618,6 +607,71 @@ def merge(
     merged.conservation_checks = sorted(samples_ok)
     merged.conservation_due = merged.events + conservation_every
     return merged, None
+
+
+def _merge_shard(
+    merged: LogReplay, shard: int, shard_results: list[SegmentResult], samples_ok: list[int]
+) -> tuple[list[Finding], list[tuple[int, int, MarginEvent]]]:
+    """Merge one shard's runs, in log order, into ``merged`` (whose track of the shard holds the
+    last run's state); the conservation samples taken at balanced points go to ``samples_ok``.
+    Returns the shard's determinism findings and its margin events (with the position that fed
+    each and its sequence), for the merge across shards."""
+    track = merged.shards[shard]
+    last = shard_results[-1]
+    cursor = 0
+    unmatched_in: dict[tuple[str, str, str], int] = {}
+    findings: list[Finding] = []
+    events: list[tuple[int, int, MarginEvent]] = []
+    for result in shard_results:
+        cursor = _refresh_windows(result, cursor)
+        track.written_at.update(result.written_at)
+        track.last_change.update(result.last_change)
+        track.mark_change.update(result.mark_change)
+        track.mark_written.update(result.mark_written)
+        merged.events += result.events
+        merged.decisions_compared += result.decisions_compared
+        merged.determinism_mismatches += result.determinism_mismatches
+        findings.extend(result.determinism)
+        for position, imbalance, unmatched_local in result.samples:
+            # The whole log's condition: no fill unmatched (the signed counts add up).
+            if _balanced(unmatched_in, unmatched_local):
+                samples_ok.append(position)
+                if imbalance and len(merged.conservation_bad) < FINDINGS_MAX:
+                    merged.conservation_bad.append(imbalance_finding(position, imbalance))
+        unmatched_in = _add_counts(unmatched_in, result.unmatched)
+        for trade_id, entries in result.fills.items():
+            merged.fills.setdefault(trade_id, []).extend(entries)
+        merged.trades_settled.update(result.trades_settled)
+        merged.liquidation_fills.extend(result.liquidation_fills)
+        events.extend(
+            zip(
+                result.margin_fed,
+                range(len(events), len(events) + len(result.margin_fed)),
+                result.margin_events,
+                strict=True,
+            )
+        )
+    track.head = last.last[0] if last.last else 0
+    track.refresh_cursor = cursor
+    merged.unmatched = _add_counts(merged.unmatched, unmatched_in)
+    track.pending = deque(last.pending)
+    merged.head = max(merged.head, track.head)
+    return findings, events
+
+
+def _refresh_windows(result: SegmentResult, cursor: int) -> int:
+    """The rotating refresh's windows a run from a snapshot deferred (its cursor unknown there),
+    re-enacted from ``cursor``, the cursor the run before ended with, into the run's
+    ``written_at``. Returns the cursor at the run's end."""
+    if result.refresh_cursor is not None:
+        return result.refresh_cursor
+    written = result.written_at
+    for end, holders in result.refresh_deferred:
+        window, cursor = refresh_window(holders, cursor)
+        for account_id in window:
+            if written.get(account_id, 0) < end:
+                written[account_id] = end
+    return cursor
 
 
 def _add_counts(

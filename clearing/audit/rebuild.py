@@ -18,10 +18,12 @@ Expected rows come from the functions the engine writes with (``projections.bala
 * margin_calls, liquidations: ``write_decisions`` over the decisions and liquidation fills of the
   replay, into temporary tables (verify) or the shadow tables (rebuild); compared exactly.
 
-Rebuild and the database roles: the ledger's role (``clearing_app``) may not CREATE, so rebuild
-runs as the connecting user, which must own the projection tables (the user that ran
-``clearing db upgrade``). The new tables get the old tables' grants, and their indexes and
-constraints the old names.
+Rebuild and the database roles: only the owner of the projection tables (the user that ran
+``clearing db upgrade``) may rebuild; any other login is refused before anything is read
+(:func:`require_owner`). The ledger's role (``clearing_app``) may not CREATE nor ALTER, so it could
+not build or swap the shadow tables anyway; a superuser or a member of the owner role could, but
+the swapped-in tables would then belong to it, and the owner's next migration could not alter
+them. The new tables get the old tables' grants, and their indexes and constraints the old names.
 
 Swap and readers: the shadow tables are filled first; then one transaction takes the log lock
 (the ledger's writer waits), folds the events appended since the replay, writes the rows, compares
@@ -44,17 +46,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.audit.parallel import NO_SAMPLES as NO_CONSERVATION_SAMPLES
 from clearing.audit.parallel import PARALLEL_BOUNDARIES_MIN, plan_segments, replay_parallel, shards_of
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
 from clearing.store import projections
 from clearing.store.log import LOG_LOCK_KEY
 from clearing.store.queries import log_head
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "balances": ("account_id", "asset"),
+    "balances": ("account_id", "asset", "shard"),
     "positions": ("account_id", "instrument", "margin_mode"),
     "marks": ("symbol",),
     "margin_state": ("account_id", "scope"),
@@ -126,18 +128,18 @@ def expected_state_rows(replay: LogReplay) -> Expected:
     def put(table: str, key: Key, row: dict[str, Any], change: int) -> None:
         rows = expected.rows[table]
         old = rows.get(key)
-        # System accounts and marks exist in every shard's state: the live row is the one the
-        # latest batch of any shard wrote.
+        # Marks exist in every shard's state: the live row is the one the latest batch of any
+        # shard wrote. (Balances are keyed by shard: each shard's system accounts have their own.)
         if old is None or row["as_of_position"] >= old["as_of_position"]:
             rows[key] = row
         expected.last_change[table][key] = max(expected.last_change[table].get(key, 0), change)
 
-    for _shard, track in sorted(replay.shards.items()):
+    for shard, track in sorted(replay.shards.items()):
         state = track.state
         for account_id, as_of in track.written_at.items():
             change = track.last_change.get(account_id, 0)
-            for row in projections.balance_rows(state, [account_id], as_of):
-                put("balances", (account_id, row["asset"]), _as_column(row), change)
+            for row in projections.balance_rows(state, [account_id], as_of, shard=shard):
+                put("balances", (account_id, row["asset"], shard), _as_column(row), change)
             for row in projections.position_rows(state, [account_id], as_of):
                 put("positions", (account_id, row["instrument"], row["margin_mode"]), _as_column(row), change)
             margin_change = _margin_change(track, account_id)
@@ -388,12 +390,44 @@ def replay_log_parallel(
     return outcome.replay, info
 
 
+class RebuildRefused(RuntimeError):
+    """The connection may not rebuild the projections; the message says who may."""
+
+
+def require_owner(conn: sa.Connection) -> None:
+    """Refuse unless the connection's current user owns every projection table."""
+    me = conn.execute(sa.text("SELECT current_user")).scalar_one()
+    owners: dict[str, str] = dict(
+        conn.execute(
+            sa.text(
+                "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename = ANY(:tables)"
+            ),
+            {"tables": list(TABLES)},
+        ).all()
+    )
+    missing = [table for table in TABLES if table not in owners]
+    if missing:
+        raise RebuildRefused(
+            f"the projection tables {', '.join(missing)} do not exist in this database: run `clearing db upgrade` first"
+        )
+    others = sorted({owner for owner in owners.values() if owner != me})
+    if others:
+        raise RebuildRefused(
+            f"projections rebuild must run as the owner of the projection tables ({', '.join(others)}, the user "
+            f"that ran `clearing db upgrade`), not as {me}: set CLEARING_DATABASE_URL to the owner's login"
+        )
+
+
 def rebuild(
     engine: sa.Engine, *, swap: bool = True, progress: Callable[[int], None] | None = None, jobs: int = 1
 ) -> RebuildReport:
     """Replay the log into ``x_rebuild`` shadow tables, compare them with the live tables, and
     (``swap``) put them in place in one transaction. See the module docstring. ``jobs`` > 1: the
-    replay up to the head runs in that many processes (``replay_log_parallel``)."""
+    replay up to the head runs in that many processes (``replay_log_parallel``). Raises
+    :class:`RebuildRefused` unless ``engine`` logs in as the tables' owner."""
+    with engine.connect() as conn:
+        require_owner(conn)
     started = time.perf_counter()
     replay: LogReplay | None = None
     info: dict[str, Any] = {"mode": "sequential", "jobs": 1, "segments": 1}

@@ -1,7 +1,7 @@
 """The log read for a replay: every row in position order, streamed from a server-side cursor by a
 reader thread that keeps fetches ahead of the fold (``iter_log``, ``prefetched``). The fold of
 those rows, shared by ``audit verify`` and ``projections rebuild``, is
-``clearing.domain.logreplay.LogReplay``.
+``clearing.audit.logreplay.LogReplay``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import psycopg
 import sqlalchemy as sa
 
 from clearing.domain.events import INPUT_EVENT_TYPES, MODEL_BY_EVENT_TYPE
+from clearing.store.log import REPLAY_FETCH_ROWS
 
-REPLAY_FETCH_ROWS = 2_000  # rows per FETCH of the log's server-side cursor
 REPLAY_PREFETCH_BATCHES = 4  # fetched batches the reader thread holds ahead of the fold, at most
 
 T = TypeVar("T")
@@ -25,15 +25,13 @@ T = TypeVar("T")
 # ``iter_log``. The two times as their text too (PostgreSQL's ISO spelling, which
 # ``datetime.fromisoformat`` reads): a replay compares ``recorded_at`` with the row before it and
 # reads ``occurred_at`` only off a decision or a liquidation fill, and the driver's parse of a
-# timestamptz into a datetime was 2,200 instructions a row, each (callgrind, 28,000 rows of
-# bench/replay.py's log: 12,940 instructions a row read with both parsed, 8,960 with both as text).
+# timestamptz into a datetime costs more than the rest of a row's read.
 #
 # What only decisions need is NULL on the rows of inputs: the replay compares a decision's
 # ``occurred_at``, key, cause and stream with the re-run's and reads an input's from its payload
-# (but a liquidation fill's ``occurred_at``, which the margin events carry). The three strings and
-# the time of every fill were 1,200 instructions a row to read (callgrind, 40,000 rows of
-# bench/replay.py's log). The server's time is as it was: its ``COPY`` of these rows took 2.06-2.09 s
-# with the CASEs and 2.06-2.10 s without.
+# (but a liquidation fill's ``occurred_at``, which the margin events carry): reading the three
+# strings and the time of every fill is work saved, and the CASEs cost the server nothing it
+# measurably spends (docs/performance.md).
 _LIQUIDATION_FILLS: Final = INPUT_EVENT_TYPES["liquidation_fill"][0]
 _INPUTS: Final = ", ".join(f"'{event_type}'" for event_type in sorted(MODEL_BY_EVENT_TYPE))
 _INPUTS_BUT_LIQUIDATION_FILLS: Final = ", ".join(
@@ -57,12 +55,10 @@ def iter_log(
     belongs to the reader until the iterator is exhausted or closed: do not use it in between.
 
     The payload comes as its JSON text, for the consumer to parse (``load_json``) when it takes
-    the row. Parsed by the driver in the reader thread, each batch's 2,000 payloads were built
-    into fresh memory, held until the fold reached them and read back cold, and each went
-    through psycopg's loader in Python: 4 to 5 us a row more than the parse itself (0.8 us), all
-    of it under the GIL the fold needs. A fold of the first 300,000 events of bench/replay.py's
-    log went from 18.8-19.3 to 15.5-16.6 us an event (decide=False; 37.2-40.4 to 32.4-37.5 with
-    decide=True)."""
+    the row. Parsed by the driver in the reader thread, each batch's payloads were built into
+    fresh memory, held until the fold reached them and read back cold, and each went through
+    psycopg's loader in Python, several times the cost of the parse itself, all of it under the
+    GIL the fold needs."""
     query = f"SELECT {LOG_COLUMNS} FROM events WHERE position > %(after)s"
     params: dict[str, Any] = {"after": after}
     if shard is not None:
@@ -84,10 +80,8 @@ def stream_rows(
     ``conn.execute`` raises them, and a connection the driver lost is invalidated.
 
     Not through SQLAlchemy's result: its fetch and its ``Row`` (a row's items are read by index
-    in a replay, about ten a row) cost 2,400 instructions a row more than the driver's tuples
-    (callgrind, 58,000 rows of bench/replay.py's log), and the text form of the integers 600 more.
-    A sequential verify replay of those rows went from 36,600-40,100 to 41,300-43,000 events/s
-    (44,100-47,600 from memory)."""
+    in a replay, about ten a row) cost more than the driver's tuples, and the text form of the
+    integers more than the binary one."""
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
         raise TypeError(f"the log is read through psycopg, not {type(driver).__name__}")
@@ -107,9 +101,8 @@ def prefetched(fetch: Callable[[], Sequence[T]], ahead: int = REPLAY_PREFETCH_BA
 
     Why a thread: a replay's fold is single-threaded Python, and with the fetches in its thread
     PostgreSQL sat idle while the fold ran and the fold sat idle while PostgreSQL produced each
-    fetch (about 4.5 us a row, a fifth of the time a replay at 50,000 events/s has for an event).
-    psycopg releases the GIL while it waits on the socket, so the next fetch now runs in
-    PostgreSQL while the fold works.
+    fetch (a fifth of the time a replay has for an event). psycopg releases the GIL while it
+    waits on the socket, so the next fetch now runs in PostgreSQL while the fold works.
 
     An error in ``fetch`` is raised here after the batches before it. When the consumer stops
     early (``close()``, or the generator is dropped), the reader is stopped and joined before this

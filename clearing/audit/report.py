@@ -7,6 +7,14 @@ or collateral it holds, parameter changes) the cross scope is evaluated with
 ``clearing.domain.models.scope_risk``: the same code the ledger decides with, so the report cannot
 disagree with the ledger. Margin calls and liquidations are the decision events in the account's
 stream. Numbers in tables are the exact decimal strings; only the SVG coordinates are floats.
+
+Time on the charts is event time as the ledger's fold knows it: the latest ``occurred_at`` applied
+so far in the shard's log. An event that arrives late (a liquidation execution stamped with its
+order's time, recorded after later marks) moves the account at the time it was recorded in that
+order, so the lines never run backwards; the tables show each event's own ``occurred_at``.
+
+The period defaults to the account's own activity: from its first event to its last (by that
+clock), not to the head of the log, where the account's history would be a sliver of the chart.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +33,7 @@ import sqlalchemy as sa
 from clearing.domain.fold import replay_event
 from clearing.domain.models import scope_risk
 from clearing.domain.numbers import to_wire
-from clearing.domain.state import LedgerState
+from clearing.domain.state import INSURANCE_FUND_ACCOUNT, LedgerState
 from clearing.store import queries
 
 POINTS_MAX = 2_000  # per drawn series; more points than pixels only slow the browser down
@@ -46,6 +54,7 @@ MARKER_COLOURS = {
     "LiquidationFillRecorded": "#8b0000",
     "AccountBankrupted": "#000000",
     "PositionAutoDeleveraged": "#6a3d9a",
+    "InsuranceFundDrawn": "#56b4e9",
 }
 SERIES_COLOURS = ("#0072b2", "#e69f00", "#cc0000", "#009e73", "#6a3d9a", "#56b4e9")
 
@@ -57,19 +66,31 @@ class ReportError(ValueError):
 @dataclass(frozen=True, slots=True)
 class RiskPoint:
     position: int
-    occurred_at: datetime
+    occurred_at: datetime  # the event's own time
     equity: Decimal
     initial_margin: Decimal
     maintenance_margin: Decimal
     margin_ratio: Decimal | None
     status: str
+    at: datetime  # where it is drawn: the latest occurred_at folded so far (never earlier than the point before)
 
 
 @dataclass(frozen=True, slots=True)
 class MarkPoint:
     position: int
-    occurred_at: datetime
+    occurred_at: datetime  # the fold's clock when it was applied (a mark applied late is stale: not drawn)
     price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class FundPoint:
+    position: int
+    occurred_at: datetime
+    balance: Decimal  # the insurance fund's, in the valuation asset
+
+
+# The waterfall's events charted on the insurance fund's balance (of any account of the shard).
+FUND_EVENT_TYPES = frozenset({"InsuranceFundDrawn", "PositionAutoDeleveraged"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +123,9 @@ class AccountTimeline:
     events: list[LoggedEvent] = field(default_factory=list)
     events_total: int = 0
     replayed: int = 0
+    default_window: bool = False  # the period is the account's first to last event (none was given)
+    fund: list[FundPoint] = field(default_factory=list)
+    fund_events: list[LoggedEvent] = field(default_factory=list)  # draws and ADL steps, every account
 
 
 def parse_time(text: str) -> datetime:
@@ -115,11 +139,28 @@ def parse_time(text: str) -> datetime:
     return value
 
 
+def _account_window(conn: sa.Connection, shard: int, stream: str) -> tuple[datetime, datetime] | None:
+    """The clock (latest occurred_at of the shard so far) at the account's first and last event."""
+    first, last = conn.execute(
+        sa.text("SELECT min(position), max(position) FROM events WHERE stream = :s"), {"s": stream}
+    ).one()
+    if first is None:
+        return None
+    clock = sa.text("SELECT max(occurred_at) FROM events WHERE shard = :shard AND position <= :p")
+    start = conn.execute(clock, {"shard": shard, "p": first}).scalar_one()
+    end = conn.execute(clock, {"shard": shard, "p": last}).scalar_one()
+    return start, end
+
+
+WINDOW_END_PAST = timedelta(microseconds=1)  # a default period includes the account's last event
+
+
 def build_timeline(
     engine: sa.Engine, account_id: str, *, start: datetime | None = None, end: datetime | None = None
 ) -> AccountTimeline:
     """Replay the account's shard and collect the series between ``start`` (inclusive) and
-    ``end`` (exclusive). Events before ``start`` are folded too: the state needs them."""
+    ``end`` (exclusive), by the fold's clock (module docstring); a bound not given is the clock at
+    the account's first (last) event. Events before ``start`` are folded too: the state needs them."""
     if start is not None and end is not None and end <= start:
         raise ReportError("the end of the period must be after its start")
     stream = f"account:{account_id}"
@@ -127,14 +168,28 @@ def build_timeline(
         shard = queries.account_shard(conn, account_id)
         if shard is None:
             raise ReportError(f"no account {account_id!r} in the ledger")
-        timeline = AccountTimeline(account_id, shard, start, end)
+        default_window = start is None and end is None
+        if start is None or end is None:
+            window = _account_window(conn, shard, stream)
+            if window is not None:
+                start = start if start is not None else window[0]
+                end = end if end is not None else window[1] + WINDOW_END_PAST
+        if start is not None and end is not None and end <= start:
+            raise ReportError("the end of the period must be after its start (the account's activity is outside it)")
+        timeline = AccountTimeline(account_id, shard, start, end, default_window=default_window)
         state = LedgerState()
         traded: set[str] = set()
+        clock: datetime | None = None
         for position, event_stream, event_type, occurred_at, payload in queries.iter_shard_events(conn, shard):
             replay_event(state, event_type, payload)
             timeline.replayed += 1
-            in_window = (start is None or occurred_at >= start) and (end is None or occurred_at < end)
-            if event_stream == stream:
+            clock = occurred_at if clock is None or occurred_at > clock else clock
+            in_window = (start is None or clock >= start) and (end is None or clock < end)
+            if in_window:
+                _follow_fund(timeline, state, position, clock, event_type, payload)
+            # An ADL step is logged on the counterparty's stream; it books the bankrupt account too.
+            own_adl = event_type == "PositionAutoDeleveraged" and payload.get("bankrupt_account_id") == account_id
+            if event_stream == stream or own_adl:
                 relevant = True
                 if event_type in TRADE_EVENT_TYPES:
                     instrument = str(payload.get("instrument"))
@@ -167,7 +222,7 @@ def build_timeline(
                     series = timeline.marks.setdefault(symbol, [])
                     # A stale mark is logged but not applied: draw what the ledger applied.
                     if not series or series[-1].price != mark.price:
-                        series.append(MarkPoint(position, occurred_at, mark.price))
+                        series.append(MarkPoint(position, clock, mark.price))
             else:
                 relevant = event_type == "RiskParametersChanged"
             account = state.accounts.get(account_id)
@@ -185,9 +240,28 @@ def build_timeline(
                         risk.maintenance_margin,
                         risk.margin_ratio,
                         lifecycle.status if lifecycle is not None else risk.status,
+                        clock,
                     )
                 )
     return timeline
+
+
+def _follow_fund(
+    timeline: AccountTimeline,
+    state: LedgerState,
+    position: int,
+    occurred_at: datetime,
+    event_type: str,
+    payload: dict[str, Any],
+) -> None:
+    """The insurance fund's balance where it changed, and the draws and ADL steps (bounded as
+    the event rows are)."""
+    fund = state.accounts.get(INSURANCE_FUND_ACCOUNT)
+    balance = fund.balance(state.parameters.valuation_asset) if fund is not None else Decimal(0)
+    if not timeline.fund or timeline.fund[-1].balance != balance:
+        timeline.fund.append(FundPoint(position, occurred_at, balance))
+    if event_type in FUND_EVENT_TYPES and len(timeline.fund_events) < EVENT_ROWS_MAX:
+        timeline.fund_events.append(LoggedEvent(position, occurred_at, event_type, payload))
 
 
 def _record_option(
@@ -367,7 +441,7 @@ def _risk_series(points: list[RiskPoint]) -> list[Series]:
     equity = [float(point.equity) for point in points]
     changes = [i for i in range(1, len(points)) if points[i].status != points[i - 1].status]
     chosen = [points[i] for i in downsample_indices(equity, POINTS_MAX, changes)]
-    at = [_seconds(point.occurred_at) for point in chosen]
+    at = [_seconds(point.at) for point in chosen]
     return [
         Series("equity", SERIES_COLOURS[0], [(x, float(p.equity)) for x, p in zip(at, chosen, strict=True)]),
         Series(
@@ -389,6 +463,12 @@ def _mark_series(symbol: str, points: list[MarkPoint], colour: str) -> Series:
     prices = [float(point.price) for point in points]
     chosen = [points[i] for i in downsample_indices(prices, POINTS_MAX)]
     return Series(f"{symbol} mark", colour, [(_seconds(p.occurred_at), float(p.price)) for p in chosen])
+
+
+def _fund_series(points: list[FundPoint]) -> Series:
+    balances = [float(point.balance) for point in points]
+    chosen = [points[i] for i in downsample_indices(balances, POINTS_MAX)]
+    return Series("insurance fund", SERIES_COLOURS[3], [(_seconds(p.occurred_at), float(p.balance)) for p in chosen])
 
 
 def _markers(events: list[LoggedEvent]) -> list[VerticalMarker]:
@@ -447,6 +527,7 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
     period = (
         f"{timeline.start.isoformat() if timeline.start else 'the start of the log'} to "
         f"{timeline.end.isoformat() if timeline.end else 'the head of the log'}"
+        + (" (the account's first to last event; --from and --to choose another)" if timeline.default_window else "")
     )
     last = timeline.risk[-1] if timeline.risk else None
     summary_rows = [
@@ -460,6 +541,11 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             f"{sum(e.type in CALL_EVENT_TYPES for e in timeline.markers)} / "
             f"{sum(e.type in LIQUIDATION_EVENT_TYPES for e in timeline.markers)}",
         ),
+        (
+            "insurance fund draws / ADL steps in the shard",
+            f"{sum(e.type == 'InsuranceFundDrawn' for e in timeline.fund_events)} / "
+            f"{sum(e.type == 'PositionAutoDeleveraged' for e in timeline.fund_events)}",
+        ),
     ]
     if last is not None:
         summary_rows += [
@@ -472,7 +558,7 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
         ]
     markers = _markers(timeline.markers)
     times = (
-        [_seconds(p.occurred_at) for p in timeline.risk]
+        [_seconds(p.at) for p in timeline.risk]
         + [_seconds(p.occurred_at) for points in timeline.option_positions.values() for p in points]
         + [m.at for m in markers]
         + [_seconds(p.occurred_at) for points in timeline.marks.values() for p in points]
@@ -487,6 +573,15 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             x_range=x_range,
         )
     ]
+    charts.append(
+        svg_chart(
+            "Insurance fund balance, with every draw and auto-deleveraging step",
+            [_fund_series(timeline.fund)],
+            _markers(timeline.fund_events),
+            height=220,
+            x_range=x_range,
+        )
+    )
     if timeline.option_positions:
         charts.append(
             svg_chart(

@@ -47,6 +47,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.audit.chain import ChainReport, verify_chain
+from clearing.audit.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.audit.parallel import (
     PARALLEL_BOUNDARIES_MIN,
     plan_segments,
@@ -65,7 +66,6 @@ from clearing.audit.rebuild import (
     read_table,
 )
 from clearing.audit.replay import iter_log
-from clearing.domain.logreplay import CONSERVATION_EVERY_EVENTS, LogReplay
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.snapshots import state_bytes
@@ -119,7 +119,53 @@ class VerifyReport:
         }
 
 
-def _tail_check(conn: sa.Connection, head: int) -> Check:
+@dataclass
+class SnapshotComparison:
+    """The stored snapshots, and how each compared with the re-run state at its position."""
+
+    stored: dict[tuple[int, int], bytes]  # (shard, position) -> the snapshot's bytes
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (position, problem)
+
+    def compare(self, shard: int, position: int, state: LedgerState) -> None:
+        """The sequential replay's ``snapshot_check``: the state at a snapshot's position."""
+        self.record(shard, position, state_bytes(state) == self.stored[(shard, position)])
+
+    def record(self, shard: int, position: int, equal: bool) -> None:
+        self.seen.add((shard, position))
+        if not equal:
+            self.bad.append((position, snapshot_differs(shard, position)))
+
+
+@dataclass
+class Verified:
+    """What the checks judge: the log read, the chain recomputed, the engine re-run over the log."""
+
+    conn: sa.Connection
+    engine: sa.Engine
+    head: int
+    chain: ChainReport
+    replay: LogReplay
+    how: dict[str, Any]  # how the replay ran (mode, jobs, segments)
+    snapshots: SnapshotComparison
+    checkpoints: CheckpointSource | None  # where the published checkpoints are read, if anywhere
+
+
+def snapshot_differs(shard: int, position: int) -> str:
+    return f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there"
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks, in the order the report lists them (``CHECKS``)
+
+
+def _chain_check(run: Verified) -> Check:
+    chain = run.chain
+    return Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem, {"events": chain.events})
+
+
+def _tail_check(run: Verified) -> Check:
+    conn, head = run.conn, run.head
     anchors: dict[str, int] = {}
     for name, sql in (
         *((t, f"SELECT max(as_of_position) FROM {t}") for t in TABLES),
@@ -131,30 +177,7 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
         if value is not None:
             anchors[name] = int(value)
     beyond = {name: value for name, value in anchors.items() if value > head}
-    notes = []
-    logged = {
-        (int(s), t, int(p)): int(o)
-        for s, t, p, o in conn.execute(
-            sa.text(
-                "SELECT shard, source_topic, source_partition, max(source_offset) FROM events "
-                "WHERE source_topic IS NOT NULL GROUP BY 1, 2, 3"
-            )
-        )
-    }
-    for s, t, p, o in conn.execute(
-        sa.text('SELECT shard, topic, partition, max("offset") FROM dead_letters GROUP BY 1, 2, 3')
-    ):
-        key = (int(s), t, int(p))
-        logged[key] = max(logged.get(key, -1), int(o))
-    for s, t, p, next_offset in conn.execute(
-        sa.text("SELECT shard, topic, partition, next_offset FROM consumer_offsets ORDER BY 1, 2, 3")
-    ):
-        last = logged.get((int(s), t, int(p)), -1)
-        if int(next_offset) > last + 1:
-            notes.append(
-                f"shard {s} {t}[{p}]: offsets stored up to {int(next_offset) - 1}, last logged or dead-lettered "
-                f"offset {last} (redelivered duplicates, or removed events)"
-            )
+    notes = _offset_notes(conn)
     details: dict[str, Any] = {"log_head": head, "anchors": anchors}
     if notes:
         details["offset_notes"] = notes[:10]
@@ -171,6 +194,152 @@ def _tail_check(conn: sa.Connection, head: int) -> Check:
     return Check("log_tail", True, details=details)
 
 
+def _offset_notes(conn: sa.Connection) -> list[str]:
+    """Consumer offsets stored beyond the last offset logged or dead-lettered, per partition."""
+    logged = {
+        (int(s), t, int(p)): int(o)
+        for s, t, p, o in conn.execute(
+            sa.text(
+                "SELECT shard, source_topic, source_partition, max(source_offset) FROM events "
+                "WHERE source_topic IS NOT NULL GROUP BY 1, 2, 3"
+            )
+        )
+    }
+    for s, t, p, o in conn.execute(
+        sa.text('SELECT shard, topic, partition, max("offset") FROM dead_letters GROUP BY 1, 2, 3')
+    ):
+        key = (int(s), t, int(p))
+        logged[key] = max(logged.get(key, -1), int(o))
+    notes = []
+    for s, t, p, next_offset in conn.execute(
+        sa.text("SELECT shard, topic, partition, next_offset FROM consumer_offsets ORDER BY 1, 2, 3")
+    ):
+        last = logged.get((int(s), t, int(p)), -1)
+        if int(next_offset) > last + 1:
+            notes.append(
+                f"shard {s} {t}[{p}]: offsets stored up to {int(next_offset) - 1}, last logged or dead-lettered "
+                f"offset {last} (redelivered duplicates, or removed events)"
+            )
+    return notes
+
+
+def _finding_check(name: str, finding: Finding) -> Check:
+    """A check of clearing/audit/published.py; one that could not run says so in its details."""
+    details = finding.details if finding.checked else {**finding.details, "checked": False}
+    return Check(name, finding.ok, finding.first_bad_position, finding.problem, details)
+
+
+def _outbox_check(run: Verified) -> Check:
+    return _finding_check("outbox", outbox_finding(run.conn))
+
+
+def _checkpoints_check(run: Verified) -> Check:
+    return _finding_check("checkpoints", checkpoints_finding(run.conn, run.checkpoints))
+
+
+def _determinism_check(run: Verified) -> Check:
+    replay = run.replay
+    first = replay.determinism[0] if replay.determinism else None
+    return Check(
+        "replay_determinism",
+        not replay.determinism_mismatches,
+        first.position if first else None,
+        first.problem if first else None,
+        {
+            "decisions_compared": replay.decisions_compared,
+            "mismatches": replay.determinism_mismatches,
+            "samples": [f.__dict__ for f in replay.determinism[1:5]],
+        },
+    )
+
+
+def _projections_check(run: Verified) -> Check:
+    expected = expected_state_rows(run.replay)
+    with run.engine.connect() as scratch:
+        expected.rows.update(expected_decision_rows(scratch, run.replay))
+    tables = [
+        compare_table(
+            table, read_table(run.conn, table), expected.rows[table], expected.last_change.get(table), run.head
+        )
+        for table in TABLES
+    ]
+    bad_tables = [t for t in tables if not t.ok]
+    first_table = min(bad_tables, key=lambda t: t.first_bad_position or 0) if bad_tables else None
+    return Check(
+        "projections",
+        not bad_tables,
+        first_table.first_bad_position if first_table else None,
+        first_table.problems[0] if first_table and first_table.problems else None,
+        {t.table: t.as_dict() for t in tables},
+    )
+
+
+def _snapshots_check(run: Verified) -> Check:
+    snapshots = run.snapshots
+    bad = list(snapshots.bad)
+    for shard, position in snapshots.stored:
+        if (shard, position) not in snapshots.seen:
+            bad.append(
+                (position, f"the snapshot of shard {shard} at {position} is not at the end of a fold step of that "
+                 "shard's log")
+            )  # fmt: skip
+    bad.sort()
+    return Check(
+        "snapshots",
+        not bad,
+        bad[0][0] if bad else None,
+        bad[0][1] if bad else None,
+        {"snapshots": len(snapshots.stored), "compared": len(snapshots.seen)},
+    )
+
+
+def _conservation_check(run: Verified) -> Check:
+    replay = run.replay
+    bad = replay.conservation_bad
+    details: dict[str, Any] = {
+        "checked_at": len(replay.conservation_checks),
+        "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:],
+    }
+    if "conservation" in run.how:
+        details["scope"] = run.how["conservation"]
+    return Check("conservation", not bad, bad[0].position if bad else None, bad[0].problem if bad else None, details)
+
+
+def _counterparts_check(run: Verified) -> Check:
+    replay = run.replay
+    findings = replay.counterpart_findings()
+    return Check(
+        "counterparts",
+        not findings,
+        findings[0].position if findings else None,
+        findings[0].problem if findings else None,
+        {
+            "trades": replay.trades,
+            "liquidation_fills": len(replay.liquidation_fills),
+            "problems": len(findings),
+            "samples": [f.problem for f in findings[1:5]],
+        },
+    )
+
+
+# A new check is a function of the run (``Verified``) that returns its ``Check``, and a line here.
+CHECKS: tuple[Callable[[Verified], Check], ...] = (
+    _chain_check,
+    _tail_check,
+    _outbox_check,
+    _checkpoints_check,
+    _determinism_check,
+    _projections_check,
+    _snapshots_check,
+    _conservation_check,
+    _counterparts_check,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
 def _verify_chain_at(url: str) -> ChainReport:
     """``verify_chain`` in a process of its own, on its own connection (``verify`` with jobs)."""
     tune_gc()
@@ -182,16 +351,6 @@ def _verify_chain_at(url: str) -> ChainReport:
         engine.dispose()
 
 
-def _finding_check(name: str, finding: Finding) -> Check:
-    """A check of clearing/audit/published.py; one that could not run says so in its details."""
-    details = finding.details if finding.checked else {**finding.details, "checked": False}
-    return Check(name, finding.ok, finding.first_bad_position, finding.problem, details)
-
-
-def snapshot_differs(shard: int, position: int) -> str:
-    return f"the snapshot of shard {shard} at {position} differs from the state the re-run folded there"
-
-
 def verify(
     engine: sa.Engine,
     progress: Progress | None = None,
@@ -200,13 +359,13 @@ def verify(
     jobs: int = 1,
     checkpoints: CheckpointSource | None = None,
 ) -> VerifyReport:
-    """Every check of the module docstring. ``jobs`` > 1: the replay runs in that many processes,
-    in runs of the log that start at genesis or at stored snapshots (clearing/audit/parallel.py),
-    when the log has at least ``PARALLEL_BOUNDARIES_MIN`` usable snapshots; its findings are those
-    of the sequential replay (if a snapshot a run starts from is not the re-run state, it replays
-    sequentially instead)."""
+    """Every check of the module docstring (``CHECKS``). ``jobs`` > 1: the replay runs in that
+    many processes, in runs of the log that start at genesis or at stored snapshots
+    (clearing/audit/parallel.py), when the log has at least ``PARALLEL_BOUNDARIES_MIN`` usable
+    snapshots; its findings are those of the sequential replay (if a snapshot a run starts from
+    is not the re-run state, it replays sequentially instead). The hash chain is then checked in
+    a process of its own beside the replay's workers instead of before them."""
     started = time.perf_counter()
-    checks: list[Check] = []
 
     def report(phase: str) -> Callable[[int], None] | None:
         return None if progress is None else (lambda n: progress(phase, n))
@@ -216,9 +375,7 @@ def verify(
         chain: ChainReport | None = None
         background: Future[ChainReport] | None = None
         if jobs > 1:
-            start_worker_server()  # imports clearing while the tail and the snapshots are read
-            # The chain check (a read of the whole log and a hash a row) runs in a process of its
-            # own beside the replay's workers instead of before them.
+            start_worker_server()  # imports clearing while the snapshots are read
             executor = stack.enter_context(ProcessPoolExecutor(1, mp_context=worker_context()))
             background = executor.submit(_verify_chain_at, engine.url.render_as_string(hide_password=False))
             if progress is not None:
@@ -226,56 +383,13 @@ def verify(
                 progress("hash chain", 0)
         else:
             chain = verify_chain(conn, report("hash chain"))
-        checks.append(_tail_check(conn, head))
-        checks.append(_finding_check("outbox", outbox_finding(conn)))
-        checks.append(_finding_check("checkpoints", checkpoints_finding(conn, checkpoints)))
-
-        stored = {
-            (int(shard), int(position)): bytes(state)
-            for shard, position, state in conn.execute(sa.text("SELECT shard, position, state FROM snapshots"))
-        }
-        snapshot_bad: list[tuple[int, str]] = []
-        snapshot_seen: set[tuple[int, int]] = set()
-
-        def check_snapshot(shard: int, position: int, state: LedgerState) -> None:
-            snapshot_seen.add((shard, position))
-            if state_bytes(state) != stored[(shard, position)]:
-                snapshot_bad.append((position, snapshot_differs(shard, position)))
-
-        tick = report("replay")
-        replay_info: dict[str, Any] = {"mode": "sequential", "jobs": 1, "segments": 1}
-        replay: LogReplay | None = None
-        if jobs > 1:
-            segments = plan_segments(conn, stored, head)
-            if len(segments) - len(shards_of(conn)) >= PARALLEL_BOUNDARIES_MIN:
-                outcome = replay_parallel(
-                    engine, segments, decide=True, jobs=jobs, conservation_every=conservation_every, progress=tick
-                )
-                replay_info = outcome.as_dict()
-                if outcome.replay is not None:
-                    replay = outcome.replay
-                    replay.finish()
-                    for shard, position, equal in outcome.snapshots:
-                        snapshot_seen.add((shard, position))
-                        if not equal:
-                            snapshot_bad.append((position, snapshot_differs(shard, position)))
-                else:
-                    replay_info["mode"] = "sequential"
-        if replay is None:
-            replay = LogReplay(
-                decide=True,
-                conservation_every=conservation_every,
-                snapshot_check=check_snapshot,
-                snapshot_positions=set(stored),
-            )
-            with ledger_context():
-                for row in iter_log(conn):
-                    replay.feed(row)
-                    if tick is not None and replay.events % 10_000 == 0:
-                        tick(replay.events)
-            replay.finish()
-        if tick is not None:
-            tick(replay.events)
+        snapshots = SnapshotComparison(
+            {
+                (int(shard), int(position)): bytes(state)
+                for shard, position, state in conn.execute(sa.text("SELECT shard, position, state FROM snapshots"))
+            }
+        )
+        replay, how = _replay(engine, conn, head, snapshots, conservation_every, jobs, report("replay"))
         if background is not None:
             try:
                 chain = background.result()
@@ -284,97 +398,65 @@ def verify(
                 chain = verify_chain(conn, report("hash chain"))
             if progress is not None:
                 progress("hash chain", chain.events)
-        assert chain is not None
-        checks.insert(
-            0, Check("hash_chain", chain.ok, chain.first_bad_position, chain.problem, {"events": chain.events})
-        )
+        if chain is None:
+            raise AssertionError("the hash chain was not checked")
+        run = Verified(conn, engine, head, chain, replay, how, snapshots, checkpoints)
+        checks = [check(run) for check in CHECKS]
+    return VerifyReport(head, replay.events, checks, time.perf_counter() - started, how)
 
-        first = replay.determinism[0] if replay.determinism else None
-        checks.append(
-            Check(
-                "replay_determinism",
-                not replay.determinism_mismatches,
-                first.position if first else None,
-                first.problem if first else None,
-                {
-                    "decisions_compared": replay.decisions_compared,
-                    "mismatches": replay.determinism_mismatches,
-                    "samples": [f.__dict__ for f in replay.determinism[1:5]],
-                },
+
+def _replay(
+    engine: sa.Engine,
+    conn: sa.Connection,
+    head: int,
+    snapshots: SnapshotComparison,
+    conservation_every: int,
+    jobs: int,
+    tick: Callable[[int], None] | None,
+) -> tuple[LogReplay, dict[str, Any]]:
+    """The engine re-run over the log, finished, and how it ran: in parallel runs when ``jobs``
+    > 1 and the snapshots allow it, else sequentially (a failed parallel replay falls back)."""
+    if jobs > 1:
+        segments = plan_segments(conn, snapshots.stored, head)
+        if len(segments) - len(shards_of(conn)) >= PARALLEL_BOUNDARIES_MIN:
+            outcome = replay_parallel(
+                engine, segments, decide=True, jobs=jobs, conservation_every=conservation_every, progress=tick
             )
-        )
-
-        expected = expected_state_rows(replay)
-        with engine.connect() as scratch:
-            expected.rows.update(expected_decision_rows(scratch, replay))
-        tables = []
-        for table in TABLES:
-            live = read_table(conn, table)
-            tables.append(compare_table(table, live, expected.rows[table], expected.last_change.get(table), head))
-        bad_tables = [t for t in tables if not t.ok]
-        first_table = min(bad_tables, key=lambda t: t.first_bad_position or 0) if bad_tables else None
-        checks.append(
-            Check(
-                "projections",
-                not bad_tables,
-                first_table.first_bad_position if first_table else None,
-                first_table.problems[0] if first_table and first_table.problems else None,
-                {t.table: t.as_dict() for t in tables},
-            )
-        )
-
-        for key in stored:
-            if key not in snapshot_seen:
-                snapshot_bad.append(
-                    (
-                        key[1],
-                        f"the snapshot of shard {key[0]} at {key[1]} is not at the end of a "
-                        "fold step of that shard's log",
-                    )
-                )
-        snapshot_bad.sort()
-        checks.append(
-            Check(
-                "snapshots",
-                not snapshot_bad,
-                snapshot_bad[0][0] if snapshot_bad else None,
-                snapshot_bad[0][1] if snapshot_bad else None,
-                {"snapshots": len(stored), "compared": len(snapshot_seen)},
-            )
-        )
-
-    bad = replay.conservation_bad
-    conservation_details: dict[str, Any] = {
-        "checked_at": len(replay.conservation_checks),
-        "positions_sample": replay.conservation_checks[:3] + replay.conservation_checks[-3:],
+            how = outcome.as_dict()
+            if outcome.replay is not None:
+                outcome.replay.finish()
+                for shard, position, equal in outcome.snapshots:
+                    snapshots.record(shard, position, equal)
+                if tick is not None:
+                    tick(outcome.replay.events)
+                return outcome.replay, how
+            how["mode"] = "sequential"
+            return _replay_sequential(conn, snapshots, conservation_every, tick), how
+    return _replay_sequential(conn, snapshots, conservation_every, tick), {
+        "mode": "sequential",
+        "jobs": 1,
+        "segments": 1,
     }
-    if "conservation" in replay_info:
-        conservation_details["scope"] = replay_info["conservation"]
-    checks.append(
-        Check(
-            "conservation",
-            not bad,
-            bad[0].position if bad else None,
-            bad[0].problem if bad else None,
-            conservation_details,
-        )
+
+
+def _replay_sequential(
+    conn: sa.Connection, snapshots: SnapshotComparison, conservation_every: int, tick: Callable[[int], None] | None
+) -> LogReplay:
+    replay = LogReplay(
+        decide=True,
+        conservation_every=conservation_every,
+        snapshot_check=snapshots.compare,
+        snapshot_positions=set(snapshots.stored),
     )
-    findings = replay.counterpart_findings()
-    checks.append(
-        Check(
-            "counterparts",
-            not findings,
-            findings[0].position if findings else None,
-            findings[0].problem if findings else None,
-            {
-                "trades": replay.trades,
-                "liquidation_fills": len(replay.liquidation_fills),
-                "problems": len(findings),
-                "samples": [f.problem for f in findings[1:5]],
-            },
-        )
-    )
-    return VerifyReport(head, replay.events, checks, time.perf_counter() - started, replay_info)
+    with ledger_context():
+        for row in iter_log(conn):
+            replay.feed(row)
+            if tick is not None and replay.events % 10_000 == 0:
+                tick(replay.events)
+    replay.finish()
+    if tick is not None:
+        tick(replay.events)
+    return replay
 
 
 # ---------------------------------------------------------------------------------------------

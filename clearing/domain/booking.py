@@ -19,10 +19,12 @@ from clearing.domain.decisions import (
     Decision,
     InsuranceFundDrawn,
     IsolatedMarginTransferred,
+    LiquidationOrderCancelled,
     LiquidationOrderIssued,
     MarginCallEscalated,
     MarginCallIssued,
     MarginCallResolved,
+    PositionAutoDeleveraged,
     WithdrawalApproved,
 )
 from clearing.domain.inputs import (
@@ -424,6 +426,39 @@ def _apply_bankrupt(state: LedgerState, decision: AccountBankrupted) -> None:
     account.deficit = decision.deficit
 
 
+def _apply_order_cancelled(state: LedgerState, decision: LiquidationOrderCancelled) -> None:
+    """The order leaves the scope's pending orders; it stays known (``cancelled``) so that an
+    execution the exchange sends before it learns of the cancel is still admitted and booked."""
+    _account, status = _status(state, decision.account_id, decision.scope)
+    order = state.liquidations.get(decision.liquidation_id)
+    if order is not None:
+        order.cancelled = True
+    if decision.liquidation_id in status.pending_orders:
+        status.pending_orders.remove(decision.liquidation_id)
+
+
+def _apply_deleveraged(state: LedgerState, decision: PositionAutoDeleveraged) -> None:
+    """Both sides of one auto-deleveraging step, booked by the ledger itself at the bankruptcy
+    price with no fee: the counterparty ``side`` ``quantity``, the bankrupt scope the opposite.
+    Two ``trade`` bookings of opposite quantities at one price: double entry holds as for a fill
+    and its counterpart (an option's: two premium bookings, ``trade_option``)."""
+    spec = state.terms().instruments[decision.instrument]
+    book = trade_option if spec.is_option else trade
+    quantity = decision.quantity if decision.side == "buy" else -decision.quantity
+    counterparty = state.account(decision.account_id)
+    book(
+        state,
+        counterparty,
+        counterparty.position(decision.instrument, decision.margin_mode),
+        spec,
+        quantity,
+        decision.price,
+    )
+    bankrupt = state.account(decision.bankrupt_account_id)
+    position = bankrupt.position(decision.instrument, decision.bankrupt_margin_mode)
+    book(state, bankrupt, position, spec, -quantity, decision.price)
+
+
 # Rejections (withdrawal, isolated transfer) move nothing: they have no applier.
 _APPLY_DECISION: dict[type, Callable[[LedgerState, Any], None]] = {
     WithdrawalApproved: _apply_withdrawal_approved,
@@ -434,4 +469,6 @@ _APPLY_DECISION: dict[type, Callable[[LedgerState, Any], None]] = {
     LiquidationOrderIssued: _apply_order,
     InsuranceFundDrawn: _apply_insurance_draw,
     AccountBankrupted: _apply_bankrupt,
+    LiquidationOrderCancelled: _apply_order_cancelled,
+    PositionAutoDeleveraged: _apply_deleveraged,
 }

@@ -272,3 +272,56 @@ class AccountBankrupted(Decision):
     equity: Decimal
     insurance_fund_drawn: Decimal
     parameters_version: str
+
+
+# ---------------------------------------------------------------------------------------------
+# auto-deleveraging (CONTRACT v2, ``adl``)
+
+
+@decision(ev.LIQUIDATION_ORDER_CANCELLED)
+@dataclass(frozen=True, slots=True)
+class LiquidationOrderCancelled(Decision):
+    """An open liquidation order of a scope the ledger auto-deleverages: the exchange is told to
+    cancel it. An execution of it that arrives later is still a fact, booked as any other."""
+
+    account_id: str
+    liquidation_id: str
+    margin_call_id: str | None
+    scope: str
+    instrument: str
+    remaining: Decimal  # what was left of the order when it was cancelled
+    reason: str
+    parameters_version: str
+
+
+@decision(ev.POSITION_AUTO_DELEVERAGED)
+@dataclass(frozen=True, slots=True)
+class PositionAutoDeleveraged(Decision):
+    """One counterparty position taken by auto-deleveraging: ``account_id`` (the counterparty)
+    is booked ``side`` ``quantity`` at ``price`` and the bankrupt scope the opposite, both by the
+    ledger, no fee. ``price`` is the bankrupt position's bankruptcy price; ``rank``, ``pnl`` and
+    ``leverage`` are the counterparty position's figures the ranking used (``adl``), rounded for
+    the wire; a None ``leverage`` (and, with a profit, ``rank``) is infinite: the counterparty's
+    scope equity is exactly zero."""
+
+    account_id: str
+    adl_id: str
+    instrument: str
+    margin_mode: str  # of the counterparty position
+    side: str  # what the counterparty was booked: a short taken against a bankrupt long buys
+    quantity: Decimal
+    price: Decimal
+    rank: Decimal | None
+    pnl: Decimal
+    leverage: Decimal | None
+    position_quantity: Decimal  # the counterparty position, signed, before this step
+    entry_price: Decimal
+    mark: Decimal
+    bankrupt_account_id: str
+    bankrupt_scope: str
+    bankrupt_margin_mode: str
+    bankrupt_quantity: Decimal  # the bankrupt position, signed, before this step
+    bankrupt_equity: Decimal  # of the bankrupt scope before this step, at the marks
+    insurance_fund: Decimal  # the fund's balance in the valuation asset (it could not cover the deficit)
+    margin_call_id: str | None
+    parameters_version: str

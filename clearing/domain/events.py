@@ -63,6 +63,7 @@ LIQUIDATION_ORDER_ISSUED: Final = "LiquidationOrderIssued"
 INSURANCE_FUND_DRAWN: Final = "InsuranceFundDrawn"
 ACCOUNT_BANKRUPTED: Final = "AccountBankrupted"
 POSITION_AUTO_DELEVERAGED: Final = "PositionAutoDeleveraged"
+LIQUIDATION_ORDER_CANCELLED: Final = "LiquidationOrderCancelled"
 DECISION_TYPES: Final = frozenset(
     {
         WITHDRAWAL_APPROVED,
@@ -76,6 +77,7 @@ DECISION_TYPES: Final = frozenset(
         INSURANCE_FUND_DRAWN,
         ACCOUNT_BANKRUPTED,
         POSITION_AUTO_DELEVERAGED,
+        LIQUIDATION_ORDER_CANCELLED,
     }
 )
 

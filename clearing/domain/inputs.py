@@ -1,22 +1,34 @@
-"""The input messages of CONTRACT.md as the fold reads them: immutable values of compiled classes.
+"""The input messages of CONTRACT.md: one description of each (``FILL``, ``DEPOSIT``...), and the
+immutable values of compiled classes the fold reads.
 
-``messages`` decodes and validates a message (pydantic schemas, the errors a person can act on)
-and builds one of these; a replay builds them from logged payloads with ``from_wire`` (validated
-on their way in, and the hash chain says they were not changed since). They are compiled with
-the fold (clearing/domain/native.py) because the fold reads their fields on every event: a field
-of a pydantic model costs a read through its ``__getattr__`` hook, 48 ns against 7 ns here, and
-building one from a logged payload (``events.trusted_message``) took 2.8 us against 1.0 us here.
+A description (``Description``) lists a message type's fields in the contract's order, each with
+its shape on the wire (an identifier, one of some literals, a decimal that must be positive, a
+time...), its default when it may be left out, and whether null is accepted. Everything that
+reads or checks a message is derived from it: the class's ``FIELDS`` and ``wire()`` here, the
+reader of a logged payload (``Reader``, ``FROM_WIRE``), the validator (``messages.SCHEMAS``, the
+pydantic schemas), the decoder's fast path (``messages._FAST_MODELS``) and the replay's reader of a
+fill's text (``clearing.audit.fillwire``). So a field is added in its description, and in the
+class that holds it: the fold reads the fields of a compiled class (mypyc compiles its source, so
+the class cannot be made from the description), and tests/domain/test_message_descriptions.py
+checks that each class takes exactly its description's fields.
 
-Every field is ``Final``: assigning one raises ``AttributeError``. ``FIELDS`` lists a class's
-fields in the contract's order, ``type`` first, for ``wire()``, equality and ``repr``.
+``messages`` decodes and validates a message and builds one of these; a replay builds them from
+logged payloads with ``FROM_WIRE`` (validated on their way in, and the hash chain says they were
+not changed since). They are compiled with the fold (clearing/native.py) because the fold reads
+their fields on every event: a field of a pydantic model is read through its ``__getattr__``
+hook, several times slower than an attribute of a compiled class, and building one from a logged
+payload costs more too (docs/performance.md).
+
+Every field is ``Final``: assigning one raises ``AttributeError``. A class's constructor takes its
+required fields first, then the optional ones (each in the description's order): the order in
+which ``Reader`` passes them, by position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, NamedTuple, Self
 
 from clearing.domain.numbers import ZERO, to_wire
 
@@ -36,15 +48,9 @@ def format_time(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
-def _decimal(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-# Decimals of the wire texts met last, by text, for the fields that repeat: a market trades at a
-# few thousand prices and sizes at a time (bench/replay.py's log: 928,000 fills at 28,918 prices
-# and 9,398 quantities). Its verify replay went from 97,619 to 95,208 instructions an event with
-# the cache (callgrind, 28,000 events from the snapshot at 500,106; 99,919 to 97,387 over 58,000 from
-# 300,060): a look-up instead of building a decimal, and no decimal to free.
+# Decimals of the wire texts met last, by text, for the fields whose values repeat (``repeats``):
+# a market trades at a few thousand prices and sizes at a time, and a look-up is cheaper than
+# building a decimal (and freeing it).
 _WIRE_DECIMALS: Final[dict[str | int, Decimal]] = {}
 WIRE_DECIMALS_MAX: Final = 65_536  # then the cache starts again, empty
 
@@ -74,9 +80,141 @@ def _time(value: str) -> datetime:
     return found
 
 
-class Message:
-    """What every input message has: its fields, in order, and their wire form."""
+# ---------------------------------------------------------------------------------------------
+# descriptions
 
+# A field's shape on the wire: how it is checked on the way in and read from the log.
+ID: Final = "id"  # a non-empty string of at most IDENTIFIER_CHARS_MAX characters
+LITERAL: Final = "literal"  # one of the field's ``literals``
+DECIMAL: Final = "decimal"  # an exact decimal (a string; an integer is accepted)
+POSITIVE: Final = "positive"  # a decimal greater than zero
+NOT_NEGATIVE: Final = "not_negative"  # a decimal of zero or more
+NON_ZERO: Final = "non_zero"  # a decimal other than zero
+TIME: Final = "time"  # RFC 3339 with a zone
+DOCUMENT: Final = "document"  # a JSON object (a risk parameter document), validated by its reader
+DECIMAL_SHAPES: Final = frozenset({DECIMAL, POSITIVE, NOT_NEGATIVE, NON_ZERO})
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Final = _Required()  # the default of a field that must be given
+
+
+class FieldSpec(NamedTuple):
+    """One field of an input message."""
+
+    name: str
+    shape: str
+    literals: tuple[str, ...] = ()  # the values a LITERAL field may take
+    default: Any = REQUIRED  # the value when the field is left out
+    nullable: bool = False  # null is accepted too (and read as the default, None)
+    repeats: bool = False  # its values repeat from message to message (prices, sizes): read through a cache
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+class Description(NamedTuple):
+    """An input message type: its ``type`` and its other fields, in the contract's order."""
+
+    type: str
+    fields: tuple[FieldSpec, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every field's name, ``type`` first: the class's ``FIELDS``."""
+        return ("type", *(spec.name for spec in self.fields))
+
+    @property
+    def constructor_order(self) -> tuple[FieldSpec, ...]:
+        """The fields in the order the class's constructor takes them: the required ones, then
+        the optional ones."""
+        return tuple(s for s in self.fields if s.required) + tuple(s for s in self.fields if not s.required)
+
+
+SIDES: Final = ("buy", "sell")
+FILL: Final = Description(
+    "fill",
+    (
+        FieldSpec("fill_id", ID),
+        FieldSpec("trade_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("instrument", ID),
+        FieldSpec("side", LITERAL, SIDES),
+        FieldSpec("quantity", POSITIVE, repeats=True),
+        FieldSpec("price", POSITIVE, repeats=True),
+        FieldSpec("fee", DECIMAL, default=ZERO),
+        FieldSpec("fee_asset", ID, default=None, nullable=True),
+        FieldSpec("liquidity", LITERAL, ("maker", "taker"), default=None, nullable=True),
+        FieldSpec("margin_mode", LITERAL, ("cross", "isolated"), default="cross"),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+DEPOSIT: Final = Description(
+    "deposit",
+    (
+        FieldSpec("transfer_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("asset", ID),
+        FieldSpec("amount", POSITIVE),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+WITHDRAWAL: Final = Description("withdrawal", DEPOSIT.fields)
+ISOLATED_MARGIN: Final = Description(
+    "isolated_margin",
+    (
+        FieldSpec("transfer_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("instrument", ID),
+        FieldSpec("amount", NON_ZERO),  # negative: back to the cross wallet
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+MARK: Final = Description(
+    "mark",
+    (
+        FieldSpec("symbol", ID),
+        FieldSpec("price", POSITIVE),
+        FieldSpec("iv", NOT_NEGATIVE, default=None, nullable=True),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+FUNDING: Final = Description(
+    "funding", (FieldSpec("symbol", ID), FieldSpec("rate", DECIMAL), FieldSpec("occurred_at", TIME))
+)
+SETTLEMENT: Final = Description(
+    "settlement", (FieldSpec("symbol", ID), FieldSpec("price", POSITIVE), FieldSpec("occurred_at", TIME))
+)
+LIQUIDATION_FILL: Final = Description(
+    "liquidation_fill",
+    (
+        FieldSpec("liquidation_id", ID),
+        FieldSpec("fill_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("instrument", ID),
+        FieldSpec("side", LITERAL, SIDES),
+        FieldSpec("quantity", POSITIVE, repeats=True),
+        FieldSpec("price", POSITIVE, repeats=True),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
+RISK_PARAMETERS: Final = Description(
+    "risk_parameters", (FieldSpec("parameters", DOCUMENT), FieldSpec("occurred_at", TIME))
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the classes
+
+class Message:
+    """What every input message has: its description, its fields in order, and their wire form."""
+
+    DESCRIPTION: ClassVar[Description]
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def values(self) -> tuple[Any, ...]:
@@ -119,14 +257,11 @@ class Message:
 
 
 class Fill(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "fill_id", "trade_id", "account_id", "instrument", "side", "quantity", "price", "fee", "fee_asset",
-        "liquidity", "margin_mode", "occurred_at",
-    )  # fmt: skip
+    DESCRIPTION: ClassVar[Description] = FILL
+    FIELDS: ClassVar[tuple[str, ...]] = FILL.names
 
     def __init__(
         self,
-        *,
         fill_id: str,
         trade_id: str,
         account_id: str,
@@ -134,11 +269,11 @@ class Fill(Message):
         side: str,
         quantity: Decimal,
         price: Decimal,
+        occurred_at: datetime,
         fee: Decimal = ZERO,
         fee_asset: str | None = None,
         liquidity: str | None = None,
         margin_mode: str = "cross",
-        occurred_at: datetime,
     ) -> None:
         self.type: Final = "fill"
         self.fill_id: Final = fill_id
@@ -155,61 +290,11 @@ class Fill(Message):
         self.occurred_at: Final = occurred_at
 
 
-def fill_from_wire(payload: dict[str, Any]) -> Fill:
-    return fill_from_fields(
-        payload["fill_id"],
-        payload["trade_id"],
-        payload["account_id"],
-        payload["instrument"],
-        payload["side"],
-        payload["quantity"],
-        payload["price"],
-        payload.get("fee"),
-        payload.get("fee_asset"),
-        payload.get("liquidity"),
-        payload.get("margin_mode", "cross"),
-        payload["occurred_at"],
-    )
-
-
-def fill_from_fields(
-    fill_id: str,
-    trade_id: str,
-    account_id: str,
-    instrument: str,
-    side: str,
-    quantity: str | int,
-    price: str | int,
-    fee: str | int | None,
-    fee_asset: str | None,
-    liquidity: str | None,
-    margin_mode: str,
-    occurred_at: str,
-) -> Fill:
-    """A fill from its payload's values in wire form, however they were read: from the payload
-    as a dict (``fill_from_wire``) or straight from its text (``logreplay.decode_fill``)."""
-    return Fill(
-        fill_id=fill_id,
-        trade_id=trade_id,
-        account_id=account_id,
-        instrument=instrument,
-        side=side,
-        quantity=wire_decimal(quantity),
-        price=wire_decimal(price),
-        fee=ZERO if fee is None else Decimal(fee),
-        fee_asset=fee_asset,
-        liquidity=liquidity,
-        margin_mode=margin_mode,
-        occurred_at=_time(occurred_at),
-    )
-
-
 class Deposit(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "transfer_id", "account_id", "asset", "amount", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = DEPOSIT
+    FIELDS: ClassVar[tuple[str, ...]] = DEPOSIT.names
 
-    def __init__(
-        self, *, transfer_id: str, account_id: str, asset: str, amount: Decimal, occurred_at: datetime
-    ) -> None:
+    def __init__(self, transfer_id: str, account_id: str, asset: str, amount: Decimal, occurred_at: datetime) -> None:
         self.type: Final = "deposit"
         self.transfer_id: Final = transfer_id
         self.account_id: Final = account_id
@@ -218,22 +303,11 @@ class Deposit(Message):
         self.occurred_at: Final = occurred_at
 
 
-def deposit_from_wire(payload: dict[str, Any]) -> Deposit:
-    return Deposit(
-        transfer_id=payload["transfer_id"],
-        account_id=payload["account_id"],
-        asset=payload["asset"],
-        amount=Decimal(payload["amount"]),
-        occurred_at=_time(payload["occurred_at"]),
-    )
-
-
 class Withdrawal(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "transfer_id", "account_id", "asset", "amount", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = WITHDRAWAL
+    FIELDS: ClassVar[tuple[str, ...]] = WITHDRAWAL.names
 
-    def __init__(
-        self, *, transfer_id: str, account_id: str, asset: str, amount: Decimal, occurred_at: datetime
-    ) -> None:
+    def __init__(self, transfer_id: str, account_id: str, asset: str, amount: Decimal, occurred_at: datetime) -> None:
         self.type: Final = "withdrawal"
         self.transfer_id: Final = transfer_id
         self.account_id: Final = account_id
@@ -242,21 +316,12 @@ class Withdrawal(Message):
         self.occurred_at: Final = occurred_at
 
 
-def withdrawal_from_wire(payload: dict[str, Any]) -> Withdrawal:
-    return Withdrawal(
-        transfer_id=payload["transfer_id"],
-        account_id=payload["account_id"],
-        asset=payload["asset"],
-        amount=Decimal(payload["amount"]),
-        occurred_at=_time(payload["occurred_at"]),
-    )
-
-
 class IsolatedMarginTransfer(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "transfer_id", "account_id", "instrument", "amount", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = ISOLATED_MARGIN
+    FIELDS: ClassVar[tuple[str, ...]] = ISOLATED_MARGIN.names
 
     def __init__(
-        self, *, transfer_id: str, account_id: str, instrument: str, amount: Decimal, occurred_at: datetime
+        self, transfer_id: str, account_id: str, instrument: str, amount: Decimal, occurred_at: datetime
     ) -> None:
         self.type: Final = "isolated_margin"
         self.transfer_id: Final = transfer_id
@@ -266,20 +331,11 @@ class IsolatedMarginTransfer(Message):
         self.occurred_at: Final = occurred_at
 
 
-def isolated_margin_transfer_from_wire(payload: dict[str, Any]) -> IsolatedMarginTransfer:
-    return IsolatedMarginTransfer(
-        transfer_id=payload["transfer_id"],
-        account_id=payload["account_id"],
-        instrument=payload["instrument"],
-        amount=Decimal(payload["amount"]),
-        occurred_at=_time(payload["occurred_at"]),
-    )
-
-
 class Mark(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "symbol", "price", "iv", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = MARK
+    FIELDS: ClassVar[tuple[str, ...]] = MARK.names
 
-    def __init__(self, *, symbol: str, price: Decimal, iv: Decimal | None = None, occurred_at: datetime) -> None:
+    def __init__(self, symbol: str, price: Decimal, occurred_at: datetime, iv: Decimal | None = None) -> None:
         self.type: Final = "mark"
         self.symbol: Final = symbol
         self.price: Final = price
@@ -287,53 +343,34 @@ class Mark(Message):
         self.occurred_at: Final = occurred_at
 
 
-def mark_from_wire(payload: dict[str, Any]) -> Mark:
-    return Mark(
-        symbol=payload["symbol"],
-        price=Decimal(payload["price"]),
-        iv=_decimal(payload.get("iv")),
-        occurred_at=_time(payload["occurred_at"]),
-    )
-
-
 class Funding(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "symbol", "rate", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = FUNDING
+    FIELDS: ClassVar[tuple[str, ...]] = FUNDING.names
 
-    def __init__(self, *, symbol: str, rate: Decimal, occurred_at: datetime) -> None:
+    def __init__(self, symbol: str, rate: Decimal, occurred_at: datetime) -> None:
         self.type: Final = "funding"
         self.symbol: Final = symbol
         self.rate: Final = rate
         self.occurred_at: Final = occurred_at
 
 
-def funding_from_wire(payload: dict[str, Any]) -> Funding:
-    return Funding(symbol=payload["symbol"], rate=Decimal(payload["rate"]), occurred_at=_time(payload["occurred_at"]))
-
-
 class Settlement(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "symbol", "price", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = SETTLEMENT
+    FIELDS: ClassVar[tuple[str, ...]] = SETTLEMENT.names
 
-    def __init__(self, *, symbol: str, price: Decimal, occurred_at: datetime) -> None:
+    def __init__(self, symbol: str, price: Decimal, occurred_at: datetime) -> None:
         self.type: Final = "settlement"
         self.symbol: Final = symbol
         self.price: Final = price
         self.occurred_at: Final = occurred_at
 
 
-def settlement_from_wire(payload: dict[str, Any]) -> Settlement:
-    return Settlement(
-        symbol=payload["symbol"], price=Decimal(payload["price"]), occurred_at=_time(payload["occurred_at"])
-    )
-
-
 class LiquidationFill(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "type", "liquidation_id", "fill_id", "account_id", "instrument", "side", "quantity", "price", "occurred_at",
-    )  # fmt: skip
+    DESCRIPTION: ClassVar[Description] = LIQUIDATION_FILL
+    FIELDS: ClassVar[tuple[str, ...]] = LIQUIDATION_FILL.names
 
     def __init__(
         self,
-        *,
         liquidation_id: str,
         fill_id: str,
         account_id: str,
@@ -354,33 +391,17 @@ class LiquidationFill(Message):
         self.occurred_at: Final = occurred_at
 
 
-def liquidation_fill_from_wire(payload: dict[str, Any]) -> LiquidationFill:
-    return LiquidationFill(
-        liquidation_id=payload["liquidation_id"],
-        fill_id=payload["fill_id"],
-        account_id=payload["account_id"],
-        instrument=payload["instrument"],
-        side=payload["side"],
-        quantity=wire_decimal(payload["quantity"]),
-        price=wire_decimal(payload["price"]),
-        occurred_at=_time(payload["occurred_at"]),
-    )
-
-
 class RiskParametersMessage(Message):
-    FIELDS: ClassVar[tuple[str, ...]] = ("type", "parameters", "occurred_at")
+    DESCRIPTION: ClassVar[Description] = RISK_PARAMETERS
+    FIELDS: ClassVar[tuple[str, ...]] = RISK_PARAMETERS.names
 
-    def __init__(self, *, parameters: dict[str, Any], occurred_at: datetime) -> None:
+    def __init__(self, parameters: dict[str, Any], occurred_at: datetime) -> None:
         self.type: Final = "risk_parameters"
         self.parameters: Final = parameters
         self.occurred_at: Final = occurred_at
 
     def __hash__(self) -> int:
         raise TypeError("a risk_parameters message holds a document (a dict): it has no hash")
-
-
-def risk_parameters_from_wire(payload: dict[str, Any]) -> RiskParametersMessage:
-    return RiskParametersMessage(parameters=payload["parameters"], occurred_at=_time(payload["occurred_at"]))
 
 
 InputMessage = (
@@ -394,16 +415,74 @@ InputMessage = (
     | LiquidationFill
     | RiskParametersMessage
 )
+MODELS: Final[tuple[type[Message], ...]] = (
+    Fill, Deposit, Withdrawal, IsolatedMarginTransfer, Mark, Funding, Settlement, LiquidationFill,
+    RiskParametersMessage,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# reading logged payloads
+
+# How ``Reader`` turns a field's wire value into the class's value.
+_AS_IS: Final = 0
+_AS_DECIMAL: Final = 1
+_AS_CACHED_DECIMAL: Final = 2
+_AS_TIME: Final = 3
+
+
+def _read_as(spec: FieldSpec) -> int:
+    if spec.shape in DECIMAL_SHAPES:
+        return _AS_CACHED_DECIMAL if spec.repeats else _AS_DECIMAL
+    return _AS_TIME if spec.shape == TIME else _AS_IS
+
+
+class Reader:
+    """Builds the message of one description from a logged payload in wire form, without
+    validation (``events.trusted_message``: it was validated on its way in): decimals from their
+    text (through the cache for the fields that repeat), times by ``datetime.fromisoformat``, a
+    field left out (or null) as its default.
+
+    ``from_list`` takes the values already read out of the text, in the constructor's order with
+    None for a field left out: the replay's reader of a fill (``clearing.audit.fillwire``)."""
+
+    def __init__(self, model: type[Message]) -> None:
+        order = model.DESCRIPTION.constructor_order
+        self.model: Final[Any] = model
+        self.names: Final = tuple(spec.name for spec in order)
+        self.required: Final = tuple(spec.required for spec in order)
+        self.defaults: Final = tuple(None if spec.required else spec.default for spec in order)
+        self._fields: Final = tuple((spec.name, spec.required) for spec in order)
+        # (place, how it is read, required, default) of the places that may need more than the
+        # value as it is: read, or defaulted.
+        self._steps: Final = tuple(
+            (place, _read_as(spec), spec.required, self.defaults[place])
+            for place, spec in enumerate(order)
+            if _read_as(spec) != _AS_IS or not spec.required
+        )
+
+    def __call__(self, payload: dict[str, Any]) -> InputMessage:
+        values: list[Any] = []
+        for name, required in self._fields:
+            values.append(payload[name] if required else payload.get(name))
+        return self.from_list(values)
+
+    def from_list(self, values: list[Any]) -> InputMessage:
+        """The message of ``values`` (in ``names`` order, None for a field left out), which it
+        converts in place."""
+        for place, kind, required, default in self._steps:
+            value = values[place]
+            if value is None and not required:
+                values[place] = default
+            elif kind == _AS_CACHED_DECIMAL:
+                values[place] = wire_decimal(value)
+            elif kind == _AS_DECIMAL:
+                values[place] = Decimal(value)
+            elif kind == _AS_TIME:
+                values[place] = _time(value)
+        message: InputMessage = self.model(*values)
+        return message
+
 
 # Each class's reader of a logged payload (``events.trusted_message``, by event type).
-FROM_WIRE: Final[dict[type[Message], Callable[[dict[str, Any]], InputMessage]]] = {
-    Fill: fill_from_wire,
-    Deposit: deposit_from_wire,
-    Withdrawal: withdrawal_from_wire,
-    IsolatedMarginTransfer: isolated_margin_transfer_from_wire,
-    Mark: mark_from_wire,
-    Funding: funding_from_wire,
-    Settlement: settlement_from_wire,
-    LiquidationFill: liquidation_fill_from_wire,
-    RiskParametersMessage: risk_parameters_from_wire,
-}
+FROM_WIRE: Final[dict[type[Message], Reader]] = {model: Reader(model) for model in MODELS}

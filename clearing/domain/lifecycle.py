@@ -17,6 +17,10 @@ The lifecycle of a margin scope (the cross account, or one isolated position), D
     liquidation -> liquidation  orders filled, ratio still >= resolve         LiquidationOrderIssued
     liquidation -> bankrupt     no position left and equity < 0:              InsuranceFundDrawn,
                                 the fund covers what it can                   AccountBankrupted
+    liquidation -> healthy      equity < 0, the fund cannot cover it, ADL     LiquidationOrderCancelled,
+                                enabled: positions taken by opposite ones     PositionAutoDeleveraged,
+                                at the bankruptcy price (``adl``)             MarginCallResolved
+    liquidation -> bankrupt     the same, not enough opposite positions       AccountBankrupted
     * -> healthy            ratio < resolve_ratio (hysteresis: no flapping)  MarginCallResolved
 
 ratio = maintenance margin / equity; with positions open and equity <= 0 the ratio is infinite.
@@ -29,17 +33,19 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final
 
-from clearing.domain import models, triggers
+from clearing.domain import adl, models, triggers
 from clearing.domain.decisions import (
     AccountBankrupted,
     Decision,
     InsuranceFundDrawn,
     IsolatedMarginTransferred,
     IsolatedMarginTransferRejected,
+    LiquidationOrderCancelled,
     LiquidationOrderIssued,
     MarginCallEscalated,
     MarginCallIssued,
     MarginCallResolved,
+    PositionAutoDeleveraged,
     WithdrawalApproved,
     WithdrawalRejected,
 )
@@ -55,7 +61,14 @@ from clearing.domain.inputs import (
 )
 from clearing.domain.levels import LIQUIDATING, Level, below_resolve, rank
 from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, isolated_scope, scope_instrument
-from clearing.domain.numbers import ZERO, divide, round_display_price, round_requirement, to_wire
+from clearing.domain.numbers import (
+    ZERO,
+    divide,
+    round_display_price,
+    round_model_value,
+    round_requirement,
+    to_wire,
+)
 from clearing.domain.state import (
     INSURANCE_FUND_ACCOUNT,
     SYSTEM_ACCOUNTS,
@@ -74,6 +87,12 @@ LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
 # accounts, a broken invariant that must stop the ledger rather than leave a scope off its
 # fixpoint (triggers.py, 1).
 REMARGIN_ROUNDS_MAX: Final = 8
+# Rounds that auto-deleveraged positions do not count towards REMARGIN_ROUNDS_MAX: an ADL step
+# books a loss against the mark on its counterparty, which may default in turn and be
+# deleveraged in the next round (a cascade across accounts, legitimate, and it ends: every such
+# round closes at least one open position in full, the bankrupt's or a counterparty's). This
+# bounds them all the same, far above any cascade a shard's positions allow in practice.
+ADL_CASCADE_ROUNDS_MAX: Final = 1_000_000
 
 # Decisions that change a scope's status only, never its figures: the figures a re-margin was
 # taken on stay valid for the trigger index after them.
@@ -83,6 +102,7 @@ _STATUS_ONLY: Final = (
     MarginCallResolved,
     LiquidationOrderIssued,
     AccountBankrupted,
+    LiquidationOrderCancelled,
 )
 
 
@@ -211,18 +231,25 @@ class _Remargin:
         self.invalid: set[str] = set()  # accounts whose figures a decision moved
         self.remargined: set[str] = set()
         self.figures: dict[tuple[str, str], ScopeRisk] = {}
+        self.deleveraged = 0  # ADL steps emitted so far
 
     def run(self, full: set[str], hits: set[tuple[str, str]]) -> None:
         """Re-margin ``full`` in full and the scopes of ``hits``, then the accounts their decisions
         changed, round after round until none is left."""
         selected = full | {account_id for account_id, _scope in hits}
-        for _round in range(REMARGIN_ROUNDS_MAX):
+        plain = 0  # rounds that deleveraged nothing
+        for _round in range(ADL_CASCADE_ROUNDS_MAX):
+            deleveraged = self.deleveraged
             for account_id in sorted(selected):
                 self._account(account_id, full, hits)
             selected = full = set(self.others) - SYSTEM_ACCOUNTS_SET
             self.others.clear()
             if not selected:
                 return
+            if self.deleveraged == deleveraged:
+                plain += 1
+                if plain >= REMARGIN_ROUNDS_MAX:
+                    break
         # A broken invariant, not an operating error: stop the ledger (STYLE.md).
         raise RuntimeError(
             f"re-margining did not reach a fixpoint in {REMARGIN_ROUNDS_MAX} rounds; still changing: {sorted(selected)}"
@@ -246,6 +273,8 @@ class _Remargin:
         """``emit``, noting which accounts the decision changed."""
         state = self.state
         self.ids.take(_carried_ids(decision))
+        if isinstance(decision, PositionAutoDeleveraged):
+            self.deleveraged += 1
         before = state.touched
         state.touched = set()
         try:
@@ -274,7 +303,7 @@ def _only_account(changed: set[str], account_id: str) -> bool:
 
 
 # The id fields of decisions, and the prefix of the ids each carries (``_Ids``).
-_ID_KEYS: Final = (("margin_call_id", "MC"), ("liquidation_id", "L"))
+_ID_KEYS: Final = (("margin_call_id", "MC"), ("liquidation_id", "L"), ("adl_id", "ADL"))
 
 
 def _carried_ids(decision: Decision) -> dict[str, Any]:
@@ -537,7 +566,10 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
     if current == Level.MAINTENANCE and level == Level.MAINTENANCE and deadline_passed:
         call_id = status.margin_call_id or ids.next("MC")
         calls.escalate(call_id, Level.LIQUIDATION, status.deadline)
-        _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
+        if adl.due(state, risk):
+            _auto_deleverage(state, account, scope, call_id, at, ids, emit)
+        else:
+            _issue_orders(state, account, scope, call_id, risk, at, ids, emit)
     return risk
 
 
@@ -572,6 +604,9 @@ def _continue_liquidation(
     calls: _Calls,
 ) -> None:
     call_id = status.margin_call_id or ids.next("MC")
+    if adl.due(state, risk):
+        _auto_deleverage(state, account, scope, call_id, at, ids, emit)
+        return
     if not risk.has_open_positions:
         if risk.equity < ZERO:
             _waterfall(state, account, scope, call_id, risk, at, emit)
@@ -622,6 +657,96 @@ def _waterfall(
         _Calls(state, account, scope, risk, emit).resolve(
             call_id, Level.LIQUIDATION, "loss covered by the insurance fund"
         )
+
+
+def _auto_deleverage(
+    state: LedgerState, account: Account, scope: str, call_id: str, at: datetime, ids: _Ids, emit: Emit
+) -> None:
+    """The waterfall's third step (``adl``): the scope's open liquidation orders are cancelled,
+    then each of its positions (largest maintenance requirement first, as orders are issued) is
+    closed at its bankruptcy price against the opposite positions of other accounts, highest rank
+    first, each taken in full but the last, until the quantity is covered.
+
+    The bankruptcy price of each position is taken on the scope's equity as the positions before
+    it left it: the first closes at the price that brings the scope's equity to zero (rounded
+    towards the fund: at or above zero), the next ones then at their marks. Each step is booked
+    at once (``emit``), so the next sees its effect; the counterparties are re-margined in the
+    next round of the step (``_Remargin``). Then: nothing left and equity covered, the call
+    resolves; positions left for want of opposite ones, the deficit left is recorded
+    (AccountBankrupted) and the bankrupt lifecycle sends what is left to the exchange; equity
+    covered with positions left, the liquidation goes on as before."""
+    version = state.parameters.version
+    account_id = account.account_id
+    status = account.margin.get(scope) or _NO_CALL
+    for liquidation_id in sorted(status.pending_orders):
+        order = state.liquidations.get(liquidation_id)
+        if order is None:
+            continue
+        reason = "auto-deleveraging: the insurance fund cannot cover the scope's deficit"
+        emit(
+            LiquidationOrderCancelled(
+                account_id, liquidation_id, call_id, scope, order.instrument, order.remaining, reason, version
+            )
+        )
+    risk = models.scope_risk(state, account, scope, liquidation_prices=False)
+    ordered = sorted(
+        (p for p in risk.positions if p.quantity != ZERO), key=lambda p: (-p.maintenance_margin, p.instrument)
+    )
+    model = models.model_of(account, scope)
+    for first in ordered:
+        risk = models.scope_risk(state, account, scope, liquidation_prices=False)
+        position = risk.position(first.instrument)
+        if position is None or position.quantity == ZERO:
+            continue
+        _raw, price = model.bankruptcy_price(position, risk.equity, abs(position.quantity))
+        long = position.quantity > ZERO
+        left = abs(position.quantity)
+        held = position.quantity
+        fund = adl.fund_balance(state)
+        for taken in adl.ranking(state, position.instrument, not long, exclude=account_id):
+            quantity = min(left, abs(taken.quantity))
+            emit(
+                PositionAutoDeleveraged(
+                    account_id=taken.account_id,
+                    adl_id=ids.next("ADL"),
+                    instrument=position.instrument,
+                    margin_mode=taken.margin_mode,
+                    side="buy" if long else "sell",
+                    quantity=quantity,
+                    price=price,
+                    rank=None if taken.rank is None else round_model_value(taken.rank),
+                    pnl=round_model_value(taken.pnl),
+                    leverage=None if taken.leverage is None else round_model_value(taken.leverage),
+                    position_quantity=taken.quantity,
+                    entry_price=taken.entry_price,
+                    mark=taken.mark,
+                    bankrupt_account_id=account_id,
+                    bankrupt_scope=scope,
+                    bankrupt_margin_mode=position.margin_mode,
+                    bankrupt_quantity=held,
+                    bankrupt_equity=risk.equity,
+                    insurance_fund=fund,
+                    margin_call_id=call_id,
+                    parameters_version=version,
+                )
+            )
+            left -= quantity
+            held = held - quantity if long else held + quantity
+            if left == ZERO:
+                break
+    risk = models.scope_risk(state, account, scope, liquidation_prices=False)
+    calls = _Calls(state, account, scope, risk, emit)
+    if not risk.has_open_positions:
+        if risk.equity < ZERO:
+            _waterfall(state, account, scope, call_id, risk, at, emit)
+        else:
+            calls.resolve(call_id, Level.LIQUIDATION, "deficit covered by auto-deleveraging")
+    elif risk.equity < ZERO:
+        asset = state.parameters.valuation_asset
+        emit(AccountBankrupted(account_id, call_id, scope, asset, -risk.equity, risk.equity, ZERO, version))
+    else:
+        status = account.margin.get(scope) or _NO_CALL
+        _continue_liquidation(state, account, scope, status, risk, at, ids, emit, calls)
 
 
 def shown_price(position: PositionRisk) -> Decimal:

@@ -2,9 +2,10 @@
 
 ``decode(topic_kind, raw)`` turns the bytes of one Kafka value into an immutable message (of the
 compiled classes in ``inputs``) or raises ``InputError`` with a sentence that says what is wrong
-and how to fix it. The checks are pydantic schemas, one per message type (``FillSchema``...),
-with the message's fields; a test checks that each schema and its class agree. Nothing here
-knows about Kafka or the database; the consumer puts the error in the dead-letter table.
+and how to fix it. The checks are pydantic schemas, one per message type (``SCHEMAS``), and the
+plain shapes of the fast path (``_FAST_MODELS``): both made from the message's description
+(``inputs.FILL``...), so they check the fields the class holds. Nothing here knows about Kafka or
+the database; the consumer puts the error in the dead-letter table.
 """
 
 from __future__ import annotations
@@ -25,10 +26,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
 )
 
+from clearing.domain import inputs
 from clearing.domain.inputs import (
+    MODELS,
     Deposit,
+    FieldSpec,
     Fill,
     Funding,
     InputMessage,
@@ -84,8 +89,6 @@ NotNegative = Annotated[WireDecimal, AfterValidator(_not_negative)]
 NonZero = Annotated[WireDecimal, AfterValidator(_non_zero)]
 Identifier = Annotated[str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX)]
 EventTime = Annotated[AwareDatetime, AfterValidator(_utc_microseconds)]
-Side = Literal["buy", "sell"]
-MarginMode = Literal["cross", "isolated"]
 
 
 class Schema(BaseModel):
@@ -94,100 +97,39 @@ class Schema(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class FillSchema(Schema):
-    type: Literal["fill"]
-    fill_id: Identifier
-    trade_id: Identifier
-    account_id: Identifier
-    instrument: Identifier
-    side: Side
-    quantity: Positive
-    price: Positive
-    fee: WireDecimal = Decimal(0)
-    fee_asset: Identifier | None = None
-    liquidity: Literal["maker", "taker"] | None = None
-    margin_mode: MarginMode = "cross"
-    occurred_at: EventTime
-
-
-class DepositSchema(Schema):
-    type: Literal["deposit"]
-    transfer_id: Identifier
-    account_id: Identifier
-    asset: Identifier
-    amount: Positive
-    occurred_at: EventTime
-
-
-class WithdrawalSchema(Schema):
-    type: Literal["withdrawal"]
-    transfer_id: Identifier
-    account_id: Identifier
-    asset: Identifier
-    amount: Positive
-    occurred_at: EventTime
-
-
-class IsolatedMarginTransferSchema(Schema):
-    type: Literal["isolated_margin"]
-    transfer_id: Identifier
-    account_id: Identifier
-    instrument: Identifier
-    amount: NonZero
-    occurred_at: EventTime
-
-
-class MarkSchema(Schema):
-    type: Literal["mark"]
-    symbol: Identifier
-    price: Positive
-    iv: NotNegative | None = None
-    occurred_at: EventTime
-
-
-class FundingSchema(Schema):
-    type: Literal["funding"]
-    symbol: Identifier
-    rate: WireDecimal
-    occurred_at: EventTime
-
-
-class SettlementSchema(Schema):
-    type: Literal["settlement"]
-    symbol: Identifier
-    price: Positive
-    occurred_at: EventTime
-
-
-class LiquidationFillSchema(Schema):
-    type: Literal["liquidation_fill"]
-    liquidation_id: Identifier
-    fill_id: Identifier
-    account_id: Identifier
-    instrument: Identifier
-    side: Side
-    quantity: Positive
-    price: Positive
-    occurred_at: EventTime
-
-
-class RiskParametersSchema(Schema):
-    type: Literal["risk_parameters"]
-    parameters: dict[str, Any]
-    occurred_at: EventTime
-
-
-SCHEMAS: dict[type[Message], type[Schema]] = {
-    Fill: FillSchema,
-    Deposit: DepositSchema,
-    Withdrawal: WithdrawalSchema,
-    IsolatedMarginTransfer: IsolatedMarginTransferSchema,
-    Mark: MarkSchema,
-    Funding: FundingSchema,
-    Settlement: SettlementSchema,
-    LiquidationFill: LiquidationFillSchema,
-    RiskParametersMessage: RiskParametersSchema,
+# The type that checks a field of each shape (``inputs.FieldSpec.shape``); a LITERAL field's is
+# the Literal of its values.
+_SHAPE_TYPES: dict[str, Any] = {
+    inputs.ID: Identifier,
+    inputs.DECIMAL: WireDecimal,
+    inputs.POSITIVE: Positive,
+    inputs.NOT_NEGATIVE: NotNegative,
+    inputs.NON_ZERO: NonZero,
+    inputs.TIME: EventTime,
+    inputs.DOCUMENT: dict[str, Any],
 }
+
+
+def _schema_field(spec: FieldSpec) -> tuple[Any, Any]:
+    """(type, default) of a field in its schema."""
+    checked: Any = Literal[spec.literals] if spec.shape == inputs.LITERAL else _SHAPE_TYPES[spec.shape]
+    if spec.nullable:
+        checked = checked | None
+    return checked, ... if spec.required else spec.default
+
+
+def schema_of(model: type[Message]) -> type[Schema]:
+    """The pydantic schema of a message type, from its description: ``type`` first, then its
+    fields in the contract's order (the order of the errors it reports)."""
+    description = model.DESCRIPTION
+    fields: dict[str, Any] = {"type": (Literal[(description.type,)], ...)}
+    fields.update((spec.name, _schema_field(spec)) for spec in description.fields)
+    return create_model(f"{model.__name__}Schema", __base__=Schema, **fields)
+
+
+SCHEMAS: dict[type[Message], type[Schema]] = {model: schema_of(model) for model in MODELS}
+
+
 def _built(model: type[Message], values: dict[str, Any]) -> InputMessage:
     """The message of ``model`` with the valid ``values`` of its fields (``type`` among them: the
     class sets it; it takes every other field as a keyword argument)."""
@@ -338,7 +280,6 @@ def decode_checked(topic_kind: str, raw: bytes) -> InputMessage:
 # build. Every value of every fast-path field is a string or null, so a message with a number,
 # a boolean, a list or an object anywhere (or a float, which orjson would have read lossily)
 # never takes it.
-_LITERAL, _ID, _DECIMAL, _POSITIVE, _NOT_NEGATIVE, _NON_ZERO, _TIME = range(7)
 _PLAIN_DECIMAL = re.compile(
     rf"-?(?:0|[1-9][0-9]{{0,{WIRE_INTEGER_DIGITS_MAX - 1}}})(?:\.[0-9]{{1,{WIRE_FRACTION_DIGITS_MAX}}})?"
 )
@@ -346,34 +287,9 @@ _PLAIN_TIME = re.compile(
     r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:\.[0-9]{1,6})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
-_REQUIRED = object()
-_DECIMAL_SHAPES = (_DECIMAL, _POSITIVE, _NOT_NEGATIVE, _NON_ZERO)
-
-# (name, shape, allowed literals, may be null, default)
-FastField = tuple[str, int, frozenset[str], bool, Any]
-
-
-def _fast_fields(schema: type[Schema], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> tuple[FastField, ...]:
-    """The schema's fields in declaration order, each with its shape from ``shapes`` (a shape, or
-    the allowed literals, and whether null is allowed)."""
-    fields = []
-    for name, info in schema.model_fields.items():
-        shape, nullable = shapes[name]
-        literals = shape if isinstance(shape, frozenset) else frozenset()
-        kind = _LITERAL if isinstance(shape, frozenset) else shape
-        fields.append((name, kind, literals, nullable, _REQUIRED if info.is_required() else info.default))
-    return tuple(fields)
-
-
-def field_template(schema: type[Schema]) -> dict[str, Any]:
-    """Every field of ``schema`` in declaration order: its default, or None when it is required.
-    A message the fast path builds starts from it."""
-    return {name: None if info.is_required() else info.default for name, info in schema.model_fields.items()}
-
-
 @dataclass(frozen=True, slots=True)
 class _FastModel:
-    """A model's ``FastField`` table grouped by shape, for ``_build``."""
+    """A model's description grouped by shape, for ``_build``."""
 
     model: type[Message]
     names: frozenset[str]
@@ -384,25 +300,26 @@ class _FastModel:
     optional: tuple[str, ...]  # fields that may be None (given null, or left at a None default)
     ids: tuple[str, ...]
     literals: tuple[tuple[str, frozenset[str]], ...]
-    decimals: tuple[tuple[str, int], ...]
+    decimals: tuple[tuple[str, str], ...]
     times: tuple[str, ...]
 
     @classmethod
-    def of(cls, model: type[Message], shapes: dict[str, tuple[int | frozenset[str], bool]]) -> _FastModel:
-        schema = SCHEMAS[model]
-        fields = _fast_fields(schema, shapes)
+    def of(cls, model: type[Message]) -> _FastModel:
+        description = model.DESCRIPTION
+        specs = (FieldSpec("type", inputs.LITERAL, (description.type,)), *description.fields)
+        template = {spec.name: None if spec.required else spec.default for spec in specs}
         return cls(
             model,
-            frozenset(name for name, *_ in fields),
-            frozenset(name for name, _, _, _, default in fields if default is _REQUIRED),
-            frozenset(name for name, _, _, nullable, _ in fields if nullable),
-            template := field_template(schema),
+            frozenset(spec.name for spec in specs),
+            frozenset(spec.name for spec in specs if spec.required),
+            frozenset(spec.name for spec in specs if spec.nullable),
+            template,
             {name: to_wire(value) if isinstance(value, Decimal) else value for name, value in template.items()},
-            tuple(name for name, _, _, nullable, default in fields if nullable or default is None),
-            tuple(name for name, shape, *_ in fields if shape == _ID),
-            tuple((name, literals) for name, shape, literals, *_ in fields if shape == _LITERAL),
-            tuple((name, shape) for name, shape, *_ in fields if shape in _DECIMAL_SHAPES),
-            tuple(name for name, shape, *_ in fields if shape == _TIME),
+            tuple(spec.name for spec in specs if spec.nullable or (not spec.required and spec.default is None)),
+            tuple(spec.name for spec in specs if spec.shape == inputs.ID),
+            tuple((spec.name, frozenset(spec.literals)) for spec in specs if spec.shape == inputs.LITERAL),
+            tuple((spec.name, spec.shape) for spec in specs if spec.shape in inputs.DECIMAL_SHAPES),
+            tuple(spec.name for spec in specs if spec.shape == inputs.TIME),
         )
 
 
@@ -444,9 +361,9 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
             return None
         number = Decimal(value)
         if (
-            (shape == _POSITIVE and number <= 0)
-            or (shape == _NOT_NEGATIVE and number < 0)
-            or (shape == _NON_ZERO and number == 0)
+            (shape == inputs.POSITIVE and number <= 0)
+            or (shape == inputs.NOT_NEGATIVE and number < 0)
+            or (shape == inputs.NON_ZERO and number == 0)
         ):
             return None
         converted[name] = number
@@ -471,99 +388,12 @@ def _build(fast: _FastModel, data: dict[str, Any]) -> tuple[InputMessage, dict[s
     return message, wire
 
 
-_ID_ = (_ID, False)
-_TIME_ = (_TIME, False)
-_POSITIVE_ = (_POSITIVE, False)
-_SIDE = (frozenset({"buy", "sell"}), False)
-
-
-def _literal(*names: str) -> tuple[frozenset[str], bool]:
-    return frozenset(names), False
-
-
+# Every message type but those that hold a document (parameter documents are rare and nested:
+# validation builds them).
 _FAST_MODELS: dict[type[Message], _FastModel] = {
-    Fill: _FastModel.of(
-        Fill,
-        {
-            "type": _literal("fill"),
-            "fill_id": _ID_,
-            "trade_id": _ID_,
-            "account_id": _ID_,
-            "instrument": _ID_,
-            "side": _SIDE,
-            "quantity": _POSITIVE_,
-            "price": _POSITIVE_,
-            "fee": (_DECIMAL, False),
-            "fee_asset": (_ID, True),
-            "liquidity": (frozenset({"maker", "taker"}), True),
-            "margin_mode": _literal("cross", "isolated"),
-            "occurred_at": _TIME_,
-        },
-    ),
-    Deposit: _FastModel.of(
-        Deposit,
-        {
-            "type": _literal("deposit"),
-            "transfer_id": _ID_,
-            "account_id": _ID_,
-            "asset": _ID_,
-            "amount": _POSITIVE_,
-            "occurred_at": _TIME_,
-        },
-    ),
-    Withdrawal: _FastModel.of(
-        Withdrawal,
-        {
-            "type": _literal("withdrawal"),
-            "transfer_id": _ID_,
-            "account_id": _ID_,
-            "asset": _ID_,
-            "amount": _POSITIVE_,
-            "occurred_at": _TIME_,
-        },
-    ),
-    IsolatedMarginTransfer: _FastModel.of(
-        IsolatedMarginTransfer,
-        {
-            "type": _literal("isolated_margin"),
-            "transfer_id": _ID_,
-            "account_id": _ID_,
-            "instrument": _ID_,
-            "amount": (_NON_ZERO, False),
-            "occurred_at": _TIME_,
-        },
-    ),
-    Mark: _FastModel.of(
-        Mark,
-        {
-            "type": _literal("mark"),
-            "symbol": _ID_,
-            "price": _POSITIVE_,
-            "iv": (_NOT_NEGATIVE, True),
-            "occurred_at": _TIME_,
-        },
-    ),
-    Funding: _FastModel.of(
-        Funding, {"type": _literal("funding"), "symbol": _ID_, "rate": (_DECIMAL, False), "occurred_at": _TIME_}
-    ),
-    Settlement: _FastModel.of(
-        Settlement, {"type": _literal("settlement"), "symbol": _ID_, "price": _POSITIVE_, "occurred_at": _TIME_}
-    ),
-    LiquidationFill: _FastModel.of(
-        LiquidationFill,
-        {
-            "type": _literal("liquidation_fill"),
-            "liquidation_id": _ID_,
-            "fill_id": _ID_,
-            "account_id": _ID_,
-            "instrument": _ID_,
-            "side": _SIDE,
-            "quantity": _POSITIVE_,
-            "price": _POSITIVE_,
-            "occurred_at": _TIME_,
-        },
-    ),
-    # Parameter documents are rare and nested: validation builds them.
+    model: _FastModel.of(model)
+    for model in MODELS
+    if all(spec.shape != inputs.DOCUMENT for spec in model.DESCRIPTION.fields)
 }
 
 

@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from clearing.domain.inputs import format_time
-from clearing.domain.jsontext import canonical_json_bytes
 from clearing.engine import outputs
 from clearing.settings import Settings
 from clearing.store import log as eventlog
+from clearing.store.jsontext import canonical_json_bytes
 
 CHECKPOINT_EVERY_EVENTS = 10_000  # events of a shard between two checkpoints, at most
 MESSAGE_TYPE = "log_checkpoint"

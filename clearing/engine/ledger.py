@@ -29,13 +29,13 @@ import sqlalchemy as sa
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
 from clearing.domain.inputs import InputMessage, format_time
-from clearing.domain.logreplay import SortedHolders, refresh_window
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
 from clearing.domain.params import RiskParameters, bundled_parameters
 from clearing.domain.state import LedgerState
 from clearing.engine import checkpoints, outputs, snapshots
 from clearing.engine.records import RawRecord, merge_key
+from clearing.engine.refresh import SortedHolders, refresh_window
 from clearing.store import log as eventlog
 from clearing.store import projections
 from clearing.store.hashing import canonical_json
@@ -138,7 +138,7 @@ class Ledger:
         """Accounts whose margin state is refreshed in this batch although no event of theirs
         changed their status: marks move every holder's equity, and writing all of them on every
         batch would cost more than the ingest. A rotating window of at most
-        ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch (``logreplay.refresh_window``, which the
+        ``MARGIN_REFRESH_ACCOUNTS_MAX`` holders per batch (``refresh.refresh_window``, which the
         replay re-enacts) bounds how stale a row can get (a status change is always written at
         once: it is a decision, and decisions touch their account)."""
         window, self._refresh_cursor = refresh_window(self._holders.of(self.state), self._refresh_cursor)
@@ -288,6 +288,7 @@ class Ledger:
                 accounts,
                 state.marks_touched,
                 write.position,
+                shard=self.shard,
                 decisions=write.decided,
                 deferred=write.deferred,
             )
@@ -388,7 +389,9 @@ class Ledger:
             error = letter.error.replace("\x00", "\\u0000")
             key = record.key.replace(b"\x00", b"\\u0000") if record.key is not None else None
             where = (record.topic, record.partition, record.offset)
-            write.outbox.append((None, *outputs.dead_letter_message(*where, key, record.value, error)))
+            write.outbox.append(
+                (None, *outputs.dead_letter_message(*where, key, record.value, error, letter.existing_payload))
+            )
             rows.append((*where, record.key, record.value, error, letter.idempotency_key, letter.existing_payload))
         eventlog.insert_dead_letters(conn, self.shard, rows, write.recorded_at)
 

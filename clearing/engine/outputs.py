@@ -22,9 +22,11 @@ from clearing.domain.inputs import format_time
 MARGIN_CALLS = "margin-calls"
 LIQUIDATION_ORDERS = "liquidation-orders"
 WITHDRAWALS = "withdrawals"
+ACCOUNT_UPDATES = "account-updates"  # CONTRACT v2
 DLQ = "dlq"
 CHECKPOINTS = "checkpoints"
-OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, DLQ, CHECKPOINTS)
+DELEVERAGING = "deleveraging"  # CONTRACT v2
+OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ, CHECKPOINTS, DELEVERAGING)
 
 # The largest request the outbox's producer sends (its ``max_request_size``): Kafka's default, which
 # a broker's default ``message.max.bytes`` (1 MiB + 12 bytes) accepts. The relay sends one message
@@ -55,11 +57,14 @@ class OutputTooLargeError(RuntimeError):
 _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.WITHDRAWAL_APPROVED: (WITHDRAWALS, "withdrawal_approved"),
     ev.WITHDRAWAL_REJECTED: (WITHDRAWALS, "withdrawal_rejected"),
+    ev.ISOLATED_MARGIN_TRANSFERRED: (ACCOUNT_UPDATES, "isolated_margin_transferred"),
+    ev.ISOLATED_MARGIN_TRANSFER_REJECTED: (ACCOUNT_UPDATES, "isolated_margin_rejected"),
     ev.MARGIN_CALL_ISSUED: (MARGIN_CALLS, "margin_call_issued"),
     ev.MARGIN_CALL_ESCALATED: (MARGIN_CALLS, "margin_call_escalated"),
     ev.MARGIN_CALL_RESOLVED: (MARGIN_CALLS, "margin_call_resolved"),
     ev.LIQUIDATION_ORDER_ISSUED: (LIQUIDATION_ORDERS, "liquidation_order"),
-    ev.POSITION_AUTO_DELEVERAGED: (LIQUIDATION_ORDERS, "auto_deleveraged"),
+    ev.LIQUIDATION_ORDER_CANCELLED: (LIQUIDATION_ORDERS, "liquidation_order_cancelled"),
+    ev.POSITION_AUTO_DELEVERAGED: (DELEVERAGING, "auto_deleveraged"),
     ev.ACCOUNT_BANKRUPTED: (MARGIN_CALLS, "account_bankrupted"),
 }
 PUBLISHED_DECISION_TYPES = frozenset(_MESSAGE_TYPES)  # decision events that go out on a topic
@@ -108,13 +113,20 @@ def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[
 
 
 def dead_letter_message(
-    topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, error: str
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    raw: bytes,
+    error: str,
+    existing_payload: dict[str, Any] | None = None,
 ) -> tuple[str, str | None, dict[str, Any]]:
     """The ``rejected`` message of a dead letter. ``raw`` is the whole value in base64 when the
     message fits in ``OUTPUT_MESSAGE_BYTES_MAX``; otherwise its first ``DEAD_LETTER_RAW_PREFIX_BYTES``
     bytes, with ``raw_truncated`` true (and the key and error shortened if they are what is too
     large). ``raw_bytes`` and ``raw_sha256`` (hex) always describe the whole value, so a consumer can
-    check a copy fetched from the dead-letter table."""
+    check a copy fetched from the dead-letter table. A conflicting duplicate carries both versions
+    (DESIGN.md): ``raw``, the one received, and ``existing_payload``, the one the log holds."""
     text_key = key.decode("utf-8", "replace") if key is not None else None
     value: dict[str, Any] = {
         "type": "rejected",
@@ -128,6 +140,8 @@ def dead_letter_message(
         "raw_sha256": hashlib.sha256(raw).hexdigest(),
         "raw_truncated": False,
     }
+    if existing_payload is not None:
+        value["existing_payload"] = existing_payload
     if message_bytes(text_key, value) > OUTPUT_MESSAGE_BYTES_MAX:
         value = shorten_dead_letter(value, raw[:DEAD_LETTER_RAW_PREFIX_BYTES])
         text_key = value["key"]

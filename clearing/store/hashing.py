@@ -12,17 +12,18 @@ integers of at most 64 bits, booleans, null, lists and objects with string keys:
 the two over every code point and random documents), and raises for anything else (an integer
 beyond 64 bits, a key that is not a string), which then takes the reference path. Floats would
 be spelled differently (``1e+16`` against ``1e16``), but none reaches a payload: the wire refuses
-them and the ledger computes in ``Decimal``. The three functions live in clearing/domain/jsontext.py,
-where the replay's compiled bookkeeping calls them; they are imported here under these names.
+them and the ledger computes in ``Decimal``. The three functions live in clearing/store/jsontext.py,
+which is compiled with the replay's bookkeeping that calls them; they are imported here under
+these names.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from clearing.domain.jsontext import canonical_json as canonical_json
-from clearing.domain.jsontext import canonical_json_bytes
-from clearing.domain.jsontext import canonical_json_reference as canonical_json_reference
+from clearing.store.jsontext import canonical_json as canonical_json
+from clearing.store.jsontext import canonical_json_bytes
+from clearing.store.jsontext import canonical_json_reference as canonical_json_reference
 
 GENESIS_HASH = bytes(32)
 

@@ -27,17 +27,16 @@ from clearing.store import copytext
 from clearing.store.hashing import GENESIS_HASH, chain, digest_input
 
 LOG_LOCK_KEY = 7_301_955_001  # pg_advisory_xact_lock key of the event log's single writer
-REPLAY_FETCH_ROWS = 5_000
+REPLAY_FETCH_ROWS = 2_000  # rows per fetch of a server-side cursor that streams the log (loads, replays)
 # Event rows spelled before each hand-over to the COPY stream (~64 KiB of COPY text at ~500 bytes
 # a row): large enough that a send costs little per row, small enough that PostgreSQL starts on
 # a batch's rows while the writer is still folding the rest.
 EVENT_COPY_CHUNK_ROWS = 128
 # The socket send buffer of a COPY's connection. With Linux's default (208 KiB, ~400 rows) the
 # writer's send waited whenever PostgreSQL fell that far behind for a moment (the commit of the
-# batch before, on the other connection, takes its core at the start of every batch): 0.81 s of
-# the ledger's 9 s in bench/ingest.py. With 4 MiB (Linux's default cap, net.core.wmem_max) the
-# sends waited 0.07-0.10 s. Memory: at most this much per writing connection, only while
-# PostgreSQL is behind.
+# batch before, on the other connection, takes its core at the start of every batch); 4 MiB is
+# Linux's default cap (net.core.wmem_max), and the sends rarely wait (docs/performance.md).
+# Memory: at most this much per writing connection, only while PostgreSQL is behind.
 COPY_SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
 EVENT_COLUMNS = (
@@ -201,8 +200,8 @@ def existing_payloads(conn: sa.Connection, keys: Sequence[str]) -> dict[str, dic
     """The payloads already in the log under any of ``keys``.
 
     The keys travel as one JSON array, unpacked by the server: psycopg adapts a list parameter
-    element by element in Python (~2 us a key, 20 ms of a 10,000-record batch), orjson writes the
-    array in a tenth of that. A key orjson cannot write (a lone surrogate) takes the list way."""
+    element by element in Python, and orjson writes the array in a fraction of that time. A key
+    orjson cannot write (a lone surrogate) takes the list way."""
     if not keys:
         return {}
     try:
@@ -237,7 +236,7 @@ class EventStream:
     way ends the COPY with an error and the transaction rolls back, rows sent included.
 
     The rows are spelled in COPY's text format here rather than by psycopg's per-value dumpers
-    (6 us a row, against 1): integers in decimal, text with COPY's escapes, times in ISO 8601 (with
+    (several times slower): integers in decimal, text with COPY's escapes, times in ISO 8601 (with
     a Z or an offset), bytea in hex, NULL as \\N. PostgreSQL parses them into the values the
     dumpers would have sent (a test reads rows back and compares)."""
 

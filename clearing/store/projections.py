@@ -18,7 +18,7 @@ from clearing.domain import models
 from clearing.domain.state import LedgerState
 from clearing.store import copytext
 
-BALANCE_KEY = ("account_id", "asset")
+BALANCE_KEY = ("account_id", "asset", "shard")  # system accounts have a row per shard
 BALANCE_COLUMNS = ("amount",)
 POSITION_KEY = ("account_id", "instrument", "margin_mode")
 POSITION_COLUMNS = ("quantity", "cost", "entry_price", "realised_pnl", "isolated_margin", "funding_paid")
@@ -71,14 +71,16 @@ def upsert(
     cursor.execute(f"DELETE FROM {staging}")
 
 
-def balance_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list[dict[str, Any]]:
+def balance_rows(state: LedgerState, accounts: Iterable[str], as_of: int, *, shard: int) -> list[dict[str, Any]]:
+    """The balances of ``accounts`` in the state of ``shard``: every shard keeps its own system
+    accounts (fees, insurance fund, funding pool), so the shard is part of the key."""
     rows = []
     for account_id in sorted(accounts):
         account = state.accounts.get(account_id)
         if account is None:
             continue
         for asset, amount in sorted(account.balances.items()):
-            rows.append({"account_id": account_id, "asset": asset, "amount": amount, "as_of": as_of})
+            rows.append({"account_id": account_id, "asset": asset, "amount": amount, "as_of": as_of, "shard": shard})
     return rows
 
 
@@ -127,17 +129,18 @@ def write(
     symbols: Iterable[str],
     as_of: int,
     *,
+    shard: int,
     decisions: Iterable[tuple[int, str, dict[str, Any], Any]] = (),
     suffix: str = "",
     deferred: dict[str, str] | None = None,
 ) -> None:
-    """Upsert the rows of the given accounts and marks into the projection tables, and record the
-    batch's margin calls and liquidations (``suffix`` names the shadow tables of a rebuild;
-    ``deferred``: see ``upsert``)."""
+    """Upsert the rows of the given accounts and marks of ``shard``'s state into the projection
+    tables, and record the batch's margin calls and liquidations (``suffix`` names the shadow
+    tables of a rebuild; ``deferred``: see ``upsert``)."""
     accounts = list(accounts)
     write_margin(conn, state, accounts, as_of, suffix=suffix, deferred=deferred)
     write_decisions(conn, decisions, suffix=suffix)
-    balances = balance_rows(state, accounts, as_of)
+    balances = balance_rows(state, accounts, as_of, shard=shard)
     upsert(conn, "balances" + suffix, BALANCE_KEY, BALANCE_COLUMNS, balances, deferred=deferred)
     positions = position_rows(state, accounts, as_of)
     upsert(conn, "positions" + suffix, POSITION_KEY, POSITION_COLUMNS, positions, deferred=deferred)
@@ -303,6 +306,18 @@ def _order_filled(
     )
 
 
+def _order_cancelled(
+    conn: sa.Connection, suffix: str, position: int, event_type: str, payload: dict[str, Any], occurred_at: Any
+) -> None:
+    conn.execute(
+        sa.text(
+            f"UPDATE liquidations{suffix} SET status = 'cancelled', as_of_position = :position "
+            "WHERE liquidation_id = :id AND status = 'open'"
+        ),
+        {"id": payload["liquidation_id"], "position": position},
+    )
+
+
 def _row_of(position: int, payload: dict[str, Any]) -> dict[str, Any]:
     return {"position": position, "account_id": payload.get("account_id"), "scope": payload.get("scope")}
 
@@ -316,4 +331,5 @@ _DECISION_WRITERS: dict[str, _DecisionWriter] = {
     ev.ACCOUNT_BANKRUPTED: _call_changed,
     ev.LIQUIDATION_ORDER_ISSUED: _order_issued,
     ev.LIQUIDATION_FILL_RECORDED: _order_filled,
+    ev.LIQUIDATION_ORDER_CANCELLED: _order_cancelled,
 }

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from clearing.domain.numbers import to_wire
+from clearing.store.log import REPLAY_FETCH_ROWS
 
 LIST_ROWS_MAX = 1_000
 
@@ -23,9 +24,65 @@ def log_head(conn: sa.Connection) -> int:
     return int(conn.execute(sa.text("SELECT coalesce(max(position), 0) FROM events")).scalar_one())
 
 
+SYSTEM_ACCOUNT_PREFIX = "system:"
+
+
+def is_system_account(account_id: str) -> bool:
+    """Fees, insurance fund, funding pool: accounts that every shard keeps its own of."""
+    return account_id.startswith(SYSTEM_ACCOUNT_PREFIX)
+
+
+def system_account_view(
+    account_id: str, per_shard: dict[int, tuple[int, dict[str, Decimal]]]
+) -> dict[str, Any] | None:
+    """A system account's view from each shard's (as-of position, balances): every shard keeps its
+    own, so the view shows each shard's and, as ``balances``, their total per asset. None when no
+    shard has it."""
+    if not per_shard:
+        return None
+    totals: dict[str, Decimal] = {}
+    for _position, balances in per_shard.values():
+        for asset, amount in balances.items():
+            totals[asset] = totals.get(asset, Decimal(0)) + amount
+    return {
+        "account_id": account_id,
+        "as_of_position": max(position for position, _ in per_shard.values()),
+        "balances": {asset: to_wire(amount) for asset, amount in sorted(totals.items())},
+        "shards": {
+            str(shard): {
+                "as_of_position": position,
+                "balances": {asset: to_wire(amount) for asset, amount in sorted(balances.items())},
+            }
+            for shard, (position, balances) in sorted(per_shard.items())
+        },
+        "positions": [],
+        "margin": {},
+        "open_margin_calls": [],
+    }
+
+
+def system_account_balances(conn: sa.Connection, account_id: str) -> dict[int, tuple[int, dict[str, Decimal]]]:
+    """Each shard's (as-of position, balances) of a system account, as the projections hold them."""
+    per_shard: dict[int, tuple[int, dict[str, Decimal]]] = {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT shard, asset, amount, as_of_position FROM balances WHERE account_id = :a ORDER BY shard, asset"
+        ),
+        {"a": account_id},
+    ).all()
+    for row in rows:
+        position, balances = per_shard.get(int(row.shard), (0, {}))
+        balances[row.asset] = Decimal(row.amount)
+        per_shard[int(row.shard)] = (max(position, int(row.as_of_position)), balances)
+    return per_shard
+
+
 def account_view(conn: sa.Connection, account_id: str) -> dict[str, Any] | None:
     """Balances, positions, margin state and open margin calls of one account as the projections
-    hold them, with the log position they are as of. None when the ledger never saw the account."""
+    hold them, with the log position they are as of. None when the ledger never saw the account.
+    A system account's view has each shard's balances and their total (``system_account_view``)."""
+    if is_system_account(account_id):
+        return system_account_view(account_id, system_account_balances(conn, account_id))
     balances = conn.execute(
         sa.text("SELECT asset, amount, as_of_position FROM balances WHERE account_id = :a ORDER BY asset"),
         {"a": account_id},
@@ -235,15 +292,16 @@ def insurance_fund_movements(conn: sa.Connection, *, after: int = 0, limit: int 
     return [_event_row(row) for row in rows]
 
 
-def account_balances(conn: sa.Connection, account_id: str) -> dict[str, Any]:
-    rows = conn.execute(
-        sa.text("SELECT asset, amount, as_of_position FROM balances WHERE account_id = :a ORDER BY asset"),
-        {"a": account_id},
-    ).all()
-    return {
-        "balances": {row.asset: _wire(row.amount) for row in rows},
-        "as_of_position": max((int(row.as_of_position) for row in rows), default=None),
-    }
+def account_balances(conn: sa.Connection, account_id: str, *, shard: int | None = None) -> dict[str, Any]:
+    """An account's balances and the position they are as of. A system account's are the total
+    over the shards, with each shard's under ``shards`` (only ``shard``'s when given)."""
+    per_shard = system_account_balances(conn, account_id)
+    if shard is not None:
+        per_shard = {key: value for key, value in per_shard.items() if key == shard}
+    view = system_account_view(account_id, per_shard)
+    if view is None:
+        return {"balances": {}, "as_of_position": None, "shards": {}}
+    return {key: view[key] for key in ("balances", "as_of_position", "shards")}
 
 
 def list_margin_calls(
@@ -411,8 +469,6 @@ def account_shard(conn: sa.Connection, account_id: str) -> int | None:
     ).scalar_one_or_none()
     return None if shard is None else int(shard)
 
-
-REPLAY_FETCH_ROWS = 2_000
 
 
 def iter_shard_events(conn: sa.Connection, shard: int, *, upto: int | None = None) -> Any:

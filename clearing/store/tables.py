@@ -108,6 +108,8 @@ balances = sa.Table(
     sa.Column("asset", sa.Text, primary_key=True),
     sa.Column("amount", sa.Numeric, nullable=False),
     sa.Column("as_of_position", sa.BigInteger, nullable=False),
+    # The shard whose state the row is of: a system account has a row in every shard.
+    sa.Column("shard", sa.SmallInteger, primary_key=True, autoincrement=False),
 )
 
 positions = sa.Table(

@@ -49,7 +49,7 @@ def _load_market(url: str) -> None:
     from clearing.store.db import make_engine
 
     records = records_of(
-        generate(Scenario(seed=7, accounts=12, trades=400, steps=30, crash_at=0.6, crash_depth=Decimal("0.45")))
+        generate(Scenario(seed=11, accounts=12, trades=400, steps=30, crash_at=0.6, crash_depth=Decimal("0.45")))
     )
     for index in range(BAD_RECORDS):
         records.append(RawRecord("fills", "clearing.fills", 1, index, b"ACC-X", b'{"type": "fill", "price": 1.5}'))

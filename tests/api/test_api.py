@@ -171,6 +171,10 @@ def test_history_lists_only_balance_affecting_events(api: RunningApi) -> None:
         ("/accounts/ACC-00001/events?after=abc", 422),
         ("/margin-calls?from=yesterday", 422),
         ("/margin-calls?from=2026-11-23T00:00:00", 422),  # no zone
+        ("/margin-calls?from=1764547200", 422),  # seconds since 1970: not RFC 3339
+        ("/margin-calls?to=0.5", 422),
+        ("/margin-calls?stauts=open", 422),  # a misspelt filter is not ignored
+        ("/audit/status?verbose=1", 422),
         ("/margin-calls?from=2026-11-24T00:00:00Z&to=2026-11-23T00:00:00Z", 422),
         ("/margin-calls?status=sleeping", 422),
         ("/margin-calls?level=0", 422),
@@ -179,6 +183,9 @@ def test_history_lists_only_balance_affecting_events(api: RunningApi) -> None:
         ("/accounts/ACC-00001/as-of?position=1&time=2026-11-23T00:00:00Z", 422),
         ("/accounts/ACC-00001/as-of?time=noon", 422),
         ("/accounts/ACC-00001/as-of?position=-3", 422),
+        ("/accounts/ACC-00001/as-of?ledger_time=2026-11-23T00:00:00Z&event_time=2026-11-23T00:00:00Z", 422),
+        ("/accounts/ACC-00001/as-of?event_time=2026-11-23T00:00:00", 422),  # no zone
+        ("/insurance-fund?shard=-1", 422),
         ("/no-such-endpoint", 404),
     ],
 )
@@ -195,12 +202,29 @@ def test_as_of_replays_the_account(api: RunningApi) -> None:
     assert response.json()["account_id"] == "ACC-00001"
 
 
+def test_as_of_answers_the_ledger_time_and_the_event_time_questions(api: RunningApi) -> None:
+    with api.client() as client:
+        at_head = client.get("/accounts/ACC-00001").json()
+        by_event = client.get("/accounts/ACC-00001/as-of", params={"event_time": "2030-01-01T00:00:00Z"})
+        by_time = client.get("/accounts/ACC-00001/as-of", params={"time": "2030-01-01T00:00:00Z"})
+        by_ledger = client.get("/accounts/ACC-00001/as-of", params={"ledger_time": "2100-01-01T00:00:00Z"})
+        too_early = client.get("/accounts/ACC-00001/as-of", params={"ledger_time": "2000-01-01T00:00:00Z"})
+    assert by_event.status_code == by_ledger.status_code == 200, (by_event.text, by_ledger.text)
+    assert by_event.json() == by_time.json()
+    assert by_event.json()["as_of"] == {"question": "event_time", "time": "2030-01-01T00:00:00.000000Z",
+                                        "events_left_out": 0}
+    assert by_ledger.json()["as_of"]["question"] == "ledger_time"
+    assert by_event.json()["balances"] == by_ledger.json()["balances"] == at_head["balances"]
+    assert too_early.status_code == 404 and "ledger time 2000-01-01" in too_early.text
+
+
 def test_insurance_fund_and_audit_status(api: RunningApi, api_database_url: str) -> None:
     with api.client() as client:
         fund = client.get("/insurance-fund").json()
         status = client.get("/audit/status").json()
     assert fund["account_id"] == "system:insurance-fund"
     assert isinstance(fund["balances"], dict) and isinstance(fund["movements"], list)
+    assert set(fund["shards"]) <= {"0"}  # each shard's fund (one shard here), their total in balances
     assert status["log_position"] > 0
     assert status["events_total"] == status["shards"]["0"]["events"]
     assert status["dead_letters_total"] == BAD_RECORDS
@@ -245,6 +269,173 @@ def test_openapi_document_validates(api: RunningApi) -> None:
     validate(document)
     assert {"/accounts", "/accounts/{account_id}/as-of", "/metrics", "/healthz"} <= set(document["paths"])
     assert "HTTPBearer" in document["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/accounts/ACC%00",
+        "/accounts/ACC%00/events",
+        "/accounts/ACC%00/history",
+        "/accounts/ACC%00/as-of?position=1",
+        "/accounts?after=A%00",
+        "/margin-calls?account=A%00",
+        "/liquidations?status=open%00",
+        "/accounts/ACC-00001/as-of?time=0001-01-01T00:00:00%2B14:00",
+        "/margin-calls?from=0001-01-01T00:00:00%2B14:00",
+        "/margin-calls?to=9999-12-31T23:59:59-14:00",
+        "/accounts/ACC-00001/events?after=9223372036854775808",
+        "/accounts/ACC-00001/as-of?position=99999999999999999999",
+        "/dead-letters?after=9223372036854775808",
+        "/margin-calls?after=9223372036854775808",
+        "/liquidations?after=9223372036854775808",
+        "/insurance-fund?after=9223372036854775808",
+    ],
+)
+def test_input_that_gave_500_is_refused_with_422(api: RunningApi, path: str) -> None:
+    with api.client() as client:
+        response = client.get(path)
+    assert response.status_code == 422, response.text
+    assert_validation_problem(response.json())
+
+
+def assert_validation_problem(body: Any) -> None:
+    """The one 422 body: ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``, nothing else."""
+    assert set(body) == {"detail"}
+    assert body["detail"]
+    for issue in body["detail"]:
+        assert set(issue) == {"loc", "msg", "type"}
+        assert issue["loc"] and all(isinstance(part, str | int) for part in issue["loc"])
+        assert isinstance(issue["msg"], str) and issue["msg"]
+        assert isinstance(issue["type"], str) and issue["type"]
+
+
+def test_rules_checked_in_handlers_answer_the_same_422_body(api: RunningApi) -> None:
+    with api.client() as client:
+        both = client.get("/accounts/ACC-00001/as-of", params={"position": 1, "time": "2026-11-23T00:00:00Z"})
+        backwards = client.get("/margin-calls", params={"from": "2026-11-24T00:00:00Z", "to": "2026-11-23T00:00:00Z"})
+        past_end = client.get("/accounts/ACC-00001/as-of", params={"position": 10**12})
+        nul = client.get("/accounts/ACC%00")
+        declared = client.get("/accounts", params={"limit": "ten"})
+    for response in (both, backwards, past_end, nul, declared):
+        assert response.status_code == 422, response.text
+        assert_validation_problem(response.json())
+    assert both.json()["detail"][0]["msg"] == "give exactly one of position= and time="
+    assert backwards.json()["detail"][0]["loc"] == ["query", "to"]
+    assert nul.json()["detail"] == [
+        {"loc": ["path", "account_id"], "msg": "must not contain a NUL character", "type": "string_pattern_mismatch"}
+    ]
+
+
+def test_the_time_out_of_range_says_so(api: RunningApi) -> None:
+    with api.client() as client:
+        response = client.get("/accounts/ACC-00001/as-of", params={"time": "0001-01-01T00:00:00+14:00"})
+    assert response.status_code == 422
+    (issue,) = response.json()["detail"]
+    assert issue["loc"] == ["query", "time"]
+    assert "out of range" in issue["msg"]
+
+
+def _openapi(api: RunningApi) -> dict[str, Any]:
+    with api.client(token=None) as client:
+        document: dict[str, Any] = client.get("/openapi.json").json()
+    return document
+
+
+def test_openapi_lists_401_on_every_protected_route_and_404_where_an_account_may_be_missing(
+    api: RunningApi,
+) -> None:
+    document = _openapi(api)
+    operations = {path: item["get"] for path, item in document["paths"].items()}
+    for path, operation in operations.items():
+        if path in ("/healthz",):
+            assert "401" not in operation["responses"]
+            continue
+        assert "401" in operation["responses"], path
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }
+    for path in ("/accounts/{account_id}", "/accounts/{account_id}/as-of", "/accounts/{account_id}/events",
+                 "/accounts/{account_id}/history"):
+        assert "404" in operations[path]["responses"], path
+    for path in ("/accounts", "/margin-calls", "/audit/status"):
+        assert "404" not in operations[path]["responses"], path
+    for path, operation in operations.items():
+        if path not in ("/healthz",):  # any other route refuses a query parameter it does not take
+            assert operation["responses"]["422"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ValidationProblem"
+            }, path
+
+
+def _schema_of(document: dict[str, Any], path: str) -> dict[str, Any]:
+    schemas: dict[str, Any] = document["components"]["schemas"]
+    ref = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    found: dict[str, Any] = schemas[ref.rsplit("/", 1)[1]]
+    return found
+
+
+def _item_schema(document: dict[str, Any], path: str) -> dict[str, Any]:
+    page = _schema_of(document, path)
+    assert set(page["properties"]) == {"items", "next_after"}
+    ref = page["properties"]["items"]["items"]["$ref"]
+    found: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return found
+
+
+def _is_decimal_string(schema: dict[str, Any]) -> bool:
+    options = schema.get("anyOf", [schema])
+    strings = [option for option in options if option.get("type") == "string"]
+    return len(strings) == 1 and "pattern" in strings[0] and all(
+        option.get("type") in ("string", "null") for option in options
+    )
+
+
+def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) -> None:
+    document = _openapi(api)
+    schemas = document["components"]["schemas"]
+    account = _schema_of(document, "/accounts/{account_id}")
+    assert {"account_id", "as_of_position", "balances", "positions", "margin", "open_margin_calls", "equity",
+            "initial_margin", "maintenance_margin", "margin_ratio", "status"} <= set(account["properties"])
+    assert _schema_of(document, "/accounts/{account_id}/as-of") == account
+    position = schemas["PositionView"]["properties"]
+    assert {"instrument", "margin_mode", "quantity", "entry_price", "cost", "realised_pnl", "isolated_margin",
+            "funding_paid"} == set(position)
+    call = _item_schema(document, "/margin-calls")
+    assert {"margin_call_id", "account_id", "scope", "level", "status", "issued_position", "issued_at", "deadline",
+            "last_position", "payload", "as_of_position"} == set(call["properties"])
+    liquidation = _item_schema(document, "/liquidations")
+    assert {"liquidation_id", "account_id", "instrument", "side", "quantity", "filled_quantity", "bankruptcy_price",
+            "status", "issued_position"} <= set(liquidation["properties"])
+    dead = _item_schema(document, "/dead-letters")
+    assert {"id", "topic", "partition", "offset", "key", "raw", "error", "received_at"} <= set(dead["properties"])
+    event = _item_schema(document, "/accounts/{account_id}/events")
+    assert {"position", "stream", "type", "payload", "occurred_at", "recorded_at", "hash"} <= set(event["properties"])
+    assert {"account_id", "equity", "margin_ratio", "status"} <= set(
+        _item_schema(document, "/accounts")["properties"]
+    )
+    fund = _schema_of(document, "/insurance-fund")
+    assert {"account_id", "balances", "movements", "next_after"} <= set(fund["properties"])
+    status = _schema_of(document, "/audit/status")
+    assert {"log_position", "events_total", "shards", "dead_letters_total", "outbox_unpublished",
+            "outbox_oldest_unpublished_at", "outbox_oldest_unpublished_age_s"} <= set(status["properties"])
+    # Money is a string holding an exact decimal, as on the wire (CONTRACT.md), never a JSON number.
+    for schema, fields in (
+        (schemas["PositionView"], ("quantity", "entry_price", "cost", "realised_pnl")),
+        (liquidation, ("quantity", "filled_quantity", "bankruptcy_price")),
+        (account, ("equity", "margin_ratio")),
+    ):
+        for name in fields:
+            assert _is_decimal_string(schema["properties"][name]), name
+    assert _is_decimal_string(account["properties"]["balances"]["additionalProperties"])
+
+
+def test_audit_status_keeps_fields_it_does_not_declare() -> None:
+    from clearing.api.models import AuditStatus
+
+    status = {"log_position": 3, "events_total": 3, "shards": {"0": {"head_position": 3, "events": 3}},
+              "dead_letters_total": 0, "outbox_unpublished": 1, "outbox_oldest_unpublished_at": None,
+              "outbox_oldest_unpublished_age_s": None, "last_recorded_at": None, "a_figure_added_later": 2}
+    assert AuditStatus.model_validate(status).model_dump(mode="json") == status
 
 
 def test_audit_status_gives_the_oldest_unpublished_outbox_row_and_its_age(

@@ -11,9 +11,10 @@ import sqlalchemy as sa
 
 from clearing.audit.asof import account_as_of, account_view_of, resolve_position
 from clearing.domain.fold import replay_event
+from clearing.domain.inputs import format_time
 from clearing.domain.state import LedgerState
-from clearing.domain.statecodec import decode_state, encode_state
 from clearing.engine.snapshots import state_bytes
+from clearing.engine.statecodec import decode_state, encode_state
 from clearing.store import queries
 from clearing.store.db import make_engine
 from tests.audit.audit_data import load_market
@@ -82,7 +83,9 @@ def test_as_of_the_head_equals_the_projections(snapshotted: sa.Engine) -> None:
     assert past["margin"]["cross"]["status"] == live["margin"]["cross"]["status"]
 
 
-def test_as_of_a_timestamp_is_the_last_event_at_or_before_it(snapshotted: sa.Engine) -> None:
+def test_as_of_a_timestamp_is_the_event_time_fold(snapshotted: sa.Engine) -> None:
+    """Without late events the fold of the events that happened by T ends where the last of them
+    is: the old reading of a timestamp, kept where it was right."""
     with snapshotted.connect() as conn:
         position, occurred_at = conn.execute(
             sa.text("SELECT position, occurred_at FROM events WHERE position = 400")
@@ -91,10 +94,11 @@ def test_as_of_a_timestamp_is_the_last_event_at_or_before_it(snapshotted: sa.Eng
             sa.text("SELECT max(position) FROM events WHERE occurred_at <= :t"), {"t": occurred_at}
         ).scalar_one()
         stamp = occurred_at.isoformat().replace("+00:00", "Z")
-        assert resolve_position(conn, stamp) == expected >= position
-        assert resolve_position(conn, "2000-01-01T00:00:00Z") == 0
+        assert resolve_position(conn, "400") == 400
     view = account_as_of(snapshotted, "ACC-00002", stamp)
-    assert view is not None and view["as_of_position"] == expected
+    assert view is not None and view["as_of_position"] == expected >= position
+    assert view["as_of"] == {"question": "event_time", "time": format_time(occurred_at), "events_left_out": 0}
+    assert account_as_of(snapshotted, "ACC-00002", stamp, use_snapshots=False) == view
     with pytest.raises(ValueError, match="time zone"):
         account_as_of(snapshotted, "ACC-00002", "2026-11-23T00:00:00")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.domain import events as ev
-from clearing.domain.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
 from tests.domain.test_fold import T0, Book, deposit, mark, message, opened_state
 from tests.domain.test_lifecycle import counterpart, liquidation_fill

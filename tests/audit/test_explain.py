@@ -119,3 +119,25 @@ def test_cli_explain(market_url: str, owner: sa.Engine, monkeypatch: pytest.Monk
     assert main(["audit", "explain", call_id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == call_id
     assert main(["audit", "explain", "MC-NOPE"]) == 1
+
+
+LONG_NUMBER = r"\d+\.\d{11,}"  # more decimal places than any price is shown with
+
+
+def test_the_words_show_prices_at_display_precision_and_omit_what_does_not_apply(owner: sa.Engine) -> None:  # noqa: F811
+    import re
+
+    liquidation = ids(owner, "SELECT payload->>'liquidation_id' FROM events WHERE type = 'LiquidationOrderIssued' "
+                             "ORDER BY position LIMIT 3")
+    calls = ids(owner, "SELECT payload->>'margin_call_id' FROM events WHERE type = 'MarginCallIssued' "
+                       "ORDER BY position LIMIT 5")
+    assert liquidation and calls
+    for decision_id in liquidation + calls:
+        result = explain(owner, decision_id)
+        words = render(result)
+        assert "None" not in words, decision_id
+        assert not re.search(LONG_NUMBER, words), (decision_id, re.findall(LONG_NUMBER, words)[:3])
+        assert result["matches_decision"]
+    # The JSON keeps every digit (a calculator redoes the arithmetic from it).
+    search = explain(owner, liquidation[0])["liquidation"]
+    assert len(search["bankruptcy_price_unrounded"]) > len(search["bankruptcy_price"])

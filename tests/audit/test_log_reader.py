@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from clearing.audit import replay as replay_module
 from clearing.audit.replay import LOG_COLUMNS, iter_log, prefetched
 from clearing.domain.events import MODEL_BY_EVENT_TYPE
-from clearing.domain.jsontext import load_json
 from clearing.engine.ledger import Ledger
 from clearing.engine.records import RawRecord
 from clearing.store.db import make_engine
+from clearing.store.jsontext import load_json
 from tests.audit.audit_data import APP_ROLE, market_url, owner  # noqa: F401  (fixtures)
 
 

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.audit import parallel
+from clearing.audit.logreplay import LogReplay, imbalance_finding
 from clearing.audit.parallel import (
     NO_SAMPLES,
     ReplayTask,
@@ -34,10 +35,9 @@ from clearing.audit.parallel import (
 from clearing.audit.rebuild import expected_state_rows, rebuild
 from clearing.audit.replay import iter_log
 from clearing.audit.verify import verify
-from clearing.domain import logreplay
 from clearing.domain.fold import conservation
-from clearing.domain.logreplay import LogReplay, imbalance_finding
 from clearing.domain.numbers import ledger_context
+from clearing.engine import refresh
 from clearing.engine.snapshots import state_bytes
 from clearing.store.db import make_engine
 from tests.audit.audit_data import load_market
@@ -105,7 +105,7 @@ def test_segments_merged_equal_the_sequential_replay_field_by_field(
 ) -> None:
     # 30 accounts: with a window of 7 the refresh rotates, and its cursor (history, not in the
     # snapshots) must be carried from segment to segment by the merge.
-    monkeypatch.setattr(logreplay, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)  # the ledger's and the replay's
+    monkeypatch.setattr(refresh, "MARGIN_REFRESH_ACCOUNTS_MAX", 7)  # the ledger's and the replay's
     every = 40
     for decide in (True, False):
         with snapshotted.connect() as conn:
@@ -367,6 +367,6 @@ def test_workers_fork_from_a_server_that_imported_clearing_not_from_the_caller()
     start_worker_server()
     with worker_context().Pool(2) as pool:
         parent = pool.apply(os.getppid)
-        imported = pool.apply(eval, ("'clearing.domain.logreplay' in __import__('sys').modules",))
+        imported = pool.apply(eval, ("'clearing.audit.logreplay' in __import__('sys').modules",))
     assert parent != os.getpid()
     assert imported is True

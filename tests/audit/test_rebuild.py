@@ -98,6 +98,7 @@ def test_readers_see_the_before_or_the_after_never_a_half_built_table(market_url
     threads = [threading.Thread(target=read_loop) for _ in range(3)]
     for thread in threads:
         thread.start()
+
     def reads_reach(count: int) -> None:
         deadline = time.monotonic() + 30
         while len(seen) < count:
@@ -134,11 +135,11 @@ def test_rows_left_by_the_rotating_margin_refresh_do_not_make_a_rebuild_differ(
     # log (by design); a rebuild writes fresh ones and must call that a note, not a difference.
     import uuid
 
-    from clearing.domain import logreplay
+    from clearing.engine import refresh
     from clearing.store.db import upgrade
     from tests.audit.audit_data import load_market
 
-    monkeypatch.setattr(logreplay, "MARGIN_REFRESH_ACCOUNTS_MAX", 3)  # the ledger's and the replay's
+    monkeypatch.setattr(refresh, "MARGIN_REFRESH_ACCOUNTS_MAX", 3)  # the ledger's and the replay's
     name = f"clearing_test_rotation_{uuid.uuid4().hex[:12]}"
     pg_server.create_database(name)
     try:

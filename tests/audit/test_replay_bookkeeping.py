@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from clearing.domain.logreplay import LogReplay, ShardTrack
+from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
 from tests.audit.test_conservation_samples import leg, liquidated, opened, rows
 from tests.domain.test_fold import T0, Book, mark

@@ -10,14 +10,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clearing.audit.fillwire import FILL_READER, PRICE, QUANTITY, FillFields
+from clearing.audit.logreplay import _fill_message, decode_fill
 from clearing.domain import events as ev
 from clearing.domain.events import trusted_message
-from clearing.domain.fillwire import PRICE, QUANTITY, FillFields
-from clearing.domain.jsontext import load_json
-from clearing.domain.logreplay import _fill_message, decode_fill
 from clearing.domain.messages import decode
 from clearing.domain.state import LedgerState
 from clearing.simulate import Scenario, generate
+from clearing.store.jsontext import load_json
 
 
 def test_fast_messages_equal_validated_messages() -> None:
@@ -87,7 +87,7 @@ def test_a_time_read_again_at_once_is_the_time_read_before_and_every_other_is_it
 
 
 # ---------------------------------------------------------------------------------------------
-# a fill read straight from its text (clearing/domain/fillwire.py) is the fill read as a dict
+# a fill read straight from its text (clearing/audit/fillwire.py) is the fill read as a dict
 
 WIRE_NUMBERS = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=6, min_value=-(10**12), max_value=10**12).map(
@@ -97,7 +97,7 @@ WIRE_NUMBERS = st.one_of(
 )
 NAMES = st.text(min_size=1, max_size=12)
 OPTIONAL = object()  # the key is left out
-FILL_DEFAULTS = {"margin_mode": "cross"}  # what fill_from_wire takes for an absent key (else None)
+FILL_DEFAULTS = {"margin_mode": "cross"}  # what FillFields holds for an absent key (else None)
 
 
 @st.composite
@@ -171,13 +171,12 @@ def test_what_is_not_a_fill_payload_is_left_to_the_general_reader() -> None:
     # Numbers as the standard library reads them: integers of any size, floats from their text.
     values = decode_fill(json.dumps({**COMPLETE_FILL, "quantity": 2**80, "price": 0.1})[:-1] + ', "fee": 1e400}')
     assert values is not None
-    assert (values[QUANTITY], values[PRICE], values[7]) == (2**80, 0.1, float("inf"))
+    assert (values[QUANTITY], values[PRICE], values[FILL_READER.names.index("fee")]) == (2**80, 0.1, float("inf"))
 
 
-def test_the_fields_are_in_the_order_fill_from_fields_takes_them() -> None:
-    import inspect
+def test_the_fields_are_the_fills_in_the_order_its_reader_takes_them() -> None:
+    from clearing.domain.inputs import FILL
 
-    from clearing.domain.inputs import fill_from_fields
-
-    assert FillFields.__struct_fields__ == tuple(inspect.signature(fill_from_fields).parameters)
+    assert FillFields.__struct_fields__ == FILL_READER.names
+    assert sorted(FILL_READER.names) == sorted(spec.name for spec in FILL.fields)
     assert FillFields.__struct_fields__[QUANTITY] == "quantity" and FillFields.__struct_fields__[PRICE] == "price"

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.audit.verify import verify
-from clearing.domain.native import PURE_ENV
+from clearing.native import PURE_ENV
 from tests.audit.audit_data import market_url, owner  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration]
@@ -76,7 +76,7 @@ def test_a_deleted_last_row_is_found_by_the_tables_written_with_it(owner: sa.Eng
 
 # A "harmless" change of one figure of every margin call, made to the engine's source modules in a
 # process that imports them from source: compiled, they call one another directly, and patching a
-# module's attribute would change nothing (clearing/domain/native.py).
+# module's attribute would change nothing (clearing/native.py).
 DRIFTING_ENGINE = """
 import json, sys
 from clearing.domain import lifecycle

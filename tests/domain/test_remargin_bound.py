@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from clearing.domain import COMPILED_IN_USE, lifecycle
+from clearing import COMPILED_IN_USE
+from clearing.domain import lifecycle
 from clearing.domain.decisions import InsuranceFundDrawn
 from tests.domain.test_fold import Book, deposit
 

@@ -1,5 +1,5 @@
 """The live ledger's rotating margin refresh walks the holders as they are at each batch with
-marks, although it keeps them sorted between batches (``logreplay.SortedHolders``): the fold
+marks, although it keeps them sorted between batches (``refresh.SortedHolders``): the fold
 changes the holder sets in place, and a holder added or gone since must be in the next window or
 not. The replay re-enacts the same windows (tests/audit/test_replay_bookkeeping.py)."""
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearing.domain.state import LedgerState
-from clearing.domain.statecodec import encode_state
 from clearing.engine.snapshots import state_bytes
+from clearing.engine.statecodec import encode_state
 
 # Identifiers as a message may carry them: any text, with what either encoder escapes often.
 identifiers = st.one_of(

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clearing.domain.jsontext import load_json
 from clearing.store.db import make_engine
+from clearing.store.jsontext import load_json
 
 
 def test_integers_beyond_64_bits_read_back_exact(database_url: str) -> None:

@@ -1,12 +1,9 @@
 """The snapshot codec: a shard's ``LedgerState`` as plain JSON values and back
 (``clearing.engine.snapshots`` spells them as bytes and stores them).
 
-Compiled with the fold (``native.COMPILED``): ``audit verify`` spells the state it re-ran at every
-stored snapshot to compare it byte for byte (``state_bytes``), 18 times over bench/replay.py's log,
-and the live ledger spells one every 50,000 events. For the state of that log's 5,000 accounts at
-position 550,112, as the replay left it, ``state_bytes`` took 32 ms with this module from source
-and 21 ms compiled (the JSON spelling itself, by orjson, 2 ms of either). Decoding takes 37 ms
-either way: the parse and the decimals made from text are most of it.
+Compiled with the fold (clearing/native.py): ``audit verify`` spells the state it re-ran at every
+stored snapshot to compare it byte for byte (``state_bytes``), and the live ledger spells one
+every ``SNAPSHOT_EVERY_EVENTS`` events (docs/performance.md has the times).
 
 Decimals are their exact wire text (``to_wire``), times RFC 3339, the risk parameters their
 document. ``touched`` and ``marks_touched`` (what the next batch must write) are not part of it: a

@@ -25,13 +25,10 @@ since. So the replay builds messages from those trusted payloads without validat
 times). A unit test checks that this gives the same message as validation for every input type.
 Fills, nearly all of a log's events, go further: their text is read straight into their values
 (``decode_fill``, msgspec: no dict to build and look up, no walk for floats), and a
-property test checks that this gives the fill the dict gives. A verify replay went from 84,996
-to 76,878 instructions an event (callgrind, as below, 58,000 events from the snapshot at 300,060),
-and with the fold's own savings of 2026-12-06 (the account named by the state's own string, fewer
-decimal operations a fill) to 64,407.
+property test checks that this gives the fill the dict gives.
 
-Compiled with the fold (``native.py``): a verify replay went from 120,421 to 114,271 instructions
-an event (callgrind, 28,000 events of bench/replay.py's log, rows in memory).
+Compiled with the fold (clearing/native.py): it runs for every event of a replay. What each of
+these saved is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -46,24 +43,24 @@ from typing import Any, Final
 import msgspec
 import msgspec.structs
 
+from clearing.audit.fillwire import ACCOUNT_ID, FILL_READER, PRICE, QUANTITY, FillFields
 from clearing.domain import events as ev
 from clearing.domain import fold
-from clearing.domain.fillwire import PRICE, QUANTITY, FillFields
 from clearing.domain.fold import conservation
 from clearing.domain.inputs import (
     Fill,
+    InputMessage,
     LiquidationFill,
     Mark,
     Settlement,
-    fill_from_fields,
     format_time,
 )
-from clearing.domain.jsontext import canonical_json, load_json
 from clearing.domain.numbers import ZERO, require_ledger_context
 from clearing.domain.state import LedgerState
+from clearing.engine.refresh import SortedHolders, refresh_window, refreshes_every_holder
+from clearing.store.jsontext import canonical_json, load_json
 
 CONSERVATION_EVERY_EVENTS = 10_000
-MARGIN_REFRESH_ACCOUNTS_MAX = 2_000  # holders whose margin row a mark batch refreshes (rotating)
 
 MARGIN_DECISIONS = frozenset(
     {
@@ -74,39 +71,6 @@ MARGIN_DECISIONS = frozenset(
         ev.LIQUIDATION_ORDER_ISSUED,
     }
 )
-
-
-class SortedHolders:
-    """A state's holders (``LedgerState.holders_all``) in sorted order, as the rotating margin
-    refresh walks them (``refresh_window``), sorted again only when the set has changed since the
-    last call: holders change far less often than marks come, and comparing the sets costs a
-    tenth of the sort (100,000 holders: 1.7 ms against 21 ms). The list returned is shared: do
-    not change it."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-        self.order: list[str] = []
-
-    def of(self, state: LedgerState) -> list[str]:
-        now = state.holders_all()
-        if now != self.seen:
-            self.seen = now
-            self.order = sorted(now)
-        return self.order
-
-
-def refresh_window(holders: list[str], cursor: int) -> tuple[list[str], int]:
-    """The next window of at most ``MARGIN_REFRESH_ACCOUNTS_MAX`` sorted holders from ``cursor``
-    (wrapping around), and the cursor after it; every holder when there are no more than that.
-    The ledger refreshes these holders' margin rows after a batch with marks (``Ledger``), and the
-    replay re-enacts it (``LogReplay.flush_batch``)."""
-    if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
-        return holders, cursor
-    start = cursor % len(holders)
-    window = holders[start : start + MARGIN_REFRESH_ACCOUNTS_MAX]
-    if len(window) < MARGIN_REFRESH_ACCOUNTS_MAX:
-        window += holders[: MARGIN_REFRESH_ACCOUNTS_MAX - len(window)]
-    return window, start + MARGIN_REFRESH_ACCOUNTS_MAX
 
 
 def decision_bytes(
@@ -214,8 +178,7 @@ class LogReplay:
     def feed(self, row: tuple[Any, ...]) -> None:
         """Fold one row of ``iter_log`` (its payload and times as text), under the ledger context
         (``numbers.ledger_context``). A tuple, which the compiled fold indexes directly (as
-        ``Any``, each of a row's seven look-ups went through the generic protocol: 150
-        instructions each)."""
+        ``Any``, a row's look-ups would go through the generic protocol)."""
         if self.decide and getcontext() is not self._context:
             # For ``fold.step_in_context``, before anything of the row is kept; the full check
             # (a thread-local lookup) only when the context is not the one it passed last.
@@ -235,68 +198,84 @@ class LogReplay:
         self.events += 1
         self.head = position
         track.head = position
-        state = track.state
         if fill is not None or event_type in ev.MODEL_BY_EVENT_TYPE:  # a fill is an input: no look-up
-            message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill, state)
-            if self.decide:
-                if track.pending:
-                    self._missing(track)
-                decisions = fold.step_in_context(state, message, position, shard_id)
-                last = position + len(decisions)
-                # enumerate without a start: mypyc compiles it to an indexed loop (with one, it
-                # looked enumerate up among the builtins for every input, most of which decide nothing).
-                for offset, decision in enumerate(decisions):
-                    at = position + 1 + offset
-                    track.pending.append(
-                        (
-                            at,
-                            decision_bytes(
-                                at,
-                                decision.type,
-                                decision.stream,
-                                decision.payload,
-                                decision.occurred_at,
-                                decision.idempotency_key,
-                                decision.cause_position,
-                            ),
-                        )
-                    )
-                    if decision.type in MARGIN_DECISIONS:
-                        self.margin_events.append((at, decision.type, decision.payload, decision.occurred_at))
-            else:
-                state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
-                fold.apply(state, event_type, message, payload)
-                last = position
-            if event_type == ev.LIQUIDATION_FILL_RECORDED:
-                self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
-            if isinstance(message, (Mark, Settlement)):
-                track.mark_change[message.symbol] = position
-            elif self.check_fills:
-                # The names from the message (attributes of a compiled class), the figures in
-                # their wire text: from the fill's decoded values, or from the payload of a text
-                # ``decode_fill`` refused and the dict path read (a liquidation fill's always).
-                if isinstance(message, Fill):
-                    if fill is None:
-                        quantity, price = payload["quantity"], payload["price"]
-                    else:
-                        quantity, price = fill[QUANTITY], fill[PRICE]
-                    self._fill(
-                        position, message.account_id, message.instrument, message.side, quantity, price,
-                        message.trade_id,
-                    )
-                elif isinstance(message, LiquidationFill):
-                    self._fill(
-                        position, message.account_id, message.instrument, message.side,
-                        payload["quantity"], payload["price"], None,
-                    )
+            last = self._input(track, row, fill, payload)
         else:
             last = position
             if self.decide:
                 self._compare(track, row, payload)
             else:
-                fold.apply(state, event_type, None, payload)
+                fold.apply(track.state, event_type, None, payload)
                 if event_type in MARGIN_DECISIONS:
                     self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
+        self._after(track, shard_id, position, last)
+
+    def _input(
+        self, track: ShardTrack, row: tuple[Any, ...], fill: tuple[Any, ...] | None, payload: dict[str, Any]
+    ) -> int:
+        """Fold an input event: re-run the engine on it (``decide``) or apply it. Returns the
+        position of the last event it accounts for (its decisions' when re-run)."""
+        position, shard_id, event_type = row[0], row[1], row[2]
+        state = track.state
+        message = ev.trusted_message(event_type, payload) if fill is None else _fill_message(fill, state)
+        if self.decide:
+            if track.pending:
+                self._missing(track)
+            last = self._rerun(track, message, position, shard_id)
+        else:
+            state.triggers.stale = True  # derived state, rebuilt by the next step (as replay_event)
+            fold.apply(state, event_type, message, payload)
+            last = position
+        if event_type == ev.LIQUIDATION_FILL_RECORDED:
+            self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
+        if isinstance(message, (Mark, Settlement)):
+            track.mark_change[message.symbol] = position
+        elif self.check_fills:
+            # The names from the message (attributes of a compiled class), the figures in
+            # their wire text: from the fill's decoded values, or from the payload of a text
+            # ``decode_fill`` refused and the dict path read (a liquidation fill's always).
+            if isinstance(message, Fill):
+                if fill is None:
+                    quantity, price = payload["quantity"], payload["price"]
+                else:
+                    quantity, price = fill[QUANTITY], fill[PRICE]
+                self._fill(
+                    position, message.account_id, message.instrument, message.side, quantity, price,
+                    message.trade_id,
+                )
+            elif isinstance(message, LiquidationFill):
+                self._fill(
+                    position, message.account_id, message.instrument, message.side,
+                    payload["quantity"], payload["price"], None,
+                )
+        return last
+
+    def _rerun(self, track: ShardTrack, message: InputMessage, position: int, shard_id: int) -> int:
+        """``fold.step`` on an input at its logged position: its decisions are what the log must
+        hold next (``pending``, compared by ``_compare``). Returns the last decision's position."""
+        decisions = fold.step_in_context(track.state, message, position, shard_id)
+        # enumerate without a start: mypyc compiles it to an indexed loop (with one, it looked
+        # enumerate up among the builtins for every input, most of which decide nothing).
+        for offset, decision in enumerate(decisions):
+            at = position + 1 + offset
+            expected = decision_bytes(
+                at,
+                decision.type,
+                decision.stream,
+                decision.payload,
+                decision.occurred_at,
+                decision.idempotency_key,
+                decision.cause_position,
+            )
+            track.pending.append((at, expected))
+            if decision.type in MARGIN_DECISIONS:
+                self.margin_events.append((at, decision.type, decision.payload, decision.occurred_at))
+        return position + len(decisions)
+
+    def _after(self, track: ShardTrack, shard_id: int, position: int, last: int) -> None:
+        """What an event changed: the accounts and marks the batch writes, a conservation sample
+        when one is due at a balanced point, the snapshot stored at this position."""
+        state = track.state
         if state.touched:
             batch_accounts = track.batch_accounts
             for account_id in state.touched:
@@ -306,15 +285,12 @@ class LogReplay:
         if state.marks_touched:
             track.batch_marks |= state.marks_touched
             state.marks_touched.clear()
-        if (
-            self.events >= self.conservation_due
-            and not self.unmatched
-            and not track.pending
-        ):
+        if self.events >= self.conservation_due and not self.unmatched and not track.pending:
             self._conservation(position)
             self.conservation_due = self.events + self.conservation_every
         if position in self._snapshot_at and (shard_id, position) in self._snapshot_positions and not track.pending:
-            assert self._snapshot_check is not None
+            if self._snapshot_check is None:
+                raise AssertionError("snapshot positions without a snapshot check")
             self._snapshot_check(shard_id, position, state)
 
     def finish(self) -> None:
@@ -348,10 +324,10 @@ class LogReplay:
     def _refresh_rotation(track: ShardTrack, end: int) -> list[str]:
         # The ledger's rotating margin refresh, re-enacted with a cursor from 0: exact while the
         # ledger process ran without a restart, or while the shard had at most
-        # MARGIN_REFRESH_ACCOUNTS_MAX holders.
+        # refresh.MARGIN_REFRESH_ACCOUNTS_MAX holders.
         holders = track.holders.of(track.state)  # not changed by anyone: shared with the windows below
         if track.refresh_cursor is None:
-            if len(holders) <= MARGIN_REFRESH_ACCOUNTS_MAX:
+            if refreshes_every_holder(holders):
                 return holders  # every holder, whatever the cursor (which does not move)
             track.refresh_deferred.append((end, holders))
             return []
@@ -404,7 +380,7 @@ class LogReplay:
             # A trade's second fill that is its first's counterpart settles it: nothing more can
             # be found of it but a third fill, which the positions kept suffice to name. Settled
             # at once, the fills of a long log are not all held to its end (they were most of the
-            # objects the garbage collector went through: 0.4 s of a 300,000-event replay).
+            # objects the garbage collector went through).
             trade = self.fills.get(trade_id)
             if trade is None:
                 settled = self.trades_settled.pop(trade_id, None)
@@ -501,9 +477,9 @@ _FILL_VALUES: Final = msgspec.structs.astuple
 
 def decode_fill(text: str | bytes) -> tuple[Any, ...] | None:
     """The values of a fill's logged payload, in ``fillwire.FillFields`` order (a tuple: read by
-    index, not by attribute, 1,900 instructions a fill less), or None when the text is not a
-    fill's (``fillwire``). Here, compiled, and not beside the struct: called from Python, it was
-    a frame of the interpreter for every fill."""
+    index, cheaper than by attribute), or None when the text is not a fill's (``fillwire``).
+    Here, compiled, and not beside the struct: called from Python, it was a frame of the
+    interpreter for every fill."""
     try:
         return _FILL_VALUES(_DECODE_FILL(text))
     except (msgspec.DecodeError, RecursionError):
@@ -518,11 +494,12 @@ def _fill_message(values: tuple[Any, ...], state: LedgerState) -> Fill:
     keys the account by (when it has the account): the fold then finds the account, its budget,
     its holder entries and its touched marks by identity, without reading the keys' strings
     (a fresh string per fill, compared character by character in each of those look-ups)."""
-    account = state.accounts.get(values[2])
-    return fill_from_fields(
-        values[0], values[1], values[2] if account is None else account.account_id, values[3], values[4],
-        values[5], values[6], values[7], values[8], values[9], values[10], values[11],
-    )
+    fields = list(values)
+    account = state.accounts.get(fields[ACCOUNT_ID])
+    if account is not None:
+        fields[ACCOUNT_ID] = account.account_id
+    fill: Fill = FILL_READER.from_list(fields)  # type: ignore[assignment]
+    return fill
 
 
 def _position_only(position: int) -> tuple[int, str, str, str, str, str]:

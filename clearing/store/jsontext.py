@@ -2,8 +2,9 @@
 one of the log), ``canonical_json`` writes the canonical text the hash chain hashes and the
 replay's determinism check compares (clearing/store/hashing.py says what it is and why).
 
-Here, beside the fold, so that the replay's bookkeeping (``logreplay``) can be compiled with it;
-``clearing.store`` imports both from here.
+The store's, beside the hash chain that defines the canonical text (``hashing``); compiled
+(clearing/native.py), because the replay's bookkeeping (``clearing.audit.logreplay``) calls both
+for every event.
 """
 
 from __future__ import annotations
@@ -27,10 +28,8 @@ def load_json(data: bytes | bytearray | memoryview | str) -> Any:
     a fraction or an exponent, which the log's payloads do not hold) is read again by the
     standard library, which keeps every integer exact.
 
-    Looking for floats in what orjson built costs 1,700 instructions for a fill's payload;
-    looking for runs of 19 digits in the text before parsing, as this did before, cost 3,600
-    (a translation of every digit to "0" and a search for a run of zeros) and found such runs in
-    strings too (callgrind, 60,000 payloads of bench/replay.py's log)."""
+    Floats are looked for in what orjson built: cheaper than looking for runs of 19 digits in the
+    text before parsing (as this did before), which found such runs in strings too."""
     value = _LOADS(data)
     if isinstance(value, float) or (isinstance(value, (dict, list)) and _holds_float(value)):
         return json.loads(bytes(data) if isinstance(data, memoryview) else data)
@@ -38,9 +37,8 @@ def load_json(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def _holds_float(value: dict[Any, Any] | list[Any]) -> bool:
-    # A dict's values copied into a list first: compiled, a walk over a list by index took a
-    # third of the instructions of a walk over the dict (which checks, item by item, that the
-    # dict did not change).
+    # A dict's values copied into a list first: compiled, a walk over a list by index is cheaper
+    # than a walk over the dict (which checks, item by item, that the dict did not change).
     items: list[Any] = list(value.values()) if isinstance(value, dict) else value
     for item in items:
         if isinstance(item, float):

@@ -1,5 +1,5 @@
-"""The compiled domain (clearing/domain/native.py): used where it was built and is up to date,
-and otherwise the same modules from source, all of them."""
+"""The compiled modules (clearing/native.py): used where they were built and are up to date, and
+otherwise the same modules from source, all of them."""
 
 from __future__ import annotations
 
@@ -12,26 +12,32 @@ from pathlib import Path
 
 import pytest
 
-import clearing.domain
+import clearing
+from clearing.audit import logreplay
 from clearing.domain import fold
-from clearing.domain.native import COMPILED, MANIFEST, PURE_ENV, why_not_compiled, write_manifest
+from clearing.native import COMPILED, MANIFEST, PURE_ENV, source_name, why_not_compiled, write_manifest
 
-DOMAIN = Path(clearing.domain.__file__).resolve().parent
-BUILT = any((DOMAIN / f"fold{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+PACKAGE = Path(clearing.__file__).resolve().parent
+BUILT = any((PACKAGE / "domain" / f"fold{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def test_the_manifest_names_each_source_changed_since_the_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(PURE_ENV, raising=False)
-    for name in COMPILED:
-        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
+    for module in COMPILED:
+        source = tmp_path / source_name(module)
+        source.parent.mkdir(exist_ok=True)
+        source.write_text(f"# {module}\n")
     assert why_not_compiled(tmp_path) == "there is no compiled build"
     write_manifest(tmp_path, tmp_path)
     assert why_not_compiled(tmp_path) is None
-    (tmp_path / "margin.py").write_text("# margin, edited\n")
-    (tmp_path / "fold.py").write_text("# fold, edited\n")
-    assert why_not_compiled(tmp_path) == "fold.py, margin.py changed since the compiled build"
+    (tmp_path / "domain" / "margin.py").write_text("# margin, edited\n")
+    (tmp_path / "domain" / "fold.py").write_text("# fold, edited\n")
+    (tmp_path / "audit" / "logreplay.py").write_text("# the replay, edited\n")
+    assert why_not_compiled(tmp_path) == (
+        "audit/logreplay.py, domain/fold.py, domain/margin.py changed since the compiled build"
+    )
     (tmp_path / MANIFEST).write_text("{not json")
     assert why_not_compiled(tmp_path) == f"{MANIFEST} is unreadable"
     monkeypatch.setenv(PURE_ENV, "1")
@@ -42,10 +48,12 @@ def test_the_manifest_names_each_source_changed_since_the_build(
     bool(os.environ.get(PURE_ENV)) or not (shutil.which("cc") or shutil.which("gcc")),
     reason="built from source only (CLEARING_PURE_PYTHON, or no C compiler)",
 )
-def test_the_installed_domain_is_compiled_and_in_use() -> None:
+def test_the_installed_modules_are_compiled_and_in_use() -> None:
     # A build that fell back to source silently would pass every other test, slower.
-    assert clearing.domain.COMPILED_IN_USE, clearing.domain.NOT_COMPILED_BECAUSE
+    assert clearing.COMPILED_IN_USE, clearing.NOT_COMPILED_BECAUSE
+    assert clearing.build_status() == "compiled (mypyc)"
     assert Path(fold.__file__ or "").suffix == ".so"
+    assert Path(logreplay.__file__ or "").suffix == ".so"  # compiled outside the domain too
 
 
 def _import_in(root: Path, env: dict[str, str]) -> list[str]:
@@ -54,11 +62,16 @@ def _import_in(root: Path, env: dict[str, str]) -> list[str]:
         "import warnings; warnings.simplefilter('always')\n"
         "import importlib\n"
         f"for name in {COMPILED!r}:\n"
-        "    print(importlib.import_module('clearing.domain.' + name).__file__)\n"
+        "    print(importlib.import_module(name).__file__)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env={**env, "PYTHONPATH": str(root)},
-        capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={**env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return done.stdout.splitlines() + [line for line in done.stderr.splitlines() if "Warning" in line]
 
@@ -66,8 +79,8 @@ def _import_in(root: Path, env: dict[str, str]) -> list[str]:
 @pytest.mark.skipif(not BUILT, reason="no compiled build here")
 def test_an_edited_source_is_imported_from_source_with_all_the_others(tmp_path: Path) -> None:
     # A copy of the package with its compiled build (and mypyc's shared library beside it).
-    shutil.copytree(DOMAIN.parent, tmp_path / "clearing", ignore=shutil.ignore_patterns("__pycache__"))
-    for shared in DOMAIN.parent.parent.glob("*__mypyc*"):
+    shutil.copytree(PACKAGE, tmp_path / "clearing", ignore=shutil.ignore_patterns("__pycache__"))
+    for shared in PACKAGE.parent.glob("*__mypyc*"):
         shutil.copy(shared, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
     lines = _import_in(tmp_path, env)
@@ -76,8 +89,10 @@ def test_an_edited_source_is_imported_from_source_with_all_the_others(tmp_path: 
     with (tmp_path / "clearing" / "domain" / "lifecycle.py").open("a") as source:
         source.write("\n# edited after the build\n")
     lines = _import_in(tmp_path, env)
-    assert [Path(line).name for line in lines[: len(COMPILED)]] == [f"{name}.py" for name in COMPILED]
-    assert any("lifecycle.py changed since the compiled build" in line for line in lines[len(COMPILED):]), lines
+    sources = [f"clearing/{source_name(module)}" for module in COMPILED]
+    assert [line[-len(source) :] for line, source in zip(lines, sources, strict=False)] == sources
+    assert any("domain/lifecycle.py changed since the compiled build" in line for line in lines[len(COMPILED) :]), lines
 
     lines = _import_in(tmp_path, {**env, PURE_ENV: "1"})
-    assert [Path(line).name for line in lines] == [f"{name}.py" for name in COMPILED]  # and no warning
+    assert len(lines) == len(sources)  # no warning
+    assert [line[-len(source) :] for line, source in zip(lines, sources, strict=True)] == sources
