@@ -1,7 +1,10 @@
 """The risk parameter document (CONTRACT.md) as a validated, immutable value.
 
-A document is in force from its place in the log until the next one; the bundled defaults are in
-force before the first ``risk_parameters`` event. Tier tables are compiled once per document,
+A document is in force from its place in the log until the next one. Before a log's first
+``risk_parameters`` event the log-start document is in force (``log_start_parameters``: the bundled
+defaults every log written before the ledger logged its own were written under); a ledger opening
+an empty log appends the current bundled defaults (``bundled_parameters``) as its first event, so
+a log names the parameters it starts under. Tier tables are compiled once per document,
 with the maintenance and initial amounts that make each requirement continuous across tiers.
 
 Contract v2 adds, all optional, so that every v1 document reads (and is written back by
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -571,18 +575,50 @@ def load_parameters(document: dict[str, Any]) -> RiskParameters:
     return RiskParameters.model_validate(document)
 
 
-def bundled_document() -> dict[str, Any]:
-    text = resources.files("clearing.domain").joinpath("default_parameters.json").read_text("utf-8")
+# The two bundled documents. Every decision payload carries ``parameters_version``, so a version
+# names one document for good: a changed bundled document takes a new version, and the one logs
+# started under stays, frozen, as the log-start document.
+BUNDLED_FILE: Final = "default_parameters.json"
+LOG_START_FILE: Final = "log_start_parameters.json"
+LOG_START_VERSION: Final = "bundled-2026-11-23.1"
+
+
+def _packaged_document(name: str) -> dict[str, Any]:
+    text = resources.files("clearing.domain").joinpath(name).read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 
 
-_BUNDLED: list[RiskParameters] = []
+def bundled_document() -> dict[str, Any]:
+    """The current bundled defaults (with the option chain): what a new ledger opens an empty log
+    with, the calculator's parameters when it is given none, the domain tests' usual document."""
+    return _packaged_document(BUNDLED_FILE)
+
+
+def log_start_document() -> dict[str, Any]:
+    """The document in force at the start of every log, until its first ``risk_parameters`` event:
+    the bundled defaults of contract v1 (``LOG_START_VERSION``), exactly as the ledger had them
+    when it did not log them. Never edit it: snapshots and decisions of existing logs hold it."""
+    return _packaged_document(LOG_START_FILE)
+
+
+_LOADED: dict[str, RiskParameters] = {}
+
+
+def _loaded(name: str, read: Callable[[], dict[str, Any]]) -> RiskParameters:
+    # Read once, then shared: the value is immutable.
+    found = _LOADED.get(name)
+    if found is None:
+        found = _LOADED[name] = load_parameters(read())
+    return found
 
 
 def bundled_parameters() -> RiskParameters:
-    """The parameters in force until the first ``risk_parameters`` event (read once, then shared:
-    the value is immutable)."""
-    if not _BUNDLED:
-        _BUNDLED.append(load_parameters(bundled_document()))
-    return _BUNDLED[0]
+    """``bundled_document`` validated (read once)."""
+    return _loaded(BUNDLED_FILE, bundled_document)
+
+
+def log_start_parameters() -> RiskParameters:
+    """``log_start_document`` validated (read once): a new ``LedgerState``'s parameters, those of
+    every replay before the log's first ``risk_parameters`` event."""
+    return _loaded(LOG_START_FILE, log_start_document)

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Final, NamedTuple
 
 from clearing.domain.numbers import ONE, ZERO, divide, round_display_price
-from clearing.domain.params import RiskParameters, bundled_parameters
+from clearing.domain.params import RiskParameters, log_start_parameters
 
 FEE_ACCOUNT: Final = "system:fees"
 INSURANCE_FUND_ACCOUNT: Final = "system:insurance-fund"
@@ -277,7 +277,11 @@ class Terms:
 
 @dataclass(slots=True)
 class LedgerState:
-    parameters: RiskParameters = field(default_factory=bundled_parameters)
+    # A new state is a log before its first event: the log-start parameters are in force (a log
+    # that names none was written under them). A ledger opening an empty log appends the current
+    # bundled document as its first event (``engine.ledger``); a test that wants the current
+    # document says so (``LedgerState(parameters=bundled_parameters())``).
+    parameters: RiskParameters = field(default_factory=log_start_parameters)
     accounts: dict[str, Account] = field(default_factory=dict)
     marks: dict[str, MarkState] = field(default_factory=dict)
     # Totals that the conservation invariant is checked against.

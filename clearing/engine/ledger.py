@@ -28,9 +28,10 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, replay_event, step
-from clearing.domain.inputs import FillBust, InputMessage
+from clearing.domain.inputs import FillBust, InputMessage, format_time
 from clearing.domain.messages import InputError, decode_wire
 from clearing.domain.numbers import ledger_context
+from clearing.domain.params import RiskParameters, bundled_parameters
 from clearing.domain.state import LedgerState
 from clearing.engine import checkpoints, outputs, snapshots
 from clearing.engine.records import RawRecord, merge_key
@@ -73,11 +74,23 @@ class LedgerBrokenError(RuntimeError):
 class Ledger:
     """One shard's writer. Not thread-safe: one ledger process per shard."""
 
-    def __init__(self, engine: sa.Engine, *, shard: int = 0, topic_prefix: str = "clearing.") -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        shard: int = 0,
+        topic_prefix: str = "clearing.",
+        opening_parameters: RiskParameters | None = None,
+    ) -> None:
         self.engine = engine
         self.shard = shard
         self.topic_prefix = topic_prefix
         self.state = LedgerState()
+        # The parameters this ledger opens an empty log of its shard with: its first event, a
+        # risk_parameters event like the admin topic's, so that the log names what it started
+        # under (a log naming none started under the log-start document: no event is needed
+        # for those, which is how a ledger given ``log_start_parameters()`` writes a v1 log).
+        self.opening_parameters = opening_parameters if opening_parameters is not None else bundled_parameters()
         self.head = eventlog.ShardHead(shard=shard)
         self.needs_reload = False
         self._refresh_cursor = 0
@@ -260,7 +273,9 @@ class Ledger:
             write.seen = {key: canonical_json(payload) for key, payload in write.existing.items()}
             # The rows go to PostgreSQL while the rest of the batch is folded (EventStream).
             with eventlog.streaming_append(conn) as copy_stream, ledger_context():
-                self._append(batch.decoded, write, self.checkpoints.watch(copy_stream, self.shard))
+                stream = self.checkpoints.watch(copy_stream, self.shard)
+                self._open_log(batch.decoded, write, stream)
+                self._append(batch.decoded, write, stream)
             self._write_letters(conn, write)
             write.outbox.extend(self.checkpoints.staged_messages())
             eventlog.insert_outbox(conn, self.topic_prefix, write.outbox, write.recorded_at)
@@ -282,6 +297,29 @@ class Ledger:
             conn.close()  # rolls the transaction back
             raise
         return conn, transaction
+
+    def _open_log(self, decoded: list[Decoded], write: _BatchWrite, stream: checkpoints.CheckpointingStream) -> None:
+        """On this shard's empty log, the opening parameters as its first event, at the batch's
+        earliest event time (before any of its inputs), unless they are those a log implies
+        before its first event anyway. The event is the admin topic's, decoded and folded as
+        one, under the idempotency key of its version."""
+        times = [item[1].occurred_at for item in decoded if item[1] is not None]
+        parameters = self.opening_parameters
+        if self.head.shard_position != 0 or not times or parameters == self.state.parameters:
+            return
+        wire = {"type": "risk_parameters", "parameters": parameters.document(), "occurred_at": format_time(min(times))}
+        message, payload = decode_wire("admin", json.dumps(wire).encode("utf-8"))
+        key = ev.idempotency_key(message, self.shard)
+        admit(self.state, message)
+        write.position += 1
+        if step(self.state, message, write.position, self.shard):
+            raise LedgerBrokenError(f"shard {self.shard}: the log is empty but its state has accounts to decide on")
+        payload_json = canonical_json(payload)
+        event = ev.input_event(message, self.shard, payload=payload, key=key)
+        stream.add(self.head.row(write.position, event, payload_json, write.recorded_at, None, payload["occurred_at"]))
+        write.seen[key] = payload_json
+        write.result.appended += 1
+        logger.info("shard %s: log opened with risk parameters %s", self.shard, parameters.version)
 
     def _append(self, decoded: list[Decoded], write: _BatchWrite, stream: checkpoints.CheckpointingStream) -> None:
         """Fold each new input into the state and stream its row and its decisions' rows; note

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clearing.audit.logreplay import LogReplay
+from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.domain import events as ev
 from clearing.domain.numbers import ledger_context
-from tests.domain.test_fold import T0, Book, deposit, mark, message
+from tests.domain.test_fold import T0, Book, deposit, mark, message, opened_state
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
 
@@ -21,6 +21,14 @@ def rows(book: Book) -> list[tuple[Any, ...]]:
          event.cause_position, event.stream)
         for position, event in enumerate(book.log, 1)
     ]
+
+
+def opened(replay: LogReplay) -> LogReplay:
+    """``replay`` with shard 0 starting where a book's log starts: just after the bundled parameters
+    a ledger opens a log with, which the book leaves out (a replay starts before a log's first
+    event, under the log-start parameters)."""
+    replay.shards[0] = ShardTrack(state=opened_state())
+    return replay
 
 
 def leg(trade: str, account: str, side: str, quantity: str, price: str) -> Any:
@@ -51,7 +59,7 @@ def test_a_half_booked_trade_beside_a_liquidation_fill_is_not_a_balanced_point()
     book.feed(counterpart(order, "9000", account="B"))
     book.feed(leg("t9", "B", "sell", "2", "9100"))
 
-    replay = LogReplay(decide=True, conservation_every=1)
+    replay = opened(LogReplay(decide=True, conservation_every=1))
     with ledger_context():
         for row in rows(book):
             replay.feed(row)

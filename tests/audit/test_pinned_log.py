@@ -71,14 +71,6 @@ def _failures(checks: list[dict[str, Any]], *, but: frozenset[str] = frozenset()
     ]
 
 
-# Main's b923ae8 ("Parameters v2") changed the bundled parameters (20 options and option_margin
-# added) and kept their version, bundled-2026-11-23.1: the snapshot 05ad1d6 took at 167, while the
-# bundled parameters were in force, holds them as they were, the re-run state holds the new ones.
-# Every decision is the same. Until that is settled, the snapshots are held apart (strict: the
-# test below fails once they agree again, and this goes).
-BUNDLED_PARAMETERS_CHANGED = frozenset({"snapshots"})
-
-
 def test_audit_verify_passes_on_the_log_05ad1d6_wrote(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     load_pinned_log(database_url)
     engine = make_engine(database_url)
@@ -87,7 +79,7 @@ def test_audit_verify_passes_on_the_log_05ad1d6_wrote(database_url: str, capsys:
     finally:
         engine.dispose()
     report = json.loads(capsys.readouterr().out)
-    assert _failures(report["checks"], but=BUNDLED_PARAMETERS_CHANGED) == []
+    assert _failures(report["checks"]) == []
     checks = {check["name"]: check for check in report["checks"]}
     assert set(checks) >= CHECKS
     decisions = sum(1 for row in rows("events") if row[4] in ev.DECISION_TYPES)
@@ -99,7 +91,6 @@ def test_audit_verify_passes_on_the_log_05ad1d6_wrote(database_url: str, capsys:
     assert {table: projections[table]["ok"] for table in projections} == dict.fromkeys(projections, True)
 
 
-@pytest.mark.xfail(strict=True, reason="b923ae8 changed the bundled parameters under the same version (see above)")
 def test_the_snapshots_05ad1d6_took_equal_the_re_run_state(database_url: str) -> None:
     load_pinned_log(database_url)
     engine = make_engine(database_url)
@@ -118,7 +109,7 @@ def test_the_parallel_verify_passes_on_it_too_with_the_books_balanced_all_along(
     finally:
         engine.dispose()
     assert report.replay["mode"] == "parallel", report.replay
-    assert _failures([check.as_dict() for check in report.checks], but=BUNDLED_PARAMETERS_CHANGED) == []
+    assert _failures([check.as_dict() for check in report.checks]) == []
     conservation = next(check for check in report.checks if check.name == "conservation")
     assert conservation.details["checked_at"] > len(rows("events")) // 50
 

@@ -10,7 +10,7 @@ import pytest
 
 from clearing.audit.logreplay import LogReplay, ShardTrack
 from clearing.domain.numbers import ledger_context
-from tests.audit.test_conservation_samples import leg, liquidated, rows
+from tests.audit.test_conservation_samples import leg, liquidated, opened, rows
 from tests.domain.test_fold import T0, Book, mark
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
@@ -37,7 +37,7 @@ def position(book: Book, event_type: str, **payload: str) -> int:
 
 def test_fills_liquidation_fills_and_marks_are_kept_by_kind() -> None:
     book = market()
-    replay = LogReplay(decide=True)
+    replay = opened(LogReplay(decide=True))
     with ledger_context():
         for row in rows(book):
             replay.feed(row)
@@ -98,7 +98,7 @@ def test_a_settlement_price_is_a_change_of_the_mark() -> None:
 def test_the_engine_re_run_refuses_to_compute_outside_the_ledger_context() -> None:
     # The re-run calls the step's undecorated body (fold.step_in_context): under the default
     # context (28 digits, no traps) its sums would round where the ledger's are exact.
-    replay = LogReplay(decide=True)
+    replay = opened(LogReplay(decide=True))
     first = rows(market())[0]
     with pytest.raises(RuntimeError, match="ledger context"):
         replay.feed(first)

@@ -18,8 +18,8 @@ from clearing.domain.fold import conservation, replay_event
 from clearing.domain.marginmodel import CROSS, isolated_scope
 from clearing.domain.models import scope_risk
 from clearing.domain.params import bundled_document
-from clearing.domain.state import LedgerState, MarkState
-from tests.domain.test_fold import Book, deposit, fill, mark, message, snapshot
+from clearing.domain.state import MarkState
+from tests.domain.test_fold import Book, deposit, fill, mark, message, opened_state, snapshot
 from tests.domain.test_lifecycle import at, types
 from tests.domain.test_options import option_markets
 
@@ -168,7 +168,7 @@ def test_a_bankruptcy_beyond_the_fund_cancels_the_orders_and_deleverages_in_rank
     book.feed(fill("M", "buy", "1", "8000", fid="m-late"))
     assert state.accounts["A"].positions[("BTCUSDT", "cross")].quantity == D(-1)
     assert conservation(state) == {}
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(state)
@@ -260,7 +260,7 @@ def test_adl_conserves_replays_and_only_reduces(msgs: list[Any]) -> None:
     book = run(msgs)
     state = book.state
     assert conservation(state) == {}
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(state)
@@ -379,7 +379,7 @@ def test_a_cascade_of_defaults_longer_than_the_remargin_rounds_is_deleveraged_to
     assert {p["bankrupt_account_id"] for p in taken} == set(names)
     assert {p["account_id"] for p in taken} >= {"S", "T"}
     assert conservation(book.state) == {}
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(book.state)
@@ -392,7 +392,7 @@ def test_adl_with_options_conserves_and_replays(msgs: list[Any]) -> None:
     (cross only) are ranked and taken like any other, booked as premiums (``trade_option``)."""
     book = run([adl_parameters(), *msgs])
     assert conservation(book.state) == {}
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(book.state)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from clearing.domain import events as ev
 from clearing.domain.fold import admit, conservation, replay_event, step
 from clearing.domain.messages import InputError, decode
+from clearing.domain.params import bundled_parameters
 from clearing.domain.state import FEE_ACCOUNT, LedgerState
 
 T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -60,11 +61,18 @@ def mark(symbol: str, price: str, at: datetime = T0) -> Any:
     return message("marks", type="mark", symbol=symbol, price=price, occurred_at=at.isoformat())
 
 
+def opened_state() -> LedgerState:
+    """The state of a log a ledger opened with the bundled parameters, just after that event: the
+    start of these tests' logs, which leave the event out (a new ``LedgerState`` is a log before
+    its first event, under the log-start parameters, which list no options)."""
+    return LedgerState(parameters=bundled_parameters())
+
+
 class Book:
     """A state plus the log the live path wrote, for replay comparisons."""
 
     def __init__(self) -> None:
-        self.state = LedgerState()
+        self.state = opened_state()
         self.log: list[ev.Event] = []
         self.decisions: list[ev.Event] = []
 
@@ -320,7 +328,7 @@ def test_books_balance_after_any_sequence(msgs: list[Any]) -> None:
 @given(markets())
 def test_replaying_the_log_gives_the_live_state_and_the_same_decisions(msgs: list[Any]) -> None:
     live = run_live(msgs)
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in live.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(live.state)

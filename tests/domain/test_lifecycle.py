@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from clearing.domain import events as ev
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.messages import InputError
-from clearing.domain.state import INSURANCE_FUND_ACCOUNT, LedgerState
-from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message, snapshot
+from clearing.domain.state import INSURANCE_FUND_ACCOUNT
+from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message, opened_state, snapshot
 
 
 def types(decisions: list[ev.Event]) -> list[str]:
@@ -206,7 +206,7 @@ def test_liquidation_fills_fed_back_keep_the_books_balanced_and_replayable(msgs:
                 other = "D" if decision.payload["account_id"] != "D" else "C"
                 book.feed(counterpart(decision, decision.payload["mark"], fid=f"LC-{fills}", account=other))
     assert conservation(book.state) == {}
-    replayed = LedgerState()
+    replayed = opened_state()
     for event in book.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(book.state)

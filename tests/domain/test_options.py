@@ -17,7 +17,7 @@ from clearing.domain import models
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.messages import InputError
 from clearing.domain.state import FEE_ACCOUNT
-from tests.domain.test_fold import T0, Book, deposit, fill, mark, message, snapshot
+from tests.domain.test_fold import T0, Book, deposit, fill, mark, message, opened_state, snapshot
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 from tests.domain.test_triggers import decisions, run
 
@@ -347,7 +347,7 @@ def test_the_index_decides_exactly_as_brute_force_with_options(msgs: list[Any]) 
 @given(option_markets(), st.data())
 def test_replay_equals_live_with_options(msgs: list[Any], data: st.DataObject) -> None:
     live = run(msgs, brute_force=False)
-    replayed = type(live.state)()
+    replayed = opened_state()
     for event in live.log:
         replay_event(replayed, event.type, event.payload)
     assert snapshot(replayed) == snapshot(live.state)
@@ -447,6 +447,7 @@ def test_the_simulated_options_market_books_and_its_crash_liquidates_put_writers
 
     from clearing.domain.fold import admit, step
     from clearing.domain.messages import decode
+    from clearing.domain.params import bundled_parameters
     from clearing.domain.state import LedgerState
     from clearing.simulate import Scenario, generate
 
@@ -454,7 +455,10 @@ def test_the_simulated_options_market_books_and_its_crash_liquidates_put_writers
         return Scenario(seed=5, accounts=40, trades=1_500, steps=100, crash_at=0.6, crash_depth=D("0.45"),
                         options=options)  # fmt: skip
 
-    listed = {spec.symbol for spec in LedgerState().parameters.instruments if spec.kind == "option"}
+    # A new LedgerState is a log before its first event (log-start parameters, no options); a
+    # ledger opens its log with the bundled document, which lists them.
+    bundled = bundled_parameters()
+    listed = {spec.symbol for spec in bundled.instruments if spec.kind == "option"}
 
     def names_an_option(value: dict[str, Any]) -> bool:
         return value.get("instrument") in listed or value.get("symbol") in listed
@@ -464,7 +468,7 @@ def test_the_simulated_options_market_books_and_its_crash_liquidates_put_writers
     option_fills = [m for m in messages if m.value["type"] == "fill" and names_an_option(m.value)]
     option_marks = [m for m in messages if m.value["type"] == "mark" and "iv" in m.value]
     assert len(option_fills) > 100 and len(option_marks) > 1_000
-    state = LedgerState()
+    state = LedgerState(parameters=bundled)
     seen: Counter[str] = Counter()
     put_writers_liquidated = set()
     for position, simulated in enumerate(messages, 1):

@@ -18,11 +18,14 @@ from clearing.domain.fold import admit
 from clearing.domain.messages import InputError, decode
 from clearing.domain.params import (
     BOOKED_KINDS,
+    LOG_START_VERSION,
     RiskParameters,
     booking_report,
     bundled_document,
     bundled_parameters,
     load_parameters,
+    log_start_document,
+    log_start_parameters,
 )
 from clearing.domain.state import LedgerState
 
@@ -50,6 +53,12 @@ DYNAMIC_MARGIN = {
     "underlying": "BTC", "sample_seconds": 86400, "lambda": "0.94", "initial_volatility": "0.03",
     "reference_volatility": "0.03", "multiplier_floor": "1", "multiplier_cap": "3", "release_buffer": "0.25",
 }  # fmt: skip
+
+
+def bundled_state() -> LedgerState:
+    """A state under the current bundled document (a new ``LedgerState`` is under the log-start
+    document, which lists no options)."""
+    return LedgerState(parameters=bundled_parameters())
 
 
 def v1_document() -> dict[str, Any]:
@@ -108,10 +117,41 @@ def test_underlying_defaults_to_the_instruments_own_symbol() -> None:
 # The bundled defaults
 
 
-def test_the_bundled_document_keeps_its_version_so_old_decisions_replay_identically() -> None:
-    # Every decision payload carries parameters_version; logs written before v2 started under
-    # this document and name it. Its additions change no figure of a linear account.
-    assert bundled_parameters().version == "bundled-2026-11-23.1"
+def test_the_log_start_document_is_the_v1_bundled_document_under_its_version() -> None:
+    """Every decision payload carries parameters_version; logs written before the ledger logged
+    its parameters started under the v1 bundled document and name its version: that document, and
+    no other, goes under that name (a snapshot of such a log holds it byte for byte)."""
+    assert log_start_parameters().version == LOG_START_VERSION == "bundled-2026-11-23.1"
+    document = log_start_document()
+    assert "option_margin" not in document
+    assert all("underlying" not in spec and spec["kind"] == "perpetual" for spec in document["instruments"])
+    assert load_parameters(document) == log_start_parameters()
+    assert LedgerState().parameters is log_start_parameters()
+
+
+def test_a_v1_document_is_logged_as_it_was_sent() -> None:
+    """A risk_parameters message's logged payload carries the document as sent, not as v2
+    validation would spell it again (``document()`` adds ``haircut_tiers: null`` and the like): a
+    log written before v2 is written again byte for byte by this code (the pinned log's test)."""
+    from clearing.domain.messages import decode_wire
+    from clearing.store.hashing import canonical_json
+
+    sent = {"type": "risk_parameters", "parameters": log_start_document(), "occurred_at": "2026-11-23T12:00:00Z"}
+    message, payload = decode_wire("admin", json.dumps(sent).encode())
+    assert canonical_json(payload["parameters"]) == canonical_json(sent["parameters"])
+    assert payload["parameters"] != log_start_parameters().document()  # which is the same document, spelled anew
+    assert load_parameters(payload["parameters"]) == log_start_parameters()
+    assert message.parameters == sent["parameters"]
+
+
+def test_the_current_bundled_document_has_a_version_of_its_own() -> None:
+    """One version names one document: the v2 bundled document (option chain, option_margin)
+    is not the log-start one, so it may not take its version."""
+    assert bundled_parameters().version == "bundled-2026-12-07.1"
+    assert bundled_parameters().version != log_start_parameters().version
+    assert bundled_parameters().document() != log_start_parameters().document()
+    # The v2 document is the v1 one plus underlyings, options and option_margin, and a version.
+    assert {**v1_document(), "version": LOG_START_VERSION} == log_start_document()
 
 
 def test_the_bundled_linear_instruments_are_those_of_v1_plus_their_underlying() -> None:
@@ -385,17 +425,17 @@ def test_the_ledger_books_fills_of_exactly_the_booked_kinds() -> None:
 def test_an_option_fill_is_admitted_in_cross_margin_before_its_expiry_only() -> None:
     """Options are booked (issue 23): a cross fill before the expiry enters the log; an isolated
     one, and one at or after the expiry, are rejected with the reason."""
-    admit(LedgerState(), fill_of("BTC-26MAR27-70000-C"))
+    admit(bundled_state(), fill_of("BTC-26MAR27-70000-C"))
     fields = {
         "type": "fill", "fill_id": "F-1", "trade_id": "T-1", "account_id": "A", "instrument": "BTC-26MAR27-70000-C",
         "side": "buy", "quantity": "1", "price": "100", "occurred_at": T0, "margin_mode": "isolated",
     }  # fmt: skip
     with pytest.raises(InputError, match="options are held in cross margin only, not isolated"):
-        admit(LedgerState(), decode("fills", json.dumps(fields).encode()))
+        admit(bundled_state(), decode("fills", json.dumps(fields).encode()))
     expired = {**fields, "margin_mode": "cross", "occurred_at": "2027-03-26T08:00:00Z"}
     with pytest.raises(InputError, match="expired at 2027-03-26T08:00:00"):
-        admit(LedgerState(), decode("fills", json.dumps(expired).encode()))
-    admit(LedgerState(), decode("fills", json.dumps({**expired, "occurred_at": "2027-03-26T07:59:59Z"}).encode()))
+        admit(bundled_state(), decode("fills", json.dumps(expired).encode()))
+    admit(bundled_state(), decode("fills", json.dumps({**expired, "occurred_at": "2027-03-26T07:59:59Z"}).encode()))
 
 
 def test_the_booking_report_names_each_kind_and_what_the_ledger_does_with_it() -> None:
@@ -476,7 +516,7 @@ def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys:
     path.write_text(json.dumps(bundled_document()))
     assert main(["params", "apply", "--check", str(path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "valid: risk parameters bundled-2026-11-23.1, 23 instruments, 5 assets",
+        "valid: risk parameters bundled-2026-12-07.1, 23 instruments, 5 assets",
         "  perpetual: 3 instruments, booked by this ledger version",
         "  option: 20 instruments, booked by this ledger version",
     ]
@@ -494,5 +534,5 @@ def test_an_isolated_margin_transfer_to_an_option_is_rejected_with_a_reason() ->
         "amount": "100", "occurred_at": T0,
     }  # fmt: skip
     with pytest.raises(InputError, match="BTC-26MAR27-70000-C is an option, held in cross margin only"):
-        admit(LedgerState(), decode("transfers", json.dumps(transfer).encode()))
-    admit(LedgerState(), decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()))
+        admit(bundled_state(), decode("transfers", json.dumps(transfer).encode()))
+    admit(bundled_state(), decode("transfers", json.dumps({**transfer, "instrument": "BTCUSDT"}).encode()))

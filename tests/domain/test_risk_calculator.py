@@ -218,3 +218,18 @@ def test_calculator_output_equals_evaluate_on_the_same_account(case: Any) -> Non
         assert item["tier"] == figures.tier
     assert [s["equity"] for s in output["isolated"]] == [to_wire(s.equity) for s in risk.isolated]
     assert [s["status"] for s in output["isolated"]] == [s.status for s in risk.isolated]
+
+
+def test_without_parameters_the_calculator_uses_the_current_bundled_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the log-start document a ledger's state begins with: a calculator input names no log,
+    so it takes the bundled document of this version (its option chain's marks are known)."""
+    from clearing.domain.params import bundled_parameters, log_start_parameters
+
+    document = {**contract_example(), "marks": {"BTCUSDT": "31967.27", "BTC-26MAR27-70000-C": "1500", "USDT": "1"}}
+    del document["parameters"]
+    code, out, err = run(document, monkeypatch)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["parameters_version"] == bundled_parameters().version != log_start_parameters().version
+    with_log_start = {**document, "parameters": log_start_parameters().document()}
+    code, _, err = run(with_log_start, monkeypatch)
+    assert code == 2 and "BTC-26MAR27-70000-C is neither an instrument nor an asset" in err

@@ -13,7 +13,7 @@ from clearing.domain import events as ev
 from clearing.domain import margin, triggers
 from clearing.domain.fold import conservation, replay_event
 from clearing.domain.messages import InputError
-from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message
+from tests.domain.test_fold import T0, Book, deposit, fill, mark, markets, message, opened_state
 from tests.domain.test_lifecycle import counterpart, liquidation_fill
 
 ACCOUNTS = ["A", "B", "C", "D", "E", "F"]
@@ -76,7 +76,7 @@ def run(msgs: list[Any], *, brute_force: bool, replay_at: int | None = None) -> 
     fills = 0
     for count, msg in enumerate(msgs):
         if replay_at == count:
-            state = type(book.state)()
+            state = opened_state()
             for event in book.log:
                 replay_event(state, event.type, event.payload)
             state.triggers.brute_force = brute_force

@@ -60,7 +60,14 @@ def test_a_catch_up_batch_books_deposits_before_the_fills_they_fund(database_url
             offsets = dict(conn.execute(sa.text("SELECT topic || partition, next_offset FROM consumer_offsets")).all())
     finally:
         engine.dispose()
-    # Funded before they trade: no margin call (10,000 each against 50,000 x 0.8% initial).
-    assert types == ["CollateralDeposited", "CollateralDeposited", "FillRecorded", "FillRecorded"]
+    # Funded before they trade: no margin call (10,000 each against 50,000 x 0.8% initial). The
+    # log opens with the parameters it starts under.
+    assert types == [
+        "RiskParametersChanged",
+        "CollateralDeposited",
+        "CollateralDeposited",
+        "FillRecorded",
+        "FillRecorded",
+    ]
     assert result.decisions == 0 and result.dead_letters == 1
     assert offsets == {"t.fills0": 1, "t.fills1": 2, "t.transfers0": 1, "t.transfers1": 1}

@@ -107,11 +107,12 @@ def test_a_commit_failing_on_the_commit_thread_drops_the_batch_read_meanwhile(en
         offsets = conn.execute(sa.text("SELECT source_offset FROM events ORDER BY position")).scalars().all()
         positions = conn.execute(sa.text("SELECT position FROM events ORDER BY position")).scalars().all()
         stored = conn.execute(sa.text("SELECT next_offset FROM consumer_offsets")).scalars().all()
-    assert offsets == list(range(len(records)))
-    assert positions == list(range(1, len(records) + 1))
+    # Every record once, in offset order, after the event the log opens with (no source).
+    assert offsets == [None, *range(len(records))]
+    assert positions == list(range(1, len(records) + 2))
     # The last batch, handed over as the run was asked to stop, committed before run returned.
     assert stored == [len(records)]
-    assert ledger.head.shard_position == len(records)
+    assert ledger.head.shard_position == len(records) + 1
 
 
 def test_on_commit_runs_on_the_commit_thread_once_committed_and_not_for_a_failed_commit(engine: sa.Engine) -> None:
@@ -129,7 +130,7 @@ def test_on_commit_runs_on_the_commit_thread_once_committed_and_not_for_a_failed
 
     ledger.begin(ledger.prepare([deposit(offset) for offset in range(3)]), on_commit=on_commit)
     assert called.wait(30)
-    assert seen == [3]
+    assert seen == [1 + 3]  # the event the log opens with, and the three deposits
     assert ledger.committing  # finish() not called yet
     assert ledger.finish() is not None
 
@@ -138,4 +139,4 @@ def test_on_commit_runs_on_the_commit_thread_once_committed_and_not_for_a_failed
     with pytest.raises(sa.exc.DBAPIError, match="injected commit failure"):
         ledger.finish()
     assert not called.is_set()
-    assert seen == [3]
+    assert seen == [1 + 3]

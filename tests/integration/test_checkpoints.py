@@ -56,6 +56,8 @@ def _deposit(account: str, amount: str, second: int) -> tuple[str, str, dict[str
 
 
 MESSAGES = [_deposit(f"A{i:02d}", str(1000 + i), i) for i in range(ACCOUNTS)]
+# The log's head: the bundled parameters it opens with, then a deposit per account.
+HEAD = 1 + ACCOUNTS
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ def test_checkpoints_go_out_every_interval_and_at_the_head_and_an_honest_log_agr
     signer: checkpoints.Signer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    head = ACCOUNTS
+    head = HEAD
     expected = [*range(EVERY, head + 1, EVERY), head]
     published = _published(broker, topic_prefix, len(expected))
     assert [value["position"] for value in published] == expected
@@ -190,7 +192,7 @@ def test_a_forged_row_with_a_recomputed_chain_and_a_rebuild_is_caught_by_the_che
     found = _checks(owner_engine, _source(broker, topic_prefix))
     check = found["checkpoints"]
     assert not check.ok
-    assert check.first_bad_position == ACCOUNTS
+    assert check.first_bad_position == HEAD
     assert "altered" in (check.problem or "")
     assert f"agrees is at position {EVERY}" in (check.problem or "")
 
@@ -198,7 +200,7 @@ def test_a_forged_row_with_a_recomputed_chain_and_a_rebuild_is_caught_by_the_che
 def test_a_cut_tail_and_a_rebuild_is_caught_by_the_checkpoint_past_the_end(
     anchored: InProcessLedger, owner_engine: sa.Engine, broker: str, topic_prefix: str
 ) -> None:
-    kept = ACCOUNTS - 2
+    kept = HEAD - 2
     _cut(owner_engine, kept)
     rebuild(owner_engine, swap=True)
     inside = _checks(owner_engine, None)
@@ -206,7 +208,7 @@ def test_a_cut_tail_and_a_rebuild_is_caught_by_the_checkpoint_past_the_end(
 
     check = _checks(owner_engine, _source(broker, topic_prefix))["checkpoints"]
     assert not check.ok
-    assert check.first_bad_position == ACCOUNTS  # the checkpoint at the old head
+    assert check.first_bad_position == HEAD  # the checkpoint at the old head
     assert f"ends at position {kept}" in (check.problem or "")
     assert "removed" in (check.problem or "")
 
@@ -279,10 +281,10 @@ def test_a_clean_stop_of_the_run_loop_publishes_a_checkpoint_at_the_head(
         )
     finally:
         engine.dispose()
-    assert stats.appended == 5
+    assert stats.appended == 1 + 5  # the parameters the log opens with, the five deposits
     published = _published(broker, topic_prefix, 1)
-    assert [(v["position"], v["event_count"]) for v in published] == [(5, 5)]
+    assert [(v["position"], v["event_count"]) for v in published] == [(6, 6)]
     with owner_engine.connect() as conn:
-        head_hash = conn.execute(sa.text("SELECT hash FROM events WHERE position = 5")).scalar_one()
+        head_hash = conn.execute(sa.text("SELECT hash FROM events WHERE position = 6")).scalar_one()
     assert published[0]["hash"] == bytes(head_hash).hex()
     assert "signature" not in published[0]  # no signer here

@@ -134,6 +134,7 @@ EXPECTED_POSITIONS = {
     ("A3", "ETHUSDT", "cross"): (D("-2"), D("-6400.5"), D(0), D(0), D(0)),
 }
 EXPECTED_TYPES = {
+    "RiskParametersChanged": 1,  # the bundled parameters the log opens with
     "MarkRecorded": 3,
     "CollateralDeposited": 4,
     "FillRecorded": 6,
@@ -159,9 +160,10 @@ def test_produced_messages_become_log_projections_offsets_and_outputs(
     produced = Produced(coordinates)
     stats = in_process_ledger.stats
 
-    # The log: one input event per message plus the two withdrawal decisions.
+    # The log: the parameters it opens with, one input event per message, the two withdrawal
+    # decisions.
     assert _event_types(owner_engine) == EXPECTED_TYPES
-    assert stats.appended == len(MESSAGES) and stats.decisions == 2 and stats.dead_letters == 0
+    assert stats.appended == 1 + len(MESSAGES) and stats.decisions == 2 and stats.dead_letters == 0
     with owner_engine.connect() as conn:
         report = verify_chain(conn)
         sources = {
@@ -203,7 +205,7 @@ def test_produced_messages_become_log_projections_offsets_and_outputs(
     assert all(again.ends[key] == 2 * end for key, end in produced.ends.items())
     stats = in_process_ledger.run_until(again.ends)
     assert stats.duplicates == len(MESSAGES)
-    assert stats.appended == len(MESSAGES)
+    assert stats.appended == 1 + len(MESSAGES)  # the run's totals: nothing appended since
     assert count(owner_engine, "SELECT count(*) FROM events") == events_before
     assert {key: value[0] for key, value in in_process_ledger.ledger.stored_offsets().items()} == again.ends
     assert balances_table(owner_engine) == EXPECTED_BALANCES

@@ -109,7 +109,8 @@ def test_concurrent_shard_writers_commit_in_position_order(database_url: str) ->
         assert not errors, errors
         assert not any(thread.is_alive() for thread in [*threads, reader])
 
-        expected = SHARDS * BATCHES * (RECORDS_PER_BATCH + 1)
+        # And each shard's log opens with the bundled parameters (one event a shard).
+        expected = SHARDS * (BATCHES * (RECORDS_PER_BATCH + 1) + 1)
         assert sum(appended) == expected
         # The tailing reader saw every event exactly once, in position order, never skipping one.
         assert skips == []
@@ -126,7 +127,7 @@ def test_concurrent_shard_writers_commit_in_position_order(database_url: str) ->
             ).scalar_one()
         with engines[0].connect() as conn:
             report = verify_chain(conn)
-        assert per_shard == {shard: BATCHES * (RECORDS_PER_BATCH + 1) for shard in range(SHARDS)}
+        assert per_shard == {shard: 1 + BATCHES * (RECORDS_PER_BATCH + 1) for shard in range(SHARDS)}
         assert runs > SHARDS, "the shards' batches did not interleave; the test proved nothing"
         # Per-shard hash chains (and gap-free positions across shards) verify.
         assert report.ok, report

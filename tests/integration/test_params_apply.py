@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.cli import main
-from clearing.domain.params import bundled_document
+from clearing.domain.params import bundled_document, bundled_parameters
 from consumers.admin import ParametersRejected, publish_parameters
 from tests.integration.conftest import InProcessLedger, produce
 
@@ -69,10 +69,12 @@ def test_applied_parameters_take_effect_at_their_place_in_the_log(
     # The fill before the document was an unknown instrument; the one after it is booked.
     assert len(dead) == 1 and "unknown instrument 'DOGEUSDT'" in dead[0]
     # (A has no collateral, so its decisions follow: a call and a liquidation order.)
-    assert [event.type for event in events[:2]] == ["RiskParametersChanged", "FillRecorded"]
-    assert events[2].type == "MarginCallIssued"
-    assert events[0].payload["parameters"]["version"] == "2026-11-23.doge"
-    assert events[1].payload["fill_id"] == "F-after"
+    # The log opens with the bundled parameters (the first batch had a message, if refused).
+    assert [event.type for event in events[:3]] == ["RiskParametersChanged", "RiskParametersChanged", "FillRecorded"]
+    assert events[3].type == "MarginCallIssued"
+    assert events[0].payload["parameters"]["version"] == bundled_parameters().version
+    assert events[1].payload["parameters"]["version"] == "2026-11-23.doge"
+    assert events[2].payload["fill_id"] == "F-after"
     assert in_process_ledger.ledger.state.parameters.version == "2026-11-23.doge"
 
 
@@ -102,5 +104,8 @@ def test_a_parameter_document_near_the_size_limit_is_consumed(
     )
     in_process_ledger.run_until(produced.ends)
     with owner_engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT length(payload->'parameters'->>'notes') FROM events")).scalar_one()
-    assert stored == 900_000
+        stored = conn.execute(
+            sa.text("SELECT length(payload->'parameters'->>'notes') FROM events ORDER BY position")
+        ).scalars()
+        # After the bundled parameters the log opens with.
+        assert list(stored) == [None, 900_000]
