@@ -320,7 +320,8 @@ def test_rules_checked_in_handlers_answer_the_same_422_body(api: RunningApi) -> 
     for response in (both, backwards, past_end, nul, declared):
         assert response.status_code == 422, response.text
         assert_validation_problem(response.json())
-    assert both.json()["detail"][0]["msg"] == "give exactly one of position= and time="
+    assert both.json()["detail"][0]["loc"] == ["query", "time"]  # the second of the two given
+    assert both.json()["detail"][0]["msg"] == "give exactly one of position=, ledger_time=, event_time= and time="
     assert backwards.json()["detail"][0]["loc"] == ["query", "to"]
     assert nul.json()["detail"] == [
         {"loc": ["path", "account_id"], "msg": "must not contain a NUL character", "type": "string_pattern_mismatch"}
