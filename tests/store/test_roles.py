@@ -63,7 +63,8 @@ def seeded(owner: sa.Engine) -> None:
     with owner.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO balances (account_id, asset, amount, as_of_position) VALUES ('A1', 'USDT', 10, 1)"
+                "INSERT INTO balances (account_id, asset, amount, as_of_position, shard) "
+                "VALUES ('A1', 'USDT', 10, 1, 0)"
             )
         )
 
