@@ -6,6 +6,7 @@ running ledger, and stored offsets past the ends of the broker's partitions."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -267,7 +268,7 @@ def _bootstrap(broker_dir: Path) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_a_running_ledger_reads_an_embedded_broker_restarted_empty_from_its_start(
-    private_broker: Path, database_url: str, topic_prefix: str
+    private_broker: Path, database_url: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     bootstrap, instance = _bootstrap(private_broker)
     engine = make_engine(database_url, role=APP_ROLE)
@@ -275,6 +276,7 @@ def test_a_running_ledger_reads_an_embedded_broker_restarted_empty_from_its_star
     produce(bootstrap, topic_prefix, messages[:5])
     ledger = Ledger(engine, topic_prefix=topic_prefix)
     ledger.load()
+    caplog.set_level(logging.WARNING, logger="clearing.engine.runner")
     stop = threading.Event()
     box: dict[str, Any] = {}
 
@@ -293,6 +295,13 @@ def test_a_running_ledger_reads_an_embedded_broker_restarted_empty_from_its_star
         _wait(lambda: count(engine, INPUTS) == 5, "the first deposits")
         restarted = restart_broker_empty(private_broker)
         assert restarted.instance != instance
+        # The ledger sees the restarted broker empty (its topics, created again, end before the
+        # offsets it consumed) before anything is published to it again: published first, the
+        # inputs would sit at offsets 0..7 of the new broker, and a ledger that had not heard of
+        # the restart yet would fetch from its stored offset 5 and never see the broker empty.
+        ensure_topics(bootstrap, topic_prefix)
+        _wait(lambda: any("event=broker_reset" in r.getMessage() for r in list(caplog.records))
+              or not thread.is_alive(), "the ledger to see the broker restarted empty")  # fmt: skip
         # The inputs are published again (the ledger knows the first five by their keys), and more.
         produce(bootstrap, topic_prefix, messages)
         _wait(lambda: count(engine, INPUTS) == 8 or not thread.is_alive(), "the deposits after the restart")
