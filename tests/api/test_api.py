@@ -400,7 +400,7 @@ def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) 
     assert _schema_of(document, "/accounts/{account_id}/as-of") == account
     position = schemas["PositionView"]["properties"]
     assert {"instrument", "margin_mode", "quantity", "entry_price", "cost", "realised_pnl", "isolated_margin",
-            "funding_paid"} == set(position)
+            "funding_paid", "adl_rank", "adl_quantile"} == set(position)
     call = _item_schema(document, "/margin-calls")
     assert {"margin_call_id", "account_id", "scope", "level", "status", "issued_position", "issued_at", "deadline",
             "last_position", "payload", "as_of_position"} == set(call["properties"])
