@@ -112,7 +112,9 @@ def _assert_outbox_as_05ad1d6_left_it(checks: list[dict[str, Any]]) -> None:
     assert set(details["never_queued_samples"]) <= samples, outbox
 
 
-def test_audit_verify_passes_on_the_log_05ad1d6_wrote(pinned_database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_verify_passes_on_the_log_05ad1d6_wrote(
+    pinned_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     engine = make_engine(pinned_database_url)
     try:
         run_verify(engine, as_json=True)
