@@ -134,7 +134,7 @@ def test_mismatched_second_fills_are_dead_lettered_while_matched_pairs_book(
         "A2": Decimal("-0.5"),
         "A3": Decimal("0.49"),
     }
-    assert running.stats.appended == len(FUNDED) + len(firsts) + len(matched)
+    assert running.stats.appended == 1 + len(FUNDED) + len(firsts) + len(matched)  # the opening parameters, first
 
     # The four trades are open breaks, not failures; their true second fills close them.
     ok, checks = _checks(owner_engine)
