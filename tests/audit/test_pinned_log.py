@@ -164,6 +164,11 @@ def test_the_parallel_verify_passes_on_it_too_with_the_books_balanced_all_along(
 CLOCK_COLUMNS = {"events": {8, 14, 15}, "snapshots": {2}, "outbox": {5}, "consumer_offsets": {5}}
 
 
+# Columns that migrations after 05ad1d6 appended to its tables, with their value in this one-shard
+# log: balances' shard (2026_12_07_0002, system accounts kept per shard).
+ADDED_COLUMNS = {"balances": ["0"]}
+
+
 def test_the_ledger_writes_the_pinned_log_again_but_for_its_clock(database_url: str, tmp_path: Path) -> None:
     """The market of the generator, fed to the ledger of this code, gives every row of the pinned
     log (and of its projections, outbox and offsets) again, column for column, but those of the
@@ -176,6 +181,15 @@ def test_the_ledger_writes_the_pinned_log_again_but_for_its_clock(database_url: 
         clock = CLOCK_COLUMNS.get(table, set())
         written = [line.split("\t") for line in (tmp_path / f"{table}.copy").read_text("utf-8").splitlines()]
         pinned = rows(table)
+        if table == "outbox":
+            # Decisions 05ad1d6 published on no topic now go out too (isolated-margin transfers on
+            # account-updates, issue 26): the rest is the same rows in the same order, ids apart.
+            written = [row[1:] for row in written if not row[2].endswith("account-updates")]
+            pinned = [row[1:] for row in pinned]
+            clock = {column - 1 for column in clock}
         assert len(written) == len(pinned), table
+        added = ADDED_COLUMNS.get(table, [])
         for new, old in zip(written, pinned, strict=True):
+            assert new[len(old) :] == added, table  # columns later migrations appended
+            new = new[: len(old)]
             assert [c for i, c in enumerate(new) if i not in clock] == [c for i, c in enumerate(old) if i not in clock]
