@@ -24,16 +24,19 @@ one that finishes early takes over half of what the other has left: they end abo
 in two or three runs where fixed segments took more wall time (docs/performance.md).
 
 Soundness. Every worker re-runs its run exactly as ``LogReplay`` does sequentially and, at its
-last position, compares its state with the stored snapshot there (``state_bytes`` equal, with no
+last position, compares its state with the stored snapshot there (``snapshot_matches``, with no
 decision of the re-run still expected: the same condition under which the sequential verify
-compares a snapshot). The first run starts from genesis; if the end state of a run equals the
-snapshot where the next one starts, the next started from the state the sequential replay has
-there. By induction every run is the sequential replay of its positions, so its findings are the
-sequential findings. If one end state does not match (or a worker fails), the parallel result is
-thrown away and the caller replays the whole log sequentially, which reports the snapshot and
-everything else as it always did (``ParallelOutcome.replay`` is None, with the reason). A wrong
-snapshot that no run starts from is only a finding: the verify compares every snapshot a run
-passes, as the sequential one does.
+compares a snapshot). A snapshot written before the pairing record existed (open and busted fills)
+is compared without it, and a run from it starts with none: the record decides no event and books
+nothing (it checks a second fill's terms on admission, and the log holds only admitted fills), and
+a run carrying a wrong one to a snapshot that holds the record is found there. The first run
+starts from genesis; if the end state of a run equals the snapshot where the next one starts, the
+next started from the state the sequential replay has there. By induction every run is the
+sequential replay of its positions, so its findings are the sequential findings. If one end state
+does not match (or a worker fails), the parallel result is thrown away and the caller replays the
+whole log sequentially, which reports the snapshot and everything else as it always did
+(``ParallelOutcome.replay`` is None, with the reason). A wrong snapshot that no run starts from is
+only a finding: the verify compares every snapshot a run passes, as the sequential one does.
 
 The trigger index is derived state: a decoded snapshot has a stale index, rebuilt on the next
 step, and the decisions do not depend on it (a property of the domain, which the tests check by
@@ -91,7 +94,7 @@ from clearing.audit.replay import iter_log
 from clearing.domain.numbers import ledger_context
 from clearing.domain.state import LedgerState
 from clearing.engine.refresh import refresh_window
-from clearing.engine.snapshots import state_bytes, state_from_bytes
+from clearing.engine.snapshots import snapshot_matches, state_bytes, state_from_bytes
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 
@@ -318,7 +321,7 @@ class _RunSnapshots:
         self.stored.update((int(p), bytes(b)) for p, b in rows)
 
     def check(self, _shard: int, position: int, state: LedgerState) -> None:
-        self.compared.append((position, state_bytes(state) == self.stored.pop(position)))
+        self.compared.append((position, snapshot_matches(state, self.stored.pop(position))))
 
 
 def replay_run(task: ReplayTask, start: int, claim: Callable[[int], bool]) -> SegmentResult:

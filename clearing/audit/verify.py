@@ -71,7 +71,7 @@ from clearing.audit.rebuild import (
 from clearing.audit.replay import iter_log
 from clearing.domain.numbers import ledger_context, to_wire
 from clearing.domain.state import LedgerState
-from clearing.engine.snapshots import state_bytes
+from clearing.engine.snapshots import snapshot_matches
 from clearing.runtime import tune_gc
 from clearing.store.db import make_engine
 from clearing.store.queries import log_head
@@ -132,7 +132,7 @@ class SnapshotComparison:
 
     def compare(self, shard: int, position: int, state: LedgerState) -> None:
         """The sequential replay's ``snapshot_check``: the state at a snapshot's position."""
-        self.record(shard, position, state_bytes(state) == self.stored[(shard, position)])
+        self.record(shard, position, snapshot_matches(state, self.stored[(shard, position)]))
 
     def record(self, shard: int, position: int, equal: bool) -> None:
         self.seen.add((shard, position))

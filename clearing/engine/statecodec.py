@@ -9,9 +9,11 @@ Decimals are their exact wire text (``to_wire``), times RFC 3339, the risk param
 document. ``touched`` and ``marks_touched`` (what the next batch must write) are not part of it: a
 snapshot is taken between batches, when both are empty.
 
-The open fills and the busted fills (``LedgerState.open_fills``, ``busted_fills``) are written
-only when there are some, so a state without them spells as before they existed, and a snapshot
-written before them reads as a state without them.
+The open fills and the busted fills (``LedgerState.open_fills``, ``busted_fills``, the pairing
+record) are always written, empty or not: a snapshot says whether it carries the pairing record.
+One written before the record existed (no ``open_fills`` key) reads as a state without open or
+busted fills, which it need not have been: ``audit verify`` compares it with the re-run state
+without the record (``clearing.engine.snapshots.snapshot_matches``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from clearing.domain.state import (
 )
 
 SNAPSHOT_FORMAT: Final = 1
+PAIRING_KEYS: Final = ("open_fills", "busted_fills")  # the pairing record's keys in a snapshot
 
 _PARAMETERS_CACHE: Final[dict[str, RiskParameters]] = {}
 
@@ -55,16 +58,25 @@ def encode_state(state: LedgerState) -> dict[str, Any]:
 
 def encode_pairing(state: LedgerState) -> dict[str, Any]:
     """The open fills, oldest first (their order is the order they are pushed out in), and the
-    busted fills; each left out when empty."""
-    out: dict[str, Any] = {}
-    if state.open_fills:
-        out["open_fills"] = [
+    busted fills; both keys even when empty (``PAIRING_KEYS``)."""
+    return {
+        "open_fills": [
             [trade_id, f.fill_id, f.account_id, f.instrument, f.side, to_wire(f.quantity), to_wire(f.price)]
             for trade_id, f in state.open_fills.items()
-        ]
-    if state.busted_fills:
-        out["busted_fills"] = dict(state.busted_fills)
-    return out
+        ],
+        "busted_fills": dict(state.busted_fills),
+    }
+
+
+def encode_books(state: LedgerState) -> dict[str, Any]:
+    """The state as plain JSON values without the pairing record: what a snapshot written before
+    the record existed holds."""
+    return _encode_books(state)
+
+
+def carries_pairing(data: dict[str, Any]) -> bool:
+    """Whether a snapshot's document holds the pairing record (every one written since it exists)."""
+    return PAIRING_KEYS[0] in data
 
 
 def decode_pairing(data: dict[str, Any], state: LedgerState) -> None:

@@ -135,7 +135,7 @@ def test_a_busted_fill_leaves_its_trade_and_a_correction_pairs_with_the_fill_tha
     book.feed(fill_leg("T2", "A", "buy", "1", "100"))
     book.feed(bust("B-2", "T2-A-buy", "A"))  # a lone fill busted
     book.feed(fill_leg("T3", "A", "sell", "2", "100"))  # a lone fill: an open break
-    replay = LogReplay(decide=True)
+    replay = opened(LogReplay(decide=True))  # the book's log starts under the bundled parameters
     with ledger_context():
         for row in rows(book):
             replay.feed(row)

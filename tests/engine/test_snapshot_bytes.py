@@ -10,9 +10,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clearing.domain.state import LedgerState
-from clearing.engine.snapshots import state_bytes
-from clearing.engine.statecodec import encode_state
+from clearing.domain.state import LedgerState, OpenFill
+from clearing.engine.snapshots import snapshot_matches, state_bytes
+from clearing.engine.statecodec import PAIRING_KEYS, carries_pairing, encode_state
 
 # Identifiers as a message may carry them: any text, with what either encoder escapes often.
 identifiers = st.one_of(
@@ -40,3 +40,51 @@ def test_both_spellings_are_taken() -> None:
     accented.account("ACC-\u00e9").credit("USDT", Decimal("1.5"))
     assert state_bytes(plain) == reference(plain) and state_bytes(plain).isascii()
     assert state_bytes(accented) == reference(accented) and b"\\u00e9" in state_bytes(accented)
+
+
+# ------------------------------------------------------------------------------------------------
+# snapshots written before the pairing record existed
+
+
+def _with_open_fill() -> LedgerState:
+    state = LedgerState()
+    state.account("ACC-1").credit("USDT", Decimal("100"))
+    state.open_fills["T-1"] = OpenFill("F-1", "ACC-1", "BTCUSDT", "buy", Decimal("0.5"), Decimal("40000"))
+    return state
+
+
+def _written_before_pairing(state: LedgerState) -> bytes:
+    """What a ledger before the pairing record wrote for ``state``: its books, no pairing keys."""
+    document = encode_state(state)
+    for key in PAIRING_KEYS:
+        del document[key]
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def test_every_snapshot_says_it_carries_the_pairing_record_even_empty() -> None:
+    document = json.loads(state_bytes(LedgerState()))
+    assert carries_pairing(document)
+    assert (document["open_fills"], document["busted_fills"]) == ([], {})
+    assert not carries_pairing(json.loads(_written_before_pairing(LedgerState())))
+
+
+def test_a_snapshot_from_before_the_pairing_record_is_compared_without_it() -> None:
+    state = _with_open_fill()
+    old = _written_before_pairing(state)
+    assert state_bytes(state) != old
+    assert snapshot_matches(state, old)
+    # Its books are still compared: a balance that differs is a snapshot that differs.
+    other = _with_open_fill()
+    other.account("ACC-1").credit("USDT", Decimal("1"))
+    assert not snapshot_matches(other, old)
+
+
+def test_a_snapshot_that_carries_the_pairing_record_is_compared_in_full() -> None:
+    state = _with_open_fill()
+    stored = state_bytes(state)
+    assert snapshot_matches(state, stored)
+    without = _with_open_fill()
+    without.open_fills.clear()
+    # The same books, an open fill short: the snapshot holds the record, so it differs.
+    assert not snapshot_matches(without, stored)
+    assert not snapshot_matches(state, state_bytes(without))

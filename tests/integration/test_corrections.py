@@ -134,7 +134,7 @@ def test_mismatched_second_fills_are_dead_lettered_while_matched_pairs_book(
         "A2": Decimal("-0.5"),
         "A3": Decimal("0.49"),
     }
-    # the parameters the log opens with, first
+    # + 1: a new ledger opens its shard's log with the bundled risk parameters.
     assert running.stats.appended == 1 + len(FUNDED) + len(firsts) + len(matched)
 
     # The four trades are open breaks, not failures; their true second fills close them.
