@@ -116,28 +116,7 @@ def _option_figures(p: PositionRisk) -> dict[str, Any]:
 
 def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
     entry = divide(p.cost, p.quantity * p.contract_size) if p.quantity else None
-    if p.option is not None:
-        return {
-            "instrument": p.instrument,
-            "margin_mode": p.margin_mode,
-            "quantity": w(p.quantity),
-            "contract_size": w(p.contract_size),
-            "cost": w(p.cost),
-            "entry_price": w(entry),
-            "mark": w(p.mark),
-            "price_used": w(p.price_used),
-            "settlement_asset": p.settlement_asset,
-            "settlement_price": w(p.settlement_price),
-            "notional": w(p.notional),
-            "value": w(p.unrealised_pnl),
-            "unrealised_pnl": w(p.unrealised_pnl),
-            "initial_margin": w(p.initial_margin),
-            "maintenance_margin": w(p.maintenance_margin),
-            "option": _option_figures(p),
-        }
-    spec = state.parameters.instruments_by_symbol[p.instrument]
-    tier = spec.tier_table[p.tier - 1]
-    return {
+    figures: dict[str, Any] = {
         "instrument": p.instrument,
         "margin_mode": p.margin_mode,
         "quantity": w(p.quantity),
@@ -149,17 +128,28 @@ def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
         "settlement_asset": p.settlement_asset,
         "settlement_price": w(p.settlement_price),
         "notional": w(p.notional),
-        "tier": p.tier,
-        "tier_notional_floor": w(tier.notional_floor),
-        "tier_notional_cap": w(tier.notional_cap),
-        "initial_rate": w(p.initial_rate),
-        "initial_amount": w(tier.initial_amount),
-        "maintenance_rate": w(p.maintenance_rate),
-        "maintenance_amount": w(tier.maintenance_amount),
-        "unrealised_pnl": w(p.unrealised_pnl),
-        "initial_margin": w(p.initial_margin),
-        "maintenance_margin": w(p.maintenance_margin),
     }
+    if p.option is not None:
+        figures["value"] = w(p.unrealised_pnl)  # an option counts at its value (long +, short -)
+    else:
+        tier = state.parameters.instruments_by_symbol[p.instrument].tier_table[p.tier - 1]
+        figures.update(
+            tier=p.tier,
+            tier_notional_floor=w(tier.notional_floor),
+            tier_notional_cap=w(tier.notional_cap),
+            initial_rate=w(p.initial_rate),
+            initial_amount=w(tier.initial_amount),
+            maintenance_rate=w(p.maintenance_rate),
+            maintenance_amount=w(tier.maintenance_amount),
+        )
+    figures.update(
+        unrealised_pnl=w(p.unrealised_pnl),
+        initial_margin=w(p.initial_margin),
+        maintenance_margin=w(p.maintenance_margin),
+    )
+    if p.option is not None:
+        figures["option"] = _option_figures(p)
+    return figures
 
 
 def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tuple[ScopeRisk, dict[str, Any]]:
