@@ -287,8 +287,9 @@ def markets(draw: st.DrawFn) -> list[Any]:
     return msgs
 
 
-def run_live(msgs: list[Any]) -> Book:
-    book = Book()
+def run_live(msgs: list[Any], book: Book | None = None) -> Book:
+    """Feeds ``msgs`` to ``book`` (a new ``Book`` by default), skipping what admission refuses."""
+    book = Book() if book is None else book
     for msg in msgs:
         try:
             book.feed(msg)

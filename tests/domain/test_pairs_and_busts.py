@@ -20,7 +20,7 @@ from clearing.domain.inputs import FillBust
 from clearing.domain.messages import SCHEMAS, TOPIC_TYPES, InputError, decode, decode_checked
 from clearing.domain.state import FEE_ACCOUNT, OPEN_FILLS_MAX, LedgerState
 from clearing.engine.statecodec import decode_state, encode_state
-from tests.domain.test_fold import T0, Book, deposit, mark, markets, message, snapshot
+from tests.domain.test_fold import T0, Book, deposit, mark, markets, message, run_live, snapshot
 
 
 def leg(trade: str, account: str, side: str, quantity: str, price: str, **changes: Any) -> Any:
@@ -412,11 +412,7 @@ def markets_with_busts(draw: st.DrawFn) -> list[Any]:
 
 def run_busting(msgs: list[Any]) -> BustingBook:
     book = BustingBook()
-    for msg in msgs:
-        try:
-            book.feed(msg)
-        except InputError:
-            continue
+    run_live(msgs, book)
     return book
 
 
