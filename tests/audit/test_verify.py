@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -111,34 +113,49 @@ def test_a_changed_engine_is_caught_by_replay_determinism(market_url: str, owner
     assert "differs" in (problem or "")
 
 
+LONELY_FILL = {
+    "type": "fill",
+    "fill_id": "F-LONELY",
+    "trade_id": "T-LONELY",
+    "account_id": "ACC-00001",
+    "instrument": "BTCUSDT",
+    "side": "buy",
+    "quantity": "0.001",
+    "price": "50000",
+    "fee": "0",
+    "occurred_at": "2026-11-24T00:00:00Z",
+}
+
+
+@contextmanager
+def ledger_on(url: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A ledger on ``url`` (as its own role) and a function that books one fills-topic message."""
+    from clearing.engine.ledger import Ledger, RawRecord
+    from clearing.store.db import make_engine
+
+    engine = make_engine(url, role="clearing_app")
+    offsets = iter(range(10_000, 20_000))
+    try:
+        ledger = Ledger(engine)
+        ledger.load()
+
+        def process(message: dict[str, Any]) -> None:
+            raw = json.dumps(message).encode()
+            ledger.process([RawRecord("fills", "clearing.fills", 0, next(offsets), b"ACC-00001", raw)])
+
+        yield process
+    finally:
+        engine.dispose()
+
+
 def test_a_fill_without_counterpart_is_reported(
     market_url: str,  # noqa: F811
     owner: sa.Engine,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # One side of a trade arrives and its other side never does.
-    from clearing.engine.ledger import Ledger, RawRecord
-    from clearing.store.db import make_engine
-
-    fill = {
-        "type": "fill",
-        "fill_id": "F-LONELY",
-        "trade_id": "T-LONELY",
-        "account_id": "ACC-00001",
-        "instrument": "BTCUSDT",
-        "side": "buy",
-        "quantity": "0.001",
-        "price": "50000",
-        "fee": "0",
-        "occurred_at": "2026-11-24T00:00:00Z",
-    }
-    engine = make_engine(market_url, role="clearing_app")
-    try:
-        ledger = Ledger(engine)
-        ledger.load()
-        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_000, b"ACC-00001", json.dumps(fill).encode())])
-    finally:
-        engine.dispose()
+    with ledger_on(market_url) as process:
+        process(LONELY_FILL)
     position = position_of(owner, "SELECT position FROM events WHERE idempotency_key = 's0/fill/F-LONELY'")
     found = checks(owner)
     assert found["hash_chain"].ok and found["replay_determinism"].ok and found["projections"].ok
@@ -163,21 +180,6 @@ def test_a_fill_without_counterpart_is_reported(
 
 
 def test_a_busted_lone_fill_is_no_longer_an_open_break(market_url: str, owner: sa.Engine) -> None:  # noqa: F811
-    from clearing.engine.ledger import Ledger, RawRecord
-    from clearing.store.db import make_engine
-
-    fill = {
-        "type": "fill",
-        "fill_id": "F-LONELY",
-        "trade_id": "T-LONELY",
-        "account_id": "ACC-00001",
-        "instrument": "BTCUSDT",
-        "side": "buy",
-        "quantity": "0.001",
-        "price": "50000",
-        "fee": "0.02",
-        "occurred_at": "2026-11-24T00:00:00Z",
-    }
     bust = {
         "type": "fill_bust",
         "bust_id": "B-LONELY",
@@ -186,15 +188,10 @@ def test_a_busted_lone_fill_is_no_longer_an_open_break(market_url: str, owner: s
         "reason": "the other side never traded",
         "occurred_at": "2026-11-24T00:05:00Z",
     }
-    engine = make_engine(market_url, role="clearing_app")
-    try:
-        ledger = Ledger(engine)
-        ledger.load()
-        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_000, b"ACC-00001", json.dumps(fill).encode())])
+    with ledger_on(market_url) as process:
+        process({**LONELY_FILL, "fee": "0.02"})
         assert checks(owner)["counterparts"].details["open_breaks"] == 1
-        ledger.process([RawRecord("fills", "clearing.fills", 0, 10_001, b"ACC-00001", json.dumps(bust).encode())])
-    finally:
-        engine.dispose()
+        process(bust)
     report = verify(owner)
     assert report.ok, json.dumps(report.as_dict(), default=str, indent=1)
     found = {check.name: check for check in report.checks}
