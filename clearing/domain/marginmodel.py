@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
@@ -379,7 +379,23 @@ class Reduction(NamedTuple):
 
 
 # Bands of a scope that moves with several prices: symbol -> (lowest, highest) price inside the band.
+# A key ``clock_key(symbol)`` holds a clock band instead: the times (``clock_seconds``) of marks of
+# ``symbol`` inside which the scope's figures stay in band (options are valued at the time of
+# their underlying's mark: the portfolio model); a mark at or beyond either end re-margins it.
 Bands = dict[str, tuple[Decimal, Decimal]]
+CLOCK_PREFIX: Final = "clock:"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def clock_key(symbol: str) -> str:
+    """The key of ``symbol``'s clock band in ``Bands`` (and in the trigger index's heaps)."""
+    return CLOCK_PREFIX + symbol
+
+
+def clock_seconds(at: datetime) -> Decimal:
+    """``at`` as seconds since 1970-01-01T00:00:00Z, exact to the microsecond."""
+    elapsed = at - _EPOCH
+    return Decimal((elapsed.days * 86_400 + elapsed.seconds) * 1_000_000 + elapsed.microseconds).scaleb(-6)
 
 
 class MarginModel:

@@ -26,10 +26,65 @@ its underlying's; ``PortfolioMarks`` in the calculator, at its ``at``). With a p
 prices, a book without options is margined (multiplier 1) and an option is a
 ``MarginModelError`` naming what is missing.
 
-The trigger index. ``index_bounds`` and ``budget_bands`` answer None and ``trigger_prices`` puts
-both bounds at the price in use: a portfolio scope is re-margined on every mark of each of its
-dependencies (correct, slower; bands for portfolio scopes are later work). ``dependencies`` are
-the scope's instruments, their underlyings and settlement assets, and its collateral assets.
+The trigger index: bands (``bands``, used by ``budget_bands`` and ``index_bounds``). A cross
+scope without a grid (every requirement the standard model's) is banded by the standard model.
+A scope on a grid gets, per symbol it depends on, an interval of that symbol's price, and per
+underlying with options a window of that underlying's mark times, inside which no combination of
+moves can change its status; a mark outside re-margins it. The derivation:
+
+* **What must not flip.** The status is ``levels.classify`` of E (equity) and MM, i.e. the signs
+  of g_0 = E and g_t = t x E - MM for t in (resolve, warning, 1), all t <= 1 (margin.py's
+  ``budget_bands``); with E <= 0 also the sign of MM (at MM = 0 the level is healthy whatever E).
+  With G the smallest of those |g| (and MM when E <= 0) less the roundings below, moves with
+  |dE| + |dMM| < G flip nothing, since |dg_t| <= t |dE| + |dMM|.
+* **dMM.** MM = sum over underlyings of round_up(f x IM), IM = max(W, S), W = max(0, -min over
+  cells c of w_c P_c), P_c = sum_i q_i V_ic, S = rate x U x short contracts; f the
+  maintenance_factor <= 1, w_c <= 1 the cells' weights (extreme_weight <= 1). max, min and
+  max(0, .) move by no more than their arguments, so |dIM| <= |dW| + |dS| and
+  |dW| <= sum_i |q_i| max_c |dV_ic|: |dMM| <= f (sum_i |q_i| max_c |dV_ic| + |dS|) + roundings.
+* **A linear position's own mark P** moves E by |q| cs per unit (settled in the valuation asset,
+  required) and its array V_c = P m_c cs by |m_c| cs: k_P = |q| cs (1 + f max|m|), extremes
+  included. The underlying's mark does not enter a linear array (it is priced at its own mark).
+* **A collateral asset's price** moves E by |amount - haircut units| per unit, as in margin.py.
+* **The underlying's mark F** moves each option's array V_c = cs (C(F (1 + m_c), sigma_c, t) -
+  C(F, iv, t)) (Black-76; a put's by parity is the Black-76 put exactly), where dC/dF of a
+  call is e^(-rt) (1 + m) N(d1), in [0, (1 + m) e^(-rt)], and of a put in [-(1 + m) e^(-rt), 0],
+  whatever sigma and t (the intrinsic value at sigma = 0 or t <= 0 alike). The two terms share
+  their sign, so |dV_c/dF| <= cs max(1 + m_c, 1) e^(-rt) <= cs (1 + max(m, 0)) with r >= 0
+  (required: a negative interest_rate is not banded). With S:
+  k_F = f (sum over options |q| cs (1 + max(m, 0)) + rate x short contracts) (+ a balance of it).
+* **An option's own mark** moves E by |q| cs per unit, but arrives with a new iv, which moves
+  its array without bound: its band is empty (its price, its price), so every mark of it
+  re-margins the scope (and re-bands it). Its budget share is then not needed.
+* **Time.** In the ledger an option is valued at the later of its own mark's time and its
+  underlying's, so a mark of F at time T moves each option's valuation time within T - T_0 of
+  where it was (T_0: the reference mark's time): t and the volatility cells move with it. For a
+  window of h seconds either way, F held at the reference: C = e^(-rt) B(s), s = sigma sqrt(t)
+  the total deviation, and dB/ds = F phi(d1) <= 0.4 F (phi <= 1/sqrt(2 pi)); each volatility
+  cell is monotone in the days to expiry (k_o is, vol_power in [0, 1]), so over the window s
+  lies between (smaller sigma of the two ends) x sqrt(t - h) and (larger) x sqrt(t + h)
+  (sqrt of 0 past the expiry); e^(-rt) moves by at most r h, B <= max(F (1 + m), K). So
+  |dV_c| <= cs (0.4 (F (1 + max m) ds_cells + F ds_base) + r h (max(F (1 + max m), K) +
+  max(F, K))) (``drift``; padded beyond the 30-digit arithmetic). The path (F_0, T_0) ->
+  (F_0, T) -> (F, T) adds the two bounds, the second uniform in t and sigma.
+* **Shares.** G x ``share`` is split equally among the n banded symbols and clock windows: a
+  symbol with k gets the band (G x share / n) / k (rounded down, then PRICE_QUANTUM inward), an
+  underlying the widest of ``CLOCK_STEPS`` whose drift f x sum |q| x ``drift`` fits its part
+  (none: the empty window, so every mark of it re-margins). Together the moves stay below G.
+* **Roundings** taken off G: a requirement rounding (1e-8) per position, per underlying and one
+  more, four times, the ratio's rounding (1e-10 x (|E| + G), four times), and ``CELL_SLACK`` per
+  contract of each option (the arrays' figures are rounded to 1e-12, at both evaluations).
+
+Not banded (re-margined on every mark of each dependency, as before): a scope on a grid holding
+also a position on an underlying without a grid (standard requirements beside the grid's), an
+unmarked position, one settled outside the valuation asset, an unpriced asset, a negative
+interest rate. The multiplier of dynamic margin is part of the grid: the bands hold for the
+multiplier they were computed with, so a change of it must re-margin (and so re-band) the
+portfolio scopes on that underlying, as the fold does on a rates decision. No
+record for ``triggers.absorbs_fill``: every fill of a banded portfolio scope re-margins it.
+``trigger_prices`` (not used by the index) puts both bounds at the price in use.
+``dependencies`` are the scope's instruments, their underlyings and settlement assets, and its
+collateral assets.
 
 Liquidation arithmetic. ``bankruptcy_price`` is the standard model's (equity is valued the same
 way, so the price that uses it up is the same). ``reduction`` re-evaluates the scope with the
@@ -54,7 +109,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
-from clearing.domain import margin
+from clearing.domain import black76, margin
+from clearing.domain.decimalmath import contexts
 from clearing.domain.levels import classify, margin_ratio
 from clearing.domain.marginmodel import (
     CROSS,
@@ -67,21 +123,35 @@ from clearing.domain.marginmodel import (
     Reduction,
     ScopeRisk,
     TriggerPrices,
+    clock_key,
+    clock_seconds,
     iv_of,
     multiplier_of,
     valuation_time,
 )
-from clearing.domain.numbers import ONE, ZERO, divide, exact
+from clearing.domain.numbers import (
+    MONEY_QUANTUM,
+    ONE,
+    PRICE_QUANTUM,
+    RATIO_QUANTUM,
+    ZERO,
+    divide,
+    divide_down,
+    exact,
+    round_bound_up,
+)
 from clearing.domain.params import InstrumentSpec, RiskParameters
 from clearing.domain.scenarios import (
     RiskArray,
     ScenarioError,
     ScenarioGrid,
     UnderlyingRequirement,
+    days_to_expiry,
     linear_array,
     option_array,
     scenario_grid,
     underlying_requirement,
+    volatility_cells,
 )
 from clearing.domain.state import Account, FillBudget
 
@@ -369,6 +439,258 @@ def reduction(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Bands for the trigger index (module docstring, "The trigger index")
+
+# Above the largest value of the standard normal density, 1 / sqrt(2 pi) = 0.39894...: how fast
+# Black-76 moves with its total deviation sigma sqrt(t), per unit of the forward.
+DENSITY_BOUND: Final = Decimal("0.4")
+# What the rounding of a risk array's figures (half a unit of 1e-12 each, at each of two
+# evaluations) and its pricing error (far below that) can add to a cell's change, per contract
+# held of an option.
+CELL_SLACK: Final = Decimal("2e-12")
+# The clock bands a scope can get, in seconds either side of its underlying's last mark, widest
+# first: a scope takes the widest whose drift fits its share of the budget (none: 0).
+CLOCK_STEPS: Final = (604_800, 86_400, 14_400, 3_600, 900, 300, 60, 10, 1)
+# Drift bounds kept per parameters document (one per option, inputs and clock step, shared by
+# every holder as the arrays are).
+DRIFTS_MAX: Final = 100_000
+# Added to each bound on a total deviation and, relative to the option's scale, to each drift:
+# more than the rounding of the 30-digit arithmetic they are computed with can take away.
+_DRIFT_PAD: Final = Decimal("1e-15")
+_BOUND_DIGITS: Final = 30
+_SECONDS_PER_YEAR: Final = Decimal(31_536_000)
+_SECONDS_PER_DAY: Final = Decimal(86_400)
+
+_DRIFTS: tuple[RiskParameters | None, dict[tuple[Any, ...], Decimal]] = (None, {})
+
+
+def _largest_move(grid: ScenarioGrid) -> tuple[Decimal, Decimal]:
+    """(the largest |m|, 1 + the largest m above 0) over the grid's cells, extreme ones included."""
+    moves = grid.moves
+    return max(abs(move) for move in moves), ONE + max(ZERO, max(moves))
+
+
+@exact
+def drift(
+    parameters: RiskParameters,
+    grid: ScenarioGrid,
+    spec: InstrumentSpec,
+    underlying_mark: Decimal,
+    iv: Decimal,
+    valuation_at: datetime,
+    seconds: int,
+) -> Decimal:
+    """An upper bound on how far any cell of the option's risk array (per contract, contract
+    size included) can move when its valuation time moves by at most ``seconds`` either way,
+    the underlying's mark held (module docstring, "Time")."""
+    global _DRIFTS
+    if _DRIFTS[0] is not parameters:
+        _DRIFTS = (parameters, {})
+    cache = _DRIFTS[1]
+    key = (spec.symbol, grid.multiplier, underlying_mark, iv, valuation_at, seconds)
+    found = cache.get(key)
+    if found is not None:
+        return found
+    assert spec.strike is not None and spec.expiry is not None  # an option (params validates it)
+    context = contexts(_BOUND_DIGITS)[0].copy()
+    step = Decimal(seconds)
+    years = black76.year_fraction(spec.expiry, valuation_at)
+    days = days_to_expiry(spec.expiry, valuation_at)
+    year_step = context.divide(step, _SECONDS_PER_YEAR)
+    day_step = context.divide(step, _SECONDS_PER_DAY)
+    near = context.subtract(years, year_step)
+    far = context.add(years, year_step)
+    root_near = context.sqrt(near) if near > ZERO else ZERO
+    root_far = context.sqrt(far) if far > ZERO else ZERO
+    # Each volatility cell is monotone in the days to expiry, so over the window it lies between
+    # its values at the two ends; the total deviation sigma sqrt(t) between the products of the
+    # extremes.
+    earlier = volatility_cells(grid.spec, iv, context.subtract(days, day_step))
+    later = volatility_cells(grid.spec, iv, context.add(days, day_step))
+    cells = max(
+        context.subtract(context.multiply(max(a, b), root_far), context.multiply(min(a, b), root_near))
+        for a, b in zip(earlier, later, strict=True)
+    )
+    base = context.multiply(iv, context.subtract(root_far, root_near))
+    _, lifted = _largest_move(grid)
+    top = context.multiply(underlying_mark, lifted)
+    moved = context.add(
+        context.multiply(top, context.add(cells, _DRIFT_PAD)),
+        context.multiply(underlying_mark, context.add(base, _DRIFT_PAD)),
+    )
+    value = context.multiply(DENSITY_BOUND, moved)
+    rate = parameters.interest_rate
+    if rate:
+        scale = context.add(max(top, spec.strike), max(underlying_mark, spec.strike))
+        value = context.add(value, context.multiply(context.multiply(rate, year_step), scale))
+    value = context.multiply(spec.contract_size, context.add(value, _DRIFT_PAD * (top + underlying_mark)))
+    found = round_bound_up(value)
+    if len(cache) >= DRIFTS_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = found
+    return found
+
+
+class _Options(NamedTuple):
+    """The options a scope holds on one underlying with a grid (``bands``)."""
+
+    grid: ScenarioGrid
+    mark: Decimal  # the underlying's
+    held: list[tuple[InstrumentSpec, Decimal, Decimal, datetime | None]]  # spec, |q|, iv, valuation time
+
+
+class Sensitivities(NamedTuple):
+    """What ``bands`` reads of a scope on a grid (module docstring, "The trigger index")."""
+
+    # k of each symbol: how far E and MM together can move per unit of its price (its options
+    # held, their underlying's time held); 0 for an underlying that moves nothing of the scope.
+    slopes: dict[str, Decimal]
+    pinned: list[str]  # the options: any mark of one re-margins the scope
+    options: dict[str, _Options]  # by underlying
+    option_quantity: Decimal  # sum over options of |q| (``CELL_SLACK``)
+
+
+@exact
+def sensitivities(
+    account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], risk: ScopeRisk
+) -> Sensitivities | None:
+    """The slopes of a portfolio cross scope ``risk`` evaluated at ``marks``; None when the scope
+    cannot be banded (module docstring)."""
+    if risk.unpriced_assets or parameters.interest_rate < ZERO:
+        return None
+    valuation = parameters.valuation_asset
+    instruments = parameters.instruments_by_symbol
+    grids = {found.underlying: _grid(parameters, found.underlying, found.multiplier) for found in risk.underlyings}
+    slopes: dict[str, Decimal] = dict.fromkeys(grids, ZERO)  # an underlying moves only options and S
+    pinned: list[str] = []
+    options: dict[str, _Options] = {}
+    shorts: dict[str, Decimal] = {}  # contracts of short options, by underlying
+    option_quantity = ZERO
+    for position in risk.positions:
+        if position.quantity == ZERO:
+            continue
+        if position.mark is None or position.settlement_asset != valuation:
+            return None
+        spec = instruments[position.instrument]
+        underlying = spec.underlying_symbol
+        grid = grids.get(underlying)
+        contracts = abs(position.quantity) * position.contract_size
+        if grid is None:
+            return None  # standard requirements beside the grid's: not banded (module docstring)
+        if position.option is None:  # equity, and the array's mark x m x contract size in every cell
+            slope = contracts * (ONE + grid.spec.maintenance_factor * _largest_move(grid)[0])
+            slopes[position.instrument] = slopes.get(position.instrument, ZERO) + slope
+            continue
+        pinned.append(position.instrument)
+        option_quantity += abs(position.quantity)
+        if position.quantity < ZERO:
+            shorts[underlying] = shorts.get(underlying, ZERO) + contracts
+        held = options.get(underlying)
+        if held is None:
+            mark = _underlying_mark(parameters, marks, underlying)
+            if mark is None:
+                return None
+            held = options[underlying] = _Options(grid, mark, [])
+        iv = iv_of(marks, spec.symbol)
+        if iv is None:
+            return None
+        held.held.append((spec, abs(position.quantity), iv, valuation_time(marks, spec.symbol, underlying)))
+    for underlying, held in options.items():
+        grid_spec = held.grid.spec
+        _, lifted = _largest_move(held.grid)
+        arrays = sum((quantity * spec.contract_size for spec, quantity, _, _ in held.held), ZERO)
+        minimum = grid_spec.short_option_minimum_rate * shorts.get(underlying, ZERO)
+        slope = grid_spec.maintenance_factor * (arrays * lifted + minimum)
+        slopes[underlying] = slopes.get(underlying, ZERO) + slope
+    for asset, amount in account.balances.items():
+        spec_of_asset = parameters.asset(asset)
+        if amount != ZERO and asset != valuation and spec_of_asset is not None:
+            slopes[asset] = slopes.get(asset, ZERO) + abs(margin.units_after_haircut(spec_of_asset, amount))
+    return Sensitivities(slopes, pinned, options, option_quantity)
+
+
+@exact
+def bands(
+    account: Account,
+    parameters: RiskParameters,
+    marks: Mapping[str, Decimal],
+    risk: ScopeRisk,
+    symbols: tuple[str, ...],
+    share: Decimal,
+) -> Bands | None:
+    """Bands around the current prices (and clock bands around the underlyings' mark times) of
+    a portfolio cross scope ``risk`` evaluated at ``marks``, inside which no combination of
+    moves changes its status, spending ``share`` of its budget; an option's own symbol gets the
+    empty band (its price, its price): any mark of it re-margins the scope. None when the scope
+    cannot be banded. The derivation is the module docstring's ("The trigger index")."""
+    found_slopes = sensitivities(account, parameters, marks, risk)
+    if found_slopes is None:
+        return None
+    slopes, pinned, options, option_quantity = found_slopes
+    if any(symbol not in slopes and symbol not in pinned for symbol in symbols):
+        return None
+    # The budget: how far the status's signs are from flipping, less the roundings.
+    policy = parameters.margin_call
+    equity, maintenance = risk.equity, risk.maintenance_margin
+    gaps = [
+        abs(equity),
+        abs(policy.resolve_ratio * equity - maintenance),
+        abs(policy.warning_ratio * equity - maintenance),
+        abs(equity - maintenance),
+    ]
+    if equity <= ZERO:
+        gaps.append(maintenance)  # at no requirement the level is healthy whatever the equity
+    smallest = min(gaps)
+    rounded = len(risk.positions) + len(risk.underlyings) + 1
+    rounding = 4 * (MONEY_QUANTUM * rounded + RATIO_QUANTUM * (abs(equity) + smallest)) + CELL_SLACK * option_quantity
+    budget = smallest - rounding
+    if budget <= ZERO:
+        return None
+    watched = [symbol for symbol in symbols if slopes.get(symbol, ZERO) > ZERO]
+    clocked = [underlying for underlying in sorted(options) if underlying in symbols]
+    if isinstance(marks, Marks) and marks.valuation_at is not None:
+        clocked = []  # every option is valued at the one time given: no clock
+    found: Bands = {}
+    for symbol in pinned:
+        price = marks[symbol]
+        found[symbol] = (price, price)
+    parts = len(watched) + len(clocked)
+    if parts == 0:
+        return found
+    spent = budget * share
+    for symbol in watched:
+        price = marks[symbol]
+        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
+        band = divide_down(spent, parts * slopes[symbol])
+        found[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
+    allowance = divide(spent, Decimal(parts))
+    for underlying in clocked:
+        held = options[underlying]
+        at = marks.mark_times.get(underlying) if isinstance(marks, Marks) else None
+        if at is None:
+            return None
+        reference = clock_seconds(at)
+        window = _clock_window(parameters, underlying, held, allowance)
+        found[clock_key(underlying)] = (reference - window, reference + window)
+    return found
+
+
+def _clock_window(parameters: RiskParameters, underlying: str, held: _Options, allowance: Decimal) -> Decimal:
+    """The widest of ``CLOCK_STEPS`` (seconds) whose drift over the options on ``underlying``
+    stays within ``allowance``; 0 when none does."""
+    factor = held.grid.spec.maintenance_factor
+    for seconds in CLOCK_STEPS:
+        moved = ZERO
+        for spec, quantity, iv, at in held.held:
+            if at is None:
+                return ZERO
+            moved += quantity * drift(parameters, held.grid, spec, held.mark, iv, at, seconds)
+        if factor * moved <= allowance:
+            return Decimal(seconds)
+    return ZERO
+
+
 class PortfolioModel(MarginModel):
     """The ``portfolio`` model (this module)."""
 
@@ -418,9 +740,13 @@ class PortfolioModel(MarginModel):
         risk: ScopeRisk,
         symbol: str,
     ) -> tuple[Decimal | None, Decimal | None] | None:
-        if risk.scope != CROSS:
+        if risk.scope != CROSS or not risk.underlyings:
+            # An isolated scope, or a cross scope without a grid: the standard model's figures.
             return margin.index_bounds(account, parameters, marks, risk, symbol)
-        return None
+        found = bands(account, parameters, marks, risk, (symbol,), ONE)
+        if found is None or any(key != symbol for key in found):
+            return None  # not reached: a scope on a grid with options moves with two prices
+        return found.get(symbol, (None, None))
 
     def budget_bands(
         self,
@@ -431,9 +757,11 @@ class PortfolioModel(MarginModel):
         symbols: tuple[str, ...],
         band_share: Decimal,
     ) -> tuple[Bands, FillBudget | None] | None:
-        if risk.scope != CROSS:
+        if risk.scope != CROSS or not risk.underlyings:
             return margin.budget_bands(account, parameters, marks, risk, symbols, band_share)
-        return None
+        found = bands(account, parameters, marks, risk, symbols, band_share)
+        # No record for ``triggers.absorbs_fill``: a fill moves the grid's arrays, which it does not model.
+        return None if found is None else (found, None)
 
     def reduction(
         self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal

@@ -78,6 +78,8 @@ from clearing.domain.marginmodel import (
     MarginModelError,
     ScopeRisk,
     StateMarks,
+    clock_key,
+    clock_seconds,
     isolated_scope,
 )
 from clearing.domain.numbers import ZERO, exact
@@ -363,15 +365,26 @@ def crossed(state: LedgerState, symbol: str, price: Decimal) -> tuple[set[tuple[
         full |= dependents(state, symbol)
         index.seen.add(symbol)
     hits: set[tuple[str, str]] = set()
+    _pop(index, symbol, price, hits)
+    clock = clock_key(symbol)
+    if clock in index.lowers or clock in index.uppers:
+        # Clock bands (item 8): the time of this mark, as the state has just applied it.
+        mark = state.marks.get(symbol)
+        if mark is not None:
+            _pop(index, clock, clock_seconds(mark.occurred_at), hits)
+    return hits, full
+
+
+def _pop(index: TriggerIndex, key: str, value: Decimal, hits: set[tuple[str, str]]) -> None:
+    """Pop the entries of ``key`` that ``value`` crossed into ``hits`` (live ones only)."""
     version = index.version
-    lowers = index.lowers.get(symbol)
-    while lowers and -lowers[0][0] >= price:
+    lowers = index.lowers.get(key)
+    while lowers and -lowers[0][0] >= value:
         _, account_id, scope, entry_version = heapq.heappop(lowers)
         if version.get(account_id) == entry_version:
             hits.add((account_id, scope))
-    uppers = index.uppers.get(symbol)
-    while uppers and uppers[0][0] <= price:
+    uppers = index.uppers.get(key)
+    while uppers and uppers[0][0] <= value:
         _, account_id, scope, entry_version = heapq.heappop(uppers)
         if version.get(account_id) == entry_version:
             hits.add((account_id, scope))
-    return hits, full

@@ -256,61 +256,94 @@ def test_a_withdrawal_counts_the_options_requirement() -> None:
 ACCOUNTS = ["A", "B", "C", "D", "E"]
 
 
+ETH_OPTIONS = ["ETH-26MAR27-3000-C", "ETH-26MAR27-3000-P", "ETH-26MAR27-3500-C", "ETH-26MAR27-3500-P"]
+STRIKES.update({"ETH-26MAR27-3000-C": D(3000), "ETH-26MAR27-3000-P": D(3000), "ETH-26MAR27-3500-C": D(3500),
+                "ETH-26MAR27-3500-P": D(3500)})  # fmt: skip
+
+
 def intrinsic(symbol: str, underlying: D) -> D:
     strike = STRIKES[symbol]
     return max(underlying - strike, D(0)) if symbol.endswith("-C") else max(strike - underlying, D(0))
 
 
 @st.composite
-def option_markets(draw: st.DrawFn) -> list[Any]:
+def option_markets(
+    draw: st.DrawFn, *, eth: bool = False, ivs: bool = False, jumps: bool = False, fine: bool = False
+) -> list[Any]:
     """Accounts long and short options of the chain (some beside a perpetual) against MM, then
     marks of the underlying and of the options walking (each option's mark its intrinsic value
     plus a drawn time value), option trades and fees between the accounts, deposits and
-    withdrawals; and, drawn, the settlement of every option at its expiry."""
+    withdrawals; and, drawn, the settlement of every option at its expiry. ``eth``: the ETH
+    chain and perpetual beside BTC's; ``ivs``: each option mark with a drawn iv (else 0.6);
+    ``jumps``: now and then minutes to days pass between two events; ``fine``: half the marks of
+    an underlying move it by at most 0.3% (the others by up to 8%), through the accounts' bands."""
     msgs: list[Any] = []
     at = T0
-    underlying = D(draw(st.integers(min_value=40_000, max_value=90_000)))
-    time_value = {o: D(draw(st.integers(min_value=1, max_value=4_000))) for o in OPTIONS}
+    spots = {"BTC": D(draw(st.integers(min_value=40_000, max_value=90_000)))}
+    chains = {"BTC": OPTIONS}
+    perpetuals = {"BTC": "BTCUSDT"}
+    if eth:
+        spots["ETH"] = D(draw(st.integers(min_value=2_000, max_value=4_500)))
+        chains["ETH"] = ETH_OPTIONS
+        perpetuals["ETH"] = "ETHUSDT"
+    options = [option for chain in chains.values() for option in chain]
+    of = {option: underlying for underlying, chain in chains.items() for option in chain}
+    scale = {"BTC": 4_000, "ETH": 200}
+    time_value = {o: D(draw(st.integers(min_value=1, max_value=scale[of[o]]))) for o in options}
+
+    def option_iv() -> str:
+        return str(D(draw(st.integers(min_value=10, max_value=150))) / 100) if ivs else "0.6"
 
     def marks_now() -> None:
-        msgs.append(mark("BTC", str(underlying), at))
-        for o in OPTIONS:
-            msgs.append(option_mark(o, str(intrinsic(o, underlying) + time_value[o]), at=at))
+        for underlying, chain in chains.items():
+            msgs.append(mark(underlying, str(spots[underlying]), at))
+            for o in chain:
+                msgs.append(option_mark(o, str(intrinsic(o, spots[underlying]) + time_value[o]), option_iv(), at=at))
 
     marks_now()
-    msgs.append(mark("BTCUSDT", str(underlying), at))
+    for underlying, perpetual in perpetuals.items():
+        msgs.append(mark(perpetual, str(spots[underlying]), at))
     msgs.append(deposit("MM", "1000000000", "dMM"))
     for index, account in enumerate(draw(st.lists(st.sampled_from(ACCOUNTS), min_size=1, max_size=5, unique=True))):
         msgs.append(deposit(account, str(draw(st.integers(min_value=500, max_value=60_000))), f"d{account}"))
         for leg in range(draw(st.integers(min_value=1, max_value=3))):
-            option = draw(st.sampled_from(OPTIONS))
+            option = draw(st.sampled_from(options))
             side = draw(st.sampled_from(["sell", "sell", "buy"]))
             q = D(draw(st.integers(min_value=1, max_value=30))) / 10
-            price = intrinsic(option, underlying) + time_value[option]
+            price = intrinsic(option, spots[of[option]]) + time_value[option]
             other = "buy" if side == "sell" else "sell"
             fid = f"o{index}{leg}"
             msgs.append(option_fill(account, side, str(q), str(price), fid=fid, instrument=option, at=at))
             msgs.append(option_fill("MM", other, str(q), str(price), fid=fid + "m", instrument=option, at=at))
         if draw(st.booleans()):
+            underlying = draw(st.sampled_from(sorted(spots))) if eth else "BTC"
             q = D(draw(st.integers(min_value=1, max_value=10))) / 10
-            msgs.append(fill(account, "buy", str(q), str(underlying), fid=f"p{index}"))
-            msgs.append(fill("MM", "sell", str(q), str(underlying), fid=f"p{index}m"))
+            perpetual = perpetuals[underlying]
+            price = str(spots[underlying])
+            msgs.append(fill(account, "buy", str(q), price, fid=f"p{index}", instrument=perpetual))
+            msgs.append(fill("MM", "sell", str(q), price, fid=f"p{index}m", instrument=perpetual))
     for index in range(draw(st.integers(min_value=3, max_value=30))):
         at += timedelta(seconds=draw(st.integers(min_value=0, max_value=5)))
+        if jumps and draw(st.integers(min_value=0, max_value=9)) == 0:
+            at += timedelta(minutes=draw(st.sampled_from([1, 30, 240, 1_440, 10_080])))
         kind = draw(st.sampled_from(["underlying"] * 4 + ["option", "option", "trade", "deposit", "withdrawal"]))
         if kind == "underlying":
-            underlying = max(D(1000), underlying * (1 + D(draw(st.integers(min_value=-800, max_value=800))) / 10_000))
-            underlying = underlying.quantize(D("0.01"))
-            msgs.append(mark("BTC", str(underlying), at))
+            underlying = draw(st.sampled_from(sorted(spots))) if eth else "BTC"
+            floor = D(1000) if underlying == "BTC" else D(50)
+            largest = 30 if fine and draw(st.booleans()) else 800
+            spot = max(floor, spots[underlying] * (1 + D(draw(st.integers(-largest, largest))) / 10_000))
+            spots[underlying] = spot.quantize(D("0.01"))
+            msgs.append(mark(underlying, str(spots[underlying]), at))
             if draw(st.booleans()):
-                msgs.append(mark("BTCUSDT", str(underlying), at))
+                msgs.append(mark(perpetuals[underlying], str(spots[underlying]), at))
         elif kind == "option":
-            option = draw(st.sampled_from(OPTIONS))
-            time_value[option] = D(draw(st.integers(min_value=1, max_value=4_000)))
-            msgs.append(option_mark(option, str(intrinsic(option, underlying) + time_value[option]), at=at))
+            option = draw(st.sampled_from(options))
+            time_value[option] = D(draw(st.integers(min_value=1, max_value=scale[of[option]])))
+            price = intrinsic(option, spots[of[option]]) + time_value[option]
+            msgs.append(option_mark(option, str(price), option_iv(), at=at))
         elif kind == "trade":
             buyer, seller = draw(st.lists(st.sampled_from(ACCOUNTS), min_size=2, max_size=2, unique=True))
-            option = draw(st.sampled_from(OPTIONS))
+            option = draw(st.sampled_from(options))
             q = str(D(draw(st.integers(min_value=1, max_value=20))) / 10)
             price = str(D(draw(st.integers(min_value=1, max_value=10_000))))
             fee = str(D(draw(st.integers(min_value=-5, max_value=50))) / 10)
@@ -321,9 +354,11 @@ def option_markets(draw: st.DrawFn) -> list[Any]:
                 st.sampled_from(ACCOUNTS)), asset="USDT", amount=str(draw(st.integers(min_value=1, max_value=5_000))),
                 occurred_at=at.isoformat()))  # fmt: skip
     if draw(st.booleans()):
-        price = str(underlying + D(draw(st.integers(min_value=-5_000, max_value=5_000))))
-        for option in OPTIONS:
-            msgs.append(settlement(option, price))
+        for underlying, chain in chains.items():
+            price = str(spots[underlying] + D(draw(st.integers(min_value=-5_000, max_value=5_000))) / (
+                1 if underlying == "BTC" else 20))  # fmt: skip
+            for option in chain:
+                msgs.append(settlement(option, price))
     return msgs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal as D
 from typing import Any
@@ -67,11 +68,16 @@ def walks(draw: st.DrawFn) -> list[Any]:
     return msgs
 
 
-def run(msgs: list[Any], *, brute_force: bool, replay_at: int | None = None) -> Book:
+def run(
+    msgs: list[Any], *, brute_force: bool, replay_at: int | None = None, prepare: Callable[[Book], None] | None = None
+) -> Book:
     """Feed the messages, filling every liquidation order at its mark against MM (as a
     liquidator would). ``replay_at``: rebuild the state from the log after that many messages
-    and go on from the replayed state (the index is rebuilt from it)."""
+    and go on from the replayed state (the index is rebuilt from it). ``prepare``: called on the
+    new book before the first message (its parameters, its accounts' margin models)."""
     book = Book()
+    if prepare is not None:
+        prepare(book)
     book.state.triggers.brute_force = brute_force
     fills = 0
     for count, msg in enumerate(msgs):
