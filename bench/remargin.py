@@ -16,6 +16,12 @@ market maker, and marks of the underlying (BTC) and of single options in turn, t
 them the floor: one vectorised float pass (numpy, ``pip install '.[bench]'``) over the same book
 computing every account's equity, maintenance and level, which is what a mark costs at the least
 with no index, no exact decimals and no decisions.
+
+``--options --portfolio``: the same book with every option account on the portfolio model (the
+contract's example grid for BTC), walked twice from the same state: with the index's bands for
+portfolio scopes, then with ``brute_force`` (every holder re-margined on every mark: what a
+portfolio scope cost before it had bands); printed side by side, the scopes a mark of the
+underlying re-margines in each.
 """
 
 from __future__ import annotations
@@ -157,10 +163,19 @@ STRIKES = range(40_000, 100_001, 5_000)  # 13 strikes
 CHAIN_IV = Decimal("0.6")
 
 
+PORTFOLIO_GRID = {
+    "underlying": UNDERLYING, "price_range": "0.16", "price_steps": 4,
+    "vol_up": "0.5", "vol_down": "0.25", "vol_up_floor": "0.5", "vol_power": "0.3", "vol_reference_days": "30",
+    "extreme_moves": ["-0.33", "0.5"], "extreme_weight": "0.35",
+    "short_option_minimum_rate": "0.01", "maintenance_factor": "0.8",
+}  # fmt: skip
+
+
 def chain_parameters() -> Any:
     """The bundled document with its BTC options replaced by a chain of 52 (EXPIRIES x STRIKES x
-    call and put)."""
+    call and put), and the contract's example grid for BTC (used by portfolio accounts only)."""
     document = bundled_document()
+    document["portfolio_margin"] = [PORTFOLIO_GRID]
     document["version"] = "bench-options-chain"
     instruments = [i for i in document["instruments"] if not (i["kind"] == "option" and i["underlying"] == "BTC")]
     for code, expiry in EXPIRIES:
@@ -189,10 +204,11 @@ class OptionsBook:
         self.marks = marks
 
 
-def build_options(accounts: int, underlying: Decimal, rng: random.Random) -> OptionsBook:
+def build_options(accounts: int, underlying: Decimal, rng: random.Random, *, portfolio: bool = False) -> OptionsBook:
     """Accounts each short or long (70% short) one to three options of the chain, with collateral
     of 0.9 to 3 times the short options' initial margin (and the premium of the longs); the market
-    maker takes the other side of each option in one fill at the end (so the book nets to zero)."""
+    maker takes the other side of each option in one fill at the end (so the book nets to zero).
+    ``portfolio``: each account is put on the portfolio model before its first fill."""
     parameters = chain_parameters()
     bench = Bench(brute_force=False, state=LedgerState(parameters=parameters))
     options = [spec for spec in parameters.instruments if spec.kind == "option" and spec.underlying == UNDERLYING]
@@ -218,6 +234,8 @@ def build_options(accounts: int, underlying: Decimal, rng: random.Random) -> Opt
         collateral = (need * Decimal(str(round(0.9 + 2.1 * rng.random(), 3)))).quantize(Decimal("0.01"))
         bench.step(Deposit(transfer_id=f"d{account}", account_id=account, asset="USDT", amount=collateral,
                            occurred_at=bench.at))
+        if portfolio:
+            bench.state.accounts[account].margin_model = "portfolio"
         for symbol, side, quantity, price in legs:
             bench.fill(account, side, quantity, price, symbol)
             net[symbol] = net.get(symbol, Decimal(0)) + (quantity if side == "buy" else -quantity)
@@ -263,12 +281,12 @@ def float_floor(book: OptionsBook) -> Any:
     return evaluate
 
 
-def walk_options(book: OptionsBook, underlying: Decimal, marks: int, rng: random.Random, step_bp: float) -> None:
+def walk_options(
+    book: OptionsBook, underlying: Decimal, marks: int, rng: random.Random, step_bp: float, *, with_floor: bool = True
+) -> dict[str, dict[str, list[float]]]:
     """Marks of the underlying and of one option in turn (the option's own mark moved by the same
-    law), each timed through fold.step; then the same sequence through the float floor."""
-    import importlib
-
-    np: Any = importlib.import_module("numpy")
+    law), each timed through fold.step; then the same sequence through the float floor (unless
+    ``with_floor`` is False: its figures are the standard model's). Returns the figures by kind."""
     bench = book.bench
     figures: dict[str, dict[str, list[float]]] = {
         kind: {"ms": [], "cpu": [], "scopes": [], "decisions": []} for kind in ("underlying", "option")
@@ -313,6 +331,11 @@ def walk_options(book: OptionsBook, underlying: Decimal, marks: int, rng: random
     accounts = sum(1 for account_id in bench.state.accounts if account_id.startswith("O"))
     for kind in ("underlying", "option"):
         report(f"{kind} mark", accounts, figures[kind])
+    if not with_floor:
+        return figures
+    import importlib
+
+    np: Any = importlib.import_module("numpy")
     evaluate = float_floor(book)
     index_of = {spec.symbol: i for i, spec in enumerate(book.options)}
     floats = np.array([float(book.marks[spec.symbol]) for spec in book.options])
@@ -334,6 +357,26 @@ def walk_options(book: OptionsBook, underlying: Decimal, marks: int, rng: random
         ms = sorted(figures[kind]["ms"])
         p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
         print(f"{'':<12} {kind} marks: ledger p99 / floor p99 = {p99 / floor_p99:.1f}")
+    return figures
+
+
+def portfolio_bands(accounts: int, marks: int, seed: int, step_bp: float) -> None:
+    """``--options --portfolio`` (module docstring): the same walk from the same book, with the
+    index's bands and by brute force."""
+    scopes: dict[str, list[float]] = {}
+    for name, brute in (("with bands", False), ("brute force", True)):
+        book = build_options(accounts, Decimal(60_000), random.Random(seed), portfolio=True)
+        book.bench.state.triggers.brute_force = brute
+        print(f"-- portfolio accounts, {name}")
+        figures = walk_options(book, Decimal(60_000), marks, random.Random(seed + 1), step_bp, with_floor=False)
+        scopes[name] = figures["underlying"]["scopes"]
+        sys.stdout.flush()
+    banded, brute_scopes = scopes["with bands"], scopes["brute force"]
+    print(
+        f"scopes re-margined per mark of the underlying: with bands median {statistics.median(banded):.0f} "
+        f"mean {statistics.fmean(banded):.1f}; without (every holder) median {statistics.median(brute_scopes):.0f} "
+        f"mean {statistics.fmean(brute_scopes):.1f}"
+    )
 
 
 def main() -> None:
@@ -348,7 +391,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--options", action="store_true", help="the options book instead (module docstring)")
     parser.add_argument("--option-accounts", type=int, default=10_000)
+    parser.add_argument("--portfolio", action="store_true", help="with --options: portfolio accounts, bands vs none")
     args = parser.parse_args()
+    if args.options and args.portfolio:
+        portfolio_bands(args.option_accounts, args.marks, args.seed, args.step_bp)
+        return
     if args.options:
         started = time.perf_counter()
         book = build_options(args.option_accounts, Decimal(60_000), random.Random(args.seed))

@@ -678,17 +678,27 @@ def bands(
 
 def _clock_window(parameters: RiskParameters, underlying: str, held: _Options, allowance: Decimal) -> Decimal:
     """The widest of ``CLOCK_STEPS`` (seconds) whose drift over the options on ``underlying``
-    stays within ``allowance``; 0 when none does."""
+    stays within ``allowance``; 0 when none does. A drift grows with the window (its bracket
+    holds the narrower one's), so the widest that fits is found by bisection."""
     factor = held.grid.spec.maintenance_factor
-    for seconds in CLOCK_STEPS:
+    if any(at is None for _, _, _, at in held.held):
+        return ZERO
+
+    def fits(seconds: int) -> bool:
         moved = ZERO
         for spec, quantity, iv, at in held.held:
-            if at is None:
-                return ZERO
+            assert at is not None
             moved += quantity * drift(parameters, held.grid, spec, held.mark, iv, at, seconds)
-        if factor * moved <= allowance:
-            return Decimal(seconds)
-    return ZERO
+        return factor * moved <= allowance
+
+    low, high = 0, len(CLOCK_STEPS)  # the answer's index is in [low, high]; high: none fits
+    while low < high:
+        middle = (low + high) // 2
+        if fits(CLOCK_STEPS[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return Decimal(CLOCK_STEPS[low]) if low < len(CLOCK_STEPS) else ZERO
 
 
 class PortfolioModel(MarginModel):

@@ -56,6 +56,12 @@ tests/domain/test_triggers.py checks it on random markets):
    no sign flips, so a re-margin would emit nothing and the bands still promise what they did:
    the step skips both (the property tests compare with brute force on busy books).
 
+8. Clock bands. A portfolio scope holding options moves with the time of its underlying's marks
+   as well as with their price (an option is valued at the later of its own mark's time and its
+   underlying's): its bands carry, under ``clock_key(underlying)``, the mark times (as
+   ``clock_seconds``) inside which they hold, and a mark of the underlying at or beyond either
+   end re-margins the scope as a price at or beyond a band's does (portfolio.py has the bound).
+
 The index is derived state: ``fold.replay_event`` marks it stale, and the next step re-margins a
 marked symbol's dependents by brute force and then rebuilds it from the state (at a fixpoint by 1).
 """
