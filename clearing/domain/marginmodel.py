@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
@@ -384,7 +384,7 @@ class Reduction(NamedTuple):
 # their underlying's mark: the portfolio model); a mark at or beyond either end re-margins it.
 Bands = dict[str, tuple[Decimal, Decimal]]
 CLOCK_PREFIX: Final = "clock:"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
 def clock_key(symbol: str) -> str:

@@ -439,6 +439,89 @@ def reduction(
     )
 
 
+class PortfolioModel(MarginModel):
+    """The ``portfolio`` model (this module)."""
+
+    def __init__(self) -> None:
+        super().__init__(PORTFOLIO)
+
+    def evaluate(
+        self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool
+    ) -> AccountRisk:
+        return evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
+
+    def evaluate_scope(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        scope: str,
+        *,
+        liquidation_prices: bool,
+    ) -> ScopeRisk:
+        if scope == CROSS:
+            return evaluate_cross(account, parameters, marks, liquidation_prices=liquidation_prices)
+        return margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=liquidation_prices)
+
+    def dependencies(self, account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
+        return dependencies(account, parameters, scope)
+
+    def trigger_prices(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> TriggerPrices:
+        if risk.scope != CROSS:
+            return margin.trigger_prices_of(account, parameters, marks, risk, symbol)
+        # Both bounds at the price in use: any move re-margins the scope (module docstring).
+        reference: Decimal | None = marks.get(symbol)
+        return TriggerPrices(risk.scope, symbol, reference, reference, None, reference, None)
+
+    def index_bounds(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbol: str,
+    ) -> tuple[Decimal | None, Decimal | None] | None:
+        if risk.scope != CROSS or not risk.underlyings:
+            # An isolated scope, or a cross scope without a grid: the standard model's figures.
+            return margin.index_bounds(account, parameters, marks, risk, symbol)
+        found = bands(account, parameters, marks, risk, (symbol,), ONE)
+        if found is None or any(key != symbol for key in found):
+            return None  # not reached: a scope on a grid with options moves with two prices
+        return found.get(symbol, (None, None))
+
+    def budget_bands(
+        self,
+        account: Account,
+        parameters: RiskParameters,
+        marks: Mapping[str, Decimal],
+        risk: ScopeRisk,
+        symbols: tuple[str, ...],
+        band_share: Decimal,
+    ) -> tuple[Bands, FillBudget | None] | None:
+        if risk.scope != CROSS or not risk.underlyings:
+            return margin.budget_bands(account, parameters, marks, risk, symbols, band_share)
+        found = bands(account, parameters, marks, risk, symbols, band_share)
+        # No record for ``triggers.absorbs_fill``: a fill moves the grid's arrays, which it does not model.
+        return None if found is None else (found, None)
+
+    def reduction(
+        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
+    ) -> Reduction:
+        if position.scope != CROSS:
+            return margin.reduction(parameters, position, equity, maintenance, reduce)
+        return reduction(parameters, position, equity, maintenance, reduce)
+
+    def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+        return margin.bankruptcy_price(position, equity, quantity)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bands for the trigger index (module docstring, "The trigger index")
 
@@ -699,86 +782,3 @@ def _clock_window(parameters: RiskParameters, underlying: str, held: _Options, a
         else:
             low = middle + 1
     return Decimal(CLOCK_STEPS[low]) if low < len(CLOCK_STEPS) else ZERO
-
-
-class PortfolioModel(MarginModel):
-    """The ``portfolio`` model (this module)."""
-
-    def __init__(self) -> None:
-        super().__init__(PORTFOLIO)
-
-    def evaluate(
-        self, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal], *, liquidation_prices: bool
-    ) -> AccountRisk:
-        return evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
-
-    def evaluate_scope(
-        self,
-        account: Account,
-        parameters: RiskParameters,
-        marks: Mapping[str, Decimal],
-        scope: str,
-        *,
-        liquidation_prices: bool,
-    ) -> ScopeRisk:
-        if scope == CROSS:
-            return evaluate_cross(account, parameters, marks, liquidation_prices=liquidation_prices)
-        return margin.evaluate_scope(account, parameters, marks, scope, liquidation_prices=liquidation_prices)
-
-    def dependencies(self, account: Account, parameters: RiskParameters, scope: str) -> tuple[str, ...]:
-        return dependencies(account, parameters, scope)
-
-    def trigger_prices(
-        self,
-        account: Account,
-        parameters: RiskParameters,
-        marks: Mapping[str, Decimal],
-        risk: ScopeRisk,
-        symbol: str,
-    ) -> TriggerPrices:
-        if risk.scope != CROSS:
-            return margin.trigger_prices_of(account, parameters, marks, risk, symbol)
-        # Both bounds at the price in use: any move re-margins the scope (module docstring).
-        reference: Decimal | None = marks.get(symbol)
-        return TriggerPrices(risk.scope, symbol, reference, reference, None, reference, None)
-
-    def index_bounds(
-        self,
-        account: Account,
-        parameters: RiskParameters,
-        marks: Mapping[str, Decimal],
-        risk: ScopeRisk,
-        symbol: str,
-    ) -> tuple[Decimal | None, Decimal | None] | None:
-        if risk.scope != CROSS or not risk.underlyings:
-            # An isolated scope, or a cross scope without a grid: the standard model's figures.
-            return margin.index_bounds(account, parameters, marks, risk, symbol)
-        found = bands(account, parameters, marks, risk, (symbol,), ONE)
-        if found is None or any(key != symbol for key in found):
-            return None  # not reached: a scope on a grid with options moves with two prices
-        return found.get(symbol, (None, None))
-
-    def budget_bands(
-        self,
-        account: Account,
-        parameters: RiskParameters,
-        marks: Mapping[str, Decimal],
-        risk: ScopeRisk,
-        symbols: tuple[str, ...],
-        band_share: Decimal,
-    ) -> tuple[Bands, FillBudget | None] | None:
-        if risk.scope != CROSS or not risk.underlyings:
-            return margin.budget_bands(account, parameters, marks, risk, symbols, band_share)
-        found = bands(account, parameters, marks, risk, symbols, band_share)
-        # No record for ``triggers.absorbs_fill``: a fill moves the grid's arrays, which it does not model.
-        return None if found is None else (found, None)
-
-    def reduction(
-        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-    ) -> Reduction:
-        if position.scope != CROSS:
-            return margin.reduction(parameters, position, equity, maintenance, reduce)
-        return reduction(parameters, position, equity, maintenance, reduce)
-
-    def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
-        return margin.bankruptcy_price(position, equity, quantity)
