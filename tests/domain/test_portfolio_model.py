@@ -202,7 +202,8 @@ def test_the_model_is_registered_and_isolated_positions_stay_standard() -> None:
     # 1 + 0.8 x 0.5 = 1.4 per unit of the perpetual's mark (its equity and its cell at m = 0.5).
     bounds = model.index_bounds(account, parameters, marks, risk.cross, "BTCUSDT")
     assert bounds is not None and bounds[0] is not None and bounds[1] is not None
-    assert abs(D(60000) - bounds[0] - D(62320) / D("1.4")) < D("0.001") > abs(bounds[1] - D(60000) - D(62320) / D("1.4"))
+    half = D(62320) / D("1.4")
+    assert abs(D(60000) - bounds[0] - half) < D("0.001") and abs(bounds[1] - D(60000) - half) < D("0.001")
 
 
 def test_reduction_re_evaluates_the_scope_so_closing_a_hedge_leg_raises_maintenance() -> None:
