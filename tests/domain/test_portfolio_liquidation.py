@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from clearing.domain import events as ev
 from clearing.domain import models
+from clearing.domain.decisions import WorstCell, decision_of
 from clearing.domain.marginmodel import CROSS, Planned, quantity_step
 from clearing.domain.messages import InputError
 from clearing.domain.portfolio import PORTFOLIO
@@ -239,6 +240,21 @@ def test_standard_accounts_decisions_leave_the_worst_cells_out() -> None:
     decisions = book.feed(option_mark(CALL, "20000", when=1))
     assert {d.type for d in decisions} >= {ev.MARGIN_CALL_ISSUED, ev.LIQUIDATION_ORDER_ISSUED}
     assert all("worst_cells" not in d.payload for d in book.decisions)
+
+
+def test_worst_cells_read_back_from_the_log_to_the_same_bytes() -> None:
+    book = portfolio_book("30000")
+    book.feed(option_fill("A", "sell", "2.05", "2000", fid="a1"))
+    book.feed(option_fill("B", "buy", "2.05", "2000", fid="b1"))
+    decisions = book.feed(option_mark(CALL, "9000", when=1))
+    decisions += book.feed(liquidation_fill(decisions[-1], "9000"))
+    assert len(decisions) == 4
+    for event in decisions:
+        decision = decision_of(event.type, event.payload)
+        assert decision is not None
+        assert decision.worst_cells == (WorstCell("BTC", D("0.5"), "unchanged", True),)  # type: ignore[attr-defined]
+        assert json.dumps(decision.payload()) == json.dumps(event.payload)
+        assert list(event.payload)[-2:] == ["worst_cells", "parameters_version"]
 
 
 # ---------------------------------------------------------------------------------------------
