@@ -215,7 +215,7 @@ def test_an_event_that_crosses_more_boundaries_than_a_step_samples_is_refused_at
     # Event time 12:00:30; a minute boundary every 60 s: an event at 12:00:30 + N minutes crosses N.
     allowed = transfer_in("Z", 0, 30 + 60 * BOUNDARIES_PER_EVENT_MAX)
     too_late = transfer_in("Z", 0, 30 + 60 * (BOUNDARIES_PER_EVENT_MAX + 1))
-    with pytest.raises(InputError, match="dynamic margin BTC: .*BOUNDARIES_PER_EVENT_MAX"):
+    with pytest.raises(InputError, match=r"dynamic margin BTC: .*BOUNDARIES_PER_EVENT_MAX"):
         admit(book.state, too_late)
     admit(book.state, allowed)
     # Without dynamic margin, time may jump as far as it likes.
