@@ -192,6 +192,23 @@ def test_a_dropped_block_puts_the_multiplier_back_to_one_and_forgets_the_samples
     assert (restart["index"], restart["multiplier"], restart["sample_price"]) == (0, "1.25", "110")
 
 
+def test_a_document_that_drops_the_block_as_it_crosses_a_boundary_takes_the_sample_then_drops_it() -> None:
+    book = linear_book()
+    book.feed(transfer_in("Z", 1, 600))  # 13:00 sampled: multiplier 1.25
+    document = bundled_document()
+    document["version"] = "no-rates"
+    # At 14:10 the document crosses 14:00: sampled under the block in force before it (decided
+    # under that version), then the document, applied first, has dropped the block.
+    decisions = book.feed(parameters(document, 2 * HOUR + 600))
+    assert [(p["sample_at"][11:16], p["parameters_version"]) for p in payloads(decisions)] == [
+        ("14:00", "rates-hourly")]  # fmt: skip
+    assert book.state.volatility == {} and book.state.multiplier("BTC") == 1
+    replayed = opened_state()
+    for logged in book.log:
+        replay_event(replayed, logged.type, logged.payload)
+    assert replayed.volatility == {}
+
+
 def test_a_changed_block_keeps_the_volatility_measured_so_far() -> None:
     book = linear_book()
     book.feed(transfer_in("Z", 1, 600))
