@@ -46,7 +46,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, NamedTuple
 
 from clearing.domain.levels import Level
-from clearing.domain.numbers import ONE, ZERO, divide, to_wire
+from clearing.domain.numbers import ONE, ZERO, divide, exact, to_wire
 from clearing.domain.optionmargin import ContractMargin
 from clearing.domain.params import OptionMarginRates, RiskParameters
 from clearing.domain.scenarios import UnderlyingRequirement
@@ -575,6 +575,7 @@ class MarginModel:
         found = least_steps(lambda n: enough(step * n), steps_in(held, step))
         return min(held, step * found)
 
+    @exact
     def liquidation_plan(self, scope: EvaluatedScope) -> tuple[PlannedOrder, ...]:
         """The orders that bring ``scope`` (in liquidation) back to target_ratio, assuming each is
         executed at the price its position is valued at and the liquidation fee charged: the

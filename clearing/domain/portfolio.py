@@ -401,6 +401,7 @@ def liquidation_order(scope: EvaluatedScope) -> tuple[PositionRisk, ...]:
     )
 
 
+@exact
 def order_quantity(scope: EvaluatedScope, planned: Planned, position: PositionRisk) -> Decimal:
     """The least multiple of ``quantity_step`` reducing ``position`` by which, after ``planned``,
     brings the re-evaluated scope to target_ratio; the whole position when none does, or when the

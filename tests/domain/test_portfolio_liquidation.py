@@ -242,6 +242,24 @@ def test_standard_accounts_decisions_leave_the_worst_cells_out() -> None:
     assert all("worst_cells" not in d.payload for d in book.decisions)
 
 
+def test_an_isolated_position_of_a_portfolio_account_is_liquidated_as_the_standard_model_does() -> None:
+    """Isolated positions stay on the standard model: 1,000 of isolated margin, then 1 BTCUSDT
+    bought at 10,000 into it, marked 9,010 (equity 10, maintenance 36.04): the whole position is
+    sold, as in test_lifecycle's first example, and no decision names a worst cell."""
+    book = portfolio_book("5000")
+    book.feed(message("transfers", type="isolated_margin", transfer_id="m1", account_id="A", instrument="BTCUSDT",
+                      amount="1000", occurred_at=at(1).isoformat()))  # fmt: skip
+    book.feed(fill("A", "buy", "1", "10000", fid="a1", mode="isolated"))
+    book.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    assert [d for d in book.decisions if d.payload["account_id"] == "A" and d.type in CALLED] == []
+    decisions = [d for d in book.feed(mark("BTCUSDT", "9010", at(3))) if d.payload["account_id"] == "A"]
+    orders = [d.payload for d in decisions if d.type == ev.LIQUIDATION_ORDER_ISSUED]
+    assert [(o["scope"], o["side"], o["quantity"], o["full"]) for o in orders] == [
+        ("isolated:BTCUSDT", "sell", "1", True)
+    ]
+    assert decisions and all("worst_cells" not in d.payload for d in decisions)
+
+
 def test_worst_cells_read_back_from_the_log_to_the_same_bytes() -> None:
     book = portfolio_book("30000")
     book.feed(option_fill("A", "sell", "2.05", "2000", fid="a1"))
