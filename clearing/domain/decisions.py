@@ -46,7 +46,38 @@ def _optional(codec: _Codec) -> _Codec:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WorstCell:
+    """The worst cell of one underlying's grid in a scope the portfolio model margins: what its
+    decisions name (CONTRACT v2). ``move`` and ``volatility`` (up, unchanged, down) as the
+    calculator's ``worst_cell`` spells them (``scenarios.cell_wire``); ``extreme`` always written,
+    true for an extreme cell (its loss counted at the extreme weight)."""
+
+    underlying: str
+    move: Decimal
+    volatility: str
+    extreme: bool
+
+
+def _write_worst_cells(cells: tuple[WorstCell, ...]) -> list[dict[str, Any]]:
+    return [
+        {"underlying": c.underlying, "move": to_wire(c.move), "volatility": c.volatility, "extreme": c.extreme}
+        for c in cells
+    ]
+
+
+def _read_worst_cells(cells: list[dict[str, Any]], name: str) -> tuple[WorstCell, ...]:
+    return tuple(
+        WorstCell(c["underlying"], parse_decimal(c["move"], f"{name}.move"), c["volatility"], bool(c["extreme"]))
+        for c in cells
+    )
+
+
 _DECIMAL: Final[_Codec] = (to_wire, parse_decimal)
+# A figure a decision carries with every digit it was computed with, beyond what an input's
+# number may hold (``parse_decimal``'s limits): a log return under the pricing context.
+WideDecimal = Decimal
+_WIDE: Final[_Codec] = (to_wire, lambda value, _name: Decimal(value))
 _TIME: Final[_Codec] = (format_time, lambda value, _name: datetime.fromisoformat(value))
 _PLAIN: Final[_Codec] = (_same, _read_same)
 # By the field's annotation (this module is written with ``from __future__ import annotations``).
@@ -56,9 +87,13 @@ _CODECS: Final[dict[str, _Codec]] = {
     "bool": _PLAIN,
     "Decimal": _DECIMAL,
     "Decimal | None": _optional(_DECIMAL),
+    "WideDecimal | None": _optional(_WIDE),
+    "datetime": _TIME,
+    "int": (_same, lambda value, _name: int(value)),
     "datetime | None": _optional(_TIME),
     "Level": (lambda level: level.value, lambda value, _name: Level(value)),
     "tuple[str, ...] | None": _optional((list, lambda value, _name: tuple(value))),
+    "tuple[WorstCell, ...] | None": _optional((_write_worst_cells, _read_worst_cells)),
     "dict[str, Decimal]": (
         lambda prices: {symbol: to_wire(price) for symbol, price in prices.items()},
         lambda prices, name: {symbol: parse_decimal(price, f"{name}.{symbol}") for symbol, price in prices.items()},
@@ -183,6 +218,8 @@ class MarginCallIssued(Decision):
     shortfall: Decimal
     deadline: datetime | None  # maintenance level only
     marks: dict[str, Decimal]  # the price each position was valued at (and an option's underlying's mark)
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -200,6 +237,8 @@ class MarginCallEscalated(Decision):
     shortfall: Decimal
     deadline: datetime | None
     marks: dict[str, Decimal]
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -220,6 +259,8 @@ class MarginCallResolved(Decision):
     resolution: str
     # Orders cancelled with the call (a call resolved while liquidating); omitted otherwise.
     cancelled_orders: tuple[str, ...] | None = field(metadata={OMIT_NONE: True})
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -244,6 +285,8 @@ class LiquidationOrderIssued(Decision):
     maintenance_margin: Decimal
     target_ratio: Decimal
     full: bool  # the whole position
+    # The worst cells of the scope the order was planned on (portfolio model); omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -324,4 +367,55 @@ class PositionAutoDeleveraged(Decision):
     bankrupt_equity: Decimal  # of the bankrupt scope before this step, at the marks
     insurance_fund: Decimal  # the fund's balance in the valuation asset (it could not cover the deficit)
     margin_call_id: str | None
+    parameters_version: str
+
+
+# ---------------------------------------------------------------------------------------------
+# margin models and dynamic margin (CONTRACT v2)
+
+
+@decision(ev.MARGIN_MODEL_CHANGED)
+@dataclass(frozen=True, slots=True)
+class MarginModelChanged(Decision):
+    """A ``margin_model`` request approved: the account's cross scope is margined by ``model``
+    from this event on. ``equity`` and ``initial_margin`` are the cross scope's under ``model``,
+    at the marks in force, which the approval checked (equity >= initial margin)."""
+
+    account_id: str
+    request_id: str
+    model: str
+    previous_model: str
+    equity: Decimal
+    initial_margin: Decimal
+    parameters_version: str
+
+
+@decision(ev.MARGIN_MODEL_REJECTED)
+@dataclass(frozen=True, slots=True)
+class MarginModelRejected(Decision):
+    account_id: str
+    request_id: str
+    model: str
+    reason: str
+    parameters_version: str
+
+
+@decision(ev.MARGIN_RATES_CHANGED)
+@dataclass(frozen=True, slots=True)
+class MarginRatesChanged(Decision):
+    """One dynamic-margin sample of an underlying (``dynamicmargin.RatesChange``; its fields as
+    ``dynamicmargin.change_payload`` names them), taken at the boundary ``sample_at``. Every
+    sample is one, whether or not the multiplier moved. ``account_id`` is
+    ``events.MARGIN_RATES_ACCOUNT``."""
+
+    account_id: str
+    underlying: str
+    sample_at: datetime
+    sample_price: Decimal
+    log_return: WideDecimal | None  # None at the first sample (t = 0); every digit of the ln
+    volatility: Decimal
+    raw_multiplier: Decimal
+    multiplier: Decimal
+    previous_multiplier: Decimal
+    index: int
     parameters_version: str

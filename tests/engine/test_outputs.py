@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from clearing.engine import outputs
 from clearing.engine.outbox import _encoded
+from tests.domain.test_fold import Book, deposit, fill, mark
+from tests.domain.test_portfolio_liquidation import CALL, option_fill, option_mark, portfolio_book
 
 
 def test_a_dead_letter_that_fits_carries_its_whole_raw_value_and_its_digest() -> None:
@@ -64,3 +66,59 @@ def test_the_relay_shortens_an_oversize_dead_letter_written_before_the_bound() -
 def test_an_oversize_message_that_cannot_be_shortened_is_refused_loudly() -> None:
     with pytest.raises(outputs.OutputTooLargeError, match="outbox row 9"):
         _encoded(9, "A1", {"type": "margin_call_issued", "account_id": "x" * outputs.OUTPUT_MESSAGE_BYTES_MAX})
+
+
+def test_a_portfolio_decision_goes_out_with_its_worst_cells_and_a_standard_one_without() -> None:
+    book = portfolio_book("30000")
+    book.feed(option_fill("A", "sell", "2.05", "2000", fid="a1"))
+    book.feed(option_fill("B", "buy", "2.05", "2000", fid="b1"))
+    sent = [outputs.decision_message(decision, 40) for decision in book.feed(option_mark(CALL, "9000", when=1))]
+    assert [(found[0], found[2]["type"]) for found in sent if found is not None] == [
+        (outputs.MARGIN_CALLS, "margin_call_issued"),
+        (outputs.MARGIN_CALLS, "margin_call_escalated"),
+        (outputs.LIQUIDATION_ORDERS, "liquidation_order"),
+    ]
+    cell = {"underlying": "BTC", "move": "0.5", "volatility": "unchanged", "extreme": True}
+    assert all(found is not None and found[2]["worst_cells"] == [cell] for found in sent)
+    # A standard account's call (test_lifecycle's first example): no such field.
+    standard = Book()
+    standard.feed(deposit("A", "1000", "dA"))
+    standard.feed(deposit("B", "100000", "dB"))
+    standard.feed(fill("A", "buy", "1", "10000", fid="a1"))
+    standard.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    sent = [outputs.decision_message(decision, 9) for decision in standard.feed(mark("BTCUSDT", "9010"))]
+    assert len(sent) == 3 and all(found is not None and "worst_cells" not in found[2] for found in sent)
+
+
+def test_margin_model_and_rates_decisions_go_out_on_their_topics_with_the_contracts_fields() -> None:
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from clearing.domain import events as ev
+
+    at = datetime(2026, 11, 23, 13, tzinfo=UTC)
+
+    def sent(event_type: str, payload: dict[str, Any], position: int) -> tuple[str, str | None, dict[str, Any]]:
+        found = outputs.decision_message(ev.Event(event_type, "s", payload, at, "k", position - 1), position)
+        assert found is not None
+        return found
+
+    request = {"account_id": "A", "request_id": "S-1", "model": "portfolio", "parameters_version": "v"}
+    topic, key, value = sent(
+        ev.MARGIN_MODEL_CHANGED, {**request, "previous_model": "standard", "equity": "1", "initial_margin": "1"}, 10
+    )
+    assert (topic, key, value["type"], value["request_id"], value["model"]) == (
+        outputs.ACCOUNT_UPDATES, "A", "margin_model_changed", "S-1", "portfolio")  # fmt: skip
+    topic, key, value = sent(ev.MARGIN_MODEL_REJECTED, {**request, "reason": "why"}, 11)
+    assert (topic, key, value["type"], value["reason"]) == (
+        outputs.ACCOUNT_UPDATES, "A", "margin_model_rejected", "why")  # fmt: skip
+    rates = {
+        "account_id": ev.MARGIN_RATES_ACCOUNT, "underlying": "BTC", "sample_at": "2026-11-23T13:00:00.000000Z",
+        "sample_price": "100", "log_return": None, "volatility": "0.02", "raw_multiplier": "1",
+        "multiplier": "1.25", "previous_multiplier": "1", "index": 0, "parameters_version": "v",
+    }  # fmt: skip
+    topic, key, value = sent(ev.MARGIN_RATES_CHANGED, rates, 12)
+    assert outputs.MARGIN_RATES in outputs.OUTPUT_TOPICS
+    assert (topic, key, value["type"]) == (outputs.MARGIN_RATES, "BTC", "margin_rates_changed")
+    wanted = {"underlying", "sample_at", "volatility", "raw_multiplier", "multiplier", "parameters_version", "position"}
+    assert wanted <= set(value) and value["position"] == 12
