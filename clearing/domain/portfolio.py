@@ -127,7 +127,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from clearing.domain import black76, margin
 from clearing.domain.decimalmath import contexts
