@@ -618,7 +618,12 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
         return risk
     if current == Level.BANKRUPT:
         _continue_bankrupt(state, account, scope, status, risk, at, ids, emit, calls)
-        return risk
+        status = account.margin.get(scope) or _NO_CALL
+        if status.status == Level.BANKRUPT:
+            return risk
+        # Resolved (deficit covered): go on from there in this step, so that a scope whose numbers
+        # call for a margin call gets it now, and ends the step at a fixpoint (triggers.py, 1).
+        current = status.status
     if current == Level.LIQUIDATION:
         _continue_liquidation(state, account, scope, status, risk, at, ids, emit, calls)
         return risk

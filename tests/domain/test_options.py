@@ -515,3 +515,31 @@ def test_the_simulated_options_market_books_and_its_crash_liquidates_put_writers
                 put_writers_liquidated.add(decision.payload["account_id"])
     assert len(put_writers_liquidated) >= 5, seen
     assert conservation(state) == {}
+
+
+def test_a_bankrupt_scope_whose_deficit_a_fill_covers_is_called_in_that_step_when_its_numbers_say_so() -> None:
+    """E, bankrupt after its perpetual's liquidation, sells one more call: the premium and a fee
+    rebate cover the deficit (equity 0.09), but its short call needs 432.41 of maintenance. The
+    resolution and the call it then needs come in the same step, so the scope ends it at a
+    fixpoint: the index (which does not look at E again on the next mark of BTC, inside its
+    band) decides as brute force (which does)."""
+    at = T0
+    msgs: list[Any] = [mark("BTC", "58141", at)]
+    for option, price in ((CALL, "1"), (PUT, "1860"), (CALL_60, "1"), (PUT_70, "11860")):
+        msgs.append(option_mark(option, price, at=at))
+    msgs += [mark("BTCUSDT", "58141", at), deposit("MM", "1000000000", "dMM"), deposit("A", "500", "dA"),
+             option_fill("A", "sell", "0.1", "1", fid="o00"), option_fill("MM", "buy", "0.1", "1", fid="o00m"),
+             deposit("E", "500", "dE")]  # fmt: skip
+    for leg in range(3):
+        msgs += [option_fill("E", "sell", "0.1", "1", fid=f"o1{leg}"),
+                 option_fill("MM", "buy", "0.1", "1", fid=f"o1{leg}m")]  # fmt: skip
+    msgs += [fill("E", "buy", "1", "58141", fid="p1"), fill("MM", "sell", "1", "58141", fid="p1m")]
+    msgs += [mark("BTC", "57640.99", at)] * 4 + [mark("BTCUSDT", "57640.99", at)]
+    msgs += [option_fill("A", "buy", "0.1", "1", fid="t4b", fee="-0.1"),
+             option_fill("E", "sell", "0.1", "1", fid="t4s", fee="-0.1"), mark("BTC", "57640.99", at)]  # fmt: skip
+    indexed = run(msgs, brute_force=False)
+    assert decisions(indexed) == decisions(run(msgs, brute_force=True))
+    resolved = [d for d in indexed.decisions if d.type == ev.MARGIN_CALL_RESOLVED and d.payload["level"] == "bankrupt"]
+    (resolution,) = resolved
+    same_step = [d.type for d in indexed.decisions if d.cause_position == resolution.cause_position]
+    assert same_step[:2] == [ev.MARGIN_CALL_RESOLVED, ev.MARGIN_CALL_ISSUED]
