@@ -27,7 +27,6 @@ class OperatingError(RuntimeError):
     """A command cannot do what was asked for a reason a person can fix: ``main`` prints the
     message as one line, without a traceback, and exits 1."""
 
-
 # ------------------------------------------------------------------------------------------------
 # clearing services start|status|stop
 
@@ -133,11 +132,8 @@ def _shard_writer_lock(database_url: str, shard: int) -> Any:
 
     from clearing.store.db import make_engine
 
-    engine = make_engine(
-        database_url,
-        poolclass=sa.pool.NullPool,
-        connect_args={"application_name": f"clearing run --shard {shard} (pid {os.getpid()})"},
-    )
+    engine = make_engine(database_url, poolclass=sa.pool.NullPool,
+                         connect_args={"application_name": f"clearing run --shard {shard} (pid {os.getpid()})"})
     conn = engine.connect()
     taken = conn.execute(
         sa.text("SELECT pg_try_advisory_lock(:key, :shard)"), {"key": SHARD_WRITER_LOCK_KEY, "shard": shard}
@@ -184,16 +180,8 @@ def _run(args: argparse.Namespace) -> int:
     for name in ("clearing", "consumers"):  # start, progress and fault lines (clearing/engine/runner.py)
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        stats = run_ledger(
-            settings,
-            services,
-            shard=args.shard,
-            shards=args.shards,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            reread_past_end=args.reread_past_end,
-            stop=stop,
-        )
+        stats = run_ledger(settings, services, shard=args.shard, shards=args.shards, metrics_port=args.metrics_port,
+                           metrics_host=args.metrics_host, reread_past_end=args.reread_past_end, stop=stop)
     except LedgerHalted as halted:
         logging.getLogger("clearing.engine.runner").error("event=ledger_halted reason=%s", json.dumps(str(halted)))
         return RUN_HALTED_EXIT
@@ -210,25 +198,13 @@ def add_run(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("run", help="consume the input topics and run the ledger until stopped")
     parser.add_argument("--shard", type=int, default=0, help="this process's shard (default 0)")
     parser.add_argument("--shards", type=int, default=1, help="how many shards the accounts are split into")
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="serve Prometheus metrics of this process on PORT",
-    )
-    parser.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        metavar="HOST",
-        help="address the metrics server listens on (default 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--reread-past-end",
-        action="store_true",
-        help="read partitions whose stored offsets are past the broker's end from their beginning "
-        "(after the broker lost its messages and the inputs were published again)",
-    )
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics of this process on PORT")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="address the metrics server listens on (default 127.0.0.1)")
+    parser.add_argument("--reread-past-end", action="store_true",
+                        help="read partitions whose stored offsets are past the broker's end from their beginning "
+                             "(after the broker lost its messages and the inputs were published again)")
     parser.set_defaults(handler=_run)
 
 
@@ -259,14 +235,8 @@ def _simulate(args: argparse.Namespace) -> int:
     settings = get_settings()
     services = ensure_services(settings)
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-    times = [
-        t
-        for t in (
-            _ledger_used_until(services.database_url),
-            latest_published(services.kafka_bootstrap, settings.topic_prefix),
-        )
-        if t is not None
-    ]
+    times = [t for t in (_ledger_used_until(services.database_url),
+                         latest_published(services.kafka_bootstrap, settings.topic_prefix)) if t is not None]
     plan = next_run(max(times) if times else None)
     if args.id_prefix is not None:
         plan = RunPlan(args.id_prefix, plan.start, f"--id-prefix was given; {plan.reason}")
@@ -287,24 +257,12 @@ def _simulate(args: argparse.Namespace) -> int:
     messages = list(generate(scenario))
     ids = f"ids prefixed {plan.id_prefix!r} (accounts {plan.id_prefix}ACC-00001...)" if plan.id_prefix else "plain ids"
     sys.stderr.write(f"simulation run with {ids}, times from {plan.start.isoformat()}: {plan.reason}\n")
-    ends = publish(
-        services.kafka_bootstrap,
-        settings.topic_prefix,
-        iter(messages),
-        progress=lambda n: sys.stderr.write(f"\rpublished {n}/{len(messages)}") if n % 10_000 == 0 else None,
-    )
+    ends = publish(services.kafka_bootstrap, settings.topic_prefix, iter(messages),
+                   progress=lambda n: sys.stderr.write(f"\rpublished {n}/{len(messages)}") if n % 10_000 == 0 else None)
     sys.stderr.write("\n")
     trades = sum(1 for message in messages if message.kind == "fills") // 2
-    _emit(
-        {
-            "published": len(messages),
-            "trades": trades,
-            "id_prefix": plan.id_prefix,
-            "start": plan.start.isoformat(),
-            "end_offsets": {f"{t}[{p}]": o for (t, p), o in sorted(ends.items())},
-        },
-        args.json,
-    )
+    _emit({"published": len(messages), "trades": trades, "id_prefix": plan.id_prefix, "start": plan.start.isoformat(),
+           "end_offsets": {f"{t}[{p}]": o for (t, p), o in sorted(ends.items())}}, args.json)
     return 0
 
 
@@ -314,41 +272,21 @@ def add_simulate(subparsers: Subparsers) -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--trades", type=int, default=2_000)
     parser.add_argument("--steps", type=int, default=200, help="mark updates per instrument")
-    parser.add_argument(
-        "--crash-at",
-        type=float,
-        default=None,
-        metavar="FRACTION",
-        help="start a crash after this fraction of the steps (e.g. 0.7)",
-    )
+    parser.add_argument("--crash-at", type=float, default=None, metavar="FRACTION",
+                        help="start a crash after this fraction of the steps (e.g. 0.7)")
     parser.add_argument("--crash-depth", default="0.25", help="fraction the prices fall in the crash")
-    parser.add_argument(
-        "--id-prefix",
-        default=None,
-        metavar="PREFIX",
-        help="prefix of every id of this run (default: none into an unused ledger; otherwise one "
-        "derived from the run's start, which follows the ledger's last event)",
-    )
-    parser.add_argument(
-        "--options",
-        action="store_true",
-        help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)",
-    )
-    parser.add_argument(
-        "--portfolio-share",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="put this share of the accounts on the portfolio margin model, each holding an option "
-        "book (mostly hedged: covered calls, protective puts, collars, spreads; some naked short "
-        "options) instead of trading at random (e.g. 0.2)",
-    )
-    parser.add_argument(
-        "--dynamic-margin",
-        action="store_true",
-        help="open with risk parameters whose margin scales with volatility (dynamic_margin), "
-        "sampled every --sample-seconds of event time; steps are spaced so the crash spans samples",
-    )
+    parser.add_argument("--id-prefix", default=None, metavar="PREFIX",
+                        help="prefix of every id of this run (default: none into an unused ledger; otherwise one "
+                        "derived from the run's start, which follows the ledger's last event)")
+    parser.add_argument("--options", action="store_true",
+                        help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
+    parser.add_argument("--portfolio-share", type=float, default=0.0, metavar="FRACTION",
+                        help="put this share of the accounts on the portfolio margin model, each holding an option "
+                        "book (mostly hedged: covered calls, protective puts, collars, spreads; some naked short "
+                        "options) instead of trading at random (e.g. 0.2)")
+    parser.add_argument("--dynamic-margin", action="store_true",
+                        help="open with risk parameters whose margin scales with volatility (dynamic_margin), "
+                        "sampled every --sample-seconds of event time; steps are spaced so the crash spans samples")
     parser.add_argument("--sample-seconds", type=int, default=60, help="dynamic margin's sample period (at least 60)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_simulate)
@@ -427,25 +365,13 @@ def add_account(subparsers: Subparsers) -> None:
     )
     show.add_argument("account_id")
     when = show.add_mutually_exclusive_group()
-    when.add_argument(
-        "--as-of",
-        default=None,
-        metavar="POSITION|TIMESTAMP",
-        help="at a log position, or at an event time (the same as --as-of-event-time)",
-    )
-    when.add_argument(
-        "--as-of-ledger-time",
-        default=None,
-        metavar="TIMESTAMP",
-        help="as the ledger knew it at this time: the events recorded by then (recorded_at)",
-    )
-    when.add_argument(
-        "--as-of-event-time",
-        default=None,
-        metavar="TIMESTAMP",
-        help="built from the events that had happened by this time (occurred_at), late arrivals "
-        "included where they happened",
-    )
+    when.add_argument("--as-of", default=None, metavar="POSITION|TIMESTAMP",
+                      help="at a log position, or at an event time (the same as --as-of-event-time)")
+    when.add_argument("--as-of-ledger-time", default=None, metavar="TIMESTAMP",
+                      help="as the ledger knew it at this time: the events recorded by then (recorded_at)")
+    when.add_argument("--as-of-event-time", default=None, metavar="TIMESTAMP",
+                      help="built from the events that had happened by this time (occurred_at), late arrivals "
+                      "included where they happened")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_account_show)
 
@@ -483,10 +409,8 @@ def _api(args: argparse.Namespace) -> int:
     tokens = settings.api_token_list()
     if not tokens:
         if not args.dev:
-            sys.stderr.write(
-                "refusing to start: set CLEARING_API_TOKENS (comma-separated bearer tokens), "
-                "or run with --dev for a one-off generated token\n"
-            )
+            sys.stderr.write("refusing to start: set CLEARING_API_TOKENS (comma-separated bearer tokens), "
+                             "or run with --dev for a one-off generated token\n")
             return 2
         tokens = [generate_dev_token()]
         out(f"development token (valid until this process stops): {tokens[0]}")
@@ -506,11 +430,8 @@ def add_api(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("api", help="serve the read-only back-office HTTP API (OpenAPI at /openapi.json)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        help="without CLEARING_API_TOKENS, generate a token and print it instead of refusing to start",
-    )
+    parser.add_argument("--dev", action="store_true",
+                        help="without CLEARING_API_TOKENS, generate a token and print it instead of refusing to start")
     parser.set_defaults(handler=_api)
 
 
@@ -561,10 +482,8 @@ def _audit_report(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
-    out(
-        f"wrote {output}: {timeline.events_total} events of {args.account_id}, {len(timeline.risk)} margin points, "
-        f"{len(timeline.markers)} margin-call and liquidation events"
-    )
+    out(f"wrote {output}: {timeline.events_total} events of {args.account_id}, {len(timeline.risk)} margin points, "
+        f"{len(timeline.markers)} margin-call and liquidation events")
     return 0
 
 
@@ -575,12 +494,8 @@ def add_audit_report(subparsers: Subparsers) -> None:
     report.add_argument("account_id", metavar="ACCOUNT")
     report.add_argument("--from", dest="start", default=None, metavar="T", help="start of the period (RFC 3339)")
     report.add_argument("--to", dest="end", default=None, metavar="T", help="end of the period (RFC 3339, exclusive)")
-    report.add_argument(
-        "--output",
-        default=None,
-        metavar="FILE",
-        help="where to write the HTML (default: CLEARING_HOME/reports/ACCOUNT.html)",
-    )
+    report.add_argument("--output", default=None, metavar="FILE",
+                        help="where to write the HTML (default: CLEARING_HOME/reports/ACCOUNT.html)")
     report.set_defaults(handler=_audit_report)
 
 
@@ -667,11 +582,9 @@ def _projections_rebuild(args: argparse.Namespace) -> int:
     if args.json:
         _emit(data, True)
     else:
-        out(
-            f"replayed {report.events} events to position {report.head} in {report.seconds_replay:.1f} s; "
+        out(f"replayed {report.events} events to position {report.head} in {report.seconds_replay:.1f} s; "
             + ("swapped in" if report.swapped else "not swapped (--check-only)")
-            + f" in {report.seconds_swap:.2f} s; rows {data['rows_written']}"
-        )
+            + f" in {report.seconds_swap:.2f} s; rows {data['rows_written']}")
         for table in report.tables:
             state = "identical" if table.ok and not table.notes else ("differs" if not table.ok else "notes")
             out(f"  {table.table}: {state} (previous {table.rows_live} rows, rebuilt {table.rows_expected})")
@@ -717,10 +630,8 @@ def _liquidator(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: stop.set())
-    out(
-        f"liquidator: filling the liquidation orders of {settings.topic_prefix}liquidation-orders at their mark "
-        f"against {MARKET_MAKER}, until Ctrl-C or SIGTERM"
-    )
+    out(f"liquidator: filling the liquidation orders of {settings.topic_prefix}liquidation-orders at their mark "
+        f"against {MARKET_MAKER}, until Ctrl-C or SIGTERM")
     sys.stdout.flush()
     stats = run_liquidator(services.kafka_bootstrap, settings.topic_prefix, offsets=offsets, stop=stop)
     out(f"liquidator stopped: {stats.orders} liquidation orders read, {stats.filled} filled, {stats.skipped} skipped")
@@ -731,13 +642,8 @@ def add_liquidator(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "liquidator", help="simulated exchange: fill the ledger's liquidation orders at their mark against MM-LIQUIDITY"
     )
-    parser.add_argument(
-        "--offset",
-        action="append",
-        default=[],
-        metavar="PARTITION:OFFSET",
-        help="start this partition of liquidation-orders at OFFSET (default: the beginning)",
-    )
+    parser.add_argument("--offset", action="append", default=[], metavar="PARTITION:OFFSET",
+                        help="start this partition of liquidation-orders at OFFSET (default: the beginning)")
     parser.set_defaults(handler=_liquidator)
 
 
@@ -761,10 +667,8 @@ def _params_apply(args: argparse.Namespace) -> int:
     if args.check:
         from clearing.domain.params import booking_report
 
-        out(
-            f"valid: risk parameters {parameters.version}, {len(parameters.instruments)} instruments, "
-            f"{len(parameters.assets)} assets"
-        )
+        out(f"valid: risk parameters {parameters.version}, {len(parameters.instruments)} instruments, "
+            f"{len(parameters.assets)} assets")
         for line in booking_report(parameters):
             out(f"  {line}")
         return 0
@@ -786,10 +690,8 @@ def _params_apply(args: argparse.Namespace) -> int:
     topic, partition, offset = publish_parameters(
         services.kafka_bootstrap, settings.topic_prefix, document, effective_at=effective
     )
-    out(
-        f"published risk parameters {parameters.version} to {topic}[{partition}] at offset {offset}; "
-        "they take effect at their place in the log once the ledger (clearing run) consumes them"
-    )
+    out(f"published risk parameters {parameters.version} to {topic}[{partition}] at offset {offset}; "
+        "they take effect at their place in the log once the ledger (clearing run) consumes them")
     return 0
 
 
@@ -799,29 +701,14 @@ def add_params(subparsers: Subparsers) -> None:
     apply = actions.add_parser("apply", help="validate a risk parameter document and publish it on the admin topic")
     apply.add_argument("file", help="JSON document (CONTRACT.md), or - for standard input")
     apply.add_argument("--check", action="store_true", help="only validate; publish nothing")
-    apply.add_argument(
-        "--effective-at",
-        default=None,
-        metavar="TIMESTAMP",
-        help="event time from which the document is in force (RFC 3339; default now)",
-    )
+    apply.add_argument("--effective-at", default=None, metavar="TIMESTAMP",
+                       help="event time from which the document is in force (RFC 3339; default now)")
     apply.set_defaults(handler=_params_apply)
 
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
-    add_services,
-    add_db,
-    add_run,
-    add_simulate,
-    add_demo,
-    add_account,
-    add_risk,
-    add_api,
-    add_audit_report,
-    add_audit,
-    add_projections,
-    add_liquidator,
-    add_params,
+    add_services, add_db, add_run, add_simulate, add_demo, add_account, add_risk, add_api, add_audit_report,
+    add_audit, add_projections, add_liquidator, add_params,
 ]
 
 
@@ -917,11 +804,9 @@ def operating_error(error: BaseException) -> str | None:
         cause = str(error.orig if error.orig is not None else error).strip().splitlines()
         return "cannot reach the database: " + (cause[0] if cause else type(error).__name__)
     kafka = sys.modules.get("kafka.errors")
-    unreachable = (
-        tuple(getattr(kafka, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka, name))
-        if kafka is not None
-        else ()
-    )
+    unreachable = tuple(
+        getattr(kafka, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError") if hasattr(kafka, name)
+    ) if kafka is not None else ()
     if unreachable and isinstance(error, unreachable):
         return "cannot reach the Kafka broker (CLEARING_KAFKA_BOOTSTRAP, or the embedded one): is it running?"
     return None
