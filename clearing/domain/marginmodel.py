@@ -38,11 +38,11 @@ from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from clearing.domain.levels import Level
-from clearing.domain.numbers import ZERO
+from clearing.domain.numbers import ONE, ZERO
 from clearing.domain.optionmargin import ContractMargin
 from clearing.domain.params import OptionMarginRates, RiskParameters
 from clearing.domain.scenarios import UnderlyingRequirement
-from clearing.domain.state import Account, FillBudget, MarkState
+from clearing.domain.state import Account, FillBudget, LedgerState, MarkState
 
 CROSS: Final = "cross"
 ISOLATED: Final = "isolated"
@@ -225,13 +225,69 @@ class TriggerPrices:
     upper_threshold: str | None
 
 
-class StateMarks(Mapping[str, Decimal]):
-    """The ledger state's last marks seen as ``symbol -> price``, without copying them."""
+class Marks(Mapping[str, Decimal]):
+    """What a model reads of the market: ``symbol -> price`` (as every model reads prices) and
+    beside the prices what the models need of the marks too:
 
-    __slots__ = ("_marks",)
+    * ``ivs``: symbol -> implied volatility of an option's last mark;
+    * ``mark_times``: symbol -> the time of its last mark;
+    * ``multipliers``: underlying -> dynamic margin's multiplier in force (1 when absent);
+    * ``valuation_at``: the valuation time of every option when given (the calculator's ``at``);
+      None in the ledger, where an option's risk array is valued at the later of its own mark's
+      time and its underlying's (``valuation_time``): so it is priced once per mark of the
+      option or of its underlying, and shared by every account that holds it (DESIGN.md v2).
 
-    def __init__(self, marks: Mapping[str, MarkState]) -> None:
+    A plain mapping of prices given where ``Marks`` is expected reads as no ivs, no times and
+    multipliers of 1 (``ivs_of``, ``multiplier_of``, ``valuation_time``)."""
+
+    __slots__ = ()
+
+    ivs: Mapping[str, Decimal]
+    mark_times: Mapping[str, datetime]
+    multipliers: Mapping[str, Decimal]
+    valuation_at: datetime | None
+
+
+class _MarkField(Mapping[str, Any]):
+    """One field of the state's marks (iv, time) seen as ``symbol -> value``, without copying;
+    a mark without that field (a mark with no iv) is absent."""
+
+    __slots__ = ("_field", "_marks")
+
+    def __init__(self, marks: Mapping[str, MarkState], field_name: str) -> None:
         self._marks = marks
+        self._field = field_name
+
+    def __getitem__(self, symbol: str) -> Any:
+        value = getattr(self._marks[symbol], self._field)
+        if value is None:
+            raise KeyError(symbol)
+        return value
+
+    def get(self, symbol: str, default: Any = None) -> Any:
+        mark = self._marks.get(symbol)
+        value = None if mark is None else getattr(mark, self._field)
+        return default if value is None else value
+
+    def __iter__(self) -> Iterator[str]:
+        return (symbol for symbol, mark in self._marks.items() if getattr(mark, self._field) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class StateMarks(Marks):
+    """The ledger state's last marks seen as ``Marks``, without copying them: prices, ivs and
+    times of the marks, and the multipliers of dynamic margin (``LedgerState.volatility``)."""
+
+    __slots__ = ("_marks", "ivs", "mark_times", "multipliers", "valuation_at")
+
+    def __init__(self, state: LedgerState) -> None:
+        self._marks = state.marks
+        self.ivs = _MarkField(state.marks, "iv")
+        self.mark_times = _MarkField(state.marks, "occurred_at")
+        self.multipliers = _Multipliers(state)
+        self.valuation_at = None
 
     def __getitem__(self, symbol: str) -> Decimal:
         return self._marks[symbol].price
@@ -249,6 +305,61 @@ class StateMarks(Mapping[str, Decimal]):
 
     def __len__(self) -> int:
         return len(self._marks)
+
+
+class _Multipliers(Mapping[str, Decimal]):
+    """``LedgerState.volatility`` seen as underlying -> multiplier in force (only the underlyings
+    whose dynamic margin has started: before its first sample an underlying's multiplier is 1)."""
+
+    __slots__ = ("_volatility",)
+
+    def __init__(self, state: LedgerState) -> None:
+        self._volatility = state.volatility
+
+    def __getitem__(self, underlying: str) -> Decimal:
+        found = self._volatility[underlying]
+        if not found.started:
+            raise KeyError(underlying)
+        return found.multiplier
+
+    def get(self, underlying: str, default: Any = None) -> Any:
+        found = self._volatility.get(underlying)
+        return default if found is None or not found.started else found.multiplier
+
+    def __iter__(self) -> Iterator[str]:
+        return (underlying for underlying, found in self._volatility.items() if found.started)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def multiplier_of(marks: Mapping[str, Decimal], underlying: str) -> Decimal:
+    """Dynamic margin's multiplier of ``underlying`` in ``marks`` (1 for a plain price mapping,
+    or an underlying whose dynamic margin has not started)."""
+    if isinstance(marks, Marks):
+        found: Decimal = marks.multipliers.get(underlying, ONE)
+        return found
+    return ONE
+
+
+def iv_of(marks: Mapping[str, Decimal], symbol: str) -> Decimal | None:
+    """The implied volatility of ``symbol``'s mark in ``marks`` (None: not given)."""
+    if isinstance(marks, Marks):
+        found: Decimal | None = marks.ivs.get(symbol)
+        return found
+    return None
+
+
+def valuation_time(marks: Mapping[str, Decimal], option: str, underlying: str) -> datetime | None:
+    """When ``option`` is valued (``Marks``): ``valuation_at`` when given, else the later of the
+    times of the option's mark and its underlying's (either alone when the other has none; None
+    when neither, or for a plain price mapping)."""
+    if not isinstance(marks, Marks):
+        return None
+    if marks.valuation_at is not None:
+        return marks.valuation_at
+    times = [t for t in (marks.mark_times.get(option), marks.mark_times.get(underlying)) if t is not None]
+    return max(times) if times else None
 
 
 class Reduction(NamedTuple):
@@ -351,9 +462,7 @@ class MarginModel:
         fee charged, leaves of its scope (equity and maintenance before it given)."""
         raise NotImplementedError
 
-    def bankruptcy_price(
-        self, position: PositionRisk, equity: Decimal, quantity: Decimal
-    ) -> tuple[Decimal, Decimal]:
+    def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
         """(unrounded, rounded) price at which closing ``quantity`` of ``position`` uses up the
         scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
         raise NotImplementedError

@@ -4,10 +4,9 @@ Every caller that needs a scope's figures asks here (``scope_risk``, ``account_r
 ``model_of``) and then talks to the ``marginmodel.MarginModel`` interface only. A new model is one
 new module with a ``MarginModel`` subclass, registered in ``MODELS`` below.
 
-Selection (CONTRACT v2 "Margin models"): an account's cross scope is margined by its model,
-``standard`` until the account asks for another (``margin_model`` requests, not yet accepted by
-this ledger version: every account is on ``DEFAULT_MODEL``); isolated positions always by
-``standard``. ``model_of`` is where the account's choice will be read.
+Selection (CONTRACT v2 "Margin models"): an account's cross scope is margined by the model it
+names (``Account.margin_model``: ``DEFAULT_MODEL`` until a ``margin_model`` request changes it);
+isolated positions always by ``standard``.
 """
 
 from __future__ import annotations
@@ -42,20 +41,22 @@ def model_named(name: str) -> MarginModel:
 
 
 def model_of(account: Account, scope: str = CROSS) -> MarginModel:
-    """The model that margins ``scope`` of ``account``: the account's model for its cross scope
-    (``DEFAULT_MODEL`` until accounts carry a choice), ``standard`` for an isolated position."""
-    return STANDARD_MODEL
+    """The model that margins ``scope`` of ``account``: the account's model for its cross scope,
+    ``standard`` for an isolated position."""
+    if scope != CROSS:
+        return STANDARD_MODEL
+    return model_named(account.margin_model)
 
 
 def scope_risk(state: LedgerState, account: Account, scope: str, *, liquidation_prices: bool = True) -> ScopeRisk:
     """The figures of one scope with the parameters in force and the last marks of ``state``."""
     return model_of(account, scope).evaluate_scope(
-        account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=liquidation_prices
+        account, state.parameters, StateMarks(state), scope, liquidation_prices=liquidation_prices
     )
 
 
 def account_risk(state: LedgerState, account: Account, *, liquidation_prices: bool = True) -> AccountRisk:
     """Every scope of ``account`` with the parameters in force and the last marks of ``state``."""
     return model_of(account).evaluate(
-        account, state.parameters, StateMarks(state.marks), liquidation_prices=liquidation_prices
+        account, state.parameters, StateMarks(state), liquidation_prices=liquidation_prices
     )

@@ -20,9 +20,11 @@ What it answers, for the cross scope:
 * **The worst cell** of each underlying is kept on ``ScopeRisk.underlyings`` with every cell.
 
 Inputs beyond prices. An option's cells need its implied volatility and the valuation time, and
-the grid needs dynamic margin's multiplier: a ``PortfolioMarks`` carries them beside the prices.
-With a plain mapping of prices, a book without options is margined (multiplier 1) and an option
-is a ``MarginModelError`` naming what is missing.
+the grid needs dynamic margin's multiplier: ``marginmodel.Marks`` carries them beside the prices
+(``StateMarks`` in the ledger, where an option is valued at the later of its own mark's time and
+its underlying's; ``PortfolioMarks`` in the calculator, at its ``at``). With a plain mapping of
+prices, a book without options is margined (multiplier 1) and an option is a
+``MarginModelError`` naming what is missing.
 
 The trigger index. ``index_bounds`` and ``budget_bands`` answer None and ``trigger_prices`` puts
 both bounds at the price in use: a portfolio scope is re-margined on every mark of each of its
@@ -60,10 +62,14 @@ from clearing.domain.marginmodel import (
     Bands,
     MarginModel,
     MarginModelError,
+    Marks,
     PositionRisk,
     Reduction,
     ScopeRisk,
     TriggerPrices,
+    iv_of,
+    multiplier_of,
+    valuation_time,
 )
 from clearing.domain.numbers import ONE, ZERO, divide, exact
 from clearing.domain.params import InstrumentSpec, RiskParameters
@@ -97,12 +103,12 @@ class _Context(NamedTuple):
     maintenance: Decimal  # the scope's
 
 
-class PortfolioMarks(Mapping[str, Decimal]):
-    """Prices (``symbol -> price``, as every model reads them) and what the grid needs beside
-    them: the options' implied volatilities, the valuation time, dynamic margin's multiplier per
-    underlying (1 when not given)."""
+class PortfolioMarks(Marks):
+    """``Marks`` from plain mappings (the calculator's): prices, the options' implied
+    volatilities, the valuation time of every option, dynamic margin's multiplier per underlying
+    (1 when not given)."""
 
-    __slots__ = ("_prices", "ivs", "multipliers", "valuation_at")
+    __slots__ = ("_prices", "ivs", "mark_times", "multipliers", "valuation_at")
 
     def __init__(
         self,
@@ -112,9 +118,10 @@ class PortfolioMarks(Mapping[str, Decimal]):
         multipliers: Mapping[str, Decimal] | None = None,
     ) -> None:
         self._prices = prices
-        self.ivs: Mapping[str, Decimal] = ivs if ivs is not None else {}
+        self.ivs = ivs if ivs is not None else {}
+        self.mark_times = {}
         self.valuation_at = valuation_at
-        self.multipliers: Mapping[str, Decimal] = multipliers if multipliers is not None else {}
+        self.multipliers = multipliers if multipliers is not None else {}
 
     def __getitem__(self, symbol: str) -> Decimal:
         return self._prices[symbol]
@@ -130,12 +137,6 @@ class PortfolioMarks(Mapping[str, Decimal]):
 
     def __len__(self) -> int:
         return len(self._prices)
-
-
-def _multiplier(marks: Mapping[str, Decimal], underlying: str) -> Decimal:
-    if isinstance(marks, PortfolioMarks):
-        return marks.multipliers.get(underlying, ONE)
-    return ONE
 
 
 # Per parameters document (immutable): grids by (underlying, multiplier), arrays by their inputs.
@@ -186,8 +187,8 @@ def _array(
         if found is None:
             found = linear_array(grid, spec, position.price_used)
     else:
-        iv = marks.ivs.get(spec.symbol) if isinstance(marks, PortfolioMarks) else None
-        at = marks.valuation_at if isinstance(marks, PortfolioMarks) else None
+        iv = iv_of(marks, spec.symbol)
+        at = valuation_time(marks, spec.symbol, spec.underlying_symbol)
         missing = [
             name
             for name, value in (
@@ -234,7 +235,7 @@ def _portfolio_cross(parameters: RiskParameters, marks: Mapping[str, Decimal], b
     requirements: list[UnderlyingRequirement] = []
     for underlying in sorted(by_underlying):
         held = by_underlying[underlying]
-        grid = _grid(parameters, underlying, _multiplier(marks, underlying))
+        grid = _grid(parameters, underlying, multiplier_of(marks, underlying))
         if grid is None:  # no portfolio_margin block: the standard requirements stand
             for position in held:
                 initial += position.initial_margin

@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final, NamedTuple
 
+from clearing.domain.dynamicmargin import VolatilityState
 from clearing.domain.numbers import ONE, ZERO, divide, round_display_price
 from clearing.domain.params import RiskParameters, log_start_parameters
 
@@ -95,6 +96,9 @@ class Account:
     # Margin-call lifecycle of the cross account and of each isolated position; see lifecycle.py.
     margin: dict[str, MarginStatus] = field(default_factory=dict)
     deficit: Decimal = ZERO  # loss beyond equity left after liquidation (bankrupt accounts)
+    # The margin model of the cross scope (``models.MODELS``), changed by ``margin_model`` requests;
+    # isolated positions are always on the standard model.
+    margin_model: str = "standard"
 
     def balance(self, asset: str) -> Decimal:
         return self.balances.get(asset, ZERO)
@@ -124,6 +128,7 @@ class Account:
             {key: p.copy() for key, p in self.positions.items()},
             {key: status.copy() for key, status in self.margin.items()},
             self.deficit,
+            self.margin_model,
         )
 
 
@@ -303,6 +308,9 @@ class LedgerState:
     # OPEN_FILLS_MAX); and fill id -> the bust id that reversed it (busts are rare corrections).
     open_fills: OrderedDict[str, OpenFill] = field(default_factory=OrderedDict)
     busted_fills: dict[str, str] = field(default_factory=dict)
+    # Dynamic margin per underlying (``dynamicmargin``): the last sample and the multiplier in
+    # force, as the ``MarginRatesChanged`` decisions left them.
+    volatility: dict[str, VolatilityState] = field(default_factory=dict)
     # ``terms()``'s copy, for the parameters it was made from (derived, not part of the state).
     terms_cache: Terms | None = field(default=None, repr=False, compare=False)
 
@@ -326,6 +334,11 @@ class LedgerState:
     def mark_price(self, symbol: str) -> Decimal | None:
         mark = self.marks.get(symbol)
         return None if mark is None else mark.price
+
+    def multiplier(self, underlying: str) -> Decimal:
+        """Dynamic margin's multiplier in force for ``underlying`` (1 before its first sample)."""
+        found = self.volatility.get(underlying)
+        return ONE if found is None else found.multiplier
 
     def asset_price(self, asset: str) -> Decimal | None:
         """Price of one unit of a collateral asset in the valuation asset."""

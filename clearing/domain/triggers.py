@@ -215,7 +215,7 @@ def _forget(index: TriggerIndex, account_id: str) -> None:
 
 
 def _evaluate(state: LedgerState, model: MarginModel, account: Account, scope: str) -> ScopeRisk:
-    return model.evaluate_scope(account, state.parameters, StateMarks(state.marks), scope, liquidation_prices=False)
+    return model.evaluate_scope(account, state.parameters, StateMarks(state), scope, liquidation_prices=False)
 
 
 def _push_entries(
@@ -266,7 +266,7 @@ def _bounds(
 ) -> tuple[Decimal | None, Decimal | None] | None:
     """The model's re-margin triggers of a scope that depends on ``symbol`` alone (item 3 of the
     module docstring); None when the scope cannot be indexed."""
-    return model.index_bounds(account, state.parameters, StateMarks(state.marks), risk, symbol)
+    return model.index_bounds(account, state.parameters, StateMarks(state), risk, symbol)
 
 
 def _budget_bounds(
@@ -274,7 +274,7 @@ def _budget_bounds(
 ) -> tuple[Bands, FillBudget | None] | None:
     """The model's bands of a scope that depends on several prices (item 4), spending
     ``BAND_SHARE`` of its budget."""
-    return model.budget_bands(account, state.parameters, StateMarks(state.marks), risk, symbols, BAND_SHARE)
+    return model.budget_bands(account, state.parameters, StateMarks(state), risk, symbols, BAND_SHARE)
 
 
 def absorbs_fill(state: LedgerState, fill: Fill) -> bool:

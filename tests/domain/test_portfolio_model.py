@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clearing.domain import margin, models
-from clearing.domain.marginmodel import CROSS, MarginModelError
+from clearing.domain.dynamicmargin import VolatilityState
+from clearing.domain.marginmodel import CROSS, MarginModelError, StateMarks, valuation_time
 from clearing.domain.numbers import ZERO, round_requirement, to_wire
 from clearing.domain.params import bundled_document, load_parameters
 from clearing.domain.portfolio import PORTFOLIO, PortfolioMarks
@@ -30,7 +31,7 @@ from clearing.domain.scenarios import (
     scenario_grid,
     underlying_requirement,
 )
-from clearing.domain.state import Account, Position
+from clearing.domain.state import Account, LedgerState, MarkState, Position
 from clearing.risk import evaluate_document, render_text
 
 CALL = "BTC-26MAR27-60000-C"
@@ -193,7 +194,9 @@ def test_the_model_is_registered_and_isolated_positions_stay_standard() -> None:
     standard = margin.evaluate(account, parameters, marks, liquidation_prices=True)
     assert risk.isolated == standard.isolated
     assert risk.cross.initial_margin == D(9600) and risk.cross.underlyings[0].underlying == "BTC"
-    assert models.model_of(account) is models.STANDARD_MODEL  # accounts cannot switch yet
+    assert models.model_of(account) is models.STANDARD_MODEL  # until the account names another
+    account.margin_model = PORTFOLIO
+    assert models.model_of(account) is model and models.model_of(account, "isolated:ETHUSDT") is models.STANDARD_MODEL
     assert model.dependencies(account, parameters, CROSS) == ("BTC", "BTCUSDT")
     assert model.index_bounds(account, parameters, marks, risk.cross, "BTCUSDT") is None
 
@@ -281,3 +284,35 @@ def test_the_models_requirements_equal_brute_force(quantities: list[str], btc: s
     assert risk.cross.equity == margin.evaluate(account, parameters, prices, liquidation_prices=False).cross.equity
     for requirement in risk.cross.underlyings:  # never below the worst cell's loss
         assert requirement.initial_margin >= requirement.worst_loss
+
+
+def test_in_the_ledger_an_option_is_valued_at_the_later_of_its_marks_times_with_the_multiplier_in_force() -> None:
+    """``StateMarks`` carries the marks' ivs and times and dynamic margin's multipliers: the
+    portfolio model in the ledger prices an option's array at the later of its own mark's time
+    and its underlying's (so one array per mark of either), on the grid the multiplier widens."""
+    state = LedgerState(parameters=load_parameters(parameters_document()))
+    account = state.account("A")
+    account.margin_model = PORTFOLIO
+    account.credit("USDT", D(100000))
+    account.positions[(CALL, "cross")] = Position(CALL, "cross", D(-1), D(-2000))
+    option_at, underlying_at = AT_TIME, datetime(2027, 1, 2, tzinfo=UTC)
+    state.marks[CALL] = MarkState(D(2000), option_at, D("0.6"))
+    state.marks["BTC"] = MarkState(D(60000), underlying_at)
+    marks = StateMarks(state)
+    assert marks.ivs.get(CALL) == D("0.6") and marks.ivs.get("BTC") is None and dict(marks.ivs) == {CALL: D("0.6")}
+    assert valuation_time(marks, CALL, "BTC") == underlying_at
+    parameters = state.parameters
+    expected = models.PORTFOLIO_MODEL.evaluate_scope(
+        account, parameters, PortfolioMarks({CALL: D(2000), "BTC": D(60000)}, {CALL: D("0.6")}, underlying_at), CROSS,
+        liquidation_prices=False,
+    )  # fmt: skip
+    assert models.scope_risk(state, account, CROSS) == expected
+    state.volatility["BTC"] = VolatilityState("BTC", started=True, multiplier=D("1.5"))
+    assert state.multiplier("BTC") == D("1.5") and StateMarks(state).multipliers == {"BTC": D("1.5")}
+    widened = models.PORTFOLIO_MODEL.evaluate_scope(
+        account, parameters,
+        PortfolioMarks({CALL: D(2000), "BTC": D(60000)}, {CALL: D("0.6")}, underlying_at, {"BTC": D("1.5")}), CROSS,
+        liquidation_prices=False,
+    )  # fmt: skip
+    assert models.scope_risk(state, account, CROSS) == widened
+    assert widened.initial_margin > expected.initial_margin

@@ -5,14 +5,16 @@ this version must be byte for byte what an earlier one wrote for the same state.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clearing.domain.dynamicmargin import VolatilityState
 from clearing.domain.state import LedgerState, OpenFill
 from clearing.engine.snapshots import snapshot_matches, state_bytes
-from clearing.engine.statecodec import PAIRING_KEYS, carries_pairing, encode_state
+from clearing.engine.statecodec import PAIRING_KEYS, carries_pairing, decode_state, encode_state
 
 # Identifiers as a message may carry them: any text, with what either encoder escapes often.
 identifiers = st.one_of(
@@ -88,3 +90,19 @@ def test_a_snapshot_that_carries_the_pairing_record_is_compared_in_full() -> Non
     # The same books, an open fill short: the snapshot holds the record, so it differs.
     assert not snapshot_matches(without, stored)
     assert not snapshot_matches(state, state_bytes(without))
+
+
+def test_margin_models_and_dynamic_margin_round_trip_and_are_absent_when_unused() -> None:
+    """A state without a portfolio account or a dynamic-margin sample spells no key for them (the
+    bytes of every snapshot written before they existed); one with them reads back equal."""
+    state = LedgerState()
+    state.account("A").credit("USDT", Decimal(1))
+    assert {"margin_models", "volatility"}.isdisjoint(encode_state(state))
+    state.account("A").margin_model = "portfolio"
+    state.volatility["BTC"] = VolatilityState(
+        "BTC", True, datetime(2027, 1, 1, tzinfo=UTC), Decimal("60000"), Decimal("0.03"), Decimal("1"),
+        Decimal("1.25"), 1,
+    )  # fmt: skip
+    decoded = decode_state(json.loads(state_bytes(state)))
+    assert decoded.accounts["A"].margin_model == "portfolio" and decoded.volatility == state.volatility
+    assert state_bytes(decoded) == state_bytes(state)
