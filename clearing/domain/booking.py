@@ -36,6 +36,7 @@ from clearing.domain.inputs import (
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
+    MarginModelRequest,
     Mark,
     RiskParametersMessage,
     Settlement,
@@ -357,6 +358,11 @@ def _apply_isolated_request(state: LedgerState, transfer: IsolatedMarginTransfer
     state.touched.add(transfer.account_id)
 
 
+def _apply_model_request(state: LedgerState, request: MarginModelRequest) -> None:
+    # A request moves nothing: the decision (changed or rejected) does.
+    state.touched.add(request.account_id)
+
+
 def _apply_parameters(state: LedgerState, message: RiskParametersMessage) -> None:
     state.parameters = load_parameters(message.parameters)
     state.touched.update(state.holders_all())
@@ -399,6 +405,7 @@ _APPLY_INPUT: dict[type, Callable[[LedgerState, Any], None]] = {
     LiquidationFill: _apply_liquidation_fill,
     RiskParametersMessage: _apply_parameters,
     FillBust: _apply_fill_bust,
+    MarginModelRequest: _apply_model_request,
 }
 
 

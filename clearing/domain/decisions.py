@@ -56,6 +56,8 @@ _CODECS: Final[dict[str, _Codec]] = {
     "bool": _PLAIN,
     "Decimal": _DECIMAL,
     "Decimal | None": _optional(_DECIMAL),
+    "datetime": _TIME,
+    "int": (_same, lambda value, _name: int(value)),
     "datetime | None": _optional(_TIME),
     "Level": (lambda level: level.value, lambda value, _name: Level(value)),
     "tuple[str, ...] | None": _optional((list, lambda value, _name: tuple(value))),
@@ -324,4 +326,55 @@ class PositionAutoDeleveraged(Decision):
     bankrupt_equity: Decimal  # of the bankrupt scope before this step, at the marks
     insurance_fund: Decimal  # the fund's balance in the valuation asset (it could not cover the deficit)
     margin_call_id: str | None
+    parameters_version: str
+
+
+# ---------------------------------------------------------------------------------------------
+# margin models and dynamic margin (CONTRACT v2)
+
+
+@decision(ev.MARGIN_MODEL_CHANGED)
+@dataclass(frozen=True, slots=True)
+class MarginModelChanged(Decision):
+    """A ``margin_model`` request approved: the account's cross scope is margined by ``model``
+    from this event on. ``equity`` and ``initial_margin`` are the cross scope's under ``model``,
+    at the marks in force, which the approval checked (equity >= initial margin)."""
+
+    account_id: str
+    request_id: str
+    model: str
+    previous_model: str
+    equity: Decimal
+    initial_margin: Decimal
+    parameters_version: str
+
+
+@decision(ev.MARGIN_MODEL_REJECTED)
+@dataclass(frozen=True, slots=True)
+class MarginModelRejected(Decision):
+    account_id: str
+    request_id: str
+    model: str
+    reason: str
+    parameters_version: str
+
+
+@decision(ev.MARGIN_RATES_CHANGED)
+@dataclass(frozen=True, slots=True)
+class MarginRatesChanged(Decision):
+    """One dynamic-margin sample of an underlying (``dynamicmargin.RatesChange``; its fields as
+    ``dynamicmargin.change_payload`` names them), taken at the boundary ``sample_at``. Every
+    sample is one, whether or not the multiplier moved. ``account_id`` is
+    ``events.MARGIN_RATES_ACCOUNT``."""
+
+    account_id: str
+    underlying: str
+    sample_at: datetime
+    sample_price: Decimal
+    log_return: Decimal | None  # None at the first sample (t = 0)
+    volatility: Decimal
+    raw_multiplier: Decimal
+    multiplier: Decimal
+    previous_multiplier: Decimal
+    index: int
     parameters_version: str

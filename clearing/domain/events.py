@@ -21,6 +21,7 @@ from clearing.domain.inputs import (
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
+    MarginModelRequest,
     Mark,
     Message,
     RiskParametersMessage,
@@ -49,6 +50,7 @@ INPUT_EVENT_TYPES: Final[dict[str, tuple[str, type[Message]]]] = {
     "liquidation_fill": (LIQUIDATION_FILL_RECORDED, LiquidationFill),
     "risk_parameters": ("RiskParametersChanged", RiskParametersMessage),
     "fill_bust": (FILL_BUSTED, FillBust),
+    "margin_model": ("MarginModelRequested", MarginModelRequest),
 }
 MODEL_BY_EVENT_TYPE: Final[dict[str, type[Message]]] = {
     event_type: model for event_type, model in INPUT_EVENT_TYPES.values()
@@ -67,6 +69,12 @@ INSURANCE_FUND_DRAWN: Final = "InsuranceFundDrawn"
 ACCOUNT_BANKRUPTED: Final = "AccountBankrupted"
 POSITION_AUTO_DELEVERAGED: Final = "PositionAutoDeleveraged"
 LIQUIDATION_ORDER_CANCELLED: Final = "LiquidationOrderCancelled"
+MARGIN_MODEL_CHANGED: Final = "MarginModelChanged"
+MARGIN_MODEL_REJECTED: Final = "MarginModelRejected"
+MARGIN_RATES_CHANGED: Final = "MarginRatesChanged"
+# The account id (and so the stream) of dynamic margin's decisions: they are about an underlying,
+# not an account, and name the clearing house's own books as the other system decisions do.
+MARGIN_RATES_ACCOUNT: Final = "system:margin-rates"
 DECISION_TYPES: Final = frozenset(
     {
         WITHDRAWAL_APPROVED,
@@ -81,6 +89,9 @@ DECISION_TYPES: Final = frozenset(
         ACCOUNT_BANKRUPTED,
         POSITION_AUTO_DELEVERAGED,
         LIQUIDATION_ORDER_CANCELLED,
+        MARGIN_MODEL_CHANGED,
+        MARGIN_MODEL_REJECTED,
+        MARGIN_RATES_CHANGED,
     }
 )
 
@@ -134,6 +145,8 @@ def idempotency_key(message: InputMessage, shard: int) -> str:
             return f"{prefix}risk_parameters/{version}"
         case FillBust():
             return f"{prefix}fill_bust/{message.bust_id}"
+        case MarginModelRequest():
+            return f"{prefix}margin_model/{message.request_id}"
     raise AssertionError(f"no idempotency key for {type(message).__name__}")  # pragma: no cover
 
 

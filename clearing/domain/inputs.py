@@ -215,6 +215,19 @@ FILL_BUST: Final = Description(
         FieldSpec("occurred_at", TIME),
     ),
 )
+# The margin models an account may ask for (CONTRACT v2): the names of ``models.MODELS``, which
+# this module cannot import (the models import the state, which imports these messages);
+# tests/domain/test_margin_model_request.py checks that the two lists agree.
+MARGIN_MODEL_NAMES: Final = ("standard", "portfolio")
+MARGIN_MODEL: Final = Description(
+    "margin_model",
+    (
+        FieldSpec("request_id", ID),
+        FieldSpec("account_id", ID),
+        FieldSpec("model", LITERAL, MARGIN_MODEL_NAMES),
+        FieldSpec("occurred_at", TIME),
+    ),
+)
 RISK_PARAMETERS: Final = Description(
     "risk_parameters", (FieldSpec("parameters", DOCUMENT), FieldSpec("occurred_at", TIME))
 )
@@ -437,6 +450,21 @@ class FillBust(Message):
         return (*super().values(), self.fill)
 
 
+class MarginModelRequest(Message):
+    """An account asks to be margined by another model (CONTRACT v2, ``margin_model``): a request
+    the ledger answers with ``MarginModelChanged`` or ``MarginModelRejected``."""
+
+    DESCRIPTION: ClassVar[Description] = MARGIN_MODEL
+    FIELDS: ClassVar[tuple[str, ...]] = MARGIN_MODEL.names
+
+    def __init__(self, request_id: str, account_id: str, model: str, occurred_at: datetime) -> None:
+        self.type: Final = "margin_model"
+        self.request_id: Final = request_id
+        self.account_id: Final = account_id
+        self.model: Final = model
+        self.occurred_at: Final = occurred_at
+
+
 class RiskParametersMessage(Message):
     DESCRIPTION: ClassVar[Description] = RISK_PARAMETERS
     FIELDS: ClassVar[tuple[str, ...]] = RISK_PARAMETERS.names
@@ -461,10 +489,11 @@ InputMessage = (
     | LiquidationFill
     | RiskParametersMessage
     | FillBust
+    | MarginModelRequest
 )
 MODELS: Final[tuple[type[Message], ...]] = (
     Fill, Deposit, Withdrawal, IsolatedMarginTransfer, Mark, Funding, Settlement, LiquidationFill,
-    RiskParametersMessage, FillBust,
+    RiskParametersMessage, FillBust, MarginModelRequest,
 )  # fmt: skip
 
 

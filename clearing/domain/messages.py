@@ -41,6 +41,7 @@ from clearing.domain.inputs import (
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
+    MarginModelRequest,
     Mark,
     Message,
     RiskParametersMessage,
@@ -186,7 +187,12 @@ def validated(model: type[Message], data: dict[str, Any]) -> InputMessage:
 # Which message types each input topic carries (topic names without the prefix).
 TOPIC_TYPES: dict[str, dict[str, type[Message]]] = {
     "fills": {"fill": Fill, "fill_bust": FillBust},
-    "transfers": {"deposit": Deposit, "withdrawal": Withdrawal, "isolated_margin": IsolatedMarginTransfer},
+    "transfers": {
+        "deposit": Deposit,
+        "withdrawal": Withdrawal,
+        "isolated_margin": IsolatedMarginTransfer,
+        "margin_model": MarginModelRequest,
+    },
     "marks": {"mark": Mark, "funding": Funding, "settlement": Settlement},
     "liquidations": {"liquidation_fill": LiquidationFill},
     "admin": {"risk_parameters": RiskParametersMessage},

@@ -26,7 +26,10 @@ ACCOUNT_UPDATES = "account-updates"  # CONTRACT v2
 DLQ = "dlq"
 CHECKPOINTS = "checkpoints"
 DELEVERAGING = "deleveraging"  # CONTRACT v2
-OUTPUT_TOPICS = (MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ, CHECKPOINTS, DELEVERAGING)
+MARGIN_RATES = "margin-rates"  # CONTRACT v2
+OUTPUT_TOPICS = (
+    MARGIN_CALLS, LIQUIDATION_ORDERS, WITHDRAWALS, ACCOUNT_UPDATES, DLQ, CHECKPOINTS, DELEVERAGING, MARGIN_RATES,
+)  # fmt: skip
 
 # The largest request the outbox's producer sends (its ``max_request_size``): Kafka's default, which
 # a broker's default ``message.max.bytes`` (1 MiB + 12 bytes) accepts. The relay sends one message
@@ -66,6 +69,9 @@ _MESSAGE_TYPES: dict[str, tuple[str, str]] = {
     ev.LIQUIDATION_ORDER_CANCELLED: (LIQUIDATION_ORDERS, "liquidation_order_cancelled"),
     ev.POSITION_AUTO_DELEVERAGED: (DELEVERAGING, "auto_deleveraged"),
     ev.ACCOUNT_BANKRUPTED: (MARGIN_CALLS, "account_bankrupted"),
+    ev.MARGIN_MODEL_CHANGED: (ACCOUNT_UPDATES, "margin_model_changed"),
+    ev.MARGIN_MODEL_REJECTED: (ACCOUNT_UPDATES, "margin_model_rejected"),
+    ev.MARGIN_RATES_CHANGED: (MARGIN_RATES, "margin_rates_changed"),
 }
 PUBLISHED_DECISION_TYPES = frozenset(_MESSAGE_TYPES)  # decision events that go out on a topic
 
