@@ -450,7 +450,7 @@ def _books_table(console: Console, books: BookMargins) -> None:
 def _model_changes(console: Console, engine: sa.Engine) -> None:
     """The accounts that switched margin model (``MarginModelChanged``) and the refusals."""
     with engine.connect() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 sa.text(
                     "SELECT type, count(*) FROM events WHERE type IN ('MarginModelChanged', 'MarginModelRejected') "
@@ -507,7 +507,7 @@ def _rate_changes(console: Console, engine: sa.Engine) -> None:
             ),
             None,
         )
-        after = (
+        after: dict[str, int] = (
             dict(
                 conn.execute(
                     sa.text(
