@@ -576,10 +576,40 @@ def _rate_changes(console: Console, engine: sa.Engine) -> None:
             f"From the first rise of a multiplier (log position {first_rise}) on: "
             f"{int(after.get('MarginCallIssued', 0))} margin calls issued, "
             f"{int(after.get('MarginCallEscalated', 0))} escalated, "
-            f"{int(after.get('LiquidationOrderIssued', 0))} liquidation orders; "
-            f"{caused} of those calls and orders were decided by a rates change itself (the new rates pushed the "
-            "account across a threshold before any further mark)."
+            f"{int(after.get('LiquidationOrderIssued', 0))} liquidation orders. "
+            f"{caused} calls and orders in the whole run were decided by a rates change itself (the new rates "
+            "pushed the account across a threshold before any further mark)."
         )
+        _portfolio_call(console, engine, first_rise)
+
+
+def _portfolio_call(console: Console, engine: sa.Engine, after: int) -> None:
+    """The first margin call on a portfolio account from log position ``after`` on, with the worst
+    cell of its grid (``worst_cells``, on decisions taken under the portfolio model)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT c.payload FROM events c WHERE c.position > :after "
+                "AND c.type IN ('MarginCallIssued', 'MarginCallEscalated') "
+                "AND (SELECT m.payload->>'model' FROM events m WHERE m.type = 'MarginModelChanged' "
+                "AND m.payload->>'account_id' = c.payload->>'account_id' AND m.position < c.position "
+                "ORDER BY m.position DESC LIMIT 1) = 'portfolio' ORDER BY c.position LIMIT 1"
+            ),
+            {"after": after},
+        ).scalar_one_or_none()
+    if row is None:
+        return
+    cells = "; ".join(
+        f"{cell['underlying']} move {cell['move']}, volatility {cell['volatility']}"
+        + (" (extreme)" if cell.get("extreme") else "")
+        for cell in row.get("worst_cells") or ()
+    )
+    console.print(
+        f"A call on a portfolio account: {row['margin_call_id']} on {row['account_id']}, level {row['level']}, "
+        f"equity {_money(row['equity'])} against maintenance {_money(row['maintenance_margin'])}"
+        + (f"; worst cell {cells}" if cells else "")
+        + f". [bold]clearing audit explain {row['margin_call_id']}[/bold] shows its grid and arithmetic."
+    )
 
 
 def _dead_letter_reasons(engine: sa.Engine) -> list[tuple[str, int]]:
