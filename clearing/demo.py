@@ -520,11 +520,14 @@ def _rate_changes(console: Console, engine: sa.Engine) -> None:
             if first_rise is not None
             else {}
         )
-        caused = conn.execute(
+        # The samples an event causes come before its other decisions, which are then taken under the
+        # new rates: the calls and orders after a rise in the same step are the rise's at once.
+        at_once = conn.execute(
             sa.text(
-                "SELECT count(*) FROM events d JOIN events c ON c.position = d.cause_position AND c.shard = d.shard "
-                "WHERE c.type = 'MarginRatesChanged' AND d.type IN "
-                "('MarginCallIssued', 'MarginCallEscalated', 'LiquidationOrderIssued')"
+                "SELECT count(*) FROM events d JOIN events r ON r.cause_position = d.cause_position "
+                "AND r.shard = d.shard AND r.position < d.position WHERE r.type = 'MarginRatesChanged' "
+                "AND (r.payload->>'multiplier')::numeric > (r.payload->>'previous_multiplier')::numeric "
+                "AND d.type IN ('MarginCallIssued', 'MarginCallEscalated', 'LiquidationOrderIssued')"
             )
         ).scalar_one()
     per_underlying: dict[str, list[dict[str, Any]]] = {}
@@ -577,8 +580,8 @@ def _rate_changes(console: Console, engine: sa.Engine) -> None:
             f"{int(after.get('MarginCallIssued', 0))} margin calls issued, "
             f"{int(after.get('MarginCallEscalated', 0))} escalated, "
             f"{int(after.get('LiquidationOrderIssued', 0))} liquidation orders. "
-            f"{caused} calls and orders in the whole run were decided by a rates change itself (the new rates "
-            "pushed the account across a threshold before any further mark)."
+            f"{at_once} calls and orders were decided in the very step of a rise, under the new rates (the "
+            "samples an event causes are taken before its other decisions)."
         )
         _portfolio_call(console, engine, first_rise)
 

@@ -259,9 +259,14 @@ def test_portfolio_accounts_hedged_and_naked_through_a_crash_that_raises_the_mul
     assert {COVERED, NAKED} <= {row.payload["account_id"] for row in orders}
     for account in (COVERED, NAKED):
         assert any(row.position > first_rise for row in orders if row.payload["account_id"] == account), account
-    # The new rates re-margin at once: some call is decided by a sample itself, before the next mark.
-    sample_positions = {row.position for row in samples}
-    assert any(row.cause_position in sample_positions for row in calls)
+    # The new rates re-margin at once: a call is decided in the step of a sample that raised the
+    # multiplier (the samples come first, the lifecycle then looks under the new rates).
+    rises = {
+        row.cause_position: row.position
+        for row in samples
+        if D(row.payload["multiplier"]) > D(row.payload["previous_multiplier"])
+    }
+    assert any(rises.get(row.cause_position, row.position) < row.position for row in calls)
     filled = {row.payload["liquidation_id"] for row in log if row.type == "LiquidationFillRecorded"}
     assert {row.payload["liquidation_id"] for row in orders} == filled
 
