@@ -12,8 +12,10 @@ portfolio margin model (a ``margin_model`` request on the transfers topic right 
 deposits) and holds an option book instead of trading at random: most books hedged (a covered
 call, a protective put or a collar on the perpetual, a call or a put spread), some a naked short
 put or call (``BOOKS``). Each book is opened in the first half of the steps before the crash,
-leg by leg, against accounts on the standard model; the options are then marked every step, with
-their iv. With ``dynamic_margin`` (``--dynamic-margin``) the steps are spaced in event time so
+leg by leg, against an options dealer (``DEALER``, an account on the standard model with a deposit
+deep enough to carry the other side of every book: one account to re-margin on every option mark,
+not one per leg); the options are then marked every step, with their iv. With ``dynamic_margin``
+(``--dynamic-margin``) the steps are spaced in event time so
 that a ``sample_seconds`` boundary is crossed every ``STEPS_PER_SAMPLE`` steps, and the crash
 spans several samples. Either flag opens the run with a ``risk_parameters`` document
 (``parameters_document``): the bundled one with ``portfolio_margin`` blocks for the option
@@ -133,7 +135,9 @@ NAKED_BOOKS: Final = frozenset({"naked put", "naked call"})
 # hedged books up to 3 times it, naked ones up to 1.5 times.
 HEDGED_NOTIONAL_PER_EQUITY: Final = (Decimal(1), Decimal("1.5"), Decimal(2), Decimal(3))
 NAKED_NOTIONAL_PER_EQUITY: Final = (Decimal("0.5"), Decimal(1), Decimal("1.5"))
-STANDARD_ACCOUNTS_MIN: Final = 2  # random trades and the books' counterparties need two
+STANDARD_ACCOUNTS_MIN: Final = 2  # random trades need two
+DEALER: Final = "OPTIONS-DEALER"  # the books' counterparty (prefixed by the run's id prefix)
+DEALER_DEPOSIT: Final = Decimal(100_000_000)
 
 
 def parameters_document(scenario: Scenario) -> dict[str, Any]:
@@ -266,8 +270,8 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             )
 
     def book_trades(account: str, number: int) -> Iterator[Message]:
-        """``account`` opens its book (``BOOKS``), one trade per leg against an account on the
-        standard model, the perpetual at its price and each option at its mark."""
+        """``account`` opens its book (``BOOKS``), one trade per leg against the dealer, the
+        perpetual at its price and each option at its mark."""
         name = prng.choices(list(BOOK_WEIGHTS), weights=list(BOOK_WEIGHTS.values()))[0]
         perpetual = prng.choice(book_perpetuals)
         asset = INSTRUMENTS[perpetual][3]
@@ -275,12 +279,11 @@ def generate(scenario: Scenario) -> Iterator[Message]:
         per_equity = prng.choice(NAKED_NOTIONAL_PER_EQUITY if name in NAKED_BOOKS else HEDGED_NOTIONAL_PER_EQUITY)
         quantity = max(_q(equity[account] * per_equity / underlying, OPTION_QUANTITY_STEP), OPTION_QUANTITY_STEP)
         for leg, (side, what) in enumerate(BOOKS[name], 1):
-            counterparty = prng.choice(standard)
+            counterparty = dealer
             if what == "perpetual":
                 symbol, price = perpetual, _q(underlying, INSTRUMENTS[perpetual][1])
                 signed = quantity if side == "buy" else -quantity
                 held[account][symbol] = held[account].get(symbol, Decimal(0)) + signed
-                held[counterparty][symbol] = held[counterparty].get(symbol, Decimal(0)) - signed
             else:
                 symbol = book_symbols[asset][what]
                 price = option_marks[symbol]
@@ -350,6 +353,20 @@ def generate(scenario: Scenario) -> Iterator[Message]:
             {"type": "risk_parameters", "parameters": parameters_document(scenario), "occurred_at": format_time(clock)},
         )
     yield from marks()
+    dealer = f"{run}{DEALER}"
+    if on_portfolio:
+        yield Message(
+            "transfers",
+            dealer,
+            {
+                "type": "deposit",
+                "transfer_id": f"{run}D-{DEALER}",
+                "account_id": dealer,
+                "asset": "USDT",
+                "amount": to_wire(DEALER_DEPOSIT),
+                "occurred_at": book_tick(),
+            },
+        )
     for account in accounts:
         amount = Decimal(rng.randint(2_000, 100_000))
         equity[account] = amount

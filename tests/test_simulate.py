@@ -16,6 +16,7 @@ from clearing.demo import book_margins, demo_scenario
 from clearing.domain.params import load_parameters
 from clearing.simulate import (
     BOOKS,
+    DEALER,
     NAKED_BOOKS,
     STEPS_PER_SAMPLE,
     Message,
@@ -110,12 +111,15 @@ def test_a_share_of_the_accounts_asks_for_the_portfolio_model_before_trading_and
         assert set(kinds[:request_at]) == {"deposit"}
         fills = [messages[i] for i in mine[request_at + 1 :] if messages[i].value["type"] == "fill"]
         assert fills and all(f.value["fill_id"].startswith("PF-") for f in fills)
-    # The counterparties of the books are accounts on the standard model.
+    # Every leg of a book is traded with the dealer, whose deposit comes before any of them.
     book_trades: dict[str, set[str]] = {}
     for m in messages:
         if m.value["type"] == "fill" and m.value["fill_id"].startswith("PF-"):
             book_trades.setdefault(m.value["trade_id"], set()).add(m.value["account_id"])
-    assert all(len(owners & set(chosen)) == 1 and len(owners) == 2 for owners in book_trades.values())
+    assert book_trades and all(len(owners & set(chosen)) == 1 and DEALER in owners for owners in book_trades.values())
+    dealer_deposit = next(i for i, m in enumerate(messages) if m.value.get("account_id") == DEALER)
+    assert messages[dealer_deposit].value["type"] == "deposit"
+    assert dealer_deposit < min(i for i, m in enumerate(messages) if m.value.get("fill_id", "").startswith("PF-"))
 
 
 def test_books_are_hedged_and_naked_and_their_options_are_marked_with_iv() -> None:
