@@ -24,6 +24,7 @@ from clearing.domain.fold import conservation
 from clearing.domain.params import bundled_document, load_parameters
 from clearing.engine.ledger import Ledger
 from clearing.liquidator import MARKET_MAKER, Liquidator
+from clearing.simulate import STEPS_PER_SAMPLE, Scenario, generate
 from tests.integration.conftest import InProcessLedger, consume_topic, merge_ends, produce
 from tests.integration.test_margin_e2e import _caught_up, _log, _settle
 
@@ -295,3 +296,56 @@ def test_portfolio_accounts_hedged_and_naked_through_a_crash_that_raises_the_mul
 
 def _sample_at(row: Any) -> datetime:
     return datetime.fromisoformat(str(row.payload["sample_at"]).replace("Z", "+00:00"))
+
+
+# A market in which the crash (35%) calls portfolio accounts too (most hedged books ride it out).
+SIMULATED = Scenario(
+    seed=6,
+    accounts=30,
+    trades=300,
+    steps=60,
+    crash_at=0.7,
+    crash_depth=D("0.35"),
+    options=True,
+    portfolio_share=0.3,
+    dynamic_margin=True,
+)
+
+
+def test_a_simulated_market_with_portfolio_accounts_and_dynamic_margin_goes_through_the_ledger(
+    in_process_ledger: InProcessLedger, broker: str, topic_prefix: str, owner_engine: sa.Engine
+) -> None:
+    """``clearing simulate --portfolio-share 0.3 --dynamic-margin``'s messages: nothing dead-lettered,
+    every portfolio account's request approved, BTC's multiplier raised by the crash, the
+    portfolio accounts among those called, ``audit verify`` passes."""
+    market = list(generate(SIMULATED))
+    liquidator = Liquidator(broker, topic_prefix)
+    try:
+        liquidator.publish_deposit()
+        in_process_ledger.run_until(dict(liquidator.produced))
+        _settle(
+            in_process_ledger,
+            liquidator,
+            produce(broker, topic_prefix, ((m.kind, m.key, m.value) for m in market)).ends,
+        )
+    finally:
+        liquidator.close()
+
+    engine = in_process_ledger.engine
+    with engine.connect() as conn:
+        dead = conn.execute(sa.text("SELECT error FROM dead_letters")).scalars().all()
+    assert dead == []
+    decisions = [row for row in _log(engine) if row.type in ev.DECISION_TYPES]
+    requested = {m.value["account_id"] for m in market if m.value["type"] == "margin_model"}
+    changed = {row.payload["account_id"] for row in decisions if row.type == ev.MARGIN_MODEL_CHANGED}
+    assert len(requested) == 9 and changed == requested
+    btc = [
+        D(row.payload["multiplier"])
+        for row in decisions
+        if row.type == ev.MARGIN_RATES_CHANGED and row.payload["underlying"] == "BTC"
+    ]
+    assert len(btc) >= SIMULATED.steps // STEPS_PER_SAMPLE - 1 and max(btc) > btc[0]
+    called = {row.payload["account_id"] for row in decisions if row.type == ev.MARGIN_CALL_ISSUED}
+    assert called & requested
+    report = verify(owner_engine)
+    assert report.ok, [check.as_dict() for check in report.checks if not check.ok]
