@@ -549,6 +549,11 @@ def _apply_rates_changed(state: LedgerState, decision: MarginRatesChanged) -> No
     step re-margins it under the new rates at once (an account the new rates push across a
     threshold gets its call in this step) and re-indexes it (its triggers move with the rates)."""
     underlying = decision.underlying
+    if state.parameters.dynamic_margin_spec(underlying) is None:
+        # Sampled under the block in force before its cause, a document that drops the block
+        # (applied first: samples are decided after their event): the drop wins, the
+        # multiplier stays 1 (``_apply_parameters``).
+        return
     before = state.multiplier(underlying)
     current = state.volatility.get(underlying) or dynamicmargin.VolatilityState(underlying)
     change = dynamicmargin.RatesChange(

@@ -118,6 +118,15 @@ def test_the_index_decides_exactly_as_brute_force_on_random_markets(msgs: list[A
     assert decisions(run(msgs, brute_force=False)) == decisions(run(msgs, brute_force=True))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(models=True, rates=True))
+def test_the_index_decides_exactly_as_brute_force_with_rate_changes_and_model_requests(msgs: list[Any]) -> None:
+    # Dynamic margin moves every holder's rates at a sample, and an approved request moves an
+    # account to another model: the index must bound each account by the rates and the model in
+    # force (bounds from the document's own tiers would miss crossings the scaled ones make).
+    assert decisions(run(msgs, brute_force=False)) == decisions(run(msgs, brute_force=True))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(walks(), st.data())
 def test_a_replayed_state_rebuilds_the_index_and_decides_the_same(msgs: list[Any], data: st.DataObject) -> None:
