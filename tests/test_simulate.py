@@ -137,7 +137,7 @@ def test_books_are_hedged_and_naked_and_their_options_are_marked_with_iv() -> No
 def test_a_hedged_book_needs_less_initial_margin_on_the_portfolio_model() -> None:
     """What the demo prints: the calculator's IM of each kind of book on both models. Spreads and
     collars offset on the grid (the standard model margins their short leg alone)."""
-    scenario = demo_scenario(accounts=50, trades=600, seed=7)
+    scenario = replace(demo_scenario(accounts=50, trades=600, seed=7), portfolio_share=0.2)
     books = book_margins(scenario, list(generate(scenario)))
     by_book = {example.book: example for example in books.examples}
     assert set(by_book) == set(BOOKS) - {"protective put"}
