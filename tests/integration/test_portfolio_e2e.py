@@ -9,6 +9,7 @@ names the worst cell of its grid. Nothing sleeps: every wait polls a bound."""
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 
 from clearing.audit.explain import explain, render
 from clearing.audit.verify import verify
+from clearing.domain import decisions
 from clearing.domain import events as ev
 from clearing.domain.black76 import option_value
 from clearing.domain.fold import conservation
@@ -29,6 +31,10 @@ from tests.integration.conftest import InProcessLedger, consume_topic, merge_end
 from tests.integration.test_margin_e2e import _caught_up, _log, _settle
 
 pytestmark = [pytest.mark.integration]
+
+# What later branches of issue 24 bring (see the end of the first test).
+WORST_CELLS_ON_DECISIONS = hasattr(decisions, "WorstCell")  # branch liquidate
+GRID_IN_EXPLAIN = importlib.util.find_spec("clearing.audit.grid") is not None  # branch views
 
 D = Decimal
 START = datetime(2026, 12, 1, tzinfo=UTC)  # a multiple of the sample period: boundaries at START + k minutes
@@ -284,11 +290,16 @@ def test_portfolio_accounts_hedged_and_naked_through_a_crash_that_raises_the_mul
     report = verify(owner_engine)
     assert report.ok, [check.as_dict() for check in report.checks if not check.ok]
 
-    # A portfolio call names the worst cell of its grid (branch liquidate: ``worst_cells`` on the
-    # decision), and ``audit explain`` of it shows that cell (branch views: the grid in explain).
+    # A portfolio call names the worst cell of its grid (``worst_cells`` on the decision), and
+    # ``audit explain`` of it shows that cell (the grid in explain). Until the branches that bring
+    # them are merged the test says so (xfail) at that point, and holds them strictly once they are.
+    if not WORST_CELLS_ON_DECISIONS:
+        pytest.xfail("waits for branch liquidate: decisions on portfolio scopes name their worst_cells")
     call = next(row for row in calls if row.payload["account_id"] == NAKED)
     cells = call.payload["worst_cells"]
     assert [cell["underlying"] for cell in cells] == ["BTC"]
+    if not GRID_IN_EXPLAIN:
+        pytest.xfail("waits for branch views: audit explain shows a portfolio scope's grid and worst cells")
     text = render(explain(engine, call.payload["margin_call_id"]))
     assert "worst" in text.lower()
     assert cells[0]["move"] in text and cells[0]["volatility"] in text
