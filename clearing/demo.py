@@ -157,8 +157,7 @@ def run_demo(
         f"their iv every step), marks as a random walk, a 25% crash at the end that hits the put writers, and "
         f"{len(BAD_MESSAGES)} malformed messages. {len(books.accounts)} accounts ask for the portfolio margin "
         "model and open an option book each with an options dealer (mostly hedged, some naked short options); "
-        "margin scales with "
-        f"volatility (dynamic margin, sampled every {scenario.sample_seconds} s of event time). "
+        f"margin scales with volatility (dynamic margin, sampled every {scenario.sample_seconds} s of event time). "
         f"A liquidator (a simulated exchange) fills the ledger's liquidation orders at their mark against "
         f"{liquidator.MARKET_MAKER}."
     )
@@ -334,7 +333,7 @@ class BookMargins:
 def book_margins(scenario: Scenario, market: Iterable[Message]) -> BookMargins:
     """For the first book of each kind (``simulate.BOOKS``) in ``market``: its positions as opened
     by the account that asked for the portfolio model, valued by the risk calculator at the marks
-    (prices and ivs) in force when its last leg traded, under ``standard`` and under ``portfolio``
+    (prices and ivs) in force when it was opened, under ``standard`` and under ``portfolio``
     (the run's parameters document, multiplier 1). What the account would need on either model,
     side by side: the hedges offset on the grid and not in the standard per-position rates."""
     parameters = parameters_document(scenario)
@@ -493,9 +492,9 @@ def _model_changes(console: Console, engine: sa.Engine) -> None:
 
 
 def _rate_changes(console: Console, engine: sa.Engine) -> None:
-    """Dynamic margin: each underlying's multiplier before the crash and at its highest, the
-    samples where it moved, and the calls and liquidation orders decided from the first rise on
-    (those the rates change itself caused: their cause is the ``MarginRatesChanged`` event)."""
+    """Dynamic margin: each underlying's multiplier at its first sample and at its highest, the
+    samples where it moved, the calls and liquidation orders decided from the first rise on (and
+    how many in the very step of a rise), and a call on a portfolio account."""
     with engine.connect() as conn:
         samples = conn.execute(
             sa.text("SELECT position, payload FROM events WHERE type = 'MarginRatesChanged' ORDER BY position")

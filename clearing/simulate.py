@@ -14,10 +14,10 @@ call, a protective put or a collar on the perpetual, a call or a put spread), so
 put or call (``BOOKS``). Each book is opened in the first half of the steps before the crash,
 leg by leg, against an options dealer (``DEALER``, an account on the standard model with a deposit
 deep enough to carry the other side of every book: one account to re-margin on every option mark,
-not one per leg); the options are then marked every step, with their iv. With ``dynamic_margin``
-(``--dynamic-margin``) the steps are spaced in event time so
-that a ``sample_seconds`` boundary is crossed every ``STEPS_PER_SAMPLE`` steps, and the crash
-spans several samples. Either flag opens the run with a ``risk_parameters`` document
+not one per leg); the options are then marked every step, with their iv. The books' legs come on
+top of ``trades``. With ``dynamic_margin`` (``--dynamic-margin``) the steps are spaced in event
+time so that a ``sample_seconds`` boundary is crossed every ``STEPS_PER_SAMPLE`` steps, and the
+crash spans several samples. Either flag opens the run with a ``risk_parameters`` document
 (``parameters_document``): the bundled one with ``portfolio_margin`` blocks for the option
 underlyings and, with ``dynamic_margin``, ``dynamic_margin`` blocks for every underlying. The
 choices of those flags come from a second generator (``random.Random`` seeded from the seed and a
@@ -241,7 +241,7 @@ def generate(scenario: Scenario) -> Iterator[Message]:
         clock += timedelta(milliseconds=rng.randint(5, 500))
         return format_time(clock)
 
-    # The portfolio accounts' draws (their books, sizes, counterparties, times) come from a
+    # The portfolio accounts' draws (their books, sizes, times) come from a
     # generator of their own: the rest of the market draws what it would draw without them.
     prng = random.Random(f"books:{scenario.seed}")
 
@@ -279,17 +279,14 @@ def generate(scenario: Scenario) -> Iterator[Message]:
         per_equity = prng.choice(NAKED_NOTIONAL_PER_EQUITY if name in NAKED_BOOKS else HEDGED_NOTIONAL_PER_EQUITY)
         quantity = max(_q(equity[account] * per_equity / underlying, OPTION_QUANTITY_STEP), OPTION_QUANTITY_STEP)
         for leg, (side, what) in enumerate(BOOKS[name], 1):
-            counterparty = dealer
             if what == "perpetual":
                 symbol, price = perpetual, _q(underlying, INSTRUMENTS[perpetual][1])
-                signed = quantity if side == "buy" else -quantity
-                held[account][symbol] = held[account].get(symbol, Decimal(0)) + signed
             else:
                 symbol = book_symbols[asset][what]
                 price = option_marks[symbol]
             at = book_tick()
             other = "sell" if side == "buy" else "buy"
-            for account_side, owner in ((side, account), (other, counterparty)):
+            for account_side, owner in ((side, account), (other, dealer)):
                 fee = (quantity * price * Decimal("0.0003")).quantize(Decimal("0.00000001"))
                 yield Message(
                     "fills",
