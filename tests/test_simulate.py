@@ -164,3 +164,14 @@ def test_with_dynamic_margin_the_steps_cross_sample_boundaries_and_the_crash_spa
 def test_a_portfolio_share_outside_zero_to_one_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="portfolio_share"):
         list(generate(Scenario(accounts=10, trades=10, steps=2, portfolio_share=share)))
+
+
+def test_the_simulate_command_takes_the_share_and_dynamic_margin() -> None:
+    from clearing.cli import build_parser
+
+    given = build_parser().parse_args(
+        ["simulate", "--portfolio-share", "0.2", "--dynamic-margin", "--sample-seconds", "120"]
+    )
+    assert (given.portfolio_share, given.dynamic_margin, given.sample_seconds) == (0.2, True, 120)
+    default = build_parser().parse_args(["simulate"])
+    assert (default.portfolio_share, default.dynamic_margin, default.sample_seconds) == (0.0, False, 60)
