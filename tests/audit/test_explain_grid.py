@@ -254,8 +254,10 @@ def test_the_first_sample_is_explained_from_the_initial_volatility() -> None:
     assert t0 is not None
     payload = {"account_id": ev.MARGIN_RATES_ACCOUNT, **change_payload(t0), "parameters_version": "v"}
     result = rates_explain.rates_figures(state, payload, None)
-    result.update(decision={"position": 5, "type": ev.MARGIN_RATES_CHANGED, "payload": payload},
-                  cause={"position": 4, "type": "MarkRecorded", "occurred_at": "2027-01-01T01:10:00+00:00"})  # fmt: skip
+    result.update(
+        decision={"position": 5, "type": ev.MARGIN_RATES_CHANGED, "payload": payload},
+        cause={"position": 4, "type": "MarkRecorded", "occurred_at": "2027-01-01T01:10:00+00:00"},
+    )
     text = rates_explain.render_rates(result)
     assert result["matches_decision"]
     assert "First sample: no return; sigma_0 = initial_volatility = 0.02" in text
