@@ -14,6 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from clearing.domain import dynamicmargin
 from clearing.domain.black76 import intrinsic_value
 from clearing.domain.decisions import (
     AccountBankrupted,
@@ -25,6 +26,8 @@ from clearing.domain.decisions import (
     MarginCallEscalated,
     MarginCallIssued,
     MarginCallResolved,
+    MarginModelChanged,
+    MarginRatesChanged,
     PositionAutoDeleveraged,
     WithdrawalApproved,
 )
@@ -364,7 +367,17 @@ def _apply_model_request(state: LedgerState, request: MarginModelRequest) -> Non
 
 
 def _apply_parameters(state: LedgerState, message: RiskParametersMessage) -> None:
-    state.parameters = load_parameters(message.parameters)
+    """The new document is in force. Dynamic margin (CONTRACT v2) across documents: an underlying
+    whose ``dynamic_margin`` block the new document drops is no longer scaled, its multiplier back
+    to 1 and its samples forgotten (a block added again later starts afresh, at its first
+    boundary with a mark, as a new block does); a block the new document keeps, changed or not,
+    keeps its state: the volatility measured so far goes on, and the new figures (lambda,
+    reference, floor, cap, buffer, sample_seconds) apply from its next sample, the multiplier in
+    force staying until then. Every holder is re-margined under the new document
+    (``lifecycle``), so a multiplier back to 1 takes effect at once."""
+    parameters = state.parameters = load_parameters(message.parameters)
+    for underlying in [u for u in state.volatility if parameters.dynamic_margin_spec(u) is None]:
+        del state.volatility[underlying]
     state.touched.update(state.holders_all())
 
 
@@ -530,7 +543,46 @@ def _apply_deleveraged(state: LedgerState, decision: PositionAutoDeleveraged) ->
     book(state, bankrupt, position, spec, -quantity, decision.price)
 
 
-# Rejections (withdrawal, isolated transfer) move nothing: they have no applier.
+def _apply_rates_changed(state: LedgerState, decision: MarginRatesChanged) -> None:
+    """A dynamic-margin sample: the underlying's volatility state goes on from it. When the
+    multiplier in force moves, every holder of an instrument on the underlying is touched, so the
+    step re-margins it under the new rates at once (an account the new rates push across a
+    threshold gets its call in this step) and re-indexes it (its triggers move with the rates)."""
+    underlying = decision.underlying
+    if state.parameters.dynamic_margin_spec(underlying) is None:
+        # Sampled under the block in force before its cause, a document that drops the block
+        # (applied first: samples are decided after their event): the drop wins, the
+        # multiplier stays 1 (``_apply_parameters``).
+        return
+    before = state.multiplier(underlying)
+    current = state.volatility.get(underlying) or dynamicmargin.VolatilityState(underlying)
+    change = dynamicmargin.RatesChange(
+        underlying=underlying,
+        sample_at=decision.sample_at,
+        sample_price=decision.sample_price,
+        log_return=decision.log_return,
+        volatility=decision.volatility,
+        raw_multiplier=decision.raw_multiplier,
+        multiplier=decision.multiplier,
+        previous_multiplier=decision.previous_multiplier,
+        index=decision.index,
+    )
+    state.volatility[underlying] = dynamicmargin.apply(current, change)
+    if decision.multiplier != before:
+        for spec in state.parameters.instruments_on(underlying):
+            holders = state.holders.get(spec.symbol)
+            if holders:
+                state.touched.update(holders)
+
+
+def _apply_model_changed(state: LedgerState, decision: MarginModelChanged) -> None:
+    """The account's cross scope is margined by ``decision.model`` from here on; touched, so the
+    step re-margins and re-indexes it under that model (``lifecycle.decide``)."""
+    state.account(decision.account_id).margin_model = decision.model
+    state.touched.add(decision.account_id)
+
+
+# Rejections (withdrawal, isolated transfer, margin model) move nothing: they have no applier.
 _APPLY_DECISION: dict[type, Callable[[LedgerState, Any], None]] = {
     WithdrawalApproved: _apply_withdrawal_approved,
     IsolatedMarginTransferred: _apply_isolated_transferred,
@@ -542,4 +594,6 @@ _APPLY_DECISION: dict[type, Callable[[LedgerState, Any], None]] = {
     AccountBankrupted: _apply_bankrupt,
     LiquidationOrderCancelled: _apply_order_cancelled,
     PositionAutoDeleveraged: _apply_deleveraged,
+    MarginModelChanged: _apply_model_changed,
+    MarginRatesChanged: _apply_rates_changed,
 }

@@ -47,6 +47,10 @@ def _optional(codec: _Codec) -> _Codec:
 
 
 _DECIMAL: Final[_Codec] = (to_wire, parse_decimal)
+# A figure a decision carries with every digit it was computed with, beyond what an input's
+# number may hold (``parse_decimal``'s limits): a log return under the pricing context.
+WideDecimal = Decimal
+_WIDE: Final[_Codec] = (to_wire, lambda value, _name: Decimal(value))
 _TIME: Final[_Codec] = (format_time, lambda value, _name: datetime.fromisoformat(value))
 _PLAIN: Final[_Codec] = (_same, _read_same)
 # By the field's annotation (this module is written with ``from __future__ import annotations``).
@@ -56,6 +60,7 @@ _CODECS: Final[dict[str, _Codec]] = {
     "bool": _PLAIN,
     "Decimal": _DECIMAL,
     "Decimal | None": _optional(_DECIMAL),
+    "WideDecimal | None": _optional(_WIDE),
     "datetime": _TIME,
     "int": (_same, lambda value, _name: int(value)),
     "datetime | None": _optional(_TIME),
@@ -371,7 +376,7 @@ class MarginRatesChanged(Decision):
     underlying: str
     sample_at: datetime
     sample_price: Decimal
-    log_return: Decimal | None  # None at the first sample (t = 0)
+    log_return: WideDecimal | None  # None at the first sample (t = 0); every digit of the ln
     volatility: Decimal
     raw_multiplier: Decimal
     multiplier: Decimal

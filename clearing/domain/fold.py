@@ -14,12 +14,13 @@ conservation invariant holds at every position of the log (see ``conservation``)
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from clearing.domain import booking, lifecycle
+from clearing.domain import booking, dynamicmargin, lifecycle, models
 from clearing.domain import events as ev
-from clearing.domain.decisions import Decision, decision_of
+from clearing.domain.decisions import Decision, MarginRatesChanged, decision_of
 from clearing.domain.inputs import (
     Deposit,
     Fill,
@@ -28,6 +29,7 @@ from clearing.domain.inputs import (
     InputMessage,
     IsolatedMarginTransfer,
     LiquidationFill,
+    MarginModelRequest,
     Mark,
     RiskParametersMessage,
     Settlement,
@@ -55,6 +57,8 @@ class StaleMark(InputError):
 def admit(state: LedgerState, message: InputMessage) -> None:
     """Raise ``InputError`` when the message cannot enter the log in this state."""
     params = state.parameters
+    if params.dynamic_margin:
+        _check_boundaries(state, message)
     match message:
         case Fill() | LiquidationFill():
             spec = _instrument(state, message.instrument)
@@ -115,6 +119,21 @@ def admit(state: LedgerState, message: InputMessage) -> None:
                 load_parameters(message.parameters)
             except ValueError as error:
                 raise InputError(f"risk_parameters document rejected: {_first_line(error)}") from None
+        case MarginModelRequest():
+            if message.model not in models.MODELS:  # decoding checks it too; the log must never hold another
+                known = ", ".join(sorted(models.MODELS))
+                raise InputError(f"margin_model {message.model!r} is not a margin model of this ledger ({known})")
+
+
+def _check_boundaries(state: LedgerState, message: InputMessage) -> None:
+    """An event may cross at most ``dynamicmargin.BOUNDARIES_PER_EVENT_MAX`` sample boundaries of
+    each dynamic margin block: each is a decision of its own, and a step never samples part of
+    the boundaries an event crosses (a replay would have to stop at the same part)."""
+    for spec in state.parameters.dynamic_margin:
+        try:
+            dynamicmargin.boundaries_crossed(state.last_occurred_at, message.occurred_at, spec.sample_seconds)
+        except dynamicmargin.DynamicMarginError as error:
+            raise InputError(f"dynamic margin {spec.underlying}: {error}") from None
 
 
 def _instrument(state: LedgerState, symbol: str) -> InstrumentSpec:
@@ -268,6 +287,10 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
     """``step`` for a loop already under the ledger context (``numbers.require_ledger_context``
     says so): the replay of ``audit verify`` calls it for every input of the log."""
     event_type = ev.INPUT_EVENT_TYPES[message.type][0]
+    # Dynamic margin's samples of the boundaries this event crosses, taken before it is applied
+    # (with the marks applied before it, under the blocks in force before it: CONTRACT v2) and
+    # decided after it, first of its decisions.
+    rates = _rate_samples(state, message) if state.parameters.dynamic_margin else None
     # The accounts this step touches are gathered apart from those ``state.touched`` already
     # holds (and added to them at the end): the lifecycle re-margins every account the input
     # changed and re-indexes them. The replay empties ``state.touched`` after every event: the
@@ -280,14 +303,58 @@ def step_in_context(state: LedgerState, message: InputMessage, position: int, sh
         _apply(state, event_type, message, {})
         # Not a copy: ``lifecycle.decide`` reads ``changed`` before its first decision, which is
         # when the decisions' own accounts start to be added to this set.
-        return _decide(state, message, position, shard, state.touched)
+        return _decide(state, message, position, shard, state.touched, rates)
     finally:
         if own:
             outer |= state.touched
             state.touched = outer
 
 
-def _decide(state: LedgerState, message: InputMessage, position: int, shard: int, changed: set[str]) -> list[ev.Event]:
+def _rate_samples(state: LedgerState, message: InputMessage) -> list[MarginRatesChanged] | None:
+    """The ``MarginRatesChanged`` decisions of the boundaries ``message`` crosses (CONTRACT v2
+    "Dynamic margin"), taken before it is applied: event time is ``state.last_occurred_at`` (the
+    largest occurred_at applied so far) and each underlying is sampled with its last applied
+    mark. In boundary order; at one boundary, in the document's order of the blocks. None when
+    the event crosses no boundary (or every boundary it crosses is before the underlying's first
+    mark). ``admit`` refused an event that crosses too many."""
+    event_time = state.last_occurred_at
+    if event_time is None or message.occurred_at <= event_time:
+        return None
+    version = state.parameters.version
+    found: list[tuple[datetime, int, MarginRatesChanged]] = []
+    for place, spec in enumerate(state.parameters.dynamic_margin):
+        underlying = spec.underlying
+        current = state.volatility.get(underlying) or dynamicmargin.VolatilityState(underlying)
+        mark = state.mark_price(underlying)
+        for _after, change in dynamicmargin.samples_for_event(spec, current, event_time, message.occurred_at, mark):
+            decision = MarginRatesChanged(
+                ev.MARGIN_RATES_ACCOUNT,
+                change.underlying,
+                change.sample_at,
+                change.sample_price,
+                change.log_return,
+                change.volatility,
+                change.raw_multiplier,
+                change.multiplier,
+                change.previous_multiplier,
+                change.index,
+                version,
+            )
+            found.append((change.sample_at, place, decision))
+    if not found:
+        return None
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [decision for _at, _place, decision in found]
+
+
+def _decide(
+    state: LedgerState,
+    message: InputMessage,
+    position: int,
+    shard: int,
+    changed: set[str],
+    rates: list[MarginRatesChanged] | None = None,
+) -> list[ev.Event]:
     keyed: list[ev.Event] = []
 
     def emit(decision: Decision) -> None:
@@ -305,6 +372,12 @@ def _decide(state: LedgerState, message: InputMessage, position: int, shard: int
         booking.apply_decision(state, type(decision).from_payload(payload))
         keyed.append(keyed_decision)
 
+    if rates is not None:
+        # Booked before the lifecycle looks: a multiplier that moved touches every holder on its
+        # underlying (``booking``), which ``changed`` (``state.touched``) then holds, so they are
+        # re-margined under the new rates in this step.
+        for sample in rates:
+            emit(sample)
     lifecycle.decide(state, message, position, emit, changed)
     return keyed
 

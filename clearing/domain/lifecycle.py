@@ -45,6 +45,8 @@ from clearing.domain.decisions import (
     MarginCallEscalated,
     MarginCallIssued,
     MarginCallResolved,
+    MarginModelChanged,
+    MarginModelRejected,
     PositionAutoDeleveraged,
     WithdrawalApproved,
     WithdrawalRejected,
@@ -54,13 +56,23 @@ from clearing.domain.inputs import (
     Funding,
     InputMessage,
     IsolatedMarginTransfer,
+    MarginModelRequest,
     Mark,
     RiskParametersMessage,
     Settlement,
     Withdrawal,
 )
 from clearing.domain.levels import LIQUIDATING, Level, below_resolve, rank
-from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, isolated_scope, scope_instrument
+from clearing.domain.marginmodel import (
+    CROSS,
+    ISOLATED,
+    MarginModelError,
+    PositionRisk,
+    ScopeRisk,
+    StateMarks,
+    isolated_scope,
+    scope_instrument,
+)
 from clearing.domain.numbers import (
     ZERO,
     divide,
@@ -389,10 +401,59 @@ def decide_isolated_transfer(
     )
 
 
+def decide_margin_model(state: LedgerState, request: MarginModelRequest) -> MarginModelChanged | MarginModelRejected:
+    """Approve a change of the account's model (CONTRACT v2 "Margin models") only when the
+    account is not liquidating (no scope at liquidation or bankrupt level, no liquidation order
+    pending) and its cross scope meets initial margin under the new model: equity >= initial
+    margin, both as the new model computes them with the parameters and marks in force. A
+    request for the model already in force is rejected as such: it changes nothing, and an
+    answer that said "changed" would tell the account's owner something that did not happen.
+
+    Once the decision is booked (``booking``: the account names its new model), the step's
+    re-margin takes the account's scopes under it at once and re-indexes it, as for any account
+    a request touched (``decide``)."""
+    account = state.accounts.get(request.account_id) or Account(request.account_id)
+    version = state.parameters.version
+    current = account.margin_model
+    reason: str | None = None
+    if request.model == current:
+        reason = f"the account is already on the {current} margin model"
+    if reason is None:
+        reason = _liquidating(account) or _pending_orders(account)
+    risk: ScopeRisk | None = None
+    if reason is None:
+        try:
+            risk = models.model_named(request.model).evaluate_scope(
+                account, state.parameters, StateMarks(state), CROSS, liquidation_prices=False
+            )
+        except MarginModelError as error:
+            reason = f"the {request.model} model cannot margin this account: {error}"
+    if reason is None and risk is not None and risk.equity < risk.initial_margin:
+        reason = (
+            f"equity {to_wire(risk.equity)} is below the initial margin {to_wire(risk.initial_margin)} "
+            f"that the {request.model} model requires"
+        )
+    if reason is not None or risk is None:
+        return MarginModelRejected(
+            request.account_id, request.request_id, request.model, reason or "not evaluated", version
+        )
+    return MarginModelChanged(
+        request.account_id, request.request_id, request.model, current, risk.equity, risk.initial_margin, version
+    )
+
+
+def _pending_orders(account: Account) -> str | None:
+    for scope, status in sorted(account.margin.items()):
+        if status.pending_orders:
+            return f"the account has liquidation orders pending ({scope}: {', '.join(status.pending_orders)})"
+    return None
+
+
 # The requests an input makes, answered by one decision each, by message type.
 _REQUESTS: Final[dict[type, Callable[[LedgerState, Any], Decision]]] = {
     Withdrawal: decide_withdrawal,
     IsolatedMarginTransfer: decide_isolated_transfer,
+    MarginModelRequest: decide_margin_model,
 }
 _MOVES: Final[dict[type, _Moves]] = {
     Mark: _marked,

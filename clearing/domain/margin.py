@@ -40,6 +40,14 @@ Choices a reader should know about:
   nor priced, its figures convert at 1 (par) and the asset is named in ``unpriced_assets``.
 * **Negative balances** (USDT owed after losses) count at full value: a haircut on a debt would
   make the account look richer than it is.
+* **Dynamic margin** (CONTRACT v2). The multiplier in force for an instrument's underlying
+  (``marginmodel.multiplier_of`` the marks: 1 for a plain mapping of prices) scales its tier rates,
+  and so its tiers' amounts (``dynamicmargin.scaled_tier_table``), and the option margin rates of
+  the underlying (``dynamicmargin.scaled_option_margin``). Every figure below reads the scaled
+  tables: requirements, liquidation and trigger prices, the index's bounds and bands, and the
+  liquidation arithmetic (``PositionRisk.multiplier`` carries the multiplier to the functions
+  that are given a position and not the marks). A scaled rate may pass 1; a liquidation price is
+  then the crossing nearest to the price in use (``liquidation_price``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
+from clearing.domain.dynamicmargin import scaled_option_margin, scaled_tier_table
 from clearing.domain.levels import classify, margin_ratio
 from clearing.domain.marginmodel import (
     CROSS,
@@ -65,6 +74,7 @@ from clearing.domain.marginmodel import (
     ScopeRisk,
     TriggerPrices,
     isolated_scope,
+    multiplier_of,
 )
 from clearing.domain.numbers import (
     MINUS_ONE,
@@ -83,7 +93,7 @@ from clearing.domain.numbers import (
     round_requirement,
 )
 from clearing.domain.optionmargin import position_margin
-from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, RiskParameters
+from clearing.domain.params import AssetSpec, CompiledTier, InstrumentSpec, OptionMarginRates, RiskParameters
 from clearing.domain.state import Account, BudgetedPosition, FillBudget, Position
 
 STANDARD: Final = "standard"
@@ -161,6 +171,54 @@ def _listed(parameters: RiskParameters, symbol: str) -> InstrumentSpec:
     return _instrument(parameters, symbol)
 
 
+# Scaled tier tables and option margin rates, by (symbol or underlying, multiplier), for the
+# parameters in force: a multiplier changes once per sample, and every evaluation in between
+# reads the same tables (keyed by the document's identity, as ``_constants``).
+_SCALED: tuple[RiskParameters | None, dict[tuple[str, Decimal], tuple[CompiledTier, ...]]] = (None, {})
+_SCALED_RATES: tuple[RiskParameters | None, dict[tuple[str, Decimal], OptionMarginRates]] = (None, {})
+SCALED_CACHE_ENTRIES_MAX: Final = 4_096  # then the cache starts again, empty
+
+
+def tiers_of(parameters: RiskParameters, spec: InstrumentSpec, multiplier: Decimal) -> tuple[CompiledTier, ...]:
+    """The instrument's tier table under dynamic margin's ``multiplier`` (its own at 1)."""
+    if multiplier == ONE:
+        return spec.tier_table
+    global _SCALED
+    cached = _SCALED
+    if cached[0] is not parameters or len(cached[1]) >= SCALED_CACHE_ENTRIES_MAX:
+        cached = _SCALED = (parameters, {})
+    key = (spec.symbol, multiplier)
+    found = cached[1].get(key)
+    if found is None:
+        found = cached[1][key] = scaled_tier_table(spec, multiplier)
+    return found
+
+
+def tier_in(tiers: tuple[CompiledTier, ...], notional: Decimal) -> CompiledTier:
+    """The tier of ``tiers`` whose band holds this absolute notional (``InstrumentSpec.tier_for``
+    of a scaled table: scaling moves no cap)."""
+    for tier in tiers:
+        if tier.notional_cap is None or notional <= tier.notional_cap:
+            return tier
+    raise AssertionError("the last tier is unbounded")  # pragma: no cover - validated by params
+
+
+def option_rates_of(parameters: RiskParameters, underlying: str, multiplier: Decimal) -> OptionMarginRates | None:
+    """The underlying's standard option margin rates under dynamic margin's ``multiplier``."""
+    rates = parameters.option_margin_rates(underlying)
+    if rates is None or multiplier == ONE:
+        return rates
+    global _SCALED_RATES
+    cached = _SCALED_RATES
+    if cached[0] is not parameters or len(cached[1]) >= SCALED_CACHE_ENTRIES_MAX:
+        cached = _SCALED_RATES = (parameters, {})
+    key = (underlying, multiplier)
+    found = cached[1].get(key)
+    if found is None:
+        found = cached[1][key] = scaled_option_margin(rates, multiplier)
+    return found
+
+
 def _settlement_price(parameters: RiskParameters, marks: Mapping[str, Decimal], asset: str) -> Decimal | None:
     if asset == parameters.valuation_asset:
         return ONE
@@ -193,7 +251,8 @@ def _position_risk(
         price_used = divide(cost, quantity * size) if quantity != ZERO else ZERO
         notional = abs(cost)
         pnl_settlement = ZERO
-    tier = spec.tier_for(notional)
+    multiplier = multiplier_of(marks, spec.underlying_symbol)
+    tier = tier_in(tiers_of(parameters, spec, multiplier), notional)
     figures = PositionRisk(
         instrument,
         position.margin_mode,
@@ -213,6 +272,8 @@ def _position_risk(
         round_requirement(s * (notional * tier.initial_rate - tier.initial_amount)),  # tier.initial(notional)
         round_requirement(s * (notional * tier.maintenance_rate - tier.maintenance_amount)),  # tier.maintenance
         None,
+        None,
+        multiplier,
     )
     return figures, unpriced
 
@@ -243,7 +304,8 @@ def _option_position_risk(
     underlying_mark = ONE if underlying == parameters.valuation_asset else marks.get(underlying)
     if underlying_mark is None and unpriced is None:
         unpriced = underlying
-    rates = parameters.option_margin_rates(underlying)
+    multiplier = multiplier_of(marks, underlying)
+    rates = option_rates_of(parameters, underlying, multiplier)
     if rates is None:
         raise MarginModelError(f"option {spec.symbol}: parameters {parameters.version} have no option_margin rates")
     margin = position_margin(
@@ -279,6 +341,7 @@ def _option_position_risk(
             margin.contracts,
             rates,
         ),
+        multiplier,
     )
     return figures, unpriced
 
@@ -376,7 +439,7 @@ def _scope_line(parameters: RiskParameters, scope: ScopeRisk, position: Position
         direction=s * sign,
         weight=s,
         size=abs(position.quantity) * position.contract_size,
-        tiers=_instrument(parameters, position.instrument).tier_table,
+        tiers=tiers_of(parameters, _instrument(parameters, position.instrument), position.multiplier),
     )
 
 
@@ -584,9 +647,8 @@ def _asset_scope_line(
             units += position.quantity * position.contract_size * position.price_used - position.cost
         moving_equity += position.unrealised_pnl
         moving_maintenance += position.maintenance_margin
-        requirement += (
-            _instrument(parameters, position.instrument).tier_for(position.notional).maintenance(position.notional)
-        )
+        tiers = tiers_of(parameters, _instrument(parameters, position.instrument), position.multiplier)
+        requirement += tier_in(tiers, position.notional).maintenance(position.notional)
     return _ScopeLine(
         equity_rest=risk.equity - moving_equity,
         maintenance_rest=risk.maintenance_margin - moving_maintenance,
@@ -723,22 +785,23 @@ RELATIVE_SLACK: Final = Decimal("1e-9")
 
 # Per-parameters constants of the bounds below, computed once per parameters document (which is
 # immutable): keyed by the document's identity, so the cache follows the parameters in force.
-_CONSTANTS: tuple[RiskParameters | None, dict[tuple[str, int], Decimal]] = (None, {})
+_CONSTANTS: tuple[RiskParameters | None, dict[tuple[str, int, Decimal], Decimal]] = (None, {})
 
 
-def _constants(parameters: RiskParameters) -> dict[tuple[str, int], Decimal]:
+def _constants(parameters: RiskParameters) -> dict[tuple[str, int, Decimal], Decimal]:
     global _CONSTANTS
     cached = _CONSTANTS
-    if cached[0] is not parameters:
+    if cached[0] is not parameters or len(cached[1]) >= SCALED_CACHE_ENTRIES_MAX:
         cached = _CONSTANTS = (parameters, {})
     return cached[1]
 
 
-def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal) -> Decimal:
-    """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (and 1): how
-    flat ``t x equity - maintenance`` can get in the mark (see ``index_bounds``)."""
+def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal, multiplier: Decimal) -> Decimal:
+    """The smallest |t x sign(q) - rate| over the thresholds t and the tier rates (scaled by
+    dynamic margin's ``multiplier``) and 1: how flat ``t x equity - maintenance`` can get in the
+    mark (see ``index_bounds``)."""
     constants = _constants(parameters)
-    key = (spec.symbol, 1 if direction > ZERO else -1)
+    key = (spec.symbol, 1 if direction > ZERO else -1, multiplier)
     gamma = constants.get(key)
     if gamma is None:
         policy = parameters.margin_call
@@ -747,19 +810,20 @@ def _gamma(parameters: RiskParameters, spec: InstrumentSpec, direction: Decimal)
             + [
                 abs(threshold * direction - tier.maintenance_rate)
                 for threshold in (policy.resolve_ratio, policy.warning_ratio, ONE)
-                for tier in spec.tier_table
+                for tier in tiers_of(parameters, spec, multiplier)
             ]
         )
     return gamma
 
 
-def _widest(parameters: RiskParameters, spec: InstrumentSpec) -> Decimal:
-    """1 + the largest maintenance rate of the instrument's tiers (see ``budget_bands``)."""
+def _widest(parameters: RiskParameters, spec: InstrumentSpec, multiplier: Decimal) -> Decimal:
+    """1 + the largest maintenance rate of the instrument's tiers, scaled by dynamic margin's
+    ``multiplier`` (see ``budget_bands``)."""
     constants = _constants(parameters)
-    key = (spec.symbol, 0)
+    key = (spec.symbol, 0, multiplier)
     widest = constants.get(key)
     if widest is None:
-        widest = constants[key] = ONE + max(tier.maintenance_rate for tier in spec.tier_table)
+        widest = constants[key] = ONE + max(tier.maintenance_rate for tier in tiers_of(parameters, spec, multiplier))
     return widest
 
 
@@ -789,7 +853,7 @@ def index_bounds(
             return None
         slope = position.settlement_price * abs(position.quantity) * position.contract_size
         direction = ONE if position.quantity > ZERO else MINUS_ONE
-        gamma = _gamma(parameters, spec, direction)
+        gamma = _gamma(parameters, spec, direction, position.multiplier)
     else:
         asset = parameters.asset(symbol)
         if asset is None:
@@ -875,7 +939,7 @@ def budget_bands(
             continue
         held = account.positions[(symbol, CROSS)]
         unit = spec.contract_size * price
-        widest = _widest(parameters, spec)
+        widest = _widest(parameters, spec, held_multiplier(marks, spec))
         unit_spread = round_bound_up(spec.contract_size * widest * band)
         size = abs(held.quantity)
         entry = budgeted[symbol] = BudgetedPosition(
@@ -936,7 +1000,7 @@ def _sensitivities(
             if position.option is not None:
                 widest = ONE if position.quantity > ZERO else 2 + position.option.rates.maintenance_rate
             else:
-                widest = _widest(parameters, spec)
+                widest = _widest(parameters, spec, position.multiplier)
             sensitivity.append((symbol, k + contracts * widest))
         else:
             asset = parameters.asset(symbol)
@@ -945,6 +1009,11 @@ def _sensitivities(
             k += abs(units_after_haircut(asset, account.balance(symbol)))
             sensitivity.append((symbol, k))
     return sensitivity
+
+
+def held_multiplier(marks: Mapping[str, Decimal], spec: InstrumentSpec) -> Decimal:
+    """Dynamic margin's multiplier of the instrument's underlying in ``marks``."""
+    return multiplier_of(marks, spec.underlying_symbol)
 
 
 def _largest_haircut(parameters: RiskParameters) -> Decimal:
@@ -987,7 +1056,7 @@ def reduction(
             equity - option_fee,
             maintenance - position.maintenance_margin + left_requirement,
         )
-    tier = spec.tier_for(notional)
+    tier = tier_in(tiers_of(parameters, spec, position.multiplier), notional)
     requirement = round_requirement(tier.maintenance(notional) * position.settlement_price) if left else ZERO
     unit_value = position.contract_size * position.price_used * position.settlement_price
     fee = round_requirement(reduce * unit_value * fee_rate)

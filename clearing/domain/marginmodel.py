@@ -130,6 +130,10 @@ class PositionRisk(NamedTuple):
     maintenance_margin: Decimal  # valuation asset, rounded up
     liquidation_price: Decimal | None  # see ``liquidation_price`` (None for an option)
     option: OptionRisk | None = None
+    # Dynamic margin's multiplier of the instrument's underlying that the rates above (and an
+    # option's ``option.rates``) were scaled by (CONTRACT v2): what a figure derived from this
+    # position alone (a reduction, a liquidation price) scales by too.
+    multiplier: Decimal = ONE
 
     @property
     def is_option(self) -> bool:

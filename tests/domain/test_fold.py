@@ -208,15 +208,64 @@ prices = st.integers(min_value=1, max_value=2_000_000).map(lambda cents: D(cents
 quantities = st.integers(min_value=1, max_value=5_000).map(lambda milli: D(milli) / 1000)
 
 
+# Dynamic margin in the random markets (``markets(rates=True)``): a block per underlying of the
+# perpetuals, sampled every minute, so that the markets' time steps cross boundaries.
+RATES_SAMPLE_SECONDS = 60
+UNDERLYINGS = {"BTCUSDT": "BTC", "ETHUSDT": "ETH"}
+
+
+def rates_document(version: str = "rates-1", **overrides: Any) -> dict[str, Any]:
+    """The bundled document with a dynamic_margin block for BTC and ETH (the figures of
+    tests/domain/test_dynamicmargin.py's worked series, sampled every ``RATES_SAMPLE_SECONDS``
+    unless ``overrides`` say otherwise)."""
+    from clearing.domain.params import bundled_document
+
+    document = bundled_document()
+    document["version"] = version
+    block = {
+        "sample_seconds": RATES_SAMPLE_SECONDS, "lambda": "0.9", "initial_volatility": "0.02",
+        "reference_volatility": "0.02", "multiplier_floor": "1", "multiplier_cap": "3", "release_buffer": "0.25",
+        **overrides,
+    }  # fmt: skip
+    document["dynamic_margin"] = [{"underlying": underlying, **block} for underlying in ("BTC", "ETH")]
+    return document
+
+
 @st.composite
-def markets(draw: st.DrawFn) -> list[Any]:
+def markets(draw: st.DrawFn, *, models: bool = False, rates: bool = False) -> list[Any]:
+    """Random markets of the perpetuals. ``models``: accounts also ask to change margin model
+    (``margin_model`` requests). ``rates``: the log starts with a document that enables dynamic
+    margin (``rates_document``), the underlyings are marked too, and time moves by steps that
+    cross sample boundaries (none, one, several at once)."""
     msgs: list[Any] = []
     at = T0
+    kinds = ["trade", "trade", "deposit", "mark", "funding", "withdrawal", "isolated"]
+    if models:
+        kinds += ["model", "model"]
+    if rates:
+        kinds += ["underlying", "underlying"]
+        msgs.append(message("admin", type="risk_parameters", parameters=rates_document(), occurred_at=at.isoformat()))
     for index in range(draw(st.integers(min_value=1, max_value=40))):
-        at += timedelta(seconds=1)
-        kind = draw(st.sampled_from(["trade", "trade", "deposit", "mark", "funding", "withdrawal", "isolated"]))
+        at += timedelta(seconds=draw(st.sampled_from([1, 1, 1, 30, 61, 150])) if rates else 1)
+        kind = draw(st.sampled_from(kinds))
         instrument = draw(st.sampled_from(["BTCUSDT", "ETHUSDT"]))
-        if kind == "trade":
+        if kind == "model":
+            msgs.append(
+                message(
+                    "transfers",
+                    type="margin_model",
+                    request_id=f"s{index}",
+                    account_id=draw(st.sampled_from(ACCOUNTS)),
+                    model=draw(st.sampled_from(["portfolio", "portfolio", "standard"])),
+                    occurred_at=at.isoformat(),
+                )
+            )
+        elif kind == "underlying":
+            symbol = UNDERLYINGS[instrument]
+            msgs.append(
+                message("marks", type="mark", symbol=symbol, price=str(draw(prices)), occurred_at=at.isoformat())
+            )
+        elif kind == "trade":
             buyer, seller = draw(st.lists(st.sampled_from(ACCOUNTS), min_size=2, max_size=2, unique=True))
             q, p = draw(quantities), draw(prices)
             mode = draw(st.sampled_from(["cross", "cross", "isolated"]))
@@ -338,6 +387,44 @@ def test_replaying_the_log_gives_the_live_state_and_the_same_decisions(msgs: lis
     assert [(d.type, d.payload, d.idempotency_key) for d in again.decisions] == [
         (d.type, d.payload, d.idempotency_key) for d in live.decisions
     ]
+
+
+def margin_view(state: LedgerState) -> dict[str, Any]:
+    """What the margin models and dynamic margin keep in the state, beside ``snapshot``: each
+    account's model and margin statuses, the volatility state of each underlying, event time."""
+    return {
+        "accounts": snapshot(state),
+        "models": {account_id: account.margin_model for account_id, account in state.accounts.items()},
+        "margin": {
+            account_id: {scope: (s.status, s.margin_call_id, s.deadline, tuple(s.pending_orders))
+                         for scope, s in account.margin.items()}
+            for account_id, account in state.accounts.items()
+        },
+        "volatility": dict(state.volatility),
+        "event_time": state.last_occurred_at,
+    }  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(models=True, rates=True))
+def test_replay_equals_live_with_margin_model_requests_and_rate_changes(msgs: list[Any]) -> None:
+    from hypothesis import event
+
+    live = run_live(msgs)
+    kinds = {d.type for d in live.decisions}
+    event(f"model changed: {ev.MARGIN_MODEL_CHANGED in kinds}; rates sampled: {ev.MARGIN_RATES_CHANGED in kinds}")
+    replayed = opened_state()
+    for logged in live.log:
+        replay_event(replayed, logged.type, logged.payload)
+    assert margin_view(replayed) == margin_view(live.state)
+    assert conservation(live.state) == {}
+    # The inputs as the log holds them decide the same again, rate changes and model decisions
+    # included, in the same order and with the same keys.
+    again = run_live([ev.message_of(e.type, e.payload) for e in live.log if e.type in ev.MODEL_BY_EVENT_TYPE])
+    assert [(d.type, d.stream, d.payload, d.idempotency_key) for d in again.decisions] == [
+        (d.type, d.stream, d.payload, d.idempotency_key) for d in live.decisions
+    ]
+    assert margin_view(again.state) == margin_view(live.state)
 
 
 def test_funding_between_the_two_fills_of_a_trade_stays_in_the_pool_and_the_books_balance() -> None:

@@ -350,6 +350,7 @@ def _with_time(model_type: str, kind: str, value: Any) -> bytes:
         },
         "risk_parameters": {"type": "risk_parameters", "parameters": {"version": "x"}},
         "fill_bust": bust("B-1", "F-1", "A").wire(),
+        "margin_model": {"type": "margin_model", "request_id": "S-1", "account_id": "A", "model": "portfolio"},
     }
     return json.dumps({**samples[model_type], "occurred_at": value}).encode()
 
@@ -360,7 +361,7 @@ EVERY_TYPE = [(kind, name) for kind, types in TOPIC_TYPES.items() for name in ty
 def test_every_input_message_type_has_an_event_time_checked_here() -> None:
     assert {name for _kind, name in EVERY_TYPE} == {
         "fill", "deposit", "withdrawal", "isolated_margin", "mark", "funding", "settlement", "liquidation_fill",
-        "risk_parameters", "fill_bust",
+        "risk_parameters", "fill_bust", "margin_model",
     }  # fmt: skip
     assert all("occurred_at" in schema.model_fields for schema in SCHEMAS.values())
 

@@ -70,6 +70,7 @@ def v1_document() -> dict[str, Any]:
         if spec["kind"] != "option"
     ]
     del document["option_margin"]
+    del document["portfolio_margin"]
     return document
 
 
@@ -147,10 +148,13 @@ def test_a_v1_document_is_logged_as_it_was_sent() -> None:
 def test_the_current_bundled_document_has_a_version_of_its_own() -> None:
     """One version names one document: the v2 bundled document (option chain, option_margin)
     is not the log-start one, so it may not take its version."""
-    assert bundled_parameters().version == "bundled-2026-12-07.1"
+    assert bundled_parameters().version == "bundled-2026-12-08.1"
     assert bundled_parameters().version != log_start_parameters().version
     assert bundled_parameters().document() != log_start_parameters().document()
-    # The v2 document is the v1 one plus underlyings, options and option_margin, and a version.
+    # The v2 document is the v1 one plus underlyings, options, option_margin and portfolio_margin
+    # (no dynamic_margin: the risk team enables it by a document of its own), and a version.
+    assert "dynamic_margin" not in bundled_document()
+    assert [block.underlying for block in bundled_parameters().portfolio_margin] == ["BTC", "ETH"]
     assert {**v1_document(), "version": LOG_START_VERSION} == log_start_document()
 
 
@@ -516,7 +520,7 @@ def test_params_apply_check_reports_what_the_ledger_books(tmp_path: Any, capsys:
     path.write_text(json.dumps(bundled_document()))
     assert main(["params", "apply", "--check", str(path)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "valid: risk parameters bundled-2026-12-07.1, 23 instruments, 5 assets",
+        "valid: risk parameters bundled-2026-12-08.1, 23 instruments, 5 assets",
         "  perpetual: 3 instruments, booked by this ledger version",
         "  option: 20 instruments, booked by this ledger version",
     ]

@@ -118,6 +118,15 @@ def test_the_index_decides_exactly_as_brute_force_on_random_markets(msgs: list[A
     assert decisions(run(msgs, brute_force=False)) == decisions(run(msgs, brute_force=True))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(markets(models=True, rates=True))
+def test_the_index_decides_exactly_as_brute_force_with_rate_changes_and_model_requests(msgs: list[Any]) -> None:
+    # Dynamic margin moves every holder's rates at a sample, and an approved request moves an
+    # account to another model: the index must bound each account by the rates and the model in
+    # force (bounds from the document's own tiers would miss crossings the scaled ones make).
+    assert decisions(run(msgs, brute_force=False)) == decisions(run(msgs, brute_force=True))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(walks(), st.data())
 def test_a_replayed_state_rebuilds_the_index_and_decides_the_same(msgs: list[Any], data: st.DataObject) -> None:
@@ -154,16 +163,18 @@ def test_per_parameters_constants_follow_the_parameters_in_force() -> None:
             spec["tiers"] = [{"notional_cap": None, "initial_rate": "0.5", "maintenance_rate": "0.25"}]
     document["margin_call"]["resolve_ratio"] = "0.3"
     second = load_parameters(document)
-    for parameters in (first, second, first, second):
+    # ... and by dynamic margin's multiplier, which scales the rates (CONTRACT v2).
+    for parameters, multiplier in [(p, m) for p in (first, second, first, second) for m in (ONE, D("2.5"), ONE)]:
         spec = parameters.instruments_by_symbol["BTCUSDT"]
         policy = parameters.margin_call
-        rates = [tier.maintenance_rate for tier in spec.tier_table]
-        assert margin._widest(parameters, spec) == ONE + max(rates)
+        rates = [tier.maintenance_rate * multiplier for tier in spec.tier_table]
+        assert margin._widest(parameters, spec, multiplier) == ONE + max(rates)
         for direction in (ONE, -ONE):
             thresholds = (policy.resolve_ratio, policy.warning_ratio, ONE)
             expected = min([ONE] + [abs(t * direction - rate) for t in thresholds for rate in rates])
-            assert margin._gamma(parameters, spec, direction) == expected
-    assert margin._widest(second, second.instruments_by_symbol["BTCUSDT"]) == D("1.25")
+            assert margin._gamma(parameters, spec, direction, multiplier) == expected
+    assert margin._widest(second, second.instruments_by_symbol["BTCUSDT"], ONE) == D("1.25")
+    assert margin._widest(second, second.instruments_by_symbol["BTCUSDT"], D("2")) == D("1.5")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,6 +83,6 @@ def test_the_account_updates_topic_is_created_with_the_others(broker: str) -> No
     ensure_topics(broker, "acct-updates-test.")
     admin = KafkaAdminClient(bootstrap_servers=broker)
     try:
-        assert "acct-updates-test.account-updates" in set(admin.list_topics())
+        assert {"acct-updates-test.account-updates", "acct-updates-test.margin-rates"} <= set(admin.list_topics())
     finally:
         admin.close()

@@ -111,7 +111,7 @@ def test_a_new_ledger_opens_its_log_with_the_bundled_parameters(database_url: st
         "parameters": bundled.document(),
         "occurred_at": "2026-12-07T10:00:03.000000Z",  # the batch's earliest event, not its first record
     }
-    assert first.payload["parameters"]["version"] == "bundled-2026-12-07.1" != LOG_START_VERSION
+    assert first.payload["parameters"]["version"] == "bundled-2026-12-08.1" != LOG_START_VERSION
     assert first.idempotency_key == f"s0/risk_parameters/{bundled.version}"  # as the admin topic's would be
     assert [row.type for row in rows[1:3]] == ["CollateralDeposited", "CollateralDeposited"]
     assert sum(row.type == "RiskParametersChanged" for row in rows) == 1

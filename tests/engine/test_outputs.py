@@ -64,3 +64,38 @@ def test_the_relay_shortens_an_oversize_dead_letter_written_before_the_bound() -
 def test_an_oversize_message_that_cannot_be_shortened_is_refused_loudly() -> None:
     with pytest.raises(outputs.OutputTooLargeError, match="outbox row 9"):
         _encoded(9, "A1", {"type": "margin_call_issued", "account_id": "x" * outputs.OUTPUT_MESSAGE_BYTES_MAX})
+
+
+
+def test_margin_model_and_rates_decisions_go_out_on_their_topics_with_the_contracts_fields() -> None:
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from clearing.domain import events as ev
+
+    at = datetime(2026, 11, 23, 13, tzinfo=UTC)
+
+    def sent(event_type: str, payload: dict[str, Any], position: int) -> tuple[str, str | None, dict[str, Any]]:
+        found = outputs.decision_message(ev.Event(event_type, "s", payload, at, "k", position - 1), position)
+        assert found is not None
+        return found
+
+    request = {"account_id": "A", "request_id": "S-1", "model": "portfolio", "parameters_version": "v"}
+    topic, key, value = sent(
+        ev.MARGIN_MODEL_CHANGED, {**request, "previous_model": "standard", "equity": "1", "initial_margin": "1"}, 10
+    )
+    assert (topic, key, value["type"], value["request_id"], value["model"]) == (
+        outputs.ACCOUNT_UPDATES, "A", "margin_model_changed", "S-1", "portfolio")  # fmt: skip
+    topic, key, value = sent(ev.MARGIN_MODEL_REJECTED, {**request, "reason": "why"}, 11)
+    assert (topic, key, value["type"], value["reason"]) == (
+        outputs.ACCOUNT_UPDATES, "A", "margin_model_rejected", "why")  # fmt: skip
+    rates = {
+        "account_id": ev.MARGIN_RATES_ACCOUNT, "underlying": "BTC", "sample_at": "2026-11-23T13:00:00.000000Z",
+        "sample_price": "100", "log_return": None, "volatility": "0.02", "raw_multiplier": "1",
+        "multiplier": "1.25", "previous_multiplier": "1", "index": 0, "parameters_version": "v",
+    }  # fmt: skip
+    topic, key, value = sent(ev.MARGIN_RATES_CHANGED, rates, 12)
+    assert outputs.MARGIN_RATES in outputs.OUTPUT_TOPICS
+    assert (topic, key, value["type"]) == (outputs.MARGIN_RATES, ev.MARGIN_RATES_ACCOUNT, "margin_rates_changed")
+    wanted = {"underlying", "sample_at", "volatility", "raw_multiplier", "multiplier", "parameters_version", "position"}
+    assert wanted <= set(value) and value["position"] == 12
