@@ -55,8 +55,9 @@ def w(value: Decimal | None) -> str | None:
     return None if value is None else to_wire(value)
 
 
-def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
-    """The decision to explain and the later events of the same call or order."""
+def _find(conn: sa.Connection, decision_id: str, position: int | None = None) -> tuple[Any, list[Any]]:
+    """The decision to explain (the first of the call or order, or the one at ``position``) and
+    the later events of the same call or order."""
     types: tuple[str, ...]
     if decision_id.startswith("L-"):
         # The order, then its cancellation by auto-deleveraging and its executions (a late one
@@ -74,7 +75,12 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
     ).all()
     if not rows:
         raise ExplainError(f"no margin call or liquidation order {decision_id!r} in the log")
-    return rows[0], list(rows[1:])
+    index = 0
+    if position is not None:
+        index = next((i for i, row in enumerate(rows) if int(row.position) == position), -1)
+        if index < 0:
+            raise ExplainError(f"{decision_id} has no decision at log position {position}")
+    return rows[index], list(rows[index + 1 :])
 
 
 def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
@@ -290,9 +296,11 @@ def _earlier_orders(conn: sa.Connection, decision: Any) -> list[Any]:
     )
 
 
-def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
+def explain(engine: sa.Engine, decision_id: str, position: int | None = None) -> dict[str, Any]:
+    """The explanation of a margin call or liquidation order: its first decision, or the one at
+    log ``position`` (an escalation, a resolution)."""
     with engine.connect() as conn:
-        decision, later = _find(conn, decision_id)
+        decision, later = _find(conn, decision_id, position)
         cause = conn.execute(
             sa.text("SELECT position, type, payload, occurred_at FROM events WHERE position = :p"),
             {"p": decision.cause_position},
@@ -634,10 +642,10 @@ def explain_any(engine: sa.Engine, decision_id: str) -> tuple[dict[str, Any], An
                 return rates_explain.explain_rates(conn, row), rates_explain.render_rates
             if row.type in rates_explain.MODEL_TYPES:
                 return rates_explain.explain_model(conn, row), rates_explain.render_model
-        if row.type in CALL_TYPES:
-            return explain(engine, str(row.payload["margin_call_id"])), render
+        if row.type in CALL_TYPES and row.payload.get("margin_call_id") is not None:
+            return explain(engine, str(row.payload["margin_call_id"]), int(row.position)), render
         if row.type == ev.LIQUIDATION_ORDER_ISSUED:
-            return explain(engine, str(row.payload["liquidation_id"])), render
+            return explain(engine, str(row.payload["liquidation_id"]), int(row.position)), render
         if row.type == ev.POSITION_AUTO_DELEVERAGED:
             return explain_adl(engine, str(row.payload["adl_id"])), render_adl
         raise ExplainError(
