@@ -6,8 +6,8 @@
   arithmetic, the raw multiplier with its floor and cap, and the release buffer's rule.
 * ``MarginModelChanged`` / ``MarginModelRejected`` (by the request id, or the log position): the
   account's cross scope under the model it asked for (the grid of each underlying under
-  ``portfolio``) and under the one it was on, against its equity, and the approval rule (not
-  liquidating, equity >= initial margin under the new model).
+  ``portfolio``) and under the one it was on, against its equity, its lifecycle, and the decision
+  ``lifecycle.decide_margin_model`` takes again on that state (the rule has one owner).
 
 How. A sample is taken before the event that crosses its boundary is applied (CONTRACT v2), so a
 rates decision is redone on the shard's state just before its cause, with the previous sample of
@@ -20,7 +20,7 @@ moves nothing) and the decisions of the same cause before it, with ``models.scop
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -28,11 +28,11 @@ import sqlalchemy as sa
 
 from clearing.audit import grid
 from clearing.audit.asof import state_at
-from clearing.domain import dynamicmargin, fold, models
+from clearing.domain import dynamicmargin, fold, lifecycle, models
 from clearing.domain import events as ev
 from clearing.domain.decimalmath import PRICING_PRECISION_DIGITS, contexts
-from clearing.domain.levels import Level
-from clearing.domain.marginmodel import CROSS
+from clearing.domain.inputs import MarginModelRequest
+from clearing.domain.marginmodel import CROSS, MarginModelError
 from clearing.domain.numbers import LEDGER_CONTEXT, ONE, round_model_value, to_wire
 from clearing.domain.state import LedgerState
 
@@ -321,24 +321,25 @@ def explain_model(conn: sa.Connection, decision: Any) -> dict[str, Any]:
         "id": str(decision.payload.get("request_id")),
         "decision": _decision(decision),
         "cause": _cause(conn, decision),
-        **model_figures(state, decision.type, decision.payload),
+        **model_figures(state, decision.type, decision.payload, decision.occurred_at),
     }
 
 
-def model_figures(state: LedgerState, decision_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+def model_figures(
+    state: LedgerState, decision_type: str, payload: dict[str, Any], occurred_at: datetime | None = None
+) -> dict[str, Any]:
     """A margin-model decision of ``decision_type`` (``payload``) redone on ``state``, the state the
     ledger decided on: the cross scope under the model the account is on and under the one it
-    asked for (with their grids), the rule, the verdict recomputed and whether it is the
-    decision's."""
+    asked for (with their grids), and the decision ``lifecycle.decide_margin_model`` (the rule's
+    one owner) takes again on that state, compared with the logged one field by field."""
     account_id = str(payload["account_id"])
     requested = str(payload["model"])
     account = state.accounts.get(account_id)
     if account is None:
         raise RatesExplainError(f"account {account_id} is not in the state the decision was taken on")
+    request = MarginModelRequest(str(payload["request_id"]), account_id, requested, occurred_at or _NO_TIME)
     with localcontext(LEDGER_CONTEXT):
         current = models.scope_risk(state, account, CROSS, liquidation_prices=False)
-        lifecycle = account.margin.get(CROSS)
-        liquidating = lifecycle is not None and lifecycle.status == Level.LIQUIDATION
         under: dict[str, Any] | None = None
         problem: str | None = None
         if requested not in models.MODELS:
@@ -348,7 +349,7 @@ def model_figures(state: LedgerState, decision_type: str, payload: dict[str, Any
             candidate.margin_model = requested
             try:
                 asked = models.scope_risk(state, candidate, CROSS, liquidation_prices=False)
-            except ValueError as error:  # MarginModelError: the model cannot margin this book
+            except MarginModelError as error:
                 problem = str(error)
             else:
                 under = {
@@ -358,25 +359,21 @@ def model_figures(state: LedgerState, decision_type: str, payload: dict[str, Any
                     "meets_initial_margin": asked.equity >= asked.initial_margin,
                     "portfolio": grid.scope_grids(state, asked),
                 }
-        approvable = problem is None and not liquidating and under is not None and under["meets_initial_margin"]
-    recomputed: dict[str, Any] = {"approved": approvable}
-    if under is not None:
-        recomputed.update(equity=under["equity"], initial_margin=under["initial_margin"])
-    matches = approvable == (decision_type == ev.MARGIN_MODEL_CHANGED)
-    if decision_type == ev.MARGIN_MODEL_CHANGED and under is not None:
-        matches = matches and all(
-            Decimal(str(payload[name])) == Decimal(under[name])
-            for name in ("equity", "initial_margin")
-            if payload.get(name) is not None
-        )
+        decided = lifecycle.decide_margin_model(state, request)
+    statuses = {scope: status.status for scope, status in sorted(account.margin.items())}
+    pending = sorted(order for status in account.margin.values() for order in status.pending_orders)
+    recomputed: dict[str, Any] = {"type": decided.TYPE, **decided.payload()}
+    matches = decision_type == decided.TYPE and all(
+        _same_value(payload.get(name), value) for name, value in decided.payload().items()
+    )
     return {
         "account_id": account_id,
         "parameters_version": state.parameters.version,
         "valuation_asset": state.parameters.valuation_asset,
         "current_model": account.margin_model,
         "requested_model": requested,
-        "liquidating": liquidating,
-        "status": lifecycle.status if lifecycle is not None else current.status.value,
+        "statuses": statuses,
+        "pending_orders": pending,
         "under_current": {
             "equity": to_wire(current.equity),
             "initial_margin": to_wire(current.initial_margin),
@@ -390,21 +387,35 @@ def model_figures(state: LedgerState, decision_type: str, payload: dict[str, Any
     }
 
 
+_NO_TIME = datetime(1970, 1, 1, tzinfo=UTC)  # a request's time does not enter its decision
+
+
+def _same_value(logged: Any, recomputed: Any) -> bool:
+    if isinstance(logged, str) and isinstance(recomputed, str) and logged != recomputed:
+        try:
+            return Decimal(logged) == Decimal(recomputed)
+        except ArithmeticError:
+            return False
+    return bool(logged == recomputed)
+
+
 def render_model(result: dict[str, Any]) -> str:
     d, c = result["decision"], result["cause"]
     p = d["payload"]
     va = result["valuation_asset"]
     now, asked = result["under_current"], result["under_requested"]
+    statuses = ", ".join(f"{scope} {status}" for scope, status in result["statuses"].items()) or "no margin status"
     out = [
         f"{d['type']} at log position {d['position']}: account {result['account_id']} asked (request "
         f"{p.get('request_id')}) to move its cross scope from the {result['current_model']} model to "
         f"{result['requested_model']}; risk parameters {result['parameters_version']}.",
         f"Cause: {c['type']} at position {c['position']} ({c['occurred_at']}).",
-        "Rule: approved only while the account is not liquidating and its equity meets the initial margin "
-        "under the new model.",
+        "Rule: approved only for another model than the one in force, while no scope of the account is "
+        "liquidating or bankrupt and no liquidation order is pending, and when the cross equity meets the "
+        "initial margin under the new model.",
+        f"Lifecycle: {statuses}; liquidation orders pending: {', '.join(result['pending_orders']) or 'none'}.",
         f"Under {result['current_model']} (now): equity {now['equity']}, initial margin {now['initial_margin']}, "
-        f"maintenance margin {now['maintenance_margin']} {va}; status {result['status']}"
-        + (" (liquidating)" if result["liquidating"] else ""),
+        f"maintenance margin {now['maintenance_margin']} {va}",
     ]
     if now["portfolio"] is not None:
         out += grid.scope_grid_lines(now["portfolio"], va)
@@ -422,11 +433,11 @@ def render_model(result: dict[str, Any]) -> str:
             f"Equity {asked['equity']} {verdict} initial margin {asked['initial_margin']} under "
             f"{result['requested_model']}: " + ("meets it" if asked["meets_initial_margin"] else "does not meet it")
         )
+    r = result["recomputed"]
+    said = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("type", "account_id", "request_id", "model"))
     out += [
         "",
-        "Recomputed: "
-        + ("approve" if result["recomputed"]["approved"] else "reject")
-        + "".join(f", {k} {v}" for k, v in result["recomputed"].items() if k != "approved"),
+        f"Recomputed: {r['type']}" + (f" ({said})" if said else ""),
         f"Decision payload: {_json(p)}",
         "The recomputation matches the decision."
         if result["matches_decision"]

@@ -281,52 +281,76 @@ def model_words(state: LedgerState, decision_type: str, payload: dict[str, Any])
 
 def test_a_model_change_is_explained_with_the_grid_under_the_new_model_against_equity() -> None:
     """The covered call on the standard model (IM 500 + 11,000 = 11,500) asks for portfolio: IM
-    9,600 on the grid, equity 100,000 - 2,000 = 98,000 >= 9,600: approved."""
+    9,600 on the grid, equity 100,000 - 2,000 = 98,000 >= 9,600: approved, and the lifecycle's own
+    rule, taken again on the state, gives the logged decision field for field."""
     state = ledger()
     holder(state, model="standard")
     payload = {"account_id": "A", "request_id": "S-1", "model": PORTFOLIO, "previous_model": "standard",
                "equity": "98000", "initial_margin": "9600", "parameters_version": "portfolio-test"}  # fmt: skip
     result, text = model_words(state, ev.MARGIN_MODEL_CHANGED, payload)
-    assert result["matches_decision"] and result["recomputed"] == {
-        "approved": True,
-        "equity": "98000",
-        "initial_margin": "9600",
-    }
+    assert result["matches_decision"] and result["recomputed"] == {"type": ev.MARGIN_MODEL_CHANGED, **payload}
     assert result["under_current"]["initial_margin"] == "11500"
     for line in (
         "account A asked (request S-1) to move its cross scope from the standard model to portfolio",
+        "Lifecycle: no margin status; liquidation orders pending: none.",
         "Under standard (now): equity 98000, initial margin 11500, maintenance margin 6750 USDT",
         "Under portfolio: equity 98000, initial margin 9600, maintenance margin 7680 USDT",
         "W = max(0, -(-9600)) = 9600",
         "Equity 98000 >= initial margin 9600 under portfolio: meets it",
+        "Recomputed: MarginModelChanged (previous_model standard, equity 98000, initial_margin 9600, "
+        "parameters_version portfolio-test)",
         "The recomputation matches the decision.",
     ):
         assert line in text, line
     assert models.model_of(state.accounts["A"]).name == "standard"  # explaining changes nothing
+    # A logged figure the rule does not give again is called out.
+    forged = {**payload, "initial_margin": "9599"}
+    result, text = model_words(state, ev.MARGIN_MODEL_CHANGED, forged)
+    assert not result["matches_decision"] and "THE RECOMPUTATION DOES NOT MATCH THE DECISION." in text
 
 
 def test_a_rejected_model_change_is_explained_by_the_initial_margin_it_would_not_meet() -> None:
-    """Cash 9,000: equity 9,000 - 2,000 = 7,000 < the grid's IM 9,600: rejected, and the
-    recomputation agrees; a Changed decision on the same state would not match."""
+    """Cash 9,000: equity 9,000 - 2,000 = 7,000 < the grid's IM 9,600: rejected with the rule's
+    reason; a Changed decision on the same state would not match."""
     state = ledger()
     holder(state, model="standard", cash="9000")
-    payload = {"account_id": "A", "request_id": "S-2", "model": PORTFOLIO, "reason": "insufficient margin",
+    reason = "equity 7000 is below the initial margin 9600 that the portfolio model requires"
+    payload = {"account_id": "A", "request_id": "S-2", "model": PORTFOLIO, "reason": reason,
                "parameters_version": "portfolio-test"}  # fmt: skip
     result, text = model_words(state, ev.MARGIN_MODEL_REJECTED, payload)
-    assert result["matches_decision"] and not result["recomputed"]["approved"]
+    assert result["matches_decision"] and result["recomputed"]["reason"] == reason
     assert "Equity 7000 < initial margin 9600 under portfolio: does not meet it" in text
-    changed = {**payload, "previous_model": "standard", "equity": "7000", "initial_margin": "9600"}
+    changed = {"account_id": "A", "request_id": "S-2", "model": PORTFOLIO, "previous_model": "standard",
+               "equity": "7000", "initial_margin": "9600", "parameters_version": "portfolio-test"}  # fmt: skip
     result, _ = model_words(state, ev.MARGIN_MODEL_CHANGED, changed)
     assert not result["matches_decision"]
+
+
+def test_a_request_while_liquidating_is_explained_by_the_lifecycle() -> None:
+    """The same healthy book, its cross scope in liquidation: rejected whatever the margin."""
+    from clearing.domain.state import MarginStatus
+
+    state = ledger()
+    account = holder(state, model="standard")
+    account.margin[CROSS] = MarginStatus("liquidation", "MC-7")
+    reason = "the account is in liquidation (cross) and cannot withdraw or add risk"
+    payload = {"account_id": "A", "request_id": "S-4", "model": PORTFOLIO, "reason": reason,
+               "parameters_version": "portfolio-test"}  # fmt: skip
+    result, text = model_words(state, ev.MARGIN_MODEL_REJECTED, payload)
+    assert result["matches_decision"]
+    assert "Lifecycle: cross liquidation; liquidation orders pending: none." in text
+    assert "Equity 98000 >= initial margin 9600 under portfolio: meets it" in text  # but it is liquidating
 
 
 def test_a_request_for_an_unknown_model_is_explained_as_unavailable() -> None:
     state = ledger()
     holder(state, model="standard")
-    payload = {"account_id": "A", "request_id": "S-3", "model": "span", "reason": "unknown model",
-               "parameters_version": "portfolio-test"}  # fmt: skip
+    payload = {"account_id": "A", "request_id": "S-3", "model": "span", "parameters_version": "portfolio-test",
+               "reason": "the span model cannot margin this account: margin model 'span' is not available in this "
+               "ledger (available: portfolio, standard)"}  # fmt: skip
     result, text = model_words(state, ev.MARGIN_MODEL_REJECTED, payload)
-    assert result["matches_decision"] and "Under span: cannot be evaluated: model 'span' is not available" in text
+    assert result["matches_decision"], result["recomputed"]
+    assert "Under span: cannot be evaluated: model 'span' is not available" in text
 
 
 def test_worst_cells_name_every_underlying_of_the_scope() -> None:
