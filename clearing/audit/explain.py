@@ -363,9 +363,9 @@ def explain(engine: sa.Engine, decision_id: str, position: int | None = None) ->
         )
         if "worst_cells" in figures:
             result["worst_cells_recomputed"] = figures["worst_cells"]
-            # A call names the worst cells of the scope it was decided on (CONTRACT v2): the same
-            # state as the figures above. (An order's are of its call's scope, before earlier orders.)
-            if payload.get("worst_cells") is not None and decision.type != ev.LIQUIDATION_ORDER_ISSUED:
+            # A decision names the worst cells of the scope it was decided on (CONTRACT v2): the
+            # state of the figures above (an order's: its call's scope; earlier orders move nothing).
+            if payload.get("worst_cells") is not None:
                 result["matches_decision"] = result["matches_decision"] and _same_cells(
                     payload["worst_cells"], figures["worst_cells"]
                 )
