@@ -69,6 +69,9 @@ class AccountSummary(BaseModel):
     maintenance_margin: DecimalString | None
     margin_ratio: DecimalString | None = Field(description="maintenance / equity; null when either is not positive")
     status: str | None
+    margin_model: str | None = Field(
+        default=None, description="the cross scope's margin model (standard or portfolio); null without one"
+    )
     as_of_position: Position | None
 
 

@@ -272,7 +272,8 @@ def list_accounts(conn: sa.Connection, *, after: str | None = None, limit: int =
             "WITH ids AS (SELECT account_id FROM balances UNION SELECT account_id FROM margin_state "
             "UNION SELECT account_id FROM positions) "
             "SELECT ids.account_id, m.equity, m.initial_margin, m.maintenance_margin, m.margin_ratio, m.status, "
-            "m.as_of_position FROM ids LEFT JOIN margin_state m ON m.account_id = ids.account_id AND m.scope = 'cross' "
+            "m.margin_model, m.as_of_position FROM ids "
+            "LEFT JOIN margin_state m ON m.account_id = ids.account_id AND m.scope = 'cross' "
             "WHERE (CAST(:after AS text) IS NULL OR ids.account_id > :after) ORDER BY ids.account_id LIMIT :limit"
         ),
         {"after": after, "limit": _limit(limit)},
@@ -285,6 +286,8 @@ def list_accounts(conn: sa.Connection, *, after: str | None = None, limit: int =
             "maintenance_margin": _wire(row.maintenance_margin),
             "margin_ratio": _wire(row.margin_ratio),
             "status": row.status,
+            # NULL: no cross scope yet, or a row written before margin models (the standard model).
+            "margin_model": None if row.status is None else row.margin_model or DEFAULT_MODEL,
             "as_of_position": row.as_of_position,
         }
         for row in rows

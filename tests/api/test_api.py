@@ -109,6 +109,9 @@ def test_paginated_walks_return_every_row_once(api: RunningApi) -> None:
         assert len(ids) == len(set(ids)) and ids == sorted(ids)
         assert {f"ACC-{i:05d}" for i in range(1, 13)} <= set(ids)
         assert len(ids) == len(client.get("/accounts", params={"limit": 1000}).json()["items"])
+        # Every simulated account with a cross scope is on the standard model; system accounts have none.
+        assert {row["margin_model"] for row in accounts if row["status"] is not None} == {"standard"}
+        assert {row["margin_model"] for row in accounts if row["account_id"].startswith("system:")} <= {None}
 
         events = walk(client, "/accounts/ACC-00002/events", 7)
         positions = [row["position"] for row in events]
@@ -427,7 +430,7 @@ def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) 
     assert {"id", "topic", "partition", "offset", "key", "raw", "error", "received_at"} <= set(dead["properties"])
     event = _item_schema(document, "/accounts/{account_id}/events")
     assert {"position", "stream", "type", "payload", "occurred_at", "recorded_at", "hash"} <= set(event["properties"])
-    assert {"account_id", "equity", "margin_ratio", "status"} <= set(
+    assert {"account_id", "equity", "margin_ratio", "status", "margin_model"} <= set(
         _item_schema(document, "/accounts")["properties"]
     )
     fund = _schema_of(document, "/insurance-fund")

@@ -271,6 +271,8 @@ def test_the_api_account_view_types_the_new_fields_and_as_of_the_head_equals_liv
     with views_db.connect() as conn:
         live = queries.account_view(conn, "P")
         head = queries.log_head(conn)
+        listed = {row["account_id"]: row["margin_model"] for row in queries.list_accounts(conn)}
+    assert (listed["P"], listed["Q"], listed["A"], listed["B"]) == ("portfolio", "portfolio", "standard", "standard")
     assert live is not None
     typed = AccountView.model_validate(live).model_dump(mode="json")
     assert typed["worst_cells"] == [{"underlying": "BTC", "move": "-0.284917171112", "volatility": "up",
