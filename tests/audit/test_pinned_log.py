@@ -73,13 +73,13 @@ def test_the_pinned_log_holds_what_it_is_pinned_for() -> None:
     assert sum(path.stat().st_size for path in PINNED.iterdir()) < 1_000_000
     events = rows("events")
     types = {row[4] for row in events}
-    # A bust (FillBusted) and a margin-model request are v2 inputs, which 05ad1d6 never logged.
+    # A bust (FillBusted) and a margin model request are v2 inputs, which 05ad1d6 never logged.
     assert types >= {event_type for event_type, _ in ev.INPUT_EVENT_TYPES.values()} - {
         "SettlementPriceRecorded", ev.FILL_BUSTED, "MarginModelRequested"
     }  # fmt: skip
     assert types >= ev.DECISION_TYPES - {
         ev.POSITION_AUTO_DELEVERAGED, ev.LIQUIDATION_ORDER_CANCELLED,
-        ev.MARGIN_MODEL_CHANGED, ev.MARGIN_MODEL_REJECTED, ev.MARGIN_RATES_CHANGED,  # v2 decisions
+        ev.MARGIN_MODEL_CHANGED, ev.MARGIN_MODEL_REJECTED, ev.MARGIN_RATES_CHANGED,
     }  # fmt: skip
     payloads = [json.loads(row[6]) for row in events]
     assert {p["margin_mode"] for p in payloads if p.get("type") == "fill"} == {"cross", "isolated"}

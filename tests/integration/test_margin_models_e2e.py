@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from clearing.audit.verify import verify
 from clearing.domain import events as ev
+from clearing.domain.dynamicmargin import BOUNDARIES_PER_EVENT_MAX
 from clearing.domain.params import bundled_document
 from tests.integration.conftest import InProcessLedger, consume_topic, produce
 
@@ -117,6 +118,17 @@ def test_model_decisions_and_rate_samples_reach_their_topics_and_verify(
     assert by_account["P"]["margin_ratio"] == "0.8"
     assert by_account["A"]["maintenance_margin"] == "71.22929278"
     assert by_account["A"]["cause_position"] == logged[1][0] - 1
+
+    # An event after more than BOUNDARIES_PER_EVENT_MAX hourly boundaries is dead-lettered whole,
+    # never sampled in part; the one at the limit is taken, every boundary sampled.
+    last = 7500 + 3600 * BOUNDARIES_PER_EVENT_MAX
+    ledger.run_until(produce(broker, topic_prefix, [deposit("Z", "1", last + 3600, "too-late")]).ends)
+    with ledger.engine.connect() as conn:
+        [error] = conn.execute(sa.text("SELECT error FROM dead_letters")).scalars().all()
+    assert "dynamic margin BTC" in error and "BOUNDARIES_PER_EVENT_MAX" in error
+    assert len(decided(ledger.engine, ev.MARGIN_RATES_CHANGED)) == 2
+    ledger.run_until(produce(broker, topic_prefix, [deposit("Z", "1", last, "at-the-limit")]).ends)
+    assert len(decided(ledger.engine, ev.MARGIN_RATES_CHANGED)) == 2 + BOUNDARIES_PER_EVENT_MAX
 
     report = verify(owner_engine)
     assert report.ok, [c.as_dict() for c in report.checks if not c.ok]
