@@ -570,7 +570,7 @@ def svg_chart(
 # heatmaps of the portfolio grid
 
 HEATMAP_CELL_WIDTH, HEATMAP_CELL_HEIGHT = 84, 34
-HEATMAP_LEFT, HEATMAP_TOP, HEATMAP_BOTTOM, HEATMAP_GAP = 96, 44, 40, 24
+HEATMAP_LEFT, HEATMAP_TOP, HEATMAP_BOTTOM, HEATMAP_GAP = 96, 62, 40, 24
 LOSS_RGB, GAIN_RGB, NEUTRAL_RGB = (215, 48, 39), (69, 117, 180), (255, 255, 255)
 
 
@@ -584,7 +584,7 @@ def heat_colour(value: float, scale: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def svg_heatmap(title: str, figures: dict[str, Any], valuation_asset: str) -> str:
+def svg_heatmap(title: str, figures: dict[str, Any], valuation_asset: str, subtitle: str = "") -> str:
     """One underlying's grid (``grid.underlying_figures``) as an inline ``<svg>``: the price moves
     across, the volatility cells down, then the extreme cells after a gap, each coloured by the
     book's P&L in it (an extreme cell by its weighted P&L, what counts), the worst outlined and
@@ -606,8 +606,9 @@ def svg_heatmap(title: str, figures: dict[str, Any], valuation_asset: str) -> st
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart heatmap" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}" '
         f'data-underlying="{html.escape(figures["underlying"])}">',
-        f'<text x="{HEATMAP_LEFT}" y="18" class="title">{html.escape(title)}</text>',
-        f'<text x="{HEATMAP_LEFT}" y="36" class="legend">price move of {html.escape(figures["underlying"])} '
+        f'<text x="{HEATMAP_LEFT}" y="16" class="title">{html.escape(title)}</text>',
+        f'<text x="{HEATMAP_LEFT}" y="33" class="legend">{html.escape(subtitle)}</text>',
+        f'<text x="{HEATMAP_LEFT}" y="50" class="legend">price move of {html.escape(figures["underlying"])} '
         f"(range {figures['price_range']} x multiplier {figures['multiplier']} = {figures['scaled_price_range']})"
         "; P&amp;L of the book in "
         f"{html.escape(valuation_asset)}, red a loss, blue a gain; the worst cell outlined</text>",
@@ -662,7 +663,8 @@ def svg_heatmap(title: str, figures: dict[str, Any], valuation_asset: str) -> st
             f"{html.escape(cell['move'])} x{html.escape(cell['weight'])}</text>"
         )
     if extremes:
-        parts.append(f'<text x="{start}" y="{HEATMAP_TOP - 4}" class="legend">extreme (weighted)</text>')
+        # Below the extreme cells' own labels: the legend line above runs across the whole width.
+        parts.append(f'<text x="{start}" y="{label_y + 16}" class="legend">extreme cells (weighted)</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -676,18 +678,18 @@ def _grid_section(timeline: AccountTimeline, valuation_asset: str) -> str:
         + ("its margin call decisions" if "Margin" in timeline.grid_moments[0].reason else "its largest requirements")
         + " in the period. A cell is the book's P&amp;L when the underlying moves by the column's move and the "
         "options' volatility by the row's cell; the outlined cell (✕) is the worst, whose loss is the "
-        "requirement W (<code>clearing audit explain</code> gives the arithmetic).</p>",
+        "requirement W (clearing audit explain gives the arithmetic).</p>",
     ]
     for moment in timeline.grid_moments:
         for figures in moment.grids["grids"]:
             worst = figures["worst_cell"]
             named = f"move {worst['move']} {worst['volatility']}" + (" (extreme)" if worst.get("extreme") else "")
-            title = (
-                f"{figures['underlying']} at position {moment.position}, {moment.occurred_at.isoformat()} "
-                f"({moment.reason}): IM {figures['initial_margin']}, MM {figures['maintenance_margin']}, "
+            title = f"{figures['underlying']} at position {moment.position}, {moment.occurred_at.isoformat()}"
+            subtitle = (
+                f"{moment.reason}: IM {figures['initial_margin']}, MM {figures['maintenance_margin']}, "
                 f"worst cell {named}"
             )
-            out.append(svg_heatmap(title, figures, valuation_asset))
+            out.append(svg_heatmap(title, figures, valuation_asset, subtitle))
     return "\n".join(out)
 
 
