@@ -19,6 +19,7 @@ from clearing.domain import events as ev
 from clearing.domain import models
 from clearing.domain.dynamicmargin import VolatilityState, change_payload, sample
 from clearing.domain.marginmodel import CROSS
+from clearing.domain.numbers import round_model_value, to_wire
 from clearing.domain.params import DynamicMarginSpec, load_parameters
 from clearing.domain.portfolio import PORTFOLIO
 from clearing.domain.state import Account, LedgerState, MarkState, Position
@@ -358,3 +359,29 @@ def test_worst_cells_name_every_underlying_of_the_scope() -> None:
     holder(state)
     scope = models.scope_risk(state, state.accounts["A"], CROSS)
     assert grid.worst_cells(scope) == [{"underlying": "BTC", "move": "-0.16", "volatility": "up"}]
+
+
+def test_an_options_volatility_cells_are_shown_with_their_terms() -> None:
+    """Valued 30 days before the 26 March expiry (08:00), DTE = 30 = vol_reference_days, so
+    k_o = (30 / 30)^0.3 = 1: with iv 0.6, up = max(0.6 x (1 + 0.5), 0) = 0.9, unchanged 0.6,
+    down = max(0.6 x (1 - 0.25), 0) = 0.45. The option is valued at the later of its own mark's
+    time and its underlying's: the underlying's, marked an hour later."""
+    state = ledger()
+    holder(state)
+    option_at = datetime(2027, 2, 24, 7, tzinfo=UTC)
+    valued_at = datetime(2027, 2, 24, 8, tzinfo=UTC)
+    state.marks[CALL] = MarkState(D(2000), option_at, D("0.6"))
+    state.marks["BTC"] = MarkState(D(60000), valued_at)
+    scope = figures(state)
+    (btc,) = scope["portfolio"]["grids"]
+    option = next(p for p in btc["positions"] if p["instrument"] == CALL)
+    assert (option["iv"], option["valuation_at"], option["days_to_expiry"]) == ("0.6", valued_at.isoformat(), "30")
+    assert option["volatilities"] == {"up": "0.9", "unchanged": "0.6", "down": "0.45"}
+    assert (
+        f"{CALL}: quantity -1 (option; iv 0.6, valued at 2027-02-24T08:00:00+00:00, DTE 30: volatility up 0.9, "
+        "unchanged 0.6, down 0.45)"
+    ) in words(scope)
+    # The cells are the model's: the explanation's worst cell is the scope's.
+    requirement = models.scope_risk(state, state.accounts["A"], CROSS).underlyings[0]
+    assert btc["worst_pnl"] == to_wire(round_model_value(requirement.worst.weighted_pnl))
+    assert btc["initial_margin"] == to_wire(requirement.initial_margin)
