@@ -8,6 +8,18 @@ one), and evaluate the scope with the margin model the engine uses. Every figure
 from that state; the explanation ends by comparing the recomputed figures with the decision's
 payload.
 
+The scope's margin model says how its requirement is shown: under ``standard``, each position's
+tiers (rates and amounts scaled by dynamic margin's multiplier in force) or standard option
+margin; under ``portfolio``, the grid of each underlying (``clearing.audit.grid``: the moves x
+volatility cells as a table with the worst cell marked, the extreme cells with their weight, and
+W, S, IM = max(W, S), MM = maintenance_factor x IM, summed over the underlyings), and the worst
+cells a decision names are compared with the recomputed ones.
+
+Other decisions (``explain_any``): an auto-deleveraging step (``ADL-...``, ``adl_explain``); a
+margin-model request by its request id, and a dynamic-margin sample (``MarginRatesChanged``) by
+its log position (``rates_explain``); any of these, or one decision of a call (an escalation), by
+its log position.
+
 Rounding rules (``clearing/domain/numbers.py``): requirements and amounts owed round up to 1e-8;
 ratios round up to 1e-10; a bankruptcy price rounds up for a long and down for a short, to 1e-10.
 """
