@@ -40,7 +40,15 @@ from clearing.audit.asof import state_at
 from clearing.domain import dynamicmargin, fold, lifecycle, models
 from clearing.domain import events as ev
 from clearing.domain.levels import Level
-from clearing.domain.marginmodel import CROSS, ISOLATED, PositionRisk, ScopeRisk, scope_instrument
+from clearing.domain.marginmodel import (
+    CROSS,
+    ISOLATED,
+    Planned,
+    PositionRisk,
+    ScopeRisk,
+    quantity_step,
+    scope_instrument,
+)
 from clearing.domain.numbers import (
     LEDGER_CONTEXT,
     ZERO,
@@ -241,19 +249,20 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
     return scope, figures
 
 
-def _liquidation_steps(
-    state: LedgerState, scope: ScopeRisk, order: dict[str, Any], equity: Decimal, maintenance: Decimal
-) -> dict[str, Any]:
-    """The quantity search of one order: the requirement and fee after reducing by q, at the
-    chosen quantity and one step less."""
+def _liquidation_steps(state: LedgerState, scope: ScopeRisk, order: dict[str, Any], planned: Planned) -> dict[str, Any]:
+    """The quantity search of one order: the requirement and fee after reducing by q (with the
+    orders of the same call before it, ``planned``), at the chosen quantity and one step less."""
     policy = state.parameters.liquidation
-    model = models.model_of(state.accounts[order["account_id"]], scope.scope)
+    account = state.accounts[order["account_id"]]
+    model = models.model_of(account, scope.scope)
+    evaluated = models.evaluated_scope(state, account, scope)
+    equity, maintenance = planned.equity, planned.maintenance
     p = next(x for x in scope.positions if x.instrument == order["instrument"])
     held = abs(p.quantity)
-    step = lifecycle.quantity_step(p.quantity)
+    step = quantity_step(p.quantity)
 
     def after(reduce: Decimal) -> dict[str, Any]:
-        left = model.reduction(state.parameters, p, equity, maintenance, reduce)
+        left = model.reduction(evaluated, planned, p, reduce)
         return {
             "reduce_by": w(reduce),
             "left": w(left.left),
@@ -339,14 +348,18 @@ def explain(engine: sa.Engine, decision_id: str, position: int | None = None) ->
         if decision.type == ev.LIQUIDATION_ORDER_ISSUED:
             # Orders of one call are chosen one after another: each starts from the equity and
             # maintenance the previous orders of the same cause would leave.
-            equity, maintenance = scope.equity, scope.maintenance_margin
+            # The model measures each against the book with the earlier ones applied (``Planned``).
+            planned = Planned({}, scope.equity, scope.maintenance_margin)
             for row in earlier:
                 if row.payload.get("margin_call_id") != payload.get("margin_call_id"):
                     continue
-                step = _liquidation_steps(state, scope, row.payload, equity, maintenance)
-                equity = Decimal(step["at_quantity_and_one_step_less"][0]["equity_after"])
-                maintenance = Decimal(step["at_quantity_and_one_step_less"][0]["maintenance_after"])
-            search = _liquidation_steps(state, scope, payload, equity, maintenance)
+                step = _liquidation_steps(state, scope, row.payload, planned)
+                planned = Planned(
+                    {**planned.reduced, row.payload["instrument"]: Decimal(row.payload["quantity"])},
+                    Decimal(step["at_quantity_and_one_step_less"][0]["equity_after"]),
+                    Decimal(step["at_quantity_and_one_step_less"][0]["maintenance_after"]),
+                )
+            search = _liquidation_steps(state, scope, payload, planned)
             result["liquidation"] = search
             recomputed = {
                 "equity": search["equity_before"],

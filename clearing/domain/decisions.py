@@ -46,6 +46,33 @@ def _optional(codec: _Codec) -> _Codec:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WorstCell:
+    """The worst cell of one underlying's grid in a scope the portfolio model margins: what its
+    decisions name (CONTRACT v2). ``move`` and ``volatility`` (up, unchanged, down) as the
+    calculator's ``worst_cell`` spells them (``scenarios.cell_wire``); ``extreme`` always written,
+    true for an extreme cell (its loss counted at the extreme weight)."""
+
+    underlying: str
+    move: Decimal
+    volatility: str
+    extreme: bool
+
+
+def _write_worst_cells(cells: tuple[WorstCell, ...]) -> list[dict[str, Any]]:
+    return [
+        {"underlying": c.underlying, "move": to_wire(c.move), "volatility": c.volatility, "extreme": c.extreme}
+        for c in cells
+    ]
+
+
+def _read_worst_cells(cells: list[dict[str, Any]], name: str) -> tuple[WorstCell, ...]:
+    return tuple(
+        WorstCell(c["underlying"], parse_decimal(c["move"], f"{name}.move"), c["volatility"], bool(c["extreme"]))
+        for c in cells
+    )
+
+
 _DECIMAL: Final[_Codec] = (to_wire, parse_decimal)
 # A figure a decision carries with every digit it was computed with, beyond what an input's
 # number may hold (``parse_decimal``'s limits): a log return under the pricing context.
@@ -66,6 +93,7 @@ _CODECS: Final[dict[str, _Codec]] = {
     "datetime | None": _optional(_TIME),
     "Level": (lambda level: level.value, lambda value, _name: Level(value)),
     "tuple[str, ...] | None": _optional((list, lambda value, _name: tuple(value))),
+    "tuple[WorstCell, ...] | None": _optional((_write_worst_cells, _read_worst_cells)),
     "dict[str, Decimal]": (
         lambda prices: {symbol: to_wire(price) for symbol, price in prices.items()},
         lambda prices, name: {symbol: parse_decimal(price, f"{name}.{symbol}") for symbol, price in prices.items()},
@@ -190,6 +218,8 @@ class MarginCallIssued(Decision):
     shortfall: Decimal
     deadline: datetime | None  # maintenance level only
     marks: dict[str, Decimal]  # the price each position was valued at (and an option's underlying's mark)
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -207,6 +237,8 @@ class MarginCallEscalated(Decision):
     shortfall: Decimal
     deadline: datetime | None
     marks: dict[str, Decimal]
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -227,6 +259,8 @@ class MarginCallResolved(Decision):
     resolution: str
     # Orders cancelled with the call (a call resolved while liquidating); omitted otherwise.
     cancelled_orders: tuple[str, ...] | None = field(metadata={OMIT_NONE: True})
+    # The worst cell of each underlying of a scope the portfolio model margins; omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 
@@ -251,6 +285,8 @@ class LiquidationOrderIssued(Decision):
     maintenance_margin: Decimal
     target_ratio: Decimal
     full: bool  # the whole position
+    # The worst cells of the scope the order was planned on (portfolio model); omitted otherwise.
+    worst_cells: tuple[WorstCell, ...] | None = field(metadata={OMIT_NONE: True})
     parameters_version: str
 
 

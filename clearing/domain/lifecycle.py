@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any, Final
 
 from clearing.domain import adl, models, triggers
@@ -50,6 +50,7 @@ from clearing.domain.decisions import (
     PositionAutoDeleveraged,
     WithdrawalApproved,
     WithdrawalRejected,
+    WorstCell,
 )
 from clearing.domain.inputs import (
     Fill,
@@ -92,7 +93,6 @@ from clearing.domain.state import (
 Emit = Callable[[Decision], None]
 SYSTEM_ACCOUNTS_SET: Final = frozenset(SYSTEM_ACCOUNTS)
 
-LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
 # Rounds of re-margining within one step: the accounts a round's decisions changed (the insurance
 # fund after a draw) are re-margined in the next. A draw changes the fund, which is never
 # margined, so two rounds reach the fixpoint; more means decisions keep changing one another's
@@ -528,7 +528,20 @@ def _call_payload(
         "shortfall": shortfall(risk, state.parameters.margin_call.resolve_ratio),
         "deadline": deadline,
         "marks": _marks_shown(risk),
+        "worst_cells": _worst_cells(risk),
     }
+
+
+def _worst_cells(risk: ScopeRisk) -> tuple[WorstCell, ...] | None:
+    """The worst cell of each underlying of a scope the portfolio model margins on its grid
+    (CONTRACT v2: every decision under it names the worst cell); None for the standard model's
+    scopes, whose decisions leave the field out."""
+    if not risk.underlyings:
+        return None
+    return tuple(
+        WorstCell(u.underlying, u.worst_cell.move, u.worst_cell.volatility, u.worst_cell.extreme)
+        for u in risk.underlyings
+    )
 
 
 def _marks_shown(risk: ScopeRisk) -> dict[str, Decimal]:
@@ -816,47 +829,6 @@ def shown_price(position: PositionRisk) -> Decimal:
     return position.price_used if position.marked else round_display_price(position.price_used)
 
 
-def quantity_step(quantity: Decimal) -> Decimal:
-    """The smallest quantity a liquidation order reduces by: one unit of the last decimal place
-    of the position's wire form (at most 1).
-
-    Read from the wire form, not the exponent: 166.100 and 166.1 are the same quantity, but a
-    fill decoded from "166.100" keeps the trailing zeros while the log, snapshots and every
-    replay hold "166.1", so a step taken from the exponent made a restarted ledger or ``audit
-    verify`` order a different quantity than the ledger that decided it."""
-    _, _, fraction = to_wire(quantity).partition(".")
-    return Decimal(1).scaleb(-len(fraction))
-
-
-def order_quantity(
-    state: LedgerState, account: Account, scope: str, position: PositionRisk, equity: Decimal, maintenance: Decimal
-) -> Decimal:
-    """The least multiple of ``quantity_step`` that, reducing ``position``, brings the scope to
-    target_ratio (the model's ``reduction``: at the price in use, the liquidation fee charged);
-    the whole position when none does, or when equity is not positive."""
-    model = models.model_of(account, scope)
-    parameters = state.parameters
-    target = parameters.liquidation.target_ratio
-    held = abs(position.quantity)
-
-    def enough(reduce: Decimal) -> bool:
-        return model.reduction(parameters, position, equity, maintenance, reduce).meets(target)
-
-    if equity <= ZERO or not enough(held):
-        return held
-    step = quantity_step(position.quantity)
-    low, high = 0, int(divide(held, step).to_integral_value(rounding=ROUND_CEILING))
-    for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
-        if high - low <= 1:
-            break
-        middle = (low + high) // 2
-        if enough(step * middle):
-            high = middle
-        else:
-            low = middle
-    return min(held, step * high)
-
-
 def _issue_orders(
     state: LedgerState,
     account: Account,
@@ -867,25 +839,18 @@ def _issue_orders(
     ids: _Ids,
     emit: Emit,
 ) -> None:
-    """Orders that reduce the riskiest positions (short options first, then the largest
-    maintenance requirement first) by the least quantity that brings the scope's ratio to
+    """The orders of the scope model's liquidation plan (``MarginModel.liquidation_plan``): the
+    riskiest positions first, each reduced by the least quantity that brings the scope's ratio to
     target_ratio, assuming execution at the mark and the liquidation fee charged; a position is
     closed in full only when a part is not enough. An equity at or below zero closes everything.
-    Short options go first: their risk is unbounded and a close frees their whole requirement."""
+    Each order shows the scope's equity and maintenance with the orders before it applied, and
+    under the portfolio model the worst cells of the scope it was planned on."""
     model = models.model_of(account, scope)
     parameters = state.parameters
-    target = parameters.liquidation.target_ratio
-    equity = risk.equity
-    maintenance = risk.maintenance_margin
-    ordered = sorted(
-        (p for p in risk.positions if p.quantity != ZERO),
-        key=lambda p: (not (p.is_option and p.quantity < ZERO), -p.maintenance_margin, p.instrument),
-    )
-    for position in ordered:
-        if equity > ZERO and maintenance <= target * equity:
-            break
-        quantity = order_quantity(state, account, scope, position, equity, maintenance)
-        after = model.reduction(parameters, position, equity, maintenance, quantity)
+    worst_cells = _worst_cells(risk)
+    for planned in models.liquidation_plan(state, account, risk):
+        position, quantity = planned.position, planned.quantity
+        equity = planned.before.equity
         _raw, bankruptcy = model.bankruptcy_price(position, equity, quantity)
         emit(
             LiquidationOrderIssued(
@@ -901,10 +866,10 @@ def _issue_orders(
                 bankruptcy_price=bankruptcy,
                 mark=shown_price(position),
                 equity=equity,
-                maintenance_margin=maintenance,
-                target_ratio=target,
-                full=quantity == abs(position.quantity),
+                maintenance_margin=planned.before.maintenance,
+                target_ratio=parameters.liquidation.target_ratio,
+                full=planned.full,
+                worst_cells=worst_cells,
                 parameters_version=parameters.version,
             )
         )
-        equity, maintenance = after.equity, after.maintenance

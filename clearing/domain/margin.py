@@ -66,9 +66,11 @@ from clearing.domain.marginmodel import (
     AccountRisk,
     Bands,
     CollateralValue,
+    EvaluatedScope,
     MarginModel,
     MarginModelError,
     OptionRisk,
+    Planned,
     PositionRisk,
     Reduction,
     ScopeRisk,
@@ -1064,6 +1066,18 @@ def reduction(
     return Reduction(left, notional, tier.index, requirement, fee, equity - fee, after_maintenance)
 
 
+def liquidation_order(risk: ScopeRisk) -> tuple[PositionRisk, ...]:
+    """The order in which a liquidation reduces the open positions of ``risk``: short options
+    first (their risk is unbounded and a close frees their whole requirement), then the largest
+    maintenance requirement first, then by instrument."""
+    return tuple(
+        sorted(
+            (p for p in risk.positions if p.quantity != ZERO),
+            key=lambda p: (not (p.is_option and p.quantity < ZERO), -p.maintenance_margin, p.instrument),
+        )
+    )
+
+
 def bankruptcy_price(position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
     """(unrounded, rounded) price at which closing ``quantity`` of ``position`` would use up the
     scope's whole ``equity``; rounded towards the side that protects the insurance fund."""
@@ -1133,10 +1147,13 @@ class StandardModel(MarginModel):
     ) -> tuple[Bands, FillBudget | None] | None:
         return budget_bands(account, parameters, marks, risk, symbols, band_share)
 
-    def reduction(
-        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-    ) -> Reduction:
-        return reduction(parameters, position, equity, maintenance, reduce)
+    def liquidation_order(self, scope: EvaluatedScope) -> tuple[PositionRisk, ...]:
+        return liquidation_order(scope.risk)
+
+    def reduction(self, scope: EvaluatedScope, planned: Planned, position: PositionRisk, reduce: Decimal) -> Reduction:
+        # Each position's requirement is its own (tiers by its own notional): the plan's running
+        # equity and maintenance carry the earlier reductions exactly.
+        return reduction(scope.parameters, position, planned.equity, planned.maintenance, reduce)
 
     def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
         return bankruptcy_price(position, equity, quantity)

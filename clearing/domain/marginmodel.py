@@ -22,8 +22,16 @@ What a model answers, for a scope, given (account, parameters, marks):
 * ``budget_bands``: for a scope that moves with several prices, bands around each price inside
   which no combination of moves changes its level (a budget shared by the symbols), and, when
   the model can follow its fills, the record ``triggers.absorbs_fill`` keeps.
-* ``reduction`` and ``bankruptcy_price``: what reducing one position leaves of the scope, and the
-  price at which closing it uses up the scope's equity (liquidation orders and their audit).
+* ``liquidation_plan``: the orders that bring a scope in liquidation back to target_ratio, each
+  by the least quantity that does it (partial before full). The model is given the scope with
+  what it was evaluated from (``EvaluatedScope``: account, parameters, marks), so it can measure
+  a reduction against the book with every reduction planned before it applied: right for
+  requirements that are not additive (a hedge leg closed changes what the rest needs). The plan
+  is built from three answers a model may override: ``liquidation_order`` (which positions first),
+  ``reduction`` (what reducing one more position leaves, the earlier reductions ``Planned``) and
+  ``order_quantity`` (the search for the least quantity, ``quantity_step`` by ``quantity_step``).
+* ``bankruptcy_price``: the price at which closing a position uses up the scope's equity
+  (liquidation orders and their audit).
 
 A model does no I/O and reads no clock; every figure is exact under the ledger context
 (``numbers.exact``) and rounded only by the named rules of ``numbers``.
@@ -31,14 +39,14 @@ A model does no I/O and reads no clock; every figure is exact under the ledger c
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, NamedTuple
 
 from clearing.domain.levels import Level
-from clearing.domain.numbers import ONE, ZERO
+from clearing.domain.numbers import ONE, ZERO, divide, exact, to_wire
 from clearing.domain.optionmargin import ContractMargin
 from clearing.domain.params import OptionMarginRates, RiskParameters
 from clearing.domain.scenarios import UnderlyingRequirement
@@ -368,7 +376,7 @@ def valuation_time(marks: Mapping[str, Decimal], option: str, underlying: str) -
 
 class Reduction(NamedTuple):
     """A scope after reducing one position by ``reduce`` at the price it is valued at, the
-    liquidation fee charged (``MarginModel.reduction``)."""
+    liquidation fee charged, the reductions planned before it applied (``MarginModel.reduction``)."""
 
     left: Decimal  # contracts left
     notional: Decimal  # of what is left, settlement asset
@@ -380,6 +388,87 @@ class Reduction(NamedTuple):
 
     def meets(self, target_ratio: Decimal) -> bool:
         return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
+
+
+class EvaluatedScope(NamedTuple):
+    """A scope as its model evaluated it (``risk``) and what it was evaluated from: what a
+    liquidation plan measures its reductions against."""
+
+    account: Account
+    parameters: RiskParameters
+    marks: Mapping[str, Decimal]
+    risk: ScopeRisk
+
+
+class Planned(NamedTuple):
+    """The reductions a liquidation plan holds so far, instrument -> contracts to reduce by, and
+    the scope's equity and maintenance with all of them applied (at the prices in use, the
+    liquidation fees charged)."""
+
+    reduced: Mapping[str, Decimal]
+    equity: Decimal
+    maintenance: Decimal
+
+    def meets(self, target_ratio: Decimal) -> bool:
+        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
+
+    def then(self, instrument: str, quantity: Decimal, after: Reduction) -> Planned:
+        """This plan with ``instrument`` reduced by ``quantity`` more, leaving ``after``."""
+        reduced = dict(self.reduced)
+        reduced[instrument] = reduced.get(instrument, ZERO) + quantity
+        return Planned(reduced, after.equity, after.maintenance)
+
+
+class PlannedOrder(NamedTuple):
+    """One liquidation order of a plan: reduce ``position`` (as the scope was evaluated) by
+    ``quantity``; ``before`` is the plan before it (its equity and maintenance are what the order
+    decision shows), ``after`` what it leaves."""
+
+    position: PositionRisk
+    quantity: Decimal
+    before: Planned
+    after: Reduction
+
+    @property
+    def full(self) -> bool:
+        return self.quantity == abs(self.position.quantity)
+
+
+# The most halvings (and thirdings) a quantity search takes: far more than the digits of any
+# quantity the ledger admits need.
+LIQUIDATION_SEARCH_STEPS_MAX: Final = 200
+
+
+def quantity_step(quantity: Decimal) -> Decimal:
+    """The smallest quantity a liquidation order reduces by: one unit of the last decimal place
+    of the position's wire form (at most 1).
+
+    Read from the wire form, not the exponent: 166.100 and 166.1 are the same quantity, but a
+    fill decoded from "166.100" keeps the trailing zeros while the log, snapshots and every
+    replay hold "166.1", so a step taken from the exponent made a restarted ledger or ``audit
+    verify`` order a different quantity than the ledger that decided it."""
+    _, _, fraction = to_wire(quantity).partition(".")
+    return Decimal(1).scaleb(-len(fraction))
+
+
+def steps_in(quantity: Decimal, step: Decimal) -> int:
+    """How many ``step`` make up ``quantity`` (rounded up)."""
+    return int(divide(quantity, step).to_integral_value(rounding=ROUND_CEILING))
+
+
+def least_steps(enough: Callable[[int], bool], high: int) -> int:
+    """The least n in (0, high] with ``enough(n)``, by halving, given ``enough(high)`` and that
+    ``enough`` holds from some n on up to ``high`` (and not at 0)."""
+    low = 0
+    for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
+        if high - low <= 1:
+            break
+        middle = (low + high) // 2
+        if enough(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 # Bands of a scope that moves with several prices: symbol -> (lowest, highest) price inside the band.
@@ -459,12 +548,52 @@ class MarginModel:
         None when the index cannot bound the scope."""
         raise NotImplementedError
 
-    def reduction(
-        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-    ) -> Reduction:
-        """What reducing ``position`` by ``reduce`` at the price it is valued at, the liquidation
-        fee charged, leaves of its scope (equity and maintenance before it given)."""
+    def liquidation_order(self, scope: EvaluatedScope) -> tuple[PositionRisk, ...]:
+        """The open positions of ``scope`` in the order a liquidation reduces them."""
         raise NotImplementedError
+
+    def reduction(self, scope: EvaluatedScope, planned: Planned, position: PositionRisk, reduce: Decimal) -> Reduction:
+        """What reducing ``position`` by ``reduce`` at the price it is valued at, the liquidation
+        fee charged, leaves of ``scope`` with the reductions ``planned`` before it applied."""
+        raise NotImplementedError
+
+    def order_quantity(self, scope: EvaluatedScope, planned: Planned, position: PositionRisk) -> Decimal:
+        """The least multiple of ``quantity_step`` that, reducing ``position`` after ``planned``,
+        brings the scope to target_ratio (``reduction``); the whole position when none does, or
+        when the equity planned is not positive. The search halves: it assumes that a reduction
+        that is enough stays enough when larger (so for a model whose requirement can rise as a
+        position shrinks, a model overrides it)."""
+        target = scope.parameters.liquidation.target_ratio
+        held = abs(position.quantity)
+
+        def enough(reduce: Decimal) -> bool:
+            return self.reduction(scope, planned, position, reduce).meets(target)
+
+        if planned.equity <= ZERO or not enough(held):
+            return held
+        step = quantity_step(position.quantity)
+        found = least_steps(lambda n: enough(step * n), steps_in(held, step))
+        return min(held, step * found)
+
+    @exact
+    def liquidation_plan(self, scope: EvaluatedScope) -> tuple[PlannedOrder, ...]:
+        """The orders that bring ``scope`` (in liquidation) back to target_ratio, assuming each is
+        executed at the price its position is valued at and the liquidation fee charged: the
+        positions in ``liquidation_order``, each reduced by ``order_quantity`` after the orders
+        before it, until the plan meets the target. A position is closed in full only when a
+        part is not enough; an equity at or below zero closes everything. So once every order
+        is executed at those prices the scope is at or below target_ratio, or closed."""
+        target = scope.parameters.liquidation.target_ratio
+        planned = Planned({}, scope.risk.equity, scope.risk.maintenance_margin)
+        orders: list[PlannedOrder] = []
+        for position in self.liquidation_order(scope):
+            if planned.meets(target):
+                break
+            quantity = self.order_quantity(scope, planned, position)
+            after = self.reduction(scope, planned, position, quantity)
+            orders.append(PlannedOrder(position, quantity, planned, after))
+            planned = planned.then(position.instrument, quantity, after)
+        return tuple(orders)
 
     def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
         """(unrounded, rounded) price at which closing ``quantity`` of ``position`` uses up the

@@ -17,8 +17,10 @@ from clearing.domain.margin import STANDARD, StandardModel
 from clearing.domain.marginmodel import (
     CROSS,
     AccountRisk,
+    EvaluatedScope,
     MarginModel,
     MarginModelError,
+    PlannedOrder,
     ScopeRisk,
     StateMarks,
 )
@@ -60,3 +62,15 @@ def account_risk(state: LedgerState, account: Account, *, liquidation_prices: bo
     return model_of(account).evaluate(
         account, state.parameters, StateMarks(state), liquidation_prices=liquidation_prices
     )
+
+
+def evaluated_scope(state: LedgerState, account: Account, risk: ScopeRisk) -> EvaluatedScope:
+    """``risk`` (a scope of ``account`` evaluated by ``scope_risk`` on ``state``) with what it was
+    evaluated from: the parameters in force and the last marks of ``state``."""
+    return EvaluatedScope(account, state.parameters, StateMarks(state), risk)
+
+
+def liquidation_plan(state: LedgerState, account: Account, risk: ScopeRisk) -> tuple[PlannedOrder, ...]:
+    """The liquidation orders of the scope ``risk`` (``MarginModel.liquidation_plan``), from the
+    model that margins it."""
+    return model_of(account, risk.scope).liquidation_plan(evaluated_scope(state, account, risk))

@@ -31,16 +31,36 @@ both bounds at the price in use: a portfolio scope is re-margined on every mark 
 dependencies (correct, slower; bands for portfolio scopes are later work). ``dependencies`` are
 the scope's instruments, their underlyings and settlement assets, and its collateral assets.
 
-Liquidation arithmetic. ``bankruptcy_price`` is the standard model's (equity is valued the same
-way, so the price that uses it up is the same). ``reduction`` re-evaluates the scope with the
-position reduced: the interface hands it a position, not the scope, so the model keeps, for the
-positions of the scopes it evaluated last (``CONTEXTS_MAX``, by identity), the account,
-parameters and marks they came from (the re-evaluations of the search are not kept, so a long
-search does not push out the position it reduces). A position it did not evaluate is a
-``MarginModelError``. The fee is the standard model's. The lifecycle reduces positions one after
-another with running figures: each reduction is measured against the book as it was evaluated,
-not with the earlier reductions applied (exact for one position, an estimate of the joint effect
-of several; ordering by contribution to the worst cell is later work).
+Liquidation (``liquidation_plan`` of the interface, for the cross scope; an isolated scope is
+the standard model's). The grid requirement is not additive: closing a hedge leg can raise what
+the rest needs. So every reduction is measured on the book re-evaluated on the grid with all the
+reductions planned before it applied (``reduction``: the account given in the
+``EvaluatedScope``, copied, each planned position reduced at the price it is valued at, the
+cross scope evaluated again; its maintenance is the plan's, its equity the plan's less the
+liquidation fee, which is the standard model's). A plan, for a scope in liquidation:
+
+1. **Order** (``liquidation_order``): by each position's contribution to the loss of its
+   underlying's worst cell, quantity x the instrument's risk array in that cell (x the cell's
+   weight for an extreme cell), the most loss-making first; ties by instrument name. The hedge
+   legs that gain in the worst cell come last. A position on an underlying with no grid counts
+   minus its standard maintenance requirement as its contribution.
+2. **Quantity** (``order_quantity``): the least multiple of ``quantity_step`` that brings the
+   re-evaluated scope to target_ratio. The maintenance of the book as one position is reduced by
+   q is convex in q (the worst loss is a max of cell P&Ls linear in q, the short-option minimum
+   linear in q) and the fee linear, so the quantities that are enough form one interval: when
+   the whole position is enough, the least is found by halving as for the standard model; when
+   it is not (a leg closed in full would leave the book worse hedged the other way), the
+   quantity that leaves the least shortfall is found by thirds, and the least quantity up to it
+   that is enough by halving. When no quantity is enough the position is closed in full and the
+   next one is reduced. (Requirements and fees round up, which can bend that convexity by a
+   unit of their last place; whatever the rounding, a partial order's quantity is enough and
+   one step less is not.)
+3. The plan stops once it meets target_ratio; an equity at or below zero closes everything.
+   So after the orders are all executed at the prices in use, the scope is at or below
+   target_ratio, or closed.
+
+``bankruptcy_price`` is the standard model's (equity is valued the same way, so the price that
+uses it up is the same).
 
 Risk arrays are kept per parameters document, keyed by everything they depend on (instrument,
 grid multiplier, mark, iv, valuation time), up to ``ARRAYS_MAX``: every account holding an
@@ -49,26 +69,32 @@ instrument shares one pricing of it per mark (DESIGN.md v2).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from clearing.domain import margin
 from clearing.domain.levels import classify, margin_ratio
 from clearing.domain.marginmodel import (
     CROSS,
+    LIQUIDATION_SEARCH_STEPS_MAX,
     AccountRisk,
     Bands,
+    EvaluatedScope,
     MarginModel,
     MarginModelError,
     Marks,
+    Planned,
     PositionRisk,
     Reduction,
     ScopeRisk,
     TriggerPrices,
     iv_of,
+    least_steps,
     multiplier_of,
+    quantity_step,
+    steps_in,
     valuation_time,
 )
 from clearing.domain.numbers import ONE, ZERO, divide, exact
@@ -90,17 +116,6 @@ OPTION: Final = "option"
 # Risk arrays kept per parameters document (each is 2 x price_steps + 1 moves x 3 cells plus the
 # extreme ones): beyond this many, the oldest are dropped and priced again when asked for.
 ARRAYS_MAX: Final = 100_000
-# Positions of evaluated scopes that ``reduction`` can find its scope from (by identity).
-CONTEXTS_MAX: Final = 4_096
-
-
-class _Context(NamedTuple):
-    """What a position of an evaluated cross scope came from (``reduction``)."""
-
-    account: Account
-    parameters: RiskParameters
-    marks: Mapping[str, Decimal]
-    maintenance: Decimal  # the scope's
 
 
 class PortfolioMarks(Marks):
@@ -278,18 +293,6 @@ def _portfolio_cross(parameters: RiskParameters, marks: Mapping[str, Decimal], b
     )
 
 
-# id(position) -> (position, its context) for the positions of the scopes evaluated last.
-_CONTEXTS: dict[int, tuple[PositionRisk, _Context]] = {}
-
-
-def _remember(scope: ScopeRisk, account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> None:
-    context = _Context(account, parameters, marks, scope.maintenance_margin)
-    for position in scope.positions:
-        if len(_CONTEXTS) >= CONTEXTS_MAX:
-            del _CONTEXTS[next(iter(_CONTEXTS))]
-        _CONTEXTS[id(position)] = (position, context)
-
-
 def _cross(account: Account, parameters: RiskParameters, marks: Mapping[str, Decimal]) -> ScopeRisk:
     base = margin.evaluate_scope(account, parameters, marks, CROSS, liquidation_prices=False)
     return _portfolio_cross(parameters, marks, base)
@@ -302,9 +305,7 @@ def evaluate_cross(
     """The cross scope of ``account`` under the portfolio model (no liquidation prices, whatever
     ``liquidation_prices`` asks: module docstring)."""
     del liquidation_prices
-    scope = _cross(account, parameters, marks)
-    _remember(scope, account, parameters, marks)
-    return scope
+    return _cross(account, parameters, marks)
 
 
 @exact
@@ -314,7 +315,6 @@ def evaluate(
     """Every scope: the cross one on the grid, each isolated one as the standard model margins it."""
     standard = margin.evaluate(account, parameters, marks, liquidation_prices=liquidation_prices)
     cross = _portfolio_cross(parameters, marks, standard.cross)
-    _remember(cross, account, parameters, marks)
     return AccountRisk(standard.account_id, standard.parameters_version, standard.collateral, cross, standard.isolated)
 
 
@@ -332,41 +332,120 @@ def dependencies(account: Account, parameters: RiskParameters, scope: str) -> tu
     return tuple(sorted(found))
 
 
-@exact
-def reduction(
-    parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-) -> Reduction:
-    """``position`` reduced by ``reduce``, its scope re-evaluated on the grid (module docstring):
-    the maintenance given less the scope's before, plus the scope's after; the standard fee."""
-    remembered = _CONTEXTS.get(id(position))
-    if remembered is None or remembered[0] is not position:
-        raise MarginModelError(
-            f"portfolio reduction of {position.instrument}: the position was not evaluated by this model just before"
-        )
-    account, evaluated_with, marks, before = remembered[1]
-    reduced = account.copy()
-    held = reduced.positions[(position.instrument, position.margin_mode)]
-    left = abs(position.quantity) - reduce
+def _reduce(account: Account, instrument: str, reduce: Decimal) -> None:
+    """Reduce ``account``'s cross position in ``instrument`` by ``reduce`` contracts (a copy's)."""
+    held = account.positions[(instrument, CROSS)]
+    left = abs(held.quantity) - reduce
     if left == ZERO:
         held.quantity, held.cost = ZERO, ZERO
     else:
         # The cost of what is left moves only an unmarked position's price in use (its entry price).
         held.cost = divide(held.cost * left, abs(held.quantity))
         held.quantity = left if held.quantity > ZERO else -left
-    after = _cross(reduced, evaluated_with, marks)  # not remembered: the search calls this many times
-    fee = margin.reduction(parameters, position, equity, maintenance, reduce).fee
+
+
+@exact
+def reduction(scope: EvaluatedScope, planned: Planned, position: PositionRisk, reduce: Decimal) -> Reduction:
+    """``position`` reduced by ``reduce`` after the reductions ``planned``, the cross scope
+    re-evaluated on the grid with all of them applied (module docstring): its maintenance is the
+    scope's after them all, its equity the plan's less the fee (the standard model's: a close at
+    the price in use moves equity by the fee alone)."""
+    reduced = scope.account.copy()
+    for instrument, quantity in planned.reduced.items():
+        if instrument != position.instrument:
+            _reduce(reduced, instrument, quantity)
+    total = planned.reduced.get(position.instrument, ZERO) + reduce
+    _reduce(reduced, position.instrument, total)
+    after = _cross(reduced, scope.parameters, scope.marks)
+    fee = margin.reduction(scope.parameters, position, planned.equity, planned.maintenance, reduce).fee
     remaining = after.position(position.instrument)
-    requirement = remaining.maintenance_margin if remaining is not None else ZERO
+    requirement = remaining.maintenance_margin if remaining is not None and remaining.quantity != ZERO else ZERO
+    left = abs(position.quantity) - total
     notional = left * position.contract_size * position.price_used
-    return Reduction(
-        left,
-        notional,
-        0,
-        requirement,
-        fee,
-        equity - fee,
-        maintenance - before + after.maintenance_margin,
+    return Reduction(left, notional, 0, requirement, fee, planned.equity - fee, after.maintenance_margin)
+
+
+@exact
+def contributions(scope: EvaluatedScope) -> dict[str, Decimal]:
+    """Each open position's contribution to the loss of its underlying's worst cell (module
+    docstring): quantity x its risk array in that cell x the cell's weight (negative: a loss);
+    minus its standard maintenance for a position on an underlying without a grid."""
+    parameters, marks, risk = scope.parameters, scope.marks, scope.risk
+    instruments = parameters.instruments_by_symbol
+    worst = {requirement.underlying: requirement for requirement in risk.underlyings}
+    found: dict[str, Decimal] = {}
+    for position in risk.positions:
+        if position.quantity == ZERO:
+            continue
+        spec = instruments[position.instrument]
+        underlying = spec.underlying_symbol
+        requirement = worst.get(underlying)
+        grid = _grid(parameters, underlying, multiplier_of(marks, underlying)) if requirement is not None else None
+        if requirement is None or grid is None:
+            found[position.instrument] = -position.maintenance_margin
+            continue
+        array = _array(parameters, grid, spec, position, _underlying_mark(parameters, marks, underlying), marks)
+        cell = grid.cells[requirement.worst_index]
+        found[position.instrument] = position.quantity * array.pnl[requirement.worst_index] * cell.weight
+    return found
+
+
+def liquidation_order(scope: EvaluatedScope) -> tuple[PositionRisk, ...]:
+    """The open positions by contribution to the worst cell's loss, most loss-making first, then
+    by instrument (module docstring)."""
+    found = contributions(scope)
+    return tuple(
+        sorted(
+            (p for p in scope.risk.positions if p.quantity != ZERO), key=lambda p: (found[p.instrument], p.instrument)
+        )
     )
+
+
+@exact
+def order_quantity(scope: EvaluatedScope, planned: Planned, position: PositionRisk) -> Decimal:
+    """The least multiple of ``quantity_step`` reducing ``position`` by which, after ``planned``,
+    brings the re-evaluated scope to target_ratio; the whole position when none does, or when the
+    equity planned is not positive (module docstring: the search for a convex requirement)."""
+    target = scope.parameters.liquidation.target_ratio
+    held = abs(position.quantity)
+    step = quantity_step(position.quantity)
+    high = steps_in(held, step)
+
+    def after(n: int) -> Reduction:
+        return reduction(scope, planned, position, min(held, step * n))
+
+    def enough(n: int) -> bool:
+        return after(n).meets(target)
+
+    if planned.equity <= ZERO:
+        return held
+    if not enough(high):
+        best = _least_shortfall(after, target, high)
+        if best == 0 or not enough(best):
+            return held
+        high = best
+    return min(held, step * least_steps(enough, high))
+
+
+def _least_shortfall(after: Callable[[int], Reduction], target: Decimal, high: int) -> int:
+    """The n in [0, high] at which ``after(n)`` leaves the least maintenance - target x equity,
+    the least such n among equals, by thirds (that shortfall is convex in n: module docstring)."""
+
+    def shortfall(n: int) -> Decimal:
+        left = after(n)
+        return left.maintenance - target * left.equity
+
+    low = 0
+    for _ in range(LIQUIDATION_SEARCH_STEPS_MAX):
+        if high - low <= 2:
+            break
+        first = low + (high - low) // 3
+        second = high - (high - low) // 3
+        if shortfall(first) <= shortfall(second):
+            high = second
+        else:
+            low = first
+    return min(range(low, high + 1), key=lambda n: (shortfall(n), n))
 
 
 class PortfolioModel(MarginModel):
@@ -435,12 +514,20 @@ class PortfolioModel(MarginModel):
             return margin.budget_bands(account, parameters, marks, risk, symbols, band_share)
         return None
 
-    def reduction(
-        self, parameters: RiskParameters, position: PositionRisk, equity: Decimal, maintenance: Decimal, reduce: Decimal
-    ) -> Reduction:
-        if position.scope != CROSS:
-            return margin.reduction(parameters, position, equity, maintenance, reduce)
-        return reduction(parameters, position, equity, maintenance, reduce)
+    def liquidation_order(self, scope: EvaluatedScope) -> tuple[PositionRisk, ...]:
+        if scope.risk.scope != CROSS:
+            return margin.liquidation_order(scope.risk)
+        return liquidation_order(scope)
+
+    def reduction(self, scope: EvaluatedScope, planned: Planned, position: PositionRisk, reduce: Decimal) -> Reduction:
+        if scope.risk.scope != CROSS:
+            return margin.reduction(scope.parameters, position, planned.equity, planned.maintenance, reduce)
+        return reduction(scope, planned, position, reduce)
+
+    def order_quantity(self, scope: EvaluatedScope, planned: Planned, position: PositionRisk) -> Decimal:
+        if scope.risk.scope != CROSS:
+            return super().order_quantity(scope, planned, position)
+        return order_quantity(scope, planned, position)
 
     def bankruptcy_price(self, position: PositionRisk, equity: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
         return margin.bankruptcy_price(position, equity, quantity)

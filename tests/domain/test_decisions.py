@@ -55,6 +55,7 @@ def test_a_margin_call_payload_has_the_fields_of_the_contract_in_log_order() -> 
         "shortfall",
         "deadline",
         "marks",
+        "worst_cells",
         "parameters_version",
     ]
 

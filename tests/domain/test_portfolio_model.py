@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from clearing.domain import margin, models
 from clearing.domain.dynamicmargin import VolatilityState
-from clearing.domain.marginmodel import CROSS, MarginModelError, StateMarks, valuation_time
+from clearing.domain.marginmodel import CROSS, EvaluatedScope, Planned, StateMarks, valuation_time
 from clearing.domain.numbers import ZERO, round_requirement, to_wire
 from clearing.domain.params import bundled_document, load_parameters
 from clearing.domain.portfolio import PORTFOLIO, PortfolioMarks
@@ -201,9 +201,12 @@ def test_the_model_is_registered_and_isolated_positions_stay_standard() -> None:
     assert model.index_bounds(account, parameters, marks, risk.cross, "BTCUSDT") is None
 
 
-def test_reduction_re_evaluates_the_scope_so_closing_a_hedge_leg_raises_maintenance() -> None:
-    """The conversion's MM is 480; closing the long put leaves the covered call, MM 7,680: the
-    standard model's arithmetic would have freed the put's own requirement instead."""
+def test_reduction_re_evaluates_the_scope_with_the_planned_reductions_applied() -> None:
+    """The conversion (long perp + long put + short call) has MM 480; closing the long put leaves
+    the covered call, MM 7,680 (the standard model's arithmetic would have freed the put's own
+    requirement instead). Closing the call alone leaves the protective put (perp + put: no loss
+    in any cell, no short option): MM 0; closing it with the put's close planned before it leaves
+    the perp alone: -0.16 x 60,000 = -9,600, MM 0.8 x 9,600 = 7,680."""
     parameters = load_parameters(parameters_document())
     account = Account("A", {"USDT": D(100000)})
     account.positions[("BTCUSDT", "cross")] = Position("BTCUSDT", "cross", D(1), D(60000))
@@ -215,13 +218,20 @@ def test_reduction_re_evaluates_the_scope_so_closing_a_hedge_leg_raises_maintena
     model = models.model_named(PORTFOLIO)
     scope = model.evaluate_scope(account, parameters, marks, CROSS, liquidation_prices=False)
     assert scope.maintenance_margin == D(480)
-    put = scope.position(PUT)
-    assert put is not None
-    after = model.reduction(parameters, put, scope.equity, scope.maintenance_margin, D(1))
+    put, call = scope.position(PUT), scope.position(CALL)
+    assert put is not None and call is not None
+    evaluated = EvaluatedScope(account, parameters, marks, scope)
+    nothing = Planned({}, scope.equity, scope.maintenance_margin)
+    after = model.reduction(evaluated, nothing, put, D(1))
     assert after.maintenance == D(7680) and after.left == ZERO
     assert after.fee == margin.reduction(parameters, put, scope.equity, scope.maintenance_margin, D(1)).fee
-    with pytest.raises(MarginModelError, match="not evaluated"):
-        model.reduction(parameters, put._replace(quantity=D(1)), scope.equity, scope.maintenance_margin, D(1))
+    assert model.reduction(evaluated, nothing, call, D(1)).maintenance == ZERO
+    put_closed = nothing.then(PUT, D(1), after)
+    both = model.reduction(evaluated, put_closed, call, D(1))
+    assert both.maintenance == D(7680)
+    # The fees add up along the plan: the put's (1,500 x 0.005 = 7.5), then the call's (10).
+    assert both.equity == scope.equity - D("7.5") - D(10)
+    assert account.positions[(PUT, "cross")].quantity == D(1)  # the account itself is left as it was
 
 
 # ---------------------------------------------------------------------------------------------

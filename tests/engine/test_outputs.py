@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from clearing.engine import outputs
 from clearing.engine.outbox import _encoded
+from tests.domain.test_fold import Book, deposit, fill, mark
+from tests.domain.test_portfolio_liquidation import CALL, option_fill, option_mark, portfolio_book
 
 
 def test_a_dead_letter_that_fits_carries_its_whole_raw_value_and_its_digest() -> None:
@@ -65,6 +67,27 @@ def test_an_oversize_message_that_cannot_be_shortened_is_refused_loudly() -> Non
     with pytest.raises(outputs.OutputTooLargeError, match="outbox row 9"):
         _encoded(9, "A1", {"type": "margin_call_issued", "account_id": "x" * outputs.OUTPUT_MESSAGE_BYTES_MAX})
 
+
+def test_a_portfolio_decision_goes_out_with_its_worst_cells_and_a_standard_one_without() -> None:
+    book = portfolio_book("30000")
+    book.feed(option_fill("A", "sell", "2.05", "2000", fid="a1"))
+    book.feed(option_fill("B", "buy", "2.05", "2000", fid="b1"))
+    sent = [outputs.decision_message(decision, 40) for decision in book.feed(option_mark(CALL, "9000", when=1))]
+    assert [(found[0], found[2]["type"]) for found in sent if found is not None] == [
+        (outputs.MARGIN_CALLS, "margin_call_issued"),
+        (outputs.MARGIN_CALLS, "margin_call_escalated"),
+        (outputs.LIQUIDATION_ORDERS, "liquidation_order"),
+    ]
+    cell = {"underlying": "BTC", "move": "0.5", "volatility": "unchanged", "extreme": True}
+    assert all(found is not None and found[2]["worst_cells"] == [cell] for found in sent)
+    # A standard account's call (test_lifecycle's first example): no such field.
+    standard = Book()
+    standard.feed(deposit("A", "1000", "dA"))
+    standard.feed(deposit("B", "100000", "dB"))
+    standard.feed(fill("A", "buy", "1", "10000", fid="a1"))
+    standard.feed(fill("B", "sell", "1", "10000", fid="b1"))
+    sent = [outputs.decision_message(decision, 9) for decision in standard.feed(mark("BTCUSDT", "9010"))]
+    assert len(sent) == 3 and all(found is not None and "worst_cells" not in found[2] for found in sent)
 
 
 def test_margin_model_and_rates_decisions_go_out_on_their_topics_with_the_contracts_fields() -> None:
