@@ -557,9 +557,15 @@ def add_audit(subparsers: Subparsers) -> None:
     )
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
-    explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
+    explain = actions.add_parser(
+        "explain",
+        help="the inputs and arithmetic behind a margin call, liquidation, margin-model or margin-rate decision",
+    )
     explain.add_argument(
-        "decision_id", metavar="ID", help="a margin call id (MC-...), a liquidation id (L-...) or an ADL id (ADL-...)"
+        "decision_id",
+        metavar="ID",
+        help="a margin call id (MC-...), a liquidation id (L-...), an ADL id (ADL-...), a margin-model request id, "
+        "or the log position of any of these or of a margin-rate change (MarginRatesChanged)",
     )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_audit_explain)

@@ -113,7 +113,9 @@ def decision_message(decision: ev.Event, position: int) -> tuple[str, str, dict[
         "cause_position": decision.cause_position,
         "occurred_at": format_time(decision.occurred_at),
     }
-    key = str(decision.payload["account_id"])
+    # A rate sample concerns an underlying, not an account: keyed by it, so a consumer reads each
+    # underlying's samples in order from one partition.
+    key = str(decision.payload["underlying" if topic == MARGIN_RATES else "account_id"])
     check_size(key, value)
     return topic, key, value
 

@@ -119,6 +119,6 @@ def test_margin_model_and_rates_decisions_go_out_on_their_topics_with_the_contra
     }  # fmt: skip
     topic, key, value = sent(ev.MARGIN_RATES_CHANGED, rates, 12)
     assert outputs.MARGIN_RATES in outputs.OUTPUT_TOPICS
-    assert (topic, key, value["type"]) == (outputs.MARGIN_RATES, ev.MARGIN_RATES_ACCOUNT, "margin_rates_changed")
+    assert (topic, key, value["type"]) == (outputs.MARGIN_RATES, "BTC", "margin_rates_changed")
     wanted = {"underlying", "sample_at", "volatility", "raw_multiplier", "multiplier", "parameters_version", "position"}
     assert wanted <= set(value) and value["position"] == 12
