@@ -250,6 +250,9 @@ def _simulate(args: argparse.Namespace) -> int:
         id_prefix=plan.id_prefix,
         start=plan.start,
         options=args.options,
+        portfolio_share=args.portfolio_share,
+        dynamic_margin=args.dynamic_margin,
+        sample_seconds=args.sample_seconds,
     )
     messages = list(generate(scenario))
     ids = f"ids prefixed {plan.id_prefix!r} (accounts {plan.id_prefix}ACC-00001...)" if plan.id_prefix else "plain ids"
@@ -277,6 +280,14 @@ def add_simulate(subparsers: Subparsers) -> None:
                         "derived from the run's start, which follows the ledger's last event)")
     parser.add_argument("--options", action="store_true",
                         help="trade the bundled BTC and ETH options too (a quarter of the trades; mostly puts written)")
+    parser.add_argument("--portfolio-share", type=float, default=0.0, metavar="FRACTION",
+                        help="put this share of the accounts on the portfolio margin model, each holding an option "
+                        "book (mostly hedged: covered calls, protective puts, collars, spreads; some naked short "
+                        "options) instead of trading at random (e.g. 0.2)")
+    parser.add_argument("--dynamic-margin", action="store_true",
+                        help="open with risk parameters whose margin scales with volatility (dynamic_margin), "
+                        "sampled every --sample-seconds of event time; steps are spaced so the crash spans samples")
+    parser.add_argument("--sample-seconds", type=int, default=60, help="dynamic margin's sample period (at least 60)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_simulate)
 
@@ -546,9 +557,15 @@ def add_audit(subparsers: Subparsers) -> None:
     )
     _add_jobs(verify)
     verify.set_defaults(handler=_audit_verify)
-    explain = actions.add_parser("explain", help="the inputs and arithmetic behind a margin call or liquidation")
+    explain = actions.add_parser(
+        "explain",
+        help="the inputs and arithmetic behind a margin call, liquidation, margin-model or margin-rate decision",
+    )
     explain.add_argument(
-        "decision_id", metavar="ID", help="a margin call id (MC-...), a liquidation id (L-...) or an ADL id (ADL-...)"
+        "decision_id",
+        metavar="ID",
+        help="a margin call id (MC-...), a liquidation id (L-...), an ADL id (ADL-...), a margin-model request id, "
+        "or the log position of any of these or of a margin-rate change (MarginRatesChanged)",
     )
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(handler=_audit_explain)

@@ -4,14 +4,24 @@ It starts (or finds) the embedded PostgreSQL and broker, applies the migrations,
 deterministic market with a crash and a few malformed messages, runs the ledger until it has
 consumed everything it was sent, and prints what happened: the log, the decisions, the dead
 letters, a few accounts, and the checks that the books balance and the hash chain holds.
+
+The market (``demo_scenario``) puts a tenth of the accounts on the portfolio margin model with
+option books and scales margin with volatility (``clearing.simulate``: ``portfolio_share``,
+``dynamic_margin``). Before the ledger runs, the demo shows what one book of each kind needs
+under the standard model and under the portfolio model, from the risk calculator
+(``book_margins``); afterwards, from the log, the accounts that switched to the portfolio model
+(``MarginModelChanged``), the dynamic-margin multiplier of each underlying before and after the
+crash (``MarginRatesChanged``) and the calls and liquidations that followed the first rise.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -22,15 +32,40 @@ from rich.table import Table
 from clearing import liquidator
 from clearing.audit.chain import verify_chain
 from clearing.domain.fold import conservation
+from clearing.domain.params import InstrumentSpec, load_parameters
 from clearing.domain.state import SYSTEM_ACCOUNTS
 from clearing.embedded import ensure_services
 from clearing.engine.ledger import Ledger
+from clearing.risk import evaluate_document
 from clearing.settings import Settings
-from clearing.simulate import Message, Scenario, generate, publish
+from clearing.simulate import BOOKS, Message, Scenario, generate, parameters_document, publish
 from clearing.store import queries
 from clearing.store.db import make_engine, upgrade
 
 CATCH_UP_TIMEOUT_S = 600.0
+# A tenth of the accounts: a book of most kinds, at a run time near the demo's without them (a
+# portfolio account is re-margined on every mark of each of its dependencies: the grid has no
+# trigger bands in this ledger version).
+PORTFOLIO_SHARE: Final = 0.1
+MODEL_CHANGES_SHOWN_MAX: Final = 5
+RATE_CHANGES_SHOWN_MAX: Final = 12
+
+
+def demo_scenario(*, accounts: int, trades: int, seed: int) -> Scenario:
+    """The demo's market: options traded, a tenth of the accounts on the portfolio model with
+    option books, dynamic margin sampled every minute of event time, a 25% crash at three
+    quarters of the steps."""
+    return Scenario(
+        seed=seed,
+        accounts=accounts,
+        trades=trades,
+        steps=120,
+        crash_at=0.75,
+        options=True,
+        portfolio_share=PORTFOLIO_SHARE,
+        dynamic_margin=True,
+    )
+
 
 # Messages a careless producer might send: each must land in the dead letters with a reason.
 BAD_MESSAGES = [
@@ -109,20 +144,24 @@ def run_demo(
     from consumers.process import run_ledger
 
     ensure_topics(services.kafka_bootstrap, settings.topic_prefix)
-    scenario = Scenario(seed=seed, accounts=accounts, trades=trades, steps=120, crash_at=0.75, options=True)
+    scenario = demo_scenario(accounts=accounts, trades=trades, seed=seed)
     # The liquidator's market maker deposits first: it takes the other side of every liquidation.
     kind, key, value = liquidator.deposit_message()
     market = list(generate(scenario))
     messages = [Message(kind, key, value), *market, *BAD_MESSAGES]
     made = sum(1 for message in market if message.kind == "fills") // 2  # two fills a trade
+    books = book_margins(scenario, market)
     console.print(
         f"Simulating a market (seed {seed}): {accounts} accounts, {made:,} trades (two fills each), "
-        f"a quarter of them in BTC and ETH options (mostly puts written, marked at Black-76 every step), "
-        f"marks as a random walk, a 25% crash at the end that hits the put writers, and {len(BAD_MESSAGES)} "
-        "malformed messages. "
+        f"a quarter of the random ones in BTC and ETH options (mostly puts written, marked at Black-76 with "
+        f"their iv every step), marks as a random walk, a 25% crash at the end that hits the put writers, and "
+        f"{len(BAD_MESSAGES)} malformed messages. {len(books.accounts)} accounts ask for the portfolio margin "
+        "model and open an option book each with an options dealer (mostly hedged, some naked short options); "
+        f"margin scales with volatility (dynamic margin, sampled every {scenario.sample_seconds} s of event time). "
         f"A liquidator (a simulated exchange) fills the ledger's liquidation orders at their mark against "
         f"{liquidator.MARKET_MAKER}."
     )
+    _books_table(console, books)
 
     def bar() -> Progress:
         return Progress(
@@ -247,6 +286,8 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
     console.print(table)
 
     _outcomes(console, engine)
+    _model_changes(console, engine)
+    _rate_changes(console, engine)
 
     if summary["dead_letters"]:
         dead = Table("count", "why it was rejected", title=f"Dead letters ({summary['dead_letters_total']})")
@@ -268,6 +309,312 @@ def _report(console: Console, engine: sa.Engine, elapsed: float, consumed: int) 
         )
         if not imbalance
         else f"[red]✗[/red] books do not balance: {imbalance}"
+    )
+
+
+@dataclass(frozen=True)
+class BookMargin:
+    """One option book as it was opened, and what it needs under each model."""
+
+    account_id: str
+    book: str
+    legs: tuple[str, ...]  # "+1 BTCUSDT", "-1 BTC-26MAR27-70000-C"...
+    standard_initial: Decimal
+    portfolio_initial: Decimal
+    worst_cells: tuple[str, ...]  # "BTC -0.16 / up", one per underlying
+
+
+@dataclass(frozen=True)
+class BookMargins:
+    accounts: tuple[str, ...]  # every account that asks for the portfolio model
+    examples: tuple[BookMargin, ...]  # the first book of each kind, in ``BOOKS`` order
+
+
+def book_margins(scenario: Scenario, market: Iterable[Message]) -> BookMargins:
+    """For the first book of each kind (``simulate.BOOKS``) in ``market``: its positions as opened
+    by the account that asked for the portfolio model, valued by the risk calculator at the marks
+    (prices and ivs) in force when it was opened, under ``standard`` and under ``portfolio``
+    (the run's parameters document, multiplier 1). What the account would need on either model,
+    side by side: the hedges offset on the grid and not in the standard per-position rates."""
+    parameters = parameters_document(scenario)
+    instruments = load_parameters(parameters).instruments_by_symbol
+    marks: dict[str, dict[str, str]] = {}
+    accounts: list[str] = []
+    legs: dict[str, dict[str, Decimal]] = {}
+    entry: dict[tuple[str, str], str] = {}
+    opened: dict[str, tuple[str, dict[str, dict[str, str]]]] = {}  # account -> (time, marks) of its book
+    for message in market:
+        value = message.value
+        if value["type"] == "mark":
+            marks[value["symbol"]] = {"price": value["price"], **({"iv": value["iv"]} if "iv" in value else {})}
+        elif value["type"] == "margin_model" and value["model"] == "portfolio":
+            accounts.append(value["account_id"])
+            legs[value["account_id"]] = {}
+        elif value["type"] == "fill" and value["account_id"] in legs:
+            # A portfolio account trades only its book, leg after leg with no mark in between.
+            account_id, symbol = value["account_id"], value["instrument"]
+            book = legs[account_id]
+            sign = 1 if value["side"] == "buy" else -1
+            book[symbol] = book.get(symbol, Decimal(0)) + sign * Decimal(value["quantity"])
+            entry[(account_id, symbol)] = value["price"]
+            if account_id not in opened:
+                opened[account_id] = (value["occurred_at"], {k: dict(v) for k, v in marks.items()})
+    examples: dict[str, BookMargin] = {}
+    for account_id in accounts:
+        if account_id not in opened:
+            continue
+        positions = legs[account_id]
+        name = _book_name(instruments, positions)
+        if name is None or name in examples:
+            continue
+        at, book_marks = opened[account_id]
+        document = {
+            "parameters": parameters,
+            "marks": book_marks,
+            "at": at,
+            "account": {
+                "balances": {},
+                "positions": [
+                    {"instrument": symbol, "quantity": str(quantity), "entry_price": entry[(account_id, symbol)]}
+                    for symbol, quantity in positions.items()
+                ],
+            },
+        }
+        standard = evaluate_document({**document, "margin_model": "standard"})
+        portfolio = evaluate_document({**document, "margin_model": "portfolio"})
+        examples[name] = BookMargin(
+            account_id=account_id,
+            book=name,
+            legs=tuple(f"{quantity:+} {symbol}" for symbol, quantity in positions.items()),
+            standard_initial=Decimal(standard["initial_margin"]),
+            portfolio_initial=Decimal(portfolio["initial_margin"]),
+            worst_cells=tuple(
+                f"{u['underlying']} {u['worst_cell']['move']} / {u['worst_cell']['volatility']}"
+                + (" (extreme)" if u["worst_cell"].get("extreme") else "")
+                for u in portfolio["underlyings"]
+            ),
+        )
+    return BookMargins(tuple(accounts), tuple(examples[name] for name in BOOKS if name in examples))
+
+
+def _book_name(instruments: dict[str, InstrumentSpec], positions: dict[str, Decimal]) -> str | None:
+    """Which of ``simulate.BOOKS`` a book's positions are, by the side of each leg and what it is
+    (the perpetual, a put or a call); None for none of them."""
+    shape = sorted(
+        (
+            "buy" if quantity > 0 else "sell",
+            "perpetual" if instruments[symbol].kind != "option" else str(instruments[symbol].option_type),
+        )
+        for symbol, quantity in positions.items()
+    )
+    for name, book_legs in BOOKS.items():
+        if sorted((side, what.split()[-1]) for side, what in book_legs) == shape:
+            return name
+    return None
+
+
+def _books_table(console: Console, books: BookMargins) -> None:
+    if not books.examples:
+        return
+    table = Table(
+        "book",
+        "account",
+        "positions",
+        "IM standard",
+        "IM portfolio",
+        "portfolio / standard",
+        "worst cell (move / vol)",
+        title="Initial margin of an option book under the standard and the portfolio model "
+        "(risk calculator, at the marks when the book was opened)",
+    )
+    for example in books.examples:
+        ratio = f"{example.portfolio_initial / example.standard_initial:.0%}" if example.standard_initial > 0 else "-"
+        table.add_row(
+            example.book,
+            example.account_id,
+            "\n".join(example.legs),
+            _money(example.standard_initial),
+            _money(example.portfolio_initial),
+            ratio,
+            "\n".join(example.worst_cells),
+        )
+    console.print(table)
+    console.print(
+        "The standard model adds up per-position rates: a short option pays its full rate even where a long "
+        "perpetual or option covers it. The portfolio model revalues the whole book on a grid of price moves and "
+        "volatility shifts and takes the worst loss, so covered calls, collars and spreads offset. A long "
+        "perpetual with a long put can need more on the grid: the standard model asks a tier rate of the "
+        "perpetual's notional (0.8% at the first tier) and nothing of a long option, the grid the loss of a 16% "
+        "move down to the put's strike. At the document's rates (multiplier 1): the ledger scales both by the "
+        "dynamic-margin multiplier."
+    )
+
+
+def _model_changes(console: Console, engine: sa.Engine) -> None:
+    """The accounts that switched margin model (``MarginModelChanged``) and the refusals."""
+    with engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT type, count(*) FROM events WHERE type IN ('MarginModelChanged', 'MarginModelRejected') "
+                    "GROUP BY 1"
+                )
+            ).all()
+        )
+        rows = (
+            conn.execute(
+                sa.text("SELECT payload FROM events WHERE type = 'MarginModelChanged' ORDER BY position LIMIT :limit"),
+                {"limit": MODEL_CHANGES_SHOWN_MAX},
+            )
+            .scalars()
+            .all()
+        )
+    changed, rejected = int(counts.get("MarginModelChanged", 0)), int(counts.get("MarginModelRejected", 0))
+    if not changed and not rejected:
+        return
+    table = Table(
+        "account",
+        "from",
+        "to",
+        "equity",
+        "initial margin (new model)",
+        title=f"Margin model changes: {changed} approved, {rejected} rejected (first {len(rows)} shown)",
+    )
+    for payload in rows:
+        table.add_row(
+            payload["account_id"],
+            payload.get("previous_model", "-"),
+            payload.get("model", "-"),
+            _money(payload.get("equity", 0)),
+            _money(payload.get("initial_margin", 0)),
+        )
+    console.print(table)
+
+
+def _rate_changes(console: Console, engine: sa.Engine) -> None:
+    """Dynamic margin: each underlying's multiplier at its first sample and at its highest, the
+    samples where it moved, the calls and liquidation orders decided from the first rise on (and
+    how many in the very step of a rise), and a call on a portfolio account."""
+    with engine.connect() as conn:
+        samples = conn.execute(
+            sa.text("SELECT position, payload FROM events WHERE type = 'MarginRatesChanged' ORDER BY position")
+        ).all()
+        if not samples:
+            return
+        first_rise = next(
+            (
+                row.position
+                for row in samples
+                if Decimal(row.payload["multiplier"]) > Decimal(row.payload.get("previous_multiplier") or 1)
+                and int(row.payload.get("index", 0)) > 0
+            ),
+            None,
+        )
+        after: dict[str, int] = (
+            dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT type, count(*) FROM events WHERE position > :p AND type IN "
+                        "('MarginCallIssued', 'MarginCallEscalated', 'LiquidationOrderIssued') GROUP BY 1"
+                    ),
+                    {"p": first_rise},
+                ).all()
+            )
+            if first_rise is not None
+            else {}
+        )
+        # The samples an event causes come before its other decisions, which are then taken under the
+        # new rates: the calls and orders after a rise in the same step are the rise's at once.
+        at_once = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM events d JOIN events r ON r.cause_position = d.cause_position "
+                "AND r.shard = d.shard AND r.position < d.position WHERE r.type = 'MarginRatesChanged' "
+                "AND (r.payload->>'multiplier')::numeric > (r.payload->>'previous_multiplier')::numeric "
+                "AND d.type IN ('MarginCallIssued', 'MarginCallEscalated', 'LiquidationOrderIssued')"
+            )
+        ).scalar_one()
+    per_underlying: dict[str, list[dict[str, Any]]] = {}
+    for row in samples:
+        per_underlying.setdefault(row.payload["underlying"], []).append(row.payload)
+    summary = Table(
+        "underlying",
+        "samples",
+        "multiplier at the first sample",
+        "lowest before its highest",
+        "highest",
+        "volatility at the highest",
+        title="Dynamic margin: the multiplier on each underlying's rates (MarginRatesChanged decisions)",
+    )
+    for underlying, payloads in sorted(per_underlying.items()):
+        multipliers = [Decimal(p["multiplier"]) for p in payloads]
+        top = max(range(len(payloads)), key=lambda i: multipliers[i])
+        summary.add_row(
+            underlying,
+            str(len(payloads)),
+            f"{multipliers[0]:.4f}",
+            f"{min(multipliers[: top + 1]):.4f}",
+            f"{multipliers[top]:.4f}",
+            f"{Decimal(payloads[top]['volatility']):.6f}",
+        )
+    console.print(summary)
+    moved = [p for p in (row.payload for row in samples) if p["multiplier"] != p.get("previous_multiplier")]
+    moved = [p for p in moved if int(p.get("index", 0)) > 0]
+    if moved:
+        changes = Table(
+            "sample at",
+            "underlying",
+            "volatility",
+            "multiplier before",
+            "after",
+            title=f"Samples where a multiplier moved (first {min(len(moved), RATE_CHANGES_SHOWN_MAX)} of {len(moved)})",
+        )
+        for payload in moved[:RATE_CHANGES_SHOWN_MAX]:
+            changes.add_row(
+                payload["sample_at"],
+                payload["underlying"],
+                f"{Decimal(payload['volatility']):.6f}",
+                f"{Decimal(payload.get('previous_multiplier') or 1):.4f}",
+                f"{Decimal(payload['multiplier']):.4f}",
+            )
+        console.print(changes)
+    if first_rise is not None:
+        console.print(
+            f"From the first rise of a multiplier (log position {first_rise}) on: "
+            f"{int(after.get('MarginCallIssued', 0))} margin calls issued, "
+            f"{int(after.get('MarginCallEscalated', 0))} escalated, "
+            f"{int(after.get('LiquidationOrderIssued', 0))} liquidation orders. "
+            f"{at_once} calls and orders were decided in the very step of a rise, under the new rates (the "
+            "samples an event causes are taken before its other decisions)."
+        )
+        _portfolio_call(console, engine, first_rise)
+
+
+def _portfolio_call(console: Console, engine: sa.Engine, after: int) -> None:
+    """The first margin call on a portfolio account from log position ``after`` on, with the worst
+    cell of its grid (``worst_cells``, on decisions taken under the portfolio model)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT c.payload FROM events c WHERE c.position > :after "
+                "AND c.type IN ('MarginCallIssued', 'MarginCallEscalated') "
+                "AND (SELECT m.payload->>'model' FROM events m WHERE m.type = 'MarginModelChanged' "
+                "AND m.payload->>'account_id' = c.payload->>'account_id' AND m.position < c.position "
+                "ORDER BY m.position DESC LIMIT 1) = 'portfolio' ORDER BY c.position LIMIT 1"
+            ),
+            {"after": after},
+        ).scalar_one_or_none()
+    if row is None:
+        return
+    cells = "; ".join(
+        f"{cell['underlying']} move {cell['move']}, volatility {cell['volatility']}"
+        + (" (extreme)" if cell.get("extreme") else "")
+        for cell in row.get("worst_cells") or ()
+    )
+    console.print(
+        f"A call on a portfolio account: {row['margin_call_id']} on {row['account_id']}, level {row['level']}, "
+        f"equity {_money(row['equity'])} against maintenance {_money(row['maintenance_margin'])}"
+        + (f"; worst cell {cells}" if cells else "")
+        + f". [bold]clearing audit explain {row['margin_call_id']}[/bold] shows its grid and arithmetic."
     )
 
 
@@ -365,5 +712,9 @@ _EXPLAIN = {
     "LiquidationFillRecorded": "the liquidator's execution of a liquidation order",
     "InsuranceFundDrawn": "decision: the insurance fund covered a loss beyond equity",
     "AccountBankrupted": "decision: a loss the insurance fund could not cover, recorded as a deficit",
+    "RiskParametersChanged": "a risk parameters document taking effect",
+    "MarginModelRequested": "a request to change an account's margin model (the decision follows it)",
+    "MarginModelChanged": "decision: the account moved to the model it asked for",
+    "MarginModelRejected": "decision: it could not, with the reason",
+    "MarginRatesChanged": "decision: a dynamic-margin sample (volatility and the multiplier on rates)",
 }
-

@@ -13,7 +13,7 @@ declared type or a rule checked in the handler.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,9 @@ class AccountSummary(BaseModel):
     maintenance_margin: DecimalString | None
     margin_ratio: DecimalString | None = Field(description="maintenance / equity; null when either is not positive")
     status: str | None
+    margin_model: str | None = Field(
+        default=None, description="the cross scope's margin model (standard or portfolio); null without one"
+    )
     as_of_position: Position | None
 
 
@@ -87,12 +90,42 @@ class PositionView(BaseModel):
     adl_quantile: int | None = Field(default=None, description="1 to 5, 5 first in line for auto-deleveraging")
 
 
+class GridCell(BaseModel):
+    """A cell of a portfolio grid (CONTRACT v2): the price move and the volatility cell; an extreme
+    cell (volatility unchanged, its loss counted at the grid's extreme_weight) says so."""
+
+    move: DecimalString = Field(description="the price move of the underlying, e.g. '-0.16'")
+    volatility: Literal["up", "unchanged", "down"]
+    extreme: bool = Field(default=False, description="an extreme cell")
+
+
+class WorstCell(GridCell):
+    """The worst cell of one underlying's grid, as the decisions name it."""
+
+    underlying: str
+
+
+class UnderlyingMargin(BaseModel):
+    """One underlying of a scope's open positions: dynamic margin's multiplier in force, and on a
+    portfolio grid the underlying's requirement and worst cell (null under the standard model)."""
+
+    underlying: str
+    multiplier: DecimalString = Field(description="dynamic margin's multiplier in force (1 before its first sample)")
+    initial_margin: DecimalString | None = Field(default=None, description="IM = max(W, S) of the grid")
+    maintenance_margin: DecimalString | None = Field(default=None, description="maintenance_factor x IM")
+    worst_cell: GridCell | None = Field(default=None, description="the cell of the largest (weighted) loss")
+
+
 class MarginView(BaseModel):
     equity: DecimalString
     initial_margin: DecimalString
     maintenance_margin: DecimalString
     margin_ratio: DecimalString | None
     status: str
+    margin_model: str = Field(default="standard", description="the model that margins the scope: standard or portfolio")
+    underlyings: list[UnderlyingMargin] = Field(
+        default_factory=list, description="per underlying of the scope's open positions"
+    )
 
 
 class OpenMarginCall(BaseModel):
@@ -134,6 +167,15 @@ class AccountView(BaseModel):
     maintenance_margin: DecimalString | None = None
     margin_ratio: DecimalString | None = None
     status: str | None = None
+    margin_model: str | None = Field(
+        default=None, description="the cross scope's margin model (standard or portfolio); null for system accounts"
+    )
+    multipliers: dict[str, DecimalString] = Field(
+        default_factory=dict, description="underlying -> dynamic margin's multiplier in force, per underlying held"
+    )
+    worst_cells: list[WorstCell] = Field(
+        default_factory=list, description="per underlying of a portfolio cross scope, its grid's worst cell"
+    )
     shards: dict[str, ShardBalances] | None = Field(
         default=None, description="system accounts: each shard's balances (balances is their total)"
     )

@@ -229,8 +229,11 @@ def account_view_of(state: LedgerState, account_id: str, position: int) -> dict[
         ],
         "margin": {
             row["scope"]: {
-                name: _wire(row[name])
-                for name in ("equity", "initial_margin", "maintenance_margin", "margin_ratio", "status")
+                **{
+                    name: _wire(row[name])
+                    for name in ("equity", "initial_margin", "maintenance_margin", "margin_ratio", "status")
+                },
+                **queries.margin_model_fields(row["margin_model"], row["underlyings"]),
             }
             for row in margin_rows
         },
@@ -251,6 +254,7 @@ def account_view_of(state: LedgerState, account_id: str, position: int) -> dict[
     if cross is not None:
         view.update({name: cross[name] for name in ("equity", "initial_margin", "maintenance_margin", "margin_ratio")})
         view["status"] = cross["status"]
+    queries.add_margin_model_summary(view)
     return view
 
 

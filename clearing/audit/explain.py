@@ -8,6 +8,18 @@ one), and evaluate the scope with the margin model the engine uses. Every figure
 from that state; the explanation ends by comparing the recomputed figures with the decision's
 payload.
 
+The scope's margin model says how its requirement is shown: under ``standard``, each position's
+tiers (rates and amounts scaled by dynamic margin's multiplier in force) or standard option
+margin; under ``portfolio``, the grid of each underlying (``clearing.audit.grid``: the moves x
+volatility cells as a table with the worst cell marked, the extreme cells with their weight, and
+W, S, IM = max(W, S), MM = maintenance_factor x IM, summed over the underlyings), and the worst
+cells a decision names are compared with the recomputed ones.
+
+Other decisions (``explain_any``): an auto-deleveraging step (``ADL-...``, ``adl_explain``); a
+margin-model request by its request id, and a dynamic-margin sample (``MarginRatesChanged``) by
+its log position (``rates_explain``); any of these, or one decision of a call (an escalation), by
+its log position.
+
 Rounding rules (``clearing/domain/numbers.py``): requirements and amounts owed round up to 1e-8;
 ratios round up to 1e-10; a bankruptcy price rounds up for a long and down for a short, to 1e-10.
 """
@@ -22,10 +34,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit import grid, rates_explain
 from clearing.audit.adl_explain import AdlExplainError, explain_adl, render_adl
 from clearing.audit.asof import state_at
+from clearing.domain import dynamicmargin, fold, lifecycle, models
 from clearing.domain import events as ev
-from clearing.domain import fold, lifecycle, models
 from clearing.domain.levels import Level
 from clearing.domain.marginmodel import (
     CROSS,
@@ -62,8 +75,9 @@ def w(value: Decimal | None) -> str | None:
     return None if value is None else to_wire(value)
 
 
-def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
-    """The decision to explain and the later events of the same call or order."""
+def _find(conn: sa.Connection, decision_id: str, position: int | None = None) -> tuple[Any, list[Any]]:
+    """The decision to explain (the first of the call or order, or the one at ``position``) and
+    the later events of the same call or order."""
     types: tuple[str, ...]
     if decision_id.startswith("L-"):
         # The order, then its cancellation by auto-deleveraging and its executions (a late one
@@ -81,7 +95,12 @@ def _find(conn: sa.Connection, decision_id: str) -> tuple[Any, list[Any]]:
     ).all()
     if not rows:
         raise ExplainError(f"no margin call or liquidation order {decision_id!r} in the log")
-    return rows[0], list(rows[1:])
+    index = 0
+    if position is not None:
+        index = next((i for i, row in enumerate(rows) if int(row.position) == position), -1)
+        if index < 0:
+            raise ExplainError(f"{decision_id} has no decision at log position {position}")
+    return rows[index], list(rows[index + 1 :])
 
 
 def _state_before(conn: sa.Connection, decision: Any) -> LedgerState:
@@ -140,8 +159,13 @@ def _position_figures(p: PositionRisk, state: LedgerState) -> dict[str, Any]:
     if p.option is not None:
         figures["value"] = w(p.unrealised_pnl)  # an option counts at its value (long +, short -)
     else:
-        tier = state.parameters.instruments_by_symbol[p.instrument].tier_table[p.tier - 1]
+        # The tier terms in force: the document's, scaled by dynamic margin's multiplier of the
+        # instrument's underlying (the rates and amounts the model read).
+        spec = state.parameters.instruments_by_symbol[p.instrument]
+        multiplier = state.multiplier(spec.underlying_symbol)
+        tier = dynamicmargin.scaled_tier_table(spec, multiplier)[p.tier - 1]
         figures.update(
+            multiplier=w(multiplier),
             tier=p.tier,
             tier_notional_floor=w(tier.notional_floor),
             tier_notional_cap=w(tier.notional_cap),
@@ -194,9 +218,13 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
             {"isolated_margin": w(position.isolated_margin if position else ZERO), "value": w(scope.collateral)}
         )
     policy = state.parameters.margin_call
+    instruments = state.parameters.instruments_by_symbol
+    held = sorted({instruments[p.instrument].underlying_symbol for p in scope.positions if p.instrument in instruments})
     figures = {
         "account_id": account_id,
         "scope": scope_name,
+        "margin_model": models.model_of(account, scope_name).name,
+        "multipliers": {underlying: w(state.multiplier(underlying)) for underlying in held},
         "parameters_version": state.parameters.version,
         "valuation_asset": state.parameters.valuation_asset,
         "collateral": collateral,
@@ -214,6 +242,10 @@ def _scope_figures(state: LedgerState, account_id: str, scope_name: str) -> tupl
             "grace_period_seconds": policy.grace_period_seconds,
         },
     }
+    portfolio = grid.scope_grids(state, scope)
+    if portfolio is not None:
+        figures["portfolio"] = portfolio
+        figures["worst_cells"] = grid.worst_cells(scope)
     return scope, figures
 
 
@@ -285,9 +317,11 @@ def _earlier_orders(conn: sa.Connection, decision: Any) -> list[Any]:
     )
 
 
-def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
+def explain(engine: sa.Engine, decision_id: str, position: int | None = None) -> dict[str, Any]:
+    """The explanation of a margin call or liquidation order: its first decision, or the one at
+    log ``position`` (an escalation, a resolution)."""
     with engine.connect() as conn:
-        decision, later = _find(conn, decision_id)
+        decision, later = _find(conn, decision_id, position)
         cause = conn.execute(
             sa.text("SELECT position, type, payload, occurred_at FROM events WHERE position = :p"),
             {"p": decision.cause_position},
@@ -352,7 +386,25 @@ def explain(engine: sa.Engine, decision_id: str) -> dict[str, Any]:
             for name, value in recomputed.items()
             if value is not None and name in payload
         )
+        if "worst_cells" in figures:
+            result["worst_cells_recomputed"] = figures["worst_cells"]
+            # A decision names the worst cells of the scope it was decided on (CONTRACT v2): the
+            # state of the figures above (an order's: its call's scope; earlier orders move nothing).
+            if payload.get("worst_cells") is not None:
+                result["matches_decision"] = result["matches_decision"] and _same_cells(
+                    payload["worst_cells"], figures["worst_cells"]
+                )
     return result
+
+
+def _same_cells(logged: list[dict[str, Any]], recomputed: list[dict[str, Any]]) -> bool:
+    """The worst cells a decision names against the recomputed ones: the same underlyings, moves
+    (as decimals), volatility cells and extreme flags."""
+
+    def key(cell: dict[str, Any]) -> tuple[Any, ...]:
+        return (cell.get("underlying"), Decimal(str(cell["move"])), cell["volatility"], bool(cell.get("extreme")))
+
+    return sorted(map(key, logged)) == sorted(map(key, recomputed))
 
 
 def _ledger_context() -> Any:
@@ -448,9 +500,27 @@ def _option_lines(q: dict[str, Any]) -> list[str]:
     ]
 
 
+def _gridded(s: dict[str, Any]) -> set[str]:
+    """The instruments of the scope that the portfolio model margins on a grid."""
+    portfolio = s.get("portfolio")
+    if portfolio is None:
+        return set()
+    return {q["instrument"] for g in portfolio["grids"] for q in g["positions"]}
+
+
 def _position_lines(s: dict[str, Any]) -> list[str]:
     out = ["Positions:"]
+    gridded = _gridded(s)
     for q in s["positions"]:
+        if q["instrument"] in gridded:
+            # Its requirement is the grid's of the whole book (below), not its own.
+            value = f"value in equity {q['value']}" if "value" in q else f"unrealised PnL {q['unrealised_pnl']}"
+            out.append(
+                f"  {q['instrument']} ({q['margin_mode']}): quantity {q['quantity']}, contract size "
+                f"{q['contract_size']}, cost {q['cost']}, mark used {q['price_used']}, {value}; margined on the "
+                "grid of its underlying (below)"
+            )
+            continue
         if "option" in q:
             out += _option_lines(q)
             continue
@@ -459,7 +529,8 @@ def _position_lines(s: dict[str, Any]) -> list[str]:
             f"cost {q['cost']}, entry price {shown_price(q['entry_price'])}, mark used {q['price_used']}",
             f"    notional = |{q['quantity']}| x {q['contract_size']} x {q['price_used']} = {q['notional']} "
             f"{q['settlement_asset']} -> tier {q['tier']} "
-            f"({q['tier_notional_floor']} to {q['tier_notional_cap'] or 'no cap'})",
+            f"({q['tier_notional_floor']} to {q['tier_notional_cap'] or 'no cap'})"
+            + ("" if q["multiplier"] == "1" else f"; rates and amounts x multiplier {q['multiplier']} in force"),
             f"    unrealised PnL = {q['settlement_price']} x ({q['quantity']} x {q['contract_size']} x "
             f"{q['price_used']} - {q['cost']}) = {q['unrealised_pnl']}",
             f"    maintenance = {q['settlement_price']} x ({q['notional']} x {q['maintenance_rate']} - "
@@ -512,11 +583,23 @@ def render(result: dict[str, Any]) -> str:
     out += _collateral_lines(s)
     out += _position_lines(s)
     t = s["thresholds"]
-    out += [
+    out.append(
         f"Equity = collateral {s['collateral_value']} + "
         + ("PnL and option values" if any("option" in q for q in s["positions"]) else "PnL")
-        + f" {s['unrealised_pnl']} = {s['equity']} {va}",
-        f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}",
+        + f" {s['unrealised_pnl']} = {s['equity']} {va}"
+    )
+    multipliers = ", ".join(f"{u} {m}" for u, m in s["multipliers"].items())
+    out.append(
+        f"Margin model: {s['margin_model']}"
+        + (f"; dynamic margin multiplier in force: {multipliers}" if multipliers else "")
+    )
+    if "portfolio" in s:
+        out += grid.scope_grid_lines(s["portfolio"], va)
+    else:
+        out.append(
+            f"Maintenance margin = sum of the positions' = {s['maintenance_margin']}; initial = {s['initial_margin']}"
+        )
+    out += [
         (
             f"Margin ratio = maintenance / equity = {s['maintenance_margin']} / {s['equity']} rounded up = "
             f"{s['margin_ratio']}"
@@ -539,6 +622,14 @@ def render(result: dict[str, Any]) -> str:
             parts.append(f"deadline {p['deadline']}")
         if parts:
             out.append("; ".join(parts))
+    cells = result.get("worst_cells_recomputed")
+    if cells is not None:
+        named = "; ".join(
+            f"{c['underlying']} move {c['move']} volatility {c['volatility']}"
+            + (" (extreme)" if c.get("extreme") else "")
+            for c in cells
+        )
+        out.append(f"Worst cells: {named}" + ("" if p.get("worst_cells") is None else " (the decision names them too)"))
     out.append("")
     out.append("Recomputed: " + ", ".join(f"{k} {v}" for k, v in result["recomputed"].items() if v is not None))
     out.append("Decision payload: " + json.dumps(p, sort_keys=True))
@@ -562,15 +653,51 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
-    is_adl = decision_id.startswith("ADL-")
+def explain_any(engine: sa.Engine, decision_id: str) -> tuple[dict[str, Any], Any]:
+    """The explanation of ``decision_id`` and the function that puts it in words: a margin call
+    (``MC-...``), a liquidation order (``L-...``), an auto-deleveraging step (``ADL-...``), a
+    margin-model request (its request id), or any of these and a ``MarginRatesChanged`` by its
+    log position (digits)."""
+    if decision_id.startswith("ADL-"):
+        return explain_adl(engine, decision_id), render_adl
+    if decision_id.isdigit():
+        with engine.connect() as conn:
+            row = rates_explain.decision_at(conn, int(decision_id))
+            if row.type in rates_explain.RATES_TYPES:
+                return rates_explain.explain_rates(conn, row), rates_explain.render_rates
+            if row.type in rates_explain.MODEL_TYPES:
+                return rates_explain.explain_model(conn, row), rates_explain.render_model
+        if row.type in CALL_TYPES and row.payload.get("margin_call_id") is not None:
+            return explain(engine, str(row.payload["margin_call_id"]), int(row.position)), render
+        if row.type == ev.LIQUIDATION_ORDER_ISSUED:
+            return explain(engine, str(row.payload["liquidation_id"]), int(row.position)), render
+        if row.type == ev.POSITION_AUTO_DELEVERAGED:
+            return explain_adl(engine, str(row.payload["adl_id"])), render_adl
+        raise ExplainError(
+            f"log position {decision_id} holds a {row.type}: explain knows margin calls, liquidation orders, "
+            "auto-deleveraging steps, margin-model decisions and margin-rate changes"
+        )
     try:
-        result = explain_adl(engine, decision_id) if is_adl else explain(engine, decision_id)
-    except (ExplainError, AdlExplainError) as error:
+        return explain(engine, decision_id), render
+    except ExplainError:
+        with engine.connect() as conn:
+            row = rates_explain.find_model_decision(conn, decision_id)
+            if row is None:
+                raise ExplainError(
+                    f"no margin call, liquidation order or margin-model request {decision_id!r} in the log "
+                    "(a margin-rate change is explained by its log position)"
+                ) from None
+            return rates_explain.explain_model(conn, row), rates_explain.render_model
+
+
+def run_explain(engine: sa.Engine, decision_id: str, as_json: bool) -> int:
+    try:
+        result, words = explain_any(engine, decision_id)
+    except (ExplainError, AdlExplainError, rates_explain.RatesExplainError) as error:
         sys.stderr.write(f"{error}\n")
         return 1
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     else:
-        sys.stdout.write((render_adl(result) if is_adl else render(result)) + "\n")
+        sys.stdout.write(words(result) + "\n")
     return 0 if result["matches_decision"] else 1

@@ -104,6 +104,7 @@ class ShardTrack:
     written_at: dict[str, int] = field(default_factory=dict)  # account -> end of the last batch writing it
     mark_change: dict[str, int] = field(default_factory=dict)  # symbol -> last event that moved its mark
     mark_written: dict[str, int] = field(default_factory=dict)  # symbol -> end of the last batch writing it
+    rates_change: dict[str, int] = field(default_factory=dict)  # underlying -> its last MarginRatesChanged
     head: int = 0  # last position of the shard
     # The rotating refresh's cursor; None while unknown (a segment replayed from a snapshot, see
     # clearing/audit/parallel.py): windows that depend on it are then kept in ``refresh_deferred``
@@ -241,6 +242,9 @@ class LogReplay:
                 fold.apply(track.state, event_type, None, payload)
                 if event_type in MARGIN_DECISIONS:
                     self.margin_events.append((position, event_type, payload, datetime.fromisoformat(row[4])))
+            if event_type == ev.MARGIN_RATES_CHANGED:
+                # New rates move the margin figures of every holder of the underlying, as a mark does.
+                track.rates_change[str(payload["underlying"])] = position
         self._after(track, shard_id, position, last)
 
     def _input(

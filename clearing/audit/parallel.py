@@ -47,7 +47,8 @@ Merging (``merge``) the runs, in log order, field by field of ``LogReplay`` and 
 * events, decisions compared, determinism mismatches: sums; determinism findings: in log order,
   the first ten;
 * per shard: the final state, pending decisions and head of the last run; ``last_change``,
-  ``written_at``, ``mark_change``, ``mark_written``: the later run wins (positions grow);
+  ``written_at``, ``mark_change``, ``mark_written``, ``rates_change``: the later run wins
+  (positions grow);
 * the rotating margin refresh: its cursor is history the snapshot does not hold, so a run
   from a snapshot keeps the windows that depend on it (more than ``MARGIN_REFRESH_ACCOUNTS_MAX``
   holders) as (batch end, holders) and the parent re-enacts them with the cursor the previous
@@ -221,6 +222,7 @@ class SegmentResult:
     written_at: dict[str, int] = field(default_factory=dict)
     mark_change: dict[str, int] = field(default_factory=dict)
     mark_written: dict[str, int] = field(default_factory=dict)
+    rates_change: dict[str, int] = field(default_factory=dict)
     refresh_cursor: int | None = 0
     refresh_deferred: list[tuple[int, list[str]]] = field(default_factory=list)
     pending: list[tuple[int, str]] = field(default_factory=list)
@@ -435,6 +437,7 @@ def _collect(result: SegmentResult, replay: LogReplay, track: ShardTrack, segmen
     result.written_at = track.written_at
     result.mark_change = track.mark_change
     result.mark_written = track.mark_written
+    result.rates_change = track.rates_change
     result.refresh_cursor = track.refresh_cursor
     result.refresh_deferred = track.refresh_deferred
     result.pending = list(track.pending)
@@ -633,6 +636,7 @@ def _merge_shard(
         track.last_change.update(result.last_change)
         track.mark_change.update(result.mark_change)
         track.mark_written.update(result.mark_written)
+        track.rates_change.update(result.rates_change)
         merged.events += result.events
         merged.decisions_compared += result.decisions_compared
         merged.determinism_mismatches += result.determinism_mismatches

@@ -15,24 +15,36 @@ order, so the lines never run backwards; the tables show each event's own ``occu
 
 The period defaults to the account's own activity: from its first event to its last (by that
 clock), not to the head of the log, where the account's history would be a sliver of the chart.
+
+Portfolio margin and dynamic margin (issue 24). While the account's cross scope is on the
+portfolio model, its grids are drawn as heatmaps (per underlying: the price moves across, the
+volatility cells up, unchanged and down, then the extreme cells; each cell coloured by the book's
+P&L in it, red for a loss, blue for a gain; the worst cell outlined and marked): at every margin
+call decision of the period (at most ``GRID_MOMENTS_MAX``, the last ones), or, with none, at the
+moments of its ``GRID_LARGEST_MAX`` largest initial margins. The figures are ``audit explain``'s
+(``clearing.audit.grid``). And per underlying the account trades, dynamic margin's multiplier (and
+raw multiplier) and EWMA volatility over time, one point per ``MarginRatesChanged`` of the log at
+its ``sample_at``, drawn as steps (a multiplier holds until the next sample).
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.audit import grid
 from clearing.domain.fold import replay_event
 from clearing.domain.models import scope_risk
-from clearing.domain.numbers import to_wire
+from clearing.domain.numbers import LEDGER_CONTEXT, to_wire
 from clearing.domain.state import INSURANCE_FUND_ACCOUNT, LedgerState
 from clearing.store import queries
 
@@ -103,6 +115,29 @@ class QuantityPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class RatePoint:
+    """One ``MarginRatesChanged`` of an underlying: its boundary and figures."""
+
+    position: int
+    sample_at: datetime
+    volatility: Decimal
+    raw_multiplier: Decimal
+    multiplier: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class GridMoment:
+    """The account's portfolio grids at one position of the log (``grid.scope_grids``'s figures)
+    and why it was drawn (a margin call decision, or one of the largest requirements)."""
+
+    position: int
+    occurred_at: datetime
+    reason: str
+    initial_margin: Decimal
+    grids: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedEvent:
     position: int
     occurred_at: datetime
@@ -126,6 +161,10 @@ class AccountTimeline:
     default_window: bool = False  # the period is the account's first to last event (none was given)
     fund: list[FundPoint] = field(default_factory=list)
     fund_events: list[LoggedEvent] = field(default_factory=list)  # draws and ADL steps, every account
+    rates: dict[str, list[RatePoint]] = field(default_factory=dict)  # by underlying the account trades
+    grid_moments: list[GridMoment] = field(default_factory=list)  # in log order
+    margin_model: str = "standard"  # the cross scope's, at the end of the period
+    valuation_asset: str = "USDT"  # of the parameters in force at the end
 
 
 def parse_time(text: str) -> datetime:
@@ -180,6 +219,9 @@ def build_timeline(
         state = LedgerState()
         traded: set[str] = set()
         clock: datetime | None = None
+        rates: dict[str, list[RatePoint]] = {}
+        calls: list[GridMoment] = []
+        largest: list[tuple[Decimal, int, GridMoment]] = []  # a min-heap of the largest requirements
         for position, event_stream, event_type, occurred_at, payload in queries.iter_shard_events(conn, shard):
             replay_event(state, event_type, payload)
             timeline.replayed += 1
@@ -187,6 +229,8 @@ def build_timeline(
             in_window = (start is None or clock >= start) and (end is None or clock < end)
             if in_window:
                 _follow_fund(timeline, state, position, clock, event_type, payload)
+                if event_type == "MarginRatesChanged":
+                    _record_rates(rates, position, payload)
             # An ADL step is logged on the counterparty's stream; it books the bankrupt account too.
             own_adl = event_type == "PositionAutoDeleveraged" and payload.get("bankrupt_account_id") == account_id
             if event_stream == stream or own_adl:
@@ -226,8 +270,14 @@ def build_timeline(
             else:
                 relevant = event_type == "RiskParametersChanged"
             account = state.accounts.get(account_id)
+            if event_type == "MarginRatesChanged":
+                # New rates move the requirements of every holder of the underlying, as a mark does.
+                relevant = relevant or _holds_underlying(state, account, str(payload.get("underlying")))
             if relevant and in_window and account is not None:
                 risk = scope_risk(state, account, "cross")
+                if risk.underlyings:
+                    is_call = event_stream == stream and event_type in GRID_CALL_TYPES
+                    _record_grid(state, risk, position, occurred_at, event_type, payload, is_call, calls, largest)
                 # The lifecycle's status (a call stays open until resolved; a bankrupt account
                 # with nothing left to margin is still bankrupt), not the instantaneous class.
                 lifecycle = account.margin.get("cross")
@@ -243,7 +293,94 @@ def build_timeline(
                         clock,
                     )
                 )
+        final = state.accounts.get(account_id)
+        timeline.margin_model = final.margin_model if final is not None else "standard"
+        timeline.valuation_asset = state.parameters.valuation_asset
+    timeline.grid_moments = calls[-GRID_MOMENTS_MAX:] if calls else [m for _, _, m in sorted(largest, key=_by_position)]
+    underlyings = {_underlying_of(state, symbol) for symbol in traded}
+    timeline.rates = {u: points for u, points in sorted(rates.items()) if u in underlyings}
     return timeline
+
+
+# Margin call decisions at which a portfolio account's grid is drawn (a resolution is drawn too:
+# the grid that let the call go).
+GRID_CALL_TYPES = CALL_EVENT_TYPES
+GRID_MOMENTS_MAX = 6  # heatmaps of margin call decisions per report (the last ones)
+GRID_LARGEST_MAX = 3  # without a call: the moments of the largest initial margins
+
+
+def _by_position(item: tuple[Decimal, int, GridMoment]) -> int:
+    return item[1]
+
+
+def _underlying_of(state: LedgerState, symbol: str) -> str:
+    spec = state.parameters.instrument(symbol)
+    return spec.underlying_symbol if spec is not None else symbol
+
+
+def _holds_underlying(state: LedgerState, account: Any, underlying: str) -> bool:
+    if account is None:
+        return False
+    return any(
+        position.quantity != 0 and _underlying_of(state, instrument) == underlying
+        for (instrument, _mode), position in account.positions.items()
+    )
+
+
+def _record_rates(rates: dict[str, list[RatePoint]], position: int, payload: dict[str, Any]) -> None:
+    points = rates.setdefault(str(payload["underlying"]), [])
+    if len(points) < RATE_POINTS_MAX:
+        points.append(
+            RatePoint(
+                position,
+                parse_time(str(payload["sample_at"])),
+                Decimal(str(payload["volatility"])),
+                Decimal(str(payload["raw_multiplier"])),
+                Decimal(str(payload["multiplier"])),
+            )
+        )
+
+
+RATE_POINTS_MAX = 100_000  # samples kept per underlying (drawn downsampled to POINTS_MAX)
+
+
+def _record_grid(
+    state: LedgerState,
+    risk: Any,
+    position: int,
+    occurred_at: datetime,
+    event_type: str,
+    payload: dict[str, Any],
+    is_call: bool,
+    calls: list[GridMoment],
+    largest: list[tuple[Decimal, int, GridMoment]],
+) -> None:
+    """Keep the grids at a call decision, and at the largest requirements (``GRID_LARGEST_MAX``,
+    the earliest of equal ones): the figures are built only for the moments kept."""
+    if is_call:
+        reason = f"{event_type} ({payload.get('level')})" if payload.get("level") else event_type
+        calls.append(GridMoment(position, occurred_at, reason, risk.initial_margin, _grids(state, risk)))
+        if len(calls) > GRID_MOMENTS_MAX:
+            del calls[0]
+        return
+    if calls:
+        return  # calls are drawn: the largest requirements are not needed
+    if len(largest) >= GRID_LARGEST_MAX and risk.initial_margin <= largest[0][0]:
+        return
+    moment = GridMoment(position, occurred_at, "a largest initial margin", risk.initial_margin, _grids(state, risk))
+    entry = (risk.initial_margin, position, moment)
+    if len(largest) < GRID_LARGEST_MAX:
+        heapq.heappush(largest, entry)
+    else:
+        heapq.heapreplace(largest, entry)
+
+
+def _grids(state: LedgerState, risk: Any) -> dict[str, Any]:
+    with localcontext(LEDGER_CONTEXT):
+        found = grid.scope_grids(state, risk)
+    if found is None:  # pragma: no cover - called only for a scope with grids
+        raise ReportError("a portfolio scope without grids")
+    return found
 
 
 def _follow_fund(
@@ -430,6 +567,185 @@ def svg_chart(
 
 
 # ------------------------------------------------------------------------------------------------
+# heatmaps of the portfolio grid
+
+HEATMAP_CELL_WIDTH, HEATMAP_CELL_HEIGHT = 84, 34
+HEATMAP_LEFT, HEATMAP_TOP, HEATMAP_BOTTOM, HEATMAP_GAP = 96, 62, 40, 24
+LOSS_RGB, GAIN_RGB, NEUTRAL_RGB = (215, 48, 39), (69, 117, 180), (255, 255, 255)
+
+
+def heat_colour(value: float, scale: float) -> str:
+    """A cell's fill: white at 0, towards red for a loss and blue for a gain, full at |value| =
+    ``scale`` (the largest |P&L| of the grid, so each grid uses its whole range)."""
+    share = 0.0 if scale <= 0 else max(-1.0, min(1.0, value / scale))
+    end = LOSS_RGB if share < 0 else GAIN_RGB
+    weight = abs(share)
+    rgb = [round(n + (e - n) * weight) for n, e in zip(NEUTRAL_RGB, end, strict=True)]
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def svg_heatmap(title: str, figures: dict[str, Any], valuation_asset: str, subtitle: str = "") -> str:
+    """One underlying's grid (``grid.underlying_figures``) as an inline ``<svg>``: the price moves
+    across, the volatility cells down, then the extreme cells after a gap, each coloured by the
+    book's P&L in it (an extreme cell by its weighted P&L, what counts), the worst outlined and
+    marked. Every cell carries its exact figures in ``<title>`` and ``data-`` attributes."""
+    moves: list[str] = figures["moves"]
+    volatilities: list[str] = figures["volatility_cells"]
+    extremes: list[dict[str, Any]] = figures["extreme_cells"]
+    cells = {(c["move"], c["volatility"]): c for c in figures["cells"]}
+    shown = [float(c["pnl"]) for c in figures["cells"]] + [float(c["weighted_pnl"]) for c in extremes]
+    scale = max((abs(v) for v in shown), default=0.0)
+    width = (
+        HEATMAP_LEFT
+        + HEATMAP_CELL_WIDTH * len(moves)
+        + (HEATMAP_GAP + HEATMAP_CELL_WIDTH * len(extremes) if extremes else 0)
+        + MARGIN_RIGHT
+    )
+    height = HEATMAP_TOP + HEATMAP_CELL_HEIGHT * len(volatilities) + HEATMAP_BOTTOM
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart heatmap" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}" '
+        f'data-underlying="{html.escape(figures["underlying"])}">',
+        f'<text x="{HEATMAP_LEFT}" y="16" class="title">{html.escape(title)}</text>',
+        f'<text x="{HEATMAP_LEFT}" y="33" class="legend">{html.escape(subtitle)}</text>',
+        f'<text x="{HEATMAP_LEFT}" y="50" class="legend">price move of {html.escape(figures["underlying"])} '
+        f"(range {figures['price_range']} x multiplier {figures['multiplier']} = {figures['scaled_price_range']})"
+        "; P&amp;L of the book in "
+        f"{html.escape(valuation_asset)}, red a loss, blue a gain; the worst cell outlined</text>",
+    ]
+
+    def cell_svg(x: float, y: float, cell: dict[str, Any], value: str, label: str) -> None:
+        worst = bool(cell["worst"])
+        tip = f"move {cell['move']}, volatility {cell['volatility']}: P&L {cell['pnl']}"
+        if cell.get("extreme"):
+            tip += f" x weight {cell['weight']} = {cell['weighted_pnl']}"
+        if worst:
+            tip += " (the worst cell)"
+        attributes = f'data-move="{cell["move"]}" data-volatility="{cell["volatility"]}" data-pnl="{cell["pnl"]}"' + (
+            f' data-weighted-pnl="{cell["weighted_pnl"]}"' if cell.get("extreme") else ""
+        )
+        parts.append(
+            f'<g class="cell{" worst" if worst else ""}" {attributes}><title>{html.escape(tip)}</title>'
+            f'<rect x="{x}" y="{y}" width="{HEATMAP_CELL_WIDTH}" height="{HEATMAP_CELL_HEIGHT}" '
+            f'fill="{heat_colour(float(value), scale)}"'
+            + (' stroke="#000000" stroke-width="3"' if worst else ' stroke="#ffffff" stroke-width="1"')
+            + "/>"
+            f'<text x="{x + HEATMAP_CELL_WIDTH / 2}" y="{y + HEATMAP_CELL_HEIGHT / 2 + 4}" class="cellvalue" '
+            f'text-anchor="middle">{html.escape(label)}</text></g>'
+        )
+
+    for row, volatility in enumerate(volatilities):
+        y = HEATMAP_TOP + HEATMAP_CELL_HEIGHT * row
+        parts.append(
+            f'<text x="{HEATMAP_LEFT - 6}" y="{y + HEATMAP_CELL_HEIGHT / 2 + 4}" class="ylabel">'
+            f"vol {html.escape(volatility)}</text>"
+        )
+        for column, move in enumerate(moves):
+            cell = cells[(move, volatility)]
+            x = HEATMAP_LEFT + HEATMAP_CELL_WIDTH * column
+            label = _axis_number(float(cell["pnl"])) + (" ✕" if cell["worst"] else "")
+            cell_svg(x, y, cell, cell["pnl"], label)
+    label_y = HEATMAP_TOP + HEATMAP_CELL_HEIGHT * len(volatilities) + 16
+    for column, move in enumerate(moves):
+        centre = HEATMAP_LEFT + HEATMAP_CELL_WIDTH * column + HEATMAP_CELL_WIDTH / 2
+        parts.append(
+            f'<text x="{centre}" y="{label_y}" class="xlabel" text-anchor="middle">{html.escape(move)}</text>'
+        )
+    start = HEATMAP_LEFT + HEATMAP_CELL_WIDTH * len(moves) + HEATMAP_GAP
+    unchanged_row = volatilities.index("unchanged") if "unchanged" in volatilities else 0
+    for column, cell in enumerate(extremes):
+        x = start + HEATMAP_CELL_WIDTH * column
+        y = HEATMAP_TOP + HEATMAP_CELL_HEIGHT * unchanged_row
+        label = _axis_number(float(cell["weighted_pnl"])) + (" ✕" if cell["worst"] else "")
+        cell_svg(x, y, cell, cell["weighted_pnl"], label)
+        parts.append(
+            f'<text x="{x + HEATMAP_CELL_WIDTH / 2}" y="{label_y}" class="xlabel" text-anchor="middle">'
+            f"{html.escape(cell['move'])} x{html.escape(cell['weight'])}</text>"
+        )
+    if extremes:
+        # Below the extreme cells' own labels: the legend line above runs across the whole width.
+        parts.append(f'<text x="{start}" y="{label_y + 16}" class="legend">extreme cells (weighted)</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _grid_section(timeline: AccountTimeline, valuation_asset: str) -> str:
+    if not timeline.grid_moments:
+        return ""
+    out = [
+        "<h2>Portfolio grids</h2>",
+        '<p class="meta">The cross scope on the portfolio model: each underlying\'s grid of scenarios at '
+        + ("its margin call decisions" if "Margin" in timeline.grid_moments[0].reason else "its largest requirements")
+        + " in the period. A cell is the book's P&amp;L when the underlying moves by the column's move and the "
+        "options' volatility by the row's cell; the outlined cell (✕) is the worst, whose loss is the "
+        "requirement W (clearing audit explain gives the arithmetic).</p>",
+    ]
+    for moment in timeline.grid_moments:
+        for figures in moment.grids["grids"]:
+            worst = figures["worst_cell"]
+            named = f"move {worst['move']} {worst['volatility']}" + (" (extreme)" if worst.get("extreme") else "")
+            title = f"{figures['underlying']} at position {moment.position}, {moment.occurred_at.isoformat()}"
+            subtitle = (
+                f"{moment.reason}: IM {figures['initial_margin']}, MM {figures['maintenance_margin']}, "
+                f"worst cell {named}"
+            )
+            out.append(svg_heatmap(title, figures, valuation_asset, subtitle))
+    return "\n".join(out)
+
+
+def _step_points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """A value that holds until the next point: each change drawn as a vertical step."""
+    stepped: list[tuple[float, float]] = []
+    for x, y in points:
+        if stepped:
+            stepped.append((x, stepped[-1][1]))
+        stepped.append((x, y))
+    return stepped
+
+
+def _rates_charts(timeline: AccountTimeline, x_range: tuple[float, float] | None) -> list[str]:
+    charts = []
+    for underlying, points in timeline.rates.items():
+        kept = [points[i] for i in downsample_indices([float(p.multiplier) for p in points], POINTS_MAX)]
+        at = [_seconds(p.sample_at) for p in kept]
+        charts.append(
+            svg_chart(
+                f"{underlying}: dynamic margin multiplier in force (raw multiplier dashed)",
+                [
+                    Series(
+                        "multiplier",
+                        SERIES_COLOURS[2],
+                        _step_points([(x, float(p.multiplier)) for x, p in zip(at, kept, strict=True)]),
+                    ),
+                    Series(
+                        "raw multiplier",
+                        SERIES_COLOURS[1],
+                        _step_points([(x, float(p.raw_multiplier)) for x, p in zip(at, kept, strict=True)]),
+                        dashed=True,
+                    ),
+                ],
+                height=220,
+                x_range=x_range,
+            )
+        )
+        charts.append(
+            svg_chart(
+                f"{underlying}: EWMA volatility of its marks (per sample period)",
+                [
+                    Series(
+                        "volatility",
+                        SERIES_COLOURS[0],
+                        [(x, float(p.volatility)) for x, p in zip(at, kept, strict=True)],
+                    )
+                ],
+                height=200,
+                x_range=x_range,
+            )
+        )
+    return charts
+
+
+# ------------------------------------------------------------------------------------------------
 # HTML
 
 
@@ -514,6 +830,7 @@ tr.call td { background: #fff4df; } tr.liquidation td { background: #fde4e4; }
 .chart .zero { stroke: #888; stroke-width: 1; }
 .chart .legend { font-size: 12px; fill: #1a1a1a; }
 .chart .marker { stroke-width: 1.5; stroke-dasharray: 2 3; }
+.heatmap .cellvalue { font-size: 11px; fill: #1a1a1a; }
 .key span { display: inline-block; margin-right: 14px; }
 .key i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: middle; }
 code { font-size: 11px; word-break: break-all; }
@@ -547,6 +864,7 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
             f"{sum(e.type == 'PositionAutoDeleveraged' for e in timeline.fund_events)}",
         ),
     ]
+    summary_rows.append(("margin model at the end", timeline.margin_model))
     if last is not None:
         summary_rows += [
             ("equity at the end", last.equity),
@@ -562,6 +880,7 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
         + [_seconds(p.occurred_at) for points in timeline.option_positions.values() for p in points]
         + [m.at for m in markers]
         + [_seconds(p.occurred_at) for points in timeline.marks.values() for p in points]
+        + [_seconds(p.sample_at) for points in timeline.rates.values() for p in points]
     )
     x_range = (min(times), max(times)) if times else None
     charts = [
@@ -606,6 +925,8 @@ def render_html(timeline: AccountTimeline, *, generated_at: datetime | None = No
                 f"{symbol} mark price", [_mark_series(symbol, points, colour)], markers, height=220, x_range=x_range
             )
         )
+    charts += _rates_charts(timeline, x_range)
+    grids = _grid_section(timeline, timeline.valuation_asset)
     key = "".join(
         f'<span><i style="background:{colour}"></i>{html.escape(name)}</span>'
         for name, colour in MARKER_COLOURS.items()
@@ -637,6 +958,7 @@ Figures in tables are exact; charts are drawn from them.</div>
 <h2>Margin over time</h2>
 <div class="key">{key}</div>
 {"".join(charts)}
+{grids}
 <h2>Margin calls and liquidations ({len(timeline.markers)})</h2>
 {
         "<table><tr><th>position</th><th>occurred at</th><th>event</th><th>level</th>"

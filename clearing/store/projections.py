@@ -15,15 +15,21 @@ import sqlalchemy as sa
 
 from clearing.domain import events as ev
 from clearing.domain import models
+from clearing.domain.marginmodel import ScopeRisk
+from clearing.domain.numbers import to_wire
+from clearing.domain.scenarios import cell_wire
 from clearing.domain.state import LedgerState
 from clearing.store import copytext
+from clearing.store.jsontext import canonical_json
 
 BALANCE_KEY = ("account_id", "asset", "shard")  # system accounts have a row per shard
 BALANCE_COLUMNS = ("amount",)
 POSITION_KEY = ("account_id", "instrument", "margin_mode")
 POSITION_COLUMNS = ("quantity", "cost", "entry_price", "realised_pnl", "isolated_margin", "funding_paid")
 MARGIN_KEY = ("account_id", "scope")
-MARGIN_COLUMNS = ("equity", "initial_margin", "maintenance_margin", "margin_ratio", "status")
+MARGIN_COLUMNS = (
+    "equity", "initial_margin", "maintenance_margin", "margin_ratio", "status", "margin_model", "underlyings",
+)  # fmt: skip
 
 
 def upsert(
@@ -164,7 +170,8 @@ def write(
 def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list[dict[str, Any]]:
     """One row per margin scope of each account: the cross account and every isolated position,
     with the lifecycle status (which may be ahead of the instantaneous classification: an account
-    stays in ``liquidation`` until its call is resolved)."""
+    stays in ``liquidation`` until its call is resolved), the scope's margin model and its
+    underlyings (``underlying_entries``, as JSON text: the writers COPY it into a JSONB column)."""
     rows = []
     for account_id in sorted(accounts):
         account = state.accounts.get(account_id)
@@ -173,6 +180,7 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
         risk = models.account_risk(state, account, liquidation_prices=False)  # not stored: skip the solver
         for scope in risk.scopes:
             lifecycle = account.margin.get(scope.scope)
+            underlyings = underlying_entries(state, scope)
             rows.append(
                 {
                     "account_id": account_id,
@@ -182,10 +190,35 @@ def margin_rows(state: LedgerState, accounts: Iterable[str], as_of: int) -> list
                     "maintenance_margin": scope.maintenance_margin,
                     "margin_ratio": scope.margin_ratio,
                     "status": lifecycle.status if lifecycle is not None else scope.status.value,
+                    "margin_model": models.model_of(account, scope.scope).name,
+                    "underlyings": canonical_json(underlyings) if underlyings else None,
                     "as_of": as_of,
                 }
             )
     return rows
+
+
+def underlying_entries(state: LedgerState, scope: ScopeRisk) -> list[dict[str, Any]]:
+    """Per underlying of the scope's open positions (sorted): dynamic margin's multiplier in force
+    and, where the portfolio model margins it on its grid, the requirement and the worst cell (as
+    ``scenarios.cell_wire`` names it). Every figure a wire string."""
+    instruments = state.parameters.instruments_by_symbol
+    held = {
+        spec.underlying_symbol
+        for spec in (instruments.get(p.instrument) for p in scope.positions if p.quantity != 0)
+        if spec is not None
+    }
+    grids = {requirement.underlying: requirement for requirement in scope.underlyings}
+    entries = []
+    for underlying in sorted(held | grids.keys()):
+        entry: dict[str, Any] = {"underlying": underlying, "multiplier": to_wire(state.multiplier(underlying))}
+        requirement = grids.get(underlying)
+        if requirement is not None:
+            entry["initial_margin"] = to_wire(requirement.initial_margin)
+            entry["maintenance_margin"] = to_wire(requirement.maintenance_margin)
+            entry["worst_cell"] = cell_wire(requirement.worst_cell)
+        entries.append(entry)
+    return entries
 
 
 def write_margin(

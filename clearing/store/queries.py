@@ -3,11 +3,13 @@ of each query). Every list has a LIMIT; decimals come back as ``Decimal``."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from clearing.domain.models import DEFAULT_MODEL
 from clearing.domain.numbers import to_wire
 from clearing.store.log import REPLAY_FETCH_ROWS
 
@@ -96,8 +98,8 @@ def account_view(conn: sa.Connection, account_id: str) -> dict[str, Any] | None:
     ).all()
     margin = conn.execute(
         sa.text(
-            "SELECT scope, equity, initial_margin, maintenance_margin, margin_ratio, status, as_of_position "
-            "FROM margin_state WHERE account_id = :a ORDER BY scope"
+            "SELECT scope, equity, initial_margin, maintenance_margin, margin_ratio, status, margin_model, "
+            "underlyings, as_of_position FROM margin_state WHERE account_id = :a ORDER BY scope"
         ),
         {"a": account_id},
     ).all()
@@ -135,6 +137,7 @@ def account_view(conn: sa.Connection, account_id: str) -> dict[str, Any] | None:
                 "maintenance_margin": _wire(row.maintenance_margin),
                 "margin_ratio": _wire(row.margin_ratio),
                 "status": row.status,
+                **margin_model_fields(row.margin_model, row.underlyings),
             }
             for row in margin
         },
@@ -153,7 +156,37 @@ def account_view(conn: sa.Connection, account_id: str) -> dict[str, Any] | None:
     if cross is not None:
         view.update({name: cross[name] for name in ("equity", "initial_margin", "maintenance_margin", "margin_ratio")})
         view["status"] = cross["status"]
+    add_margin_model_summary(view)
     return view
+
+
+def margin_model_fields(margin_model: str | None, underlyings: Any) -> dict[str, Any]:
+    """A scope's ``margin_model`` and ``underlyings`` as a view shows them, from its margin_state
+    columns (``projections.margin_rows``): a row written before margin models has NULL in both and
+    is of the standard model; ``underlyings`` is JSON (text as written, values as read back)."""
+    if isinstance(underlyings, str):
+        underlyings = json.loads(underlyings)
+    return {"margin_model": margin_model or DEFAULT_MODEL, "underlyings": list(underlyings or [])}
+
+
+def add_margin_model_summary(view: dict[str, Any]) -> None:
+    """The account-level fields of CONTRACT v2 (issue 24) from its scopes: ``margin_model`` (its
+    cross scope's), ``multipliers`` (dynamic margin's multiplier in force per underlying the
+    account holds, in any scope) and ``worst_cells`` (per underlying of a portfolio cross scope,
+    as the decisions name them)."""
+    margin = view["margin"]
+    cross = margin.get("cross")
+    view["margin_model"] = cross["margin_model"] if cross is not None else DEFAULT_MODEL
+    multipliers: dict[str, str] = {}
+    for scope in margin.values():
+        for entry in scope["underlyings"]:
+            multipliers[entry["underlying"]] = entry["multiplier"]
+    view["multipliers"] = dict(sorted(multipliers.items()))
+    view["worst_cells"] = [
+        {"underlying": entry["underlying"], **entry["worst_cell"]}
+        for entry in (cross["underlyings"] if cross is not None else [])
+        if "worst_cell" in entry
+    ]
 
 
 def summary(conn: sa.Connection) -> dict[str, Any]:
@@ -239,7 +272,8 @@ def list_accounts(conn: sa.Connection, *, after: str | None = None, limit: int =
             "WITH ids AS (SELECT account_id FROM balances UNION SELECT account_id FROM margin_state "
             "UNION SELECT account_id FROM positions) "
             "SELECT ids.account_id, m.equity, m.initial_margin, m.maintenance_margin, m.margin_ratio, m.status, "
-            "m.as_of_position FROM ids LEFT JOIN margin_state m ON m.account_id = ids.account_id AND m.scope = 'cross' "
+            "m.margin_model, m.as_of_position FROM ids "
+            "LEFT JOIN margin_state m ON m.account_id = ids.account_id AND m.scope = 'cross' "
             "WHERE (CAST(:after AS text) IS NULL OR ids.account_id > :after) ORDER BY ids.account_id LIMIT :limit"
         ),
         {"after": after, "limit": _limit(limit)},
@@ -252,6 +286,8 @@ def list_accounts(conn: sa.Connection, *, after: str | None = None, limit: int =
             "maintenance_margin": _wire(row.maintenance_margin),
             "margin_ratio": _wire(row.margin_ratio),
             "status": row.status,
+            # NULL: no cross scope yet, or a row written before margin models (the standard model).
+            "margin_model": None if row.status is None else row.margin_model or DEFAULT_MODEL,
             "as_of_position": row.as_of_position,
         }
         for row in rows

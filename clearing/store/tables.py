@@ -148,6 +148,11 @@ margin_state = sa.Table(
     sa.Column("margin_ratio", sa.Numeric, nullable=True),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("as_of_position", sa.BigInteger, nullable=False),
+    # The scope's margin model; NULL on rows written before margin models (all standard).
+    sa.Column("margin_model", sa.Text, nullable=True),
+    # Per underlying of the scope's open positions: the multiplier in force and, on a portfolio
+    # grid, its requirement and worst cell (migration 2026_12_08_0001); NULL without positions.
+    sa.Column("underlyings", JSONB, nullable=True),
 )
 
 margin_calls = sa.Table(

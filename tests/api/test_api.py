@@ -87,6 +87,11 @@ def test_account_view_has_exact_decimal_strings(api: RunningApi) -> None:
     assert view["as_of_position"] > 0
     assert all(isinstance(amount, str) for amount in view["balances"].values())
     assert isinstance(view["equity"], str)
+    # The simulated accounts stay on the standard model: no grid, each underlying's multiplier 1
+    # (the bundled parameters have no dynamic margin).
+    assert (view["margin_model"], view["worst_cells"]) == ("standard", [])
+    assert view["multipliers"] and set(view["multipliers"].values()) == {"1"}
+    assert view["margin"]["cross"]["margin_model"] == "standard"
 
 
 def test_limit_above_the_maximum_is_422(api: RunningApi) -> None:
@@ -104,6 +109,9 @@ def test_paginated_walks_return_every_row_once(api: RunningApi) -> None:
         assert len(ids) == len(set(ids)) and ids == sorted(ids)
         assert {f"ACC-{i:05d}" for i in range(1, 13)} <= set(ids)
         assert len(ids) == len(client.get("/accounts", params={"limit": 1000}).json()["items"])
+        # Every simulated account with a cross scope is on the standard model; system accounts have none.
+        assert {row["margin_model"] for row in accounts if row["status"] is not None} == {"standard"}
+        assert {row["margin_model"] for row in accounts if row["account_id"].startswith("system:")} <= {None}
 
         events = walk(client, "/accounts/ACC-00002/events", 7)
         positions = [row["position"] for row in events]
@@ -397,6 +405,17 @@ def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) 
     account = _schema_of(document, "/accounts/{account_id}")
     assert {"account_id", "as_of_position", "balances", "positions", "margin", "open_margin_calls", "equity",
             "initial_margin", "maintenance_margin", "margin_ratio", "status"} <= set(account["properties"])
+    # Issue 24: the account's margin model, its portfolio grid's worst cell per underlying and the
+    # multiplier in force per underlying it holds; per scope, the model and each underlying's figures.
+    assert {"margin_model", "multipliers", "worst_cells"} <= set(account["properties"])
+    assert {"margin_model", "underlyings"} <= set(schemas["MarginView"]["properties"])
+    assert {"underlying", "multiplier", "initial_margin", "maintenance_margin", "worst_cell"} == set(
+        schemas["UnderlyingMargin"]["properties"]
+    )
+    assert {"underlying", "move", "volatility", "extreme"} == set(schemas["WorstCell"]["properties"])
+    assert schemas["GridCell"]["properties"]["volatility"]["enum"] == ["up", "unchanged", "down"]
+    assert _is_decimal_string(account["properties"]["multipliers"]["additionalProperties"])
+    assert _is_decimal_string(schemas["UnderlyingMargin"]["properties"]["multiplier"])
     assert _schema_of(document, "/accounts/{account_id}/as-of") == account
     position = schemas["PositionView"]["properties"]
     assert {"instrument", "margin_mode", "quantity", "entry_price", "cost", "realised_pnl", "isolated_margin",
@@ -411,7 +430,7 @@ def test_openapi_schemas_name_the_fields_the_back_office_reads(api: RunningApi) 
     assert {"id", "topic", "partition", "offset", "key", "raw", "error", "received_at"} <= set(dead["properties"])
     event = _item_schema(document, "/accounts/{account_id}/events")
     assert {"position", "stream", "type", "payload", "occurred_at", "recorded_at", "hash"} <= set(event["properties"])
-    assert {"account_id", "equity", "margin_ratio", "status"} <= set(
+    assert {"account_id", "equity", "margin_ratio", "status", "margin_model"} <= set(
         _item_schema(document, "/accounts")["properties"]
     )
     fund = _schema_of(document, "/insurance-fund")

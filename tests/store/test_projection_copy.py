@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.store import copytext, db, projections
+from clearing.store.jsontext import canonical_json
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,11 @@ def _margin_rows() -> list[dict[str, Any]]:
         rows.append(
             {"account_id": name, "scope": f"isolated:{name}", "equity": number, "initial_margin": -number,
              "maintenance_margin": Decimal(index), "margin_ratio": None if index % 2 else number,
-             "status": "healthy" if index % 3 else name, "as_of": 10 + index}
+             "status": "healthy" if index % 3 else name, "margin_model": None if index % 4 else name,
+             "underlyings": None if index % 2 else canonical_json(
+                 [{"underlying": name, "multiplier": str(number), "worst_cell": {"move": "-0.16", "volatility": "up"}}]
+             ),
+             "as_of": 10 + index}
         )  # fmt: skip
     return rows
 
