@@ -21,6 +21,8 @@ The lifecycle of a margin scope (the cross account, or one isolated position), D
                                 enabled: positions taken by opposite ones     PositionAutoDeleveraged,
                                 at the bankruptcy price (``adl``)             MarginCallResolved
     liquidation -> bankrupt     the same, not enough opposite positions       AccountBankrupted
+    bankrupt -> healthy         equity >= 0 again (the deficit is covered),   MarginCallResolved,
+                                then on as a healthy scope in the same step   (MarginCallIssued ...)
     * -> healthy            ratio < resolve_ratio (hysteresis: no flapping)  MarginCallResolved
 
 ratio = maintenance margin / equity; with positions open and equity <= 0 the ratio is infinite.
@@ -617,13 +619,13 @@ def _remargin(state: LedgerState, account: Account, scope: str, at: datetime, id
         _waterfall(state, account, scope, status.margin_call_id, risk, at, emit)
         return risk
     if current == Level.BANKRUPT:
-        _continue_bankrupt(state, account, scope, status, risk, at, ids, emit, calls)
-        status = account.margin.get(scope) or _NO_CALL
-        if status.status == Level.BANKRUPT:
+        if not _continue_bankrupt(state, account, scope, status, risk, at, ids, emit, calls):
             return risk
-        # Resolved (deficit covered): go on from there in this step, so that a scope whose numbers
-        # call for a margin call gets it now, and ends the step at a fixpoint (triggers.py, 1).
-        current = status.status
+        # The deficit is covered (a fill's premium, say) but the scope may hold positions again:
+        # it goes on as a healthy scope on the same figures (the resolution changes its status
+        # only), so a position its equity does not carry is called in this step and the scope is
+        # left at its fixpoint (triggers.py, 1), not called by whichever later event looks at it.
+        status, current = _NO_CALL, Level.HEALTHY
     if current == Level.LIQUIDATION:
         _continue_liquidation(state, account, scope, status, risk, at, ids, emit, calls)
         return risk
@@ -662,13 +664,16 @@ def _continue_bankrupt(
     ids: _Ids,
     emit: Emit,
     calls: _Calls,
-) -> None:
+) -> bool:
+    """The bankrupt scope's step; True when it resolved the call (the deficit is covered)."""
     if risk.equity >= ZERO and status.margin_call_id is not None:
         calls.resolve(status.margin_call_id, Level.BANKRUPT, "deficit covered")
-    elif risk.has_open_positions and not status.pending_orders:
+        return True
+    if risk.has_open_positions and not status.pending_orders:
         # A bankrupt account should not trade, but fills are facts: whatever it holds again is
         # liquidated at once (its equity is below zero, so every position closes).
         _issue_orders(state, account, scope, status.margin_call_id or ids.next("MC"), risk, at, ids, emit)
+    return False
 
 
 def _continue_liquidation(

@@ -262,6 +262,75 @@ def test_a_bankrupt_account_that_trades_again_is_liquidated_at_once(book: Book) 
     assert conservation(book.state) == {}
 
 
+@pytest.mark.parametrize("brute_force", [False, True])
+def test_a_bankrupt_account_whose_fill_covers_its_deficit_is_called_in_that_step_if_its_positions_need_it(
+    book: Book, brute_force: bool
+) -> None:
+    """The step that resolves a bankrupt call goes on as a healthy scope: a bankrupt scope once
+    resolved and stopped there, off its fixpoint, so brute force called it at the next mark of
+    anything it held while the trigger index (at the same price) never looked (found by the
+    index-versus-brute-force property test with options: test_a_bankrupt_option_writer_...)."""
+    book.state.triggers.brute_force = brute_force
+    book.feed(mark("BTCUSDT", "9010", at(3)))
+    order = book.decisions[-1]
+    book.feed(liquidation_fill(order, "8900"))
+    book.feed(counterpart(order, "8900"))
+    account = book.state.accounts["A"]
+    assert (account.margin["cross"].status, account.deficit, account.balance("USDT")) == ("bankrupt", 100, -100)
+    # A buys 5 at 8,980 with the mark at 9,010: equity -100 + 5 x 30 = 50 covers the deficit, but
+    # maintenance is 45,050 x 0.4% = 180.2: the ratio is 3.604, a maintenance call at once, and
+    # liquidation with no grace.
+    decisions = book.feed(fill("A", "buy", "5", "8980", fid="a9").replace(occurred_at=at(5)))
+    book.feed(fill("B", "sell", "5", "8980", fid="b9").replace(occurred_at=at(5)))
+    assert types(decisions) == [
+        ev.MARGIN_CALL_RESOLVED, ev.MARGIN_CALL_ISSUED, ev.MARGIN_CALL_ESCALATED, ev.LIQUIDATION_ORDER_ISSUED,
+    ]  # fmt: skip
+    resolved, issued, escalated, again = (d.payload for d in decisions)
+    assert (resolved["level"], resolved["resolution"], resolved["equity"]) == ("bankrupt", "deficit covered", "50")
+    assert (issued["level"], issued["equity"], issued["maintenance_margin"]) == ("maintenance", "50", "180.2")
+    assert resolved["margin_call_id"] == order.payload["margin_call_id"]  # the call that bankrupted A
+    new_call = f"MC-{decisions[0].cause_position}"  # a new call, of the fill
+    assert issued["margin_call_id"] == escalated["margin_call_id"] == again["margin_call_id"] == new_call
+    assert (escalated["level"], again["side"]) == ("liquidation", "sell")
+    assert (account.deficit, account.margin["cross"].status) == (0, "liquidation")
+    # At its fixpoint: a mark at the same price decides nothing, in either mode.
+    assert book.feed(mark("BTCUSDT", "9010", at(6))) == []
+    assert conservation(book.state) == {}
+
+
+def test_a_bankrupt_option_writer_whose_premium_covers_its_deficit_is_called_as_brute_force_calls_it() -> None:
+    """The example the property test (test_options: the index decides exactly as brute force)
+    shrank to. B writes a call for 1 against its mark of 254 with nothing deposited: called,
+    liquidated, bankrupt. It writes another at 505 with a rebate: equity 0.3 covers the deficit
+    but not maintenance (379.67). The resolution used to end the step there, leaving B off its
+    fixpoint: brute force called it at the next mark of BTC (the same price), the index did not."""
+    from tests.domain.test_triggers import decisions, run
+
+    call = "BTC-26MAR27-70000-C"
+    later = T0 + timedelta(seconds=1)
+
+    def written(price: str, fee: str, fid: str, when: Any) -> Any:
+        return message("fills", type="fill", fill_id=fid, trade_id="T" + fid, account_id="B", instrument=call,
+                       side="sell", quantity="0.1", price=price, fee=fee, fee_asset="USDT", margin_mode="cross",
+                       occurred_at=when.isoformat())  # fmt: skip
+
+    msgs = [
+        message("marks", type="mark", symbol=call, price="254", iv="0.6", occurred_at=T0.isoformat()),
+        written("1", "0", "t0s", T0),
+        mark("BTC", "47236.00", later),
+        written("505", "-0.5", "t8s", later),
+        mark("BTC", "47236.00", later),
+    ]
+    indexed = run(msgs, brute_force=False)
+    assert decisions(indexed) == decisions(run(msgs, brute_force=True))
+    fill_position = 14  # the second fill: its own step resolves the bankrupt call and issues the next
+    at_fill = [(d.type, d.payload["margin_call_id"]) for d in indexed.decisions if d.cause_position == fill_position]
+    assert at_fill == [
+        (ev.MARGIN_CALL_RESOLVED, "MC-2"), (ev.MARGIN_CALL_ISSUED, "MC-14"), (ev.MARGIN_CALL_ESCALATED, "MC-14"),
+        (ev.LIQUIDATION_ORDER_ISSUED, "MC-14"),
+    ]  # fmt: skip
+
+
 def test_an_offered_decision_id_that_no_decision_carries_is_offered_again() -> None:
     """Ids are taken by the decisions that carry them, not by the re-margins that offer them:
     brute force (which looks at more scopes than the index) once numbered a call MC-214-2 where
