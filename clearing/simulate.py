@@ -18,8 +18,8 @@ not one per leg); the options are then marked every step, with their iv. The boo
 top of ``trades``. With ``dynamic_margin`` (``--dynamic-margin``) the steps are spaced in event
 time so that a ``sample_seconds`` boundary is crossed every ``STEPS_PER_SAMPLE`` steps, and the
 crash spans several samples. Either flag opens the run with a ``risk_parameters`` document
-(``parameters_document``): the bundled one with ``portfolio_margin`` blocks for the option
-underlyings and, with ``dynamic_margin``, ``dynamic_margin`` blocks for every underlying. The
+(``parameters_document``): the bundled one (which has the ``portfolio_margin`` blocks of the
+option underlyings) and, with ``dynamic_margin``, ``dynamic_margin`` blocks for every underlying. The
 choices of those flags come from a second generator (``random.Random`` seeded from the seed and a
 name), so the draws of the rest of the market are the ones the run would make without them.
 
@@ -81,20 +81,6 @@ OPTION_QUANTITY_STEP: Final = Decimal("0.01")
 OPTION_WRITER_RATE: Final = Decimal("0.15")  # the writer sizes its trade against initial_rate x U + mark
 
 
-# The portfolio grid of each option underlying: CONTRACT v2's example block.
-PORTFOLIO_MARGIN: Final = {
-    "price_range": "0.16",
-    "price_steps": 4,
-    "vol_up": "0.5",
-    "vol_down": "0.25",
-    "vol_up_floor": "0.5",
-    "vol_power": "0.3",
-    "vol_reference_days": "30",
-    "extreme_moves": ["-0.33", "0.5"],
-    "extreme_weight": "0.35",
-    "short_option_minimum_rate": "0.01",
-    "maintenance_factor": "0.8",
-}
 # Dynamic margin of every underlying. The reference is about what a 0.2% random walk does over
 # ``STEPS_PER_SAMPLE`` steps plus a margin: the multiplier sits at (1 + release_buffer) x the floor
 # in the quiet market and reaches the cap within a few samples of the crash.
@@ -142,14 +128,12 @@ DEALER_DEPOSIT: Final = Decimal(100_000_000)
 
 def parameters_document(scenario: Scenario) -> dict[str, Any]:
     """The risk parameters a run with ``portfolio_share`` or ``dynamic_margin`` opens with: the
-    bundled document, a ``portfolio_margin`` block (``PORTFOLIO_MARGIN``) per option underlying
+    bundled document (its ``portfolio_margin`` blocks are the grids of the option underlyings)
     and, with ``dynamic_margin``, a ``dynamic_margin`` block (``DYNAMIC_MARGIN``, the scenario's
     ``sample_seconds``) per underlying; its version names the run and the seed."""
     document = bundled_document()
     instruments = bundled_parameters().instruments
-    option_underlyings = sorted({spec.underlying_symbol for spec in instruments if spec.kind == "option"})
     document["version"] = f"{scenario.id_prefix}simulate-{scenario.seed}"
-    document["portfolio_margin"] = [{"underlying": name, **PORTFOLIO_MARGIN} for name in option_underlyings]
     if scenario.dynamic_margin:
         underlyings = sorted({spec.underlying_symbol for spec in instruments})
         document["dynamic_margin"] = [
