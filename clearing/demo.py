@@ -43,9 +43,8 @@ from clearing.store import queries
 from clearing.store.db import make_engine, upgrade
 
 CATCH_UP_TIMEOUT_S = 600.0
-# A tenth of the accounts: a book of most kinds, at a run time near the demo's without them (a
-# portfolio account is re-margined on every mark of each of its dependencies: the grid has no
-# trigger bands in this ledger version).
+# A tenth of the accounts: a book of most kinds, at a run time near the demo's without them (every
+# mark of an option re-margins all its holders: its iv moves their grids without bound).
 PORTFOLIO_SHARE: Final = 0.1
 MODEL_CHANGES_SHOWN_MAX: Final = 5
 RATE_CHANGES_SHOWN_MAX: Final = 12
@@ -593,13 +592,12 @@ def _portfolio_call(console: Console, engine: sa.Engine, after: int) -> None:
     """The first margin call on a portfolio account from log position ``after`` on, with the worst
     cell of its grid (``worst_cells``, on decisions taken under the portfolio model)."""
     with engine.connect() as conn:
+        # Every decision taken under the portfolio model names its worst cells; no other does.
         row = conn.execute(
             sa.text(
-                "SELECT c.payload FROM events c WHERE c.position > :after "
-                "AND c.type IN ('MarginCallIssued', 'MarginCallEscalated') "
-                "AND (SELECT m.payload->>'model' FROM events m WHERE m.type = 'MarginModelChanged' "
-                "AND m.payload->>'account_id' = c.payload->>'account_id' AND m.position < c.position "
-                "ORDER BY m.position DESC LIMIT 1) = 'portfolio' ORDER BY c.position LIMIT 1"
+                "SELECT payload FROM events WHERE position > :after "
+                "AND type IN ('MarginCallIssued', 'MarginCallEscalated') AND payload ? 'worst_cells' "
+                "ORDER BY position LIMIT 1"
             ),
             {"after": after},
         ).scalar_one_or_none()
@@ -608,12 +606,12 @@ def _portfolio_call(console: Console, engine: sa.Engine, after: int) -> None:
     cells = "; ".join(
         f"{cell['underlying']} move {cell['move']}, volatility {cell['volatility']}"
         + (" (extreme)" if cell.get("extreme") else "")
-        for cell in row.get("worst_cells") or ()
+        for cell in row["worst_cells"]
     )
     console.print(
         f"A call on a portfolio account: {row['margin_call_id']} on {row['account_id']}, level {row['level']}, "
         f"equity {_money(row['equity'])} against maintenance {_money(row['maintenance_margin'])}"
-        + (f"; worst cell {cells}" if cells else "")
+        + f"; worst cell {cells}"
         + f". [bold]clearing audit explain {row['margin_call_id']}[/bold] shows its grid and arithmetic."
     )
 

@@ -62,7 +62,7 @@ class DynamicMarginError(ValueError):
     boundaries, a non-positive mark, a time without a zone); the message says which."""
 
 
-def _epoch_seconds(at: datetime) -> tuple[int, int]:
+def epoch_seconds(at: datetime) -> tuple[int, int]:
     """(whole seconds since the epoch, microseconds) of a zoned time, exactly."""
     if at.tzinfo is None:
         raise DynamicMarginError(f"dynamic margin needs times with a zone, got {at.isoformat()}")
@@ -78,8 +78,8 @@ def boundaries_crossed(event_time: datetime | None, occurred_at: datetime, sampl
         return range(0)
     if sample_seconds <= 0:
         raise DynamicMarginError(f"sample_seconds must be positive, got {sample_seconds}")
-    start_seconds, start_micro = _epoch_seconds(event_time)
-    end_seconds, end_micro = _epoch_seconds(occurred_at)
+    start_seconds, start_micro = epoch_seconds(event_time)
+    end_seconds, end_micro = epoch_seconds(occurred_at)
     first = -(-start_seconds // sample_seconds) * sample_seconds  # the first multiple >= event_time
     if start_micro and first == start_seconds:
         first += sample_seconds  # event_time is past that second's start

@@ -84,3 +84,21 @@ def below_resolve(equity: Decimal, maintenance: Decimal, ratio: Decimal | None, 
     if equity <= ZERO or ratio is None:
         return False
     return ratio < policy.resolve_ratio
+
+
+def status_distance(equity: Decimal, maintenance: Decimal, policy: MarginCallPolicy) -> Decimal:
+    """How far a scope's figures are from a change of what ``classify`` and ``below_resolve``
+    read: the smallest |g| of g_0 = equity and g_t = t x equity - maintenance for t in
+    (resolve_ratio, warning_ratio, 1), and with equity <= 0 the requirement itself (at none the
+    level is healthy whatever the equity). Every t <= 1, so moves of equity and maintenance with
+    |d equity| + |d maintenance| below it change no sign, and so no level: what the trigger
+    index's bands spend (``margin.budget_bands``, ``portfolio.bands``)."""
+    gaps = [
+        abs(equity),
+        abs(policy.resolve_ratio * equity - maintenance),
+        abs(policy.warning_ratio * equity - maintenance),
+        abs(equity - maintenance),
+    ]
+    if equity <= ZERO:
+        gaps.append(maintenance)
+    return min(gaps)

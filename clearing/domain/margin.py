@@ -58,7 +58,7 @@ from decimal import Decimal
 from typing import Final
 
 from clearing.domain.dynamicmargin import scaled_option_margin, scaled_tier_table
-from clearing.domain.levels import classify, margin_ratio
+from clearing.domain.levels import classify, margin_ratio, status_distance
 from clearing.domain.marginmodel import (
     CROSS,
     ISOLATED,
@@ -908,16 +908,7 @@ def budget_bands(
     sensitivity = _sensitivities(account, parameters, marks, risk, symbols)
     if sensitivity is None:
         return None
-    policy = parameters.margin_call
-    equity, maintenance = risk.equity, risk.maintenance_margin
-    smallest = min(
-        abs(equity),
-        abs(policy.resolve_ratio * equity - maintenance),
-        abs(policy.warning_ratio * equity - maintenance),
-        abs(equity - maintenance),
-    )
-    rounding = 4 * (MONEY_QUANTUM * (len(risk.positions) + 1) + RATIO_QUANTUM * (abs(equity) + smallest))
-    budget = smallest - rounding
+    budget = status_budget(risk, parameters, len(risk.positions) + 1)
     if budget <= ZERO:
         return None
     bands: Bands = {}
@@ -932,9 +923,8 @@ def budget_bands(
         if k == ZERO:
             continue  # the scope does not move with this price at all
         price = marks[symbol]  # every symbol above was required to have a mark
-        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
         band = divide_down(budget * band_share, share * k)
-        bands[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
+        bands[symbol] = band_around(price, band)
         spec = instruments.get(symbol)
         if spec is None or not follows_fills:
             spread += k * band
@@ -956,6 +946,24 @@ def budget_bands(
         slack = round_bound_down(budget) - spread
         record = FillBudget(balance, _largest_haircut(parameters), budgeted, -balance, slack)
     return bands, record
+
+
+def status_budget(risk: ScopeRisk, parameters: RiskParameters, requirements: int, slack: Decimal = ZERO) -> Decimal:
+    """What the bands of ``risk`` may spend: its ``levels.status_distance`` less the ledger's
+    roundings (a requirement rounding of each of ``requirements`` figures and a ratio rounding,
+    four times: at the reference and at the mark, on both sides of a threshold) and ``slack`` (a
+    model's own). Not positive: the scope is too near a threshold to band."""
+    equity = risk.equity
+    smallest = status_distance(equity, risk.maintenance_margin, parameters.margin_call)
+    rounding = 4 * (MONEY_QUANTUM * requirements + RATIO_QUANTUM * (abs(equity) + smallest))
+    return smallest - rounding - slack
+
+
+def band_around(price: Decimal, band: Decimal) -> tuple[Decimal, Decimal]:
+    """The band ``price`` +- ``band`` kept one price step inside (prices of zero or less never come),
+    as ``Bands`` holds it; ``band`` rounded down by the caller: a band narrower than its share of
+    the budget only re-margins sooner."""
+    return (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
 
 
 def _sensitivities(

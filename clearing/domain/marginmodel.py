@@ -45,6 +45,7 @@ from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Final, NamedTuple
 
+from clearing.domain.dynamicmargin import epoch_seconds
 from clearing.domain.levels import Level
 from clearing.domain.numbers import ONE, ZERO, divide, exact, to_wire
 from clearing.domain.optionmargin import ContractMargin
@@ -374,6 +375,12 @@ def valuation_time(marks: Mapping[str, Decimal], option: str, underlying: str) -
     return max(times) if times else None
 
 
+def meets_target(equity: Decimal, maintenance: Decimal, target_ratio: Decimal) -> bool:
+    """Whether a scope with these figures is back at ``target_ratio`` (what a liquidation order
+    reduces to): positive equity and maintenance / equity <= target, without the division."""
+    return equity > ZERO and maintenance <= target_ratio * equity
+
+
 class Reduction(NamedTuple):
     """A scope after reducing one position by ``reduce`` at the price it is valued at, the
     liquidation fee charged, the reductions planned before it applied (``MarginModel.reduction``)."""
@@ -387,7 +394,7 @@ class Reduction(NamedTuple):
     maintenance: Decimal  # scope maintenance after the reduction
 
     def meets(self, target_ratio: Decimal) -> bool:
-        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
+        return meets_target(self.equity, self.maintenance, target_ratio)
 
 
 class EvaluatedScope(NamedTuple):
@@ -410,7 +417,7 @@ class Planned(NamedTuple):
     maintenance: Decimal
 
     def meets(self, target_ratio: Decimal) -> bool:
-        return self.equity > ZERO and self.maintenance <= target_ratio * self.equity
+        return meets_target(self.equity, self.maintenance, target_ratio)
 
     def then(self, instrument: str, quantity: Decimal, after: Reduction) -> Planned:
         """This plan with ``instrument`` reduced by ``quantity`` more, leaving ``after``."""
@@ -477,7 +484,6 @@ def least_steps(enough: Callable[[int], bool], high: int) -> int:
 # their underlying's mark: the portfolio model); a mark at or beyond either end re-margins it.
 Bands = dict[str, tuple[Decimal, Decimal]]
 CLOCK_PREFIX: Final = "clock:"
-_EPOCH: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
 def clock_key(symbol: str) -> str:
@@ -487,8 +493,8 @@ def clock_key(symbol: str) -> str:
 
 def clock_seconds(at: datetime) -> Decimal:
     """``at`` as seconds since 1970-01-01T00:00:00Z, exact to the microsecond."""
-    elapsed = at - _EPOCH
-    return Decimal((elapsed.days * 86_400 + elapsed.seconds) * 1_000_000 + elapsed.microseconds).scaleb(-6)
+    seconds, microseconds = epoch_seconds(at)
+    return Decimal(seconds * 1_000_000 + microseconds).scaleb(-6)
 
 
 class MarginModel:

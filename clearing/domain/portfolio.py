@@ -33,8 +33,8 @@ underlying with options a window of that underlying's mark times, inside which n
 moves can change its status; a mark outside re-margins it. The derivation:
 
 * **What must not flip.** The status is ``levels.classify`` of E (equity) and MM, i.e. the signs
-  of g_0 = E and g_t = t x E - MM for t in (resolve, warning, 1), all t <= 1 (margin.py's
-  ``budget_bands``); with E <= 0 also the sign of MM (at MM = 0 the level is healthy whatever E).
+  of g_0 = E and g_t = t x E - MM for t in (resolve, warning, 1), all t <= 1; with E <= 0 also
+  the sign of MM (at MM = 0 the level is healthy whatever E): ``levels.status_distance``.
   With G the smallest of those |g| (and MM when E <= 0) less the roundings below, moves with
   |dE| + |dMM| < G flip nothing, since |dg_t| <= t |dE| + |dMM|.
 * **dMM.** MM = sum over underlyings of round_up(f x IM), IM = max(W, S), W = max(0, -min over
@@ -156,10 +156,7 @@ from clearing.domain.marginmodel import (
     valuation_time,
 )
 from clearing.domain.numbers import (
-    MONEY_QUANTUM,
     ONE,
-    PRICE_QUANTUM,
-    RATIO_QUANTUM,
     ZERO,
     divide,
     divide_down,
@@ -800,21 +797,10 @@ def bands(
     slopes, pinned, options, option_quantity = found_slopes
     if any(symbol not in slopes and symbol not in pinned for symbol in symbols):
         return None
-    # The budget: how far the status's signs are from flipping, less the roundings.
-    policy = parameters.margin_call
-    equity, maintenance = risk.equity, risk.maintenance_margin
-    gaps = [
-        abs(equity),
-        abs(policy.resolve_ratio * equity - maintenance),
-        abs(policy.warning_ratio * equity - maintenance),
-        abs(equity - maintenance),
-    ]
-    if equity <= ZERO:
-        gaps.append(maintenance)  # at no requirement the level is healthy whatever the equity
-    smallest = min(gaps)
-    rounded = len(risk.positions) + len(risk.underlyings) + 1
-    rounding = 4 * (MONEY_QUANTUM * rounded + RATIO_QUANTUM * (abs(equity) + smallest)) + CELL_SLACK * option_quantity
-    budget = smallest - rounding
+    # How far the status's signs are from flipping, less the roundings: a requirement rounding
+    # per position, per underlying and one more, and the arrays' own per option contract.
+    requirements = len(risk.positions) + len(risk.underlyings) + 1
+    budget = margin.status_budget(risk, parameters, requirements, CELL_SLACK * option_quantity)
     if budget <= ZERO:
         return None
     watched = [symbol for symbol in symbols if slopes.get(symbol, ZERO) > ZERO]
@@ -831,9 +817,7 @@ def bands(
     spent = budget * share
     for symbol in watched:
         price = marks[symbol]
-        # Rounded down: a band narrower than its share of the budget only re-margins sooner.
-        band = divide_down(spent, parts * slopes[symbol])
-        found[symbol] = (price - band + PRICE_QUANTUM, max(ZERO, price + band - PRICE_QUANTUM))
+        found[symbol] = margin.band_around(price, divide_down(spent, parts * slopes[symbol]))
     allowance = divide(spent, Decimal(parts))
     for underlying in clocked:
         held = options[underlying]

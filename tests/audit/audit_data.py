@@ -4,16 +4,18 @@ fed through ``Ledger.process`` without a broker, for the audit tools' tests."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
 from clearing.engine.ledger import Ledger
-from clearing.simulate import Scenario, generate
+from clearing.simulate import Message, Scenario, generate
 from clearing.store.db import make_engine
 from tests.api.ledger_data import records_of
+from tests.conftest import PgServer
 
 APP_ROLE = "clearing_app"
 CRASH = Scenario(
@@ -55,3 +57,25 @@ def owner(market_url: str) -> Iterator[sa.Engine]:
     engine = make_engine(market_url)
     yield engine
     engine.dispose()
+
+
+@contextmanager
+def ledger_database(pg_server: PgServer, name: str, messages: Iterable[Message]) -> Iterator[sa.Engine]:
+    """A fresh migrated database ``clearing_test_<name>_<random>`` into which the ledger (as its
+    own role, shard 0) has processed ``messages`` in one batch; the owner's engine, then dropped."""
+    from clearing.store.db import upgrade
+
+    database = f"clearing_test_{name}_{uuid.uuid4().hex[:12]}"
+    pg_server.create_database(database)
+    try:
+        url = pg_server.url(database)
+        upgrade(url)
+        ledger = Ledger(make_engine(url, role=APP_ROLE))
+        ledger.load()
+        ledger.process(records_of(messages))
+        ledger.engine.dispose()
+        owner = make_engine(url)
+        yield owner
+        owner.dispose()
+    finally:
+        pg_server.drop_database(database)

@@ -4,7 +4,6 @@ figures of the decision."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -13,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from clearing.audit.explain import explain, render
-from clearing.engine.ledger import Ledger
 from clearing.simulate import Message
-from clearing.store.db import make_engine
-from tests.api.ledger_data import records_of
+from tests.audit.audit_data import ledger_database
+from tests.conftest import PgServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -63,23 +61,9 @@ def _messages() -> list[Message]:
 
 
 @pytest.fixture
-def options_db(pg_server) -> Iterator[sa.Engine]:  # type: ignore[no-untyped-def]
-    from clearing.store.db import upgrade
-
-    name = f"clearing_test_options_{uuid.uuid4().hex[:12]}"
-    pg_server.create_database(name)
-    try:
-        url = pg_server.url(name)
-        upgrade(url)
-        ledger = Ledger(make_engine(url, role="clearing_app"))
-        ledger.load()
-        ledger.process(records_of(_messages()))
-        ledger.engine.dispose()
-        owner = make_engine(url)
-        yield owner
-        owner.dispose()
-    finally:
-        pg_server.drop_database(name)
+def options_db(pg_server: PgServer) -> Iterator[sa.Engine]:
+    with ledger_database(pg_server, "options", _messages()) as engine:
+        yield engine
 
 
 def _ids(engine: sa.Engine, sql: str) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +17,9 @@ import sqlalchemy as sa
 
 from clearing.audit.explain import explain
 from clearing.audit.verify import verify
-from clearing.engine.ledger import Ledger
 from clearing.simulate import Message
-from clearing.store.db import make_engine
-from tests.api.ledger_data import records_of
+from tests.audit.audit_data import ledger_database
+from tests.conftest import PgServer
 from tests.domain.test_portfolio_model import parameters_document
 
 pytestmark = [pytest.mark.integration]
@@ -68,23 +66,9 @@ def _messages() -> list[Message]:
 
 
 @pytest.fixture
-def portfolio_db(pg_server) -> Iterator[sa.Engine]:  # type: ignore[no-untyped-def]
-    from clearing.store.db import upgrade
-
-    name = f"clearing_test_portfolio_{uuid.uuid4().hex[:12]}"
-    pg_server.create_database(name)
-    try:
-        url = pg_server.url(name)
-        upgrade(url)
-        ledger = Ledger(make_engine(url, role="clearing_app"))
-        ledger.load()
-        ledger.process(records_of(_messages()))
-        ledger.engine.dispose()
-        owner = make_engine(url)
-        yield owner
-        owner.dispose()
-    finally:
-        pg_server.drop_database(name)
+def portfolio_db(pg_server: PgServer) -> Iterator[sa.Engine]:
+    with ledger_database(pg_server, "portfolio", _messages()) as engine:
+        yield engine
 
 
 def _orders(engine: sa.Engine) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clearing.domain import events as ev
-from clearing.domain.levels import LIQUIDATING, Level, classify, margin_ratio
+from clearing.domain.levels import LIQUIDATING, Level, below_resolve, classify, margin_ratio, status_distance
 from clearing.domain.margin import evaluate
 from clearing.domain.params import bundled_parameters
 from clearing.domain.state import Account, Position
@@ -63,3 +63,32 @@ def test_classify_reads_only_the_instant_levels(equity: D, maintenance: D) -> No
 def test_a_level_is_its_contract_text() -> None:
     assert [level.value for level in Level] == ["healthy", "warning", "maintenance", "liquidation", "bankrupt"]
     assert Level("liquidation") in LIQUIDATING and "bankrupt" in LIQUIDATING
+
+
+@given(
+    st.decimals(min_value=-1000, max_value=1000, places=2),
+    st.decimals(min_value=0, max_value=1000, places=2),
+    st.decimals(min_value=-50, max_value=50, places=2),
+    st.decimals(min_value=-50, max_value=50, places=2),
+)
+def test_moves_within_the_status_distance_change_no_level(
+    equity: D, maintenance: D, equity_move: D, maintenance_move: D
+) -> None:
+    """What the trigger index's bands of every model spend: while |d equity| + |d maintenance|
+    stays below ``status_distance``, neither the level nor the resolve test changes."""
+    if abs(equity_move) + abs(maintenance_move) >= status_distance(equity, maintenance, POLICY):
+        return
+    moved_equity, moved_maintenance = equity + equity_move, max(D(0), maintenance + maintenance_move)
+
+    def seen(e: D, m: D) -> tuple[Level, bool]:
+        ratio = margin_ratio(e, m)
+        return classify(e, m, ratio, POLICY), below_resolve(e, m, ratio, POLICY)
+
+    assert seen(moved_equity, moved_maintenance) == seen(equity, maintenance)
+
+
+def test_at_negative_equity_the_requirement_itself_is_a_distance() -> None:
+    """At equity <= 0 a scope is at maintenance only while it has a requirement: a requirement
+    of 5 can fall to none (healthy) by a move of 5, whatever the equity's own distances."""
+    assert status_distance(D("-100"), D("5"), POLICY) == D("5")
+    assert status_distance(D("100"), D("5"), POLICY) < D("100")
